@@ -1,0 +1,51 @@
+"""Shared fixtures: a real SeaweedFS S3 server and a real local Ray cluster."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.s3server import S3Server, start_s3_server
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
+
+# Ray 2.60 turns token auth on by default; local tests and `ray job submit` run without it.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def shared_data(*parts: str) -> Path:
+    """Path under ../shared/data; skips the test when it is absent (fresh clone, CI)."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"../shared/data/{'/'.join(parts)} not present")
+    return path
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> S3Server:
+    server = start_s3_server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch) -> S3Server:
+    """The server's credentials/endpoint in the standard AWS environment (what production reads)."""
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    return s3_server
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    ctx = ray.init(address="local", num_cpus=2, include_dashboard=False,
+                   ignore_reinit_error=True, log_to_driver=False,
+                   runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
+    yield ctx
+    ray.shutdown()
