@@ -1,6 +1,6 @@
 """A real SeaweedFS S3 server (``weed mini``) on loopback, as its own process.
 
-Used by the pytest fixture and by ``make demo``. Never run the server inside the
+Used by the pytest fixture and by ``make demo`` (the embedded default needs no cloud account). Never run the server inside the
 Python process that does GDAL writes: a /vsis3 write deadlocked against an
 in-process server (see STACK.md), so this always spawns ``weed`` and stops it by PID.
 """
