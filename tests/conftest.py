@@ -15,6 +15,9 @@ SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Tests run many small torch models next to Ray workers on 2 cores: one thread each avoids
+# oversubscription (a 2.6 s test took 50 s with default threads under load).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def shared_data(*parts: str) -> Path:

@@ -1,0 +1,112 @@
+"""Building SAM models (official or small) and loading weights into them."""
+from __future__ import annotations
+
+from functools import partial
+from typing import Mapping
+
+import torch
+from segment_anything.modeling import (
+    ImageEncoderViT,
+    MaskDecoder,
+    PromptEncoder,
+    Sam,
+    TwoWayTransformer,
+)
+
+from .checkpoint import fit_state_dict, read_state_dict
+from .config import SamConfig, get_config
+
+
+def _construct(config: SamConfig) -> Sam:
+    """A randomly initialised Sam laid out exactly like segment_anything's ``_build_sam``."""
+    grid = config.embedding_size
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            depth=config.encoder_depth,
+            embed_dim=config.encoder_embed_dim,
+            img_size=config.image_size,
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=config.encoder_num_heads,
+            patch_size=config.patch_size,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=config.encoder_global_attn_indexes,
+            window_size=config.window_size,
+            out_chans=config.prompt_embed_dim,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=config.prompt_embed_dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(config.image_size, config.image_size),
+            mask_in_chans=config.mask_in_chans,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=config.decoder_depth,
+                embedding_dim=config.prompt_embed_dim,
+                mlp_dim=config.decoder_mlp_dim,
+                num_heads=config.decoder_num_heads,
+            ),
+            transformer_dim=config.prompt_embed_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=config.iou_head_hidden_dim,
+        ),
+        pixel_mean=list(config.pixel_mean),
+        pixel_std=list(config.pixel_std),
+    )
+
+
+def build_sam_from_config(
+    config: SamConfig,
+    checkpoint: str | None = None,
+    *,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
+    resample_positions: bool = False,
+    model_type: str = "custom",
+) -> Sam:
+    """A Sam for ``config``: random, or with weights from ``checkpoint`` (path or fsspec URI) or
+    an in-memory ``state_dict``.
+
+    The returned model is in eval mode and carries ``samsp_model_type`` and ``samsp_config``
+    so bundles can record what was built.
+    """
+    if checkpoint is not None and state_dict is not None:
+        raise ValueError("give either checkpoint or state_dict, not both")
+    if checkpoint is None and state_dict is None:
+        sam = _construct(config)
+    else:
+        source = f"checkpoint {checkpoint}" if checkpoint is not None else "state dict"
+        state = read_state_dict(checkpoint) if checkpoint is not None else state_dict
+        # Build on the meta device: random init of vit_h costs seconds and a second copy of
+        # the weights in memory, and every persistent tensor is overwritten by the strict load.
+        with torch.device("meta"):
+            skeleton = _construct(config)
+        state = fit_state_dict(
+            skeleton, state, resample_positions=resample_positions,
+            source=source, target=f"{model_type} model",
+        )
+        sam = skeleton.to_empty(device="cpu")
+        # Non-persistent buffers are in no state dict: restore them from the config.
+        sam.pixel_mean = torch.tensor(config.pixel_mean, dtype=torch.float32).view(-1, 1, 1)
+        sam.pixel_std = torch.tensor(config.pixel_std, dtype=torch.float32).view(-1, 1, 1)
+        sam.load_state_dict(state, strict=True)
+    sam.samsp_model_type = model_type
+    sam.samsp_config = config
+    return sam.eval()
+
+
+def build_sam(model_type: str, checkpoint: str | None = None, image_size: int | None = None) -> Sam:
+    """Build ``vit_b``/``vit_l``/``vit_h`` (official layout) or a small config (``vit_tiny``,
+    ``vit_micro``), optionally loading ``checkpoint`` from a local path or fsspec URI.
+
+    ``image_size`` other than the config's default resamples the checkpoint's positional
+    embeddings to the new embedding grid (e.g. an official 1024 px checkpoint used at 512 px).
+    """
+    config = get_config(model_type, image_size)
+    default_size = get_config(model_type).image_size
+    return build_sam_from_config(
+        config, checkpoint, resample_positions=config.image_size != default_size,
+        model_type=model_type,
+    )

@@ -1,0 +1,178 @@
+"""Model bundles: what training writes and segmentation reads.
+
+A bundle is a folder (local or any fsspec URI, e.g. ``s3://bucket/models/crack-v1``) with
+``model.safetensors`` -- the SAM weights in the official layout, LoRA adapters merged so no peft
+is needed to load -- and ``bundle.json`` (``BundleMeta``): how to build the model, normalise its
+input and threshold its output, plus training provenance. ``bundle.json`` is written last, so a
+folder without it is an unfinished bundle.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import fsspec
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from .build import build_sam_from_config
+from .config import get_config
+from .errors import BundleError, CheckpointError
+from .lora import has_lora, merge_lora
+from .model import SamSP
+from .prompts import PromptKind
+
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "bundle.json"
+FORMAT_VERSION = 1
+
+
+class BundleMeta(BaseModel):
+    """Contents of ``bundle.json``. Unknown fields are rejected (a newer format fails loudly)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    format_version: int = FORMAT_VERSION
+    model_type: str
+    image_size: int = Field(gt=0)
+    pixel_mean: tuple[float, float, float]
+    pixel_std: tuple[float, float, float]
+    iterations: int = Field(ge=0)
+    prompt: PromptKind
+    n_points: int = Field(default=4, ge=0)
+    n_negative: int = Field(default=0, ge=0)
+    # Probability above which a pixel is foreground in the final mask.
+    threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    # Three 0-based input band indices used as the model's R, G, B (None: samsp's default mapping).
+    band_map: Optional[list[int]] = None
+    provenance: dict[str, Any] = Field(default_factory=dict)
+    weights_sha256: str = ""
+
+
+@dataclass
+class Bundle:
+    model: SamSP  # eval mode, on the CPU
+    meta: BundleMeta
+    uri: str = ""
+
+
+def _join(uri: str, name: str) -> str:
+    return uri.rstrip("/") + "/" + name
+
+
+# Fields derived from the model itself; meta may repeat them but not contradict them.
+_MODEL_FIELDS = ("model_type", "image_size", "pixel_mean", "pixel_std", "iterations", "prompt",
+                 "n_points", "n_negative")
+
+
+def _model_fields(model: SamSP) -> dict[str, Any]:
+    sam = model.sam
+    fields = {
+        "image_size": model.image_size,
+        "pixel_mean": tuple(float(v) for v in sam.pixel_mean.flatten().tolist()),
+        "pixel_std": tuple(float(v) for v in sam.pixel_std.flatten().tolist()),
+        "iterations": model.iterations,
+        "prompt": model.prompt,
+        "n_points": model.n_points,
+        "n_negative": model.n_negative,
+    }
+    model_type = getattr(sam, "samsp_model_type", None)
+    if model_type:
+        fields["model_type"] = model_type
+    return fields
+
+
+def save_bundle(
+    model: SamSP, uri: str, meta: dict[str, Any] | BundleMeta | None = None
+) -> BundleMeta:
+    """Write ``model`` (LoRA merged) and its metadata to the folder ``uri``; returns the meta.
+
+    ``meta`` supplies threshold, band_map, provenance (and model_type for a Sam not built by
+    ``build_sam``); fields that describe the model are taken from it and must not contradict it.
+    """
+    given = meta.model_dump() if isinstance(meta, BundleMeta) else dict(meta or {})
+    derived = _model_fields(model)
+    for key in _MODEL_FIELDS:
+        if key in given and key in derived and _differs(given[key], derived[key]):
+            raise BundleError(f"meta {key}={given[key]!r} contradicts the model ({derived[key]!r})")
+    given.pop("weights_sha256", None)
+    sam = merge_lora(model.sam) if has_lora(model.sam) else model.sam
+    state = {k: v.detach().to("cpu").contiguous() for k, v in sam.state_dict().items()}
+    # One metadata key only: safetensors orders several arbitrarily, and equal weights should
+    # give equal bytes. Everything else lives in bundle.json.
+    payload = save_safetensors(state, metadata={"format": "pt"})
+    try:
+        bundle_meta = BundleMeta(**{**given, **derived,
+                                    "weights_sha256": hashlib.sha256(payload).hexdigest()})
+    except ValidationError as err:
+        raise BundleError(f"invalid bundle meta: {_first_error(err)}") from None
+    fs, root = fsspec.core.url_to_fs(uri)
+    fs.makedirs(root, exist_ok=True)
+    if fs.exists(_join(root, META_FILE)):  # overwriting: unfinished until the new meta lands
+        fs.rm(_join(root, META_FILE))
+    with fs.open(_join(root, WEIGHTS_FILE), "wb") as f:
+        f.write(payload)
+    with fs.open(_join(root, META_FILE), "w") as f:
+        f.write(bundle_meta.model_dump_json(indent=2))
+    return bundle_meta
+
+
+def load_bundle(uri: str) -> Bundle:
+    """Read the bundle at ``uri`` (local folder or fsspec URI) into an eval-mode ``SamSP``."""
+    fs, root = fsspec.core.url_to_fs(uri)
+    try:
+        with fs.open(_join(root, META_FILE), "r") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise BundleError(f"no bundle at {uri}: {META_FILE} is missing") from None
+    try:
+        meta = BundleMeta.model_validate(json.loads(raw))
+    except (ValueError, ValidationError) as err:
+        detail = _first_error(err) if isinstance(err, ValidationError) else str(err)
+        raise BundleError(f"invalid {META_FILE} in {uri}: {detail}") from None
+    if meta.format_version != FORMAT_VERSION:
+        raise BundleError(f"bundle {uri} has format {meta.format_version}; this samsp reads "
+                          f"{FORMAT_VERSION}")
+    try:
+        with fs.open(_join(root, WEIGHTS_FILE), "rb") as f:
+            payload = f.read()
+    except FileNotFoundError:
+        raise BundleError(f"incomplete bundle at {uri}: {WEIGHTS_FILE} is missing") from None
+    if meta.weights_sha256 and hashlib.sha256(payload).hexdigest() != meta.weights_sha256:
+        raise BundleError(f"bundle {uri}: {WEIGHTS_FILE} does not match its sha256 in {META_FILE}")
+    try:
+        state = load_safetensors(payload)
+    except Exception as err:  # safetensors raises its own error types for corrupt payloads
+        raise BundleError(f"bundle {uri}: unreadable {WEIGHTS_FILE} ({err})") from None
+
+    try:
+        config = get_config(meta.model_type, meta.image_size)
+        sam = build_sam_from_config(config, state_dict=state, model_type=meta.model_type)
+    except (CheckpointError, ValueError) as err:
+        raise BundleError(f"bundle {uri}: {err}") from None
+    sam.pixel_mean.copy_(torch.tensor(meta.pixel_mean).view(-1, 1, 1))
+    sam.pixel_std.copy_(torch.tensor(meta.pixel_std).view(-1, 1, 1))
+    model = SamSP(sam, iterations=meta.iterations, prompt=meta.prompt, n_points=meta.n_points,
+                  n_negative=meta.n_negative)
+    return Bundle(model=model.eval(), meta=meta, uri=uri)
+
+
+def _differs(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) != len(b) or any(_differs(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        try:
+            return abs(float(a) - float(b)) > 1e-6
+        except (TypeError, ValueError):
+            return True
+    return a != b
+
+
+def _first_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ())) or "bundle"
+    return f"{where}: {first.get('msg', '')}"

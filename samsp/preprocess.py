@@ -1,0 +1,108 @@
+"""Getting numpy tiles into SAM's input frame and predictions back out of it.
+
+SAM's frame: resize so the longest side is ``S`` (keeping aspect), normalise with the pixel
+mean/std (0..255 units), pad bottom/right with zeros to ``S x S``. Predictions in that frame are
+cropped to the resized region and resized back to the tile's size.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def resized_shape(height: int, width: int, image_size: int) -> tuple[int, int]:
+    """Size after resizing the longest side to ``image_size`` (SAM's ResizeLongestSide)."""
+    scale = image_size / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def to_three_bands(images: np.ndarray, band_map: Sequence[int] | None = None) -> np.ndarray:
+    """``[B,C,h,w]`` -> ``[B,3,h,w]`` (same dtype).
+
+    ``band_map``: three 0-based band indices to use as R, G, B. Without it: 1 band is
+    replicated; 2 bands become (b0, b1, mean); 3 pass through; more than 3 keep the first three.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"expected images [B,C,h,w], got shape {images.shape}")
+    bands = images.shape[1]
+    if band_map is not None:
+        band_map = list(band_map)
+        if len(band_map) != 3 or not all(0 <= b < bands for b in band_map):
+            raise ValueError(f"band_map must be 3 indices in [0, {bands}), got {band_map}")
+        return images[:, band_map]
+    if bands == 1:
+        return np.repeat(images, 3, axis=1)
+    if bands == 2:
+        mean = images.astype(np.float32).mean(axis=1, keepdims=True)
+        if np.issubdtype(images.dtype, np.integer):
+            mean = np.rint(mean)
+        return np.concatenate([images, mean.astype(images.dtype)], axis=1)
+    return images[:, :3]
+
+
+def prepare_batch(
+    images: np.ndarray,
+    image_size: int,
+    pixel_mean: Sequence[float],
+    pixel_std: Sequence[float],
+    band_map: Sequence[int] | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Tiles ``[B,C,h,w]`` (uint8 or float in 0..255 units) -> model input ``[B,3,S,S]`` and the
+    tiles' original size ``(h, w)`` (what ``postprocess_logits`` needs).
+
+    Bands are mapped to three (``to_three_bands``) when C != 3 or a band map is given.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"expected images [B,C,h,w], got shape {images.shape}")
+    if images.shape[1] != 3 or band_map is not None:
+        images = to_three_bands(images, band_map)
+    height, width = images.shape[-2:]
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(device=device, dtype=torch.float32)
+    new_h, new_w = resized_shape(height, width, image_size)
+    if (new_h, new_w) != (height, width):
+        x = F.interpolate(x, (new_h, new_w), mode="bilinear", align_corners=False,
+                          antialias=new_h < height)
+    mean = torch.tensor(pixel_mean, device=device, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(pixel_std, device=device, dtype=torch.float32).view(1, -1, 1, 1)
+    x = (x - mean) / std
+    # Pad after normalising, like Sam.preprocess: the padding is 0 in normalised units.
+    x = F.pad(x, (0, image_size - new_w, 0, image_size - new_h))
+    return x, (height, width)
+
+
+def prepare_targets(
+    masks: np.ndarray,
+    image_size: int,
+    valid: np.ndarray | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ground truth ``[B,h,w]`` (0/1) -> ``(target [B,1,S,S] float, valid [B,1,S,S] float)`` in the
+    same frame as ``prepare_batch``. ``valid`` marks usable pixels; padding is invalid.
+    """
+    batch, height, width = masks.shape
+    new_h, new_w = resized_shape(height, width, image_size)
+    target = torch.from_numpy(np.ascontiguousarray(masks)).to(device=device, dtype=torch.float32)
+    ok = torch.ones_like(target) if valid is None else torch.from_numpy(
+        np.ascontiguousarray(valid)).to(device=device, dtype=torch.float32)
+    target, ok = target.unsqueeze(1), ok.unsqueeze(1)
+    if (new_h, new_w) != (height, width):
+        target = F.interpolate(target, (new_h, new_w), mode="nearest-exact")
+        ok = F.interpolate(ok, (new_h, new_w), mode="nearest-exact")
+    pad = (0, image_size - new_w, 0, image_size - new_h)
+    return F.pad(target, pad), F.pad(ok, pad)
+
+
+def postprocess_logits(
+    logits: torch.Tensor, original_size: tuple[int, int], image_size: int
+) -> torch.Tensor:
+    """Model-frame logits ``[B,1,S,S]`` -> ``[B,1,h,w]``: crop the padding, resize back."""
+    height, width = original_size
+    new_h, new_w = resized_shape(height, width, image_size)
+    logits = logits[..., :new_h, :new_w]
+    if (new_h, new_w) != (height, width):
+        logits = F.interpolate(logits, (height, width), mode="bilinear", align_corners=False)
+    return logits
