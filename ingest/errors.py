@@ -1,0 +1,70 @@
+"""Exception types of the data layer.
+
+Every error raised while opening or reading a scene is a :class:`SceneError` subclass with a
+one-line message that names the input (never credentials), so a job can record it in a
+manifest row as ``f"{type(exc).__name__}: {exc}"``.
+"""
+from __future__ import annotations
+
+
+class SceneError(Exception):
+    """Base class: the scene cannot be used."""
+
+    def __init__(self, message: str):
+        # One line, bounded length: GDAL/S3 messages can be multi-line XML.
+        line = " ".join(str(message).split())
+        if len(line) > 400:
+            line = line[:397] + "..."
+        super().__init__(line)
+
+
+class MissingSceneError(SceneError, FileNotFoundError):
+    """The file, S3 key or Zarr array does not exist."""
+
+    def __str__(self) -> str:  # FileNotFoundError would format errno/filename otherwise
+        return self.args[0] if self.args else ""
+
+
+class CorruptSceneError(SceneError):
+    """The input is a raster format but is truncated or corrupt (unreadable blocks)."""
+
+
+class UnsupportedFormatError(SceneError):
+    """The input is not a raster GDAL or Zarr can read (e.g. a text file named .tif)."""
+
+
+class S3AccessError(SceneError, PermissionError):
+    """S3 refused the request (wrong/missing credentials, no permission) or is unreachable."""
+
+    def __str__(self) -> str:
+        return self.args[0] if self.args else ""
+
+
+class NoCRSError(SceneError):
+    """A georeferenced input was required but the scene has no CRS/geotransform."""
+
+
+class EmptySceneError(SceneError):
+    """Every sampled pixel is nodata (or masked): nothing to segment."""
+
+
+class BandError(SceneError, IndexError):
+    """A requested band index does not exist (bands are 1-based, GDAL convention)."""
+
+    def __str__(self) -> str:
+        return self.args[0] if self.args else ""
+
+
+class WriterError(Exception):
+    """MaskWriter misuse or an output that cannot be produced (e.g. incomplete mask)."""
+
+
+class IncompleteMaskError(WriterError):
+    """``to_cog``/``polygons`` asked for a mask that still has unwritten chunks."""
+
+
+__all__ = [
+    "SceneError", "MissingSceneError", "CorruptSceneError", "UnsupportedFormatError",
+    "S3AccessError", "NoCRSError", "EmptySceneError", "BandError", "WriterError",
+    "IncompleteMaskError",
+]

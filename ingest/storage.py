@@ -1,0 +1,250 @@
+"""Storage helpers: one way to reach local files and S3 from fsspec, zarr and GDAL.
+
+Credentials and endpoint always come from the standard AWS environment (``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3``,
+``AWS_REGION``), so the same code runs against AWS, MinIO or the SeaweedFS used in tests. When no
+keys are in the environment, boto's normal chain (profiles, instance roles) applies.
+
+* fsspec/s3fs: :func:`storage_options` passes the endpoint explicitly as
+  ``client_kwargs.endpoint_url`` (recent botocore also reads ``AWS_ENDPOINT_URL`` itself; being
+  explicit keeps older stacks working).
+* GDAL: :func:`gdal_env` translates ``AWS_ENDPOINT_URL=http://host:port`` into
+  ``AWS_S3_ENDPOINT=host:port``, ``AWS_HTTPS=NO`` and ``AWS_VIRTUAL_HOSTING=FALSE``; keys stay in
+  the process environment where GDAL reads them (``rasterio.Env(AWS_ACCESS_KEY_ID=...)`` raises).
+"""
+from __future__ import annotations
+
+import os
+import posixpath
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+# GDAL's block cache defaults to 5 % of RAM: reading every tile of a big scene would then grow
+# RSS with the scene. Cap it unless the user chose a value.
+DEFAULT_GDAL_CACHEMAX_MB = 64
+
+
+def is_s3(uri: str | os.PathLike) -> bool:
+    """True for ``s3://bucket/key`` (and GDAL's ``/vsis3/bucket/key``)."""
+    s = str(uri)
+    return s.startswith("s3://") or s.startswith("/vsis3/")
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """``s3://bucket/a/b`` -> ``("bucket", "a/b")``."""
+    s = str(uri)
+    if s.startswith("/vsis3/"):
+        s = "s3://" + s[len("/vsis3/"):]
+    parsed = urlparse(s)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def to_s3_uri(uri: str) -> str:
+    bucket, key = split_s3(uri)
+    return f"s3://{bucket}/{key}" if key else f"s3://{bucket}"
+
+
+def gdal_path(uri: str | os.PathLike) -> str:
+    """Path GDAL opens: ``/vsis3/bucket/key`` for S3 (the form that also works for writes)."""
+    if is_s3(uri):
+        bucket, key = split_s3(str(uri))
+        return f"/vsis3/{bucket}/{key}"
+    s = str(uri)
+    if s.startswith("file://"):
+        s = s[len("file://"):]
+    return s
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path parts onto a local path or an s3:// URI."""
+    if is_s3(uri):
+        return posixpath.join(to_s3_uri(uri).rstrip("/"), *[p.strip("/") for p in parts])
+    return os.path.join(str(uri), *parts)
+
+
+def _endpoint_url() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def _region() -> str | None:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
+
+
+def storage_options(uri: str | None = None, *, listings_cache: bool = False) -> dict[str, Any]:
+    """fsspec/s3fs/zarr ``storage_options`` from the AWS environment ({} for local paths).
+
+    The listings cache is off by default: several processes write to the same prefixes and a
+    cached listing would hide their chunks.
+    """
+    if uri is not None and not is_s3(uri):
+        return {}
+    opts: dict[str, Any] = {}
+    key = os.environ.get("AWS_ACCESS_KEY_ID")
+    secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if key and secret:
+        opts["key"] = key
+        opts["secret"] = secret
+        token = os.environ.get("AWS_SESSION_TOKEN")
+        if token:
+            opts["token"] = token
+    elif os.environ.get("AWS_NO_SIGN_REQUEST", "").upper() in ("YES", "TRUE", "1"):
+        opts["anon"] = True
+    client_kwargs: dict[str, Any] = {}
+    endpoint = _endpoint_url()
+    if endpoint:
+        client_kwargs["endpoint_url"] = endpoint
+    region = _region()
+    if region:
+        client_kwargs["region_name"] = region
+    if client_kwargs:
+        opts["client_kwargs"] = client_kwargs
+    if not listings_cache:
+        opts["use_listings_cache"] = False
+    return opts
+
+
+def fs_for(uri: str | os.PathLike):
+    """``(filesystem, path)`` for a local path or an s3:// URI (path without the scheme)."""
+    import fsspec
+
+    if is_s3(uri):
+        bucket, key = split_s3(str(uri))
+        fs = fsspec.filesystem("s3", **storage_options(str(uri)))
+        return fs, f"{bucket}/{key}".rstrip("/")
+    s = str(uri)
+    if s.startswith("file://"):
+        s = s[len("file://"):]
+    return fsspec.filesystem("file"), os.path.abspath(s)
+
+
+def _gdal_options(extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    opts: dict[str, Any] = {
+        "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+        "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+        "GDAL_HTTP_MAX_RETRY": os.environ.get("GDAL_HTTP_MAX_RETRY", "3"),
+        "GDAL_HTTP_RETRY_DELAY": os.environ.get("GDAL_HTTP_RETRY_DELAY", "0.5"),
+        "CPL_VSIL_USE_TEMP_FILE_FOR_RANDOM_WRITE": "YES",
+    }
+    if "GDAL_CACHEMAX" not in os.environ:
+        opts["GDAL_CACHEMAX"] = DEFAULT_GDAL_CACHEMAX_MB
+    endpoint = _endpoint_url()
+    if endpoint and "AWS_S3_ENDPOINT" not in os.environ:
+        parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+        opts["AWS_S3_ENDPOINT"] = parsed.netloc + parsed.path.rstrip("/")
+        opts["AWS_HTTPS"] = "NO" if parsed.scheme == "http" else "YES"
+        # Custom endpoints (MinIO, SeaweedFS, Ceph) use path-style addressing.
+        opts["AWS_VIRTUAL_HOSTING"] = os.environ.get("AWS_VIRTUAL_HOSTING", "FALSE")
+    region = _region()
+    if region and "AWS_REGION" not in os.environ:
+        opts["AWS_REGION"] = region
+    if extra:
+        opts.update(extra)
+    return opts
+
+
+def gdal_env(**options: Any):
+    """A ``rasterio.Env`` for GDAL /vsis3/ reads and writes from the AWS environment.
+
+    Keys/secrets are *not* passed as Env options (rasterio refuses them there); GDAL reads them
+    from ``os.environ``. Extra GDAL config options may be given as keyword arguments.
+    """
+    import rasterio
+
+    return rasterio.Env(**_gdal_options(options))
+
+
+# ---------------------------------------------------------------- small file operations
+
+
+def exists(uri: str | os.PathLike) -> bool:
+    fs, path = fs_for(uri)
+    return bool(fs.exists(path))
+
+
+def read_bytes(uri: str | os.PathLike) -> bytes:
+    fs, path = fs_for(uri)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
+    """Write a whole object atomically (local: temp file + rename; S3: a single PUT)."""
+    if is_s3(uri):
+        fs, path = fs_for(uri)
+        fs.pipe_file(path, data)
+        return
+    path = Path(gdal_path(uri))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def put_file(local_path: str | os.PathLike, uri: str | os.PathLike) -> None:
+    """Move/upload a finished local file to ``uri`` without a half-written file being visible.
+
+    Local: copy next to the destination under a hidden temp name, then ``os.replace``.
+    S3: an object only appears once its (multipart) upload completes.
+    """
+    if is_s3(uri):
+        fs, path = fs_for(uri)
+        fs.put_file(str(local_path), path)
+        return
+    dst = Path(gdal_path(uri))
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        try:
+            os.link(local_path, tmp)  # same filesystem: no copy
+        except OSError:
+            import shutil
+
+            shutil.copyfile(local_path, tmp)
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def listdir(uri: str | os.PathLike) -> list[str]:
+    """Entries directly under ``uri`` as full URIs/paths, sorted."""
+    fs, path = fs_for(uri)
+    names = fs.ls(path, detail=False)
+    return sorted(_as_uri(uri, n) for n in names if n.rstrip("/") != path.rstrip("/"))
+
+
+def glob(pattern: str) -> list[str]:
+    """Glob a local or s3:// pattern; returns full URIs/paths, sorted."""
+    fs, path = fs_for(pattern)
+    return sorted(_as_uri(pattern, n) for n in fs.glob(path))
+
+
+def remove(uri: str | os.PathLike, recursive: bool = False) -> None:
+    fs, path = fs_for(uri)
+    if fs.exists(path):
+        fs.rm(path, recursive=recursive)
+
+
+def _as_uri(like: str | os.PathLike, path: str) -> str:
+    return f"s3://{path}" if is_s3(like) else path
+
+
+def local_tempdir(prefix: str = "samsp-ingest-", dir: str | None = None) -> str:
+    """A temp directory for intermediates (``SAMSP_TMPDIR`` overrides the system default)."""
+    return tempfile.mkdtemp(prefix=prefix, dir=dir or os.environ.get("SAMSP_TMPDIR"))
+
+
+__all__ = [
+    "is_s3", "split_s3", "gdal_path", "join", "storage_options", "fs_for", "gdal_env",
+    "exists", "read_bytes", "write_bytes", "put_file", "listdir", "glob", "remove",
+    "local_tempdir",
+]

@@ -1,0 +1,439 @@
+"""Chunk-aligned, georeferenced mask output: a Zarr v3 store, then a COG.
+
+Store layout (``<uri>`` is a local directory or ``s3://bucket/prefix.zarr``)::
+
+    zarr.json            group (Zarr v3; ``zarr_format=2`` for GDAL < 3.11); attrs["samsp"] = {height, width, chunk, nodata, prob_encoding, ...}
+    prob/                uint8 [y, x], chunk = core size; 0..254 = round(p * 254), 255 = nodata
+    mask/                uint8 [y, x], chunk = core size; 0/1, 255 = nodata
+    written/             uint8 [chunk_row, chunk_col], 1x1 chunks: 1 once a chunk's data is stored
+    spatial_ref, x, y    CF georeferencing (see ``ingest.georef``), read by rioxarray and GDAL
+
+Each core window of a :class:`ingest.TileGrid` with ``tile - overlap == chunk`` is exactly one
+chunk (edge chunks are partial), so any number of processes can ``write`` different tiles with no
+coordination: every chunk is its own object/file (local writes are atomic renames, S3 PUTs are
+atomic). The ``written`` marker is stored *after* the data chunks, so ``written_windows()`` (one
+listing) never reports a chunk whose data is missing -- that is what a rerun skips.
+
+Unwritten data reads as the fill value 255 (= nodata): holes are detectable and render as nodata.
+The probability code keeps 255 free for nodata: ``prob_to_u8(p) = round(clip(p, 0, 1) * 254)``.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.windows import Window
+
+from . import storage
+from .errors import IncompleteMaskError, WriterError
+from .georef import (crs_to_wkt, data_array_attrs, transform_from_gdal, transform_to_gdal,
+                     write_georef)
+from .tiling import TileGrid, window_bounds
+
+NODATA = 255
+PROB_SCALE = 254
+ARRAYS = ("prob", "mask")
+_FORMAT_VERSION = 1
+
+
+def prob_to_u8(prob: np.ndarray) -> np.ndarray:
+    """Float probability in [0, 1] -> uint8 0..254 (255 stays free for nodata); NaN -> 255."""
+    p = np.asarray(prob, dtype=np.float32)
+    out = np.rint(np.clip(np.nan_to_num(p, nan=0.0), 0.0, 1.0) * PROB_SCALE).astype(np.uint8)
+    if np.isnan(p).any():
+        out[np.isnan(p)] = NODATA
+    return out
+
+
+def u8_to_prob(code: np.ndarray) -> np.ndarray:
+    """uint8 probability code -> float32 in [0, 1]; nodata (255) -> NaN."""
+    c = np.asarray(code)
+    out = c.astype(np.float32) / PROB_SCALE
+    out[c == NODATA] = np.nan
+    return out
+
+
+def _open_group(uri: str, mode: str, zarr_format: int | None = None):
+    import zarr
+
+    opts = storage.storage_options(uri)
+    kwargs: dict[str, Any] = {"mode": mode}
+    if opts:
+        kwargs["storage_options"] = opts
+    if zarr_format is not None:
+        kwargs["zarr_format"] = zarr_format
+    return zarr.open_group(uri if storage.is_s3(uri) else storage.gdal_path(uri), **kwargs)
+
+
+class MaskWriter:
+    """Zarr v3 mask store on the core-tile chunk grid; see the module docstring.
+
+    ``MaskWriter(uri, like=scene, chunk=grid.core_size)`` creates the store (``mode="a"``: reuse
+    a compatible existing store, e.g. to resume; ``"w"``: start over). Workers reopen it with
+    ``MaskWriter.open(uri)`` or receive the pickled writer. ``chunk`` may also be a
+    :class:`TileGrid`. Without ``like``, give ``height``, ``width``, ``crs``, ``transform``.
+    """
+
+    def __init__(self, uri: str | os.PathLike, like: Any = None, chunk: int | TileGrid | None = None,
+                 mode: str = "a", *, height: int | None = None, width: int | None = None,
+                 crs: CRS | None = None, transform: Affine | None = None,
+                 arrays: tuple[str, ...] = ARRAYS, attrs: dict | None = None, zarr_format: int = 3):
+        self.uri = os.fspath(uri) if not storage.is_s3(uri) else storage.to_s3_uri(str(uri))
+        if mode not in ("w", "a", "r+", "r"):
+            raise ValueError(f"mode must be one of w, a, r+, r; got {mode!r}")
+        self._group = None
+        self._arrays: dict[str, Any] = {}
+        exists = mode in ("r", "r+") or any(storage.exists(storage.join(self.uri, m))
+                                             for m in ("zarr.json", ".zgroup"))
+        if mode in ("r", "r+") or (mode == "a" and exists):
+            self._load(mode)
+            if like is not None or chunk is not None or height is not None:
+                self._check_compatible(like, chunk, height, width, crs, transform)
+            return
+        if isinstance(chunk, TileGrid):
+            chunk = chunk.core_size
+        if chunk is None:
+            raise WriterError("MaskWriter needs chunk= (the tile core size) to create a store")
+        if like is not None:
+            height, width = like.height, like.width
+            crs, transform = like.crs, like.transform
+        if height is None or width is None:
+            raise WriterError("MaskWriter needs like=scene or height=/width= to create a store")
+        bad = [a for a in arrays if a not in ARRAYS]
+        if bad or not arrays:
+            raise WriterError(f"arrays must be a non-empty subset of {ARRAYS}, got {arrays}")
+        self.height, self.width, self.chunk = int(height), int(width), int(chunk)
+        if self.chunk <= 0:
+            raise WriterError(f"chunk must be positive, got {chunk}")
+        self.crs = CRS.from_user_input(crs) if crs is not None else None
+        self.transform = transform if transform is not None else Affine.identity()
+        self.arrays = tuple(arrays)
+        self.nodata = NODATA
+        if zarr_format not in (2, 3):
+            raise WriterError(f"zarr_format must be 2 or 3, got {zarr_format}")
+        self.zarr_format = int(zarr_format)
+        self._mode = "r+"
+        self._create(attrs or {})
+
+    # -- construction
+    @classmethod
+    def open(cls, uri: str | os.PathLike, mode: str = "r+") -> "MaskWriter":
+        """Reopen an existing store (``r+`` to write more chunks, ``r`` to read/export)."""
+        return cls(uri, mode=mode)
+
+    def _meta(self) -> dict:
+        return {
+            "format": "samsp-mask", "version": _FORMAT_VERSION,
+            "height": self.height, "width": self.width, "chunk": self.chunk,
+            "grid_shape": list(self.grid_shape), "arrays": list(self.arrays), "nodata": NODATA,
+            "prob_encoding": f"round(p*{PROB_SCALE}); {NODATA}=nodata",
+            "mask_encoding": f"0 background, 1 foreground, {NODATA}=nodata",
+            "crs_wkt": crs_to_wkt(self.crs), "GeoTransform": transform_to_gdal(self.transform),
+        }
+
+    def _create(self, extra_attrs: dict) -> None:
+        group = _open_group(self.uri, "w", self.zarr_format)
+        group.attrs.update({"samsp": self._meta(), **extra_attrs})
+        shape, chunks = (self.height, self.width), (self.chunk, self.chunk)
+        v3 = self.zarr_format == 3
+        for name in self.arrays:
+            group.create_array(name, shape=shape, chunks=chunks, dtype="uint8", fill_value=NODATA,
+                               attributes=data_array_attrs(self.crs, ("y", "x"), NODATA, self.zarr_format)
+                               | {"long_name": {"prob": "probability code (p*254)",
+                                                "mask": "binary mask"}[name]},
+                               config={"write_empty_chunks": True},
+                               **({"dimension_names": ("y", "x")} if v3 else {}))
+        group.create_array("written", shape=self.grid_shape, chunks=(1, 1), dtype="uint8",
+                           fill_value=0, attributes={"_ARRAY_DIMENSIONS": ["chunk_row", "chunk_col"],
+                                                     "description": "1 = chunk written (marker, set last)"},
+                           **({"dimension_names": ("chunk_row", "chunk_col")} if v3 else {}))
+        write_georef(group, self.crs, self.transform, self.height, self.width)
+        self._group = group
+
+    def _load(self, mode: str) -> None:
+        try:
+            group = _open_group(self.uri, "r" if mode == "r" else "r+")
+        except FileNotFoundError:
+            raise WriterError(f"{self.uri}: no mask store here") from None
+        except Exception as exc:  # noqa: BLE001 - zarr's NodeNotFoundError etc.
+            if "not found" in str(exc).lower() or "NotFound" in type(exc).__name__:
+                raise WriterError(f"{self.uri}: no mask store here") from None
+            raise
+        meta = group.attrs.get("samsp")
+        if not isinstance(meta, dict) or meta.get("format") != "samsp-mask":
+            raise WriterError(f"{self.uri}: not a samsp mask store (missing attrs['samsp'])")
+        self.height, self.width, self.chunk = int(meta["height"]), int(meta["width"]), int(meta["chunk"])
+        self.arrays = tuple(meta["arrays"])
+        self.nodata = int(meta.get("nodata", NODATA))
+        self.crs = CRS.from_wkt(meta["crs_wkt"]) if meta.get("crs_wkt") else None
+        self.transform = transform_from_gdal(meta["GeoTransform"])
+        self.zarr_format = int(group.metadata.zarr_format)
+        self._group = group
+        self._mode = mode
+
+    def _check_compatible(self, like, chunk, height, width, crs, transform) -> None:
+        if isinstance(chunk, TileGrid):
+            chunk = chunk.core_size
+        if like is not None:
+            height, width, crs, transform = like.height, like.width, like.crs, like.transform
+        problems = []
+        if height is not None and (int(height), int(width)) != (self.height, self.width):
+            problems.append(f"size {width}x{height} != stored {self.width}x{self.height}")
+        if chunk is not None and int(chunk) != self.chunk:
+            problems.append(f"chunk {chunk} != stored {self.chunk}")
+        if transform is not None and not transform.almost_equals(self.transform, precision=1e-9):
+            problems.append("transform differs")
+        if crs is not None and self.crs is not None and CRS.from_user_input(crs) != self.crs:
+            problems.append("CRS differs")
+        if problems:
+            raise WriterError(f"{self.uri}: existing store is incompatible ({'; '.join(problems)}); "
+                              f"use mode='w' to replace it")
+
+    # -- pickling (Ray tasks / multiprocessing): reopen lazily
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_group"] = None
+        state["_arrays"] = {}
+        if state.get("_mode") == "w":
+            state["_mode"] = "r+"
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        return (f"MaskWriter({self.uri!r}, {self.width}x{self.height}, chunk={self.chunk}, "
+                f"arrays={list(self.arrays)})")
+
+    def _array(self, name: str):
+        if name not in self.arrays and name != "written":
+            raise WriterError(f"{self.uri}: no {name!r} array (has {list(self.arrays)})")
+        arr = self._arrays.get(name)
+        if arr is None:
+            if self._group is None:
+                self._group = _open_group(self.uri, "r" if self._mode == "r" else "r+")
+            arr = self._group[name]
+            if name != "written":
+                arr = arr.with_config({"write_empty_chunks": True})
+            self._arrays[name] = arr
+        return arr
+
+    # -- geometry
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        return math.ceil(self.height / self.chunk), math.ceil(self.width / self.chunk)
+
+    def chunk_window(self, row: int, col: int) -> Window:
+        r0, c0 = row * self.chunk, col * self.chunk
+        return Window(c0, r0, min(self.chunk, self.width - c0), min(self.chunk, self.height - r0))
+
+    def chunk_windows(self) -> Iterator[Window]:
+        rows, cols = self.grid_shape
+        for r in range(rows):
+            for c in range(cols):
+                yield self.chunk_window(r, c)
+
+    def _chunk_range(self, window: Window) -> tuple[int, int, int, int]:
+        """Chunk index range ``(i0, j0, i1, j1)`` for a chunk-aligned window (else WriterError)."""
+        r0, c0, r1, c1 = window_bounds(window)
+        ch = self.chunk
+        if not (0 <= r0 < r1 <= self.height and 0 <= c0 < c1 <= self.width):
+            raise WriterError(f"window {window} outside the {self.width}x{self.height} mask")
+        aligned = (r0 % ch == 0 and c0 % ch == 0 and (r1 % ch == 0 or r1 == self.height)
+                   and (c1 % ch == 0 or c1 == self.width))
+        if not aligned:
+            raise WriterError(f"window {window} is not aligned to the {ch}-pixel chunk grid "
+                              f"(use TileGrid core windows with tile - overlap == {ch})")
+        return r0 // ch, c0 // ch, math.ceil(r1 / ch), math.ceil(c1 / ch)
+
+    # -- writing
+    def write(self, core_window: Window, prob: np.ndarray | None = None, mask: np.ndarray | None = None,
+              valid: np.ndarray | None = None) -> None:
+        """Store whole chunks covering ``core_window``; pixels with ``valid=False`` become 255.
+
+        ``prob`` is the uint8 code (float input in [0, 1] is converted with ``prob_to_u8``);
+        ``mask`` is 0/1 (bool accepted). An array the store holds but the call omits is written
+        as nodata. Safe to call from many processes at once for different windows.
+        """
+        if self._mode == "r":
+            raise WriterError(f"{self.uri}: opened read-only")
+        i0, j0, i1, j1 = self._chunk_range(core_window)
+        r0, c0, r1, c1 = window_bounds(core_window)
+        shape = (r1 - r0, c1 - c0)
+        given = {"prob": prob, "mask": mask}
+        for name in given:
+            if given[name] is not None and name not in self.arrays:
+                raise WriterError(f"{self.uri}: store has no {name!r} array")
+        if valid is not None:
+            valid = np.asarray(valid, dtype=bool)
+            if valid.shape != shape:
+                raise WriterError(f"valid has shape {valid.shape}, window needs {shape}")
+        for name in self.arrays:
+            data = given[name]
+            if data is None:
+                data = np.full(shape, NODATA, dtype=np.uint8)
+            else:
+                data = np.asarray(data)
+                if data.ndim == 3 and data.shape[0] == 1:
+                    data = data[0]
+                if data.shape != shape:
+                    raise WriterError(f"{name} has shape {data.shape}, window needs {shape}")
+                if name == "prob" and data.dtype.kind == "f":
+                    data = prob_to_u8(data)
+                elif data.dtype != np.uint8:
+                    data = data.astype(np.uint8)
+                if valid is not None and not valid.all():
+                    data = np.where(valid, data, np.uint8(NODATA))
+            self._array(name)[r0:r1, c0:c1] = data
+        self._array("written")[i0:i1, j0:j1] = 1
+
+    # -- resume / reading
+    def written_chunks(self) -> set[tuple[int, int]]:
+        """``{(row, col)}`` of chunks whose marker exists (one listing of ``written/``)."""
+        fs, path = storage.fs_for(storage.join(self.uri, "written"))
+        try:
+            if hasattr(fs, "invalidate_cache"):
+                fs.invalidate_cache(path)
+            found = fs.find(path)
+        except FileNotFoundError:
+            return set()
+        out = set()
+        prefix = path.rstrip("/") + "/"
+        for key in found:
+            rel = key[len(prefix):] if key.startswith(prefix) else key
+            if rel.startswith("c/"):  # v3 default chunk keys: c/<row>/<col>
+                rel = rel[2:]
+            parts = rel.replace(".", "/").split("/")  # v2: <row>.<col> (or <row>/<col>)
+            if len(parts) == 2 and all(p.isdigit() for p in parts):
+                out.add((int(parts[0]), int(parts[1])))
+        return out
+
+    def written_windows(self) -> list[Window]:
+        """Chunk windows already written (row-major)."""
+        return [self.chunk_window(r, c) for r, c in sorted(self.written_chunks())]
+
+    def missing_windows(self) -> list[Window]:
+        done = self.written_chunks()
+        rows, cols = self.grid_shape
+        return [self.chunk_window(r, c) for r in range(rows) for c in range(cols) if (r, c) not in done]
+
+    def is_written(self, core_window: Window) -> bool:
+        i0, j0, i1, j1 = self._chunk_range(core_window)
+        return bool(np.all(np.asarray(self._array("written")[i0:i1, j0:j1]) == 1))
+
+    @property
+    def complete(self) -> bool:
+        rows, cols = self.grid_shape
+        return len(self.written_chunks()) == rows * cols
+
+    def read(self, window: Window | None = None, which: str = "mask") -> np.ndarray:
+        """uint8 ``[h, w]`` of ``which`` (window inside the mask; default the whole mask)."""
+        if window is None:
+            window = Window(0, 0, self.width, self.height)
+        r0, c0, r1, c1 = window_bounds(window)
+        return np.asarray(self._array(which)[r0:r1, c0:c1])
+
+    def iter_chunks(self, which: str = "mask") -> Iterator[tuple[Window, np.ndarray]]:
+        """``(window, data)`` chunk by chunk (bounded memory)."""
+        for win in self.chunk_windows():
+            yield win, self.read(win, which)
+
+    def histogram(self, which: str = "mask") -> np.ndarray:
+        """Counts of each uint8 value over the whole array (chunk by chunk): ``int64[256]``."""
+        counts = np.zeros(256, dtype=np.int64)
+        for _, data in self.iter_chunks(which):
+            counts += np.bincount(data.ravel(), minlength=256)
+        return counts
+
+    # -- export
+    def to_cog(self, uri: str | os.PathLike, which: str = "mask", *, blocksize: int = 512,
+               compress: str = "DEFLATE", require_complete: bool = True,
+               tmp_dir: str | None = None, **creation_options: Any) -> str:
+        """Write ``which`` as a Cloud-Optimized GeoTIFF at ``uri`` (local or s3://).
+
+        Chunk by chunk into a local tiled GTiff (never a whole-scene array), then GDAL's COG
+        driver (nearest overviews) into a hidden temp file, then an atomic rename (local) or a
+        single upload (S3): no half-written file is ever visible at ``uri``. Raises
+        :class:`IncompleteMaskError` before writing anything if chunks are missing and
+        ``require_complete``.
+        """
+        import rasterio
+        import rasterio.shutil
+
+        uri = os.fspath(uri) if not storage.is_s3(uri) else storage.to_s3_uri(str(uri))
+        self._array(which)
+        if require_complete:
+            missing = self.missing_windows()
+            if missing:
+                rows, cols = self.grid_shape
+                raise IncompleteMaskError(
+                    f"{self.uri}: {len(missing)} of {rows * cols} chunks not written yet "
+                    f"(first at row {int(missing[0].row_off)}, col {int(missing[0].col_off)}); "
+                    f"no COG written")
+        workdir = storage.local_tempdir(dir=tmp_dir)
+        dst_tmp: Path | None = None
+        try:
+            src_path = os.path.join(workdir, "src.tif")
+            block = self.chunk if (self.chunk % 16 == 0 and self.chunk <= 4096) else 512
+            profile = dict(driver="GTiff", height=self.height, width=self.width, count=1,
+                           dtype="uint8", nodata=NODATA, tiled=True, blockxsize=block,
+                           blockysize=block, compress="ZSTD", zstd_level=1, bigtiff="IF_SAFER",
+                           transform=self.transform)
+            if self.crs is not None:
+                profile["crs"] = self.crs
+            arr = self._array(which)
+            with storage.gdal_env():
+                with _quiet_georef(), rasterio.open(src_path, "w", **profile) as dst:
+                    for _, win in dst.block_windows(1):
+                        r0, c0, r1, c1 = window_bounds(win)
+                        dst.write(np.asarray(arr[r0:r1, c0:c1]), 1, window=win)
+                if storage.is_s3(uri):
+                    cog_path = os.path.join(workdir, "cog.tif")
+                else:
+                    final = Path(uri)
+                    final.parent.mkdir(parents=True, exist_ok=True)
+                    dst_tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+                    cog_path = str(dst_tmp)
+                options = {"COMPRESS": compress, "BLOCKSIZE": blocksize,
+                           "OVERVIEW_RESAMPLING": "NEAREST", "RESAMPLING": "NEAREST",
+                           "BIGTIFF": "IF_SAFER"}
+                options.update({k.upper(): v for k, v in creation_options.items()})
+                with _quiet_georef():
+                    rasterio.shutil.copy(src_path, cog_path, driver="COG", **options)
+            if storage.is_s3(uri):
+                storage.put_file(cog_path, uri)
+            else:
+                os.replace(cog_path, uri)
+                dst_tmp = None
+        finally:
+            if dst_tmp is not None and dst_tmp.exists():
+                dst_tmp.unlink()
+            shutil.rmtree(workdir, ignore_errors=True)
+        return uri
+
+
+class _quiet_georef:
+    """Silence NotGeoreferencedWarning for pixel-grid outputs."""
+
+    def __enter__(self):
+        import warnings
+
+        from rasterio.errors import NotGeoreferencedWarning
+
+        self._cm = warnings.catch_warnings()
+        self._cm.__enter__()
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return self
+
+    def __exit__(self, *exc):
+        return self._cm.__exit__(*exc)
+
+
+__all__ = ["MaskWriter", "prob_to_u8", "u8_to_prob", "NODATA", "PROB_SCALE"]
