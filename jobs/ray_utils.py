@@ -1,0 +1,155 @@
+"""Start or join Ray the same way in every job (train, segment, ...).
+
+``init_ray(address)`` decides between two modes:
+
+* **cluster** -- ``address`` (or, when it is None, the ``RAY_ADDRESS`` environment variable, which
+  ``ray job submit`` sets for the driver) names a running cluster: ``"auto"``, ``"ray://host:10001"``
+  or ``"host:6379"``. The cluster's environment is authoritative: credentials come from the job's
+  runtime env (``ray job submit --runtime-env-json '{"env_vars": {...}}'``) or the nodes' IAM role;
+  nothing is forwarded, so secrets are never copied into a runtime env that the dashboard shows.
+* **embedded** -- no address anywhere: a private single-node Ray is started inside this process
+  (``address="local"``, so a stale ``/tmp/ray/ray_current_cluster`` of another user is ignored and a
+  cluster started by someone else on this machine is never joined by accident). Its dashboard
+  (State API) is bound to 127.0.0.1 on a free port, and its workers get every ``AWS_*`` variable of this
+  process through ``runtime_env.env_vars`` (S3 data, checkpoints and bundles keep working even when
+  the variables were set after Python started).
+
+Auth: Ray 2.60 turns token auth on by default for a new local cluster (token from
+``RAY_AUTH_TOKEN``/``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``, generated when missing), and a
+client joins in token mode whenever a token is available. ``init_ray`` never overrides that: an
+explicit ``RAY_AUTH_MODE`` (``token`` or ``disabled``) is respected and forwarded to the embedded
+workers; unset, Ray's secure default applies. Even with ``_node_ip_address=127.0.0.1`` the
+embedded cluster's GCS listens on all interfaces, so ``disabled`` is only for tests and isolated
+machines (the test fixtures and ``make demo`` set it). For ``ray job submit`` to a local head, use
+the same mode on both sides (STACK.md): ``RAY_AUTH_MODE=disabled`` for ``ray start`` and the client,
+or token mode with the same token.
+
+``init_ray`` is a no-op returning ``"existing"`` when Ray is already initialised in this process
+(tests with a session cluster); ``worker_env_vars(mode)`` then tells what to hand to workers.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Literal
+
+log = logging.getLogger(__name__)
+
+RayMode = Literal["embedded", "cluster", "existing"]
+
+#: Variables forwarded to workers of an embedded/existing local cluster (values never logged).
+FORWARD_PREFIXES = ("AWS_",)
+FORWARD_NAMES = ("GDAL_DISABLE_READDIR_ON_OPEN", "CPL_VSIL_USE_TEMP_FILE_FOR_RANDOM_WRITE")
+
+
+def forwarded_env() -> dict[str, str]:
+    """This process's ``AWS_*`` (and GDAL S3) variables, to give to Ray workers."""
+    return {k: v for k, v in os.environ.items()
+            if k.startswith(FORWARD_PREFIXES) or k in FORWARD_NAMES}
+
+
+def resolve_address(address: str | None = None) -> str | None:
+    """The cluster to join: ``address`` if given, else ``$RAY_ADDRESS``, else None (embedded)."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address in ("local", ""):
+        return None
+    return address
+
+
+def init_ray(address: str | None = None, *, num_cpus: int | None = None,
+             num_gpus: int | None = None, log_to_driver: bool = True,
+             include_dashboard: bool = True,
+             extra_env: dict[str, str] | None = None) -> RayMode:
+    """Initialise Ray for a job; returns the mode (see module docstring).
+
+    ``num_cpus``/``num_gpus`` only size an embedded cluster (None: what the machine has).
+    ``include_dashboard``: the embedded cluster's dashboard (127.0.0.1, a free port) also
+    serves the State API, which Ray Train v2's placement-group cleaner polls; without
+    it that actor logs "Failed to query Ray Train Controller actor state" every second.
+    ``extra_env`` is added to the embedded workers' environment.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return "existing"
+    target = resolve_address(address)
+    if target is not None:
+        log.info("joining Ray cluster at %s", target)
+        ray.init(address=target, log_to_driver=log_to_driver)
+        return "cluster"
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    env = forwarded_env()
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):
+        if os.environ.get(name):
+            env[name] = os.environ[name]
+    dashboard: dict = {}
+    if include_dashboard:
+        # Known port, so the State API inside our actors targets *this* cluster: without it Ray
+        # auto-detects and fails with "Found multiple active Ray instances" when other Ray
+        # clusters run on the machine.
+        port = _free_port()
+        dashboard = {"dashboard_host": "127.0.0.1", "dashboard_port": port}
+        env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    env.update(extra_env or {})
+    log.info("starting an embedded local Ray (num_cpus=%s, num_gpus=%s, forwarding %d env vars)",
+             num_cpus, num_gpus, len(env))
+    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
+             include_dashboard=include_dashboard, **dashboard,
+             _node_ip_address="127.0.0.1", log_to_driver=log_to_driver,
+             runtime_env={"env_vars": env})
+    return "embedded"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def worker_env_vars(mode: RayMode) -> dict[str, str]:
+    """Env vars to put in an actor/trainer ``runtime_env`` for this mode.
+
+    Embedded: already in the job runtime env, nothing more needed. Existing (Ray was started
+    earlier in this process, e.g. by a test, possibly before the AWS variables were set):
+    forward them now. Cluster: nothing (the cluster's environment is authoritative).
+    """
+    return forwarded_env() if mode == "existing" else {}
+
+
+def storage_filesystem(uri: str):
+    """``(path, filesystem)`` for ``RunConfig(storage_path=..., storage_filesystem=...)``.
+
+    Local paths come back absolute with ``filesystem=None`` (Ray's default). ``s3://bucket/prefix``
+    becomes ``("bucket/prefix", pyarrow.fs.S3FileSystem)`` built from the AWS environment --
+    ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``, ``AWS_REGION`` (or
+    ``AWS_DEFAULT_REGION``) and ``AWS_ENDPOINT_URL`` (``http://host:port`` for SeaweedFS/MinIO;
+    pyarrow does not read that variable itself). Without keys, pyarrow's default credential chain
+    (profile, IAM role) is used. The filesystem pickles with its settings, so Ray Train's
+    controller and workers on other nodes reach the same store.
+    """
+    if not uri.startswith("s3://"):
+        if "://" in uri:
+            raise ValueError(f"storage path {uri!r}: only local paths and s3:// are supported")
+        return os.path.abspath(os.path.expanduser(uri)), None
+    import pyarrow.fs as pafs
+
+    path = uri[len("s3://"):].strip("/")
+    kwargs: dict = {}
+    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if key and secret:
+        kwargs.update(access_key=key, secret_key=secret,
+                      session_token=os.environ.get("AWS_SESSION_TOKEN") or None)
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kwargs["region"] = region
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        if not host:
+            scheme, host = "https", endpoint
+        kwargs.update(endpoint_override=host.rstrip("/"), scheme=scheme)
+        kwargs.setdefault("region", "us-east-1")
+    return path, pafs.S3FileSystem(**kwargs)

@@ -1,0 +1,210 @@
+"""Training data without Ray: pair folders (local and S3), binarisation, split, augmentation,
+raster tiles through ingest, and the driver-side pre-flight errors of jobs/train.py."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jobs.config import ConfigError, load_config
+from jobs.train_config import TrainConfig
+from jobs.train_data import (DataError, ItemLoader, TrainDataset, augment, plan_data,
+                             split_items, synth_item, tile_image, untile)
+from tests.conftest import shared_data
+
+
+def _write_pairs(root, n=6, size=(40, 56), layout=("train_img", "train_lab"), one_bit=(0,),
+                 missing_mask=None):
+    img_dir, lab_dir = root / layout[0], root / layout[1]
+    img_dir.mkdir(parents=True)
+    lab_dir.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    masks = {}
+    for i in range(n):
+        stem = f"{1000 + i}"
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(img_dir / f"{stem}.jpg")
+        m = np.zeros(size, bool)
+        m[5 + i: 9 + i, :] = True
+        masks[stem] = m
+        if i == missing_mask:
+            continue
+        if i in one_bit:  # DeepCrack test masks: 1-bit {0,1}
+            Image.fromarray(m).convert("1").save(lab_dir / f"{stem}.png")
+        else:
+            Image.fromarray(np.where(m, 255, 0).astype(np.uint8)).save(lab_dir / f"{stem}.png")
+    return masks
+
+
+def _data_cfg(source, val_fraction=0.34):
+    return {"source": source, "val_source": None, "split": {"val_fraction": val_fraction, "seed": 0}}
+
+
+def test_pair_folders_split_and_binarisation(tmp_path, s3_env):
+    masks = _write_pairs(tmp_path / "dc")
+    src = TrainConfig.model_validate(
+        {"data": {"source": {"kind": "pairs", "root": str(tmp_path / "dc"), "layout": "deepcrack"}}}
+    ).data.source.model_dump()
+    assert (src["image_dir"], src["mask_dir"], src["threshold"]) == ("train_img", "train_lab", 0)
+    plan = plan_data(_data_cfg(src))
+    assert len(plan["train"]) == 4 and len(plan["val"]) == 2
+    assert not {i["key"] for i in plan["train"]} & {i["key"] for i in plan["val"]}
+    assert plan == plan_data(_data_cfg(src))  # deterministic
+    loader = ItemLoader(plan["scenes"])
+    for item in plan["train"] + plan["val"]:  # 8-bit {0,255} and 1-bit {0,1} masks alike
+        img, mask, valid = loader.load(item)
+        assert img.shape == (3, 40, 56) and img.dtype == np.uint8 and valid.all()
+        np.testing.assert_array_equal(mask, masks[item["key"]])
+
+    # the same folder from S3 gives the same items
+    import fsspec
+
+    fs = fsspec.filesystem("s3", **s3_env.storage_options())
+    fs.put(str(tmp_path / "dc") + "/", f"{s3_env.bucket}/data/dc/", recursive=True)
+    src_s3 = dict(src, root=f"s3://{s3_env.bucket}/data/dc")
+    plan_s3 = plan_data(_data_cfg(src_s3))
+    assert [i["key"] for i in plan_s3["val"]] == [i["key"] for i in plan["val"]]
+    img, mask, _ = ItemLoader([]).load(plan_s3["val"][0])
+    np.testing.assert_array_equal(mask, masks[plan_s3["val"][0]["key"]])
+
+    # EPFL-style anti-aliased masks: custom threshold
+    epfl = TrainConfig.model_validate(
+        {"data": {"source": {"kind": "pairs", "root": "x", "layout": "epfl"}}}).data.source
+    assert (epfl.image_dir, epfl.mask_dir, epfl.threshold) == ("images", "groundtruth", 127)
+
+    # errors: missing folder, image without mask
+    with pytest.raises(DataError, match="data folder not found"):
+        plan_data(_data_cfg(dict(src, root=str(tmp_path / "nope"))))
+    _write_pairs(tmp_path / "bad", n=3, missing_mask=1)
+    with pytest.raises(DataError, match="have no mask"):
+        plan_data(_data_cfg(dict(src, root=str(tmp_path / "bad"))))
+
+
+def test_split_is_stable_and_hash_ranked():
+    items = [{"key": f"k{i:03d}"} for i in range(100)]
+    train, val = split_items(items, 0.15, seed=0)
+    assert len(val) == 15 and len(train) == 85
+    assert {v["key"] for v in split_items(items[::-1], 0.15, 0)[1]} == {v["key"] for v in val}
+    assert {v["key"] for v in split_items(items, 0.15, seed=1)[1]} != {v["key"] for v in val}
+    # adding items keeps most of the old validation set
+    _, val2 = split_items(items + [{"key": f"n{i}"} for i in range(10)], 0.15, seed=0)
+    assert len({v["key"] for v in val} & {v["key"] for v in val2}) >= 12
+    with pytest.raises(DataError):
+        split_items(items[:1], 0.2, 0)
+
+
+def test_joint_augmentation_keeps_image_and_mask_aligned():
+    # the mask is exactly "channel 0 is bright": any misaligned geometric op breaks that
+    rng = np.random.default_rng(1)
+    img = np.zeros((3, 64, 80), np.uint8)
+    mask = rng.random((64, 80)) < 0.2
+    img[0] = np.where(mask, 250, 10)
+    img[1] = np.arange(80, dtype=np.uint8)[None, :]
+    aug = dict(scale=(1.0, 1.0), hflip=True, vflip=True, rot90=True, brightness=0, contrast=0,
+               saturation=0, gamma=0, min_positive=0)
+    seen = set()
+    for i in range(24):
+        ci, cm, cv = augment(img, mask, np.ones_like(mask), 48, aug, np.random.default_rng(i))
+        assert ci.shape == (3, 48, 48) and cm.shape == cv.shape == (48, 48)
+        np.testing.assert_array_equal(cm, ci[0] > 128)
+        seen.add(int(np.sign(np.diff(ci[1].astype(int), axis=1).sum())))
+        seen.add(int(np.sign(np.diff(ci[1].astype(int), axis=0).sum())) * 10)
+    assert len(seen) >= 3  # flips/rotations really happen
+    # rescale + crop beyond the image: padding is invalid, mask stays inside valid
+    jit = dict(aug, scale=(0.5, 0.5), brightness=0.3, contrast=0.3, saturation=0.3, gamma=0.3)
+    ci, cm, cv = augment(img, mask, np.ones_like(mask), 256, jit, np.random.default_rng(0))
+    assert ci.shape == (3, 256, 256) and 0 < cv.mean() < 1 and not (cm & ~cv).any()
+    assert (ci[:, ~cv] == 0).all()
+    # the dataset is deterministic in (seed, epoch, index)
+    plan = {"train": [{"kind": "synthetic", "key": "s0", "index": 0, "size": 64, "seed": 0,
+                       "width": [1, 3]}], "val": [], "scenes": []}
+    ds = TrainDataset(plan, 48, dict(aug, scale=(0.8, 1.2)), seed=0)
+    a, b = ds[0], ds[0]
+    ds.set_epoch(1)
+    c = ds[0]
+    assert all((x == y).all() for x, y in zip(a, b)) and not (a[0] == c[0]).all()
+
+
+def test_tiling_round_trip_and_synthetic():
+    import torch
+
+    img, mask = synth_item(3, 100, seed=0)
+    assert img.shape == (3, 100, 100) and mask.any() and (synth_item(3, 100, 0)[1] == mask).all()
+    t_img, t_mask, t_valid, grid = tile_image(torch.from_numpy(img), torch.from_numpy(mask),
+                                              torch.ones(100, 100, dtype=torch.bool), 48)
+    assert grid == (3, 3) and t_img.shape == (9, 3, 48, 48)
+    assert (untile(t_mask, grid, 100, 100).numpy() == mask).all()
+    assert untile(t_valid, grid, 100, 100).all() and t_valid.float().mean() < 1
+
+
+def test_raster_pairs_through_ingest(tmp_path):
+    base = shared_data("spacenet", "buildings_SN4_Atlanta")
+    cfg = TrainConfig.model_validate({"data": {"source": {
+        "kind": "raster", "tile": 256,
+        "pairs": [{"image": str(base / "sample_geotiff.tif"),
+                   "label": str(base / "sample_fp_mask_from_geojson.tif")}]}}})
+    plan = plan_data(cfg.data.model_dump(mode="json"))
+    assert plan["scenes"][0]["radiometry"]["mode"] == "stretch"  # uint16 PAN
+    loader = ItemLoader(plan["scenes"])
+    img, mask, valid = loader.load(plan["train"][0])
+    assert img.shape == (3, 256, 256) and img.dtype == np.uint8 and (img[0] == img[2]).all()
+    assert 0 < mask.mean() < 0.5 and valid.all()
+    bad = cfg.data.model_dump(mode="json")
+    bad["source"]["pairs"][0]["label"] = str(tmp_path / "missing.tif")
+    with pytest.raises(DataError, match="raster pair 0"):
+        plan_data(bad)
+
+
+def test_preflight_errors_before_any_worker(tmp_path, capsys):
+    """Bad config, missing data, mismatched base checkpoint: exit 2 with the reason, no Ray."""
+    import ray
+    import torch
+
+    from jobs import train
+    from samsp import build_sam
+
+    ray_before = ray.is_initialized()  # another module's session fixture may have started it
+
+    def run(*sets):
+        args = ["--config", "configs/train_tiny.yaml", "--check"]
+        for s in sets:
+            args += ["--set", s]
+        rc = train.main(args)
+        return rc, capsys.readouterr().err
+
+    rc, err = run("train.lr=-1")
+    assert rc == 2 and "train.lr" in err and "greater than 0" in err
+    rc, err = run("train.epocs=3")
+    assert rc == 2 and "train.epocs" in err
+    rc, err = run("model.finetune=lora")
+    assert rc == 2 and "needs model.checkpoint" in err
+    rc, err = run("data.source={kind: pairs, root: %s, layout: deepcrack}" % (tmp_path / "none"))
+    assert rc == 2 and "data folder not found" in err
+    # a vit_tiny checkpoint offered to a vit_micro model
+    torch.save(build_sam("vit_tiny").state_dict(), tmp_path / "tiny.pt")
+    rc, err = run(f"model.checkpoint={tmp_path / 'tiny.pt'}")
+    assert rc == 2 and "model.checkpoint" in err and "shape" in err
+    rc, err = run(f"model.checkpoint={tmp_path / 'absent.pt'}")
+    assert rc == 2 and "not found" in err
+    rc, err = run("run.storage_path=gs://bucket/x")
+    assert rc == 2 and "only local paths and s3://" in err
+    # the real launch path fails the same way, before Ray is started
+    rc = train.main(["--config", "configs/train_tiny.yaml", "--set",
+                     f"model.checkpoint={tmp_path / 'tiny.pt'}"])
+    assert rc == 2 and "does not fit" in capsys.readouterr().err
+    assert ray.is_initialized() == ray_before
+    # a good config passes the same checks
+    assert train.main(["--config", "configs/train_tiny.yaml", "--check"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["ok"] is True
+    with pytest.raises(ConfigError, match="data.source"):
+        load_config(TrainConfig, None, ["data.source.kind=nope"])
+
+
+def test_deepcrack_config_checks(capsys):
+    shared_data("deepcrack", "train_img")
+    from jobs import train
+
+    assert train.main(["--config", "configs/train_deepcrack_cpu.yaml", "--check"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["data"]["train_items"] == 255 and out["data"]["val_items"] == 45

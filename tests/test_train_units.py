@@ -1,0 +1,106 @@
+"""jobs/train.py pieces without Ray: checkpoint contents per fine-tune mode, the LR schedule,
+bundle export from a checkpoint directory, storage/Ray helpers."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from jobs import train
+from jobs.config import load_config
+from jobs.train_config import TrainConfig
+
+
+def _cfg(tmp_path, *sets):
+    return load_config(TrainConfig, "configs/train_tiny.yaml",
+                       [f"run.storage_path={tmp_path / 'runs'}", *sets])
+
+
+def test_lora_checkpoint_holds_trainable_weights_and_exports_merged_bundle(tmp_path):
+    from samsp import build_sam, load_bundle
+
+    base = tmp_path / "base.pt"
+    torch.manual_seed(1)
+    torch.save(build_sam("vit_micro").state_dict(), base)
+    cfg = _cfg(tmp_path, f"model.checkpoint={base}", "model.finetune=lora",
+               "model.iterations=2", "model.prompt=box+mask")
+    assert not train.saves_full_state(cfg)
+    model = train.build_model(cfg)
+    with torch.no_grad():  # pretend training moved the adapters and the decoder
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(0.01 * torch.randn_like(p))
+    state = train.checkpoint_state(model, full=False)
+    names = set(state)
+    assert any("lora_A" in n for n in names) and any("mask_decoder" in n for n in names)
+    assert not any(n.endswith("qkv.base_layer.weight") for n in names)  # frozen: from base
+    assert "sam.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix" in names  # buffer
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    save_file(state, ckpt / train.MODEL_FILE)
+    torch.save({"history": json.dumps([{"epoch": 1, "val_dice": 0.5}])}, ckpt / train.STATE_FILE)
+
+    fresh = train.build_model(cfg)
+    assert train.weights_fingerprint(train.checkpoint_state(fresh, False)) != \
+        train.weights_fingerprint(state)
+    train.load_model_state(fresh, load_file(ckpt / train.MODEL_FILE))
+    assert train.weights_fingerprint(train.checkpoint_state(fresh, False)) == \
+        train.weights_fingerprint(state)
+    # a checkpoint of another fine-tune mode is refused with a clear message
+    with pytest.raises(train.TrainError, match="unexpected weight"):
+        train.load_model_state(train.build_model(_cfg(tmp_path)), state)
+
+    # export: LoRA merged, same predictions as the trained model
+    facts = {"plan": {"summary": {"source_kind": "synthetic"}}, "trainable_params": 1}
+    out = tmp_path / "bundle"
+    meta = train.export_bundle(cfg, str(ckpt), str(out), facts, {"epoch": 1, "val_dice": 0.5})
+    assert meta["iterations"] == 2 and meta["prompt"] == "box+mask"
+    bundle = load_bundle(str(out))
+    assert bundle.meta.provenance["finetune"] == "lora"
+    assert bundle.meta.provenance["base_checkpoint"] == str(base)
+    x = torch.randn(2, 3, 128, 128)
+    model.eval()
+    with torch.no_grad():
+        a, b = model(x).logits[-1], bundle.model(x).logits[-1]
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_full_mode_checkpoints_everything_and_lr_schedule(tmp_path):
+    cfg = _cfg(tmp_path)
+    model = train.build_model(cfg)
+    assert train.saves_full_state(cfg)
+    assert set(train.checkpoint_state(model, True)) == set(model.state_dict())
+    fn = train._lr_lambda(total_steps=100, warmup=10, min_ratio=0.1)
+    lrs = [fn(s) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] == pytest.approx(0.1, abs=0.01)
+    groups = train._param_groups(model, 0.05)
+    assert groups[0]["weight_decay"] == 0.05 and groups[1]["weight_decay"] == 0.0
+    assert sum(len(g["params"]) for g in groups) == sum(1 for p in model.parameters()
+                                                        if p.requires_grad)
+
+
+def test_storage_and_ray_helpers(monkeypatch, tmp_path):
+    from jobs import ray_utils
+
+    path, fs = ray_utils.storage_filesystem(str(tmp_path / "x"))
+    assert fs is None and os.path.isabs(path)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    path, fs = ray_utils.storage_filesystem("s3://bucket/runs/")
+    assert path == "bucket/runs" and type(fs).__name__ == "S3FileSystem"
+    with pytest.raises(ValueError, match="only local paths and s3://"):
+        ray_utils.storage_filesystem("gs://b/x")
+    env = ray_utils.forwarded_env()
+    assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9" and "PATH" not in env
+    assert ray_utils.worker_env_vars("existing")["AWS_ACCESS_KEY_ID"] == "k"
+    assert ray_utils.worker_env_vars("cluster") == {} == ray_utils.worker_env_vars("embedded")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert ray_utils.resolve_address(None) is None and ray_utils.resolve_address("auto") == "auto"
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    assert ray_utils.resolve_address(None) == "127.0.0.1:6379"
+    assert ray_utils.resolve_address("local") is None
