@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import fsspec
 import torch
@@ -50,6 +50,8 @@ class BundleMeta(BaseModel):
     # Three 0-based input band indices used as the model's R, G, B (None: samsp's default mapping).
     band_map: Optional[list[int]] = None
     provenance: dict[str, Any] = Field(default_factory=dict)
+    # Storage precision of model.safetensors; weights are always loaded as float32.
+    weights_dtype: Literal["float32", "float16"] = "float32"
     weights_sha256: str = ""
 
 
@@ -87,12 +89,15 @@ def _model_fields(model: SamSP) -> dict[str, Any]:
 
 
 def save_bundle(
-    model: SamSP, uri: str, meta: dict[str, Any] | BundleMeta | None = None
+    model: SamSP, uri: str, meta: dict[str, Any] | BundleMeta | None = None,
+    weights_dtype: Literal["float32", "float16"] = "float32",
 ) -> BundleMeta:
     """Write ``model`` (LoRA merged) and its metadata to the folder ``uri``; returns the meta.
 
     ``meta`` supplies threshold, band_map, provenance (and model_type for a Sam not built by
     ``build_sam``); fields that describe the model are taken from it and must not contradict it.
+    ``weights_dtype="float16"`` halves the file (for models committed to a repo); the default
+    float32 round-trips bit for bit.
     """
     given = meta.model_dump() if isinstance(meta, BundleMeta) else dict(meta or {})
     derived = _model_fields(model)
@@ -101,12 +106,15 @@ def save_bundle(
             raise BundleError(f"meta {key}={given[key]!r} contradicts the model ({derived[key]!r})")
     given.pop("weights_sha256", None)
     sam = merge_lora(model.sam) if has_lora(model.sam) else model.sam
-    state = {k: v.detach().to("cpu").contiguous() for k, v in sam.state_dict().items()}
+    store = torch.float16 if weights_dtype == "float16" else None
+    state = {k: (v.detach().to("cpu", store) if store is not None and v.is_floating_point()
+                 else v.detach().to("cpu")).contiguous()
+             for k, v in sam.state_dict().items()}
     # One metadata key only: safetensors orders several arbitrarily, and equal weights should
     # give equal bytes. Everything else lives in bundle.json.
     payload = save_safetensors(state, metadata={"format": "pt"})
     try:
-        bundle_meta = BundleMeta(**{**given, **derived,
+        bundle_meta = BundleMeta(**{**given, **derived, "weights_dtype": weights_dtype,
                                     "weights_sha256": hashlib.sha256(payload).hexdigest()})
     except ValidationError as err:
         raise BundleError(f"invalid bundle meta: {_first_error(err)}") from None

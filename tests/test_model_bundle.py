@@ -121,3 +121,29 @@ def test_bundle_and_checkpoint_through_s3(s3_env, tmp_path):
     assert torch.equal(sam.image_encoder.pos_embed, model.sam.image_encoder.pos_embed)
     with pytest.raises(CheckpointError, match="not found"):
         build_sam("vit_micro", f"s3://{s3_env.bucket}/ckpt/absent.pt")
+
+
+def test_float16_bundle_is_half_the_size_and_loads_as_float32(tmp_path):
+    """Committed models are stored in float16; they load into float32 with tiny differences."""
+    import os
+
+    import torch
+
+    from samsp import SamSP, build_sam, load_bundle, save_bundle
+
+    torch.manual_seed(0)
+    model = SamSP(build_sam("vit_micro"), iterations=1, prompt="box").eval()
+    save_bundle(model, str(tmp_path / "f32"))
+    meta = save_bundle(model, str(tmp_path / "f16"), weights_dtype="float16")
+    assert meta.weights_dtype == "float16"
+    size32 = os.path.getsize(tmp_path / "f32" / "model.safetensors")
+    size16 = os.path.getsize(tmp_path / "f16" / "model.safetensors")
+    assert size16 < 0.6 * size32
+    loaded = load_bundle(str(tmp_path / "f16"))
+    params = dict(loaded.model.named_parameters())
+    assert all(p.dtype == torch.float32 for p in params.values())
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        a = model(x).final
+        b = loaded.model(x).final
+    assert torch.allclose(torch.sigmoid(a), torch.sigmoid(b), atol=2e-2)
