@@ -1,0 +1,495 @@
+"""Distributed SAM-SP segmentation of big scenes on Ray Data (the nightly job).
+
+    python jobs/segment.py --input URI_OR_GLOB [...] --output URI --model BUNDLE \
+        [--config configs/segment.yaml] [--set predict.batch_size=16 ...]
+
+Inputs: local files, globs (``scenes/**/*.tif``), folders, ``s3://bucket/prefix/`` (every scene
+under it), ``s3://`` globs, single keys, Zarr stores, and ``.txt``/``.csv`` lists of any of these.
+
+1. Plan (driver): expand the inputs, give each a stable id, skip scenes already done in
+   ``<output>/manifest.jsonl``, open each remaining scene's header (+ a bounded emptiness check),
+   fit the scene-wide radiometry (bounded sample), build its ``TileGrid`` (tile = the bundle's
+   image size, overlap = tile/8 by default), create/reopen ``<output>/<id>/mask.zarr`` and keep only
+   the tiles whose chunk + record are not written yet. A scene that cannot be planned becomes a
+   ``failed`` row with a one-line reason; the others go on.
+2. Ray Data: ``from_items(tile rows)`` -> ``map_batches(read_tiles)`` (CPU tasks) ->
+   ``map_batches(Predictor, compute=ActorPoolStrategy(size=N), num_gpus=..)`` -> ``map_batches(
+   write_cores)`` (CPU tasks) -> consumed on the driver with progress bars. The actors never take
+   the CPUs reserved for reads/writes (``pipeline.read_cpus``).
+3. Finalize each scene as soon as its last tile is in (a driver thread pool, overlapping the
+   pipeline): COGs, quicklook.png, stats.json; then its manifest row. A scene with any failed
+   tile is ``failed`` and gets no new COG/PNG/stats (old good ones stay untouched).
+
+Exit code: 0 when every scene is ok/skipped, 1 when any scene failed (after all others finished),
+2 for a usage/config/model error before any scene ran.
+
+Ray: embedded local Ray by default; ``RAY_ADDRESS`` (or ``ray.address``) joins a cluster, and
+``ray job submit --working-dir . -- python jobs/segment.py ...`` works as is.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import logging
+import math
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `jobs`, `ingest`, `samsp` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from jobs.config import ConfigError, add_config_args, load_config  # noqa: E402
+from jobs.segment_config import SegmentConfig  # noqa: E402
+from jobs.segment_manifest import Manifest, join_uri, one_line  # noqa: E402
+from jobs.segment_plan import (ScenePlan, assign_scene_ids, expand_inputs,  # noqa: E402
+                               is_geospatial_uri, read_tile_records)
+
+log = logging.getLogger("samsp.segment")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+#: perf_counter marks of the last run (for the summary line and bench/bench_segment.py)
+TIMINGS: dict = {}
+
+
+# --------------------------------------------------------------------------- helpers
+
+@dataclass(frozen=True)
+class BundleInfo:
+    """What the driver needs from ``bundle.json`` (the actors load and validate the full bundle)."""
+
+    model_type: str
+    image_size: int
+    threshold: float
+    band_map: tuple | None = None  # 0-based bands the model uses as R, G, B (None: samsp default)
+
+
+def read_bundle_meta(uri: str) -> BundleInfo:
+    """Read ``bundle.json`` only: the driver never loads the weights, nor even imports torch
+    (saves ~0.5 GB of driver RSS and seconds of start-up; ``samsp.load_bundle`` in each actor
+    does the full validation)."""
+    from ingest import storage
+
+    meta_uri = uri.rstrip("/") + "/bundle.json"
+    try:
+        raw = storage.read_bytes(meta_uri)
+    except FileNotFoundError:
+        raise ValueError(f"no model bundle at {uri}: bundle.json is missing") from None
+    try:
+        meta = json.loads(raw)
+        info = BundleInfo(model_type=str(meta["model_type"]), image_size=int(meta["image_size"]),
+                          threshold=float(meta.get("threshold", 0.5)),
+                          band_map=tuple(int(b) for b in meta["band_map"]) if meta.get("band_map") else None)
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"invalid bundle.json in {uri}: {type(err).__name__}: {err}") from None
+    if info.image_size <= 0 or not 0 < info.threshold < 1:
+        raise ValueError(f"invalid bundle.json in {uri}: image_size {info.image_size}, "
+                         f"threshold {info.threshold}")
+    return info
+
+
+def tile_geometry(cfg: SegmentConfig, image_size: int) -> tuple[int, int]:
+    tile = cfg.tiling.tile or image_size
+    overlap = cfg.tiling.overlap if cfg.tiling.overlap is not None else tile // 8
+    if overlap >= tile:
+        raise ConfigError(f"tiling.overlap ({overlap}) must be smaller than the tile ({tile})")
+    return tile, overlap
+
+
+def scene_error(exc: BaseException) -> str:
+    from ingest.errors import SceneError
+
+    if isinstance(exc, SceneError):
+        return f"{type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__}: {one_line(exc, 300)}"
+
+
+# --------------------------------------------------------------------------- plan
+
+def plan_scene(sid: str, uri: str, output: str, cfg: SegmentConfig, tile: int, overlap: int) -> ScenePlan:
+    """Header + radiometry + grid + resume state of one scene (raises SceneError & co)."""
+    import numpy as np
+
+    from ingest import MaskWriter, Radiometry, TileGrid, open_scene, storage
+
+    t0 = time.perf_counter()
+    plan = ScenePlan(id=sid, input=uri, out_dir=join_uri(output, sid))
+    require_crs = cfg.input.require_crs and is_geospatial_uri(uri)
+    with storage.gdal_env():
+        scene = open_scene(uri, bands=cfg.radiometry.bands, require_crs=require_crs,
+                           sample_pixels=cfg.radiometry.max_pixels)
+        if scene.dtype == np.uint8 and cfg.radiometry.uint8_passthrough:
+            radiometry = Radiometry.identity(scene.count)
+        else:
+            radiometry = Radiometry.fit(scene, percentiles=tuple(cfg.radiometry.percentiles),
+                                        max_pixels=cfg.radiometry.max_pixels)
+    grid = TileGrid(scene.height, scene.width, tile, overlap)
+    plan.height, plan.width, plan.count = scene.height, scene.width, scene.count
+    plan.dtype = str(scene.dtype)
+    plan.georeferenced = bool(scene.is_georeferenced)
+    plan.crs_wkt = scene.crs.to_wkt() if scene.crs is not None else ""
+    plan.transform = tuple(float(v) for v in tuple(scene.transform)[:6])
+    plan.radiometry = radiometry.to_dict()
+    plan.tile, plan.overlap = tile, overlap
+    plan.tiles = list(grid)
+    # Create (or reopen a compatible) store; an incompatible one (other tile size, other scene)
+    # raises WriterError naming the difference -- the scene fails, the store stays untouched.
+    writer = MaskWriter(plan.zarr_uri, like=scene, chunk=grid.core_size, mode="a")
+    written = writer.written_chunks()
+    records = read_tile_records(plan.tiles_uri) if written else {}
+    plan.done_stats = {k: v for k, v in records.items() if k in written}
+    plan.todo = [i for i, t in enumerate(plan.tiles) if tuple(t.index) not in plan.done_stats]
+    plan.seconds_plan = time.perf_counter() - t0
+    return plan
+
+
+def keep_bands(count: int, band_map) -> int | None:
+    """Leading bands the model can use (rows stay small for many-band scenes): samsp maps more
+    than 3 bands to the first three, or to ``band_map``; None = keep all."""
+    if band_map:
+        return max(band_map) + 1 if max(band_map) + 1 < count else None
+    return 3 if count > 3 else None
+
+
+def tile_rows(plan: ScenePlan, cfg: SegmentConfig, band_map=None) -> list[dict]:
+    spec = json.dumps({
+        "input": plan.input, "bands": cfg.radiometry.bands, "radiometry": plan.radiometry,
+        "writer": plan.zarr_uri, "tiles_uri": plan.tiles_uri,
+        "keep_bands": keep_bands(plan.count, band_map),
+    }, sort_keys=True)
+    return [{"scene": plan.id, "spec": spec, "tile": json.dumps(plan.tiles[i].to_dict())}
+            for i in plan.todo]
+
+
+# --------------------------------------------------------------------------- Ray
+
+def ray_resources(cfg: SegmentConfig, n_tiles: int) -> dict:
+    """Actor pool size, per-actor CPUs/GPUs and torch threads that leave CPU for reads."""
+    import ray
+
+    res = ray.cluster_resources()
+    cpus, gpus = float(res.get("CPU", 0)), float(res.get("GPU", 0))
+    p = cfg.predict
+    num_gpus = p.num_gpus if p.num_gpus is not None else (1.0 if gpus >= 1 else 0.0)
+    if num_gpus > 0 and gpus <= 0:
+        log.warning("predict.num_gpus=%s but the cluster has no GPU: running on CPU", num_gpus)
+        num_gpus = 0.0
+    spare = max(cpus - cfg.pipeline.read_cpus, 0.0)
+    actor_cpus = p.num_cpus
+    if actor_cpus > spare:  # tiny cluster: shrink the actor's logical share, never the reads'
+        actor_cpus = max(0.1, round(spare, 2)) if spare > 0 else 0.1
+        log.info("predict.num_cpus lowered to %.2f so %.1f CPU stay free for reads",
+                 actor_cpus, cfg.pipeline.read_cpus)
+    if p.num_actors:
+        n = p.num_actors
+    elif num_gpus > 0:
+        n = max(1, int(gpus // num_gpus))
+    else:
+        n = max(1, int(spare // actor_cpus)) if spare > 0 else 1
+    n = max(1, min(n, math.ceil(n_tiles / p.batch_size)))
+    if n * actor_cpus > spare > 0:
+        n = max(1, int(spare // actor_cpus))
+    threads = p.torch_threads
+    if not threads and num_gpus == 0:
+        nodes = [nd for nd in ray.nodes() if nd.get("Alive")]
+        node_cpus = max([nd["Resources"].get("CPU", 0) for nd in nodes] or [os.cpu_count() or 1])
+        per_node = math.ceil(n / max(1, len(nodes)))
+        threads = max(1, int(node_cpus // per_node))
+    return {"actors": n, "num_gpus": num_gpus, "num_cpus": actor_cpus, "torch_threads": threads,
+            "cluster_cpus": cpus, "cluster_gpus": gpus}
+
+
+def auto_batch(bytes_per_tile: int, target: int = 8 << 20) -> int:
+    """Tiles per read/write batch: about ``target`` bytes of pixels, between 1 and 64."""
+    return int(max(1, min(64, target // max(1, bytes_per_tile))))
+
+
+def build_dataset(rows: list[dict], cfg: SegmentConfig, model_uri: str, threshold: float, res: dict):
+    import ray
+
+    from jobs.segment_pipeline import Predictor, read_tiles, write_cores
+
+    pc = cfg.pipeline
+    # auto: ~8 MB per batch, but at least 4 blocks per model actor so none of them idles
+    spread = max(1, math.ceil(len(rows) / (4 * res["actors"])))
+    read_bs = pc.read_batch_size or min(auto_batch(res["tile_bytes"]), spread)
+    write_bs = pc.write_batch_size or min(auto_batch(2 * res["tile_px"]), spread)  # prob + mask
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(math.ceil(len(rows) / read_bs), 200)))
+    # Different num_cpus than the actor stage on purpose: Ray Data would otherwise fuse the
+    # reads into the actors, and reads must overlap inference, not run inside it.
+    ds = ds.map_batches(read_tiles, batch_size=read_bs, num_cpus=pc.read_task_cpus,
+                        batch_format="numpy")
+    kwargs = dict(fn_constructor_kwargs={"model_uri": model_uri, "threshold": threshold,
+                                         "device": cfg.predict.device,
+                                         "torch_threads": res["torch_threads"]},
+                  compute=ray.data.ActorPoolStrategy(size=res["actors"]),
+                  batch_size=cfg.predict.batch_size, num_cpus=res["num_cpus"], batch_format="numpy")
+    if res["num_gpus"] > 0:
+        kwargs["num_gpus"] = res["num_gpus"]
+    ds = ds.map_batches(Predictor, **kwargs)
+    ds = ds.map_batches(write_cores, batch_size=write_bs, num_cpus=pc.write_task_cpus,
+                        batch_format="numpy")
+    return ds
+
+
+# --------------------------------------------------------------------------- run
+
+class SceneState:
+    def __init__(self, plan: ScenePlan):
+        self.plan = plan
+        self.remaining = len(plan.todo)
+        self.records = dict(plan.done_stats)
+        self.errors: list[str] = []
+        self.computed = 0
+        self.t_start = time.perf_counter()
+        self.submitted = False
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(SegmentConfig, args.config, args.overrides)
+    except ConfigError as err:
+        log.error("%s", err)
+        return EXIT_USAGE
+    output = args.output.rstrip("/")
+    if output.startswith("file://"):
+        output = output[len("file://"):]
+    if not output.startswith("s3://"):
+        output = os.path.abspath(output)
+    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+    t_job = time.perf_counter()
+
+    try:
+        meta = read_bundle_meta(args.model)
+    except Exception as err:  # noqa: BLE001
+        log.error("model: %s", one_line(err))
+        return EXIT_USAGE
+    threshold = cfg.predict.threshold if cfg.predict.threshold is not None else meta.threshold
+    try:
+        tile, overlap = tile_geometry(cfg, meta.image_size)
+        inputs = expand_inputs(args.input, cfg.input.extensions)
+    except (ConfigError, ValueError, OSError) as err:
+        log.error("%s", one_line(err))
+        return EXIT_USAGE
+    if not inputs:
+        log.error("no scenes found in %s", args.input)
+        return EXIT_USAGE
+
+    manifest = Manifest(output, run_id)
+    ids = assign_scene_ids(inputs, manifest.previous)
+    log.info("run %s: %d scene(s), model %s (%s, tile %d, overlap %d, threshold %.3f) -> %s",
+             run_id, len(inputs), args.model, meta.model_type, tile, overlap, threshold, output)
+
+    # ---- plan (headers, radiometry samples and resume listings are I/O: a few threads)
+    states: dict[str, SceneState] = {}
+    failed = 0
+    todo = []
+    for uri in inputs:
+        sid = ids[uri]
+        if manifest.done(sid):
+            prev = dict(manifest.previous[sid])
+            done_in = prev.get("done_run_id") or prev.get("run_id", "?")
+            prev.update(id=sid, input=uri, status="skipped", tiles_computed=0, seconds=0.0,
+                        error="", done_run_id=done_in)
+            manifest.set(prev)
+            log.info("scene %s: skipped (done in run %s)", sid, done_in)
+        else:
+            todo.append(uri)
+
+    def plan_one(uri: str):
+        try:
+            return plan_scene(ids[uri], uri, output, cfg, tile, overlap), None
+        except Exception as err:  # noqa: BLE001 - one bad scene never stops the others
+            return None, err
+
+    with cf.ThreadPoolExecutor(max_workers=cfg.pipeline.plan_workers,
+                               thread_name_prefix="plan") as planner:
+        planned = list(planner.map(plan_one, todo))
+    for uri, (plan, err) in zip(todo, planned):
+        sid = ids[uri]
+        if err is not None:
+            msg = scene_error(err)
+            manifest.set({"id": sid, "input": uri, "status": "failed", "error": f"plan: {msg}",
+                          "tiles": 0, "tiles_computed": 0, "pixels": 0, "seconds": 0.0,
+                          "uncertain_tiles": []})
+            failed += 1
+            log.error("scene %s: FAILED at plan: %s", sid, msg)
+            continue
+        states[sid] = SceneState(plan)
+        log.info("scene %s: %dx%d, %d band(s) %s, %d tiles (%d to compute, %d done before)",
+                 sid, plan.width, plan.height, plan.count, plan.dtype, len(plan.tiles),
+                 len(plan.todo), len(plan.tiles) - len(plan.todo))
+    manifest.flush()
+
+    # ---- pipeline + finalize
+    TIMINGS.clear()
+    TIMINGS["planned"] = time.perf_counter()
+    rows = [r for st in states.values() for r in tile_rows(st.plan, cfg, meta.band_map)]
+    pool = cf.ThreadPoolExecutor(max_workers=cfg.pipeline.finalize_workers,
+                                 thread_name_prefix="finalize")
+    futures: dict[cf.Future, str] = {}
+
+    def finish(sid: str) -> None:
+        st = states[sid]
+        st.submitted = True
+        if st.errors:
+            return
+        futures[pool.submit(finalize, st)] = sid
+
+    def finalize(st: SceneState) -> dict:
+        from jobs.segment_finalize import finalize_scene
+
+        return finalize_scene(st.plan, st.records, cfg, threshold, args.model, st.computed,
+                              time.perf_counter() - st.t_start)
+
+    for sid, st in states.items():
+        if st.remaining == 0:
+            finish(sid)  # every tile done in an earlier run: only finalization is left
+
+    pipeline_error = ""
+    n_done = 0
+    if rows:
+        pipeline_error = run_pipeline(rows, states, cfg, args.model, threshold, finish, manifest)
+        n_done = sum(st.computed for st in states.values())
+    for sid, st in states.items():
+        if not st.submitted:
+            st.errors.append(pipeline_error or f"{st.remaining} tile(s) never came back")
+            st.submitted = True
+
+    # ---- collect
+    for fut in cf.as_completed(list(futures)):
+        sid = futures[fut]
+        st = states[sid]
+        try:
+            extra = fut.result()
+        except Exception as err:  # noqa: BLE001
+            st.errors.append(f"finalize: {type(err).__name__}: {one_line(err, 300)}")
+            continue
+        st.final = extra
+        stats = extra["stats"]
+        row = scene_row(st, "ok", "", stats["uncertain_tiles"], extra["outputs"],
+                        stats["foreground_fraction"])
+        row["done_run_id"] = run_id
+        manifest.set(row)
+        log.info("scene %s: ok  %d tiles (%d computed), foreground %.4f, %.1fs", sid,
+                 len(st.plan.tiles), st.computed, stats["foreground_fraction"],
+                 time.perf_counter() - st.t_start)
+        manifest.flush(cfg.output.manifest_interval_s)
+    pool.shutdown(wait=True)
+    for sid, st in states.items():
+        if st.errors:
+            failed += 1
+            msg = st.errors[0] + (f" (+{len(st.errors) - 1} more)" if len(st.errors) > 1 else "")
+            manifest.set(scene_row(st, "failed", msg, [], [], None))
+            log.error("scene %s: FAILED: %s", sid, one_line(msg, 300))
+    manifest.flush()
+    total = len(inputs)
+    ok = sum(1 for sid in ids.values() if manifest.rows.get(sid, {}).get("status") == "ok")
+    skipped = sum(1 for sid in ids.values() if manifest.rows.get(sid, {}).get("status") == "skipped")
+    log.info("run %s done in %.1fs: %d ok, %d skipped, %d failed of %d; %d tile(s) computed; "
+             "manifest %s", run_id, time.perf_counter() - t_job, ok, skipped, failed, total,
+             n_done, join_uri(output, "manifest.jsonl"))
+    t_end = time.perf_counter()
+    secs = {"total": t_end - t_job, "plan": TIMINGS.get("planned", t_end) - t_job}
+    if "ray_ready" in TIMINGS:
+        # "steady": from the pipeline's start (Ray up, dataset built) to the last scene finalized
+        secs.update(ray_start=TIMINGS["ray_ready"] - TIMINGS["planned"],
+                    pipeline=TIMINGS["pipeline_done"] - TIMINGS["ray_ready"],
+                    steady=t_end - TIMINGS["ray_ready"])
+    print(json.dumps({"run_id": run_id, "ok": ok, "skipped": skipped, "failed": failed,
+                      "tiles_computed": n_done, "pixels": sum(st.plan.pixels for st in states.values()),
+                      "actors": TIMINGS.get("actors", 0),
+                      "seconds": {k: round(v, 3) for k, v in secs.items()}}), flush=True)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def scene_row(st: SceneState, status: str, error: str, uncertain: list, outputs: list,
+              fg_fraction) -> dict:
+    p = st.plan
+    return {"id": p.id, "input": p.input, "status": status, "error": error,
+            "tiles": len(p.tiles), "tiles_computed": st.computed, "pixels": p.pixels,
+            "width": p.width, "height": p.height,
+            "seconds": round(time.perf_counter() - st.t_start + p.seconds_plan, 3),
+            "uncertain_tiles": uncertain, "outputs": outputs,
+            "foreground_fraction": fg_fraction}
+
+
+def run_pipeline(rows, states, cfg, model_uri, threshold, finish, manifest) -> str:
+    """Run the Ray Data pipeline; returns "" or the error that stopped it."""
+    import ray
+
+    from jobs.ray_utils import init_ray
+
+    if os.environ.get("SAMSP_SEGMENT_KILL_AFTER_TILES"):  # test hook, see segment_pipeline
+        os.environ["SAMSP_SEGMENT_DRIVER_PID"] = str(os.getpid())
+    extra_env = {k: os.environ[k] for k in cfg.ray.forward_env if k in os.environ}
+    try:  # no dashboard for the embedded cluster: nothing here polls the State API
+        mode = init_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus, extra_env=extra_env,
+                        include_dashboard=False)
+    except TypeError:  # an older ray_utils without the keyword
+        mode = init_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus, extra_env=extra_env)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = True
+    res = ray_resources(cfg, len(rows))
+    plans = [st.plan for st in states.values() if st.plan.todo]
+    res["tile_bytes"] = max((p.count * p.tile * p.tile for p in plans), default=3 << 20)
+    res["tile_px"] = max((p.tile * p.tile for p in plans), default=1 << 20)
+    log.info("Ray (%s): %.0f CPU, %.0f GPU; %d tile(s) to compute; %d model actor(s) x "
+             "(%.2f CPU, %.2f GPU, %d torch threads), batch %d; %.1f CPU kept for reads/writes",
+             mode, res["cluster_cpus"], res["cluster_gpus"], len(rows), res["actors"],
+             res["num_cpus"], res["num_gpus"], res["torch_threads"], cfg.predict.batch_size,
+             cfg.pipeline.read_cpus)
+    ds = build_dataset(rows, cfg, model_uri, threshold, res)
+    TIMINGS["ray_ready"] = time.perf_counter()
+    TIMINGS["actors"] = res["actors"]
+    try:
+        for row in ds.iter_rows():
+            TIMINGS.setdefault("first_tile", time.perf_counter())
+            sid = row["scene"]
+            st = states[sid]
+            st.remaining -= 1
+            err = str(row["error"] or "")
+            tile = json.loads(row["tile"])
+            if err:
+                st.errors.append(f"tile ({tile['row']},{tile['col']}): {err}")
+            else:
+                rec = json.loads(row["record"])
+                st.records[(int(rec["tile"][0]), int(rec["tile"][1]))] = rec
+                st.computed += 1
+            if st.remaining == 0:
+                finish(sid)
+    except Exception as err:  # noqa: BLE001 - e.g. an actor that cannot start
+        msg = f"pipeline: {type(err).__name__}: {one_line(err, 300)}"
+        log.error("%s", msg)
+        return msg
+    finally:
+        TIMINGS["pipeline_done"] = time.perf_counter()
+    if log.isEnabledFor(logging.DEBUG):
+        try:
+            log.debug("Ray Data stats:\n%s", ds.stats())
+        except Exception:  # noqa: BLE001
+            pass
+    return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="segment.py", description="Distributed SAM-SP segmentation of scenes on Ray Data.")
+    parser.add_argument("--input", nargs="+", action="extend", required=True,
+                        metavar="URI_OR_GLOB", help="scenes: files, globs, folders, s3:// prefixes, .txt/.csv lists")
+    parser.add_argument("--output", required=True, help="output root (local folder or s3://bucket/prefix)")
+    parser.add_argument("--model", required=True, help="model bundle (folder or s3:// prefix)")
+    add_config_args(parser)
+    parser.add_argument("--log-level", default=os.environ.get("SAMSP_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

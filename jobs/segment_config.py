@@ -1,0 +1,110 @@
+"""Config model of the segmentation job (``configs/segment.yaml``, ``--set key=value``).
+
+Every field has a default, so ``jobs/segment.py`` runs without a config file. The reference table is
+in ``configs/segment.yaml`` (each field commented) and in the module docstring of ``jobs/segment.py``.
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, field_validator
+
+from jobs.config import StrictModel
+
+
+class TilingConfig(StrictModel):
+    # Tile side (px) fed to the model; None = the bundle's image_size (what it was trained on).
+    tile: Optional[int] = Field(default=None, ge=16)
+    # Overlap between neighbouring read windows (px); None = tile // 8. Must be even and < tile.
+    overlap: Optional[int] = Field(default=None, ge=0)
+
+
+class RadiometryConfig(StrictModel):
+    # 1-based band indexes to read (None = all bands; the bundle's band_map then picks 3).
+    bands: Optional[list[int]] = None
+    # Scene-wide percentile stretch (low, high), fitted once per scene on the driver.
+    percentiles: tuple[float, float] = (2.0, 98.0)
+    # Upper bound of pixels sampled to fit the stretch (overviews or a bounded sample).
+    max_pixels: int = Field(default=1_000_000, ge=1024)
+    # uint8 scenes pass through unchanged (no stretch) when True.
+    uint8_passthrough: bool = True
+
+    @field_validator("percentiles")
+    @classmethod
+    def _ordered(cls, v):
+        lo, hi = v
+        if not (0 <= lo < hi <= 100):
+            raise ValueError("percentiles must satisfy 0 <= low < high <= 100")
+        return v
+
+
+class PredictConfig(StrictModel):
+    # Tiles per model call (per actor batch).
+    batch_size: int = Field(default=8, ge=1)
+    # Probability threshold for the binary mask; None = the bundle's threshold.
+    threshold: Optional[float] = Field(default=None, gt=0, lt=1)
+    # Model actors; 0 = auto (one per GPU, else as many as the CPUs left after read_cpus allow).
+    num_actors: int = Field(default=0, ge=0)
+    # GPUs per actor; None = 1 when the cluster has GPUs, else 0.
+    num_gpus: Optional[float] = Field(default=None, ge=0)
+    # Logical Ray CPUs per actor (keep small; the rest is left to reads/writes).
+    num_cpus: float = Field(default=1.0, gt=0)
+    # torch intra-op threads per CPU actor; 0 = auto (node CPUs / actors on it, at least 1).
+    torch_threads: int = Field(default=0, ge=0)
+    # "auto" = cuda when the actor got a GPU, else cpu.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class PipelineConfig(StrictModel):
+    # Logical CPUs the model actors may never take (reads and writes run there).
+    read_cpus: float = Field(default=1.0, gt=0)
+    # Tiles per read task batch / write task batch; 0 = auto (about 8 MB of tile pixels per
+    # batch, 1..64 tiles, and at least 4 batches per model actor).
+    read_batch_size: int = Field(default=0, ge=0)
+    write_batch_size: int = Field(default=0, ge=0)
+    # Ray logical CPUs per read / write task.
+    read_task_cpus: float = Field(default=0.5, gt=0)
+    write_task_cpus: float = Field(default=0.5, gt=0)
+    # Scenes planned in parallel on the driver (header, radiometry sample, resume listing: I/O).
+    plan_workers: int = Field(default=8, ge=1)
+    # Parallel scene finalizations (COG, quicklook, stats) on the driver, overlapping the pipeline.
+    finalize_workers: int = Field(default=2, ge=1)
+
+
+class OutputConfig(StrictModel):
+    # COG of the binary mask (mask.tif) and of the probability (prob.tif).
+    mask_cog: bool = True
+    prob_cog: bool = True
+    # quicklook.png longest side (px); 0 disables it.
+    quicklook_size: int = Field(default=1024, ge=0)
+    # Number of most-uncertain tiles listed per scene in the manifest (review queue).
+    uncertain_top_n: int = Field(default=5, ge=0)
+    # Rewrite the manifest at most this often (s) while scenes finish (always at the end).
+    manifest_interval_s: float = Field(default=10.0, ge=0)
+
+
+class InputConfig(StrictModel):
+    # Georeferenced inputs (GeoTIFF/COG/Zarr) must carry a CRS; PNG/JPEG never need one.
+    require_crs: bool = True
+    # File extensions picked up when expanding a folder or an s3:// prefix.
+    extensions: list[str] = Field(default_factory=lambda: [
+        ".tif", ".tiff", ".zarr", ".jp2", ".png", ".jpg", ".jpeg", ".vrt"])
+
+
+class RayConfig(StrictModel):
+    # Ray address; None = $RAY_ADDRESS (cluster / `ray job submit`) or an embedded local Ray.
+    address: Optional[str] = None
+    # CPUs of the embedded local Ray (None = all of this machine).
+    num_cpus: Optional[int] = Field(default=None, ge=1)
+    # Names of environment variables forwarded to the workers via runtime_env (values never logged).
+    forward_env: list[str] = Field(default_factory=list)
+
+
+class SegmentConfig(StrictModel):
+    tiling: TilingConfig = Field(default_factory=TilingConfig)
+    radiometry: RadiometryConfig = Field(default_factory=RadiometryConfig)
+    predict: PredictConfig = Field(default_factory=PredictConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    input: InputConfig = Field(default_factory=InputConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)

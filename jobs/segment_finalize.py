@@ -1,0 +1,239 @@
+"""Per-scene finalization (driver side, after every tile of the scene succeeded).
+
+Writes, in this order, each one atomically (temp + replace locally, one PUT/upload on S3):
+``mask.tif`` / ``prob.tif`` (COGs with nearest overviews, built window by window from
+``mask.zarr`` by ``MaskWriter.to_cog``), ``quicklook.png`` (decimated image with the mask
+overlaid -- the image is read through overviews or per-window decimation, never whole at full
+resolution) and ``stats.json``. Nothing is written for a scene that has a failed tile, so an
+earlier good output is never replaced by a partial one.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+
+import numpy as np
+
+from jobs.segment_manifest import join_uri
+
+log = logging.getLogger("samsp.segment")
+
+OVERLAY_RGB = (255, 40, 40)
+OVERLAY_ALPHA = 0.55
+
+
+def pixel_area(transform) -> float:
+    """Area of one pixel in map units² (|det| of the affine's linear part)."""
+    return abs(float(transform.a) * float(transform.e) - float(transform.b) * float(transform.d))
+
+
+def crs_units(crs) -> str:
+    if crs is None:
+        return "px"
+    try:
+        if crs.is_geographic:
+            return "degree"
+        units = crs.linear_units or "unknown"
+        return {"metre": "m", "meter": "m"}.get(units, units)
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def uncertain_tiles(records: dict, top_n: int) -> list[dict]:
+    """The ``top_n`` most uncertain tiles: highest pass-0/final disagreement, then lowest margin."""
+    rows = []
+    for (r, c), rec in records.items():
+        rows.append({"tile": [int(r), int(c)],
+                     "disagreement": round(float(rec.get("disagreement", 0.0)), 6),
+                     "margin": round(float(rec.get("margin", 1.0)), 6),
+                     "foreground_px": int(rec.get("foreground_px", 0))})
+    rows.sort(key=lambda x: (-x["disagreement"], x["margin"], x["tile"]))
+    return rows[:top_n]
+
+
+# --------------------------------------------------------------------------- atomic puts
+
+def _put_local_file(local: str, uri: str) -> None:
+    from ingest import storage
+
+    storage.put_file(local, uri)
+
+
+# --------------------------------------------------------------------------- quicklook
+
+def _decimated_image(scene, out_h: int, out_w: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(data[C,out_h,out_w], valid[out_h,out_w])`` without reading the scene whole.
+
+    GDAL scenes: one decimated read (GDAL uses overviews when present; memory ~ the output).
+    Other scenes (Zarr): window by window (<= 1024² px each), keeping every f-th pixel.
+    """
+    H, W = scene.height, scene.width
+    if getattr(scene, "kind", "") == "gdal":
+        import warnings
+
+        import rasterio
+        from rasterio.enums import Resampling
+        from rasterio.errors import NotGeoreferencedWarning
+
+        from ingest import storage
+
+        with storage.gdal_env(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            ds = rasterio.open(storage.gdal_path(scene.uri))
+        with ds, storage.gdal_env():
+            data = ds.read(indexes=list(scene.bands), out_shape=(scene.count, out_h, out_w),
+                           resampling=Resampling.nearest)
+        valid = np.ones((out_h, out_w), bool)
+        if scene.nodata is not None and not (isinstance(scene.nodata, float) and math.isnan(scene.nodata)):
+            valid &= ~np.all(data == np.asarray(scene.nodata).astype(data.dtype), axis=0)
+        if data.dtype.kind == "f":
+            valid &= np.all(np.isfinite(data), axis=0)
+        return data, valid
+    from rasterio.windows import Window
+
+    fy, fx = H / out_h, W / out_w
+    ys = np.minimum((np.arange(out_h) * fy).astype(np.int64), H - 1)
+    xs = np.minimum((np.arange(out_w) * fx).astype(np.int64), W - 1)
+    data = np.zeros((scene.count, out_h, out_w), dtype=scene.dtype)
+    valid = np.zeros((out_h, out_w), bool)
+    step = 1024
+    for r0 in range(0, H, step):
+        rsel = np.nonzero((ys >= r0) & (ys < r0 + step))[0]
+        if rsel.size == 0:
+            continue
+        for c0 in range(0, W, step):
+            csel = np.nonzero((xs >= c0) & (xs < c0 + step))[0]
+            if csel.size == 0:
+                continue
+            h, w = min(step, H - r0), min(step, W - c0)
+            d, v = scene.read(Window(c0, r0, w, h))
+            rr, cc = ys[rsel] - r0, xs[csel] - c0
+            data[:, rsel[:, None], csel[None, :]] = d[:, rr[:, None], cc[None, :]]
+            valid[rsel[:, None], csel[None, :]] = v[rr[:, None], cc[None, :]]
+    return data, valid
+
+
+def _decimated_mask(mask_cog: str, out_h: int, out_w: int) -> np.ndarray:
+    import rasterio
+    from rasterio.enums import Resampling
+
+    from ingest import storage
+
+    with storage.gdal_env(), rasterio.open(storage.gdal_path(mask_cog)) as ds:
+        return ds.read(1, out_shape=(out_h, out_w), resampling=Resampling.nearest)
+
+
+def quicklook_png(scene, radiometry, mask_cog: str, max_side: int) -> bytes:
+    from PIL import Image
+
+    H, W = scene.height, scene.width
+    scale = min(1.0, max_side / max(H, W))
+    out_h, out_w = max(1, int(round(H * scale))), max(1, int(round(W * scale)))
+    data, valid = _decimated_image(scene, out_h, out_w)
+    img = radiometry.apply(data, valid)
+    if img.shape[0] >= 3:
+        rgb = img[:3]
+    else:
+        rgb = np.repeat(img[:1], 3, axis=0)
+    rgb = np.moveaxis(rgb, 0, -1).astype(np.float32)
+    mask = _decimated_mask(mask_cog, out_h, out_w)
+    fg = mask == 1
+    rgb[fg] = (1 - OVERLAY_ALPHA) * rgb[fg] + OVERLAY_ALPHA * np.asarray(OVERLAY_RGB, np.float32)
+    rgb[~valid | (mask == 255)] *= 0.35  # nodata shown dimmed
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8)).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- finalize
+
+def finalize_scene(plan, records: dict, cfg, threshold: float, model_uri: str,
+                   tiles_computed: int, seconds_pipeline: float) -> dict:
+    """Build COGs, quicklook and stats for a fully written scene; returns extra manifest fields.
+
+    Raises on any failure (the caller marks the scene failed; nothing partial is published,
+    though COGs already moved into place before a later step failed stay -- they are complete).
+    """
+    from ingest import MaskWriter, Radiometry, open_scene, storage
+
+    t0 = time.perf_counter()
+    writer = MaskWriter.open(plan.zarr_uri)
+    outputs = ["mask.zarr"]
+    with tempfile.TemporaryDirectory(prefix="samsp-finalize-") as tmp, storage.gdal_env():
+        # Build both COGs locally first, then publish them: a failure leaves nothing half-done.
+        built = []
+        if cfg.output.mask_cog or cfg.output.quicklook_size:
+            local = os.path.join(tmp, "mask.tif")
+            writer.to_cog(local, which="mask")
+            built.append(("mask.tif", local, cfg.output.mask_cog))
+        if cfg.output.prob_cog:
+            local = os.path.join(tmp, "prob.tif")
+            writer.to_cog(local, which="prob")
+            built.append(("prob.tif", local, True))
+        png = None
+        if cfg.output.quicklook_size:
+            scene = open_scene(plan.input, bands=cfg.radiometry.bands, check_empty=False)
+            png = quicklook_png(scene, Radiometry.from_dict(plan.radiometry),
+                                os.path.join(tmp, "mask.tif"), cfg.output.quicklook_size)
+        for name, local, publish in built:
+            if publish:
+                _put_local_file(local, join_uri(plan.out_dir, name))
+                outputs.append(name)
+        if png is not None:
+            storage.write_bytes(join_uri(plan.out_dir, "quicklook.png"), png)
+            outputs.append("quicklook.png")
+
+    fg = sum(int(r.get("foreground_px", 0)) for r in records.values())
+    valid = sum(int(r.get("valid_px", 0)) for r in records.values())
+    crs = None
+    if plan.crs_wkt:
+        from rasterio.crs import CRS
+
+        crs = CRS.from_wkt(plan.crs_wkt)
+    from affine import Affine
+
+    transform = Affine(*plan.transform[:6]) if plan.transform else Affine.identity()
+    area_px = pixel_area(transform) if plan.georeferenced else 1.0
+    units = crs_units(crs) if plan.georeferenced else "px"
+    seconds_finalize = time.perf_counter() - t0
+    stats = {
+        "id": plan.id,
+        "input": plan.input,
+        "height": plan.height,
+        "width": plan.width,
+        "bands": plan.count,
+        "dtype": plan.dtype,
+        "crs": crs.to_string() if crs is not None else None,
+        "transform": list(plan.transform[:6]) if plan.transform else None,
+        "tile": plan.tile,
+        "overlap": plan.overlap,
+        "tiles": len(plan.tiles),
+        "tiles_computed": tiles_computed,
+        "pixels": plan.pixels,
+        "valid_pixels": valid,
+        "nodata_pixels": plan.pixels - valid,
+        "foreground_pixels": fg,
+        "foreground_fraction": (fg / valid) if valid else 0.0,
+        "pixel_area": area_px,
+        "area_units": f"{units}^2" if units != "px" else "px",
+        "foreground_area": fg * area_px,
+        "threshold": threshold,
+        "model": model_uri,
+        "radiometry": plan.radiometry,
+        "mean_disagreement": (float(np.mean([r.get("disagreement", 0.0) for r in records.values()]))
+                              if records else 0.0),
+        "mean_margin": (float(np.mean([r.get("margin", 1.0) for r in records.values()]))
+                        if records else 1.0),
+        "uncertain_tiles": uncertain_tiles(records, cfg.output.uncertain_top_n),
+        "seconds": {"plan": round(plan.seconds_plan, 3), "pipeline": round(seconds_pipeline, 3),
+                    "finalize": round(seconds_finalize, 3)},
+    }
+    storage.write_bytes(join_uri(plan.out_dir, "stats.json"),
+                        json.dumps(stats, indent=2, sort_keys=True).encode())
+    outputs.append("stats.json")
+    return {"outputs": outputs, "stats": stats}

@@ -1,0 +1,287 @@
+"""The Ray Data stages of the segmentation job (imported by reference in the workers).
+
+Rows (one per tile) stay small: ``scene`` (id), ``spec`` (JSON: input URI, bands, radiometry,
+writer and tile-record URIs -- the same string for every tile of a scene) and ``tile`` (JSON of
+``ingest.Tile.to_dict()``). The stages add and drop columns:
+
+1. ``read_tiles`` (CPU tasks): ``image`` uint8 ``[C,T,T]`` (scene-wide radiometry applied),
+   ``valid`` bool ``[T,T]``, ``error`` (str, "" when fine).
+2. ``Predictor`` (actor pool; bundle loaded once per actor): drops ``image``/``valid``, adds
+   ``prob``/``mask`` uint8 ``[T,T]`` (nodata 255 where the input was padding/nodata) and the
+   tile's uncertainty/statistics over its core.
+3. ``write_cores`` (CPU tasks): writes each tile's core to its scene's ``MaskWriter`` (chunk
+   aligned, so any process may write any tile), then a small per-tile record next to the store
+   (resume state + stats), and emits a one-row summary without arrays.
+
+Any exception in a row becomes that row's ``error`` (the scene is then marked failed by the
+driver) -- one bad tile never stops the job.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+PROB_NODATA = 255
+MASK_NODATA = 255
+
+# Per-process caches (Ray reuses worker processes across tasks).
+_SCENES: dict[tuple, Any] = {}
+_WRITERS: dict[str, Any] = {}
+_RADIOMETRY: dict[str, Any] = {}
+_MAX_CACHED = 16
+
+
+def _cached(cache: dict, key, make):
+    obj = cache.get(key)
+    if obj is None:
+        if len(cache) >= _MAX_CACHED:
+            cache.pop(next(iter(cache)))
+        obj = cache[key] = make()
+    return obj
+
+
+def error_text(exc: BaseException) -> str:
+    msg = " ".join(str(exc).split())
+    text = f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+    return text[:400]
+
+
+def encode_prob(prob: np.ndarray) -> np.ndarray:
+    """Probability 0..1 -> uint8 0..254 (255 is nodata): the MaskWriter's encoding."""
+    from ingest.writer import prob_to_u8
+
+    return prob_to_u8(prob)
+
+
+def _col(batch: dict, name: str) -> list:
+    return list(batch[name])
+
+
+def _spec(batch_spec: str) -> dict:
+    return json.loads(batch_spec)
+
+
+# --------------------------------------------------------------------------- 1. read
+
+def _open_scene(uri: str, bands):
+    from ingest import open_scene
+
+    key = (uri, tuple(bands) if bands else None)
+    # check_empty=False: the driver checked at plan time; in a worker the check would re-read a
+    # sample (the whole scene when small) once per process and turn one bad block into a
+    # failure of every tile.
+    return _cached(_SCENES, key, lambda: open_scene(uri, bands=list(bands) if bands else None,
+                                                    check_empty=False))
+
+
+def _radiometry(spec_json: str, spec: dict):
+    from ingest import Radiometry
+
+    def make():
+        d = dict(spec["radiometry"])
+        keep = spec.get("keep_bands")
+        if keep:
+            d["lo"], d["hi"] = d["lo"][:keep], d["hi"][:keep]
+        return Radiometry.from_dict(d)
+
+    return _cached(_RADIOMETRY, spec_json, make)
+
+
+def read_tiles(batch: dict) -> dict:
+    """Read each tile's window (boundless) and apply the scene-wide radiometry."""
+    from ingest.tiling import Tile
+    from ingest.storage import gdal_env
+
+    specs, tiles = _col(batch, "spec"), _col(batch, "tile")
+    n = len(tiles)
+    images: list = [None] * n
+    valids: list = [None] * n
+    errors = [""] * n
+    size = None
+    with gdal_env():
+        for i in range(n):
+            try:
+                spec = _spec(specs[i])
+                tile = Tile.from_dict(json.loads(tiles[i]))
+                scene = _open_scene(spec["input"], spec.get("bands"))
+                data, valid = scene.read(tile.read_window)
+                keep = spec.get("keep_bands")
+                if keep:  # only the bands the model reads travel (samsp would drop the rest)
+                    data = data[:keep]
+                img = _radiometry(specs[i], spec).apply(data, valid)
+                img = np.ascontiguousarray(img, dtype=np.uint8)
+                if img.ndim == 2:
+                    img = img[None]
+                images[i], valids[i] = img, np.asarray(valid, dtype=bool)
+                size = img.shape[-2:]
+            except Exception as exc:  # noqa: BLE001 - becomes the row's error
+                errors[i] = f"read {error_text(exc)}"
+    size = size or (int(json.loads(tiles[0])["read"][3]), int(json.loads(tiles[0])["read"][2]))
+    bands = next((im.shape[0] for im in images if im is not None), 1)
+    for i in range(n):
+        if images[i] is None:  # placeholder shaped like its neighbours (keeps the column dense)
+            images[i] = np.zeros((bands, *size), np.uint8)
+            valids[i] = np.zeros(size, bool)
+    if len({im.shape for im in images}) == 1:
+        image_col = np.stack(images)
+    else:  # scenes with different band counts in one batch: a ragged column
+        image_col = np.empty(n, dtype=object)
+        image_col[:] = images
+    out = {k: batch[k] for k in ("scene", "spec", "tile")}
+    out.update(image=image_col, valid=np.stack(valids), error=np.array(errors, dtype=object))
+    return out
+
+
+# --------------------------------------------------------------------------- 2. predict
+
+def tile_statistics(prob: np.ndarray, prob_first: np.ndarray, valid: np.ndarray,
+                    core: tuple[slice, slice], threshold: float) -> dict:
+    """Uncertainty and counts over a tile's core (valid pixels only).
+
+    ``disagreement`` = 1 - IoU(pass-0 mask, final mask) (0 when both are empty);
+    ``margin`` = mean |2p - 1| of the final probability (1 = confident everywhere).
+    """
+    p, pf, v = prob[core], prob_first[core], valid[core]
+    m = (p > threshold) & v
+    mf = (pf > threshold) & v
+    union = int(np.count_nonzero(m | mf))
+    inter = int(np.count_nonzero(m & mf))
+    nvalid = int(np.count_nonzero(v))
+    margin = float(np.abs(2.0 * p[v] - 1.0).mean()) if nvalid else 1.0
+    return {
+        "disagreement": 0.0 if union == 0 else 1.0 - inter / union,
+        "margin": margin,
+        "foreground_px": int(np.count_nonzero(m)),
+        "valid_px": nvalid,
+    }
+
+
+class Predictor:
+    """Actor: loads the bundle once; ``__call__`` runs the model on a batch of tiles."""
+
+    def __init__(self, model_uri: str, threshold: float | None = None, device: str = "auto",
+                 torch_threads: int = 0):
+        import torch
+
+        from ingest.storage import gdal_env  # noqa: F401 - make sure ingest imports in the actor
+        from samsp.predict import TilePredictor
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu" and torch_threads > 0:
+            torch.set_num_threads(torch_threads)
+        self.device = device
+        self.predictor = TilePredictor(model_uri, device=device)
+        self.threshold = float(threshold if threshold is not None else self.predictor.threshold)
+        self.calls = 0
+
+    def __call__(self, batch: dict) -> dict:
+        from ingest.tiling import Tile
+
+        tiles, errors = _col(batch, "tile"), [str(e) for e in _col(batch, "error")]
+        images, valids = batch["image"], batch["valid"]
+        n = len(tiles)
+        size = valids.shape[-2:]
+        prob_out = np.full((n, *size), PROB_NODATA, np.uint8)
+        mask_out = np.full((n, *size), MASK_NODATA, np.uint8)
+        stats: list[dict] = [{} for _ in range(n)]
+        seconds = np.zeros(n, np.float64)
+        groups: dict[tuple, list[int]] = {}
+        for i in range(n):
+            if not errors[i]:
+                groups.setdefault(tuple(np.asarray(images[i]).shape), []).append(i)
+        for idx in groups.values():
+            try:
+                t0 = time.perf_counter()
+                result = self.predictor(np.stack([np.asarray(images[i]) for i in idx]))
+                dt = (time.perf_counter() - t0) / len(idx)
+                self.calls += 1
+                for j, i in enumerate(idx):
+                    prob, first = result["prob"][j], result["prob_first"][j]
+                    valid = np.asarray(valids[i], dtype=bool)
+                    tile = Tile.from_dict(json.loads(tiles[i]))
+                    stats[i] = tile_statistics(prob, first, valid, tile.core_slices, self.threshold)
+                    pu8 = encode_prob(prob)
+                    mu8 = (prob > self.threshold).astype(np.uint8)
+                    pu8[~valid] = PROB_NODATA
+                    mu8[~valid] = MASK_NODATA
+                    prob_out[i], mask_out[i] = pu8, mu8
+                    seconds[i] = dt
+            except Exception as exc:  # noqa: BLE001 - the whole group fails, the job does not
+                for i in idx:
+                    errors[i] = f"predict {error_text(exc)}"
+        out = {k: batch[k] for k in ("scene", "spec", "tile")}
+        out.update(prob=prob_out, mask=mask_out, error=np.array(errors, dtype=object),
+                   stats=np.array([json.dumps(s) for s in stats], dtype=object),
+                   predict_s=seconds)
+        return out
+
+
+# --------------------------------------------------------------------------- 3. write
+
+def _writer(uri: str):
+    from ingest import MaskWriter
+
+    return _cached(_WRITERS, uri, lambda: MaskWriter.open(uri))
+
+
+def tile_record_uri(tiles_uri: str, index) -> str:
+    from jobs.segment_plan import tile_key
+
+    return tiles_uri.rstrip("/") + "/" + tile_key(index) + ".json"
+
+
+def write_cores(batch: dict) -> dict:
+    """Write each tile's core into its scene's store, then its record; emit summaries."""
+    from ingest import storage
+    from ingest.tiling import Tile
+
+    specs, tiles = _col(batch, "spec"), _col(batch, "tile")
+    errors = [str(e) for e in _col(batch, "error")]
+    stats = _col(batch, "stats")
+    n = len(tiles)
+    records = [""] * n
+    with storage.gdal_env():
+        for i in range(n):
+            if errors[i]:
+                continue
+            try:
+                spec = _spec(specs[i])
+                tile = Tile.from_dict(json.loads(tiles[i]))
+                rs, cs = tile.core_slices
+                writer = _writer(spec["writer"])
+                writer.write(tile.core_window, np.ascontiguousarray(batch["prob"][i][rs, cs]),
+                             np.ascontiguousarray(batch["mask"][i][rs, cs]))
+                rec = {"tile": list(tile.index), **json.loads(stats[i]),
+                       "predict_s": float(batch["predict_s"][i])}
+                # The record is written after the chunk: a record implies the chunk is complete.
+                storage.write_bytes(tile_record_uri(spec["tiles_uri"], tile.index),
+                                    json.dumps(rec).encode())
+                records[i] = json.dumps(rec)
+            except Exception as exc:  # noqa: BLE001
+                errors[i] = f"write {error_text(exc)}"
+                continue
+            _test_hook_after_write(writer)
+    return {"scene": batch["scene"], "tile": batch["tile"],
+            "error": np.array(errors, dtype=object), "record": np.array(records, dtype=object)}
+
+
+def _test_hook_after_write(writer) -> None:
+    """Test hook (``SAMSP_SEGMENT_KILL_AFTER_TILES=N``): once a scene's store holds N written
+    chunks, SIGKILL the driver (``SAMSP_SEGMENT_DRIVER_PID``, set by the driver) and this worker --
+    a crash in the middle of a scene. Off unless the variable is set."""
+    n = os.environ.get("SAMSP_SEGMENT_KILL_AFTER_TILES")
+    pid = os.environ.get("SAMSP_SEGMENT_DRIVER_PID")
+    if not n or not pid:
+        return
+    if len(writer.written_chunks()) >= int(n):
+        import signal
+
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        finally:
+            os._exit(1)

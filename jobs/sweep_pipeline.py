@@ -1,0 +1,177 @@
+"""Crack sweep: Ray Data read stage for photo archives and the per-image crack measurements.
+
+Rows in: ``scene`` (image id), ``input`` (URI). ``read_photos`` (CPU tasks) decodes each photo
+once, applies its radiometry (uint8 passes through, other dtypes get a per-image percentile
+stretch), cuts it into ``TileGrid`` tiles and emits one row per tile with the columns the segment
+job's ``Predictor`` takes (``scene``, ``spec``, ``tile``, ``image``, ``valid``, ``error``), so the
+model stage is exactly the segmentation job's. ``spec`` carries the image size and tile count the
+driver needs to know when an image is complete.
+
+Measurements (``crack_metrics``) on a binary mask:
+* ``crack_px``: foreground pixels; ``crack_fraction``: over valid pixels;
+* ``skeleton_length_px``: pixels of the one-pixel-wide skeleton (skimage's ``skeletonize`` when
+  scikit-image is installed, else a numpy Zhang-Suen thinning);
+* ``max_width_px`` = 2·d − 1, d the largest Euclidean distance transform value (distance to the
+  nearest background pixel centre) on the skeleton: exact for straight cracks of odd width;
+  ``mean_width_px`` = crack_px / skeleton_length_px; ``cracks``: 8-connected components.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from jobs.segment_pipeline import error_text
+
+
+# --------------------------------------------------------------------------- measurements
+
+def zhang_suen_thinning(mask: np.ndarray) -> np.ndarray:
+    """Zhang-Suen thinning (1984), vectorised with numpy; bool in, bool skeleton out."""
+    mask = np.asarray(mask, dtype=bool)
+    out = np.zeros_like(mask)
+    if not mask.any():
+        return out
+    rows, cols = np.nonzero(mask)
+    r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    img = np.pad(mask[r0:r1, c0:c1].astype(np.uint8), 1)
+    while True:
+        changed = False
+        for step in (0, 1):
+            P = img
+            c = P[1:-1, 1:-1]
+            p2, p3, p4 = P[:-2, 1:-1], P[:-2, 2:], P[1:-1, 2:]
+            p5, p6, p7 = P[2:, 2:], P[2:, 1:-1], P[2:, :-2]
+            p8, p9 = P[1:-1, :-2], P[:-2, :-2]
+            seq = (p2, p3, p4, p5, p6, p7, p8, p9, p2)
+            B = p2 + p3 + p4 + p5 + p6 + p7 + p8 + p9
+            A = sum(((seq[i] == 0) & (seq[i + 1] == 1)).astype(np.uint8) for i in range(8))
+            if step == 0:
+                cond = (p2 * p4 * p6 == 0) & (p4 * p6 * p8 == 0)
+            else:
+                cond = (p2 * p4 * p8 == 0) & (p2 * p6 * p8 == 0)
+            kill = (c == 1) & (B >= 2) & (B <= 6) & (A == 1) & cond
+            if kill.any():
+                c[kill] = 0
+                changed = True
+        if not changed:
+            break
+    out[r0:r1, c0:c1] = img[1:-1, 1:-1].astype(bool)
+    return out
+
+
+def skeletonize(mask: np.ndarray) -> np.ndarray:
+    try:
+        from skimage.morphology import skeletonize as sk
+    except ImportError:
+        return zhang_suen_thinning(mask)
+    return sk(np.asarray(mask, dtype=bool))
+
+
+def crack_metrics(mask: np.ndarray, valid: np.ndarray | None = None) -> dict:
+    """Crack measurements of a binary mask (see the module docstring)."""
+    from scipy import ndimage
+
+    m = np.asarray(mask, dtype=bool)
+    nvalid = int(m.size if valid is None else np.count_nonzero(valid))
+    crack_px = int(np.count_nonzero(m))
+    if crack_px == 0:
+        return {"crack_px": 0, "crack_fraction": 0.0, "skeleton_length_px": 0,
+                "max_width_px": 0.0, "mean_width_px": 0.0, "cracks": 0, "valid_px": nvalid}
+    skel = skeletonize(m)
+    length = int(np.count_nonzero(skel))
+    dist = ndimage.distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1]
+    d = float(dist[skel].max()) if length else float(dist.max())
+    _, cracks = ndimage.label(m, structure=np.ones((3, 3), bool))
+    return {
+        "crack_px": crack_px,
+        "crack_fraction": crack_px / nvalid if nvalid else 0.0,
+        "skeleton_length_px": length,
+        "max_width_px": round(2.0 * d - 1.0, 3),
+        "mean_width_px": round(crack_px / length, 3) if length else float(crack_px),
+        "cracks": int(cracks),
+        "valid_px": nvalid,
+    }
+
+
+# --------------------------------------------------------------------------- read stage
+
+def boundless_crop(arr: np.ndarray, valid: np.ndarray, window) -> tuple[np.ndarray, np.ndarray]:
+    """Crop ``[C,H,W]`` (and ``[H,W]`` validity) to an integer window, zero/False padded."""
+    r0, c0 = int(window.row_off), int(window.col_off)
+    h, w = int(window.height), int(window.width)
+    C, H, W = arr.shape
+    out = np.zeros((C, h, w), arr.dtype)
+    ok = np.zeros((h, w), bool)
+    ir0, ic0, ir1, ic1 = max(r0, 0), max(c0, 0), min(r0 + h, H), min(c0 + w, W)
+    if ir1 > ir0 and ic1 > ic0:
+        out[:, ir0 - r0:ir1 - r0, ic0 - c0:ic1 - c0] = arr[:, ir0:ir1, ic0:ic1]
+        ok[ir0 - r0:ir1 - r0, ic0 - c0:ic1 - c0] = valid[ir0:ir1, ic0:ic1]
+    return out, ok
+
+
+def read_photos(batch: dict, tile: int, overlap: int, percentiles=(2.0, 98.0),
+                bands=None) -> dict:
+    """One input row per photo -> one output row per tile (or one error row per bad photo)."""
+    from rasterio.windows import Window
+
+    from ingest import Radiometry, TileGrid, open_scene, storage
+
+    ids, uris = list(batch["scene"]), list(batch["input"])
+    out = {"scene": [], "spec": [], "tile": [], "image": [], "valid": [], "error": []}
+    with storage.gdal_env():
+        for sid, uri in zip(ids, uris):
+            try:
+                scene = open_scene(uri, bands=bands, check_empty=False)
+                data, valid = scene.read(Window(0, 0, scene.width, scene.height))
+                if scene.dtype == np.uint8:
+                    rad = Radiometry.identity(scene.count)
+                else:
+                    rad = Radiometry.fit(scene, percentiles=tuple(percentiles))
+                img = rad.apply(data, valid)
+                del data
+                grid = TileGrid(scene.height, scene.width, tile, overlap)
+                spec = json.dumps({"input": uri, "height": scene.height, "width": scene.width,
+                                   "tiles": len(grid), "radiometry": rad.to_dict()})
+                for t in grid:
+                    crop, ok = boundless_crop(img, valid, t.read_window)
+                    out["scene"].append(sid)
+                    out["spec"].append(spec)
+                    out["tile"].append(json.dumps(t.to_dict()))
+                    out["image"].append(crop)
+                    out["valid"].append(ok)
+                    out["error"].append("")
+            except Exception as exc:  # noqa: BLE001 - a bad photo is a failed row, not a crash
+                out["scene"].append(sid)
+                out["spec"].append(json.dumps({"input": uri, "height": 0, "width": 0, "tiles": 1}))
+                out["tile"].append(json.dumps({"row": 0, "col": 0, "read": [0, 0, tile, tile],
+                                               "core": [0, 0, tile, tile]}))
+                out["image"].append(np.zeros((1, tile, tile), np.uint8))
+                out["valid"].append(np.zeros((tile, tile), bool))
+                out["error"].append(f"read {error_text(exc)}")
+    images = out["image"]
+    if len({im.shape for im in images}) == 1:
+        image_col = np.stack(images)
+    else:  # grayscale and RGB photos in one batch: a ragged column
+        image_col = np.empty(len(images), dtype=object)
+        image_col[:] = images
+    return {"scene": np.array(out["scene"], dtype=object), "spec": np.array(out["spec"], dtype=object),
+            "tile": np.array(out["tile"], dtype=object), "image": image_col,
+            "valid": np.stack(out["valid"]), "error": np.array(out["error"], dtype=object)}
+
+
+def keep_mask_cores(batch: dict) -> dict:
+    """After the model: keep only each tile's core of the mask (smaller rows to the driver)."""
+    from ingest.tiling import Tile
+
+    cores = []
+    for tile_json, mask in zip(batch["tile"], batch["mask"]):
+        t = Tile.from_dict(json.loads(tile_json))
+        rs, cs = t.core_slices
+        cores.append(np.ascontiguousarray(mask[rs, cs]))
+    col = np.empty(len(cores), dtype=object)
+    col[:] = cores
+    if len({c.shape for c in cores}) == 1:
+        col = np.stack(cores)
+    return {"scene": batch["scene"], "spec": batch["spec"], "tile": batch["tile"],
+            "error": batch["error"], "stats": batch["stats"], "core": col}

@@ -1,0 +1,182 @@
+"""Crack sweep outputs: per-image mask PNG, overlay thumbnail and record; the ranked report
+(CSV + Parquet), a PNG contact sheet and an HTML page of the top findings.
+
+Layout under ``<output>``::
+
+    masks/<id>.png        mask, 8-bit grey: 255 crack, 0 background/nodata (full resolution)
+    thumbs/<id>.jpg       downsampled photo with the cracks in red (contact sheet, HTML)
+    records/<id>.json     one record per image (status ok|failed, measurements); written last,
+                          so a record means the image is finished -- a rerun skips ok records
+    report.csv            every image, ranked: crack_px, then skeleton length, then max width
+    report.parquet        the same table
+    contact_sheet.png     top-N images with overlays and their numbers
+    report.html           the top-N table with thumbnails, links to masks, and counts
+"""
+from __future__ import annotations
+
+import html
+import io
+import json
+import math
+
+import numpy as np
+
+from jobs.segment_manifest import join_uri
+
+OVERLAY = np.array([255, 30, 30], np.float32)
+COLUMNS = ["rank", "id", "input", "status", "crack_px", "crack_fraction", "skeleton_length_px",
+           "max_width_px", "mean_width_px", "cracks", "width", "height", "tiles",
+           "mean_disagreement", "seconds", "mask", "thumb", "error", "run_id"]
+
+
+def mask_png(mask_u8: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.where(mask_u8 == 1, 255, 0).astype(np.uint8), mode="L").save(
+        buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def downsample_any(mask: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Boolean downsample that keeps thin cracks: an output pixel is set if any input pixel is."""
+    H, W = mask.shape
+    ys = np.minimum((np.arange(out_h + 1) * H) // out_h, H)
+    xs = np.minimum((np.arange(out_w + 1) * W) // out_w, W)
+    rows = np.maximum.reduceat(mask.astype(np.uint8), ys[:-1], axis=0) if H else mask
+    return np.maximum.reduceat(rows, xs[:-1], axis=1).astype(bool)
+
+
+def overlay_thumb(scene, radiometry, mask_u8: np.ndarray, size: int) -> bytes:
+    """JPEG thumbnail (longest side ``size``) with cracks in red; the photo is read decimated."""
+    from PIL import Image
+
+    from jobs.segment_finalize import _decimated_image
+
+    H, W = scene.height, scene.width
+    scale = min(1.0, size / max(H, W))
+    out_h, out_w = max(1, int(round(H * scale))), max(1, int(round(W * scale)))
+    data, valid = _decimated_image(scene, out_h, out_w)
+    img = radiometry.apply(data, valid)
+    rgb = np.repeat(img[:1], 3, axis=0) if img.shape[0] < 3 else img[:3]
+    rgb = np.moveaxis(rgb, 0, -1).astype(np.float32)
+    crack = downsample_any(mask_u8 == 1, out_h, out_w)
+    rgb[crack] = 0.25 * rgb[crack] + 0.75 * OVERLAY
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=88)
+    return buf.getvalue()
+
+
+def ranked_table(records: list[dict]):
+    """DataFrame of all records: ok images ranked by crack_px, skeleton length, max width."""
+    import pandas as pd
+
+    df = pd.DataFrame(records)
+    for col in COLUMNS:
+        if col not in df.columns:
+            df[col] = None
+    ok = df[df["status"] == "ok"].sort_values(
+        ["crack_px", "skeleton_length_px", "max_width_px", "id"],
+        ascending=[False, False, False, True], kind="mergesort").copy()
+    ok["rank"] = np.arange(1, len(ok) + 1)
+    bad = df[df["status"] != "ok"].sort_values("id").copy()
+    bad["rank"] = None
+    table = pd.concat([ok, bad], ignore_index=True)[COLUMNS]
+    table["rank"] = table["rank"].astype("Int64")
+    for col in ("crack_px", "skeleton_length_px", "cracks", "width", "height", "tiles"):
+        table[col] = pd.to_numeric(table[col], errors="coerce").astype("Int64")
+    for col in ("crack_fraction", "max_width_px", "mean_width_px", "mean_disagreement", "seconds"):
+        table[col] = pd.to_numeric(table[col], errors="coerce").astype("float64")
+    for col in ("id", "input", "status", "mask", "thumb", "error", "run_id"):
+        table[col] = table[col].fillna("").astype(str)
+    return table
+
+
+def contact_sheet(top: list[dict], thumbs: dict[str, bytes], cell: int = 256, cols: int = 6) -> bytes:
+    """PNG grid of the top findings: thumbnail + '#rank id' + numbers under it."""
+    from PIL import Image, ImageDraw
+
+    n = max(1, len(top))
+    cols = max(1, min(cols, n))
+    rows = math.ceil(n / cols)
+    cap = 30
+    sheet = Image.new("RGB", (cols * cell, rows * (cell + cap)), (24, 24, 24))
+    draw = ImageDraw.Draw(sheet)
+    if not top:
+        draw.text((8, 8), "no cracks found", fill=(230, 230, 230))
+    for i, rec in enumerate(top):
+        x, y = (i % cols) * cell, (i // cols) * (cell + cap)
+        blob = thumbs.get(rec["id"])
+        if blob:
+            im = Image.open(io.BytesIO(blob)).convert("RGB")
+            im.thumbnail((cell - 4, cell - 4))
+            sheet.paste(im, (x + (cell - im.width) // 2, y + (cell - im.height) // 2))
+        draw.text((x + 4, y + cell + 2), f"#{rec['rank']} {str(rec['id'])[:28]}", fill=(240, 240, 240))
+        draw.text((x + 4, y + cell + 15),
+                  f"{rec['crack_px']} px  L {rec['skeleton_length_px']}  W {rec['max_width_px']:.1f}",
+                  fill=(255, 170, 170))
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def report_html(table, top_n: int, run_info: dict) -> str:
+    ok = table[table["status"] == "ok"]
+    failed = table[table["status"] != "ok"]
+    rows = []
+    for rec in ok.head(top_n).to_dict("records"):
+        rows.append(
+            "<tr><td>{rank}</td><td><a href='{mask}'><img src='{thumb}' width=160></a></td>"
+            "<td>{id}<br><small>{input}</small></td><td>{crack_px}</td><td>{frac:.4f}</td>"
+            "<td>{length}</td><td>{width:.1f}</td><td>{cracks}</td></tr>".format(
+                rank=rec["rank"], mask=html.escape(rec["mask"]), thumb=html.escape(rec["thumb"]),
+                id=html.escape(rec["id"]), input=html.escape(rec["input"]),
+                crack_px=rec["crack_px"], frac=rec["crack_fraction"] or 0.0,
+                length=rec["skeleton_length_px"], width=rec["max_width_px"] or 0.0,
+                cracks=rec["cracks"]))
+    fails = "".join(f"<li>{html.escape(r['id'])}: {html.escape(r['error'])}</li>"
+                    for r in failed.to_dict("records"))
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>Crack sweep report</title>
+<style>body{{font-family:sans-serif;margin:1.5em}} td,th{{padding:4px 8px;border-bottom:1px solid #ddd}}
+th{{text-align:left}}</style></head><body>
+<h1>Crack sweep</h1>
+<p>{len(table)} images: {len(ok)} ok, {len(failed)} failed. Model {html.escape(str(run_info.get('model')))};
+threshold {run_info.get('threshold')}; run {html.escape(str(run_info.get('run_id')))}.
+Full table: <a href="report.csv">report.csv</a> / report.parquet. <a href="contact_sheet.png">Contact sheet</a>.</p>
+<h2>Top {min(top_n, len(ok))} by crack pixels</h2>
+<table><tr><th>#</th><th>overlay (links to mask)</th><th>image</th><th>crack px</th><th>fraction</th>
+<th>skeleton length px</th><th>max width px</th><th>cracks</th></tr>
+{''.join(rows)}
+</table>
+{'<h2>Failed</h2><ul>' + fails + '</ul>' if fails else ''}
+</body></html>
+"""
+
+
+def write_report(output: str, records: list[dict], top_n: int, run_info: dict,
+                 columns: int = 6, cell: int = 256) -> dict:
+    """report.csv, report.parquet, contact_sheet.png, report.html (each written atomically)."""
+    from ingest import storage
+
+    table = ranked_table(records)
+    storage.write_bytes(join_uri(output, "report.csv"), table.to_csv(index=False).encode())
+    buf = io.BytesIO()
+    table.to_parquet(buf, index=False)
+    storage.write_bytes(join_uri(output, "report.parquet"), buf.getvalue())
+    top = [r for r in table[table["status"] == "ok"].head(top_n).to_dict("records")
+           if (r["crack_px"] or 0) > 0]
+    thumbs = {}
+    for r in top:
+        try:
+            thumbs[r["id"]] = storage.read_bytes(join_uri(output, r["thumb"]))
+        except FileNotFoundError:
+            pass
+    storage.write_bytes(join_uri(output, "contact_sheet.png"), contact_sheet(top, thumbs, cell=cell, cols=columns))
+    storage.write_bytes(join_uri(output, "report.html"), report_html(table, top_n, run_info).encode())
+    return {"images": len(table), "ok": int((table["status"] == "ok").sum()),
+            "failed": int((table["status"] != "ok").sum()), "top": [r["id"] for r in top]}
+
+
+def record_json(rec: dict) -> bytes:
+    return json.dumps(rec, sort_keys=True, default=float).encode()

@@ -1,0 +1,188 @@
+"""jobs/sweep.py: crack measurements, report ranking, and one end-to-end sweep on a local Ray."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from jobs.sweep_pipeline import boundless_crop, crack_metrics, zhang_suen_thinning
+from jobs.sweep_report import downsample_any, ranked_table
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- measurements
+
+@pytest.mark.parametrize("width", [1, 3, 5, 7])
+def test_straight_crack_width_and_length(width):
+    m = np.zeros((40, 120), bool)
+    m[20 - width // 2:20 - width // 2 + width, 10:110] = True
+    s = crack_metrics(m)
+    assert s["crack_px"] == 100 * width and s["cracks"] == 1
+    assert s["max_width_px"] == pytest.approx(width)
+    assert 100 - width - 2 <= s["skeleton_length_px"] <= 100  # thinning shortens the ends a bit
+    assert s["mean_width_px"] == pytest.approx(width, rel=0.1)
+
+
+def test_diagonal_crack_and_components():
+    m = np.zeros((100, 100), bool)
+    idx = np.arange(10, 90)
+    m[idx, idx] = True               # 1-px diagonal, 8-connected
+    m[5:8, 60:90] = True             # a second, separate crack 3 px wide
+    s = crack_metrics(m)
+    assert s["cracks"] == 2
+    assert s["max_width_px"] == pytest.approx(3)
+    skel = zhang_suen_thinning(m)
+    assert skel[idx, idx].all()      # a 1-px line is its own skeleton
+    assert crack_metrics(np.zeros((5, 5), bool)) == {
+        "crack_px": 0, "crack_fraction": 0.0, "skeleton_length_px": 0, "max_width_px": 0.0,
+        "mean_width_px": 0.0, "cracks": 0, "valid_px": 25}
+    valid = np.ones((100, 100), bool)
+    valid[:50] = False
+    assert crack_metrics(m, valid)["crack_fraction"] == pytest.approx(m.sum() / 5000)
+
+
+def test_thin_cracks_survive_thumbnails_and_crops():
+    m = np.zeros((300, 400), bool)
+    m[150, :] = True                 # 1 px line, 8x downsampling must keep it
+    small = downsample_any(m, 38, 50)
+    assert small.shape == (38, 50) and small.any(axis=0).all() and small.sum() == 50
+    img = np.arange(2 * 10 * 12, dtype=np.uint8).reshape(2, 10, 12)
+    from rasterio.windows import Window
+
+    crop, ok = boundless_crop(img, np.ones((10, 12), bool), Window(8, -2, 6, 6))
+    assert crop.shape == (2, 6, 6) and ok[2:, :4].all() and not ok[:2].any() and not ok[:, 4:].any()
+    np.testing.assert_array_equal(crop[:, 2:, :4], img[:, 0:4, 8:12])
+
+
+def test_ranking_puts_failures_last():
+    recs = [
+        {"id": "a", "status": "ok", "crack_px": 10, "skeleton_length_px": 5, "max_width_px": 3.0},
+        {"id": "b", "status": "ok", "crack_px": 50, "skeleton_length_px": 9, "max_width_px": 1.0},
+        {"id": "c", "status": "failed", "error": "read CorruptSceneError: x"},
+        {"id": "d", "status": "ok", "crack_px": 10, "skeleton_length_px": 7, "max_width_px": 1.0},
+    ]
+    t = ranked_table(recs)
+    assert list(t["id"]) == ["b", "d", "a", "c"]
+    assert list(t["rank"][:3]) == [1, 2, 3] and t["rank"].isna().iloc[3]
+
+
+# ----------------------------------------------------------------------------- end to end
+
+def _photos(folder: Path) -> dict[str, Path]:
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(1)
+    folder.mkdir()
+    out = {}
+    for name, (w, h), ext in (("wide", (300, 180), "jpg"), ("tall", (150, 260), "png"),
+                              ("tiny", (90, 70), "jpg")):
+        arr = rng.normal(140, 25, (h, w, 3)).clip(0, 255).astype(np.uint8)
+        im = Image.fromarray(arr)
+        ImageDraw.Draw(im).line([(5, 5), (w - 5, h - 8)], fill=(15, 15, 15), width=3)
+        out[name] = folder / f"{name}.{ext}"
+        im.save(out[name], quality=92)
+    out["gray"] = folder / "gray.png"
+    Image.fromarray(rng.integers(0, 255, (120, 140), dtype=np.uint8)).save(out["gray"])
+    out["broken"] = folder / "broken.jpg"
+    out["broken"].write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (folder / "notes.txt").write_text("not a photo")
+    return out
+
+
+def _reference_mask(uri: str, bundle: str, tile: int = 128, overlap: int = 16) -> np.ndarray:
+    from rasterio.windows import Window
+
+    from ingest import TileGrid, open_scene
+    from samsp.predict import TilePredictor
+
+    import torch
+
+    scene = open_scene(uri, check_empty=False)
+    img, valid = scene.read(Window(0, 0, scene.width, scene.height))
+    tp = TilePredictor(bundle)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # like the job's actor (predict.torch_threads=1)
+    mask = np.zeros((scene.height, scene.width), np.uint8)
+    for t in TileGrid(scene.height, scene.width, tile, overlap):
+        crop, ok = boundless_crop(img, valid, t.read_window)
+        p = tp(np.where(ok, crop, 0)[None])["prob"][0]
+        rs, cs = t.core_slices
+        r0, c0 = int(t.core_window.row_off), int(t.core_window.col_off)
+        core = ((p > tp.threshold) & ok)[rs, cs]
+        mask[r0:r0 + core.shape[0], c0:c0 + core.shape[1]] = np.where(core, 255, 0)
+    torch.set_num_threads(threads)
+    return mask
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_sweep_end_to_end_and_rerun(tmp_path):
+    import pandas as pd
+    from PIL import Image
+
+    from tests.test_segment import job_env, make_bundle, reap_session
+
+    bundle = make_bundle(str(tmp_path / "bundle"))
+    photos = _photos(tmp_path / "photos")
+    out = tmp_path / "sweep"
+    env = job_env(SimpleNamespace(env=dict))  # no S3 here: local photos, local output
+
+    def sweep(inputs):
+        cmd = [sys.executable, str(REPO / "jobs" / "sweep.py"), "--input", *inputs, "--output",
+               str(out), "--model", bundle, "--set", "ray.num_cpus=2", "--set",
+               "predict.batch_size=4", "--set", "predict.torch_threads=1", "--set", "report.top_n=3"]
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        try:
+            text, _ = proc.communicate(timeout=400)
+        finally:
+            reap_session(proc.pid)
+        return proc.returncode, text
+
+    rc, text = sweep([str(tmp_path / "photos")])
+    assert rc == 1, text[-4000:]  # the broken JPEG fails (after the others finished)
+    summary = json.loads(text.strip().splitlines()[-1])
+    assert summary["segmented"] == 4 and summary["failed"] == 1 and summary["skipped"] == 0
+
+    table = pd.read_csv(out / "report.csv")
+    parquet = pd.read_parquet(out / "report.parquet")
+    assert list(parquet["id"]) == list(table["id"])
+    ok = table[table["status"] == "ok"]
+    assert set(ok["id"]) == {"wide", "tall", "tiny", "gray"}
+    assert list(ok["crack_px"]) == sorted(ok["crack_px"], reverse=True)
+    assert list(ok["rank"]) == [1, 2, 3, 4]
+    bad = table[table["status"] == "failed"].iloc[0]
+    assert bad["id"] == "broken" and "CorruptSceneError" in bad["error"]
+
+    for rec in ok.to_dict("records"):
+        mask = np.asarray(Image.open(out / rec["mask"]))
+        w, h = Image.open(photos[rec["id"]]).size
+        assert mask.shape == (h, w) and set(np.unique(mask)) <= {0, 255}
+        np.testing.assert_array_equal(mask, _reference_mask(str(photos[rec["id"]]), bundle))
+        m = crack_metrics(mask == 255)
+        for key in ("crack_px", "skeleton_length_px", "cracks"):
+            assert rec[key] == m[key], key
+        assert rec["max_width_px"] == pytest.approx(m["max_width_px"])
+        thumb = Image.open(out / rec["thumb"])
+        assert max(thumb.size) == min(256, max(w, h))
+
+    sheet = Image.open(out / "contact_sheet.png")
+    assert sheet.size[0] == 3 * 256  # top_n=3 thumbnails in one row
+    page = (out / "report.html").read_text()
+    assert "thumbs/" in page and "broken" in page
+
+    # rerun over the good photos: nothing recomputed (Ray not even started), the report still
+    # covers every image under the output, including the earlier failure
+    rc, text = sweep([str(p) for k, p in photos.items() if k != "broken"])
+    assert rc == 0, text[-3000:]
+    assert json.loads(text.strip().splitlines()[-1])["skipped"] == 4
+    assert "Started a local Ray" not in text
+    again = pd.read_csv(out / "report.csv")
+    assert list(again["id"]) == list(table["id"]) and list(again["crack_px"].fillna(-1)) == \
+        list(table["crack_px"].fillna(-1))
