@@ -394,7 +394,7 @@ def train_loop_per_worker(config: dict) -> None:
                 if cfg.train.log_every and global_step % cfg.train.log_every == 0:
                     rate = (n_samples + len(img)) / (time.perf_counter() - t_step)
                     _log0(rank, f"epoch {epoch + 1} step {global_step}/{total_steps} "
-                                f"loss {float(parts.total):.4f} lr {scheduler.get_last_lr()[0]:.2e} "
+                                f"loss {float(parts.total.detach()):.4f} lr {scheduler.get_last_lr()[0]:.2e} "
                                 f"{rate:.1f} samples/s/worker")
             d = parts.as_dict()
             for j, key in enumerate(("total", "dice", "bce", "distill")):
