@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 COMMANDS = [
     [sys.executable, "-m", "bench.bench_ingest"],
     [sys.executable, "bench/bench_model.py", "--quick"],
-    [sys.executable, "bench/bench_segment.py"],
+    [sys.executable, "-m", "bench.bench_segment"],
     [sys.executable, "bench/bench_train.py"],
 ]
 

@@ -230,7 +230,8 @@ class SlidingWindow:
                 spans.append((r0, c0, rs, cs, re, ce))
             probs = np.asarray(self.forward(batch), dtype=np.float32)  # [P,b,t,t]
             if probs.ndim != 4 or probs.shape[1:] != (len(chunk), t, t):
-                raise EvalError(f"forward returned {probs.shape}, expected [P,{len(chunk)},{t},{t}]")
+                raise EvalError(f"forward returned {probs.shape}, "
+                                f"expected [P,{len(chunk)},{t},{t}]")
             if out is None:
                 out = np.zeros((probs.shape[0], height, width), np.float32)
                 if self.stitch == "mean":
@@ -409,7 +410,8 @@ def sweep_thresholds(window: SlidingWindow, items: Sequence[dict], thresholds: S
             scores[t]["dice"].append(float(metrics.dice(pred, target)[0]))
             scores[t]["iou"].append(float(metrics.iou(pred, target)[0]))
             if with_tolerant:
-                scores[t]["tol_f1"].append(float(metrics.tolerant_f1(pred, target, tolerance)["f1"][0]))
+                tol = metrics.tolerant_f1(pred, target, tolerance)
+                scores[t]["tol_f1"].append(float(tol["f1"][0]))
     table = []
     for t in thresholds:
         row = {"threshold": t, "dice": float(np.mean(scores[t]["dice"])),
@@ -429,7 +431,8 @@ def write_csv(rows: Sequence[dict], path: Path, columns: Sequence[str] = COLUMNS
         writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
+            writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v)
+                             for k, v in row.items()})
 
 
 def overlay(image: np.ndarray, pred: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -486,7 +489,8 @@ def format_table(summary: dict) -> str:
         tag = f"{k}{'*' if int(k) == out_pass else ' '}"
         lines.append(f"{tag:<6} " + " ".join(f"{agg[c]:>11.4f}" for c in cols))
     lines.append(f"(* = output; threshold {summary['threshold']:g}, {summary['images']} images, "
-                 f"tile {summary['tile']}, overlap {summary['overlap']}, stitch {summary['stitch']})")
+                 f"tile {summary['tile']}, overlap {summary['overlap']}, "
+                 f"stitch {summary['stitch']})")
     return "\n".join(lines)
 
 
@@ -552,7 +556,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise EvalError(f"--threshold must lie in (0, 1), got {args.threshold}")
     if args.iterations is not None and args.iterations < 0:
         raise EvalError("--iterations must be >= 0")
-    thresholds = parse_thresholds(args.sweep_thresholds) if (args.sweep_on or args.sweep_data) else []
+    sweeping = bool(args.sweep_on or args.sweep_data)
+    thresholds = parse_thresholds(args.sweep_thresholds) if sweeping else []
     items = list_pairs(args.data, args.layout, args.image_dir, args.mask_dir,
                        args.mask_threshold, args.limit)
     try:
@@ -599,7 +604,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "model": args.model, "model_type": meta.model_type, "prompt": meta.prompt,
         "iterations": iterations, "bundle_iterations": meta.iterations,
         "bundle_threshold": meta.threshold, "threshold_source": source,
-        "data": args.data, "layout": args.layout if args.layout != "auto" else detect_layout(args.data),
+        "data": args.data,
+        "layout": args.layout if args.layout != "auto" else detect_layout(args.data),
         "device": device, **result.summary, "sweep": sweep,
     }
     result.summary = summary
@@ -627,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         print(f"wrote {args.out}/per_image.csv, summary.json"
               + (", sweep.csv" if summary.get("sweep") else "")
-              + (f", {len(summary.get('overlays', []))} overlays" if summary.get("overlays") else ""))
+              + (f", {len(summary['overlays'])} overlays" if summary.get("overlays") else ""))
     return 0
 
 

@@ -179,26 +179,37 @@ def ray_resources(cfg: SegmentConfig, n_tiles: int) -> dict:
         log.warning("predict.num_gpus=%s but the cluster has no GPU: running on CPU", num_gpus)
         num_gpus = 0.0
     spare = max(cpus - cfg.pipeline.read_cpus, 0.0)
-    actor_cpus = p.num_cpus
-    if actor_cpus > spare:  # tiny cluster: shrink the actor's logical share, never the reads'
-        actor_cpus = max(0.1, round(spare, 2)) if spare > 0 else 0.1
-        log.info("predict.num_cpus lowered to %.2f so %.1f CPU stay free for reads",
-                 actor_cpus, cfg.pipeline.read_cpus)
-    if p.num_actors:
-        n = p.num_actors
-    elif num_gpus > 0:
-        n = max(1, int(gpus // num_gpus))
+    batches = max(1, math.ceil(n_tiles / p.batch_size))
+    if num_gpus == 0 and p.num_cpus is None:
+        # CPU-only, auto: one single-threaded actor per CPU (reads/writes are light next to the
+        # model); their logical share is shrunk so `pipeline.read_cpus` stay schedulable for
+        # reads -- actors holding every logical CPU would starve the read tasks (hang).
+        n = p.num_actors or max(1, int(cpus))
+        n = max(1, min(n, batches))
+        actor_cpus = max(0.05, math.floor(100 * (spare if spare > 0 else cpus) / n) / 100)
+        threads = p.torch_threads or 1
     else:
-        n = max(1, int(spare // actor_cpus)) if spare > 0 else 1
-    n = max(1, min(n, math.ceil(n_tiles / p.batch_size)))
-    if n * actor_cpus > spare > 0:
-        n = max(1, int(spare // actor_cpus))
-    threads = p.torch_threads
-    if not threads and num_gpus == 0:
-        nodes = [nd for nd in ray.nodes() if nd.get("Alive")]
-        node_cpus = max([nd["Resources"].get("CPU", 0) for nd in nodes] or [os.cpu_count() or 1])
-        per_node = math.ceil(n / max(1, len(nodes)))
-        threads = max(1, int(node_cpus // per_node))
+        actor_cpus = p.num_cpus if p.num_cpus is not None else 1.0
+        if num_gpus == 0 and actor_cpus > spare:  # tiny cluster: never take the reads' CPUs
+            actor_cpus = max(0.05, round(spare, 2)) if spare > 0 else 0.05
+            log.info("predict.num_cpus lowered to %.2f so %.1f CPU stay free for reads",
+                     actor_cpus, cfg.pipeline.read_cpus)
+        if p.num_actors:
+            n = p.num_actors
+        elif num_gpus > 0:
+            n = max(1, int(gpus // num_gpus))
+        else:
+            n = max(1, int(spare // actor_cpus)) if spare > 0 else 1
+        n = max(1, min(n, batches))
+        if num_gpus == 0 and n * actor_cpus > spare > 0:
+            n = max(1, int(spare // actor_cpus))
+        # torch threads = the actor's CPU share: more threads than reserved CPUs oversubscribe
+        # the cores reads/writes use, and OpenMP barriers then stall (measured here: 2 threads
+        # on a busy 2-core node ran 5x slower than 1). Scale CPU inference with actors.
+        threads = p.torch_threads or max(1, int(actor_cpus))
+    read_cpus_task = getattr(cfg.pipeline, "read_task_cpus", None)
+    if read_cpus_task is not None and abs(actor_cpus - read_cpus_task) < 1e-6 and num_gpus == 0:
+        actor_cpus = round(actor_cpus - 0.01, 2)  # equal resources would let Ray fuse reads into actors
     return {"actors": n, "num_gpus": num_gpus, "num_cpus": actor_cpus, "torch_threads": threads,
             "cluster_cpus": cpus, "cluster_gpus": gpus}
 
@@ -214,10 +225,11 @@ def build_dataset(rows: list[dict], cfg: SegmentConfig, model_uri: str, threshol
     from jobs.segment_pipeline import Predictor, read_tiles, write_cores
 
     pc = cfg.pipeline
-    # auto: ~8 MB per batch, but at least 4 blocks per model actor so none of them idles
-    spread = max(1, math.ceil(len(rows) / (4 * res["actors"])))
-    read_bs = pc.read_batch_size or min(auto_batch(res["tile_bytes"]), spread)
-    write_bs = pc.write_batch_size or min(auto_batch(2 * res["tile_px"]), spread)  # prob + mask
+    # auto: one model batch per block (fine-grained streaming: reads, inference and writes of
+    # different batches overlap, every actor stays fed), capped at ~8 MB of pixels per block
+    bs = cfg.predict.batch_size
+    read_bs = pc.read_batch_size or min(auto_batch(res["tile_bytes"]), bs)
+    write_bs = pc.write_batch_size or min(auto_batch(2 * res["tile_px"]), bs)  # prob + mask
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(math.ceil(len(rows) / read_bs), 200)))
     # Different num_cpus than the actor stage on purpose: Ray Data would otherwise fuse the
     # reads into the actors, and reads must overlap inference, not run inside it.
@@ -427,11 +439,16 @@ def run_pipeline(rows, states, cfg, model_uri, threshold, finish, manifest) -> s
     if os.environ.get("SAMSP_SEGMENT_KILL_AFTER_TILES"):  # test hook, see segment_pipeline
         os.environ["SAMSP_SEGMENT_DRIVER_PID"] = str(os.getpid())
     extra_env = {k: os.environ[k] for k in cfg.ray.forward_env if k in os.environ}
-    try:  # no dashboard for the embedded cluster: nothing here polls the State API
-        mode = init_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus, extra_env=extra_env,
-                        include_dashboard=False)
-    except TypeError:  # an older ray_utils without the keyword
-        mode = init_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus, extra_env=extra_env)
+    # No dashboard for the embedded cluster: nothing here polls the State API.
+    mode = init_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus, extra_env=extra_env,
+                    include_dashboard=False)
+    if mode == "cluster":
+        # Write tasks run on any node: a local --output (or --model) is only safe on a shared
+        # filesystem; on separate machines chunks would land on each worker's own disk.
+        for what, uri in (("--output", manifest.output), ("--model", model_uri)):
+            if "://" not in str(uri):
+                log.warning("%s %s is a local path: on a multi-machine cluster every node must "
+                            "see it (shared filesystem); use s3:// otherwise", what, uri)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
     res = ray_resources(cfg, len(rows))

@@ -43,13 +43,15 @@ class PredictConfig(StrictModel):
     batch_size: int = Field(default=8, ge=1)
     # Probability threshold for the binary mask; None = the bundle's threshold.
     threshold: Optional[float] = Field(default=None, gt=0, lt=1)
-    # Model actors; 0 = auto (one per GPU, else as many as the CPUs left after read_cpus allow).
+    # Model actors; 0 = auto (one per GPU; CPU-only: one per CPU, or as many as num_cpus allows).
     num_actors: int = Field(default=0, ge=0)
     # GPUs per actor; None = 1 when the cluster has GPUs, else 0.
     num_gpus: Optional[float] = Field(default=None, ge=0)
-    # Logical Ray CPUs per actor (keep small; the rest is left to reads/writes).
-    num_cpus: float = Field(default=1.0, gt=0)
-    # torch intra-op threads per CPU actor; 0 = auto (node CPUs / actors on it, at least 1).
+    # Logical Ray CPUs per actor. None = auto: with GPUs 1; CPU-only, one single-threaded actor
+    # per CPU sharing the CPUs left after pipeline.read_cpus (reads never starve).
+    num_cpus: Optional[float] = Field(default=None, gt=0)
+    # torch intra-op threads per actor; 0 = auto = int(num_cpus), at least 1 (1 in CPU auto
+    # mode): never more threads than reserved CPUs (oversubscribed OpenMP stalls badly).
     torch_threads: int = Field(default=0, ge=0)
     # "auto" = cuda when the actor got a GPU, else cpu.
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -58,8 +60,8 @@ class PredictConfig(StrictModel):
 class PipelineConfig(StrictModel):
     # Logical CPUs the model actors may never take (reads and writes run there).
     read_cpus: float = Field(default=1.0, gt=0)
-    # Tiles per read task batch / write task batch; 0 = auto (about 8 MB of tile pixels per
-    # batch, 1..64 tiles, and at least 4 batches per model actor).
+    # Tiles per read task batch / write task batch; 0 = auto (predict.batch_size, capped at
+    # about 8 MB of tile pixels per batch).
     read_batch_size: int = Field(default=0, ge=0)
     write_batch_size: int = Field(default=0, ge=0)
     # Ray logical CPUs per read / write task.

@@ -235,3 +235,25 @@ def test_pipeline_stages_in_process(tmp_path):
     assert len(MaskWriter.open(plan.zarr_uri).written_chunks()) == 4
     rec = json.loads(written["record"][0])
     assert rec["tile"] == [0, 0] and 0 <= rec["disagreement"] <= 1 and rec["valid_px"] == 112 * 112
+
+
+def test_actor_pool_sizing_leaves_cpus_for_reads(monkeypatch):
+    import ray
+
+    from jobs.segment import ray_resources
+
+    def sized(resources, *overrides, tiles=1000):
+        monkeypatch.setattr(ray, "cluster_resources", lambda: resources)
+        return ray_resources(load_config(SegmentConfig, None, list(overrides)), tiles)
+
+    cpu = sized({"CPU": 2.0})  # CPU auto: one single-threaded actor per CPU, reads keep 1 CPU
+    assert cpu["actors"] == 2 and cpu["torch_threads"] == 1 and cpu["num_gpus"] == 0
+    assert cpu["actors"] * cpu["num_cpus"] <= 2.0 - 1.0
+    assert cpu["num_cpus"] != SegmentConfig().pipeline.read_task_cpus  # else Ray fuses the stages
+    big = sized({"CPU": 16.0})
+    assert big["actors"] == 16 and big["actors"] * big["num_cpus"] <= 15.0
+    fixed = sized({"CPU": 2.0}, "predict.num_cpus=1")
+    assert fixed["actors"] == 1 and fixed["num_cpus"] == 1.0 and fixed["torch_threads"] == 1
+    gpu = sized({"CPU": 8.0, "GPU": 2.0})
+    assert gpu["actors"] == 2 and gpu["num_gpus"] == 1.0 and gpu["num_cpus"] == 1.0
+    assert sized({"CPU": 2.0}, tiles=3)["actors"] == 1  # never more actors than batches

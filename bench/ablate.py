@@ -1,0 +1,759 @@
+"""SAM-SP ablations on real data with equal wall-clock training budgets per arm.
+
+    # the real thing (hours on 2 CPU cores):
+    .venv/bin/python bench/ablate.py --data ../shared/data/deepcrack --budget-s 1800 --seeds 0,1 \\
+        --out out/ablate/deepcrack
+    # EPFL roads (fixed train/test split made under --out):
+    .venv/bin/python bench/ablate.py --dataset epfl --data ../shared/data/roads_epfl \\
+        --arms single,spsd_box,unet --budget-s 900 --seeds 0,1 --out out/ablate/roads
+    # smoke (minutes):
+    .venv/bin/python bench/ablate.py --data ../shared/data/deepcrack --budget-s 20 --seeds 0 \\
+        --arms single,spsd_box,infer_k2,unet --test-limit 6 --val-limit 4 --out out/ablate/smoke
+
+Arms (``--arms``, comma list or ``all``):
+
+=============  ===============================================================================
+single         K = 0 (no self-prompting)
+sp_<prompt>    K = 1, prompt box | mask | boxmask | points, no distillation (distill_weight 0)
+spsd_<prompt>  the same with self-distillation (distill_weight ``--distill``; spsd_box = SAM-SP)
+train_k2       trained with K = 2 (box + distillation)
+infer_k2/k3    no training: the best K = 1 arm (mean validation Dice over seeds) run with K = 2/3
+unet           segmentation_models_pytorch U-Net (random init), same data, loss, optimiser,
+               schedule and budget (in-process loop; SMP is a benchmark-only dependency)
+=============  ===============================================================================
+
+Every SAM arm trains through ``jobs/train.py`` itself (its CLI, one Ray Train worker, ``--set``
+overrides; model ``vit_tiny``, ``finetune: full``), which exports the best-validation bundle.
+Equal budgets: ``jobs/train.py`` has no time limit, so each arm's optimizer-step rate is first
+measured in-process on the same model, data pipeline, loss and optimiser (``--calib-s``), and the
+run gets ``budget x rate`` steps (epochs x samples_per_item chosen to match; for budgets shorter
+than one epoch, ``data.source.limit`` shrinks the training set -- smoke runs only, flagged).
+Measured training seconds and steps of every run are reported, so the equality can be checked.
+
+Evaluation (``jobs/evaluate.py`` functions): threshold chosen on the run's validation split
+(mean Dice of the output pass), then the test set with sliding windows over full-size images
+(tile = model input, overlap ``--eval-overlap``, cores stitched). Per arm: mean +- sample std,
+min/max and a 95 % t-interval over seeds. Results: ``<out>/ablation.json`` and
+``<out>/ABLATION.md``; every run's record under ``<out>/runs/<arm>-s<seed>/`` (a rerun skips
+finished runs, so an interrupted ablation resumes).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+PROMPTS = {"box": "box", "mask": "mask", "boxmask": "box+mask", "points": "points"}
+
+
+def _arm_table(distill: float) -> dict[str, dict]:
+    arms: dict[str, dict] = {
+        "single": {"kind": "sam", "iterations": 0, "prompt": "box", "distill": 0.0,
+                   "what": "single pass, K=0"},
+    }
+    for name, prompt in PROMPTS.items():
+        arms[f"sp_{name}"] = {"kind": "sam", "iterations": 1, "prompt": prompt, "distill": 0.0,
+                              "what": f"K=1 {prompt}, no distillation"}
+    for name, prompt in PROMPTS.items():
+        arms[f"spsd_{name}"] = {"kind": "sam", "iterations": 1, "prompt": prompt,
+                                "distill": distill,
+                                "what": f"K=1 {prompt} + self-distillation"}
+    arms["train_k2"] = {"kind": "sam", "iterations": 2, "prompt": "box", "distill": distill,
+                        "what": "trained K=2 box + self-distillation"}
+    arms["infer_k2"] = {"kind": "infer", "iterations": 2,
+                        "what": "best K=1 arm, K=2 at inference"}
+    arms["infer_k3"] = {"kind": "infer", "iterations": 3,
+                        "what": "best K=1 arm, K=3 at inference"}
+    arms["unet"] = {"kind": "unet", "what": "SMP U-Net, random init"}
+    return arms
+
+
+def log(msg: str) -> None:
+    print(f"[ablate {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ============================================================================ data
+
+def epfl_split(root: Path, out: Path, test_fraction: float = 0.2, seed: int = 20240823):
+    """Fixed EPFL train/test split as symlink folders under ``out``; returns (trainval, test)."""
+    from jobs.evaluate import list_pairs
+    from jobs.train_data import split_items
+
+    items = list_pairs(str(root), "epfl")
+    trainval, test = split_items(items, test_fraction, seed)
+    dirs = {}
+    for name, part in (("trainval", trainval), ("test", test)):
+        base = out / f"epfl_{name}"
+        for sub in ("images", "groundtruth"):
+            (base / sub).mkdir(parents=True, exist_ok=True)
+        for it in part:
+            for key, sub in (("image", "images"), ("mask", "groundtruth")):
+                link = base / sub / Path(it[key]).name
+                if not link.exists():
+                    link.symlink_to(Path(it[key]).resolve())
+        dirs[name] = base
+    (out / "epfl_split.json").write_text(json.dumps(
+        {"seed": seed, "test_fraction": test_fraction,
+         "test": sorted(it["key"] for it in test)}, indent=1))
+    return dirs["trainval"], dirs["test"]
+
+
+def dataset_spec(args) -> dict:
+    """Training source (train.py ``data.source``) and test pair folder for the dataset."""
+    root = Path(args.data).resolve()
+    if args.dataset == "deepcrack":
+        return {"train": {"root": str(root), "layout": "deepcrack"},
+                "test": {"root": str(root), "layout": "deepcrack_test"}}
+    trainval, test = epfl_split(root, Path(args.out).resolve() / "data")
+    return {"train": {"root": str(trainval), "layout": "epfl"},
+            "test": {"root": str(test), "layout": "epfl"}}
+
+
+# ============================================================================ configs
+
+def base_overrides(args, spec: dict, seed: int) -> list[str]:
+    train = spec["train"]
+    sets = [
+        "model.type=vit_tiny", "model.finetune=full", "model.checkpoint=null",
+        "data.source.kind=pairs", f"data.source.root={train['root']}",
+        f"data.source.layout={train['layout']}",
+        f"data.split.val_fraction={args.val_fraction}", "data.split.seed=0",
+        f"augment.crop={args.crop}", f"train.batch_size={args.batch_size}", f"train.seed={seed}",
+        "train.log_every=0", "scaling.num_workers=1", f"scaling.cpus_per_worker={args.threads}",
+        f"scaling.torch_threads={args.threads}", "scaling.use_gpu=false", "run.max_failures=0",
+    ]
+    return sets + list(args.train_set)
+
+
+def arm_overrides(arm: dict) -> list[str]:
+    return [f"model.iterations={arm['iterations']}", f"model.prompt={arm['prompt']}",
+            f"loss.distill_weight={arm['distill']}"]
+
+
+def load_cfg(sets: list[str]):
+    from jobs.config import load_config
+    from jobs.train_config import TrainConfig
+
+    return load_config(TrainConfig, None, sets)
+
+
+def schedule(steps: int, n_train: int, batch: int, max_epochs: int = 4) -> dict:
+    """Epochs x samples_per_item (x optional item limit) giving about ``steps`` optimizer steps
+    with one worker."""
+    steps = max(1, int(steps))
+    best = None
+    for epochs in range(1, max_epochs + 1):
+        for spi in range(1, 200):
+            per_epoch = math.ceil(n_train * spi / batch)
+            total = epochs * per_epoch
+            err = abs(total - steps) / steps
+            key = (err, epochs)
+            if best is None or key < best[0]:
+                best = (key, {"epochs": epochs, "samples_per_item": spi, "steps": total,
+                              "limit": None})
+            if total > steps:
+                break
+    plan = best[1]
+    if math.ceil(n_train / batch) > 1.25 * steps:  # not even one epoch fits the budget
+        n_items = max(2, steps * batch)
+        plan = {"epochs": 1, "samples_per_item": 1, "steps": math.ceil(n_items / batch),
+                "limit_train_items": n_items}
+    return plan
+
+
+# ============================================================================ calibration
+
+def _batches(ds, batch: int, rng: np.random.Generator):
+    import torch
+
+    epoch = 0
+    while True:
+        if hasattr(ds, "set_epoch"):
+            ds.set_epoch(epoch)  # fresh augmentation draws on every pass
+        epoch += 1
+        order = rng.permutation(len(ds))
+        for s in range(0, len(order) - batch + 1, batch):
+            items = [ds[int(i)] for i in order[s:s + batch]]
+            yield tuple(torch.stack(col) for col in zip(*items))
+
+
+def _sam_step_fn(cfg):
+    """One training step of jobs/train.py's loop (same model build, loss, optimiser, clipping)."""
+    import torch
+
+    from jobs.train import _lr_lambda, _param_groups, build_model
+    from samsp import samsp_loss
+    from samsp.preprocess import prepare_batch, prepare_targets
+
+    model = build_model(cfg)
+    size = model.image_size
+    mean = model.sam.pixel_mean.flatten().tolist()
+    std = model.sam.pixel_std.flatten().tolist()
+    opt = torch.optim.AdamW(_param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
+                            betas=tuple(cfg.train.betas))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(1000, 10, cfg.train.min_lr_ratio))
+
+    def step(img, mask, valid):
+        x, _ = prepare_batch(img.numpy(), size, mean, std)
+        target, ok = prepare_targets(mask[:, 0].numpy(), size, valid[:, 0].numpy())
+        parts = samsp_loss(model(x), target, distill_weight=cfg.loss.distill_weight,
+                           temperature=cfg.loss.temperature, valid=ok)
+        parts.total.backward()
+        if cfg.train.clip_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                           cfg.train.clip_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def measure_rate(step_fn, ds, batch: int, seconds: float, warmup: int = 2,
+                 min_steps: int = 3) -> dict:
+    """Optimizer steps per second of ``step_fn`` fed from ``ds`` (data loading included)."""
+    rng = np.random.default_rng(0)
+    batches = _batches(ds, batch, rng)
+    for _ in range(warmup):
+        step_fn(*next(batches))
+    t0 = time.perf_counter()
+    n = 0
+    while n < min_steps or time.perf_counter() - t0 < seconds:
+        step_fn(*next(batches))
+        n += 1
+    el = time.perf_counter() - t0
+    return {"steps": n, "seconds": round(el, 3), "steps_per_s": n / el}
+
+
+# ============================================================================ U-Net
+
+def build_unet(encoder: str):
+    try:
+        import segmentation_models_pytorch as smp
+    except ImportError:
+        raise SystemExit("the unet arm needs segmentation-models-pytorch "
+                         "(pip install segmentation-models-pytorch; benchmark-only)") from None
+    return smp.Unet(encoder, encoder_weights=None, encoder_depth=4,
+                    decoder_channels=(128, 64, 32, 16), in_channels=3, classes=1)
+
+
+def _unet_parts(args, cfg):
+    import torch
+
+    from jobs.train import _lr_lambda, _param_groups
+    from samsp.config import SAM_PIXEL_MEAN, SAM_PIXEL_STD
+    from samsp.loss import bce_loss, soft_dice_loss
+
+    mean = torch.tensor(SAM_PIXEL_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(SAM_PIXEL_STD).view(1, 3, 1, 1)
+
+    def prep(img):
+        return (img.float() - mean) / std
+
+    def make(total_steps: int):
+        model = build_unet(args.unet_encoder).train()
+        opt = torch.optim.AdamW(_param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
+                                betas=tuple(cfg.train.betas))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(
+            total_steps, int(cfg.train.warmup_fraction * total_steps), cfg.train.min_lr_ratio))
+
+        def step(img, mask, valid):
+            logits = model(prep(img))
+            loss = soft_dice_loss(logits, mask, valid) + bce_loss(logits, mask, valid)
+            loss.backward()
+            if cfg.train.clip_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_grad_norm)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            return float(loss.detach())
+        return model, step
+
+    def forward_fn(model):
+        def forward(tiles):
+            with torch.inference_mode():
+                prob = torch.sigmoid(model(prep(torch.from_numpy(tiles))))[:, 0]
+            return prob[None].numpy().astype(np.float32)
+        return forward
+
+    return make, forward_fn
+
+
+# ============================================================================ evaluation
+
+def evaluate_run(args, forward, plan: dict, test_items: list[dict]) -> dict:
+    """Threshold on validation (output pass), then test metrics of every pass."""
+    from jobs import evaluate as ev
+
+    window = ev.SlidingWindow(forward, args.crop, args.eval_overlap, "core", args.eval_batch)
+    val_items = plan["val"][:args.val_limit] if args.val_limit else plan["val"]
+    sweep = ev.sweep_thresholds(window, val_items, ev.parse_thresholds(args.thresholds),
+                                scenes=plan["scenes"])
+    res = ev.evaluate_items(window, test_items, sweep["best"], extra_thresholds=[0.5])
+    out = res.summary["output"]
+    return {
+        "threshold": sweep["best"], "val_dice": sweep["best_dice"], "val_images": sweep["images"],
+        "test_images": res.summary["images"],
+        "test": {k: out[k] for k in ("dice", "iou", "precision", "recall", "tol_f1",
+                                     "dice_pooled")},
+        "test_at_0.5": {k: res.summary["output_at"]["0.5"][k] for k in ("dice", "tol_f1")}
+        if "0.5" in res.summary["output_at"] else
+        {k: out[k] for k in ("dice", "tol_f1")},
+        "test_passes": {k: {m: v[m] for m in ("dice", "iou", "tol_f1")}
+                        for k, v in res.summary["passes"].items()},
+        "inference_s_per_image": res.summary["inference_s_per_image"],
+    }
+
+
+# ============================================================================ runs
+
+class Ablation:
+    def __init__(self, args):
+        self.args = args
+        self.out = Path(args.out).resolve()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.arms = _arm_table(args.distill)
+        self.spec = dataset_spec(args)
+        self.calib_path = self.out / "calibration.json"
+        self.calib = json.loads(self.calib_path.read_text()) if self.calib_path.exists() else {}
+        self._plans: dict[int, dict] = {}
+        self._test = None
+
+    # -- shared pieces
+    def plan(self, seed: int, limit: int | None = None) -> dict:
+        from jobs.train_data import plan_data
+
+        key = (seed, limit)
+        if key not in self._plans:
+            cfg = load_cfg(base_overrides(self.args, self.spec, seed)
+                           + ([f"data.source.limit={limit}"] if limit else []))
+            self._plans[key] = plan_data(cfg.data.model_dump(mode="json"))
+        return self._plans[key]
+
+    def test_items(self) -> list[dict]:
+        from jobs.evaluate import list_pairs
+
+        if self._test is None:
+            t = self.spec["test"]
+            self._test = list_pairs(t["root"], t["layout"], limit=self.args.test_limit)
+        return self._test
+
+    def run_dir(self, arm: str, seed: int) -> Path:
+        return self.out / "runs" / f"{arm}-s{seed}"
+
+    def done(self, arm: str, seed: int) -> dict | None:
+        path = self.run_dir(arm, seed) / "result.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def save(self, arm: str, seed: int, record: dict) -> dict:
+        d = self.run_dir(arm, seed)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "result.json").write_text(json.dumps(record, indent=1))
+        return record
+
+    def rate(self, arm_name: str) -> dict:
+        """Calibrated steps/s of an arm (measured once, reused across seeds and reruns)."""
+        if arm_name in self.calib:
+            return self.calib[arm_name]
+        import torch
+
+        from jobs.train_data import TrainDataset
+
+        torch.set_num_threads(self.args.threads)
+        arm = self.arms[arm_name]
+        cfg = load_cfg(base_overrides(self.args, self.spec, 0)
+                       + (arm_overrides(arm) if arm["kind"] == "sam" else []))
+        plan = self.plan(0)
+        ds = TrainDataset(plan, self.args.crop, cfg.augment.model_dump(), 0, 1, cache=True)
+        torch.manual_seed(0)
+        if arm["kind"] == "sam":
+            step = _sam_step_fn(cfg)
+        else:
+            make, _ = _unet_parts(self.args, cfg)
+            _, step = make(1000)
+        seconds = self.args.calib_s if self.args.calib_s is not None else \
+            min(60.0, max(5.0, 0.05 * self.args.budget_s))
+        res = measure_rate(step, ds, self.args.batch_size, seconds)
+        log(f"calibrated {arm_name}: {res['steps_per_s']:.3f} steps/s "
+            f"({res['steps']} steps in {res['seconds']:.1f}s)")
+        self.calib[arm_name] = res
+        self.calib_path.write_text(json.dumps(self.calib, indent=1))
+        return res
+
+    # -- arms
+    def run_sam(self, name: str, seed: int) -> dict:
+        args, arm = self.args, self.arms[name]
+        rate = self.rate(name)
+        target = max(1, int(args.budget_s * rate["steps_per_s"]))
+        n_train = len(self.plan(seed)["train"])
+        sched = schedule(target, n_train, args.batch_size, args.max_epochs)
+        d = self.run_dir(name, seed)
+        if d.exists():
+            shutil.rmtree(d)  # unfinished earlier attempt: start fresh (train.py would resume)
+        d.mkdir(parents=True)
+        bundle = d / "bundle"
+        sets = base_overrides(args, self.spec, seed) + arm_overrides(arm) + [
+            f"run.name=ablate-{name}-s{seed}", f"run.storage_path={d / 'ray'}",
+            f"export.uri={bundle}", f"train.epochs={sched['epochs']}",
+            f"train.samples_per_item={sched['samples_per_item']}", "run.num_to_keep=1",
+        ]
+        limit = None
+        if sched.get("limit_train_items"):
+            # Items are limited before the split: keep about this many for training.
+            limit = max(4, math.ceil(sched["limit_train_items"] / (1 - args.val_fraction)))
+            sets.append(f"data.source.limit={limit}")
+        cmd = [sys.executable, str(REPO / "jobs" / "train.py"),
+               "--summary", str(d / "summary.json")]
+        for s in sets:
+            cmd += ["--set", s]
+        (d / "command.txt").write_text(shlex.join(cmd) + "\n")
+        log(f"{name} seed {seed}: {sched} (target {target} steps at "
+            f"{rate['steps_per_s']:.3f} steps/s)")
+        t0 = time.perf_counter()
+        with open(d / "train.log", "w") as logf:
+            proc = subprocess.run(cmd, cwd=REPO, stdout=logf, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            tail = (d / "train.log").read_text().strip().splitlines()[-3:]
+            raise RuntimeError(f"jobs/train.py exited {proc.returncode}: {' | '.join(tail)}")
+        summary = json.loads((d / "summary.json").read_text())
+        hist = summary.get("history") or []
+        record = {
+            "arm": name, "seed": seed, "what": arm["what"], "kind": "sam",
+            "config": {k: arm[k] for k in ("iterations", "prompt", "distill")},
+            "schedule": sched, "data_limit": limit, "target_steps": target,
+            "steps": hist[-1]["global_step"] if hist else None,
+            "train_s": round(sum(h.get("train_s", 0.0) for h in hist), 1),
+            "wall_s": round(wall, 1), "bundle": str(bundle),
+            "train_val_dice": summary.get("best_val_dice"),
+            "trainable_params": summary.get("trainable_params"),
+        }
+        record.update(self.eval_bundle(str(bundle), seed, None, limit))
+        return self.save(name, seed, record)
+
+    def eval_bundle(self, uri: str, seed: int, iterations: int | None,
+                    limit: int | None = None) -> dict:
+        import torch
+
+        from jobs.evaluate import bundle_forward
+        from samsp import load_bundle
+
+        torch.set_num_threads(self.args.threads)
+        bundle = load_bundle(uri)
+        t0 = time.perf_counter()
+        res = evaluate_run(self.args, bundle_forward(bundle, iterations), self.plan(seed, limit),
+                           self.test_items())
+        res["eval_s"] = round(time.perf_counter() - t0, 1)
+        return res
+
+    def run_infer(self, name: str, seed: int, results: dict) -> dict:
+        arm = self.arms[name]
+        k1 = {a: [r for r in rs if r.get("val_dice") is not None]
+              for a, rs in results.items() if a in self.arms and self.arms[a].get("kind") == "sam"
+              and self.arms[a]["iterations"] == 1}
+        k1 = {a: rs for a, rs in k1.items() if rs}
+        if not k1:
+            raise RuntimeError("no K=1 arm has finished: run sp_*/spsd_* arms first")
+        best = max(k1, key=lambda a: float(np.mean([r["val_dice"] for r in k1[a]])))
+        src = next((r for r in k1[best] if r["seed"] == seed), None)
+        if src is None:
+            raise RuntimeError(f"best K=1 arm {best} has no seed {seed}")
+        record = {"arm": name, "seed": seed, "what": arm["what"], "kind": "infer",
+                  "source_arm": best, "config": {"iterations": arm["iterations"]},
+                  "steps": src["steps"], "train_s": src["train_s"], "bundle": src["bundle"]}
+        log(f"{name} seed {seed}: {best} with K={arm['iterations']}")
+        record.update(self.eval_bundle(src["bundle"], seed, arm["iterations"],
+                                       src.get("data_limit")))
+        return self.save(name, seed, record)
+
+    def run_unet(self, name: str, seed: int) -> dict:
+        import torch
+
+        from jobs.train_data import TrainDataset
+
+        args = self.args
+        torch.set_num_threads(args.threads)
+        rate = self.rate(name)
+        target = max(1, int(args.budget_s * rate["steps_per_s"]))
+        n_train = len(self.plan(seed)["train"])
+        sched = schedule(target, n_train, args.batch_size, args.max_epochs)
+        limit = None
+        if sched.get("limit_train_items"):
+            limit = max(4, math.ceil(sched["limit_train_items"] / (1 - args.val_fraction)))
+        plan = self.plan(seed, limit)
+        cfg = load_cfg(base_overrides(args, self.spec, seed))
+        torch.manual_seed(seed)
+        make, forward_fn = _unet_parts(args, cfg)
+        model, step = make(target)
+        ds = TrainDataset(plan, args.crop, cfg.augment.model_dump(), seed, 1, cache=True)
+        rng = np.random.default_rng(seed)
+        batches = _batches(ds, min(args.batch_size, len(ds)), rng)
+        log(f"{name} seed {seed}: {target} steps (in-process, {rate['steps_per_s']:.3f} steps/s)")
+        t0 = time.perf_counter()
+        losses = []
+        for i in range(target):
+            losses.append(step(*next(batches)))
+        train_s = time.perf_counter() - t0
+        model.eval()
+        d = self.run_dir(name, seed)
+        d.mkdir(parents=True, exist_ok=True)
+        record = {"arm": name, "seed": seed, "what": f"{self.arms[name]['what']} "
+                  f"({args.unet_encoder} encoder)", "kind": "unet", "target_steps": target,
+                  "steps": target, "train_s": round(train_s, 1), "data_limit": limit,
+                  "final_loss": float(np.mean(losses[-10:])),
+                  "trainable_params": sum(p.numel() for p in model.parameters())}
+        torch.save(model.state_dict(), d / "unet.pt")
+        t1 = time.perf_counter()
+        record.update(evaluate_run(args, forward_fn(model), plan, self.test_items()))
+        record["eval_s"] = round(time.perf_counter() - t1, 1)
+        return self.save(name, seed, record)
+
+
+# ============================================================================ report
+
+def spread(values: list[float]) -> dict:
+    from scipy import stats
+
+    v = np.asarray([x for x in values if x is not None], dtype=np.float64)
+    out = {"n": int(len(v)), "mean": float(v.mean()) if len(v) else None}
+    if len(v) >= 2:
+        sd = float(v.std(ddof=1))
+        out.update(std=sd, min=float(v.min()), max=float(v.max()),
+                   ci95=float(stats.t.ppf(0.975, len(v) - 1) * sd / math.sqrt(len(v))))
+    elif len(v) == 1:
+        out.update(std=None, min=float(v[0]), max=float(v[0]), ci95=None)
+    return out
+
+
+def aggregate(results: dict[str, list[dict]]) -> dict:
+    arms = {}
+    for arm, runs in results.items():
+        ok = [r for r in runs if "error" not in r]
+        arms[arm] = {
+            "what": runs[0].get("what"), "seeds": [r["seed"] for r in ok],
+            "failed_seeds": [r["seed"] for r in runs if "error" in r],
+            "test_dice": spread([r["test"]["dice"] for r in ok]),
+            "test_dice_at_0.5": spread([r["test_at_0.5"]["dice"] for r in ok]),
+            "test_iou": spread([r["test"]["iou"] for r in ok]),
+            "test_precision": spread([r["test"]["precision"] for r in ok]),
+            "test_recall": spread([r["test"]["recall"] for r in ok]),
+            "test_tol_f1": spread([r["test"]["tol_f1"] for r in ok]),
+            "test_dice_pass0": spread([r["test_passes"]["0"]["dice"] for r in ok]),
+            "val_dice": spread([r["val_dice"] for r in ok]),
+            "threshold": spread([r["threshold"] for r in ok]),
+            "steps": [r.get("steps") for r in ok], "train_s": [r.get("train_s") for r in ok],
+            "source_arm": ok[0].get("source_arm") if ok else None,
+        }
+    return arms
+
+
+def headline(arms: dict, dataset: str) -> dict:
+    def mean(a):
+        return arms.get(a, {}).get("test_dice", {}).get("mean")
+
+    if dataset == "epfl":
+        return {"dice_roads_spsd": mean("spsd_box")}
+    out = {"dice_deepcrack_single": mean("single"), "dice_deepcrack_sp_box": mean("sp_box"),
+           "dice_deepcrack_spsd_box": mean("spsd_box"), "dice_deepcrack_unet": mean("unet")}
+    spsd = {a: mean(a) for a in arms if a.startswith("spsd_") and mean(a) is not None}
+    if spsd:
+        best = max(spsd, key=spsd.get)
+        out["dice_deepcrack_spsd_best"] = spsd[best]
+        out["dice_deepcrack_spsd_best_arm"] = best
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def fmt(s: dict, digits: int = 4) -> str:
+    if not s or s.get("mean") is None:
+        return "-"
+    text = f"{s['mean']:.{digits}f}"
+    if s.get("std") is not None:
+        text += f" ± {s['std']:.{digits}f}"
+    return text
+
+
+def write_md(path: Path, report: dict) -> None:
+    st = report["settings"]
+    lines = [
+        f"# SAM-SP ablation on {st['dataset']}" + (" -- SMOKE RUN (not results)" if
+                                                   report["smoke"] else ""),
+        "",
+        f"- command: `{report['command']}`",
+        f"- date: {report['date']} (UTC); machine: {report['machine']}",
+        f"- budget per arm: {st['budget_s']} s of training (steps = budget x calibrated "
+        f"steps/s; measured train seconds below); seeds {st['seeds']}; model vit_tiny "
+        f"(full fine-tune, random init) through jobs/train.py with 1 worker; batch "
+        f"{st['batch_size']}, crop {st['crop']}; extra overrides {st['train_set'] or 'none'}",
+        f"- test: {report['test_images']} images of {st['test']}; sliding windows {st['crop']} "
+        f"px, overlap {st['eval_overlap']}, cores stitched; threshold chosen on the validation "
+        f"split ({st['val_limit'] or 'all'} images) by mean Dice",
+        "- cells: mean ± sample std over seeds (95 % t-interval half-widths in ablation.json)",
+    ]
+    if report["smoke"]:
+        lines += ["", "**Smoke run:** tiny budget and/or subsets of the data; it proves the "
+                  "driver works end to end. These numbers say nothing about the method."]
+    budget = st["budget_s"]
+    off = [f"{r['arm']} s{r['seed']} ({r['train_s']:.0f} s)" for rs in report["runs"].values()
+           for r in rs if r.get("kind") in ("sam", "unet") and r.get("train_s")
+           and abs(r["train_s"] / budget - 1) > 0.25]
+    if off:
+        lines += [f"- measured training time off the {budget:g} s budget by more than 25 %: "
+                  + ", ".join(off) + " (step rates are calibrated before each arm; a busy "
+                  "machine makes them drift)"]
+    if any(r.get("data_limit") for rs in report["runs"].values() for r in rs):
+        lines += ["- some runs trained on a limited item set (budget < one epoch): see "
+                  "`data_limit` in ablation.json"]
+    lines += ["", "| arm | what | seeds | steps | train s | test Dice | Dice @0.5 | pass-0 Dice "
+              "| IoU | precision | recall | tol-F1 (2 px) | val Dice | thr |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for arm, a in report["arms"].items():
+        steps = "/".join(str(s) for s in a["steps"])
+        secs = "/".join(f"{s:.0f}" for s in a["train_s"] if s is not None)
+        what = a["what"] + (f" ({a['source_arm']})" if a.get("source_arm") else "")
+        if a["failed_seeds"]:
+            what += f"; FAILED seeds {a['failed_seeds']}"
+        lines.append(
+            f"| {arm} | {what} | {len(a['seeds'])} | {steps} | {secs} | "
+            f"{fmt(a['test_dice'])} | {fmt(a['test_dice_at_0.5'])} | {fmt(a['test_dice_pass0'])} "
+            f"| {fmt(a['test_iou'])} | {fmt(a['test_precision'])} | {fmt(a['test_recall'])} | "
+            f"{fmt(a['test_tol_f1'])} | {fmt(a['val_dice'])} | {fmt(a['threshold'], 2)} |")
+    errors = [(r["arm"], r["seed"], r["error"]) for rs in report["runs"].values() for r in rs
+              if "error" in r]
+    if errors:
+        lines += ["", "Failures:", *[f"- {a} seed {s}: {e}" for a, s, e in errors]]
+    lines += ["", "Headline (ablation.json `headline`): " + (
+        json.dumps(report["headline"]) if report["headline"] else "none (smoke run)"), ""]
+    path.write_text("\n".join(lines))
+
+
+# ============================================================================ main
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="dataset root (DeepCrack or EPFL roads)")
+    p.add_argument("--dataset", default="deepcrack", choices=("deepcrack", "epfl"))
+    p.add_argument("--out", required=True, help="output folder (resumable)")
+    p.add_argument("--arms", default="all", help="comma list of arms, or all")
+    p.add_argument("--seeds", default="0,1", help="comma list of training seeds")
+    p.add_argument("--budget-s", type=float, required=True,
+                   help="training wall-clock budget per arm and seed (seconds)")
+    p.add_argument("--calib-s", type=float,
+                   help="seconds of step timing per arm (default 5 %% of the budget, 5..60)")
+    p.add_argument("--max-epochs", type=int, default=4,
+                   help="at most this many epochs (validation + checkpoint each)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--crop", type=int, default=256, help="training crop = eval window (px)")
+    p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--distill", type=float, default=0.5, help="distill_weight of spsd arms")
+    p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra jobs/train.py override for every SAM arm (lr etc. also reach "
+                        "the U-Net through the same config)")
+    p.add_argument("--unet-encoder", default="resnet18")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--eval-overlap", type=int, default=32)
+    p.add_argument("--eval-batch", type=int, default=8)
+    p.add_argument("--thresholds", default="0.1:0.9:0.05", help="validation sweep thresholds")
+    p.add_argument("--test-limit", type=int, help="evaluate on the first N test images only")
+    p.add_argument("--val-limit", type=int, help="sweep on the first N validation images only")
+    p.add_argument("--force", action="store_true", help="rerun finished runs")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    arms_table = _arm_table(args.distill)
+    names = list(arms_table) if args.arms == "all" else [a.strip() for a in args.arms.split(",")]
+    unknown = [a for a in names if a not in arms_table]
+    if unknown:
+        print(f"error: unknown arm(s) {unknown}; choose from {list(arms_table)}", file=sys.stderr)
+        return 2
+    if args.budget_s <= 0:
+        print("error: --budget-s must be positive", file=sys.stderr)
+        return 2
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    # Training arms first, then inference-only arms (they need K=1 bundles), U-Net last.
+    order = ([a for a in names if arms_table[a]["kind"] == "sam"]
+             + [a for a in names if arms_table[a]["kind"] == "infer"]
+             + [a for a in names if arms_table[a]["kind"] == "unet"])
+    ab = Ablation(args)
+    started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    results: dict[str, list[dict]] = {a: [] for a in order}
+    # Also consider finished K=1 runs outside --arms when choosing the infer arms' source.
+    pool: dict[str, list[dict]] = {a: [] for a in arms_table}
+    for a in arms_table:
+        for s in seeds:
+            rec = ab.done(a, s)
+            if rec and "error" not in rec:
+                pool[a].append(rec)
+    t0 = time.perf_counter()
+    for seed in seeds:
+        for arm in order:
+            rec = None if args.force else ab.done(arm, seed)
+            if rec is None or "error" in rec:
+                try:
+                    kind = arms_table[arm]["kind"]
+                    if kind == "sam":
+                        rec = ab.run_sam(arm, seed)
+                    elif kind == "infer":
+                        rec = ab.run_infer(arm, seed, pool)
+                    else:
+                        rec = ab.run_unet(arm, seed)
+                except Exception as err:  # noqa: BLE001 - record, go on with the other arms
+                    rec = {"arm": arm, "seed": seed, "what": arms_table[arm]["what"],
+                           "error": f"{type(err).__name__}: {err}"}
+                    log(f"{arm} seed {seed} FAILED: {rec['error']}")
+                    ab.save(arm, seed, rec)
+            else:
+                log(f"{arm} seed {seed}: done earlier, reusing")
+            results[arm].append(rec)
+            if "error" not in rec:
+                pool[arm] = [r for r in pool[arm] if r["seed"] != seed] + [rec]
+                log(f"{arm} seed {seed}: test Dice {rec['test']['dice']:.4f} (thr "
+                    f"{rec['threshold']:.2f}, val {rec['val_dice']:.4f}), "
+                    f"steps {rec.get('steps')}, "
+                    f"train {rec.get('train_s')}s")
+    import platform
+
+    from bench.bench_model import machine as machine_info
+
+    info = machine_info()
+    smoke = bool(args.test_limit or args.val_limit or args.budget_s < 600 or len(seeds) < 2
+                 or any(r.get("data_limit") for rs in results.values() for r in rs))
+    arms = aggregate(results)
+    report = {
+        "smoke": smoke, "date": started, "seconds": round(time.perf_counter() - t0, 1),
+        "command": "python bench/ablate.py " + shlex.join(argv if argv is not None
+                                                           else sys.argv[1:]),
+        "machine": f"{info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB, torch "
+                   f"{info['torch']}, Python {platform.python_version()}",
+        "settings": {**{k: v for k, v in vars(args).items()}, "seeds": seeds,
+                     "test": f"{ab.spec['test']['root']} ({ab.spec['test']['layout']})"},
+        "test_images": len(ab.test_items()), "calibration": ab.calib,
+        "arms": arms, "runs": results,
+        # Figures for bench/results.json -- only from a real (non-smoke) run.
+        "headline": {} if smoke else headline(arms, args.dataset),
+    }
+    (ab.out / "ablation.json").write_text(json.dumps(report, indent=1, default=str))
+    write_md(ab.out / "ABLATION.md", report)
+    log(f"wrote {ab.out / 'ablation.json'} and {ab.out / 'ABLATION.md'}"
+        + (" (SMOKE: not results)" if smoke else ""))
+    return 0 if not any("error" in r for rs in results.values() for r in rs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,381 @@
+"""Benchmark of the segmentation job (issue 5).
+
+P1  pipeline efficiency = end-to-end Mpx/s of ``jobs/segment.py`` / model-only Mpx/s, same bundle,
+    same batch size, same tiles, same machine. Model-only = ``TilePredictor`` on batches of the
+    scene's own tiles (already read and stretched, in memory), the faster of 1 torch thread and
+    one per core; model-only runs alternate with job runs (the machine is shared) and medians
+    are compared. Reported
+    twice: over the job's steady state (Ray up -> last scene finalized: reads, inference, writes,
+    COGs, quicklook, stats) -- the key ``P1_pipeline_efficiency`` -- and over the whole process
+    (interpreter + Ray start-up included), ``P1_pipeline_efficiency_total``.
+P5  job vs a plain sequential loop (read tile -> model (batch 1) -> write core, one at a time, then
+    the same two COGs) on the same tiles: ``P5_vs_sequential_ratio`` = sequential seconds / job
+    steady seconds (``..._total``: / whole job process).
+RSS peak memory of the job's process tree (driver + Ray daemons + workers; PSS summed, so shared
+    pages count once, and the largest single RSS) on 2048², 4096², 8192² scenes.
+
+    .venv/bin/python -m bench.bench_segment            # full run (~8 min on 2 idle cores)
+    .venv/bin/python -m bench.bench_segment --quick    # small sizes, smoke check
+
+Writes bench/results_segment.json and bench/SEGMENT_RESULTS.md (a section for BENCHMARKS.md).
+Models are random (speed does not depend on the weights): ``vit_tiny`` (256 px tiles) for P1/P5,
+``vit_micro`` (128 px) for the memory sweep so the 8192² run stays short while still planning
+~5,500 tiles.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SEGMENT = REPO / "jobs" / "segment.py"
+
+
+def log(msg: str) -> None:
+    print(f"[bench_segment {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+def make_bundle(path: Path, model_type: str) -> str:
+    import torch
+
+    import samsp
+
+    if (path / "bundle.json").exists():
+        return str(path)
+    torch.manual_seed(0)
+    samsp.save_bundle(samsp.SamSP(samsp.build_sam(model_type), iterations=1, prompt="box"),
+                      str(path), {"threshold": 0.5, "provenance": {"bench": "random weights"}})
+    return str(path)
+
+
+def make_scene(path: Path, size: int) -> str:
+    from ingest.synthetic import make_geotiff
+
+    if not path.exists():
+        make_geotiff(str(path), size, size, count=3, dtype="uint8", nodata=0, blocksize=512,
+                     compress="DEFLATE", cog=True)
+    return str(path)
+
+
+def tile_geometry(bundle: str) -> tuple[int, int]:
+    meta = json.loads((Path(bundle) / "bundle.json").read_text())
+    tile = int(meta["image_size"])
+    return tile, tile // 8
+
+
+# ----------------------------------------------------------------------------- measurements
+
+def model_only(bundle: str, scene_uri: str, batch: int, min_seconds: float = 12.0) -> dict:
+    """Tiles/s of TilePredictor on the scene's own tiles (read + stretched beforehand): the best
+    of 1 torch thread and one per core (on a busy machine, 2 OpenMP threads can be far slower)."""
+    runs = {t: _model_only(bundle, scene_uri, batch, t, min_seconds)
+            for t in sorted({1, os.cpu_count() or 1})}
+    best = max(runs.values(), key=lambda r: r["tiles_per_s"])
+    return {**best, "by_threads": {t: round(r["tiles_per_s"], 3) for t, r in runs.items()}}
+
+
+def _model_only(bundle: str, scene_uri: str, batch: int, threads: int, min_seconds: float) -> dict:
+    import numpy as np
+    import torch
+
+    from ingest import Radiometry, TileGrid, open_scene
+    from samsp.predict import TilePredictor
+
+    torch.set_num_threads(threads)
+    scene = open_scene(scene_uri)
+    tile, overlap = tile_geometry(bundle)
+    grid = TileGrid(scene.height, scene.width, tile, overlap)
+    rad = Radiometry.identity(scene.count)
+    tiles = []
+    for i, t in enumerate(grid):
+        if i >= 4 * batch:
+            break
+        data, valid = scene.read(t.read_window)
+        tiles.append(rad.apply(data, valid))
+    x = np.stack(tiles)
+    tp = TilePredictor(bundle)
+    tp(x[:batch])  # warm-up
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < min_seconds or n < 4 * batch:
+        for i in range(0, len(x), batch):
+            tp(x[i:i + batch])
+            n += len(x[i:i + batch])
+    secs = time.perf_counter() - t0
+    tps = n / secs
+    px_per_tile = scene.height * scene.width / len(grid)
+    return {"tiles_per_s": tps, "mpx_per_s": tps * px_per_tile / 1e6, "tiles": len(grid),
+            "seconds_all_tiles": len(grid) / tps, "torch_threads": torch.get_num_threads()}
+
+
+def sequential(bundle: str, scene_uri: str, workdir: Path, threads: int = 1) -> dict:
+    """read tile -> model (batch 1) -> write core, one at a time; then the mask and prob COGs."""
+    import torch
+
+    from ingest import MaskWriter, Radiometry, TileGrid, open_scene, prob_to_u8
+    from samsp.predict import TilePredictor
+
+    torch.set_num_threads(threads)
+    out = workdir / "sequential"
+    shutil.rmtree(out, ignore_errors=True)
+    tp = TilePredictor(bundle)
+    t0 = time.perf_counter()
+    scene = open_scene(scene_uri)
+    rad = Radiometry.identity(scene.count)
+    tile, overlap = tile_geometry(bundle)
+    grid = TileGrid(scene.height, scene.width, tile, overlap)
+    writer = MaskWriter(str(out / "mask.zarr"), like=scene, chunk=grid.core_size, mode="w")
+    for t in grid:
+        data, valid = scene.read(t.read_window)
+        p = tp(rad.apply(data, valid)[None])["prob"][0]
+        rs, cs = t.core_slices
+        writer.write(t.core_window, prob_to_u8(p)[rs, cs], (p > tp.threshold)[rs, cs].astype("uint8"),
+                     valid=valid[rs, cs])
+    t_tiles = time.perf_counter() - t0
+    writer.to_cog(str(out / "mask.tif"), which="mask")
+    writer.to_cog(str(out / "prob.tif"), which="prob")
+    return {"seconds": time.perf_counter() - t0, "seconds_tiles": t_tiles, "tiles": len(grid)}
+
+
+def _session_memory(sid: int) -> tuple[float, float, float]:
+    """(sum PSS MB, max RSS MB, driver RSS MB) of the processes in session ``sid``."""
+    import psutil
+
+    pss = rss_max = driver = 0.0
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if os.getsid(p.pid) != sid:
+                continue
+            info = p.memory_full_info()
+            pss += info.pss / 2**20
+            rss_max = max(rss_max, info.rss / 2**20)
+            if p.pid == sid:
+                driver = info.rss / 2**20
+        except (psutil.Error, ProcessLookupError, PermissionError, OSError):
+            continue
+    return pss, rss_max, driver
+
+
+def run_job(scene_uri: str, out: Path, bundle: str, batch: int, sample_memory: bool = False) -> dict:
+    """jobs/segment.py in a fresh process (own session); returns its summary line + memory."""
+    shutil.rmtree(out, ignore_errors=True)
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, str(SEGMENT), "--input", scene_uri, "--output", str(out), "--model", bundle,
+           "--set", f"predict.batch_size={batch}"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    peak = {"pss_sum_mb": 0.0, "rss_max_mb": 0.0, "driver_rss_mb": 0.0}
+    stop = threading.Event()
+
+    def sampler():
+        while not stop.is_set():
+            pss, rss, drv = _session_memory(proc.pid)
+            peak["pss_sum_mb"] = max(peak["pss_sum_mb"], pss)
+            peak["rss_max_mb"] = max(peak["rss_max_mb"], rss)
+            peak["driver_rss_mb"] = max(peak["driver_rss_mb"], drv)
+            stop.wait(0.5)
+
+    th = threading.Thread(target=sampler, daemon=True)
+    if sample_memory:
+        th.start()
+    text, _ = proc.communicate()
+    wall = time.perf_counter() - t0
+    stop.set()
+    if sample_memory:
+        th.join()
+    _reap(proc.pid)
+    if proc.returncode != 0:
+        raise RuntimeError(f"segment job failed (rc={proc.returncode}):\n{text[-3000:]}")
+    summary = json.loads(text.strip().splitlines()[-1])
+    summary["wall"] = wall
+    if sample_memory:
+        summary["memory"] = {k: round(v, 1) for k, v in peak.items()}
+    return summary
+
+
+def _reap(sid: int) -> None:
+    import signal
+
+    for pid in [int(e) for e in os.listdir("/proc") if e.isdigit()]:
+        try:
+            if os.getsid(pid) == sid:
+                os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError, OSError):
+            pass
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ratio-size", type=int, default=8192, help="scene side for P1/P5")
+    ap.add_argument("--ratio-model", default="vit_tiny")
+    ap.add_argument("--rss-sizes", type=int, nargs="+", default=[2048, 4096, 8192])
+    ap.add_argument("--rss-model", default="vit_micro")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=2, help="model-only/job alternations for P1")
+    ap.add_argument("--workdir", default=str(REPO / ".bench" / "segment"))
+    ap.add_argument("--quick", action="store_true", help="1024² ratios, 1024/2048 memory sweep")
+    ap.add_argument("--json", default=str(REPO / "bench" / "results_segment.json"))
+    ap.add_argument("--md", default=str(REPO / "bench" / "SEGMENT_RESULTS.md"))
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.ratio_size, args.rss_sizes = 1024, [1024, 2048]
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    load_start = [round(v, 2) for v in os.getloadavg()]
+
+    ratio_bundle = make_bundle(work / f"bundle_{args.ratio_model}", args.ratio_model)
+    rss_bundle = make_bundle(work / f"bundle_{args.rss_model}", args.rss_model)
+    scenes = {s: make_scene(work / f"scene_{s}.tif", s) for s in sorted({args.ratio_size, *args.rss_sizes})}
+
+    # --- P1 / P5 on one scene. The machine is shared and its load swings: alternate
+    # model-only / job / model-only / job / ... and compare medians (and each job with the mean
+    # of the model-only runs on either side of it).
+    import numpy as np
+
+    scene = scenes[args.ratio_size]
+    mo_runs, jobs = [], []
+    for r in range(args.repeats):
+        log(f"model-only #{r + 1}: {args.ratio_model}, batch {args.batch}, {args.ratio_size}² tiles")
+        mo_runs.append(model_only(ratio_bundle, scene, args.batch))
+        log(f"  {mo_runs[-1]['tiles_per_s']:.2f} tiles/s = {mo_runs[-1]['mpx_per_s']:.3f} Mpx/s "
+            f"(by threads: {mo_runs[-1]['by_threads']})")
+        log(f"job #{r + 1} (segment.py, embedded Ray, all cores)")
+        jobs.append(run_job(scene, work / "job_ratio", ratio_bundle, args.batch, sample_memory=True))
+        j = jobs[-1]
+        log(f"  steady {j['seconds']['steady']:.1f}s, process {j['wall']:.1f}s, {j['actors']} actor(s)")
+    log("sequential loop (read -> model batch 1 -> write, one tile at a time)")
+    # the faster thread count of the last model-only run (what a plain loop would pick)
+    seq_threads = max(mo_runs[-1]["by_threads"], key=mo_runs[-1]["by_threads"].get)
+    seq = sequential(ratio_bundle, scene, work, threads=seq_threads)
+    log(f"  {seq['seconds']:.1f}s")
+    log("model-only, last")
+    mo_runs.append(model_only(ratio_bundle, scene, args.batch))
+    log(f"  {mo_runs[-1]['tiles_per_s']:.2f} tiles/s (by threads: {mo_runs[-1]['by_threads']})")
+    mpx = jobs[0]["pixels"] / 1e6
+    mo_mpx = [m["mpx_per_s"] for m in mo_runs]
+    job_steady = [mpx / j["seconds"]["steady"] for j in jobs]
+    job_total = [mpx / j["wall"] for j in jobs]
+    paired = [job_steady[i] / ((mo_mpx[i] + mo_mpx[i + 1]) / 2) for i in range(len(jobs))]
+    mo = {**mo_runs[0], "mpx_per_s": statistics.median(mo_mpx),
+          "tiles_per_s": statistics.median(m["tiles_per_s"] for m in mo_runs)}
+    job = jobs[int(np.argsort(job_steady)[len(jobs) // 2])]  # the median job
+    job_mpx_steady, job_mpx_total = statistics.median(job_steady), statistics.median(job_total)
+    steady_s = statistics.median(j["seconds"]["steady"] for j in jobs)
+    wall_s = statistics.median(j["wall"] for j in jobs)
+
+    # --- memory vs scene size
+    rss = {}
+    for size in args.rss_sizes:
+        log(f"memory: job on {size}² with {args.rss_model}")
+        res = run_job(scenes[size], work / f"job_rss_{size}", rss_bundle, args.batch, sample_memory=True)
+        rss[size] = {"tiles": res["tiles_computed"], "seconds": round(res["wall"], 1), **res["memory"]}
+        log(f"  {rss[size]}")
+    load_end = [round(v, 2) for v in os.getloadavg()]
+
+    sizes = list(rss)
+    growth = lambda key: round(100.0 * (rss[sizes[-1]][key] / rss[sizes[0]][key] - 1.0), 1)  # noqa: E731
+    results = {
+        "P1_pipeline_efficiency": round(job_mpx_steady / mo["mpx_per_s"], 3),
+        "P1_paired_runs": [round(v, 3) for v in paired],
+        "P1_pipeline_efficiency_total": round(job_mpx_total / mo["mpx_per_s"], 3),
+        "P1_target": 0.90,
+        "P5_vs_sequential_ratio": round(seq["seconds"] / steady_s, 3),
+        "P5_vs_sequential_ratio_total": round(seq["seconds"] / wall_s, 3),
+        "P5_target": 1.5,
+        "model_only_mpx_per_s": round(mo["mpx_per_s"], 4),
+        "model_only_tiles_per_s": round(mo["tiles_per_s"], 3),
+        "model_only_mpx_per_s_runs": [round(v, 4) for v in mo_mpx],
+        "job_mpx_per_s_steady_runs": [round(v, 4) for v in job_steady],
+        "job_mpx_per_s_steady": round(job_mpx_steady, 4),
+        "job_mpx_per_s_total": round(job_mpx_total, 4),
+        "sequential_mpx_per_s": round(mpx / seq["seconds"], 4),
+        "job_seconds": job["seconds"], "job_wall_seconds": round(job["wall"], 2),
+        "job_actors": job["actors"], "job_memory_mb": job["memory"],
+        "sequential_seconds": round(seq["seconds"], 2), "sequential_torch_threads": seq_threads,
+        "model_only_tiles_per_s_by_threads": [m["by_threads"] for m in mo_runs],
+        "ratio_scene": f"{args.ratio_size}x{args.ratio_size}x3 uint8 COG", "ratio_tiles": mo["tiles"],
+        "ratio_model": args.ratio_model, "batch_size": args.batch,
+        "rss_model": args.rss_model,
+        "rss": {str(k): v for k, v in rss.items()},
+        "rss_pss_sum_growth_pct": growth("pss_sum_mb"),
+        "rss_driver_growth_pct": growth("driver_rss_mb"),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version(), "load_start": load_start, "load_end": load_end},
+        "date": started,
+        "command": " ".join([".venv/bin/python -m bench.bench_segment", *(argv or sys.argv[1:])]),
+    }
+    Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    Path(args.md).write_text(markdown(results))
+    log(f"wrote {args.json} and {args.md}")
+    print(json.dumps({k: results[k] for k in ("P1_pipeline_efficiency", "P1_pipeline_efficiency_total",
+                                               "P5_vs_sequential_ratio", "P5_vs_sequential_ratio_total")}))
+    return 0
+
+
+def markdown(r: dict) -> str:
+    m = r["machine"]
+    rows = "\n".join(
+        f"| {k}² | {v['tiles']} | {v['seconds']} | {v['pss_sum_mb']:.0f} | {v['rss_max_mb']:.0f} | "
+        f"{v['driver_rss_mb']:.0f} |" for k, v in r["rss"].items())
+    js = r["job_seconds"]
+    return f"""## Segmentation job (issue 5): pipeline efficiency, vs sequential, memory
+
+Command: `{r['command']}` ({r['date']}). Machine: {m['cpus']} cores, no GPU, {m['platform']},
+Python {m['python']}; embedded local Ray, every core. Shared machine: load average {m['load_start']}
+at start, {m['load_end']} at the end (other jobs running), so timings are indicative.
+
+Scene: {r['ratio_scene']}, random `{r['ratio_model']}` bundle (speed does not depend on the weights),
+{r['ratio_tiles']} tiles, batch {r['batch_size']}; the job ran {r['job_actors']} model actor(s).
+
+| measure | Mpx/s | seconds |
+|---|---|---|
+| model only (TilePredictor on in-memory tiles; best of 1 and {m['cpus']} torch threads per run, tiles/s by threads {r['model_only_tiles_per_s_by_threads']}; median of runs {r['model_only_mpx_per_s_runs']}) | {r['model_only_mpx_per_s']:.4f} | {r['ratio_tiles'] / r['model_only_tiles_per_s']:.1f} (for all tiles) |
+| job, steady state (Ray up -> last scene finalized; median of runs {r['job_mpx_per_s_steady_runs']}) | {r['job_mpx_per_s_steady']:.4f} | {js.get('steady', 0):.1f} |
+| job, whole process (interpreter, plan, Ray start-up included) | {r['job_mpx_per_s_total']:.4f} | {r['job_wall_seconds']:.1f} |
+| sequential loop (read -> model batch 1 -> write, one tile at a time, + COGs; {r['sequential_torch_threads']} torch thread(s)) | {r['sequential_mpx_per_s']:.4f} | {r['sequential_seconds']:.1f} |
+
+- **P1 pipeline efficiency** (job steady / model only, medians): **{r['P1_pipeline_efficiency']}** (target >= {r['P1_target']});
+  each job against the mean of the model-only runs on either side of it: {r['P1_paired_runs']};
+  whole process (start-up included): {r['P1_pipeline_efficiency_total']}.
+- **P5 job vs sequential** (sequential s / job steady s): **{r['P5_vs_sequential_ratio']}x** (target >= {r['P5_target']}x);
+  whole process: {r['P5_vs_sequential_ratio_total']}x.
+
+Peak memory of the job's process tree vs scene size (`{r['rss_model']}`, fresh job per size; PSS summed over
+driver + Ray daemons + workers so shared pages count once; largest single-process RSS; driver RSS):
+
+| scene | tiles | job s | peak PSS sum (MB) | max process RSS (MB) | driver RSS (MB) |
+|---|---|---|---|---|---|
+{rows}
+
+Growth smallest -> largest scene: PSS sum {r['rss_pss_sum_growth_pct']:+.1f} %, driver RSS {r['rss_driver_growth_pct']:+.1f} %.
+Numbers in `bench/results_segment.json`.
+
+Reading the ratios (job seconds: {js}): the benchmark model is tiny (`{r['ratio_model']}`:
+{1000 / r['model_only_tiles_per_s']:.0f} ms per 256² tile on this CPU), so per-tile work that is not the model -- decoding the
+tile, writing two Zarr chunks + the written marker + the tile record, Ray task/serialisation
+overhead and Ray's own daemons -- competes with inference for the same 2 cores; the single
+scene's finalization (two COGs with overviews + quicklook) cannot overlap another scene's tiles;
+and the actor start-up (torch import, bundle load) is paid inside the run. The plain loop has
+none of the Ray costs. Both ratios rise with the model's cost per tile (vit_b: ~15 s per 1024²
+tile on this CPU, where the same I/O is < 0.1 %) and with a GPU, where reads/writes run on CPU
+cores the model does not use. On this box they are below the targets.
+"""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
