@@ -187,6 +187,11 @@ def ray_resources(cfg: SegmentConfig, n_tiles: int) -> dict:
         n = p.num_actors or max(1, int(cpus))
         n = max(1, min(n, batches))
         actor_cpus = max(0.05, math.floor(100 * (spare if spare > 0 else cpus) / n) / 100)
+        # An actor lives on one node: never ask for more CPUs than the biggest node has
+        # (4 one-CPU nodes, 2 actors -> 1.5 each would be unschedulable and hang).
+        node_cpus = max((float(nd["Resources"].get("CPU", 0)) for nd in ray.nodes()
+                         if nd.get("Alive")), default=cpus)
+        actor_cpus = min(actor_cpus, node_cpus) if node_cpus > 0 else actor_cpus
         threads = p.torch_threads or 1
     else:
         actor_cpus = p.num_cpus if p.num_cpus is not None else 1.0
