@@ -167,6 +167,18 @@ def tile_rows(plan: ScenePlan, cfg: SegmentConfig, band_map=None) -> list[dict]:
 
 # --------------------------------------------------------------------------- Ray
 
+def largest_node_cpus(default: float) -> float:
+    """CPUs of the biggest alive node (``default`` when Ray's state API is not up)."""
+    import ray
+
+    try:
+        nodes = ray.nodes()
+    except ray.exceptions.RaySystemError:
+        return default
+    return max((float(nd["Resources"].get("CPU", 0)) for nd in nodes if nd.get("Alive")),
+               default=default)
+
+
 def ray_resources(cfg: SegmentConfig, n_tiles: int) -> dict:
     """Actor pool size, per-actor CPUs/GPUs and torch threads that leave CPU for reads."""
     import ray
@@ -189,8 +201,7 @@ def ray_resources(cfg: SegmentConfig, n_tiles: int) -> dict:
         actor_cpus = max(0.05, math.floor(100 * (spare if spare > 0 else cpus) / n) / 100)
         # An actor lives on one node: never ask for more CPUs than the biggest node has
         # (4 one-CPU nodes, 2 actors -> 1.5 each would be unschedulable and hang).
-        node_cpus = max((float(nd["Resources"].get("CPU", 0)) for nd in ray.nodes()
-                         if nd.get("Alive")), default=cpus)
+        node_cpus = largest_node_cpus(default=cpus)
         actor_cpus = min(actor_cpus, node_cpus) if node_cpus > 0 else actor_cpus
         threads = p.torch_threads or 1
     else:
