@@ -8,6 +8,8 @@ raise ``ConfigError`` naming the field, e.g. ``train.lr: Input should be greater
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 from pathlib import Path
 from typing import Any, Iterable, TypeVar
 
@@ -84,3 +86,18 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config file (defaults are used when omitted)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a config field, e.g. train.epochs=3")
+
+
+def parse_job_args(argv, *, prog: str, description: str, input_help: str) -> argparse.Namespace:
+    """The CLI shared by the batch jobs (segment, sweep): inputs, output, model, config, logging."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--input", nargs="+", action="extend", required=True,
+                        metavar="URI_OR_GLOB", help=input_help)
+    parser.add_argument("--output", required=True, help="output root (local folder or s3://bucket/prefix)")
+    parser.add_argument("--model", required=True, help="model bundle (folder or s3:// prefix)")
+    add_config_args(parser)
+    parser.add_argument("--log-level", default=os.environ.get("SAMSP_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args

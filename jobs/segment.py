@@ -43,7 +43,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `jobs`, `ingest`, `samsp` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.config import ConfigError, add_config_args, load_config  # noqa: E402
+from jobs.config import ConfigError, load_config, parse_job_args  # noqa: E402
 from jobs.segment_config import SegmentConfig  # noqa: E402
 from jobs.segment_manifest import Manifest, join_uri, one_line  # noqa: E402
 from jobs.segment_plan import (ScenePlan, assign_scene_ids, expand_inputs,  # noqa: E402
@@ -510,17 +510,9 @@ def run_pipeline(rows, states, cfg, model_uri, threshold, finish, manifest) -> s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="segment.py", description="Distributed SAM-SP segmentation of scenes on Ray Data.")
-    parser.add_argument("--input", nargs="+", action="extend", required=True,
-                        metavar="URI_OR_GLOB", help="scenes: files, globs, folders, s3:// prefixes, .txt/.csv lists")
-    parser.add_argument("--output", required=True, help="output root (local folder or s3://bucket/prefix)")
-    parser.add_argument("--model", required=True, help="model bundle (folder or s3:// prefix)")
-    add_config_args(parser)
-    parser.add_argument("--log-level", default=os.environ.get("SAMSP_LOG_LEVEL", "INFO"))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_job_args(argv, prog="segment.py",
+                          description="Distributed SAM-SP segmentation of scenes on Ray Data.",
+                          input_help="scenes: files, globs, folders, s3:// prefixes, .txt/.csv lists")
     return run(args)
 
 

@@ -248,9 +248,12 @@ def tile_key(index) -> str:
     return f"{int(r)}_{int(c)}"
 
 
-def read_tile_records(tiles_uri: str) -> dict[tuple[int, int], dict]:
-    """Per-tile stat records written by the write stage (resume state)."""
-    fs, path = _fs(tiles_uri)
+def read_json_records(folder_uri: str, key) -> dict:
+    """Every ``*.json`` record in a folder (local or s3://), keyed by ``key(record)``.
+
+    Torn or foreign records are skipped: the item they describe is simply recomputed.
+    """
+    fs, path = _fs(folder_uri)
     try:
         names = [n for n in fs.ls(path, detail=False) if n.endswith(".json")]
     except FileNotFoundError:
@@ -259,13 +262,18 @@ def read_tile_records(tiles_uri: str) -> dict[tuple[int, int], dict]:
         return {}
     blobs = fs.cat(names) if len(names) > 1 else {names[0]: fs.cat(names[0])}
     out = {}
-    for name, blob in blobs.items():
+    for blob in blobs.values():
         try:
             rec = json.loads(blob)
-            out[(int(rec["tile"][0]), int(rec["tile"][1]))] = rec
-        except (ValueError, KeyError, TypeError):
-            continue  # torn/foreign record: the tile is simply recomputed
+            out[key(rec)] = rec
+        except (ValueError, KeyError, TypeError, IndexError):
+            continue
     return out
+
+
+def read_tile_records(tiles_uri: str) -> dict[tuple[int, int], dict]:
+    """Per-tile stat records written by the write stage (resume state)."""
+    return read_json_records(tiles_uri, lambda rec: (int(rec["tile"][0]), int(rec["tile"][1])))
 
 
 def window_tuple(win) -> tuple[int, int, int, int]:

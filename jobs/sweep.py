@@ -35,7 +35,7 @@ if __package__ in (None, ""):  # run as a script
 import numpy as np  # noqa: E402
 from pydantic import Field  # noqa: E402
 
-from jobs.config import ConfigError, StrictModel, add_config_args, load_config  # noqa: E402
+from jobs.config import ConfigError, StrictModel, load_config, parse_job_args  # noqa: E402
 from jobs.segment_config import PredictConfig, RayConfig, TilingConfig  # noqa: E402
 from jobs.segment_manifest import join_uri, one_line  # noqa: E402
 
@@ -84,24 +84,9 @@ class SweepConfig(StrictModel):
 # --------------------------------------------------------------------------- records
 
 def read_records(output: str) -> dict[str, dict]:
-    from ingest import storage
+    from jobs.segment_plan import read_json_records
 
-    fs, path = storage.fs_for(join_uri(output, "records"))
-    try:
-        names = [n for n in fs.ls(path, detail=False) if n.endswith(".json")]
-    except FileNotFoundError:
-        return {}
-    if not names:
-        return {}
-    blobs = fs.cat(names)
-    out = {}
-    for blob in blobs.values():
-        try:
-            rec = json.loads(blob)
-            out[rec["id"]] = rec
-        except (ValueError, KeyError, TypeError):
-            continue
-    return out
+    return read_json_records(join_uri(output, "records"), lambda rec: rec["id"])
 
 
 class Photo:
@@ -297,16 +282,8 @@ def run_pipeline(photos, cfg, model_uri, threshold, tile, overlap, pool, futures
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sweep.py", description="Crack sweep over photo archives.")
-    parser.add_argument("--input", nargs="+", action="extend", required=True, metavar="PREFIX_OR_GLOB",
-                        help="photos: folders, globs, s3:// prefixes, .txt/.csv lists")
-    parser.add_argument("--output", required=True, help="output root (folder or s3://bucket/prefix)")
-    parser.add_argument("--model", required=True, help="model bundle (folder or s3:// prefix)")
-    add_config_args(parser)
-    parser.add_argument("--log-level", default=os.environ.get("SAMSP_LOG_LEVEL", "INFO"))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_job_args(argv, prog="sweep.py", description="Crack sweep over photo archives.",
+                          input_help="photos: folders, globs, s3:// prefixes, .txt/.csv lists")
     return run(args)
 
 
