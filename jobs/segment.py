@@ -13,9 +13,10 @@ under it), ``s3://`` globs, single keys, Zarr stores, and ``.txt``/``.csv`` list
    the tiles whose chunk + record are not written yet. A scene that cannot be planned becomes a
    ``failed`` row with a one-line reason; the others go on.
 2. Ray Data: ``from_items(tile rows)`` -> ``map_batches(read_tiles)`` (CPU tasks) ->
-   ``map_batches(Predictor, compute=ActorPoolStrategy(size=N), num_gpus=..)`` -> ``map_batches(
-   write_cores)`` (CPU tasks) -> consumed on the driver with progress bars. The actors never take
-   the CPUs reserved for reads/writes (``pipeline.read_cpus``).
+   ``map_batches(Predictor, compute=ActorPoolStrategy(size=N), num_gpus=..)``: each actor runs
+   the model batch by batch and writes every finished batch's cores from a writer thread while
+   the next batch runs (``write_cores``); one summary row per tile is consumed on the driver
+   with progress bars. The actors never take the CPUs reserved for reads (``pipeline.read_cpus``).
 3. Finalize each scene as soon as its last tile is in (a driver thread pool, overlapping the
    pipeline): COGs, quicklook.png, stats.json; then its manifest row. A scene with any failed
    tile is ``failed`` and gets no new COG/PNG/stats (old good ones stay untouched).
@@ -235,33 +236,41 @@ def auto_batch(bytes_per_tile: int, target: int = 8 << 20) -> int:
     return int(max(1, min(64, target // max(1, bytes_per_tile))))
 
 
+def actor_block(cfg: SegmentConfig, n_tiles: int, actors: int, bytes_per_tile: int) -> int:
+    """Tiles per actor call (= per read task): a few model batches, so an actor's writer thread
+    overlaps its next model batch; at most ~8 MB of pixels; small jobs still feed every actor."""
+    bs = cfg.predict.batch_size
+    if cfg.pipeline.block_tiles:
+        return cfg.pipeline.block_tiles
+    block = min(4 * bs, max(bs, auto_batch(bytes_per_tile)))
+    fair = math.ceil(n_tiles / max(1, 2 * actors))  # at least two blocks per actor
+    return max(1, min(block, max(bs, fair)))
+
+
 def build_dataset(rows: list[dict], cfg: SegmentConfig, model_uri: str, threshold: float, res: dict):
     import ray
 
-    from jobs.segment_pipeline import Predictor, read_tiles, write_cores
+    from jobs.segment_pipeline import Predictor, read_tiles
 
     pc = cfg.pipeline
-    # auto: one model batch per block (fine-grained streaming: reads, inference and writes of
-    # different batches overlap, every actor stays fed), capped at ~8 MB of pixels per block
-    bs = cfg.predict.batch_size
-    read_bs = pc.read_batch_size or min(auto_batch(res["tile_bytes"]), bs)
-    write_bs = pc.write_batch_size or min(auto_batch(2 * res["tile_px"]), bs)  # prob + mask
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(math.ceil(len(rows) / read_bs), 200)))
+    block = actor_block(cfg, len(rows), res["actors"], res["tile_bytes"])
+    res["block_tiles"] = block
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(math.ceil(len(rows) / block), 500)))
     # Different num_cpus than the actor stage on purpose: Ray Data would otherwise fuse the
     # reads into the actors, and reads must overlap inference, not run inside it.
-    ds = ds.map_batches(read_tiles, batch_size=read_bs, num_cpus=pc.read_task_cpus,
+    ds = ds.map_batches(read_tiles, batch_size=block, num_cpus=pc.read_task_cpus,
                         batch_format="numpy")
     kwargs = dict(fn_constructor_kwargs={"model_uri": model_uri, "threshold": threshold,
                                          "device": cfg.predict.device,
-                                         "torch_threads": res["torch_threads"]},
+                                         "torch_threads": res["torch_threads"],
+                                         "batch_size": cfg.predict.batch_size},
                   compute=ray.data.ActorPoolStrategy(size=res["actors"]),
-                  batch_size=cfg.predict.batch_size, num_cpus=res["num_cpus"], batch_format="numpy")
+                  batch_size=block, num_cpus=res["num_cpus"], batch_format="numpy")
     if res["num_gpus"] > 0:
         kwargs["num_gpus"] = res["num_gpus"]
-    ds = ds.map_batches(Predictor, **kwargs)
-    ds = ds.map_batches(write_cores, batch_size=write_bs, num_cpus=pc.write_task_cpus,
-                        batch_format="numpy")
-    return ds
+    # The actors also write (in a thread, overlapping the next model batch): see
+    # jobs/segment_pipeline.py -- only one small summary row per tile comes back.
+    return ds.map_batches(Predictor, **kwargs)
 
 
 # --------------------------------------------------------------------------- run

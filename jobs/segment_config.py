@@ -60,13 +60,11 @@ class PredictConfig(StrictModel):
 class PipelineConfig(StrictModel):
     # Logical CPUs the model actors may never take (reads and writes run there).
     read_cpus: float = Field(default=1.0, gt=0)
-    # Tiles per read task batch / write task batch; 0 = auto (predict.batch_size, capped at
-    # about 8 MB of tile pixels per batch).
-    read_batch_size: int = Field(default=0, ge=0)
-    write_batch_size: int = Field(default=0, ge=0)
-    # Ray logical CPUs per read / write task.
+    # Tiles per read task = per actor call (the actor writes each model batch while the next one
+    # runs); 0 = auto: 4 model batches, at most ~8 MB of pixels, at least 2 blocks per actor.
+    block_tiles: int = Field(default=0, ge=0)
+    # Ray logical CPUs per read task.
     read_task_cpus: float = Field(default=0.5, gt=0)
-    write_task_cpus: float = Field(default=0.5, gt=0)
     # Scenes planned in parallel on the driver (header, radiometry sample, resume listing: I/O).
     plan_workers: int = Field(default=8, ge=1)
     # Parallel scene finalizations (COG, quicklook, stats) on the driver, overlapping the pipeline.

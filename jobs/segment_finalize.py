@@ -9,6 +9,7 @@ earlier good output is never replaced by a partial one.
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 import io
 import json
 import logging
@@ -152,6 +153,23 @@ def quicklook_png(scene, radiometry, mask_cog: str, max_side: int) -> bytes:
 
 # --------------------------------------------------------------------------- finalize
 
+def _to_cog(writer, local: str, which: str) -> None:
+    from ingest import storage
+
+    with storage.gdal_env():  # GDAL's config is per thread
+        writer.to_cog(local, which=which)
+
+
+def _quicklook(plan, cfg, tmp: str) -> bytes | None:
+    from ingest import Radiometry, open_scene
+
+    if not cfg.output.quicklook_size:
+        return None
+    scene = open_scene(plan.input, bands=cfg.radiometry.bands, check_empty=False)
+    return quicklook_png(scene, Radiometry.from_dict(plan.radiometry),
+                         os.path.join(tmp, "mask.tif"), cfg.output.quicklook_size)
+
+
 def finalize_scene(plan, records: dict, cfg, threshold: float, model_uri: str,
                    tiles_computed: int, seconds_pipeline: float) -> dict:
     """Build COGs, quicklook and stats for a fully written scene; returns extra manifest fields.
@@ -159,27 +177,29 @@ def finalize_scene(plan, records: dict, cfg, threshold: float, model_uri: str,
     Raises on any failure (the caller marks the scene failed; nothing partial is published,
     though COGs already moved into place before a later step failed stay -- they are complete).
     """
-    from ingest import MaskWriter, Radiometry, open_scene, storage
+    from ingest import MaskWriter, storage
 
     t0 = time.perf_counter()
     writer = MaskWriter.open(plan.zarr_uri)
     outputs = ["mask.zarr"]
     with tempfile.TemporaryDirectory(prefix="samsp-finalize-") as tmp, storage.gdal_env():
         # Build both COGs locally first, then publish them: a failure leaves nothing half-done.
+        # The prob COG is built in a second thread (GDAL releases the GIL) while the mask COG
+        # and the quicklook are made here: the last scene's finalization is on the critical path.
         built = []
-        if cfg.output.mask_cog or cfg.output.quicklook_size:
-            local = os.path.join(tmp, "mask.tif")
-            writer.to_cog(local, which="mask")
-            built.append(("mask.tif", local, cfg.output.mask_cog))
-        if cfg.output.prob_cog:
-            local = os.path.join(tmp, "prob.tif")
-            writer.to_cog(local, which="prob")
-            built.append(("prob.tif", local, True))
-        png = None
-        if cfg.output.quicklook_size:
-            scene = open_scene(plan.input, bands=cfg.radiometry.bands, check_empty=False)
-            png = quicklook_png(scene, Radiometry.from_dict(plan.radiometry),
-                                os.path.join(tmp, "mask.tif"), cfg.output.quicklook_size)
+        prob_job = None
+        with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cog") as cogs:
+            if cfg.output.prob_cog:
+                local_prob = os.path.join(tmp, "prob.tif")
+                prob_job = cogs.submit(_to_cog, writer, local_prob, "prob")
+            if cfg.output.mask_cog or cfg.output.quicklook_size:
+                local = os.path.join(tmp, "mask.tif")
+                writer.to_cog(local, which="mask")
+                built.append(("mask.tif", local, cfg.output.mask_cog))
+            png = _quicklook(plan, cfg, tmp)
+            if prob_job is not None:
+                prob_job.result()
+                built.append(("prob.tif", local_prob, True))
         for name, local, publish in built:
             if publish:
                 _put_local_file(local, join_uri(plan.out_dir, name))
@@ -187,6 +207,7 @@ def finalize_scene(plan, records: dict, cfg, threshold: float, model_uri: str,
         if png is not None:
             storage.write_bytes(join_uri(plan.out_dir, "quicklook.png"), png)
             outputs.append("quicklook.png")
+
 
     fg = sum(int(r.get("foreground_px", 0)) for r in records.values())
     valid = sum(int(r.get("valid_px", 0)) for r in records.values())

@@ -6,21 +6,25 @@ writer and tile-record URIs -- the same string for every tile of a scene) and ``
 
 1. ``read_tiles`` (CPU tasks): ``image`` uint8 ``[C,T,T]`` (scene-wide radiometry applied),
    ``valid`` bool ``[T,T]``, ``error`` (str, "" when fine).
-2. ``Predictor`` (actor pool; bundle loaded once per actor): drops ``image``/``valid``, adds
-   ``prob``/``mask`` uint8 ``[T,T]`` (nodata 255 where the input was padding/nodata) and the
-   tile's uncertainty/statistics over its core.
-3. ``write_cores`` (CPU tasks): writes each tile's core to its scene's ``MaskWriter`` (chunk
-   aligned, so any process may write any tile), then a small per-tile record next to the store
-   (resume state + stats), and emits a one-row summary without arrays.
+2. ``Predictor`` (actor pool; bundle loaded once per actor): runs the model on each model batch
+   and hands the batch to a writer thread (``write_cores``) while the next batch runs, so the
+   model never waits on storage and predictions never travel through the object store (they
+   are 2 bytes per pixel, twice the image's weight for RGB, and cost a task per batch). Emits
+   one summary row per tile without arrays: ``scene``, ``tile``, ``error``, ``record``.
+3. ``write_cores`` (in the actor's writer thread): writes each tile's core to its scene's
+   ``MaskWriter`` (chunk aligned, so any process may write any tile), then *one* record file for
+   the batch next to the store (resume state + per-tile stats).
 
 Any exception in a row becomes that row's ``error`` (the scene is then marked failed by the
 driver) -- one bad tile never stops the job.
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 import json
 import os
 import time
+import uuid
 from typing import Any
 
 import numpy as np
@@ -161,10 +165,10 @@ def tile_statistics(prob: np.ndarray, prob_first: np.ndarray, valid: np.ndarray,
 
 
 class Predictor:
-    """Actor: loads the bundle once; ``__call__`` runs the model on a batch of tiles."""
+    """Actor: loads the bundle once; ``__call__`` predicts a block of tiles and writes it."""
 
     def __init__(self, model_uri: str, threshold: float | None = None, device: str = "auto",
-                 torch_threads: int = 0):
+                 torch_threads: int = 0, batch_size: int = 8):
         import torch
 
         from ingest.storage import gdal_env  # noqa: F401 - make sure ingest imports in the actor
@@ -177,9 +181,25 @@ class Predictor:
         self.device = device
         self.predictor = TilePredictor(model_uri, device=device)
         self.threshold = float(threshold if threshold is not None else self.predictor.threshold)
+        self.batch_size = max(1, int(batch_size))
         self.calls = 0
+        # One writer thread: storage I/O (GDAL/zarr/S3 release the GIL) overlaps the next
+        # model batch; a single thread keeps the actor's CPU use at about one core.
+        self._writer = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="write")
 
     def __call__(self, batch: dict) -> dict:
+        """Predict model batches of ``batch`` and write each one while the next one runs."""
+        n = len(batch["tile"])
+        pending = []
+        for i in range(0, n, self.batch_size):
+            sub = {k: v[i:i + self.batch_size] for k, v in batch.items()}
+            pending.append(self._writer.submit(write_cores, self.predict(sub)))
+        parts = [f.result() for f in pending]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def predict(self, batch: dict) -> dict:
+        """One model call over ``batch`` (tiles of other band counts are run in their own group);
+        adds ``prob``/``mask``/``stats``/``predict_s``, drops ``image``/``valid``."""
         from ingest.tiling import Tile
 
         tiles, errors = _col(batch, "tile"), [str(e) for e in _col(batch, "error")]
@@ -230,13 +250,23 @@ def _writer(uri: str):
 
 
 def tile_record_uri(tiles_uri: str, index) -> str:
+    """A single tile's record file (the layout ``read_tile_records`` also accepts)."""
     from jobs.segment_plan import tile_key
 
     return tiles_uri.rstrip("/") + "/" + tile_key(index) + ".json"
 
 
+def batch_record_uri(tiles_uri: str, first_index) -> str:
+    """One record file per written batch: ``<first tile>-<random>.json`` (never overwrites a
+    file of an earlier, partial run that started at the same tile)."""
+    from jobs.segment_plan import tile_key
+
+    return f"{tiles_uri.rstrip('/')}/{tile_key(first_index)}-{uuid.uuid4().hex[:8]}.json"
+
+
 def write_cores(batch: dict) -> dict:
-    """Write each tile's core into its scene's store, then its record; emit summaries."""
+    """Write each tile's core into its scene's store, then one record file per scene of the
+    batch (a JSON list); returns per-tile summaries (no arrays)."""
     from ingest import storage
     from ingest.tiling import Tile
 
@@ -245,6 +275,7 @@ def write_cores(batch: dict) -> dict:
     stats = _col(batch, "stats")
     n = len(tiles)
     records = [""] * n
+    by_scene: dict[str, list] = {}  # tiles_uri -> [(index, record)] written in this batch
     with storage.gdal_env():
         for i in range(n):
             if errors[i]:
@@ -258,15 +289,25 @@ def write_cores(batch: dict) -> dict:
                              np.ascontiguousarray(batch["mask"][i][rs, cs]))
                 rec = {"tile": list(tile.index), **json.loads(stats[i]),
                        "predict_s": float(batch["predict_s"][i])}
-                # The record is written after the chunk: a record implies the chunk is complete.
-                storage.write_bytes(tile_record_uri(spec["tiles_uri"], tile.index),
-                                    json.dumps(rec).encode())
-                records[i] = json.dumps(rec)
+                by_scene.setdefault(spec["tiles_uri"], []).append((i, rec))
             except Exception as exc:  # noqa: BLE001
                 errors[i] = f"write {error_text(exc)}"
                 continue
             _test_hook_after_write(writer)
-    return {"scene": batch["scene"], "tile": batch["tile"],
+        # The records are written after the chunks: a record implies its chunk is complete
+        # (a chunk without a record is recomputed on resume).
+        for tiles_uri, recs in by_scene.items():
+            try:
+                storage.write_bytes(batch_record_uri(tiles_uri, recs[0][1]["tile"]),
+                                    json.dumps([rec for _, rec in recs]).encode())
+            except Exception as exc:  # noqa: BLE001
+                for i, _ in recs:
+                    errors[i] = f"write record {error_text(exc)}"
+                continue
+            for i, rec in recs:
+                records[i] = json.dumps(rec)
+    return {"scene": np.asarray(batch["scene"], dtype=object),
+            "tile": np.asarray(batch["tile"], dtype=object),
             "error": np.array(errors, dtype=object), "record": np.array(records, dtype=object)}
 
 

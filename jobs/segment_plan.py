@@ -249,7 +249,8 @@ def tile_key(index) -> str:
 
 
 def read_json_records(folder_uri: str, key) -> dict:
-    """Every ``*.json`` record in a folder (local or s3://), keyed by ``key(record)``.
+    """Every record in a folder's ``*.json`` files (local or s3://; a file holds one record or
+    a list of them), keyed by ``key(record)``.
 
     Torn or foreign records are skipped: the item they describe is simply recomputed.
     """
@@ -264,10 +265,14 @@ def read_json_records(folder_uri: str, key) -> dict:
     out = {}
     for blob in blobs.values():
         try:
-            rec = json.loads(blob)
-            out[key(rec)] = rec
-        except (ValueError, KeyError, TypeError, IndexError):
+            recs = json.loads(blob)
+        except ValueError:
             continue
+        for rec in recs if isinstance(recs, list) else [recs]:  # a file may hold a batch
+            try:
+                out[key(rec)] = rec
+            except (KeyError, TypeError, IndexError):
+                continue
     return out
 
 

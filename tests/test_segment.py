@@ -25,6 +25,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from jobs.segment_plan import read_tile_records
+
 pytestmark = [pytest.mark.s3, pytest.mark.ray, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -372,6 +374,9 @@ def test_interrupted_run_resumes_to_identical_output(batch, tmp_path):
     assert killed.rc == -signal.SIGKILL, killed.out[-3000:]
     written = MaskWriter.open(f"{out}/rgb/mask.zarr", mode="r").written_chunks()
     assert 5 <= len(written) < 12, written
+    # resume state = chunks whose batch record exists (the killed batch's chunk has none yet)
+    done = set(read_tile_records(f"{out}/rgb/tiles")) & written
+    assert 1 <= len(done) < len(written), (done, written)
     assert not os.path.exists(f"{out}/rgb/mask.tif")  # nothing final from a partial scene
     assert manifest_rows(out).get("rgb", {}).get("status") != "ok"
 
@@ -379,7 +384,7 @@ def test_interrupted_run_resumes_to_identical_output(batch, tmp_path):
     assert resumed.rc == 0, resumed.out[-3000:]
     row = manifest_rows(out)["rgb"]
     assert row["status"] == "ok" and row["tiles"] == 12
-    assert 0 < row["tiles_computed"] <= 12 - len(written)  # only the missing tiles ran
+    assert 0 < row["tiles_computed"] <= 12 - len(done)  # only the missing tiles ran
 
     # the batch fixture's run is the uninterrupted run of the same scene with the same config
     full = batch.out

@@ -14,7 +14,7 @@ import pytest
 from jobs.config import ConfigError, load_config
 from jobs.segment_config import SegmentConfig
 from jobs.segment_manifest import Manifest, read_manifest, write_manifest
-from jobs.segment_plan import assign_scene_ids, expand_inputs, safe_stem
+from jobs.segment_plan import assign_scene_ids, expand_inputs, read_tile_records, safe_stem
 
 REPO = Path(__file__).resolve().parents[1]
 EXTS = SegmentConfig().input.extensions
@@ -225,7 +225,8 @@ def test_pipeline_stages_in_process(tmp_path):
     assert [bool(e) for e in read["error"]] == [False] * 4 + [True]
     assert "MissingSceneError" in read["error"][4]
 
-    pred = Predictor(bundle, torch_threads=1)(read)
+    actor = Predictor(bundle, torch_threads=1, batch_size=2)
+    pred = actor.predict(read)
     assert pred["prob"].shape == (5, 128, 128) and "image" not in pred
     assert set(np.unique(pred["mask"][:4])) <= {0, 1}  # the scene has no nodata
 
@@ -235,6 +236,19 @@ def test_pipeline_stages_in_process(tmp_path):
     assert len(MaskWriter.open(plan.zarr_uri).written_chunks()) == 4
     rec = json.loads(written["record"][0])
     assert rec["tile"] == [0, 0] and 0 <= rec["disagreement"] <= 1 and rec["valid_px"] == 112 * 112
+    # one record file per written batch, read back as per-tile resume state
+    assert len(list(Path(plan.tiles_uri).glob("*.json"))) == 1
+    assert set(read_tile_records(plan.tiles_uri)) == {(0, 0), (0, 1), (1, 0), (1, 1)}
+
+    # the actor call: model batches of 2, each written while the next runs; same rows back
+    again = actor(read)
+    assert set(again) == {"scene", "tile", "error", "record"}
+    assert [bool(e) for e in again["error"]] == [False] * 4 + [True]
+    assert list(again["tile"]) == list(batch["tile"])
+    assert len(list(Path(plan.tiles_uri).glob("*.json"))) == 1 + 2  # batches [0:2], [2:4]
+    first = {k: json.loads(v)["disagreement"] for k, v in zip(written["tile"], written["record"]) if v}
+    second = {k: json.loads(v)["disagreement"] for k, v in zip(again["tile"], again["record"]) if v}
+    assert first == second  # batching does not change the result
 
 
 def test_actor_pool_sizing_leaves_cpus_for_reads(monkeypatch):
