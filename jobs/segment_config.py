@@ -75,6 +75,9 @@ class OutputConfig(StrictModel):
     # COG of the binary mask (mask.tif) and of the probability (prob.tif).
     mask_cog: bool = True
     prob_cog: bool = True
+    # polygons.geojson: mask polygons in the scene CRS, made chunk by chunk (bounded memory;
+    # a polygon crossing a chunk edge comes in pieces tagged chunk_row/chunk_col to dissolve).
+    polygons: bool = False
     # quicklook.png longest side (px); 0 disables it.
     quicklook_size: int = Field(default=1024, ge=0)
     # Number of most-uncertain tiles listed per scene in the manifest (review queue).

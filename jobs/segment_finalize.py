@@ -207,6 +207,12 @@ def finalize_scene(plan, records: dict, cfg, threshold: float, model_uri: str,
         if png is not None:
             storage.write_bytes(join_uri(plan.out_dir, "quicklook.png"), png)
             outputs.append("quicklook.png")
+        n_polygons = None
+        if cfg.output.polygons:
+            from ingest.polygons import mask_to_polygons
+
+            n_polygons = mask_to_polygons(writer, join_uri(plan.out_dir, "polygons.geojson"))
+            outputs.append("polygons.geojson")
 
 
     fg = sum(int(r.get("foreground_px", 0)) for r in records.values())
@@ -251,6 +257,7 @@ def finalize_scene(plan, records: dict, cfg, threshold: float, model_uri: str,
         "mean_margin": (float(np.mean([r.get("margin", 1.0) for r in records.values()]))
                         if records else 1.0),
         "uncertain_tiles": uncertain_tiles(records, cfg.output.uncertain_top_n),
+        "polygons": n_polygons,
         "seconds": {"plan": round(plan.seconds_plan, 3), "pipeline": round(seconds_pipeline, 3),
                     "finalize": round(seconds_finalize, 3)},
     }

@@ -34,7 +34,7 @@ TILE, OVERLAP = 128, 16  # vit_micro image size, default overlap tile // 8
 # A small radiometry/emptiness sample: scenes larger than 4096 px are sampled (one window), which
 # is what lets the "rotten" scene's bad block escape planning and fail at run time.
 MAX_PIXELS = 4096
-SAMPLE = ["--set", f"radiometry.max_pixels={MAX_PIXELS}"]
+SAMPLE = ["--set", f"radiometry.max_pixels={MAX_PIXELS}", "--set", "output.polygons=true"]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -292,7 +292,7 @@ def test_batch_good_and_bad_scenes(batch):
         assert row["tiles"] == row["tiles_computed"] == n_tiles
         assert row["pixels"] == scene.height * scene.width and row["error"] == ""
         assert sorted(row["outputs"]) == sorted(["mask.zarr", "mask.tif", "prob.tif",
-                                                 "quicklook.png", "stats.json"])
+                                                 "quicklook.png", "polygons.geojson", "stats.json"])
         unc = row["uncertain_tiles"]
         assert len(unc) == min(5, n_tiles)
         assert [u["disagreement"] for u in unc] == sorted((u["disagreement"] for u in unc), reverse=True)
@@ -319,6 +319,15 @@ def test_batch_good_and_bad_scenes(batch):
         assert stats["foreground_area"] == pytest.approx(100.0 * stats["foreground_pixels"])
         assert stats["radiometry"]["mode"] == ("stretch" if stretch else "identity")
         assert stats["uncertain_tiles"] == unc
+
+        # polygons: in the scene CRS, covering exactly the mask's foreground pixels
+        from rasterio.features import rasterize
+
+        gj = json.loads(storage.read_bytes(f"{batch.out}/{name}/polygons.geojson"))
+        assert len(gj["features"]) == stats["polygons"] > 0
+        burned = rasterize([(f["geometry"], 1) for f in gj["features"]],
+                           out_shape=mask.shape, transform=transform, fill=0, dtype="uint8")
+        np.testing.assert_array_equal(burned == 1, mask == 1, err_msg=name)
 
         from PIL import Image
         import io
