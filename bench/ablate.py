@@ -746,7 +746,7 @@ def main(argv=None) -> int:
                     f"train {rec.get('train_s')}s")
     import platform
 
-    from bench.bench_model import machine as machine_info
+    from bench.common import machine as machine_info
 
     info = machine_info()
     # Smoke = data subsets (the numbers say nothing about the method). A short budget or a single

@@ -35,12 +35,10 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import random
 import resource
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -53,29 +51,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def machine() -> dict:
-    model = platform.processor() or "unknown"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except (OSError, subprocess.SubprocessError):
-        pass
-    try:
-        import psutil
-
-        mem_gb = psutil.virtual_memory().total / 2**30
-    except ImportError:
-        mem_gb = float("nan")
-    return {"cpu": model, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "memory_gib": round(mem_gb, 1), "python": platform.python_version(),
-            "torch": torch.__version__, "platform": platform.platform()}
+from bench.common import log, machine, random_bundle  # noqa: E402
 
 
 def test_tile(size: int) -> np.ndarray:
@@ -158,17 +134,10 @@ class PeakRss:
 def bench_p2_p4(rounds: int, amg_unfiltered: bool, seed: int, model_type: str = "vit_b") -> dict:
     from segment_anything import SamAutomaticMaskGenerator
 
-    from samsp import Bundle, BundleMeta, SamSP, build_sam
     from samsp.predict import TilePredictor
 
-    torch.manual_seed(0)
-    sam = build_sam(model_type)
-    model = SamSP(sam, iterations=1, prompt="box").eval()
-    size = model.image_size
-    meta = BundleMeta(model_type=model_type, image_size=size,
-                      pixel_mean=tuple(sam.pixel_mean.flatten().tolist()),
-                      pixel_std=tuple(sam.pixel_std.flatten().tolist()), iterations=1, prompt="box")
-    bundle = Bundle(model=model, meta=meta)
+    bundle = random_bundle(model_type)
+    sam, size = bundle.model.sam, bundle.meta.image_size
     predictors = {k: TilePredictor(bundle, iterations=k) for k in (0, 1, 2)}
     clock = EncoderClock(sam.image_encoder)
     tile_hwc, tile_desc = test_tile(size)
@@ -241,17 +210,11 @@ class CachedEncoder(torch.nn.Module):
 def bench_p2_decoder(repeats: int, seed: int, model_type: str = "vit_b") -> dict:
     """Everything but the image encoder, many interleaved repeats: the same TilePredictor calls
     as P2 with the encoder replaced by its cached output for this tile."""
-    from samsp import Bundle, BundleMeta, SamSP, build_sam
     from samsp.predict import TilePredictor
     from samsp.preprocess import prepare_batch
 
-    torch.manual_seed(0)
-    sam = build_sam(model_type)
-    model = SamSP(sam, iterations=1, prompt="box").eval()
-    size = model.image_size
-    meta = BundleMeta(model_type=model_type, image_size=size,
-                      pixel_mean=tuple(sam.pixel_mean.flatten().tolist()),
-                      pixel_std=tuple(sam.pixel_std.flatten().tolist()), iterations=1, prompt="box")
+    bundle = random_bundle(model_type)
+    sam, meta, size = bundle.model.sam, bundle.meta, bundle.meta.image_size
     tile_hwc, tile_desc = test_tile(size)
     tile = np.ascontiguousarray(tile_hwc.transpose(2, 0, 1))[None]
     x, _ = prepare_batch(tile, size, meta.pixel_mean, meta.pixel_std)
@@ -260,7 +223,6 @@ def bench_p2_decoder(repeats: int, seed: int, model_type: str = "vit_b") -> dict
         emb = sam.image_encoder(x)
         encoder_s = time.perf_counter() - t0
     sam.image_encoder = CachedEncoder(emb, size)
-    bundle = Bundle(model=model, meta=meta)
     predictors = {k: TilePredictor(bundle, iterations=k) for k in (0, 1, 2)}
     for k in predictors:  # warm-up
         predictors[k](tile)

@@ -42,11 +42,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# vit_micro tiles (128 px, segment's default overlap tile // 8), the same tiny bundle and the same
+# tile-by-tile reference as the single-node segment tests
+from tests.processes import kill_session, session_pids
+from tests.test_segment import OVERLAP, TILE, make_bundle
+from tests.test_segment import reference as segment_reference
+
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
-TILE, OVERLAP = 128, 16  # vit_micro image size, segment's default overlap (tile // 8)
 
 # GCS: declare a node dead after ~3 missed 1 s health checks (default: 5 x 3 s + 10 s timeout)
 FAST_NODE_DEATH = {"RAY_health_check_initial_delay_ms": "0", "RAY_health_check_period_ms": "1000",
@@ -61,42 +66,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _session_pids(sid: int) -> list[int]:
-    """Live (non-zombie) processes whose session id is ``sid``."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid and fields[0] != "Z":
-            pids.append(int(entry))
-    return pids
-
-
 def _cmdline(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             return f.read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
-
-
-def kill_session(sid: int) -> None:
-    """SIGKILL every process of a session we started (a node, or a job driver)."""
-    for _ in range(5):
-        left = _session_pids(sid)
-        if not left:
-            return
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.2)
 
 
 class Node:
@@ -110,7 +85,7 @@ class Node:
     def hosts(self, needle: str) -> bool:
         """Whether a process of this node's session has ``needle`` in its command line (Ray
         workers show their actor/task in it, e.g. ``ray::MapWorker(MapBatches(Predictor))``)."""
-        return any(needle in _cmdline(pid) for pid in _session_pids(self.proc.pid))
+        return any(needle in _cmdline(pid) for pid in session_pids(self.proc.pid))
 
     def kill(self) -> None:
         kill_session(self.proc.pid)
@@ -283,54 +258,10 @@ def kill_node_hosting(cluster: LoopbackCluster, needles: list[str], deadline: fl
 
 # ----------------------------------------------------------------------------- segment
 
-def make_bundle(path: str) -> str:
-    """Tiny random vit_micro bundle with confident logits (p far from the threshold, so float
-    noise cannot flip a mask pixel; see tests/test_segment.py)."""
-    import torch
-
-    import samsp
-
-    torch.manual_seed(0)
-    sam = samsp.build_sam("vit_micro")
-    with torch.no_grad():
-        for mlp in sam.mask_decoder.output_hypernetworks_mlps:
-            mlp.layers[-1].weight.mul_(300.0)
-            mlp.layers[-1].bias.mul_(300.0)
-    samsp.save_bundle(samsp.SamSP(sam, iterations=1, prompt="box"), path,
-                      {"threshold": 0.5, "provenance": {"test": "random vit_micro"}})
-    return path
-
-
 def reference(uri: str, bundle: str) -> tuple[np.ndarray, np.ndarray]:
-    """(mask, prob) uint8 of the model applied tile by tile (uint8 scene: identity radiometry),
-    cores stitched, one torch thread -- an uninterrupted run of the job gives exactly this."""
-    import torch
-
-    from ingest import Radiometry, TileGrid, open_scene, prob_to_u8
-    from samsp.predict import TilePredictor
-
-    scene = open_scene(uri)
-    rad = Radiometry.identity(scene.count)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        tp = TilePredictor(bundle)
-        prob = np.full((scene.height, scene.width), 255, np.uint8)
-        mask = np.full((scene.height, scene.width), 255, np.uint8)
-        for t in TileGrid(scene.height, scene.width, TILE, OVERLAP):
-            data, valid = scene.read(t.read_window)
-            p = tp(rad.apply(data, valid)[None])["prob"][0]
-            pu8, m = prob_to_u8(p), (p > tp.threshold).astype(np.uint8)
-            pu8[~valid] = 255
-            m[~valid] = 255
-            rs, cs = t.core_slices
-            r0, c0 = int(t.core_window.row_off), int(t.core_window.col_off)
-            h, w = int(t.core_window.height), int(t.core_window.width)
-            prob[r0:r0 + h, c0:c0 + w] = pu8[rs, cs]
-            mask[r0:r0 + h, c0:c0 + w] = m[rs, cs]
-    finally:
-        torch.set_num_threads(threads)
-    return mask, prob
+    """(mask, prob) of the model applied tile by tile, cores stitched (uint8 scenes: identity
+    radiometry) -- an uninterrupted run of the job gives exactly this."""
+    return segment_reference(uri, bundle, stretch=False)
 
 
 def read_band(path: Path) -> np.ndarray:
@@ -341,7 +272,7 @@ def read_band(path: Path) -> np.ndarray:
 
 
 def tile_records(out: Path) -> int:
-    """Tiles written so far (the write stage stores a record after each tile's chunk)."""
+    """Record files written so far (one per model batch, after its chunks; batch 1 here)."""
     return sum(1 for _ in out.glob("*/tiles/*.json"))
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from jobs.segment_plan import read_tile_records
+from tests.processes import kill_session
 
 pytestmark = [pytest.mark.s3, pytest.mark.ray, pytest.mark.slow]
 
@@ -113,32 +114,8 @@ def run_job(inputs, output, model, env, extra=(), timeout=400):
     try:
         out, _ = proc.communicate(timeout=timeout)
     finally:
-        reap_session(proc.pid)
+        kill_session(proc.pid)
     return SimpleNamespace(rc=proc.returncode, out=out)
-
-
-def reap_session(sid: int) -> None:
-    """SIGKILL what is left of a job we started (its session: driver, Ray daemons, workers)."""
-    for _ in range(3):
-        left = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) == sid and fields[0] != "Z":  # session id, not a zombie
-                left.append(int(entry))
-        if not left:
-            return
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.5)
 
 
 def read_raster(uri: str):

@@ -126,7 +126,8 @@ def test_sweep_end_to_end_and_rerun(tmp_path):
     import pandas as pd
     from PIL import Image
 
-    from tests.test_segment import job_env, make_bundle, reap_session
+    from tests.processes import kill_session
+    from tests.test_segment import job_env, make_bundle
 
     bundle = make_bundle(str(tmp_path / "bundle"))
     photos = _photos(tmp_path / "photos")
@@ -142,7 +143,7 @@ def test_sweep_end_to_end_and_rerun(tmp_path):
         try:
             text, _ = proc.communicate(timeout=400)
         finally:
-            reap_session(proc.pid)
+            kill_session(proc.pid)
         return proc.returncode, text
 
     rc, text = sweep([str(tmp_path / "photos")])

@@ -1,0 +1,37 @@
+"""Processes the tests start in their own sessions (Ray nodes, job drivers) and must leave none of."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live (non-zombie) processes whose session id is ``sid``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(entry))
+    return pids
+
+
+def kill_session(sid: int, rounds: int = 5, pause: float = 0.2) -> None:
+    """SIGKILL every process of a session we started: a job (driver, Ray daemons, workers) or a
+    Ray node; a few rounds, since a dying parent may still spawn."""
+    for _ in range(rounds):
+        left = session_pids(sid)
+        if not left:
+            return
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(pause)
