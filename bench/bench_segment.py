@@ -147,6 +147,36 @@ def sequential(bundle: str, scene_uri: str, workdir: Path, threads: int = 1) -> 
     return {"seconds": time.perf_counter() - t0, "seconds_tiles": t_tiles, "tiles": len(grid)}
 
 
+def cpu_role(pid: int, sid: int, cmdline: str) -> str:
+    """Which part of the job a process is, for the CPU-seconds breakdown."""
+    if pid == sid:
+        return "driver"
+    if "Predictor" in cmdline:
+        return "model actors"
+    if "read_tiles" in cmdline or cmdline.startswith("ray::IDLE"):
+        return "read tasks"
+    return "Ray daemons and helpers"
+
+
+def _session_cpu(sid: int, cpu: dict) -> None:
+    """Update ``cpu[pid] = (role, user+system seconds)`` for the processes of session ``sid``
+    (the last value seen per process: one that exits between samples loses < 0.5 s)."""
+    import psutil
+
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if os.getsid(p.pid) != sid:
+                continue
+            t = p.cpu_times()
+            role = cpu.get(p.pid, (None,))[0]
+            cmd = " ".join(p.cmdline())
+            if role is None or role == "read tasks":  # an idle worker may become an actor
+                role = cpu_role(p.pid, sid, cmd)
+            cpu[p.pid] = (role, t.user + t.system)
+        except (psutil.Error, ProcessLookupError, PermissionError, OSError):
+            continue
+
+
 def _session_memory(sid: int) -> tuple[float, float, float]:
     """(sum PSS MB, max RSS MB, driver RSS MB) of the processes in session ``sid``."""
     import psutil
@@ -177,29 +207,34 @@ def run_job(scene_uri: str, out: Path, bundle: str, batch: int, sample_memory: b
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     peak = {"pss_sum_mb": 0.0, "rss_max_mb": 0.0, "driver_rss_mb": 0.0}
+    cpu: dict[int, tuple] = {}
     stop = threading.Event()
 
     def sampler():
         while not stop.is_set():
-            pss, rss, drv = _session_memory(proc.pid)
-            peak["pss_sum_mb"] = max(peak["pss_sum_mb"], pss)
-            peak["rss_max_mb"] = max(peak["rss_max_mb"], rss)
-            peak["driver_rss_mb"] = max(peak["driver_rss_mb"], drv)
+            _session_cpu(proc.pid, cpu)
+            if sample_memory:
+                pss, rss, drv = _session_memory(proc.pid)
+                peak["pss_sum_mb"] = max(peak["pss_sum_mb"], pss)
+                peak["rss_max_mb"] = max(peak["rss_max_mb"], rss)
+                peak["driver_rss_mb"] = max(peak["driver_rss_mb"], drv)
             stop.wait(0.5)
 
     th = threading.Thread(target=sampler, daemon=True)
-    if sample_memory:
-        th.start()
+    th.start()
     text, _ = proc.communicate()
     wall = time.perf_counter() - t0
     stop.set()
-    if sample_memory:
-        th.join()
+    th.join()
     _reap(proc.pid)
     if proc.returncode != 0:
         raise RuntimeError(f"segment job failed (rc={proc.returncode}):\n{text[-3000:]}")
     summary = json.loads(text.strip().splitlines()[-1])
     summary["wall"] = wall
+    by_role: dict[str, float] = {}
+    for role, secs in cpu.values():
+        by_role[role] = by_role.get(role, 0.0) + secs
+    summary["cpu_s"] = {k: round(v, 1) for k, v in sorted(by_role.items())}
     if sample_memory:
         summary["memory"] = {k: round(v, 1) for k, v in peak.items()}
     return summary
@@ -306,6 +341,10 @@ def main(argv=None) -> int:
         "sequential_mpx_per_s": round(mpx / seq["seconds"], 4),
         "job_seconds": job["seconds"], "job_wall_seconds": round(job["wall"], 2),
         "job_actors": job["actors"], "job_memory_mb": job["memory"],
+        # CPU seconds of the median job by process role, and what the model alone needs for
+        # the same tiles (model-only seconds x torch threads: both cores busy)
+        "job_cpu_s": job["cpu_s"], "job_cpu_s_total": round(sum(job["cpu_s"].values()), 1),
+        "model_only_cpu_s": round(mo["tiles"] / mo["tiles_per_s"] * mo["torch_threads"], 1),
         "sequential_seconds": round(seq["seconds"], 2), "sequential_torch_threads": seq_threads,
         "model_only_tiles_per_s_by_threads": [m["by_threads"] for m in mo_runs],
         "ratio_scene": f"{args.ratio_size}x{args.ratio_size}x3 uint8 COG", "ratio_tiles": mo["tiles"],
@@ -365,15 +404,10 @@ driver + Ray daemons + workers so shared pages count once; largest single-proces
 Growth smallest -> largest scene: PSS sum {r['rss_pss_sum_growth_pct']:+.1f} %, driver RSS {r['rss_driver_growth_pct']:+.1f} %.
 Numbers in `bench/results_segment.json`.
 
-Reading the ratios (job seconds: {js}): the benchmark model is tiny (`{r['ratio_model']}`:
-{1000 / r['model_only_tiles_per_s']:.0f} ms per 256² tile on this CPU), so per-tile work that is not the model -- decoding the
-tile, writing two Zarr chunks + the written marker + the tile record, Ray task/serialisation
-overhead and Ray's own daemons -- competes with inference for the same 2 cores; the single
-scene's finalization (two COGs with overviews + quicklook) cannot overlap another scene's tiles;
-and the actor start-up (torch import, bundle load) is paid inside the run. The plain loop has
-none of the Ray costs. Both ratios rise with the model's cost per tile (vit_b: ~15 s per 1024²
-tile on this CPU, where the same I/O is < 0.1 %) and with a GPU, where reads/writes run on CPU
-cores the model does not use. On this box they are below the targets.
+Where the job's CPU went (median job, user+system seconds of every process in its session,
+sampled every 0.5 s): {', '.join(f'{k} {v}' for k, v in r['job_cpu_s'].items())}; total
+{r['job_cpu_s_total']} CPU-s in {js.get('steady', 0):.1f} s of steady state on {m['cpus']} cores. The model alone needs
+{r['model_only_cpu_s']} CPU-s for these tiles (model-only seconds x torch threads). Job phases (s): {js}.
 """
 
 
