@@ -642,6 +642,19 @@ def write_md(path: Path, report: dict) -> None:
     path.write_text("\n".join(lines))
 
 
+def publish(report: dict, md: Path, dataset: str) -> None:
+    """The report as a BENCHMARKS.md section (``python -m bench.merge_results`` merges it) and
+    its headline as ``bench/results_ablation_<dataset>.json``."""
+    bench = REPO / "bench"
+    text = md.read_text()
+    if text.startswith("# "):
+        text = "## " + text[2:]
+    (bench / f"ABLATION_{dataset.upper()}_RESULTS.md").write_text(text)
+    numbers = {k: v for k, v in report["headline"].items() if isinstance(v, (int, float))}
+    (bench / f"results_ablation_{dataset}.json").write_text(json.dumps(numbers, indent=2) + "\n")
+    log(f"published {len(numbers)} headline number(s) to bench/results_ablation_{dataset}.json")
+
+
 # ============================================================================ main
 
 def parse_args(argv=None):
@@ -677,6 +690,9 @@ def parse_args(argv=None):
                    help="measure the step rates of the listed training arms and stop")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: aggregate the finished runs of the listed arms/seeds")
+    p.add_argument("--publish", action="store_true",
+                   help="also write bench/ABLATION_<DATASET>_RESULTS.md and "
+                        "bench/results_ablation_<dataset>.json (headline) for BENCHMARKS.md")
     return p.parse_args(argv)
 
 
@@ -773,6 +789,8 @@ def main(argv=None) -> int:
     write_md(ab.out / "ABLATION.md", report)
     log(f"wrote {ab.out / 'ablation.json'} and {ab.out / 'ABLATION.md'}"
         + (" (SMOKE: not results)" if smoke else ""))
+    if args.publish:
+        publish(report, ab.out / "ABLATION.md", args.dataset)
     return 0 if not any("error" in r for rs in results.values() for r in rs) else 1
 
 

@@ -27,7 +27,7 @@ HEADLINES = [
     ("dice_roads_spsd", "", None),
 ]
 SECTIONS = ["INGEST_RESULTS.md", "MODEL_RESULTS.md", "SEGMENT_RESULTS.md", "TRAIN_RESULTS.md",
-            "QUALITY_RESULTS.md"]
+            "QUALITY_RESULTS.md", "ABLATION_DEEPCRACK_RESULTS.md", "ABLATION_EPFL_RESULTS.md"]
 
 
 def merge() -> dict:

@@ -34,5 +34,6 @@ echo "best distilled prompt on validation (seed 0): $BEST"
 SEED1=single,sp_box,spsd_box
 [ "$BEST" != spsd_box ] && SEED1=$SEED1,$BEST
 $PY bench/ablate.py $DC --arms $SEED1,infer_k2,infer_k3,unet --seeds 1 || true
-$PY bench/ablate.py $DC --arms $SEED0 --seeds 0,1 --report-only
-$PY bench/ablate.py $RD --arms single,spsd_box --seeds 0,1 --report-only
+$PY bench/ablate.py $DC --arms $SEED0 --seeds 0,1 --report-only --publish
+$PY bench/ablate.py $RD --arms single,spsd_box --seeds 0,1 --report-only --publish
+$PY -m bench.merge_results

@@ -195,6 +195,8 @@ class Predictor:
             sub = {k: v[i:i + self.batch_size] for k, v in batch.items()}
             pending.append(self._writer.submit(write_cores, self.predict(sub)))
         parts = [f.result() for f in pending]
+        if not parts:  # an empty block
+            return {k: np.array([], dtype=object) for k in ("scene", "tile", "error", "record")}
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def predict(self, batch: dict) -> dict:
