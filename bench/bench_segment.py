@@ -153,7 +153,7 @@ def cpu_role(pid: int, sid: int, cmdline: str) -> str:
         return "driver"
     if "Predictor" in cmdline:
         return "model actors"
-    if "read_tiles" in cmdline or cmdline.startswith("ray::IDLE"):
+    if "read_tiles" in cmdline or "ray::IDLE" in cmdline or "default_worker.py" in cmdline:
         return "read tasks"
     return "Ray daemons and helpers"
 
@@ -169,9 +169,8 @@ def _session_cpu(sid: int, cpu: dict) -> None:
                 continue
             t = p.cpu_times()
             role = cpu.get(p.pid, (None,))[0]
-            cmd = " ".join(p.cmdline())
-            if role is None or role == "read tasks":  # an idle worker may become an actor
-                role = cpu_role(p.pid, sid, cmd)
+            if role != "model actors":  # a worker's title changes (python -> ray::IDLE -> actor)
+                role = cpu_role(p.pid, sid, " ".join(p.cmdline()))
             cpu[p.pid] = (role, t.user + t.system)
         except (psutil.Error, ProcessLookupError, PermissionError, OSError):
             continue
@@ -196,13 +195,14 @@ def _session_memory(sid: int) -> tuple[float, float, float]:
     return pss, rss_max, driver
 
 
-def run_job(scene_uri: str, out: Path, bundle: str, batch: int, sample_memory: bool = False) -> dict:
+def run_job(scene_uri: str, out: Path, bundle: str, batch: int, sample_memory: bool = False,
+            engine: str = "ray") -> dict:
     """jobs/segment.py in a fresh process (own session); returns its summary line + memory."""
     shutil.rmtree(out, ignore_errors=True)
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, str(SEGMENT), "--input", scene_uri, "--output", str(out), "--model", bundle,
-           "--set", f"predict.batch_size={batch}"]
+           "--set", f"predict.batch_size={batch}", "--set", f"pipeline.engine={engine}"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
@@ -283,7 +283,7 @@ def main(argv=None) -> int:
     import numpy as np
 
     scene = scenes[args.ratio_size]
-    mo_runs, jobs = [], []
+    mo_runs, jobs, local_jobs = [], [], []
     for r in range(args.repeats):
         log(f"model-only #{r + 1}: {args.ratio_model}, batch {args.batch}, {args.ratio_size}² tiles")
         mo_runs.append(model_only(ratio_bundle, scene, args.batch))
@@ -293,6 +293,10 @@ def main(argv=None) -> int:
         jobs.append(run_job(scene, work / "job_ratio", ratio_bundle, args.batch, sample_memory=True))
         j = jobs[-1]
         log(f"  steady {j['seconds']['steady']:.1f}s, process {j['wall']:.1f}s, {j['actors']} actor(s)")
+        log(f"job #{r + 1}, pipeline.engine=local (same stages in one process, no Ray)")
+        local_jobs.append(run_job(scene, work / "job_local", ratio_bundle, args.batch, engine="local"))
+        j = local_jobs[-1]
+        log(f"  steady {j['seconds']['steady']:.1f}s, process {j['wall']:.1f}s")
     log("sequential loop (read -> model batch 1 -> write, one tile at a time)")
     # the faster thread count of the last model-only run (what a plain loop would pick)
     seq_threads = max(mo_runs[-1]["by_threads"], key=mo_runs[-1]["by_threads"].get)
@@ -312,6 +316,10 @@ def main(argv=None) -> int:
     job_mpx_steady, job_mpx_total = statistics.median(job_steady), statistics.median(job_total)
     steady_s = statistics.median(j["seconds"]["steady"] for j in jobs)
     wall_s = statistics.median(j["wall"] for j in jobs)
+    local_steady = [mpx / j["seconds"]["steady"] for j in local_jobs]
+    local_job = local_jobs[int(np.argsort(local_steady)[len(local_jobs) // 2])]
+    local_steady_s = statistics.median(j["seconds"]["steady"] for j in local_jobs)
+    local_wall_s = statistics.median(j["wall"] for j in local_jobs)
 
     # --- memory vs scene size
     rss = {}
@@ -332,6 +340,13 @@ def main(argv=None) -> int:
         "P5_vs_sequential_ratio": round(seq["seconds"] / steady_s, 3),
         "P5_vs_sequential_ratio_total": round(seq["seconds"] / wall_s, 3),
         "P5_target": 1.5,
+        # the same job with pipeline.engine=local (one process, no Ray): not the default engine
+        "P1_pipeline_efficiency_local": round(statistics.median(local_steady) / mo["mpx_per_s"], 3),
+        "P1_pipeline_efficiency_local_total": round(mpx / local_wall_s / mo["mpx_per_s"], 3),
+        "P5_vs_sequential_ratio_local": round(seq["seconds"] / local_steady_s, 3),
+        "P5_vs_sequential_ratio_local_total": round(seq["seconds"] / local_wall_s, 3),
+        "local_job_mpx_per_s_steady_runs": [round(v, 4) for v in local_steady],
+        "local_job_seconds": local_job["seconds"], "local_job_cpu_s": local_job["cpu_s"],
         "model_only_mpx_per_s": round(mo["mpx_per_s"], 4),
         "model_only_tiles_per_s": round(mo["tiles_per_s"], 3),
         "model_only_mpx_per_s_runs": [round(v, 4) for v in mo_mpx],
@@ -387,12 +402,16 @@ Scene: {r['ratio_scene']}, random `{r['ratio_model']}` bundle (speed does not de
 | job, steady state (Ray up -> last scene finalized; median of runs {r['job_mpx_per_s_steady_runs']}) | {r['job_mpx_per_s_steady']:.4f} | {js.get('steady', 0):.1f} |
 | job, whole process (interpreter, plan, Ray start-up included) | {r['job_mpx_per_s_total']:.4f} | {r['job_wall_seconds']:.1f} |
 | sequential loop (read -> model batch 1 -> write, one tile at a time, + COGs; {r['sequential_torch_threads']} torch thread(s)) | {r['sequential_mpx_per_s']:.4f} | {r['sequential_seconds']:.1f} |
+| job with `pipeline.engine=local` (same plan/stages/outputs in one process, no Ray), steady (runs {r['local_job_mpx_per_s_steady_runs']}) | {r['P1_pipeline_efficiency_local'] * r['model_only_mpx_per_s']:.4f} | {r['local_job_seconds'].get('steady', 0):.1f} |
 
 - **P1 pipeline efficiency** (job steady / model only, medians): **{r['P1_pipeline_efficiency']}** (target >= {r['P1_target']});
   each job against the mean of the model-only runs on either side of it: {r['P1_paired_runs']};
   whole process (start-up included): {r['P1_pipeline_efficiency_total']}.
 - **P5 job vs sequential** (sequential s / job steady s): **{r['P5_vs_sequential_ratio']}x** (target >= {r['P5_target']}x);
   whole process: {r['P5_vs_sequential_ratio_total']}x.
+- The same job with `--set pipeline.engine=local` (not the default): P1 **{r['P1_pipeline_efficiency_local']}**
+  (whole process {r['P1_pipeline_efficiency_local_total']}), P5 **{r['P5_vs_sequential_ratio_local']}x**
+  (whole process {r['P5_vs_sequential_ratio_local_total']}x); its CPU seconds: {r['local_job_cpu_s']}.
 
 Peak memory of the job's process tree vs scene size (`{r['rss_model']}`, fresh job per size; PSS summed over
 driver + Ray daemons + workers so shared pages count once; largest single-process RSS; driver RSS):

@@ -58,7 +58,12 @@ class PredictConfig(StrictModel):
 
 
 class PipelineConfig(StrictModel):
-    # Logical CPUs the model actors may never take (reads and writes run there).
+    # "ray": Ray Data (read tasks -> model actors; any cluster size; the default). "local": the
+    # same stages in this process -- a reader thread prefetching blocks, the model on every core,
+    # the writer thread -- for one machine without a cluster, where Ray's own daemons, task
+    # scheduling and block conversion cost as much CPU as a small model (see BENCHMARKS.md).
+    engine: Literal["ray", "local"] = "ray"
+    # Logical CPUs the model actors may never take (the read tasks run there).
     read_cpus: float = Field(default=1.0, gt=0)
     # Tiles per read task = per actor call (the actor writes each model batch while the next one
     # runs); 0 = auto: 4 model batches, at most ~8 MB of pixels, at least 2 blocks per actor.
