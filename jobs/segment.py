@@ -237,12 +237,12 @@ def auto_batch(bytes_per_tile: int, target: int = 8 << 20) -> int:
 
 
 def actor_block(cfg: SegmentConfig, n_tiles: int, actors: int, bytes_per_tile: int) -> int:
-    """Tiles per actor call (= per read task): a few model batches, so an actor's writer thread
-    overlaps its next model batch; at most ~8 MB of pixels; small jobs still feed every actor."""
+    """Tiles per actor call (= per read task): 2 to 4 model batches (as ~8 MB of pixels allow),
+    so an actor's writer thread overlaps its next model batch; small jobs still feed every actor."""
     bs = cfg.predict.batch_size
     if cfg.pipeline.block_tiles:
         return cfg.pipeline.block_tiles
-    block = min(4 * bs, max(bs, auto_batch(bytes_per_tile)))
+    block = min(4 * bs, max(2 * bs, auto_batch(bytes_per_tile)))
     fair = math.ceil(n_tiles / max(1, 2 * actors))  # at least two blocks per actor
     return max(1, min(block, max(bs, fair)))
 

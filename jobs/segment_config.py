@@ -66,7 +66,7 @@ class PipelineConfig(StrictModel):
     # Logical CPUs the model actors may never take (the read tasks run there).
     read_cpus: float = Field(default=1.0, gt=0)
     # Tiles per read task = per actor call (the actor writes each model batch while the next one
-    # runs); 0 = auto: 4 model batches, at most ~8 MB of pixels, at least 2 blocks per actor.
+    # runs); 0 = auto: 2-4 model batches (~8 MB of pixels), at least 2 blocks per actor.
     block_tiles: int = Field(default=0, ge=0)
     # Ray logical CPUs per read task.
     read_task_cpus: float = Field(default=0.5, gt=0)

@@ -271,3 +271,17 @@ def test_actor_pool_sizing_leaves_cpus_for_reads(monkeypatch):
     gpu = sized({"CPU": 8.0, "GPU": 2.0})
     assert gpu["actors"] == 2 and gpu["num_gpus"] == 1.0 and gpu["num_cpus"] == 1.0
     assert sized({"CPU": 2.0}, tiles=3)["actors"] == 1  # never more actors than batches
+
+
+def test_actor_block_sizes():
+    """Tiles per actor call: 2-4 model batches by pixel weight, fewer for small jobs, or fixed."""
+    from jobs.segment import actor_block
+
+    cfg = SegmentConfig()  # batch 8
+    rgb256, rgb1024 = 3 * 256 * 256, 3 * 1024 * 1024
+    assert actor_block(cfg, 10_000, 2, rgb256) == 32       # 4 batches of light tiles
+    assert actor_block(cfg, 10_000, 2, rgb1024) == 16      # heavy tiles: 2 batches (writer overlap)
+    assert actor_block(cfg, 40, 2, rgb256) == 10           # >= 2 blocks per actor
+    assert actor_block(cfg, 3, 4, rgb256) == 8             # never below one model batch
+    fixed = load_config(SegmentConfig, None, ["pipeline.block_tiles=5"])
+    assert actor_block(fixed, 10_000, 2, rgb256) == 5
