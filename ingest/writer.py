@@ -353,6 +353,14 @@ class MaskWriter:
         return counts
 
     # -- export
+    def _strips(self, block: int, max_bytes: int) -> Iterator[tuple[int, int, int, int]]:
+        """``(r0, c0, r1, c1)`` windows covering the mask: one ``block``-pixel GTiff tile row high
+        (the chunk row when ``block == chunk``), as many tiles wide as ``max_bytes`` allows."""
+        cols = max(block, (max_bytes // block) // block * block)
+        for r0 in range(0, self.height, block):
+            for c0 in range(0, self.width, cols):
+                yield r0, c0, min(r0 + block, self.height), min(c0 + cols, self.width)
+
     def to_cog(self, uri: str | os.PathLike, which: str = "mask", *, blocksize: int = 512,
                compress: str = "DEFLATE", require_complete: bool = True,
                tmp_dir: str | None = None, **creation_options: Any) -> str:
@@ -391,9 +399,11 @@ class MaskWriter:
             arr = self._array(which)
             with storage.gdal_env():
                 with _quiet_georef(), rasterio.open(src_path, "w", **profile) as dst:
-                    for _, win in dst.block_windows(1):
-                        r0, c0, r1, c1 = window_bounds(win)
-                        dst.write(np.asarray(arr[r0:r1, c0:c1]), 1, window=win)
+                    # Strips of whole chunks (<= ~8 MB): one zarr call fetches a strip's chunks
+                    # concurrently -- per-chunk calls cost more than the decoding itself.
+                    for r0, c0, r1, c1 in self._strips(block, max_bytes=8 << 20):
+                        dst.write(np.asarray(arr[r0:r1, c0:c1]), 1,
+                                  window=Window(c0, r0, c1 - c0, r1 - r0))
                 if storage.is_s3(uri):
                     cog_path = os.path.join(workdir, "cog.tif")
                 else:
@@ -401,9 +411,11 @@ class MaskWriter:
                     final.parent.mkdir(parents=True, exist_ok=True)
                     dst_tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
                     cog_path = str(dst_tmp)
+                # NUM_THREADS: compression is most of a COG's time (measured 2.7 s of 3.3 s at
+                # 8192² on one core); GDAL compresses blocks in parallel, same bytes.
                 options = {"COMPRESS": compress, "BLOCKSIZE": blocksize,
                            "OVERVIEW_RESAMPLING": "NEAREST", "RESAMPLING": "NEAREST",
-                           "BIGTIFF": "IF_SAFER"}
+                           "BIGTIFF": "IF_SAFER", "NUM_THREADS": "ALL_CPUS"}
                 options.update({k.upper(): v for k, v in creation_options.items()})
                 with _quiet_georef():
                     rasterio.shutil.copy(src_path, cog_path, driver="COG", **options)

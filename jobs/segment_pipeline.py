@@ -269,6 +269,8 @@ def batch_record_uri(tiles_uri: str, first_index) -> str:
 def write_cores(batch: dict) -> dict:
     """Write each tile's core into its scene's store, then one record file per scene of the
     batch (a JSON list); returns per-tile summaries (no arrays)."""
+    from rasterio.windows import Window
+
     from ingest import storage
     from ingest.tiling import Tile
 
@@ -279,22 +281,41 @@ def write_cores(batch: dict) -> dict:
     records = [""] * n
     by_scene: dict[str, list] = {}  # tiles_uri -> [(index, record)] written in this batch
     with storage.gdal_env():
+        # Neighbouring tiles of one chunk row are written as one strip: one zarr call stores
+        # all their chunks concurrently (per-chunk calls cost more than the encoding itself).
+        runs: list[list] = []  # [[(i, spec, tile)], ...]
         for i in range(n):
             if errors[i]:
                 continue
             try:
                 spec = _spec(specs[i])
                 tile = Tile.from_dict(json.loads(tiles[i]))
-                rs, cs = tile.core_slices
-                writer = _writer(spec["writer"])
-                writer.write(tile.core_window, np.ascontiguousarray(batch["prob"][i][rs, cs]),
-                             np.ascontiguousarray(batch["mask"][i][rs, cs]))
-                rec = {"tile": list(tile.index), **json.loads(stats[i]),
-                       "predict_s": float(batch["predict_s"][i])}
-                by_scene.setdefault(spec["tiles_uri"], []).append((i, rec))
             except Exception as exc:  # noqa: BLE001
                 errors[i] = f"write {error_text(exc)}"
                 continue
+            if runs and _continues(runs[-1][-1], spec, tile):
+                runs[-1].append((i, spec, tile))
+            else:
+                runs.append([(i, spec, tile)])
+        for run in runs:
+            idx = [i for i, _, _ in run]
+            try:
+                writer = _writer(run[0][1]["writer"])
+                cores = [t.core_slices for _, _, t in run]
+                prob = np.concatenate([batch["prob"][i][rs, cs] for i, (rs, cs) in zip(idx, cores)], axis=1)
+                mask = np.concatenate([batch["mask"][i][rs, cs] for i, (rs, cs) in zip(idx, cores)], axis=1)
+                first, last = run[0][2].core_window, run[-1][2].core_window
+                strip = Window(first.col_off, first.row_off,
+                               last.col_off + last.width - first.col_off, first.height)
+                writer.write(strip, prob, mask)
+            except Exception as exc:  # noqa: BLE001
+                for i in idx:
+                    errors[i] = f"write {error_text(exc)}"
+                continue
+            for i, spec, tile in run:
+                rec = {"tile": list(tile.index), **json.loads(stats[i]),
+                       "predict_s": float(batch["predict_s"][i])}
+                by_scene.setdefault(spec["tiles_uri"], []).append((i, rec))
             _test_hook_after_write(writer)
         # The records are written after the chunks: a record implies its chunk is complete
         # (a chunk without a record is recomputed on resume).
@@ -311,6 +332,15 @@ def write_cores(batch: dict) -> dict:
     return {"scene": np.asarray(batch["scene"], dtype=object),
             "tile": np.asarray(batch["tile"], dtype=object),
             "error": np.array(errors, dtype=object), "record": np.array(records, dtype=object)}
+
+
+def _continues(prev: tuple, spec: dict, tile) -> bool:
+    """Whether ``tile`` extends the strip ending with ``prev`` (same store and chunk row, next
+    column)."""
+    _, pspec, ptile = prev
+    a, b = ptile.core_window, tile.core_window
+    return (pspec["writer"] == spec["writer"] and a.row_off == b.row_off and a.height == b.height
+            and a.col_off + a.width == b.col_off)
 
 
 def _test_hook_after_write(writer) -> None:
