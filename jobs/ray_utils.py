@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Literal
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,17 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None,
              _node_ip_address="127.0.0.1", log_to_driver=log_to_driver,
              runtime_env={"env_vars": env})
     return "embedded"
+
+
+def stop_ray() -> None:
+    """Disconnect (embedded Ray: shut it down) before a job prints its summary, so that no late
+    Ray log line follows what callers parse as the last stdout line."""
+    if "ray" not in sys.modules:
+        return
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def _free_port() -> int:

@@ -13,7 +13,7 @@ under it), ``s3://`` globs, single keys, Zarr stores, and ``.txt``/``.csv`` list
    the tiles whose chunk + record are not written yet. A scene that cannot be planned becomes a
    ``failed`` row with a one-line reason; the others go on.
 2. Ray Data: ``from_items(tile rows)`` -> ``map_batches(read_tiles)`` (CPU tasks) ->
-   ``map_batches(Predictor, compute=ActorPoolStrategy(size=N), num_gpus=..)``: each actor runs
+   ``map_batches(PredictWriter, compute=ActorPoolStrategy(size=N), num_gpus=..)``: each actor runs
    the model batch by batch and writes every finished batch's cores from a writer thread while
    the next batch runs (``write_cores``); one summary row per tile is consumed on the driver
    with progress bars. The actors never take the CPUs reserved for reads (``pipeline.read_cpus``).
@@ -250,7 +250,7 @@ def actor_block(cfg: SegmentConfig, n_tiles: int, actors: int, bytes_per_tile: i
 def build_dataset(rows: list[dict], cfg: SegmentConfig, model_uri: str, threshold: float, res: dict):
     import ray
 
-    from jobs.segment_pipeline import Predictor, read_tiles
+    from jobs.segment_pipeline import PredictWriter, read_tiles
 
     pc = cfg.pipeline
     block = actor_block(cfg, len(rows), res["actors"], res["tile_bytes"])
@@ -270,7 +270,7 @@ def build_dataset(rows: list[dict], cfg: SegmentConfig, model_uri: str, threshol
         kwargs["num_gpus"] = res["num_gpus"]
     # The actors also write (in a thread, overlapping the next model batch): see
     # jobs/segment_pipeline.py -- only one small summary row per tile comes back.
-    return ds.map_batches(Predictor, **kwargs)
+    return ds.map_batches(PredictWriter, **kwargs)
 
 
 # --------------------------------------------------------------------------- run
@@ -437,6 +437,9 @@ def run(args: argparse.Namespace) -> int:
         secs.update(ray_start=TIMINGS["ray_ready"] - TIMINGS["planned"],
                     pipeline=TIMINGS["pipeline_done"] - TIMINGS["ray_ready"],
                     steady=t_end - TIMINGS["ray_ready"])
+    from jobs.ray_utils import stop_ray
+
+    stop_ray()
     print(json.dumps({"run_id": run_id, "ok": ok, "skipped": skipped, "failed": failed,
                       "tiles_computed": n_done, "pixels": sum(st.plan.pixels for st in states.values()),
                       "actors": TIMINGS.get("actors", 0),
@@ -476,7 +479,7 @@ def consume_row(row: dict, states: dict, finish) -> None:
 
 def run_local(rows, states, cfg, model_uri, threshold, finish) -> str:
     """The pipeline's stages in this process: a reader thread keeps two blocks ahead, the model
-    runs with every core, the Predictor's writer thread stores each batch while the next runs.
+    runs with every core, the PredictWriter's writer thread stores each batch while the next runs.
     Returns "" or the error that stopped it."""
     import collections
 
@@ -487,7 +490,7 @@ def run_local(rows, states, cfg, model_uri, threshold, finish) -> str:
     # core ran ~8x slower than passive ones). Only effective before torch is first imported.
     if "torch" not in sys.modules:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from jobs.segment_pipeline import Predictor, read_tiles
+    from jobs.segment_pipeline import PredictWriter, read_tiles
 
     TIMINGS["ray_ready"] = time.perf_counter()
     TIMINGS["actors"] = 1
@@ -504,7 +507,7 @@ def run_local(rows, states, cfg, model_uri, threshold, finish) -> str:
     blocks = [rows[i:i + block] for i in range(0, len(rows), block)]
     done, t0, last_log = 0, time.perf_counter(), time.perf_counter()
     try:
-        predictor = Predictor(model_uri, threshold, cfg.predict.device, threads,
+        predictor = PredictWriter(model_uri, threshold, cfg.predict.device, threads,
                               cfg.predict.batch_size)
         with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="read") as reader:
             ahead = collections.deque(reader.submit(read_tiles, as_batch(b)) for b in blocks[:2])

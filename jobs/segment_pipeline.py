@@ -6,7 +6,7 @@ writer and tile-record URIs -- the same string for every tile of a scene) and ``
 
 1. ``read_tiles`` (CPU tasks): ``image`` uint8 ``[C,T,T]`` (scene-wide radiometry applied),
    ``valid`` bool ``[T,T]``, ``error`` (str, "" when fine).
-2. ``Predictor`` (actor pool; bundle loaded once per actor): runs the model on each model batch
+2. ``PredictWriter`` (actor pool; bundle loaded once per actor): runs the model on each model batch
    and hands the batch to a writer thread (``write_cores``) while the next batch runs, so the
    model never waits on storage and predictions never travel through the object store (they
    are 2 bytes per pixel, twice the image's weight for RGB, and cost a task per batch). Emits
@@ -165,10 +165,11 @@ def tile_statistics(prob: np.ndarray, prob_first: np.ndarray, valid: np.ndarray,
 
 
 class Predictor:
-    """Actor: loads the bundle once; ``__call__`` predicts a block of tiles and writes it."""
+    """Actor: loads the bundle once; ``__call__`` runs the model on a batch of tiles (the crack
+    sweep's model stage; the segment job uses :class:`PredictWriter`)."""
 
     def __init__(self, model_uri: str, threshold: float | None = None, device: str = "auto",
-                 torch_threads: int = 0, batch_size: int = 8):
+                 torch_threads: int = 0):
         import torch
 
         from ingest.storage import gdal_env  # noqa: F401 - make sure ingest imports in the actor
@@ -181,23 +182,10 @@ class Predictor:
         self.device = device
         self.predictor = TilePredictor(model_uri, device=device)
         self.threshold = float(threshold if threshold is not None else self.predictor.threshold)
-        self.batch_size = max(1, int(batch_size))
         self.calls = 0
-        # One writer thread: storage I/O (GDAL/zarr/S3 release the GIL) overlaps the next
-        # model batch; a single thread keeps the actor's CPU use at about one core.
-        self._writer = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="write")
 
     def __call__(self, batch: dict) -> dict:
-        """Predict model batches of ``batch`` and write each one while the next one runs."""
-        n = len(batch["tile"])
-        pending = []
-        for i in range(0, n, self.batch_size):
-            sub = {k: v[i:i + self.batch_size] for k, v in batch.items()}
-            pending.append(self._writer.submit(write_cores, self.predict(sub)))
-        parts = [f.result() for f in pending]
-        if not parts:  # an empty block
-            return {k: np.array([], dtype=object) for k in ("scene", "tile", "error", "record")}
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return self.predict(batch)
 
     def predict(self, batch: dict) -> dict:
         """One model call over ``batch`` (tiles of other band counts are run in their own group);
@@ -241,6 +229,31 @@ class Predictor:
                    stats=np.array([json.dumps(s) for s in stats], dtype=object),
                    predict_s=seconds)
         return out
+
+
+class PredictWriter(Predictor):
+    """Actor of the segment job: ``__call__`` predicts a block of tiles model batch by model
+    batch and writes each finished batch (``write_cores``) from a writer thread while the next
+    batch runs; returns one summary row per tile (no arrays)."""
+
+    def __init__(self, model_uri: str, threshold: float | None = None, device: str = "auto",
+                 torch_threads: int = 0, batch_size: int = 8):
+        super().__init__(model_uri, threshold, device, torch_threads)
+        self.batch_size = max(1, int(batch_size))
+        # One writer thread: storage I/O overlaps the next model batch; a single thread keeps
+        # the actor's CPU use at about one core beyond the model's.
+        self._writer = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="write")
+
+    def __call__(self, batch: dict) -> dict:
+        n = len(batch["tile"])
+        pending = []
+        for i in range(0, n, self.batch_size):
+            sub = {k: v[i:i + self.batch_size] for k, v in batch.items()}
+            pending.append(self._writer.submit(write_cores, self.predict(sub)))
+        parts = [f.result() for f in pending]
+        if not parts:  # an empty block
+            return {k: np.array([], dtype=object) for k in ("scene", "tile", "error", "record")}
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 # --------------------------------------------------------------------------- 3. write

@@ -206,6 +206,9 @@ def run(args: argparse.Namespace) -> int:
     log.info("sweep %s done in %.1fs: %d photo(s) segmented, %d failed; report %s (%d images, "
              "%d ok)", run_id, time.perf_counter() - t_job, len(todo) - failed, failed,
              join_uri(output, "report.html"), summary["images"], summary["ok"])
+    from jobs.ray_utils import stop_ray
+
+    stop_ray()
     print(json.dumps({"run_id": run_id, "segmented": len(todo) - failed, "skipped": len(inputs) - len(todo),
                       "failed": failed, "tiles": n_tiles}), flush=True)
     return EXIT_FAILED if failed else EXIT_OK

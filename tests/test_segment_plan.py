@@ -208,7 +208,7 @@ def test_pipeline_stages_in_process(tmp_path):
     from ingest import MaskWriter
     from ingest.synthetic import make_geotiff
     from jobs.segment import plan_scene, tile_rows
-    from jobs.segment_pipeline import Predictor, read_tiles, write_cores
+    from jobs.segment_pipeline import PredictWriter, read_tiles, write_cores
     from tests.test_segment import make_bundle
 
     bundle = make_bundle(str(tmp_path / "bundle"))
@@ -225,7 +225,7 @@ def test_pipeline_stages_in_process(tmp_path):
     assert [bool(e) for e in read["error"]] == [False] * 4 + [True]
     assert "MissingSceneError" in read["error"][4]
 
-    actor = Predictor(bundle, torch_threads=1, batch_size=2)
+    actor = PredictWriter(bundle, torch_threads=1, batch_size=2)
     pred = actor.predict(read)
     assert pred["prob"].shape == (5, 128, 128) and "image" not in pred
     assert set(np.unique(pred["mask"][:4])) <= {0, 1}  # the scene has no nodata

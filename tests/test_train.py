@@ -119,6 +119,10 @@ def test_ray_job_submit_runs_training(tmp_path):
     head = subprocess.Popen(
         [ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=true",
          f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1",
+         # free ports for the per-node agents too: the defaults (e.g. 52365 for the job agent)
+         # collide with any other Ray running on this machine ("No available agent")
+         f"--dashboard-agent-listen-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+         f"--runtime-env-agent-port={_free_port()}",
          f"--temp-dir={temp_dir}", "--disable-usage-stats", "--block"],
         env=env, stdout=open(tmp_path / "head.log", "wb"), stderr=subprocess.STDOUT,
         start_new_session=True)
@@ -134,7 +138,9 @@ def test_ray_job_submit_runs_training(tmp_path):
                 assert time.monotonic() < deadline, "Ray head did not come up"
                 time.sleep(1)
         storage = tmp_path / "runs"
-        while True:  # the dashboard answers before its job agent is registered
+        # the dashboard answers before its job agent is registered (slow on a busy machine)
+        deadline = time.monotonic() + 120
+        while True:
             job = subprocess.run(
                 [ray_bin, "job", "submit", f"--address={address}", "--working-dir", str(REPO),
                  "--", sys.executable, "jobs/train.py", "--config", "configs/train_tiny.yaml",
