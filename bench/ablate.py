@@ -614,8 +614,10 @@ def write_md(path: Path, report: dict) -> None:
            and abs(r["train_s"] / budget - 1) > 0.25]
     if off:
         lines += [f"- measured training time off the {budget:g} s budget by more than 25 %: "
-                  + ", ".join(off) + " (step rates are calibrated before each arm; a busy "
-                  "machine makes them drift)"]
+                  + ", ".join(off) + " (step rates were calibrated back to back before any "
+                  "training; other work on the machine and passive OpenMP waits "
+                  "(`bench/run_ablation.sh`) stretch the wall time -- the step counts, fixed "
+                  "from the calibration, are what is equal between arms)"]
     if any(r.get("data_limit") for rs in report["runs"].values() for r in rs):
         lines += ["- some runs trained on a limited item set (budget < one epoch): see "
                   "`data_limit` in ablation.json"]
