@@ -5,7 +5,8 @@
 #   DATA=../shared/data BUDGET=300 [PHASES="calib seed0 roads seed1 report"] bench/run_ablation.sh [out/ablate]
 # calib  every training arm's step rate, measured back to back (same machine conditions)
 # seed0  single pass; K=1 box without distillation; K=1 box/mask/box+mask/points with
-#        self-distillation; K=2/K=3 at inference on the best K=1 model; U-Net
+#        self-distillation; trained with K=2 (box + distillation); K=2/K=3 at inference on the
+#        best K=1 model; U-Net
 # roads  EPFL roads (fixed 64/16 split): SAM-SP (box + distillation), seeds 0 and 1
 # seed1  seed 1 of single, sp_box, spsd_box, the best distilled prompt (validation Dice, seed 0),
 #        K=2/K=3 at inference, U-Net
@@ -21,10 +22,10 @@ OUT=${1:-out/ablate}
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 DC="--data $DATA/deepcrack --budget-s $BUDGET --out $OUT/deepcrack"
 RD="--dataset epfl --data $DATA/roads_epfl --budget-s $BUDGET --out $OUT/roads"
-SEED0=single,sp_box,spsd_box,spsd_mask,spsd_boxmask,spsd_points,infer_k2,infer_k3,unet
+SEED0=single,sp_box,spsd_box,spsd_mask,spsd_boxmask,spsd_points,train_k2,infer_k2,infer_k3,unet
 has() { [[ " $PHASES " == *" $1 "* ]]; }
 if has calib; then
-    $PY bench/ablate.py $DC --arms single,sp_box,spsd_box,spsd_mask,spsd_boxmask,spsd_points,unet \
+    $PY bench/ablate.py $DC --arms single,sp_box,spsd_box,spsd_mask,spsd_boxmask,spsd_points,train_k2,unet \
         --calib-s 20 --calibrate-only
     $PY bench/ablate.py $RD --arms single,spsd_box --calib-s 20 --calibrate-only
 fi

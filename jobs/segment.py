@@ -458,6 +458,13 @@ def scene_row(st: SceneState, status: str, error: str, uncertain: list, outputs:
             "foreground_fraction": fg_fraction}
 
 
+def pipeline_error(err: BaseException) -> str:
+    """The one-line reason every unfinished scene gets when the pipeline itself stops."""
+    msg = f"pipeline: {type(err).__name__}: {one_line(err, 300)}"
+    log.error("%s", msg)
+    return msg
+
+
 def consume_row(row: dict, states: dict, finish) -> None:
     """One tile's summary row (either engine): record or error; finalize the scene when its
     last tile is in."""
@@ -524,9 +531,7 @@ def run_local(rows, states, cfg, model_uri, threshold, finish) -> str:
                     log.info("tiles %d/%d (%.1f tiles/s)", done, len(rows),
                              done / max(1e-9, last_log - t0))
     except Exception as err:  # noqa: BLE001 - e.g. a bundle that cannot load
-        msg = f"pipeline: {type(err).__name__}: {one_line(err, 300)}"
-        log.error("%s", msg)
-        return msg
+        return pipeline_error(err)
     finally:
         TIMINGS["pipeline_done"] = time.perf_counter()
     return ""
@@ -570,9 +575,7 @@ def run_pipeline(rows, states, cfg, model_uri, threshold, finish, manifest) -> s
         for row in ds.iter_rows():
             consume_row(row, states, finish)
     except Exception as err:  # noqa: BLE001 - e.g. an actor that cannot start
-        msg = f"pipeline: {type(err).__name__}: {one_line(err, 300)}"
-        log.error("%s", msg)
-        return msg
+        return pipeline_error(err)
     finally:
         TIMINGS["pipeline_done"] = time.perf_counter()
     if log.isEnabledFor(logging.DEBUG):
