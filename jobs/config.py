@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import time
+import uuid
 from pathlib import Path
 from typing import Any, Iterable, TypeVar
 
@@ -101,3 +103,17 @@ def parse_job_args(argv, *, prog: str, description: str, input_help: str) -> arg
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return args
+
+
+def output_root(uri: str) -> str:
+    """A batch job's ``--output``: ``s3://...`` as given, local paths (``file://`` allowed)
+    absolute; no trailing slash."""
+    out = uri.rstrip("/")
+    if out.startswith("file://"):
+        out = out[len("file://"):]
+    return out if out.startswith("s3://") else os.path.abspath(out)
+
+
+def new_run_id() -> str:
+    """``YYYYMMDDTHHMMSS-xxxxxx`` (UTC + random): sorts by time, unique across machines."""
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]

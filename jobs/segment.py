@@ -37,14 +37,13 @@ import math
 import os
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make `jobs`, `ingest`, `samsp` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.config import ConfigError, load_config, parse_job_args  # noqa: E402
+from jobs.config import ConfigError, load_config, new_run_id, output_root, parse_job_args  # noqa: E402
 from jobs.segment_config import SegmentConfig  # noqa: E402
 from jobs.segment_manifest import Manifest, join_uri, one_line  # noqa: E402
 from jobs.segment_plan import (ScenePlan, assign_scene_ids, expand_inputs,  # noqa: E402
@@ -292,12 +291,8 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as err:
         log.error("%s", err)
         return EXIT_USAGE
-    output = args.output.rstrip("/")
-    if output.startswith("file://"):
-        output = output[len("file://"):]
-    if not output.startswith("s3://"):
-        output = os.path.abspath(output)
-    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+    output = output_root(args.output)
+    run_id = new_run_id()
     t_job = time.perf_counter()
 
     try:

@@ -25,7 +25,6 @@ import logging
 import os
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Optional
 
@@ -35,7 +34,8 @@ if __package__ in (None, ""):  # run as a script
 import numpy as np  # noqa: E402
 from pydantic import Field  # noqa: E402
 
-from jobs.config import ConfigError, StrictModel, load_config, parse_job_args  # noqa: E402
+from jobs.config import (ConfigError, StrictModel, load_config, new_run_id,  # noqa: E402
+                         output_root, parse_job_args)
 from jobs.segment_config import PredictConfig, RayConfig, TilingConfig  # noqa: E402
 from jobs.segment_manifest import join_uri, one_line  # noqa: E402
 
@@ -142,10 +142,8 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as err:
         log.error("%s", err)
         return EXIT_USAGE
-    output = args.output.rstrip("/")
-    if not output.startswith("s3://"):
-        output = os.path.abspath(output[len("file://"):] if output.startswith("file://") else output)
-    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+    output = output_root(args.output)
+    run_id = new_run_id()
     t_job = time.perf_counter()
     try:
         meta = read_bundle_meta(args.model)
