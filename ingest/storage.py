@@ -189,6 +189,62 @@ def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
             tmp.unlink()
 
 
+def write_many(items: dict[str, bytes]) -> None:
+    """Write many whole objects, each atomically (local: temp file + rename per file; S3: one
+    PUT per object, issued concurrently)."""
+    if not items:
+        return
+    first = next(iter(items))
+    if is_s3(first):
+        fs, _ = fs_for(first)
+        fs.pipe({fs_for(uri)[1]: data for uri, data in items.items()})
+        return
+    made: set[str] = set()
+    for uri, data in items.items():
+        path = gdal_path(uri)
+        parent = os.path.dirname(path)
+        if parent not in made:
+            os.makedirs(parent, exist_ok=True)
+            made.add(parent)
+        tmp = f"{parent}/.{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+
+def read_many(uris: list[str]) -> dict[str, bytes | None]:
+    """Whole objects by URI (None where there is no such object); S3 fetches run concurrently."""
+    if not uris:
+        return {}
+    if is_s3(uris[0]):
+        fs, _ = fs_for(uris[0])
+        paths = {fs_for(u)[1]: u for u in uris}
+        got = fs.cat(list(paths), on_error="return")
+        out: dict[str, bytes | None] = {}
+        for path, uri in paths.items():
+            value = got.get(path)
+            if isinstance(value, FileNotFoundError) or value is None:
+                out[uri] = None
+            elif isinstance(value, BaseException):
+                raise value
+            else:
+                out[uri] = value
+        return out
+    out = {}
+    for uri in uris:
+        try:
+            with open(gdal_path(uri), "rb") as f:
+                out[uri] = f.read()
+        except FileNotFoundError:
+            out[uri] = None
+    return out
+
+
 def put_file(local_path: str | os.PathLike, uri: str | os.PathLike) -> None:
     """Move/upload a finished local file to ``uri`` without a half-written file being visible.
 

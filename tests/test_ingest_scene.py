@@ -267,3 +267,18 @@ def test_ingest_imports_no_torch_or_ray():
             "bad = [m for m in ('torch', 'ray', 'samsp', 'jobs') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_decimated_sample_reads_an_overview_level_as_is(tmp_path):
+    """The emptiness check / radiometry sample asks GDAL for exactly an overview level's size
+    (other sizes made GDAL decode the full resolution inside rasterio.Env: seconds per band)."""
+    import rasterio
+
+    cog = synthetic.make_geotiff(str(tmp_path / "cog.tif"), 2100, 1900, count=2, cog=True)
+    scene = ingest.open_scene(cog)
+    with rasterio.open(cog) as ds:
+        levels = ds.overviews(1)
+    data, valid = scene._read_decimated(300_000)
+    sizes = [((2100 + f - 1) // f, (1900 + f - 1) // f) for f in levels]
+    assert data.shape[1:] in sizes and data.shape[1] * data.shape[2] <= 300_000
+    assert valid.shape == data.shape[1:] and valid.all()

@@ -278,3 +278,68 @@ def test_prob_encoding():
     assert code.tolist() == [0, 127, 254, 254, 0, 255]
     back = ingest.u8_to_prob(code)
     assert np.allclose(back[:5], [0, 127 / 254, 1, 1, 0]) and np.isnan(back[5])
+
+
+@pytest.mark.parametrize("zarr_format", [3, 2])
+def test_direct_chunk_io_matches_zarr_byte_for_byte(geotiff, tmp_path, zarr_format):
+    """MaskWriter stores whole chunks itself (zarr-python's per-call cost is larger than the
+    encoding): the files must be exactly what zarr writes, edge chunks included, and reads
+    through either path must agree."""
+    import zarr
+
+    scene = ingest.open_scene(geotiff)  # 1013x771: partial last chunk row and column
+    rng = np.random.default_rng(4)
+    prob = rng.integers(0, 255, (scene.height, scene.width), dtype=np.uint8)
+    mask = (prob > 127).astype(np.uint8)
+    ours = ingest.MaskWriter(tmp_path / "ours.zarr", like=scene, chunk=224, mode="w",
+                             zarr_format=zarr_format)
+    assert all(ours._chunk_codec(n) is not None for n in ("prob", "mask", "written"))
+    theirs = ingest.MaskWriter(tmp_path / "theirs.zarr", like=scene, chunk=224, mode="w",
+                               zarr_format=zarr_format)
+    for win in ours.chunk_windows():
+        r0, c0 = int(win.row_off), int(win.col_off)
+        sl = np.s_[r0:r0 + int(win.height), c0:c0 + int(win.width)]
+        ours.write(win, prob[sl], mask[sl])
+        for name, data in (("prob", prob), ("mask", mask)):  # zarr's own write path
+            theirs._array(name)[sl] = data[sl]
+        i, j = r0 // 224, c0 // 224
+        theirs._array("written")[i:i + 1, j:j + 1] = 1
+    for name in ("prob", "mask", "written"):
+        a, b = tmp_path / "ours.zarr" / name, tmp_path / "theirs.zarr" / name
+        files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+        assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+        assert len(files) > 20
+        for f in files:
+            assert (a / f).read_bytes() == (b / f).read_bytes(), f"{name}/{f}"
+    z = zarr.open_group(str(tmp_path / "ours.zarr"), mode="r")
+    np.testing.assert_array_equal(np.asarray(z["prob"][:]), prob)
+    np.testing.assert_array_equal(ours.read(Window(37, 100, 900, 600), "mask"), mask[100:700, 37:937])
+    assert ours.complete and len(ours.written_chunks()) == 20
+    # unwritten chunks read as nodata through the direct path too
+    fresh = ingest.MaskWriter(tmp_path / "fresh.zarr", like=scene, chunk=224, mode="w",
+                              zarr_format=zarr_format)
+    fresh.write(Window(224, 0, 224, 224), prob[:224, 224:448], mask[:224, 224:448])
+    got = fresh.read(Window(0, 0, 500, 300), "prob")
+    assert (got[:224, :224] == ingest.NODATA).all() and (got[224:, :] == ingest.NODATA).all()
+    np.testing.assert_array_equal(got[:224, 224:448], prob[:224, 224:448])
+
+
+def test_unknown_codecs_fall_back_to_zarr(geotiff, tmp_path):
+    """A store whose arrays use other codecs (e.g. written by another tool) still works."""
+    import zarr
+    from zarr.codecs import GzipCodec
+
+    scene = ingest.open_scene(geotiff)
+    w = ingest.MaskWriter(tmp_path / "m.zarr", like=scene, chunk=224, mode="w")
+    group = zarr.open_group(str(tmp_path / "m.zarr"), mode="r+")
+    attrs = dict(group["prob"].attrs)
+    del group["prob"]
+    group.create_array("prob", shape=(scene.height, scene.width), chunks=(224, 224), dtype="uint8",
+                       fill_value=255, compressors=GzipCodec(), attributes=attrs,
+                       dimension_names=("y", "x"))
+    w = ingest.MaskWriter.open(tmp_path / "m.zarr")
+    assert w._chunk_codec("prob") is None and w._chunk_codec("mask") is not None
+    data = np.full((224, 224), 7, np.uint8)
+    w.write(Window(0, 0, 224, 224), data, data > 0)
+    np.testing.assert_array_equal(w.read(Window(0, 0, 224, 224), "prob"), data)
+    assert (0, 0) in w.written_chunks()
