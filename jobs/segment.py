@@ -36,6 +36,7 @@ import logging
 import math
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -311,6 +312,9 @@ def run(args: argparse.Namespace) -> int:
         log.error("no scenes found in %s", args.input)
         return EXIT_USAGE
 
+    if cfg.pipeline.engine == "local":
+        # Import torch and the model code (~3 s here) while the scenes are planned (I/O).
+        threading.Thread(target=import_model_code, name="import-model", daemon=True).start()
     manifest = Manifest(output, run_id)
     ids = assign_scene_ids(inputs, manifest.previous)
     log.info("run %s: %d scene(s), model %s (%s, tile %d, overlap %d, threshold %.3f) -> %s",
@@ -479,52 +483,105 @@ def consume_row(row: dict, states: dict, finish) -> None:
         finish(sid)
 
 
+def local_lanes(cfg: SegmentConfig, device: str) -> tuple[int, int]:
+    """``(lanes, torch threads per lane)`` of the local engine.
+
+    CPU: one single-threaded lane per core (``predict.num_actors`` overrides): independent
+    streams beat one model with N OpenMP threads (measured 1.6x vs 2x on 2 cores; see
+    BENCHMARKS.md), and a lane's own reads and writes never stall another lane's model the
+    way they stall an OpenMP region. GPU: one lane (the device is the bottleneck)."""
+    if device != "cpu":
+        return 1, cfg.predict.torch_threads or 1
+    cpus = int(cfg.ray.num_cpus or os.cpu_count() or 1)
+    return max(1, cfg.predict.num_actors or cpus), cfg.predict.torch_threads or 1
+
+
+def import_model_code() -> None:
+    """Import torch and samsp for the local engine (the model's OpenMP threads may share the
+    cores with other threads: spinning waiters then stall every parallel region -- measured:
+    2 spinning threads next to a busy core ran ~8x slower than passive ones -- so OpenMP is
+    told to wait passively, which only works before torch is first imported)."""
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    try:
+        import jobs.segment_pipeline  # noqa: F401
+        import samsp.predict  # noqa: F401
+    except Exception:  # noqa: BLE001 - run_local imports again and reports the error
+        pass
+
+
 def run_local(rows, states, cfg, model_uri, threshold, finish) -> str:
-    """The pipeline's stages in this process: a reader thread keeps two blocks ahead, the model
-    runs with every core, the PredictWriter's writer thread stores each batch while the next runs.
-    Returns "" or the error that stopped it."""
+    """The pipeline's stages in this process, no Ray. Returns "" or the error that stopped it.
+
+    CPU: ``lanes`` threads share one model; each reads a block, predicts it batch by batch and
+    writes each batch itself (torch and GDAL release the GIL, so lanes run in parallel).
+    GPU: one lane; a reader thread keeps two blocks ahead and the PredictWriter's writer thread
+    stores each batch while the next runs."""
     import collections
 
     import numpy as np
 
-    # The model's OpenMP threads share the cores with the reader/writer threads: spinning
-    # waiters then stall every parallel region (measured: 2 spinning threads next to a busy
-    # core ran ~8x slower than passive ones). Only effective before torch is first imported.
-    if "torch" not in sys.modules:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    TIMINGS["ray_ready"] = time.perf_counter()  # "steady" starts when planning ends
+    import_model_code()
     from jobs.segment_pipeline import PredictWriter, read_tiles
 
-    TIMINGS["ray_ready"] = time.perf_counter()
-    TIMINGS["actors"] = 1
     plans = [st.plan for st in states.values() if st.plan.todo]
     tile_bytes = max((p.count * p.tile * p.tile for p in plans), default=3 << 20)
-    block = actor_block(cfg, len(rows), 1, tile_bytes)
-    threads = cfg.predict.torch_threads or (os.cpu_count() or 1)
-    log.info("local engine: %d tile(s) to compute in blocks of %d; model batch %d, %d torch "
-             "thread(s)", len(rows), block, cfg.predict.batch_size, threads)
 
     def as_batch(part: list[dict]) -> dict:
         return {k: np.array([r[k] for r in part], dtype=object) for k in ("scene", "spec", "tile")}
 
-    blocks = [rows[i:i + block] for i in range(0, len(rows), block)]
     done, t0, last_log = 0, time.perf_counter(), time.perf_counter()
+
+    def consume(out: dict) -> None:
+        nonlocal done, last_log
+        for i in range(len(out["tile"])):
+            consume_row({k: out[k][i] for k in out}, states, finish)
+        done += len(out["tile"])
+        if time.perf_counter() - last_log >= 10 or done == len(rows):
+            last_log = time.perf_counter()
+            log.info("tiles %d/%d (%.1f tiles/s)", done, len(rows), done / max(1e-9, last_log - t0))
+
     try:
-        predictor = PredictWriter(model_uri, threshold, cfg.predict.device, threads,
-                              cfg.predict.batch_size)
-        with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="read") as reader:
-            ahead = collections.deque(reader.submit(read_tiles, as_batch(b)) for b in blocks[:2])
-            for nxt in range(2, len(blocks) + 2):
-                batch = ahead.popleft().result()
-                if nxt < len(blocks):
-                    ahead.append(reader.submit(read_tiles, as_batch(blocks[nxt])))
-                out = predictor(batch)
-                for i in range(len(out["tile"])):
-                    consume_row({k: out[k][i] for k in out}, states, finish)
-                done += len(out["tile"])
-                if time.perf_counter() - last_log >= 10 or done == len(rows):
-                    last_log = time.perf_counter()
-                    log.info("tiles %d/%d (%.1f tiles/s)", done, len(rows),
-                             done / max(1e-9, last_log - t0))
+        import torch
+
+        device = cfg.predict.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        lanes, threads = local_lanes(cfg, device)
+        TIMINGS["actors"] = lanes
+        block = actor_block(cfg, len(rows), lanes, tile_bytes)
+        blocks = [rows[i:i + block] for i in range(0, len(rows), block)]
+        log.info("local engine: %d tile(s) to compute in blocks of %d; %d lane(s) x %d torch "
+                 "thread(s) on %s, model batch %d", len(rows), block, lanes, threads, device,
+                 cfg.predict.batch_size)
+        predictor = PredictWriter(model_uri, threshold, device, threads, cfg.predict.batch_size,
+                                  write_thread=lanes == 1)
+        if lanes == 1:
+            with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="read") as reader:
+                ahead = collections.deque(reader.submit(read_tiles, as_batch(b)) for b in blocks[:2])
+                for nxt in range(2, len(blocks) + 2):
+                    batch = ahead.popleft().result()
+                    if nxt < len(blocks):
+                        ahead.append(reader.submit(read_tiles, as_batch(blocks[nxt])))
+                    consume(predictor(batch))
+        else:
+            todo = iter(blocks)
+            with cf.ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="lane") as pool:
+                def submit() -> None:
+                    b = next(todo, None)
+                    if b is not None:
+                        pending.add(pool.submit(lambda part: predictor(read_tiles(as_batch(part))), b))
+
+                pending: set[cf.Future] = set()
+                for _ in range(lanes + 1):  # one queued: a lane that finishes starts at once
+                    submit()
+                while pending:
+                    finished, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                    for fut in finished:
+                        pending.discard(fut)
+                        submit()
+                        consume(fut.result())
     except Exception as err:  # noqa: BLE001 - e.g. a bundle that cannot load
         return pipeline_error(err)
     finally:

@@ -59,9 +59,10 @@ class PredictConfig(StrictModel):
 
 class PipelineConfig(StrictModel):
     # "ray": Ray Data (read tasks -> model actors; any cluster size; the default). "local": the
-    # same stages in this process -- a reader thread prefetching blocks, the model on every core,
-    # the writer thread -- for one machine without a cluster, where Ray's own daemons, task
-    # scheduling and block conversion cost as much CPU as a small model (see BENCHMARKS.md).
+    # same stages in this process -- on CPU one single-threaded lane per core (each reads,
+    # predicts and writes its own blocks; predict.num_actors overrides the count), on a GPU one
+    # lane with reader and writer threads -- for one machine without a cluster, where Ray's own
+    # daemons, task scheduling and block conversion cost as much CPU as a small model.
     engine: Literal["ray", "local"] = "ray"
     # Logical CPUs the model actors may never take (the read tasks run there).
     read_cpus: float = Field(default=1.0, gt=0)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import os
+import threading
 import time
 import uuid
 from typing import Any
@@ -32,8 +33,9 @@ import numpy as np
 PROB_NODATA = 255
 MASK_NODATA = 255
 
-# Per-process caches (Ray reuses worker processes across tasks).
-_SCENES: dict[tuple, Any] = {}
+# Per-process caches (Ray reuses worker processes across tasks). Open scenes are per thread:
+# a GDAL dataset handle must not be used by two threads at once (the local engine's lanes).
+_THREAD = threading.local()
 _WRITERS: dict[str, Any] = {}
 _RADIOMETRY: dict[str, Any] = {}
 _MAX_CACHED = 16
@@ -75,10 +77,13 @@ def _open_scene(uri: str, bands):
     from ingest import open_scene
 
     key = (uri, tuple(bands) if bands else None)
+    scenes = getattr(_THREAD, "scenes", None)
+    if scenes is None:
+        scenes = _THREAD.scenes = {}
     # check_empty=False: the driver checked at plan time; in a worker the check would re-read a
     # sample (the whole scene when small) once per process and turn one bad block into a
     # failure of every tile.
-    return _cached(_SCENES, key, lambda: open_scene(uri, bands=list(bands) if bands else None,
+    return _cached(scenes, key, lambda: open_scene(uri, bands=list(bands) if bands else None,
                                                     check_empty=False))
 
 
@@ -234,22 +239,32 @@ class Predictor:
 class PredictWriter(Predictor):
     """Actor of the segment job: ``__call__`` predicts a block of tiles model batch by model
     batch and writes each finished batch (``write_cores``) from a writer thread while the next
-    batch runs; returns one summary row per tile (no arrays)."""
+    batch runs; returns one summary row per tile (no arrays).
+
+    ``write_thread=False`` writes each batch in the calling thread instead (the local engine's
+    CPU lanes: several threads share one model, each reading, predicting and writing its own
+    blocks, so a core is never left waiting on another thread)."""
 
     def __init__(self, model_uri: str, threshold: float | None = None, device: str = "auto",
-                 torch_threads: int = 0, batch_size: int = 8):
+                 torch_threads: int = 0, batch_size: int = 8, write_thread: bool = True):
         super().__init__(model_uri, threshold, device, torch_threads)
         self.batch_size = max(1, int(batch_size))
         # One writer thread: storage I/O overlaps the next model batch; a single thread keeps
         # the actor's CPU use at about one core beyond the model's.
-        self._writer = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="write")
+        self._writer = (cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="write")
+                        if write_thread else None)
 
     def __call__(self, batch: dict) -> dict:
         n = len(batch["tile"])
         pending = []
         for i in range(0, n, self.batch_size):
             sub = {k: v[i:i + self.batch_size] for k, v in batch.items()}
-            pending.append(self._writer.submit(write_cores, self.predict(sub)))
+            if self._writer is None:
+                done: cf.Future = cf.Future()
+                done.set_result(write_cores(self.predict(sub)))
+                pending.append(done)
+            else:
+                pending.append(self._writer.submit(write_cores, self.predict(sub)))
         parts = [f.result() for f in pending]
         if not parts:  # an empty block
             return {k: np.array([], dtype=object) for k in ("scene", "tile", "error", "record")}

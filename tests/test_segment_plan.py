@@ -307,3 +307,16 @@ def test_quicklook_decimation_reads_overview_levels(tmp_path):
         np.testing.assert_array_equal(out, level[:, ys[:, None], xs[None, :]])
         full = read_decimated(ds, [3], 2100, 1900)  # no decimation: the full resolution
         np.testing.assert_array_equal(full, ds.read([3]))
+
+
+def test_local_engine_lanes():
+    """CPU: one single-threaded lane per core (or predict.num_actors / ray.num_cpus); GPU: one."""
+    from jobs.segment import local_lanes
+
+    cfg = load_config(SegmentConfig, None, [])
+    assert local_lanes(cfg, "cpu") == (os.cpu_count() or 1, 1)
+    assert local_lanes(cfg, "cuda") == (1, 1)
+    cfg = load_config(SegmentConfig, None, ["predict.num_actors=3", "predict.torch_threads=2"])
+    assert local_lanes(cfg, "cpu") == (3, 2)
+    cfg = load_config(SegmentConfig, None, ["ray.num_cpus=4"])
+    assert local_lanes(cfg, "cpu") == (4, 1)
