@@ -17,6 +17,8 @@ under it), ``s3://`` globs, single keys, Zarr stores, and ``.txt``/``.csv`` list
    the model batch by batch and writes every finished batch's cores from a writer thread while
    the next batch runs (``write_cores``); one summary row per tile is consumed on the driver
    with progress bars. The actors never take the CPUs reserved for reads (``pipeline.read_cpus``).
+   CPU-only actors read their own tiles instead (``pipeline.read_in_actors``, auto): every core
+   already runs an actor, and a read stage would only add processes and object-store transfers.
 3. Finalize each scene as soon as its last tile is in (a driver thread pool, overlapping the
    pipeline): COGs, quicklook.png, stats.json; then its manifest row. A scene with any failed
    tile is ``failed`` and gets no new COG/PNG/stats (old good ones stay untouched).
@@ -236,13 +238,16 @@ def auto_batch(bytes_per_tile: int, target: int = 8 << 20) -> int:
     return int(max(1, min(64, target // max(1, bytes_per_tile))))
 
 
-def actor_block(cfg: SegmentConfig, n_tiles: int, actors: int, bytes_per_tile: int) -> int:
+def actor_block(cfg: SegmentConfig, n_tiles: int, actors: int, bytes_per_tile: int,
+                read_in_actors: bool = False) -> int:
     """Tiles per actor call (= per read task): 2 to 4 model batches (as ~8 MB of pixels allow),
     so an actor's writer thread overlaps its next model batch; small jobs still feed every actor."""
     bs = cfg.predict.batch_size
     if cfg.pipeline.block_tiles:
         return cfg.pipeline.block_tiles
     block = min(4 * bs, max(2 * bs, auto_batch(bytes_per_tile)))
+    if read_in_actors:  # rows carry no pixels: 2 batches keep the writer overlap, a short tail
+        block = 2 * bs
     fair = math.ceil(n_tiles / max(1, 2 * actors))  # at least two blocks per actor
     return max(1, min(block, max(bs, fair)))
 
@@ -253,17 +258,21 @@ def build_dataset(rows: list[dict], cfg: SegmentConfig, model_uri: str, threshol
     from jobs.segment_pipeline import PredictWriter, read_tiles
 
     pc = cfg.pipeline
-    block = actor_block(cfg, len(rows), res["actors"], res["tile_bytes"])
+    read_in_actors = pc.read_in_actors if pc.read_in_actors is not None else res["num_gpus"] == 0
+    res["read_in_actors"] = read_in_actors
+    block = actor_block(cfg, len(rows), res["actors"], res["tile_bytes"], read_in_actors)
     res["block_tiles"] = block
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(math.ceil(len(rows) / block), 500)))
-    # Different num_cpus than the actor stage on purpose: Ray Data would otherwise fuse the
-    # reads into the actors, and reads must overlap inference, not run inside it.
-    ds = ds.map_batches(read_tiles, batch_size=block, num_cpus=pc.read_task_cpus,
-                        batch_format="numpy")
+    if not read_in_actors:
+        # Different num_cpus than the actor stage on purpose: Ray Data would otherwise fuse the
+        # reads into the actors, and reads must overlap inference, not run inside it.
+        ds = ds.map_batches(read_tiles, batch_size=block, num_cpus=pc.read_task_cpus,
+                            batch_format="numpy")
     kwargs = dict(fn_constructor_kwargs={"model_uri": model_uri, "threshold": threshold,
                                          "device": cfg.predict.device,
                                          "torch_threads": res["torch_threads"],
-                                         "batch_size": cfg.predict.batch_size},
+                                         "batch_size": cfg.predict.batch_size,
+                                         "read": read_in_actors},
                   compute=ray.data.ActorPoolStrategy(size=res["actors"]),
                   batch_size=block, num_cpus=res["num_cpus"], batch_format="numpy")
     if res["num_gpus"] > 0:
@@ -550,7 +559,9 @@ def run_local(rows, states, cfg, model_uri, threshold, finish) -> str:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         lanes, threads = local_lanes(cfg, device)
         TIMINGS["actors"] = lanes
-        block = actor_block(cfg, len(rows), lanes, tile_bytes)
+        # lanes: one model batch per block (no writer thread to overlap; the shortest tail)
+        block = (actor_block(cfg, len(rows), lanes, tile_bytes) if lanes == 1
+                 or cfg.pipeline.block_tiles else cfg.predict.batch_size)
         blocks = [rows[i:i + block] for i in range(0, len(rows), block)]
         log.info("local engine: %d tile(s) to compute in blocks of %d; %d lane(s) x %d torch "
                  "thread(s) on %s, model batch %d", len(rows), block, lanes, threads, device,
@@ -615,12 +626,13 @@ def run_pipeline(rows, states, cfg, model_uri, threshold, finish, manifest) -> s
     plans = [st.plan for st in states.values() if st.plan.todo]
     res["tile_bytes"] = max((p.count * p.tile * p.tile for p in plans), default=3 << 20)
     res["tile_px"] = max((p.tile * p.tile for p in plans), default=1 << 20)
+    ds = build_dataset(rows, cfg, model_uri, threshold, res)
     log.info("Ray (%s): %.0f CPU, %.0f GPU; %d tile(s) to compute; %d model actor(s) x "
-             "(%.2f CPU, %.2f GPU, %d torch threads), batch %d; %.1f CPU kept for reads/writes",
+             "(%.2f CPU, %.2f GPU, %d torch threads), batch %d, blocks of %d; tiles read %s",
              mode, res["cluster_cpus"], res["cluster_gpus"], len(rows), res["actors"],
              res["num_cpus"], res["num_gpus"], res["torch_threads"], cfg.predict.batch_size,
-             cfg.pipeline.read_cpus)
-    ds = build_dataset(rows, cfg, model_uri, threshold, res)
+             res["block_tiles"], "in the actors" if res["read_in_actors"] else
+             f"by read tasks ({cfg.pipeline.read_cpus:.1f} CPU kept for them)")
     TIMINGS["ray_ready"] = time.perf_counter()
     TIMINGS["actors"] = res["actors"]
     try:

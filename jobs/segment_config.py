@@ -71,6 +71,11 @@ class PipelineConfig(StrictModel):
     block_tiles: int = Field(default=0, ge=0)
     # Ray logical CPUs per read task.
     read_task_cpus: float = Field(default=0.5, gt=0)
+    # Where tiles are read: true = inside the model actors (no read tasks, no image blocks
+    # through the object store), false = in Ray read tasks feeding the actors; null = auto:
+    # in the actors when they run on CPU (every core runs an actor, so a separate read stage
+    # only adds processes and transfers), read tasks when actors have GPUs.
+    read_in_actors: Optional[bool] = None
     # Scenes planned in parallel on the driver (header, radiometry sample, resume listing: I/O).
     plan_workers: int = Field(default=8, ge=1)
     # Parallel scene finalizations (COG, quicklook, stats) on the driver, overlapping the pipeline.

@@ -243,12 +243,16 @@ class PredictWriter(Predictor):
 
     ``write_thread=False`` writes each batch in the calling thread instead (the local engine's
     CPU lanes: several threads share one model, each reading, predicting and writing its own
-    blocks, so a core is never left waiting on another thread)."""
+    blocks, so a core is never left waiting on another thread). ``read=True``: rows carry no
+    pixels; each model batch is read here first (CPU actors: no read tasks, no image blocks
+    through the object store)."""
 
     def __init__(self, model_uri: str, threshold: float | None = None, device: str = "auto",
-                 torch_threads: int = 0, batch_size: int = 8, write_thread: bool = True):
+                 torch_threads: int = 0, batch_size: int = 8, write_thread: bool = True,
+                 read: bool = False):
         super().__init__(model_uri, threshold, device, torch_threads)
         self.batch_size = max(1, int(batch_size))
+        self.read = read  # rows come without pixels: read them here (``read_tiles``)
         # One writer thread: storage I/O overlaps the next model batch; a single thread keeps
         # the actor's CPU use at about one core beyond the model's.
         self._writer = (cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="write")
@@ -259,6 +263,8 @@ class PredictWriter(Predictor):
         pending = []
         for i in range(0, n, self.batch_size):
             sub = {k: v[i:i + self.batch_size] for k, v in batch.items()}
+            if self.read:
+                sub = read_tiles(sub)
             if self._writer is None:
                 done: cf.Future = cf.Future()
                 done.set_result(write_cores(self.predict(sub)))

@@ -385,8 +385,12 @@ def test_interrupted_run_resumes_to_identical_output(batch, tmp_path):
     out = str(tmp_path / "out")
     uri = batch.uris["rgb"]  # 3 x 4 = 12 tiles
     env = dict(batch.env, SAMSP_SEGMENT_KILL_AFTER_TILES="5")
-    killed = run_job([uri], out, batch.model, env, extra=SAMPLE)
+    # the killed run reads tiles in Ray read tasks (the GPU layout), the resumed one in the
+    # actors (the CPU default): the result must not depend on where tiles are read
+    killed = run_job([uri], out, batch.model, env,
+                     extra=[*SAMPLE, "--set", "pipeline.read_in_actors=false"])
     assert killed.rc == -signal.SIGKILL, killed.out[-3000:]
+    assert "tiles read by read tasks" in killed.out, killed.out[-3000:]
     written = MaskWriter.open(f"{out}/rgb/mask.zarr", mode="r").written_chunks()
     assert 5 <= len(written) < 12, written
     # resume state = chunks whose batch record exists (the killed batch's chunk has none yet)
@@ -397,6 +401,7 @@ def test_interrupted_run_resumes_to_identical_output(batch, tmp_path):
 
     resumed = run_job([uri], out, batch.model, batch.env, extra=SAMPLE)
     assert resumed.rc == 0, resumed.out[-3000:]
+    assert "tiles read in the actors" in resumed.out
     row = manifest_rows(out)["rgb"]
     assert row["status"] == "ok" and row["tiles"] == 12
     assert 0 < row["tiles_computed"] <= 12 - len(done)  # only the missing tiles ran
