@@ -19,6 +19,8 @@ HEADLINES = [
     ("P3_rss_growth_pct", "<= 10 %", lambda v: v <= 10.0),
     ("P4_vs_amg_ratio", ">= 3x", lambda v: v >= 3.0),
     ("P5_vs_sequential_ratio", ">= 1.5x", lambda v: v >= 1.5),
+    ("P1_pipeline_efficiency_local", ">= 0.90 (local engine)", lambda v: v >= 0.90),
+    ("P5_vs_sequential_ratio_local", ">= 1.5x (local engine)", lambda v: v >= 1.5),
     ("dice_deepcrack_single", "", None),
     ("dice_deepcrack_sp_box", "", None),
     ("dice_deepcrack_spsd_box", ">= 0.85 (aim)", lambda v: v >= 0.85),
