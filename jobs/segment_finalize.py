@@ -272,9 +272,11 @@ def finalize_scene(plan, records: dict, cfg, threshold: float, model_uri: str,
         "threshold": threshold,
         "model": model_uri,
         "radiometry": plan.radiometry,
-        "mean_disagreement": (float(np.mean([r.get("disagreement", 0.0) for r in records.values()]))
-                              if records else 0.0),
-        "mean_margin": (float(np.mean([r.get("margin", 1.0) for r in records.values()]))
+        # fsum: the same value whatever order the tiles came back in (a resumed run's records
+        # arrive in another order than an uninterrupted run's)
+        "mean_disagreement": (math.fsum(r.get("disagreement", 0.0) for r in records.values())
+                              / len(records) if records else 0.0),
+        "mean_margin": (math.fsum(r.get("margin", 1.0) for r in records.values()) / len(records)
                         if records else 1.0),
         "uncertain_tiles": uncertain_tiles(records, cfg.output.uncertain_top_n),
         "polygons": n_polygons,
