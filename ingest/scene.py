@@ -523,9 +523,9 @@ class Scene:
 
     def _read_decimated(self, max_pixels: int) -> tuple[np.ndarray, np.ndarray]:
         f = math.sqrt(self.height * self.width / max_pixels)
-        # Ask for exactly an overview level's size: GDAL then reads that level as is. Any
-        # other size may make it resample from a finer level -- seen here reading the full
-        # resolution (seconds per band) for 1000² out of a COG with a 1024² level.
+        # Ask for exactly an overview level's size: GDAL then reads that level as is instead of
+        # resampling a finer one (with the block cache flushed by a per-read GDAL_CACHEMAX,
+        # since fixed in ingest.storage, that meant seconds per band for an 8192² COG).
         levels = sorted(getattr(self._source(), "overview_factors", []) or [])
         f = next((lv for lv in levels if lv >= f), f)
         oh, ow = max(1, math.ceil(self.height / f)), max(1, math.ceil(self.width / f))

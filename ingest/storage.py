@@ -23,8 +23,12 @@ from typing import Any
 from urllib.parse import urlparse
 
 # GDAL's block cache defaults to 5 % of RAM: reading every tile of a big scene would then grow
-# RSS with the scene. Cap it unless the user chose a value.
+# RSS with the scene. Cap it unless the user chose a value -- once, for the process: set as a
+# rasterio.Env option instead, every Env enter/exit resized (flushed) the cache, so overlapping
+# tiles decoded their blocks again (measured: 2.7 s vs 0.52 s to read every tile of an 8192²
+# COG) and decimated reads could fall back to the full resolution.
 DEFAULT_GDAL_CACHEMAX_MB = 64
+os.environ.setdefault("GDAL_CACHEMAX", str(DEFAULT_GDAL_CACHEMAX_MB))
 
 
 def is_s3(uri: str | os.PathLike) -> bool:
@@ -130,8 +134,6 @@ def _gdal_options(extra: dict[str, Any] | None = None) -> dict[str, Any]:
         "GDAL_HTTP_RETRY_DELAY": os.environ.get("GDAL_HTTP_RETRY_DELAY", "0.5"),
         "CPL_VSIL_USE_TEMP_FILE_FOR_RANDOM_WRITE": "YES",
     }
-    if "GDAL_CACHEMAX" not in os.environ:
-        opts["GDAL_CACHEMAX"] = DEFAULT_GDAL_CACHEMAX_MB
     endpoint = _endpoint_url()
     if endpoint and "AWS_S3_ENDPOINT" not in os.environ:
         parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")

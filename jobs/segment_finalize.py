@@ -70,9 +70,8 @@ def _put_local_file(local: str, uri: str) -> None:
 def read_decimated(ds, indexes: list[int], out_h: int, out_w: int) -> np.ndarray:
     """``ds`` decimated to ``[len(indexes), out_h, out_w]`` (nearest) through its overviews.
 
-    Reads an overview level at exactly its own size, then subsamples: asked for any other size,
-    GDAL may decode a finer level instead (seen here: the full resolution, seconds per band,
-    for 1000² out of a COG with a 1024² level)."""
+    Reads an overview level at exactly its own size, then subsamples: GDAL then reads that
+    level as is rather than resampling a finer one (memory and time ~ the level)."""
     from rasterio.enums import Resampling
 
     H, W = ds.height, ds.width

@@ -23,7 +23,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import os
-import threading
 import time
 import uuid
 from typing import Any
@@ -33,9 +32,10 @@ import numpy as np
 PROB_NODATA = 255
 MASK_NODATA = 255
 
-# Per-process caches (Ray reuses worker processes across tasks). Open scenes are per thread:
-# a GDAL dataset handle must not be used by two threads at once (the local engine's lanes).
-_THREAD = threading.local()
+# Per-process caches (Ray reuses worker processes across tasks). One open Scene per input is
+# shared by the local engine's lanes: Scene serialises its own reads (a lock), and one GDAL
+# handle means one block cache -- per-lane handles decoded the same blocks once per lane.
+_SCENES: dict[tuple, Any] = {}
 _WRITERS: dict[str, Any] = {}
 _RADIOMETRY: dict[str, Any] = {}
 _MAX_CACHED = 16
@@ -77,13 +77,10 @@ def _open_scene(uri: str, bands):
     from ingest import open_scene
 
     key = (uri, tuple(bands) if bands else None)
-    scenes = getattr(_THREAD, "scenes", None)
-    if scenes is None:
-        scenes = _THREAD.scenes = {}
     # check_empty=False: the driver checked at plan time; in a worker the check would re-read a
     # sample (the whole scene when small) once per process and turn one bad block into a
     # failure of every tile.
-    return _cached(scenes, key, lambda: open_scene(uri, bands=list(bands) if bands else None,
+    return _cached(_SCENES, key, lambda: open_scene(uri, bands=list(bands) if bands else None,
                                                     check_empty=False))
 
 
