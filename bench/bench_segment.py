@@ -307,11 +307,12 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="1024² ratios, 1024/2048 memory sweep")
     ap.add_argument("--json", default=str(REPO / "bench" / "results_segment.json"))
     ap.add_argument("--md", default=str(REPO / "bench" / "SEGMENT_RESULTS.md"))
-    ap.add_argument("--notes", default="", help="markdown file appended to the section (findings)")
+    ap.add_argument("--notes", default=str(REPO / "bench" / "SEGMENT_NOTES.md"),
+                    help="markdown file appended to the section (the findings written by hand)")
     ap.add_argument("--from-json", action="store_true",
                     help="only rebuild the markdown from --json (e.g. after editing --notes)")
     args = ap.parse_args(argv)
-    notes = Path(args.notes).read_text() if args.notes else ""
+    notes = Path(args.notes).read_text() if args.notes and Path(args.notes).exists() else ""
     if args.from_json:
         r = json.loads(Path(args.json).read_text())
         r["notes"] = notes or r.get("notes", "")

@@ -26,8 +26,10 @@ from urllib.parse import urlparse
 # RSS with the scene. Cap it unless the user chose a value -- once, for the process: set as a
 # rasterio.Env option instead, every Env enter/exit resized (flushed) the cache, so overlapping
 # tiles decoded their blocks again (measured: 2.7 s vs 0.52 s to read every tile of an 8192²
-# COG) and decimated reads could fall back to the full resolution.
-DEFAULT_GDAL_CACHEMAX_MB = 64
+# COG) and decimated reads could fall back to the full resolution. 32 MB holds the two block
+# rows a row of tiles touches in an 8192-wide RGB COG with 512 blocks (reads as fast as 64 MB,
+# 30 MB less RSS per process; 16 MB was 2x slower); raise GDAL_CACHEMAX for wider scenes.
+DEFAULT_GDAL_CACHEMAX_MB = 32
 os.environ.setdefault("GDAL_CACHEMAX", str(DEFAULT_GDAL_CACHEMAX_MB))
 
 
