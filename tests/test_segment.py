@@ -350,17 +350,20 @@ def test_rerun_recomputes_nothing(batch):
     assert changed <= {batch.out.replace("s3://", "") + "/manifest.jsonl"}, changed
 
 
-def test_local_engine_gives_the_ray_engines_outputs(batch, tmp_path):
+@pytest.mark.parametrize("lanes", [2, 1])
+def test_local_engine_gives_the_ray_engines_outputs(batch, tmp_path, lanes):
     """pipeline.engine=local: the same stages in one process, no Ray -- byte-identical outputs,
-    the same per-scene failure handling."""
+    the same per-scene failure handling; with one lane per core (CPU) and with one lane plus
+    reader/writer threads (the GPU layout)."""
     from ingest import storage
 
     out = str(tmp_path / "local")
     names = ("rgb", "pan16", "missing")
     res = run_job([batch.uris[n] for n in names], out, batch.model, batch.env,
-                  extra=[*SAMPLE, "--set", "pipeline.engine=local"])
+                  extra=[*SAMPLE, "--set", "pipeline.engine=local",
+                         "--set", f"predict.num_actors={lanes}"])
     assert res.rc == 1, res.out[-3000:]  # the missing scene fails, after the others
-    assert "Started a local Ray" not in res.out and "local engine:" in res.out
+    assert "Started a local Ray" not in res.out and f"{lanes} lane(s)" in res.out
     rows = manifest_rows(out)
     assert rows["missing"]["status"] == "failed" and "MissingSceneError" in rows["missing"]["error"]
     ref_rows = manifest_rows(batch.out)
