@@ -157,8 +157,7 @@ class _GdalSource:
         self.transform = transform
         self.gcps = bool(ds.gcps[0]) if ds.gcps else False
         self.driver = ds.driver
-        self.overview_factors = list(ds.overviews(1)) if ds.count else []
-        self.has_overviews = bool(self.overview_factors)
+        self.has_overviews = bool(ds.overviews(1)) if ds.count else False
         self.block_shape = ds.block_shapes[0] if ds.count else (1, 1)
 
     def read(self, bands: Sequence[int], r0: int, c0: int, r1: int, c1: int):
@@ -523,12 +522,7 @@ class Scene:
 
     def _read_decimated(self, max_pixels: int) -> tuple[np.ndarray, np.ndarray]:
         f = math.sqrt(self.height * self.width / max_pixels)
-        # Ask for exactly an overview level's size: GDAL then reads that level as is instead of
-        # resampling a finer one (with the block cache flushed by a per-read GDAL_CACHEMAX,
-        # since fixed in ingest.storage, that meant seconds per band for an 8192² COG).
-        levels = sorted(getattr(self._source(), "overview_factors", []) or [])
-        f = next((lv for lv in levels if lv >= f), f)
-        oh, ow = max(1, math.ceil(self.height / f)), max(1, math.ceil(self.width / f))
+        oh, ow = max(1, int(self.height / f)), max(1, int(self.width / f))
         with self._lock:
             data, mask = self._source().read_overview(self.bands, oh, ow)
         if data.dtype != self.dtype:

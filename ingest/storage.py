@@ -178,19 +178,7 @@ def read_bytes(uri: str | os.PathLike) -> bytes:
 
 def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
     """Write a whole object atomically (local: temp file + rename; S3: a single PUT)."""
-    if is_s3(uri):
-        fs, path = fs_for(uri)
-        fs.pipe_file(path, data)
-        return
-    path = Path(gdal_path(uri))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_many({os.fspath(uri): data})
 
 
 def write_many(items: dict[str, bytes]) -> None:

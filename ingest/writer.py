@@ -235,7 +235,7 @@ class MaskWriter:
     # compressor), so whole chunks are encoded and stored (or fetched and decoded) here
     # directly -- tested identical to zarr's files; any other layout goes through zarr.
     def _chunk_codec(self, name: str):
-        """``(codec, chunk_shape, fill)`` for direct chunk I/O of array ``name``, or None."""
+        """``(codec, chunk_shape, fill, metadata)`` for direct chunk I/O of ``name``, or None."""
         if name in self._codecs:
             return self._codecs[name]
         found = None
@@ -257,7 +257,7 @@ class MaskWriter:
                 if not md.filters and md.order == "C" and isinstance(md.compressor, numcodecs.abc.Codec):
                     found = md.compressor
                 shape = tuple(md.chunks)
-            if found is not None and str(md.dtype.to_native_dtype() if hasattr(md.dtype, "to_native_dtype") else md.dtype) == "uint8":
+            if found is not None and np.dtype(self._array(name).dtype) == np.uint8:
                 found = (found, shape, int(md.fill_value), md)
             else:
                 found = None

@@ -496,8 +496,8 @@ def local_lanes(cfg: SegmentConfig, device: str) -> tuple[int, int]:
     """``(lanes, torch threads per lane)`` of the local engine.
 
     CPU: one single-threaded lane per core (``predict.num_actors`` overrides): independent
-    streams beat one model with N OpenMP threads (measured 1.6x vs 2x on 2 cores; see
-    BENCHMARKS.md), and a lane's own reads and writes never stall another lane's model the
+    streams beat one model with N OpenMP threads (2 lanes ran 46-51 tiles/s where one 2-thread
+    stream ran 35-42: BENCHMARKS.md, model-only rows), and a lane's own reads and writes never stall another lane's model the
     way they stall an OpenMP region. GPU: one lane (the device is the bottleneck)."""
     if device != "cpu":
         return 1, cfg.predict.torch_threads or 1
@@ -566,8 +566,9 @@ def run_local(rows, states, cfg, model_uri, threshold, finish) -> str:
         log.info("local engine: %d tile(s) to compute in blocks of %d; %d lane(s) x %d torch "
                  "thread(s) on %s, model batch %d", len(rows), block, lanes, threads, device,
                  cfg.predict.batch_size)
+        # lanes read and write in their own thread; one lane has reader and writer threads
         predictor = PredictWriter(model_uri, threshold, device, threads, cfg.predict.batch_size,
-                                  write_thread=lanes == 1)
+                                  write_thread=lanes == 1, read=lanes > 1)
         if lanes == 1:
             with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="read") as reader:
                 ahead = collections.deque(reader.submit(read_tiles, as_batch(b)) for b in blocks[:2])
@@ -582,7 +583,7 @@ def run_local(rows, states, cfg, model_uri, threshold, finish) -> str:
                 def submit() -> None:
                     b = next(todo, None)
                     if b is not None:
-                        pending.add(pool.submit(lambda part: predictor(read_tiles(as_batch(part))), b))
+                        pending.add(pool.submit(predictor, as_batch(b)))
 
                 pending: set[cf.Future] = set()
                 for _ in range(lanes + 1):  # one queued: a lane that finishes starts at once

@@ -67,26 +67,6 @@ def _put_local_file(local: str, uri: str) -> None:
 
 # --------------------------------------------------------------------------- quicklook
 
-def read_decimated(ds, indexes: list[int], out_h: int, out_w: int) -> np.ndarray:
-    """``ds`` decimated to ``[len(indexes), out_h, out_w]`` (nearest) through its overviews.
-
-    Reads an overview level at exactly its own size, then subsamples: GDAL then reads that
-    level as is rather than resampling a finer one (memory and time ~ the level)."""
-    from rasterio.enums import Resampling
-
-    H, W = ds.height, ds.width
-    f = min(H / out_h, W / out_w)
-    level = max([lv for lv in ds.overviews(indexes[0]) if lv <= f], default=1)
-    if level == 1:  # no usable level: GDAL decimates while reading
-        return ds.read(indexes=indexes, out_shape=(len(indexes), out_h, out_w),
-                       resampling=Resampling.nearest)
-    lh, lw = math.ceil(H / level), math.ceil(W / level)
-    data = ds.read(indexes=indexes, out_shape=(len(indexes), lh, lw), resampling=Resampling.nearest)
-    ys = np.minimum((np.arange(out_h) * (H / out_h) / level).astype(np.int64), lh - 1)
-    xs = np.minimum((np.arange(out_w) * (W / out_w) / level).astype(np.int64), lw - 1)
-    return data[:, ys[:, None], xs[None, :]]
-
-
 def _decimated_image(scene, out_h: int, out_w: int) -> tuple[np.ndarray, np.ndarray]:
     """``(data[C,out_h,out_w], valid[out_h,out_w])`` without reading the scene whole.
 
@@ -107,7 +87,8 @@ def _decimated_image(scene, out_h: int, out_w: int) -> tuple[np.ndarray, np.ndar
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             ds = rasterio.open(storage.gdal_path(scene.uri))
         with ds, storage.gdal_env():
-            data = read_decimated(ds, list(scene.bands), out_h, out_w)
+            data = ds.read(indexes=list(scene.bands), out_shape=(scene.count, out_h, out_w),
+                           resampling=Resampling.nearest)
         valid = np.ones((out_h, out_w), bool)
         if scene.nodata is not None and not (isinstance(scene.nodata, float) and math.isnan(scene.nodata)):
             valid &= ~np.all(data == np.asarray(scene.nodata).astype(data.dtype), axis=0)
@@ -145,7 +126,7 @@ def _decimated_mask(mask_cog: str, out_h: int, out_w: int) -> np.ndarray:
     from ingest import storage
 
     with storage.gdal_env(), rasterio.open(storage.gdal_path(mask_cog)) as ds:
-        return read_decimated(ds, [1], out_h, out_w)[0]
+        return ds.read(1, out_shape=(out_h, out_w), resampling=Resampling.nearest)
 
 
 def quicklook_png(scene, radiometry, mask_cog: str, max_side: int) -> bytes:

@@ -262,13 +262,10 @@ class PredictWriter(Predictor):
             sub = {k: v[i:i + self.batch_size] for k, v in batch.items()}
             if self.read:
                 sub = read_tiles(sub)
-            if self._writer is None:
-                done: cf.Future = cf.Future()
-                done.set_result(write_cores(self.predict(sub)))
-                pending.append(done)
-            else:
-                pending.append(self._writer.submit(write_cores, self.predict(sub)))
-        parts = [f.result() for f in pending]
+            out = self.predict(sub)
+            pending.append(write_cores(out) if self._writer is None
+                           else self._writer.submit(write_cores, out))
+        parts = [p.result() if isinstance(p, cf.Future) else p for p in pending]
         if not parts:  # an empty block
             return {k: np.array([], dtype=object) for k in ("scene", "tile", "error", "record")}
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -269,21 +269,6 @@ def test_ingest_imports_no_torch_or_ray():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 
 
-def test_decimated_sample_reads_an_overview_level_as_is(tmp_path):
-    """The emptiness check / radiometry sample asks GDAL for exactly an overview level's size,
-    so GDAL reads that level as is."""
-    import rasterio
-
-    cog = synthetic.make_geotiff(str(tmp_path / "cog.tif"), 2100, 1900, count=2, cog=True)
-    scene = ingest.open_scene(cog)
-    with rasterio.open(cog) as ds:
-        levels = ds.overviews(1)
-    data, valid = scene._read_decimated(300_000)
-    sizes = [((2100 + f - 1) // f, (1900 + f - 1) // f) for f in levels]
-    assert data.shape[1:] in sizes and data.shape[1] * data.shape[2] <= 300_000
-    assert valid.shape == data.shape[1:] and valid.all()
-
-
 def test_gdal_block_cache_is_set_once_for_the_process():
     """GDAL_CACHEMAX as a per-read rasterio.Env option resized (flushed) GDAL's block cache at
     every read, so overlapping tiles decoded their blocks again: it is a process setting."""

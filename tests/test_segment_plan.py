@@ -287,28 +287,6 @@ def test_actor_block_sizes():
     assert actor_block(fixed, 10_000, 2, rgb256) == 5
 
 
-def test_quicklook_decimation_reads_overview_levels(tmp_path):
-    """read_decimated: the requested size, from an overview level read at its own size (nearest
-    subsampling of that level), or GDAL's own decimation when no level fits."""
-    import rasterio
-    from rasterio.enums import Resampling
-
-    from ingest import synthetic
-    from jobs.segment_finalize import read_decimated
-
-    cog = synthetic.make_geotiff(str(tmp_path / "cog.tif"), 2100, 1900, count=3, cog=True)
-    with rasterio.open(cog) as ds:
-        assert ds.overviews(1)[:2] == [2, 4]
-        out = read_decimated(ds, [1, 2], 500, 450)
-        level = ds.read(indexes=[1, 2], out_shape=(2, 525, 475), resampling=Resampling.nearest)
-        assert out.shape == (2, 500, 450)
-        ys = (np.arange(500) * 2100 / 500 / 4).astype(int)
-        xs = (np.arange(450) * 1900 / 450 / 4).astype(int)
-        np.testing.assert_array_equal(out, level[:, ys[:, None], xs[None, :]])
-        full = read_decimated(ds, [3], 2100, 1900)  # no decimation: the full resolution
-        np.testing.assert_array_equal(full, ds.read([3]))
-
-
 def test_local_engine_lanes():
     """CPU: one single-threaded lane per core (or predict.num_actors / ray.num_cpus); GPU: one."""
     from jobs.segment import local_lanes
