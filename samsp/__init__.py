@@ -3,7 +3,11 @@
 The public model API: build a SAM, wrap it in ``SamSP``, fine-tune with ``samsp_loss``, export a
 bundle, predict tiles. ``samsp.metrics``, ``samsp.preprocess`` and ``samsp.predict`` are modules.
 """
-from . import metrics, predict, preprocess
+from .sam_package import defer_package_init
+
+defer_package_init()  # before anything imports segment_anything.modeling (see sam_package)
+
+from . import metrics, predict, preprocess  # noqa: E402
 from .build import build_sam, build_sam_from_config
 from .bundle import Bundle, BundleMeta, load_bundle, save_bundle
 from .checkpoint import read_state_dict
