@@ -122,8 +122,10 @@ class TileGrid:
         c0, cw, cr = self._cols[col]
         return Tile((row, col), Window(cr, rr, self.tile, self.tile), Window(c0, r0, cw, rh))
 
-    def __getitem__(self, i: int) -> Tile:
+    def __getitem__(self, i: int | slice) -> Tile | list[Tile]:
         n = len(self)
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(n))]
         if i < 0:
             i += n
         if not 0 <= i < n:

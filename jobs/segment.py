@@ -51,6 +51,7 @@ from jobs.segment_config import SegmentConfig  # noqa: E402
 from jobs.segment_manifest import Manifest, join_uri, one_line  # noqa: E402
 from jobs.segment_plan import (ScenePlan, assign_scene_ids, expand_inputs,  # noqa: E402
                                is_geospatial_uri, read_tile_records)
+from jobs.segment_stats import TileTotals  # noqa: E402
 
 log = logging.getLogger("samsp.segment")
 
@@ -138,14 +139,15 @@ def plan_scene(sid: str, uri: str, output: str, cfg: SegmentConfig, tile: int, o
     plan.transform = tuple(float(v) for v in tuple(scene.transform)[:6])
     plan.radiometry = radiometry.to_dict()
     plan.tile, plan.overlap = tile, overlap
-    plan.tiles = list(grid)
+    plan.tiles = grid  # a sequence computed on access: no per-tile objects kept
     # Create (or reopen a compatible) store; an incompatible one (other tile size, other scene)
     # raises WriterError naming the difference -- the scene fails, the store stays untouched.
     writer = MaskWriter(plan.zarr_uri, like=scene, chunk=grid.core_size, mode="a")
     written = writer.written_chunks()
     records = read_tile_records(plan.tiles_uri) if written else {}
     plan.done_stats = {k: v for k, v in records.items() if k in written}
-    plan.todo = [i for i, t in enumerate(plan.tiles) if tuple(t.index) not in plan.done_stats]
+    n_cols = grid.shape[1]
+    plan.todo = [i for i in range(len(grid)) if divmod(i, n_cols) not in plan.done_stats]
     plan.seconds_plan = time.perf_counter() - t0
     return plan
 
@@ -285,10 +287,15 @@ def build_dataset(rows: list[dict], cfg: SegmentConfig, model_uri: str, threshol
 # --------------------------------------------------------------------------- run
 
 class SceneState:
-    def __init__(self, plan: ScenePlan):
+    def __init__(self, plan: ScenePlan, top_n: int):
         self.plan = plan
         self.remaining = len(plan.todo)
-        self.records = dict(plan.done_stats)
+        # Tile records are folded into running totals as they arrive (O(top_n) per scene); an
+        # earlier run's records first, then released.
+        self.totals = TileTotals(top_n)
+        for key, rec in plan.done_stats.items():
+            self.totals.add(key, rec)
+        plan.done_stats = {}
         self.errors: list[str] = []
         self.computed = 0
         self.t_start = time.perf_counter()
@@ -364,7 +371,7 @@ def run(args: argparse.Namespace) -> int:
             failed += 1
             log.error("scene %s: FAILED at plan: %s", sid, msg)
             continue
-        states[sid] = SceneState(plan)
+        states[sid] = SceneState(plan, cfg.output.uncertain_top_n)
         log.info("scene %s: %dx%d, %d band(s) %s, %d tiles (%d to compute, %d done before)",
                  sid, plan.width, plan.height, plan.count, plan.dtype, len(plan.tiles),
                  len(plan.todo), len(plan.tiles) - len(plan.todo))
@@ -388,7 +395,7 @@ def run(args: argparse.Namespace) -> int:
     def finalize(st: SceneState) -> dict:
         from jobs.segment_finalize import finalize_scene
 
-        return finalize_scene(st.plan, st.records, cfg, threshold, args.model, st.computed,
+        return finalize_scene(st.plan, st.totals, cfg, threshold, args.model, st.computed,
                               time.perf_counter() - st.t_start)
 
     for sid, st in states.items():
@@ -486,7 +493,7 @@ def consume_row(row: dict, states: dict, finish) -> None:
         st.errors.append(f"tile ({tile['row']},{tile['col']}): {err}")
     else:
         rec = json.loads(row["record"])
-        st.records[(int(rec["tile"][0]), int(rec["tile"][1]))] = rec
+        st.totals.add(rec["tile"], rec)
         st.computed += 1
     if st.remaining == 0:
         finish(sid)

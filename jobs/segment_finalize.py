@@ -45,18 +45,6 @@ def crs_units(crs) -> str:
         return "unknown"
 
 
-def uncertain_tiles(records: dict, top_n: int) -> list[dict]:
-    """The ``top_n`` most uncertain tiles: highest pass-0/final disagreement, then lowest margin."""
-    rows = []
-    for (r, c), rec in records.items():
-        rows.append({"tile": [int(r), int(c)],
-                     "disagreement": round(float(rec.get("disagreement", 0.0)), 6),
-                     "margin": round(float(rec.get("margin", 1.0)), 6),
-                     "foreground_px": int(rec.get("foreground_px", 0))})
-    rows.sort(key=lambda x: (-x["disagreement"], x["margin"], x["tile"]))
-    return rows[:top_n]
-
-
 # --------------------------------------------------------------------------- atomic puts
 
 def _put_local_file(local: str, uri: str) -> None:
@@ -170,7 +158,7 @@ def _quicklook(plan, cfg, tmp: str) -> bytes | None:
                          os.path.join(tmp, "mask.tif"), cfg.output.quicklook_size)
 
 
-def finalize_scene(plan, records: dict, cfg, threshold: float, model_uri: str,
+def finalize_scene(plan, totals, cfg, threshold: float, model_uri: str,
                    tiles_computed: int, seconds_pipeline: float) -> dict:
     """Build COGs, quicklook and stats for a fully written scene; returns extra manifest fields.
 
@@ -215,8 +203,7 @@ def finalize_scene(plan, records: dict, cfg, threshold: float, model_uri: str,
             outputs.append("polygons.geojson")
 
 
-    fg = sum(int(r.get("foreground_px", 0)) for r in records.values())
-    valid = sum(int(r.get("valid_px", 0)) for r in records.values())
+    fg, valid = totals.foreground_px, totals.valid_px  # a jobs.segment_stats.TileTotals
     crs = None
     if plan.crs_wkt:
         from rasterio.crs import CRS
@@ -252,13 +239,11 @@ def finalize_scene(plan, records: dict, cfg, threshold: float, model_uri: str,
         "threshold": threshold,
         "model": model_uri,
         "radiometry": plan.radiometry,
-        # fsum: the same value whatever order the tiles came back in (a resumed run's records
-        # arrive in another order than an uninterrupted run's)
-        "mean_disagreement": (math.fsum(r.get("disagreement", 0.0) for r in records.values())
-                              / len(records) if records else 0.0),
-        "mean_margin": (math.fsum(r.get("margin", 1.0) for r in records.values()) / len(records)
-                        if records else 1.0),
-        "uncertain_tiles": uncertain_tiles(records, cfg.output.uncertain_top_n),
+        # exact sums: the same value whatever order the tiles came back in (a resumed run's
+        # records arrive in another order than an uninterrupted run's)
+        "mean_disagreement": totals.mean_disagreement,
+        "mean_margin": totals.mean_margin,
+        "uncertain_tiles": totals.uncertain_tiles(),
         "polygons": n_polygons,
         "seconds": {"plan": round(plan.seconds_plan, 3), "pipeline": round(seconds_pipeline, 3),
                     "finalize": round(seconds_finalize, 3)},

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
@@ -219,7 +220,7 @@ class ScenePlan:
     radiometry: dict = field(default_factory=dict)
     tile: int = 0
     overlap: int = 0
-    tiles: list = field(default_factory=list)          # all Tile objects of the grid
+    tiles: Sequence = ()                               # the TileGrid: Tiles made on access
     todo: list = field(default_factory=list)           # indexes into tiles still to compute
     done_stats: dict = field(default_factory=dict)     # (r, c) -> stat record from a previous run
     error: str = ""

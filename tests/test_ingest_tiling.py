@@ -112,6 +112,9 @@ def test_order_indexing_and_serialisation():
     assert grid[0] == tiles[0] and grid[-1] == tiles[-1] and grid[5] == tiles[5]
     with pytest.raises(IndexError):
         grid[len(grid)]
+    # a Sequence like the list it replaces in a scene's plan (slices too)
+    for sl in (slice(None, 3), slice(-2, None), slice(1, 9, 3), slice(5, 2), slice(None, None, -4)):
+        assert grid[sl] == tiles[sl]
     for t in tiles:
         assert Tile.from_dict(t.to_dict()) == t
     assert pickle.loads(pickle.dumps(grid)) == grid
