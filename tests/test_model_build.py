@@ -81,6 +81,22 @@ def test_official_checkpoint_loads_and_reproduces_the_model(official):
     assert torch.equal(loaded.pixel_mean, reference.pixel_mean)
 
 
+@pytest.mark.parametrize("meta_min_params", [0, 10**12])
+def test_meta_and_cpu_skeletons_load_the_same_model(official, monkeypatch, meta_min_params):
+    # big encoders are built on the meta device (no wasted random init), small ones on the CPU
+    # (no torch._dynamo import): either way the loaded model is the checkpoint's
+    import samsp.build
+
+    monkeypatch.setattr(samsp.build, "META_BUILD_MIN_PARAMS", meta_min_params)
+    reference, path = official
+    loaded = build_sam_from_config(REDUCED_VIT_B, str(path), model_type="vit_b")
+    for key, value in reference.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    assert all(p.device.type == "cpu" for p in loaded.parameters())
+    assert torch.equal(loaded.pixel_std, reference.pixel_std)
+    assert torch.equal(_embeddings(loaded), _embeddings(reference))
+
+
 def test_safetensors_wrapped_and_ddp_prefixed_checkpoints_load(official, tmp_path):
     reference, _ = official
     state = reference.state_dict()

@@ -13,12 +13,14 @@ def _run(code: str) -> str:
     return out.stdout.strip()
 
 
-def test_samsp_does_not_import_torchvision():
+def test_samsp_does_not_import_torchvision_or_dynamo():
+    # nor does loading a small model (the meta device would import torch._dynamo: ~1.5 s)
     assert _run("""
         import sys
         import samsp.predict
-        from samsp import build_sam
-        build_sam("vit_micro")
+        from samsp import build_sam, build_sam_from_config, get_config
+        state = build_sam("vit_micro").state_dict()
+        build_sam_from_config(get_config("vit_micro"), state_dict=state)
         print(sorted(m for m in ("torchvision", "torch._dynamo") if m in sys.modules))
     """) == "[]"
 
