@@ -141,11 +141,11 @@ def quicklook_png(scene, radiometry, mask_cog: str, max_side: int) -> bytes:
 
 # --------------------------------------------------------------------------- finalize
 
-def _to_cog(writer, local: str, which: str) -> None:
+def _to_cog(writer, local: str, which: str, threads) -> None:
     from ingest import storage
 
     with storage.gdal_env():  # GDAL's config is per thread
-        writer.to_cog(local, which=which)
+        writer.to_cog(local, which=which, num_threads=str(threads))
 
 
 def _quicklook(plan, cfg, tmp: str) -> bytes | None:
@@ -179,10 +179,11 @@ def finalize_scene(plan, totals, cfg, threshold: float, model_uri: str,
         with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cog") as cogs:
             if cfg.output.prob_cog:
                 local_prob = os.path.join(tmp, "prob.tif")
-                prob_job = cogs.submit(_to_cog, writer, local_prob, "prob")
+                prob_job = cogs.submit(_to_cog, writer, local_prob, "prob",
+                                       cfg.output.cog_threads)
             if cfg.output.mask_cog or cfg.output.quicklook_size:
                 local = os.path.join(tmp, "mask.tif")
-                writer.to_cog(local, which="mask")
+                writer.to_cog(local, which="mask", num_threads=str(cfg.output.cog_threads))
                 built.append(("mask.tif", local, cfg.output.mask_cog))
             png = _quicklook(plan, cfg, tmp)
             if prob_job is not None:
