@@ -80,6 +80,20 @@ def make_crack_scene(path: Path, size: int) -> str:
     return str(path)
 
 
+def make_batch_folder(scene: str, folder: Path, n: int) -> str:
+    """``n`` names for one scene file (hard links, else copies) in ``folder``: a batch of scenes
+    for the job (each its own scene id and outputs)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        dst = folder / f"{Path(scene).stem}_{i}.tif"
+        if not dst.exists():
+            try:
+                os.link(scene, dst)
+            except OSError:
+                shutil.copyfile(scene, dst)
+    return str(folder)
+
+
 def make_scene(path: Path, size: int) -> str:
     from ingest.synthetic import make_geotiff
 
@@ -304,6 +318,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rss-model", default="vit_micro")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3, help="model-only/job alternations for P1")
+    ap.add_argument("--batch-scenes", type=int, default=4,
+                    help="also run each engine once on a folder of this many copies of the P1 "
+                         "scene (a nightly batch: fixed start-up costs amortised); 0 = skip")
     ap.add_argument("--workdir", default=str(REPO / ".bench" / "segment"))
     ap.add_argument("--quick", action="store_true", help="1024² ratios, 1024/2048 memory sweep")
     ap.add_argument("--json", default=str(REPO / "bench" / "results_segment.json"))
@@ -356,6 +373,15 @@ def main(argv=None) -> int:
         local_jobs.append(run_job(scene, work / "job_local", ratio_bundle, args.batch, engine="local"))
         j = local_jobs[-1]
         log(f"  steady {j['seconds']['steady']:.1f}s, process {j['wall']:.1f}s")
+    batch_jobs: dict[str, dict] = {}
+    if args.batch_scenes > 1:
+        folder = make_batch_folder(scene, work / f"batch_{args.batch_scenes}", args.batch_scenes)
+        for engine in ("ray", "local"):
+            log(f"batch job: {args.batch_scenes} scenes, engine {engine}")
+            batch_jobs[engine] = run_job(folder, work / f"job_batch_{engine}", ratio_bundle,
+                                         args.batch, engine=engine)
+            j = batch_jobs[engine]
+            log(f"  steady {j['seconds']['steady']:.1f}s, process {j['wall']:.1f}s")
     log("sequential loop (read -> model batch 1 -> write, one tile at a time)")
     # the faster thread count of the last model-only run (what a plain loop would pick)
     by = {k: v for k, v in mo_runs[-1]["by_threads"].items() if "lanes" not in k}
@@ -382,6 +408,14 @@ def main(argv=None) -> int:
     local_job = local_jobs[int(np.argsort(local_steady)[len(local_jobs) // 2])]
     local_steady_s = statistics.median(j["seconds"]["steady"] for j in local_jobs)
     local_wall_s = statistics.median(j["wall"] for j in local_jobs)
+
+    batch = {}
+    for engine, j in batch_jobs.items():
+        bmpx = j["pixels"] / 1e6
+        batch[engine] = {"scenes": j["ok"], "tiles": j["tiles_computed"], "seconds": j["seconds"],
+                         "wall": round(j["wall"], 2), "cpu_s": j["cpu_s"],
+                         "P1": round(bmpx / j["seconds"]["steady"] / mo["mpx_per_s"], 3),
+                         "P1_total": round(bmpx / j["wall"] / mo["mpx_per_s"], 3)}
 
     # --- memory vs scene size
     rss = {}
@@ -414,6 +448,10 @@ def main(argv=None) -> int:
         "P5_vs_sequential_ratio_local_total": round(seq["seconds"] / local_wall_s, 3),
         "local_job_mpx_per_s_steady_runs": [round(v, 4) for v in local_steady],
         "local_job_seconds": local_job["seconds"], "local_job_cpu_s": local_job["cpu_s"],
+        # the same scene N times in one job, one run per engine (not alternated)
+        "batch": batch,
+        "P1_pipeline_efficiency_batch": batch.get("ray", {}).get("P1"),
+        "P1_pipeline_efficiency_local_batch": batch.get("local", {}).get("P1"),
         "model_only_mpx_per_s": round(mo["mpx_per_s"], 4),
         "model_only_tiles_per_s": round(mo["tiles_per_s"], 3),
         "model_only_mpx_per_s_runs": [round(v, 4) for v in mo_mpx],
@@ -457,6 +495,18 @@ def main(argv=None) -> int:
     return 0
 
 
+def batch_md(r: dict) -> str:
+    b = r.get("batch") or {}
+    if not b:
+        return ""
+    parts = [f"{'Ray' if e == 'ray' else 'local'} **{v['P1']}** (whole process {v['P1_total']}; "
+             f"steady {v['seconds'].get('steady', 0):.1f} s)" for e, v in b.items()]
+    first = next(iter(b.values()))
+    return (f"- A nightly batch instead of one scene ({first['scenes']} copies of the scene in one "
+            f"job, {first['tiles']} tiles, one run per engine): P1 {'; '.join(parts)}. Start-up "
+            f"(Ray, actors, imports) and the last scene's finalization are paid once per job.\n")
+
+
 def markdown(r: dict) -> str:
     m = r["machine"]
     rows = "\n".join(
@@ -487,7 +537,7 @@ Scene: {r['ratio_scene']}, bundle `{r['ratio_model']}`, {r['ratio_tiles']} tiles
   **{r['P1_pipeline_efficiency']}** (target >= {r['P1_target']}); paired with the model-only runs on
   either side: {r['P1_paired_runs']}; whole process: {r['P1_pipeline_efficiency_total']}.
   Local engine: **{r['P1_pipeline_efficiency_local']}** (whole process {r['P1_pipeline_efficiency_local_total']}).
-- Against the best *single-stream* model-only run (the reference before the model ran as lanes):
+{batch_md(r)}- Against the best *single-stream* model-only run (the reference before the model ran as lanes):
   Ray {r['P1_pipeline_efficiency_vs_single_stream']}, local **{r['P1_pipeline_efficiency_local_vs_single_stream']}**.
   The strict figures above are the headline: the job's model itself runs as lanes, so the model
   alone is credited with lanes too.

@@ -21,6 +21,8 @@ HEADLINES = [
     ("P5_vs_sequential_ratio", ">= 1.5x", lambda v: v >= 1.5),
     ("P1_pipeline_efficiency_local", ">= 0.90 (local engine)", lambda v: v >= 0.90),
     ("P5_vs_sequential_ratio_local", ">= 1.5x (local engine)", lambda v: v >= 1.5),
+    ("P1_pipeline_efficiency_batch", ">= 0.90 (4-scene batch)", lambda v: v >= 0.90),
+    ("P1_pipeline_efficiency_local_batch", ">= 0.90 (4-scene batch, local)", lambda v: v >= 0.90),
     ("dice_deepcrack_single", "", None),
     ("dice_deepcrack_sp_box", "", None),
     ("dice_deepcrack_spsd_box", ">= 0.85 (aim)", lambda v: v >= 0.85),
