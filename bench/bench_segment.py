@@ -81,16 +81,16 @@ def make_crack_scene(path: Path, size: int) -> str:
 
 
 def make_batch_folder(scene: str, folder: Path, n: int) -> str:
-    """``n`` names for one scene file (hard links, else copies) in ``folder``: a batch of scenes
-    for the job (each its own scene id and outputs)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """A folder holding exactly ``n`` names for one scene file (hard links, else copies): a batch
+    of scenes for the job, each with its own scene id and outputs."""
+    shutil.rmtree(folder, ignore_errors=True)  # nothing left from a run on another scene
+    folder.mkdir(parents=True)
     for i in range(n):
         dst = folder / f"{Path(scene).stem}_{i}.tif"
-        if not dst.exists():
-            try:
-                os.link(scene, dst)
-            except OSError:
-                shutil.copyfile(scene, dst)
+        try:
+            os.link(scene, dst)
+        except OSError:
+            shutil.copyfile(scene, dst)
     return str(folder)
 
 
@@ -503,7 +503,7 @@ def batch_md(r: dict) -> str:
              f"steady {v['seconds'].get('steady', 0):.1f} s)" for e, v in b.items()]
     first = next(iter(b.values()))
     return (f"- A nightly batch instead of one scene ({first['scenes']} copies of the scene in one "
-            f"job, {first['tiles']} tiles, one run per engine): P1 {'; '.join(parts)}. Start-up "
+            f"job, {first['tiles']} tiles, one run per engine, not alternated): P1 {'; '.join(parts)}. Start-up "
             f"(Ray, actors, imports) and the last scene's finalization are paid once per job.\n")
 
 
