@@ -10,9 +10,9 @@
 * **embedded** -- no address anywhere: a private single-node Ray is started inside this process
   (``address="local"``, so a stale ``/tmp/ray/ray_current_cluster`` of another user is ignored and a
   cluster started by someone else on this machine is never joined by accident). Its dashboard
-  (State API) is bound to 127.0.0.1 on a free port, and its workers get every ``AWS_*`` variable of this
-  process through ``runtime_env.env_vars`` (S3 data, checkpoints and bundles keep working even when
-  the variables were set after Python started).
+  (State API) is bound to 127.0.0.1 on a free port, and its workers inherit this process's
+  environment as it is at ``init_ray`` (the raylet is started from this process), so ``AWS_*``
+  variables set after Python started but before ``init_ray`` reach them too.
 
 Auth: Ray 2.60 turns token auth on by default for a new local cluster (token from
 ``RAY_AUTH_TOKEN``/``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``, generated when missing), and a
@@ -29,6 +29,7 @@ or token mode with the same token.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -95,11 +96,31 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None,
     env.update(extra_env or {})
     log.info("starting an embedded local Ray (num_cpus=%s, num_gpus=%s, forwarding %d env vars)",
              num_cpus, num_gpus, len(env))
-    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
-             include_dashboard=include_dashboard, **dashboard,
-             _node_ip_address="127.0.0.1", log_to_driver=log_to_driver,
-             runtime_env={"env_vars": env})
+    # No job runtime_env: ray.init starts the raylet from this process and every worker inherits
+    # its environment, so the variables only need to be in os.environ while Ray starts. A
+    # runtime_env would cost a fresh worker process per actor: Ray reuses the workers it
+    # prestarts during ray.init only for jobs without one (checked on Ray 2.60), so each model
+    # actor started (and imported Python + ray) from scratch while two prestarted workers idled.
+    with _environ(env):
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
+                 include_dashboard=include_dashboard, **dashboard,
+                 _node_ip_address="127.0.0.1", log_to_driver=log_to_driver)
     return "embedded"
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]):
+    """``os.environ`` updated with ``values`` inside the block, restored after it."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def stop_ray() -> None:
@@ -124,9 +145,9 @@ def _free_port() -> int:
 def worker_env_vars(mode: RayMode) -> dict[str, str]:
     """Env vars to put in an actor/trainer ``runtime_env`` for this mode.
 
-    Embedded: already in the job runtime env, nothing more needed. Existing (Ray was started
-    earlier in this process, e.g. by a test, possibly before the AWS variables were set):
-    forward them now. Cluster: nothing (the cluster's environment is authoritative).
+    Embedded: every worker inherits them from this process (see ``init_ray``). Existing (Ray
+    was started earlier in this process, e.g. by a test, possibly before the AWS variables were
+    set): forward them now. Cluster: nothing (the cluster's environment is authoritative).
     """
     return forwarded_env() if mode == "existing" else {}
 

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from jobs import train
+from tests.conftest import REPO
 from jobs.config import load_config
 from jobs.train_config import TrainConfig
 
@@ -104,3 +105,43 @@ def test_storage_and_ray_helpers(monkeypatch, tmp_path):
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
     assert ray_utils.resolve_address(None) == "127.0.0.1:6379"
     assert ray_utils.resolve_address("local") is None
+
+
+def test_embedded_ray_workers_inherit_the_environment_and_reuse_prestarted_workers(tmp_path):
+    # init_ray starts the embedded Ray without a job runtime_env: the workers inherit this
+    # process's environment as it is at start-up (AWS_* set after Python started included),
+    # and actors run in the workers Ray prestarted instead of fresh processes.
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import os, sys, time
+        sys.path.insert(0, sys.argv[1])
+        os.environ["RAY_AUTH_MODE"] = "disabled"
+        os.environ["AWS_SAMSP_TEST_LATE"] = "set-after-start"
+        import psutil, ray
+        from jobs.ray_utils import init_ray
+        assert init_ray(None, num_cpus=2, include_dashboard=False) == "embedded"
+        assert "RAY_API_SERVER_ADDRESS" not in os.environ  # restored after start
+        deadline = time.time() + 20
+        idle = set()
+        while time.time() < deadline and len(idle) < 2:
+            idle = {p.pid for p in psutil.Process().children(recursive=True)
+                    if "ray::IDLE" in " ".join(p.cmdline())}
+            time.sleep(0.2)
+
+        @ray.remote(num_cpus=0.5)
+        class Probe:
+            def look(self):
+                return os.environ.get("AWS_SAMSP_TEST_LATE"), os.getpid()
+
+        got = ray.get([a.look.remote() for a in (Probe.remote(), Probe.remote())])
+        print(sorted({v for v, _ in got}), len(idle) >= 2 and {pid for _, pid in got} <= idle)
+        ray.shutdown()
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run([sys.executable, "-c", code, str(REPO)], capture_output=True, text=True,
+                         timeout=180, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "['set-after-start'] True"
