@@ -188,16 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             env = server.env()
             uri = f"s3://{server.bucket}/bench/tp_cog.tif"
-            saved = {k: os.environ.get(k) for k in env}
-            os.environ.update(env)
-            try:
+            with storage.environ(env):
                 storage.put_file(cog, uri)
-            finally:
-                for k, v in saved.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
             runs = {"local": [], "s3": []}
             for _ in range(args.repeats):
                 runs["local"].append(_run_child(["--child", "read", "--scene", cog]))

@@ -14,6 +14,7 @@ keys are in the environment, boto's normal chain (profiles, instance roles) appl
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import tempfile
@@ -149,6 +150,22 @@ def _gdal_options(extra: dict[str, Any] | None = None) -> dict[str, Any]:
     if extra:
         opts.update(extra)
     return opts
+
+
+@contextlib.contextmanager
+def environ(values: dict[str, str]):
+    """``os.environ`` updated with ``values`` inside the block and restored after it (e.g. the
+    credentials of an S3 server started at run time, for what starts or reads inside)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def gdal_env(**options: Any):

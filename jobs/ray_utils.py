@@ -29,7 +29,6 @@ or token mode with the same token.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
@@ -101,26 +100,13 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None,
     # runtime_env would cost a fresh worker process per actor: Ray reuses the workers it
     # prestarts during ray.init only for jobs without one (checked on Ray 2.60), so each model
     # actor started (and imported Python + ray) from scratch while two prestarted workers idled.
-    with _environ(env):
+    from ingest.storage import environ
+
+    with environ(env):
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
                  include_dashboard=include_dashboard, **dashboard,
                  _node_ip_address="127.0.0.1", log_to_driver=log_to_driver)
     return "embedded"
-
-
-@contextlib.contextmanager
-def _environ(values: dict[str, str]):
-    """``os.environ`` updated with ``values`` inside the block, restored after it."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def stop_ray() -> None:
