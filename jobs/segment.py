@@ -452,6 +452,8 @@ def run(args: argparse.Namespace) -> int:
         secs.update(ray_start=TIMINGS["ray_ready"] - TIMINGS["planned"],
                     pipeline=TIMINGS["pipeline_done"] - TIMINGS["ray_ready"],
                     steady=t_end - TIMINGS["ray_ready"])
+        if "first_tile" in TIMINGS:  # start-up inside "steady": actors/model up, first block done
+            secs["first_tile"] = TIMINGS["first_tile"] - TIMINGS["ray_ready"]
     from jobs.ray_utils import stop_ray
 
     stop_ray()
@@ -503,9 +505,9 @@ def local_lanes(cfg: SegmentConfig, device: str) -> tuple[int, int]:
     """``(lanes, torch threads per lane)`` of the local engine.
 
     CPU: one single-threaded lane per core (``predict.num_actors`` overrides): independent
-    streams beat one model with N OpenMP threads (2 lanes ran 46-51 tiles/s where one 2-thread
-    stream ran 35-42: BENCHMARKS.md, model-only rows), and a lane's own reads and writes never stall another lane's model the
-    way they stall an OpenMP region. GPU: one lane (the device is the bottleneck)."""
+    streams beat one model with N OpenMP threads (BENCHMARKS.md, model-only rows: "2 lanes"
+    against "2"), and a lane's own reads and writes never stall another lane's model the way
+    they stall an OpenMP region. GPU: one lane (the device is the bottleneck)."""
     if device != "cpu":
         return 1, cfg.predict.torch_threads or 1
     cpus = int(cfg.ray.num_cpus or os.cpu_count() or 1)
@@ -617,10 +619,9 @@ def run_pipeline(rows, states, cfg, model_uri, threshold, finish, manifest) -> s
     import ray
 
     from jobs.ray_utils import init_ray
-    extra_env = {k: os.environ[k] for k in cfg.ray.forward_env if k in os.environ}
-    # No dashboard for the embedded cluster: nothing here polls the State API.
-    mode = init_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus, extra_env=extra_env,
-                    include_dashboard=False)
+    # No dashboard for the embedded cluster: nothing here polls the State API. Its workers
+    # inherit this process's environment (AWS_* and all), see init_ray.
+    mode = init_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus, include_dashboard=False)
     if mode == "cluster":
         # Write tasks run on any node: a local --output (or --model) is only safe on a shared
         # filesystem; on separate machines chunks would land on each worker's own disk.

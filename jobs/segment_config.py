@@ -115,9 +115,6 @@ class RayConfig(StrictModel):
     address: Optional[str] = None
     # CPUs of the embedded local Ray (None = all of this machine).
     num_cpus: Optional[int] = Field(default=None, ge=1)
-    # Names of environment variables the embedded Ray's workers must see (values never logged).
-    # They inherit this process's whole environment at Ray start anyway; a cluster's is its own.
-    forward_env: list[str] = Field(default_factory=list)
 
 
 class SegmentConfig(StrictModel):

@@ -183,7 +183,7 @@ def finalize_scene(plan, totals, cfg, threshold: float, model_uri: str,
                                        cfg.output.cog_threads)
             if cfg.output.mask_cog or cfg.output.quicklook_size:
                 local = os.path.join(tmp, "mask.tif")
-                writer.to_cog(local, which="mask", num_threads=str(cfg.output.cog_threads))
+                _to_cog(writer, local, "mask", cfg.output.cog_threads)
                 built.append(("mask.tif", local, cfg.output.mask_cog))
             png = _quicklook(plan, cfg, tmp)
             if prob_job is not None:

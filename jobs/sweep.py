@@ -22,7 +22,6 @@ import argparse
 import concurrent.futures as cf
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -222,12 +221,7 @@ def run_pipeline(photos, cfg, model_uri, threshold, tile, overlap, pool, futures
     from jobs.sweep_pipeline import keep_mask_cores, read_photos
     from ingest.tiling import Tile
 
-    extra_env = {k: os.environ[k] for k in cfg.ray.forward_env if k in os.environ}
-    try:
-        mode = init_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus, extra_env=extra_env,
-                        include_dashboard=False)
-    except TypeError:
-        mode = init_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus, extra_env=extra_env)
+    mode = init_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus, include_dashboard=False)
     ray.data.DataContext.get_current().enable_progress_bars = True
     res = ray_resources(cfg, len(photos) * 4)
     log.info("Ray (%s): %d model actor(s) x (%.2f CPU, %.2f GPU, %d torch threads), batch %d",

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from jobs.segment_stats import ExactSum, TileTotals, uncertain_row, uncertainty_rank
+from jobs.segment_stats import ExactSum, TileTotals, uncertain_row
 
 
 def _records(n: int, seed: int) -> dict:
@@ -22,7 +22,9 @@ def _records(n: int, seed: int) -> dict:
 
 
 def _reference(recs: dict, top_n: int) -> dict:
-    rows = sorted((uncertain_row(k, r) for k, r in recs.items()), key=uncertainty_rank)
+    # the review queue's documented order, spelled out here rather than taken from the module
+    rows = sorted((uncertain_row(k, r) for k, r in recs.items()),
+                  key=lambda x: (-x["disagreement"], x["margin"], x["tile"]))
     n = len(recs)
     return {"fg": sum(r["foreground_px"] for r in recs.values()),
             "valid": sum(r["valid_px"] for r in recs.values()),
