@@ -40,7 +40,8 @@ from .tiling import TileGrid, window_bounds
 NODATA = 255
 PROB_SCALE = 254
 ARRAYS = ("prob", "mask")
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: attrs["samsp"]["ready"] is written last (atomic creation)
+READY_KEY = "ready"
 
 
 def prob_to_u8(prob: np.ndarray) -> np.ndarray:
@@ -72,6 +73,28 @@ def _open_group(uri: str, mode: str, zarr_format: int | None = None):
     return zarr.open_group(uri if storage.is_s3(uri) else storage.gdal_path(uri), **kwargs)
 
 
+def _meta_is_ready(meta: dict) -> bool:
+    """Version-1 stores (made before the marker existed) are taken as created in full."""
+    return bool(meta.get(READY_KEY)) or int(meta.get("version", 0)) == 1
+
+
+def store_is_ready(uri: str) -> bool:
+    """True when ``uri`` holds a samsp mask store whose creation finished (the marker is set).
+
+    False for no store, a foreign group, or one whose creation was killed half-way."""
+    try:
+        group = _open_group(uri, "r")
+        meta = group.attrs.get("samsp")
+        if not (isinstance(meta, dict) and meta.get("format") == "samsp-mask"
+                and _meta_is_ready(meta)):
+            return False
+        # a version-1 store has no marker: it is whole when every array is there
+        return int(meta.get("version", 0)) != 1 or all(
+            name in group for name in (*meta.get("arrays", ARRAYS), "written"))
+    except Exception:  # noqa: BLE001 - missing or unreadable group: not a usable store
+        return False
+
+
 class MaskWriter:
     """Zarr v3 mask store on the core-tile chunk grid; see the module docstring.
 
@@ -93,6 +116,10 @@ class MaskWriter:
         self._codecs: dict[str, Any] = {}
         exists = mode in ("r", "r+") or any(storage.exists(storage.join(self.uri, m))
                                              for m in ("zarr.json", ".zgroup"))
+        if mode == "a" and exists and not store_is_ready(self.uri):
+            # A creation that was killed half-way (group and attrs, not every array): nothing
+            # in it can be trusted or resumed, so it is treated as absent and made again.
+            exists = False
         if mode in ("r", "r+") or (mode == "a" and exists):
             self._load(mode)
             if like is not None or chunk is not None or height is not None:
@@ -140,6 +167,8 @@ class MaskWriter:
         }
 
     def _create(self, extra_attrs: dict) -> None:
+        # Atomic creation: the group's attrs go first *without* the ready marker, the marker
+        # last, after every array -- a store killed in between is never taken for a usable one.
         group = _open_group(self.uri, "w", self.zarr_format)
         group.attrs.update({"samsp": self._meta(), **extra_attrs})
         shape, chunks = (self.height, self.width), (self.chunk, self.chunk)
@@ -156,6 +185,7 @@ class MaskWriter:
                                                      "description": "1 = chunk written (marker, set last)"},
                            **({"dimension_names": ("chunk_row", "chunk_col")} if v3 else {}))
         write_georef(group, self.crs, self.transform, self.height, self.width)
+        group.attrs["samsp"] = {**self._meta(), READY_KEY: True}
         self._group = group
 
     def _load(self, mode: str) -> None:
@@ -170,6 +200,9 @@ class MaskWriter:
         meta = group.attrs.get("samsp")
         if not isinstance(meta, dict) or meta.get("format") != "samsp-mask":
             raise WriterError(f"{self.uri}: not a samsp mask store (missing attrs['samsp'])")
+        if not _meta_is_ready(meta):
+            raise WriterError(f"{self.uri}: incomplete mask store (its creation was interrupted); "
+                              f"reopen it with mode='a' or 'w' to make it again")
         self.height, self.width, self.chunk = int(meta["height"]), int(meta["width"]), int(meta["chunk"])
         self.arrays = tuple(meta["arrays"])
         self.nodata = int(meta.get("nodata", NODATA))
@@ -210,6 +243,13 @@ class MaskWriter:
     def __setstate__(self, state: dict) -> None:
         state.setdefault("_codecs", {})
         self.__dict__.update(state)
+
+    @property
+    def attrs(self) -> dict:
+        """The store's group attributes (``samsp`` and whatever ``attrs=`` added at creation)."""
+        if self._group is None:
+            self._group = _open_group(self.uri, "r" if self._mode == "r" else "r+")
+        return dict(self._group.attrs)
 
     def __repr__(self) -> str:
         return (f"MaskWriter({self.uri!r}, {self.width}x{self.height}, chunk={self.chunk}, "
@@ -538,4 +578,4 @@ class _quiet_georef:
         return self._cm.__exit__(*exc)
 
 
-__all__ = ["MaskWriter", "prob_to_u8", "u8_to_prob", "NODATA", "PROB_SCALE"]
+__all__ = ["MaskWriter", "prob_to_u8", "u8_to_prob", "store_is_ready", "NODATA", "PROB_SCALE"]

@@ -197,6 +197,40 @@ def test_resume_and_incomplete_cog(geotiff, tmp_path):
         again.write(tiles[0].core_window, mask=np.zeros((5, 5), np.uint8))
 
 
+def test_store_killed_during_creation_is_made_again(geotiff, tmp_path, monkeypatch):
+    """A kill after the group and its attrs are written but before the arrays: the half-made
+    store is never taken for a usable one; the next run (mode a) makes it again and works."""
+    import zarr
+
+    from ingest.writer import store_is_ready
+
+    class Killed(BaseException):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    scene = ingest.open_scene(geotiff)
+    grid = ingest.TileGrid(scene.height, scene.width, TILE, OVERLAP)
+    uri = tmp_path / "killed.zarr"
+    with monkeypatch.context() as m:
+        m.setattr(zarr.Group, "create_array", killed)
+        with pytest.raises(Killed):
+            ingest.MaskWriter(uri, like=scene, chunk=grid.core_size)
+    assert (uri / "zarr.json").exists() and not (uri / "prob").exists()
+    assert not store_is_ready(str(uri))
+    with pytest.raises(ingest.WriterError, match="interrupted"):
+        ingest.MaskWriter.open(uri)
+    again = ingest.MaskWriter(uri, like=scene, chunk=grid.core_size, mode="a")  # the rerun
+    assert store_is_ready(str(uri)) and again.written_chunks() == set()
+    tile = grid[0]
+    h, w = int(tile.core_window.height), int(tile.core_window.width)
+    again.write(tile.core_window, prob=np.full((h, w), 7, np.uint8), mask=np.ones((h, w), np.uint8))
+    reopened = ingest.MaskWriter.open(uri, mode="r")
+    assert (reopened.read(tile.core_window, which="prob") == 7).all()
+    assert reopened.written_chunks() == {(0, 0)}
+
+
 def test_failed_cog_leaves_nothing(geotiff, tmp_path):
     scene = ingest.open_scene(geotiff)
     writer = ingest.MaskWriter(tmp_path / "m.zarr", like=scene, chunk=224)
