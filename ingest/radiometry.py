@@ -1,8 +1,9 @@
 """Scene-wide radiometry: one mapping from native values to uint8 shared by every tile.
 
 ``Radiometry.fit(scene)`` computes per-band percentiles from a bounded sample of valid pixels
-(:meth:`ingest.Scene.sample`: whole small scenes, overviews, or spread windows -- never the
-whole of a big scene, never per tile). ``apply(data, valid)`` maps ``[lo, hi]`` linearly to
+(:meth:`ingest.Scene.sample`: whole small scenes, else the whole scene decimated -- overviews when
+present -- so the valid pixels come from wherever they lie; never a big scene at full resolution,
+never per tile). ``apply(data, valid)`` maps ``[lo, hi]`` linearly to
 ``[0, 255]`` (clipped, rounded) and sets invalid pixels (nodata, padding) to 0, so they can never
 look like foreground; the caller also marks them nodata in the output.
 

@@ -32,7 +32,6 @@ from .tiling import window_bounds
 
 #: default bound on the pixels (per band) read to check emptiness and fit the radiometry.
 DEFAULT_SAMPLE_PIXELS = 1 << 22  # 4.2 Mpx: a 2048x2048 scene is read whole; larger ones sampled
-_SAMPLE_WINDOW = 256
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
@@ -106,19 +105,6 @@ def _gdal_read_error(uri: str, exc: BaseException) -> SceneError:
 
 
 # ------------------------------------------------------------------------------ sources
-
-
-def _sample_windows(height: int, width: int, max_pixels: int, size: int = _SAMPLE_WINDOW) -> list[Window]:
-    """Evenly spread ``size``x``size`` windows totalling <= max_pixels (a bounded sample)."""
-    size = max(1, min(size, height, width))
-    n_total = max(1, max_pixels // (size * size))
-    ny = max(1, int(round(math.sqrt(n_total * height / width))))
-    nx = max(1, n_total // ny)
-    ny = min(ny, math.ceil(height / size))
-    nx = min(nx, math.ceil(width / size))
-    rows = np.unique(np.linspace(0, height - size, ny).round().astype(int))
-    cols = np.unique(np.linspace(0, width - size, nx).round().astype(int))
-    return [Window(int(c), int(r), size, size) for r in rows for c in cols]
 
 
 class _GdalSource:
@@ -391,12 +377,14 @@ class Scene:
         self.has_overviews: bool = src.has_overviews
         self.has_gcps: bool = src.gcps
         self._per_dataset_mask = src.per_dataset_mask
+        self._lowres = None  # (max_pixels, (data, valid)) of the last lowres() call
 
     # -- pickling: ship the description, reopen in the receiving process
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_src"] = None
         state["_lock"] = None
+        state["_lowres"] = None  # workers read tiles: never ship the driver's low-res copy
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -500,58 +488,51 @@ class Scene:
             data = data.astype(self.dtype)
         return data, self._valid(data, mask)
 
-    def sample(self, max_pixels: int = DEFAULT_SAMPLE_PIXELS) -> tuple[np.ndarray, np.ndarray]:
-        """A bounded, scene-wide sample: ``(data[count, N], valid bool[N])`` with N <= ~max_pixels.
+    def lowres(self, max_pixels: int = DEFAULT_SAMPLE_PIXELS) -> tuple[np.ndarray, np.ndarray]:
+        """The whole scene at <= ``max_pixels`` pixels: ``(data[count, h, w], valid[h, w])``.
 
-        Whole scene when it fits; else the decimated scene from overviews (GDAL chooses the
-        level); else evenly spread 256x256 windows (one block read each for tiled files).
+        The scene itself when it fits, else decimated (:func:`ingest.lowres.read_decimated`:
+        overviews when present, bounded memory either way). Kept for the next call with the same
+        bound -- planning asks twice (emptiness, then the radiometry fit) -- never pickled.
         """
+        from .lowres import lowres_shape, read_decimated
+
+        cached = self._lowres
+        if cached is not None and cached[0] == max_pixels:
+            return cached[1]
         H, W = self.height, self.width
         if H * W <= max_pixels:
-            data, valid = self.read(Window(0, 0, W, H))
-            return data.reshape(self.count, -1), valid.reshape(-1)
-        if self.has_overviews and self.kind == "gdal":
-            data, valid = self._read_decimated(max_pixels)
-            return data.reshape(self.count, -1), valid.reshape(-1)
-        parts, valids = [], []
-        for win in _sample_windows(H, W, max_pixels):
-            d, v = self.read(win)
-            parts.append(d.reshape(self.count, -1))
-            valids.append(v.reshape(-1))
-        return np.concatenate(parts, axis=1), np.concatenate(valids)
+            out = self.read(Window(0, 0, W, H))
+        else:
+            out = read_decimated(self, *lowres_shape(H, W, max_pixels))
+        self._lowres = (max_pixels, out)
+        return out
 
-    def _read_decimated(self, max_pixels: int) -> tuple[np.ndarray, np.ndarray]:
-        f = math.sqrt(self.height * self.width / max_pixels)
-        oh, ow = max(1, int(self.height / f)), max(1, int(self.width / f))
-        with self._lock:
-            data, mask = self._source().read_overview(self.bands, oh, ow)
-        if data.dtype != self.dtype:
-            data = data.astype(self.dtype)
-        return data, self._valid(data, mask)
+    def sample(self, max_pixels: int = DEFAULT_SAMPLE_PIXELS) -> tuple[np.ndarray, np.ndarray]:
+        """A bounded, scene-wide sample: ``(data[count, N], valid bool[N])`` with N <= max_pixels.
+
+        Every pixel when the scene fits, else the whole scene decimated (:meth:`lowres`): the
+        sample is spread over all of it, so valid pixels are found wherever they lie.
+        """
+        data, valid = self.lowres(max_pixels)
+        return data.reshape(self.count, -1), valid.reshape(-1)
 
     def check_readable(self) -> None:
         """Read the last block (bottom-right pixel of every band): catches truncated files."""
         self.read(Window(self.width - 1, self.height - 1, 1, 1))
 
     def check_not_empty(self, max_pixels: int = DEFAULT_SAMPLE_PIXELS) -> None:
-        """Raise :class:`EmptySceneError` if a bounded sample holds no valid pixel.
+        """Raise :class:`EmptySceneError` if the scene has no valid pixel at low resolution.
 
-        Exact for scenes of at most ``max_pixels`` pixels; otherwise the overview (if any) or
-        evenly spread windows are inspected, stopping at the first valid pixel -- so a normal
-        scene costs one window, and a scene whose only valid data falls between the sampled
-        windows could be reported empty (use ``check_empty=False`` for such slivers).
+        Exact for scenes of at most ``max_pixels`` pixels; otherwise decided from the dataset
+        mask / nodata of the whole scene decimated to ``max_pixels`` (:meth:`lowres`), so a
+        scene valid only in a strip (a swath edge) is found; only valid areas thinner than the
+        decimation step can be missed.
         """
-        H, W = self.height, self.width
-        if H * W <= max_pixels:
-            ok = self.read(Window(0, 0, W, H))[1].any()
-            how = "the whole scene"
-        elif self.has_overviews and self.kind == "gdal":
-            ok = self._read_decimated(max_pixels)[1].any()
-            how = "the overview"
-        else:
-            wins = _sample_windows(H, W, max_pixels)
-            ok = any(self.read(w)[1].any() for w in wins)
-            how = f"{len(wins)} sampled windows"
+        ok = self.lowres(max_pixels)[1].any()
+        how = "the whole scene" if self.height * self.width <= max_pixels else \
+            f"the whole scene at low resolution ({max_pixels} px" + (
+                ", from its overviews)" if self.has_overviews and self.kind == "gdal" else ")")
         if not ok:
             raise EmptySceneError(f"{self.uri}: no valid pixel (all nodata={self.nodata} or masked) in {how}")
 
@@ -577,8 +558,8 @@ def open_scene(uri: str | os.PathLike, bands: Sequence[int] | int | None = None,
     raster (:class:`CorruptSceneError`), not a raster (:class:`UnsupportedFormatError`), bad band
     index (:class:`BandError`), no CRS with ``require_crs=True`` (:class:`NoCRSError`) and, with
     ``check_empty=True``, a scene whose sample is entirely nodata (:class:`EmptySceneError`).
-    The emptiness check reads at most ``sample_pixels`` pixels per band (overviews when present,
-    stopping at the first valid window).
+    The emptiness check reads the whole scene at no more than ``sample_pixels`` pixels per band
+    (overviews when present; bounded memory).
     """
     uri = os.fspath(uri)
     if uri.startswith("/vsis3/"):

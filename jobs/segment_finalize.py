@@ -13,7 +13,6 @@ import concurrent.futures as cf
 import io
 import json
 import logging
-import math
 import os
 import tempfile
 import time
@@ -56,55 +55,11 @@ def _put_local_file(local: str, uri: str) -> None:
 # --------------------------------------------------------------------------- quicklook
 
 def _decimated_image(scene, out_h: int, out_w: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(data[C,out_h,out_w], valid[out_h,out_w])`` without reading the scene whole.
+    """``(data[C,out_h,out_w], valid[out_h,out_w])`` without reading the scene whole
+    (:func:`ingest.lowres.read_decimated`: overviews for GDAL scenes, else window by window)."""
+    from ingest.lowres import read_decimated
 
-    GDAL scenes: one decimated read (GDAL uses overviews when present; memory ~ the output).
-    Other scenes (Zarr): window by window (<= 1024² px each), keeping every f-th pixel.
-    """
-    H, W = scene.height, scene.width
-    if getattr(scene, "kind", "") == "gdal":
-        import warnings
-
-        import rasterio
-        from rasterio.enums import Resampling
-        from rasterio.errors import NotGeoreferencedWarning
-
-        from ingest import storage
-
-        with storage.gdal_env(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            ds = rasterio.open(storage.gdal_path(scene.uri))
-        with ds, storage.gdal_env():
-            data = ds.read(indexes=list(scene.bands), out_shape=(scene.count, out_h, out_w),
-                           resampling=Resampling.nearest)
-        valid = np.ones((out_h, out_w), bool)
-        if scene.nodata is not None and not (isinstance(scene.nodata, float) and math.isnan(scene.nodata)):
-            valid &= ~np.all(data == np.asarray(scene.nodata).astype(data.dtype), axis=0)
-        if data.dtype.kind == "f":
-            valid &= np.all(np.isfinite(data), axis=0)
-        return data, valid
-    from rasterio.windows import Window
-
-    fy, fx = H / out_h, W / out_w
-    ys = np.minimum((np.arange(out_h) * fy).astype(np.int64), H - 1)
-    xs = np.minimum((np.arange(out_w) * fx).astype(np.int64), W - 1)
-    data = np.zeros((scene.count, out_h, out_w), dtype=scene.dtype)
-    valid = np.zeros((out_h, out_w), bool)
-    step = 1024
-    for r0 in range(0, H, step):
-        rsel = np.nonzero((ys >= r0) & (ys < r0 + step))[0]
-        if rsel.size == 0:
-            continue
-        for c0 in range(0, W, step):
-            csel = np.nonzero((xs >= c0) & (xs < c0 + step))[0]
-            if csel.size == 0:
-                continue
-            h, w = min(step, H - r0), min(step, W - c0)
-            d, v = scene.read(Window(c0, r0, w, h))
-            rr, cc = ys[rsel] - r0, xs[csel] - c0
-            data[:, rsel[:, None], csel[None, :]] = d[:, rr[:, None], cc[None, :]]
-            valid[rsel[:, None], csel[None, :]] = v[rr[:, None], cc[None, :]]
-    return data, valid
+    return read_decimated(scene, out_h, out_w)
 
 
 def _decimated_mask(mask_cog: str, out_h: int, out_w: int) -> np.ndarray:

@@ -127,3 +127,49 @@ def test_big_scene_fit_reads_a_bounded_sample(tmp_path):
         lo, hi = np.percentile(full, [2, 98])
         span = hi - lo
         assert abs(radio.lo[0] - lo) < 0.03 * span and abs(radio.hi[0] - hi) < 0.03 * span
+
+
+def _swath_edge(path, as_zarr: bool) -> tuple[str, np.ndarray]:
+    """4000² uint16, nodata 0, valid only in columns 300-1800 (37.5 %): a Sentinel-2 tile at
+    a swath edge. Spread sample windows sit at columns 0, 1872 and 3744 and miss it."""
+    data = np.zeros((1, 4000, 4000), np.uint16)
+    rows = np.arange(4000, dtype=np.uint16)[:, None]
+    cols = np.arange(300, 1800, dtype=np.uint16)[None, :]
+    data[0, :, 300:1800] = 1000 + (rows % 997) + (cols % 1013)  # 1000..3008, no zeros
+    tif = str(path.with_suffix(".tif"))
+    with rasterio.open(tif, "w", driver="GTiff", height=4000, width=4000, count=1, dtype="uint16",
+                       crs="EPSG:32633", transform=from_origin(0, 40000, 10, 10), nodata=0,
+                       tiled=True, blockxsize=512, blockysize=512, compress="deflate") as dst:
+        dst.write(data)
+    if not as_zarr:
+        return tif, data
+    from ingest.convert import scene_to_zarr
+
+    uri = str(path.with_suffix(".zarr"))
+    scene_to_zarr(ingest.open_scene(tif), uri, chunk=500)
+    return uri, data
+
+
+@pytest.mark.parametrize("as_zarr", [False, True])
+def test_swath_edge_scene_is_found_and_fitted_from_its_valid_pixels(tmp_path, as_zarr):
+    uri, data = _swath_edge(tmp_path / "swath", as_zarr)
+    max_pixels = 1_000_000  # the segment job's default radiometry.max_pixels
+    scene = ingest.open_scene(uri, sample_pixels=max_pixels)  # no EmptySceneError
+    radio = ingest.Radiometry.fit(scene, (2, 98), max_pixels=max_pixels)
+    sample, valid = scene.sample(max_pixels)
+    assert sample.shape[1] <= max_pixels  # bounded: a decimated read, not the whole scene
+    assert 0.35 < valid.mean() < 0.40 and radio.sample_pixels == int(valid.sum())
+    lo, hi = np.percentile(data[0][:, 300:1800], [2, 98])
+    span = hi - lo
+    assert abs(radio.lo[0] - lo) < 0.03 * span and abs(radio.hi[0] - hi) < 0.03 * span
+    assert radio.lo[0] >= 1000  # nodata (0) never entered the fit
+
+
+def test_only_an_all_nodata_scene_is_empty(tmp_path):
+    path = tmp_path / "empty.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=3000, width=3000, count=1, dtype="uint16",
+                       crs="EPSG:32633", transform=from_origin(0, 30000, 10, 10), nodata=0,
+                       tiled=True, compress="deflate") as dst:
+        dst.write(np.zeros((1, 3000, 3000), np.uint16))
+    with pytest.raises(ingest.EmptySceneError, match="low resolution"):
+        ingest.open_scene(str(path), sample_pixels=1_000_000)

@@ -81,13 +81,17 @@ def rgb_with_nodata_block(path: Path, height: int, width: int) -> Path:
 
 
 def rotten_block(path: Path) -> Path:
-    """A 300x300 GeoTIFF whose block at (row 4, col 0) is garbage: header, sample and last block
-    read fine (plan passes), so only the tile that reads that block fails -- at run time."""
+    """A 300x300 GeoTIFF whose full-resolution block at (row 4, col 0) is garbage: header,
+    overviews (the plan's low-resolution emptiness read) and last block read fine (plan
+    passes), so only the tile that reads that block fails -- at run time."""
     import rasterio
+    from rasterio.enums import Resampling
 
     from ingest.synthetic import make_geotiff
 
     make_geotiff(str(path), 300, 300, blocksize=64, compress="DEFLATE", seed=11)
+    with rasterio.open(path, "r+") as ds:
+        ds.build_overviews([2, 4, 8], Resampling.nearest)
     with rasterio.open(path) as ds:
         off = int(ds.get_tag_item("BLOCK_OFFSET_0_4", "TIFF", bidx=1))
         size = int(ds.get_tag_item("BLOCK_SIZE_0_4", "TIFF", bidx=1))
