@@ -320,7 +320,8 @@ def run(args: argparse.Namespace) -> int:
     threshold = cfg.predict.threshold if cfg.predict.threshold is not None else meta.threshold
     try:
         tile, overlap = tile_geometry(cfg, meta.image_size)
-        inputs = expand_inputs(args.input, cfg.input.extensions)
+        # never this run's output root nor samsp's outputs elsewhere (--output inside an input)
+        inputs = expand_inputs(args.input, cfg.input.extensions, exclude=[output])
     except (ConfigError, ValueError, OSError) as err:
         log.error("%s", one_line(err))
         return EXIT_USAGE

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
+from jobs.own_outputs import OwnOutputs, is_under, normalise_input
 from jobs.segment_manifest import join_uri
 
 log = logging.getLogger("samsp.segment")
@@ -88,13 +89,18 @@ def _expand_listing(uri: str, names: list[str], exts: list[str], scheme: str) ->
     return out
 
 
-def expand_inputs(items: Iterable[str], extensions: list[str], _depth: int = 0) -> list[str]:
+def expand_inputs(items: Iterable[str], extensions: list[str], exclude: Iterable[str] = (),
+                  _depth: int = 0, _own: Optional[OwnOutputs] = None) -> list[str]:
     """Scene URIs from local paths/globs/folders, s3:// keys/prefixes/globs, and list files.
 
-    A path that does not exist is kept as it is: planning then reports it as a failed scene
-    (missing input) instead of silently dropping it.
+    Each URI is the input's identity: local paths absolute and normalised, s3:// as listed.
+    What a folder, prefix or glob expands to never includes the ``exclude`` roots (the job's
+    ``--output``) nor samsp's own outputs elsewhere (``jobs.own_outputs``): a rerun must not
+    read its masks back as scenes. A path that does not exist is kept as it is: planning then
+    reports it as a failed scene (missing input) instead of silently dropping it.
     """
     exts = [e.lower() if e.startswith(".") else "." + e.lower() for e in extensions]
+    own = _own if _own is not None else OwnOutputs(exclude)
     out: list[str] = []
     for item in items:
         item = item.strip()
@@ -103,7 +109,7 @@ def expand_inputs(items: Iterable[str], extensions: list[str], _depth: int = 0) 
         if _has_ext(item, LIST_EXTENSIONS) and not GLOB_CHARS.search(item):
             if _depth > 2:
                 raise ValueError(f"{item}: list files nested too deep")
-            out.extend(expand_inputs(_read_list(item), extensions, _depth + 1))
+            out.extend(expand_inputs(_read_list(item), extensions, (), _depth + 1, own))
             continue
         if is_s3(item):
             fs, path = _fs(item)
@@ -111,7 +117,7 @@ def expand_inputs(items: Iterable[str], extensions: list[str], _depth: int = 0) 
                 names = fs.glob(path)
                 # a glob may match files inside zarr stores or whole folders; keep scenes only
                 found = _expand_listing(item, [n for n in names], exts, "s3://")
-                out.extend(found)
+                out.extend(own.keep(found))
                 continue
             if _has_ext(item, exts):
                 out.append(item.rstrip("/"))  # a single key (or zarr store): kept even if missing
@@ -120,7 +126,7 @@ def expand_inputs(items: Iterable[str], extensions: list[str], _depth: int = 0) 
                 names = fs.find(path.rstrip("/") + "/")
             except FileNotFoundError:
                 names = []
-            found = _expand_listing(item, names, exts, "s3://")
+            found = own.keep(_expand_listing(item, names, exts, "s3://"))
             if not found:
                 log.warning("input %s: no scenes under this prefix", item)
             out.extend(found)
@@ -133,9 +139,10 @@ def expand_inputs(items: Iterable[str], extensions: list[str], _depth: int = 0) 
             files = []
             for m in matches:
                 if os.path.isdir(m) and not m.lower().rstrip("/").endswith(".zarr"):
-                    files.extend(expand_inputs([m], extensions, _depth + 1))
+                    files.extend(expand_inputs([m], extensions, (), _depth + 1, own))
                 elif _zarr_root(m) is not None or _has_ext(m, exts):
                     files.append(_zarr_root(m) or m)
+            files = own.keep(files)
             if not files:
                 log.warning("input %s: the glob matched no scenes", item)
             out.extend(files)
@@ -145,18 +152,20 @@ def expand_inputs(items: Iterable[str], extensions: list[str], _depth: int = 0) 
             for root, dirs, files in os.walk(item):
                 zdirs = [d for d in dirs if d.lower().endswith(".zarr")]
                 names.extend(os.path.join(root, d) for d in zdirs)
-                dirs[:] = sorted(d for d in dirs if not d.lower().endswith(".zarr"))
+                # never walk into an output root (its tile records can be many)
+                dirs[:] = sorted(d for d in dirs if not d.lower().endswith(".zarr") and not any(
+                    is_under(normalise_input(os.path.join(root, d)), r) for r in own.roots))
                 names.extend(os.path.join(root, f) for f in files)
-            found = _expand_listing(item, names, exts, "")
+            found = own.keep(_expand_listing(item, names, exts, ""))
             if not found:
                 log.warning("input %s: no scenes in this folder", item)
             out.extend(found)
             continue
         out.append(item.rstrip("/") if item.lower().rstrip("/").endswith(".zarr") else item)
-    # de-duplicate, keep order
+    # normalise (one identity per input), de-duplicate, keep order
     seen: set[str] = set()
     uniq = []
-    for u in out:
+    for u in map(normalise_input, out):
         if u not in seen:
             seen.add(u)
             uniq.append(u)
@@ -184,8 +193,11 @@ def assign_scene_ids(inputs: list[str], previous: dict[str, dict]) -> dict[str, 
 
     An input already in the manifest keeps its id (so resume and skip find it again).
     """
-    by_input = {row.get("input"): sid for sid, row in previous.items()}
-    taken: dict[str, str] = {sid: row.get("input") for sid, row in previous.items()}
+    # rows of runs before inputs were normalised may hold relative paths: best effort, this cwd
+    by_input = {normalise_input(row["input"]): sid for sid, row in previous.items()
+                if row.get("input")}
+    taken: dict[str, str] = {sid: normalise_input(row["input"]) if row.get("input") else None
+                             for sid, row in previous.items()}
     stems: dict[str, int] = {}
     for uri in inputs:
         stems[safe_stem(uri)] = stems.get(safe_stem(uri), 0) + 1

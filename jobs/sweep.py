@@ -147,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         meta = read_bundle_meta(args.model)
         tile, overlap = tile_geometry(cfg, meta.image_size)  # type: ignore[arg-type]
-        inputs = expand_inputs(args.input, cfg.input.extensions)
+        # never the sweep's own masks/thumbs/contact sheet (output inside the inputs)
+        inputs = expand_inputs(args.input, cfg.input.extensions, exclude=[output])
     except Exception as err:  # noqa: BLE001
         log.error("%s", one_line(err))
         return EXIT_USAGE

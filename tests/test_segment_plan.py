@@ -63,6 +63,57 @@ def test_expand_s3_prefix_glob_and_list(s3_env):
     assert expand_inputs([f"{root}/list.txt"], EXTS) == [f"{root}/x/one.tif", f"{root}/x/nothere.tif"]
 
 
+def _samsp_outputs(out: Path, sid: str) -> None:
+    """What the segment job leaves under ``out`` for one scene (a real MaskWriter store)."""
+    from ingest import MaskWriter
+
+    MaskWriter(out / sid / "mask.zarr", height=40, width=50, chunk=16)
+    for name in ("mask.tif", "prob.tif", "quicklook.png", "stats.json"):
+        _touch(out / sid / name)
+    _touch(out / "manifest.jsonl")
+
+
+def test_outputs_inside_the_inputs_are_never_inputs(tmp_path, monkeypatch):
+    """--output inside the input folder: the rerun's expansion finds the same scenes, not the
+    run's masks/COGs/quicklooks/Zarr -- nor those of an older run into another folder, nor a
+    sweep's masks, thumbs and contact sheet. A scene named explicitly is still taken."""
+    src = tmp_path / "in"
+    a = _touch(src / "a.tif")
+    _samsp_outputs(src / "out", "a")                  # this run's --output
+    _samsp_outputs(src / "older", "a")                # an earlier run's, elsewhere in the inputs
+    _samsp_outputs(src / "partial", "b")              # a run killed after planning
+    for rel in ("sweep/masks/a.png", "sweep/thumbs/a.jpg", "sweep/contact_sheet.png",
+                "sweep/records/a.json"):
+        _touch(src / rel)
+    photo = _touch(src / "masks" / "site.png")        # not a sweep output: no records/ beside
+    out = str(src / "out")
+    found = expand_inputs([str(src)], EXTS, exclude=[out])
+    assert found == [str(a), str(photo)]
+    assert expand_inputs([str(src / "**" / "*.tif")], EXTS, exclude=[out]) == [str(a)]
+    assert expand_inputs([str(src / "out" / "a" / "mask.tif")], EXTS, exclude=[out]) == [
+        str(src / "out" / "a" / "mask.tif")]  # explicit: the user asked for it
+    # one identity per input: ./a.tif and /abs/a.tif are one scene
+    monkeypatch.chdir(src)
+    assert expand_inputs(["./a.tif", str(a), "a.tif"], EXTS) == [str(a)]
+    assert expand_inputs([".", "../in/"], EXTS, exclude=["out"]) == found
+
+
+@pytest.mark.s3
+def test_outputs_inside_an_s3_prefix_are_never_inputs(s3_env):
+    from ingest import MaskWriter, storage
+
+    root = f"s3://{s3_env.bucket}/plan-own-{os.getpid()}"
+    storage.write_bytes(f"{root}/in/a.tif", b"1")
+    for base in ("in/out", "in/older"):
+        MaskWriter(f"{root}/{base}/a/mask.zarr", height=40, width=50, chunk=16)
+        for name in ("mask.tif", "prob.tif", "quicklook.png"):
+            storage.write_bytes(f"{root}/{base}/a/{name}", b"1")
+    for rel in ("masks/a.png", "thumbs/a.jpg", "contact_sheet.png", "report.csv"):
+        storage.write_bytes(f"{root}/in/sweep/{rel}", b"1")
+    assert expand_inputs([f"{root}/in/"], EXTS, exclude=[f"{root}/in/out"]) == [f"{root}/in/a.tif"]
+    assert expand_inputs([f"{root}/in/**"], EXTS, exclude=[f"{root}/in/out/"]) == [f"{root}/in/a.tif"]
+
+
 def test_scene_ids_are_safe_stable_and_unique():
     inputs = ["s3://b/2024/scene 1.tif", "s3://b/2025/scene 1.tif", "/data/x.zarr", "/d/Ünï.tif"]
     ids = assign_scene_ids(inputs, {})
