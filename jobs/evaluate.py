@@ -26,7 +26,6 @@ false positive red, missed blue). Exit codes: 0 done, 2 bad arguments/data/bundl
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
 import logging
@@ -143,30 +142,26 @@ def validation_items(bundle_meta) -> tuple[list[dict], list[dict]]:
 
 # ============================================================================ inference
 
-def _autocast(device):
-    import torch
-
-    if torch.device(device).type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def samsp_forward(model, image_size: int, pixel_mean: Sequence[float],
                   pixel_std: Sequence[float], iterations: int | None = None,
-                  band_map: Sequence[int] | None = None, device: str = "cpu") -> TileForward:
+                  band_map: Sequence[int] | None = None, device: str = "cpu",
+                  precision: str = "auto") -> TileForward:
     """A ``TileForward`` running a ``SamSP`` (eval mode) and returning every pass."""
     import torch
 
-    from samsp.preprocess import postprocess_logits, prepare_batch
+    from samsp.precision import autocast, resolve_precision
+    from samsp.preprocess import postprocess_logits, prepare_batch, prepare_valid
 
     model = model.to(device).eval()
+    precision = resolve_precision(precision, device)
 
     def forward(tiles: np.ndarray) -> np.ndarray:
         x, size = prepare_batch(tiles, image_size, pixel_mean, pixel_std, band_map=band_map,
                                 device=device)
+        ok = prepare_valid(len(x), size, image_size, device=device)
         with torch.inference_mode():
-            with _autocast(device):
-                out = model(x, iterations=iterations)
+            with autocast(precision, device):
+                out = model(x, iterations=iterations, valid=ok)
             probs = [torch.sigmoid(postprocess_logits(lg.float(), size, image_size))[:, 0]
                      for lg in out.logits]
         return torch.stack(probs).cpu().numpy().astype(np.float32)
@@ -174,11 +169,13 @@ def samsp_forward(model, image_size: int, pixel_mean: Sequence[float],
     return forward
 
 
-def bundle_forward(bundle, iterations: int | None = None, device: str = "cpu") -> TileForward:
+def bundle_forward(bundle, iterations: int | None = None, device: str = "cpu",
+                   precision: str = "auto") -> TileForward:
     """A ``TileForward`` for a loaded ``samsp.Bundle``; ``iterations`` overrides its K."""
     meta = bundle.meta
     return samsp_forward(bundle.model, meta.image_size, meta.pixel_mean, meta.pixel_std,
-                         iterations=iterations, band_map=meta.band_map, device=device)
+                         iterations=iterations, band_map=meta.band_map, device=device,
+                         precision=precision)
 
 
 @dataclass
@@ -287,11 +284,18 @@ def score_image(prob: np.ndarray, target: np.ndarray, threshold: float,
 
 
 def pooled(tp: float, fp: float, fn: float) -> dict[str, float]:
-    """Dataset-level metrics from pixel counts summed over every image (0/0 -> 1)."""
+    """Dataset-level metrics from pixel counts summed over every image.
+
+    Same conventions as the per-image ``samsp.metrics``: 1.0 only when there was nothing to find
+    and nothing was found; predicting nothing while targets exist is precision 0, not 1.
+    """
     def ratio(num, den):
         return float(num / den) if den > 0 else 1.0
+    # An empty prediction's precision counts the missed pixels, as samsp.metrics.precision does.
+    missed_by_nothing = fn if tp + fp == 0 else 0.0
     return {"dice_pooled": ratio(2 * tp, 2 * tp + fp + fn), "iou_pooled": ratio(tp, tp + fp + fn),
-            "precision_pooled": ratio(tp, tp + fp), "recall_pooled": ratio(tp, tp + fn)}
+            "precision_pooled": ratio(tp, tp + fp + missed_by_nothing),
+            "recall_pooled": ratio(tp, tp + fn)}
 
 
 def aggregate(rows: Iterable[dict]) -> dict[str, float]:
@@ -538,6 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlays", type=int, default=3, help="best and worst N overlay PNGs")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="model precision (auto: bf16 where the device runs it natively)")
     return p
 
 
@@ -545,6 +551,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from samsp import BundleError, load_bundle
+    from samsp.precision import PrecisionError, resolve_precision
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -566,14 +573,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise EvalError(str(err)) from None
     meta = bundle.meta
     device = _device(args.device)
+    try:
+        precision = resolve_precision(args.precision, device)
+    except PrecisionError as err:
+        raise EvalError(str(err)) from None
     tile = args.tile or meta.image_size
     overlap = args.overlap if args.overlap is not None else tile // 8
-    window = SlidingWindow(bundle_forward(bundle, args.iterations, device), tile, overlap,
+    window = SlidingWindow(bundle_forward(bundle, args.iterations, device, args.precision),
+                           tile, overlap,
                            args.stitch, args.batch_size)
     iterations = meta.iterations if args.iterations is None else args.iterations
-    log.info("model %s (%s, K=%d, prompt %s) on %d images from %s; tile %d overlap %d (%s)",
-             args.model, meta.model_type, iterations, meta.prompt, len(items), args.data, tile,
-             overlap, args.stitch)
+    log.info("model %s (%s, K=%d, prompt %s, %s) on %d images from %s; tile %d overlap %d (%s)",
+             args.model, meta.model_type, iterations, meta.prompt,
+             precision, len(items), args.data, tile, overlap,
+             args.stitch)
 
     sweep = None
     threshold, source = meta.threshold, "bundle"

@@ -354,14 +354,36 @@ class ItemLoader:
 
 # ----------------------------------------------------------------------------- augmentation
 
+def label_keep_threshold(ratio: float) -> float:
+    """Coverage above which a label pixel downscaled by ``ratio`` (source / output pixels,
+    > 1) stays positive.
+
+    Area pooling gives each output pixel the covered fraction of its source window, and a window
+    spans at most ``ceil(ratio) + 1`` source pixels, so a 1-px line -- still visible in the
+    (antialiased) downscaled image -- covers at least ``1 / (ceil(src / out) + 1)`` of some
+    window across it. Thresholding at 0.5 would delete such lines (at scale 0.5 every
+    sub-pixel position); this threshold keeps them, and moves a thick object's edge outwards by
+    at most a fraction of an output pixel.
+    """
+    return min(0.5, 1.0 / (math.ceil(ratio) + 1)) - 1e-6
+
+
 def _resize(arr: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
-    """Resize ``[C,h,w]`` (any dtype) to ``size`` (h, w); bool arrays via bilinear > 0.5."""
+    """Resize ``[C,h,w]`` (any dtype) to ``size`` (h, w).
+
+    Bool arrays (labels) upscale by bilinear > 0.5 and downscale by area coverage above
+    ``label_keep_threshold``: a thin structure that stays visible in the image keeps its label.
+    """
     import torch
     import torch.nn.functional as F
 
     if arr.shape[-2:] == tuple(size):
         return arr
     t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None]
+    if arr.dtype == bool and mode != "nearest" and size[0] < arr.shape[-2]:
+        cover = F.interpolate(t, size=size, mode="area")[0].numpy()
+        ratio = max(arr.shape[-2] / size[0], arr.shape[-1] / size[1])
+        return cover > label_keep_threshold(ratio)
     if mode == "nearest":
         out = F.interpolate(t, size=size, mode="nearest")
     else:
@@ -398,8 +420,8 @@ def crop_window(img, mask, valid, y0: int, x0: int, src: int, out: int):
         cv[0, ys - y0:ye - y0, xs - x0:xe - x0] = valid[ys:ye, xs:xe]
     if src != out:
         ci = _resize(ci, (out, out), "bilinear")
-        cm = _resize(cm, (out, out), "bilinear")
         cv = _resize(cv, (out, out), "nearest")
+        cm = _resize(cm, (out, out), "bilinear") & cv  # no label where there is no image
     return ci, cm[0], cv[0]
 
 

@@ -15,7 +15,7 @@ from .config import SAM_CONFIGS, SamConfig, get_config
 from .errors import BundleError, CheckpointError, SamspError
 from .lora import FINETUNE_MODES, apply_lora, configure_finetune, has_lora, merge_lora
 from .loss import LossParts, samsp_loss
-from .model import SamSP, SamSPOutput
+from .model import SamSP, SamSPOutput, logit_of
 from .prompts import PROMPT_KINDS, mask_to_box, mask_to_points
 
 __all__ = [
@@ -24,6 +24,6 @@ __all__ = [
     "Bundle", "BundleError", "BundleMeta", "CheckpointError", "LossParts", "SamConfig", "SamSP",
     "SamSPOutput", "SamspError",
     "apply_lora", "build_sam", "build_sam_from_config", "configure_finetune", "get_config",
-    "has_lora", "load_bundle", "mask_to_box", "mask_to_points", "merge_lora", "read_state_dict",
+    "has_lora", "load_bundle", "logit_of", "mask_to_box", "mask_to_points", "merge_lora", "read_state_dict",
     "samsp_loss", "save_bundle",
 ]

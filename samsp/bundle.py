@@ -23,7 +23,7 @@ from .build import build_sam_from_config
 from .config import get_config
 from .errors import BundleError, CheckpointError
 from .lora import has_lora, merge_lora
-from .model import SamSP
+from .model import SamSP, logit_of
 from .prompts import PromptKind
 
 WEIGHTS_FILE = "model.safetensors"
@@ -164,8 +164,9 @@ def load_bundle(uri: str) -> Bundle:
         raise BundleError(f"bundle {uri}: {err}") from None
     sam.pixel_mean.copy_(torch.tensor(meta.pixel_mean).view(-1, 1, 1))
     sam.pixel_std.copy_(torch.tensor(meta.pixel_std).view(-1, 1, 1))
+    # Self-prompts outline what the bundle calls foreground (its output threshold).
     model = SamSP(sam, iterations=meta.iterations, prompt=meta.prompt, n_points=meta.n_points,
-                  n_negative=meta.n_negative)
+                  n_negative=meta.n_negative, threshold=logit_of(meta.threshold))
     return Bundle(model=model.eval(), meta=meta, uri=uri)
 
 

@@ -6,6 +6,7 @@ the image embeddings: the heavy image encoder runs once per forward.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -31,6 +32,13 @@ class SamSPOutput:
         return self.logits[-1]
 
 
+def logit_of(probability: float) -> float:
+    """The logit whose sigmoid is ``probability`` (a probability threshold as a logit one)."""
+    if not 0.0 < probability < 1.0:
+        raise ValueError(f"a probability threshold must lie in (0, 1), got {probability}")
+    return math.log(probability / (1.0 - probability))
+
+
 class SamSP(nn.Module):
     """Self-prompting wrapper around a ``segment_anything`` ``Sam``.
 
@@ -39,7 +47,9 @@ class SamSP(nn.Module):
       iterations: K, the number of self-prompted passes after the promptless one
       prompt: ``box`` (the paper's), ``mask``, ``box+mask`` or ``points``
       n_points, n_negative: sizes of a ``points`` prompt (positives, negatives)
-      threshold: logit above which a pixel counts as foreground when deriving a prompt
+      threshold: logit above which a pixel counts as foreground when deriving a prompt; keep it
+        the output threshold's logit (``logit_of``) so a self-prompt outlines exactly the
+        foreground the user gets -- bundles and training set it that way
     """
 
     def __init__(
@@ -69,10 +79,13 @@ class SamSP(nn.Module):
     def image_size(self) -> int:
         return self.sam.image_encoder.img_size
 
-    def forward(self, images: torch.Tensor, iterations: int | None = None) -> SamSPOutput:
+    def forward(self, images: torch.Tensor, iterations: int | None = None,
+                valid: torch.Tensor | None = None) -> SamSPOutput:
         """``images`` [B,3,S,S], resized, padded and normalised -> every pass's prediction.
 
         ``iterations`` overrides K for this call (e.g. to compare pass counts at inference).
+        ``valid`` [B,1,S,S] (bool or 0/1) marks pixels that hold image; self-prompts are derived
+        from those only (padding and nodata are never supervised, so never prompt). None = all.
         """
         passes = self.iterations if iterations is None else iterations
         size = self.image_size
@@ -95,7 +108,7 @@ class SamSP(nn.Module):
             if step < passes:
                 prompt = make_self_prompt(
                     self.prompt, logits, low_res, n_points=self.n_points,
-                    n_negative=self.n_negative, threshold=self.threshold,
+                    n_negative=self.n_negative, threshold=self.threshold, valid=valid,
                 )
         return out
 

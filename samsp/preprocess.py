@@ -96,6 +96,29 @@ def prepare_targets(
     return F.pad(target, pad), F.pad(ok, pad)
 
 
+def prepare_valid(
+    batch: int,
+    size: tuple[int, int],
+    image_size: int,
+    valid: np.ndarray | None = None,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """Which pixels of the model frame hold image: bool ``[B,1,S,S]`` for tiles of ``size``
+    (h, w) -- the resized region, minus the tiles' invalid pixels (``valid`` bool ``[B,h,w]``,
+    None = all valid), resized like ``prepare_targets``; the padding is never valid."""
+    height, width = size
+    new_h, new_w = resized_shape(height, width, image_size)
+    frame = torch.zeros((batch, 1, image_size, image_size), dtype=torch.bool, device=device)
+    if valid is None:
+        frame[:, :, :new_h, :new_w] = True
+        return frame
+    ok = torch.from_numpy(np.ascontiguousarray(valid, dtype=bool)).to(device)[:, None]
+    if (new_h, new_w) != (height, width):
+        ok = F.interpolate(ok.float(), (new_h, new_w), mode="nearest-exact") > 0.5
+    frame[:, :, :new_h, :new_w] = ok
+    return frame
+
+
 def postprocess_logits(
     logits: torch.Tensor, original_size: tuple[int, int], image_size: int
 ) -> torch.Tensor:

@@ -9,6 +9,7 @@ from typing import Literal, get_args
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
 PromptKind = Literal["box", "mask", "box+mask", "points"]
@@ -18,18 +19,13 @@ PROMPT_KINDS: tuple[str, ...] = get_args(PromptKind)
 NOT_A_POINT = -1
 
 
-@torch.no_grad()
-def mask_to_box(mask: torch.Tensor) -> torch.Tensor:
-    """Tight boxes around masks: bool ``[B,H,W]`` (or ``[B,1,H,W]``) -> float ``[B,4]``.
+# Logit written into a mask prompt where the input is padding or nodata: plain background, so
+# the next pass is not told anything about pixels that carry no image.
+BACKGROUND_LOGIT = -10.0
 
-    Boxes are ``x_min, y_min, x_max + 1, y_max + 1`` (SAM's XYXY with exclusive end); an empty mask
-    gives the full frame ``0, 0, W, H`` -- "somewhere in the image" is the honest prompt then.
-    """
-    if mask.dim() == 4:
-        mask = mask.squeeze(1)
-    if mask.dim() != 3:
-        raise ValueError(f"mask_to_box expects [B,H,W] or [B,1,H,W], got {tuple(mask.shape)}")
-    mask = mask.bool()
+
+def _box_of(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inclusive boxes of bool ``[B,H,W]`` -> (float ``[B,4]``, empty ``[B]``)."""
     _, height, width = mask.shape
     rows = mask.any(dim=2)  # [B,H]: row holds a foreground pixel
     cols = mask.any(dim=1)  # [B,W]
@@ -39,10 +35,39 @@ def mask_to_box(mask: torch.Tensor) -> torch.Tensor:
     y_max = torch.where(rows, ys, -1).amax(dim=1)
     x_min = torch.where(cols, xs, width).amin(dim=1)
     x_max = torch.where(cols, xs, -1).amax(dim=1)
-    boxes = torch.stack([x_min, y_min, x_max + 1, y_max + 1], dim=1).float()
-    empty = ~rows.any(dim=1)
-    full = torch.tensor([0.0, 0.0, width, height], device=mask.device)
-    return torch.where(empty[:, None], full, boxes)
+    return torch.stack([x_min, y_min, x_max, y_max], dim=1).float(), ~rows.any(dim=1)
+
+
+def _as_bhw(mask: torch.Tensor, name: str) -> torch.Tensor:
+    if mask.dim() == 4:
+        mask = mask.squeeze(1)
+    if mask.dim() != 3:
+        raise ValueError(f"{name} expects [B,H,W] or [B,1,H,W], got {tuple(mask.shape)}")
+    return mask.bool()
+
+
+@torch.no_grad()
+def mask_to_box(mask: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Tight boxes around masks: bool ``[B,H,W]`` (or ``[B,1,H,W]``) -> float ``[B,4]``.
+
+    Boxes are ``x_min, y_min, x_max, y_max`` with inclusive ends, SAM's own convention
+    (``segment_anything.utils.amg.batched_mask_to_box``, the boxes SAM was trained on). Only
+    ``valid`` pixels count (padding and nodata carry no image, so no prompt may come from them);
+    an empty mask gives the box of the valid region -- "somewhere in the image" is the honest
+    prompt then -- or the full frame ``0, 0, W - 1, H - 1`` when nothing is marked valid.
+    """
+    mask = _as_bhw(mask, "mask_to_box")
+    _, height, width = mask.shape
+    if valid is not None:
+        valid = _as_bhw(valid, "mask_to_box").to(mask.device)
+        mask = mask & valid
+    boxes, empty = _box_of(mask)
+    frame = torch.tensor([0.0, 0.0, width - 1, height - 1], device=mask.device)
+    fallback = frame.expand_as(boxes)
+    if valid is not None:
+        valid_boxes, no_valid = _box_of(valid)
+        fallback = torch.where(no_valid[:, None], fallback, valid_boxes)
+    return torch.where(empty[:, None], fallback, boxes)
 
 
 def mask_to_points(
@@ -50,15 +75,18 @@ def mask_to_points(
     n_positive: int = 4,
     n_negative: int = 0,
     min_spacing: int | None = None,
+    valid: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Point prompts from bool masks ``[B,h,w]`` -> (coords ``[B,N,2]`` xy in mask pixels,
     labels ``[B,N]``) with ``N = n_positive + n_negative``.
 
-    Positives sit at distance-transform maxima (the points deepest inside the mask): first the
-    deepest point of each connected component, largest component first, then further maxima
-    away from the points already taken. Negatives (label 0) are the background points farthest
-    from the mask. Unused slots are padding (label -1, SAM's "not a point"); an empty mask gives
-    padding only. Coordinates are pixel indices of ``mask``; callers scale them.
+    Positives sit at distance-transform maxima (the points deepest inside the mask, the frame
+    edge and invalid pixels counting as background): first the deepest point of each connected
+    component, largest component first, then further maxima away from the points already taken.
+    Negatives (label 0) are the valid background points farthest from the mask. Only ``valid``
+    pixels (bool ``[B,h,w]``; None = all) are used: padding and nodata carry no image. Unused
+    slots are padding (label -1, SAM's "not a point"); an empty mask gives padding only.
+    Coordinates are pixel indices of ``mask``; callers scale them.
     """
     batch, height, width = mask.shape
     n_total = n_positive + n_negative
@@ -66,15 +94,17 @@ def mask_to_points(
     labels = np.full((batch, n_total), NOT_A_POINT, dtype=np.int64)
     spacing = min_spacing if min_spacing is not None else max(2, min(height, width) // 8)
     for i in range(batch):
-        fg = mask[i].astype(bool)
+        ok = np.ones((height, width), bool) if valid is None else valid[i].astype(bool)
+        fg = mask[i].astype(bool) & ok
         if not fg.any():
             continue
-        inside = ndimage.distance_transform_edt(fg)
+        inside = _depth(fg)
         positives = _component_maxima(fg, inside, n_positive)
         positives += _greedy_maxima(inside, n_positive - len(positives), spacing, positives)
         negatives: list[tuple[int, int]] = []
-        if n_negative and not fg.all():
-            outside = ndimage.distance_transform_edt(~fg)
+        background = ok & ~fg
+        if n_negative and background.any():
+            outside = ndimage.distance_transform_edt(~fg) * background
             negatives = _greedy_maxima(outside, n_negative, spacing, [])
         for j, (y, x) in enumerate(positives):
             coords[i, j] = (x, y)
@@ -83,6 +113,15 @@ def mask_to_points(
             coords[i, n_positive + j] = (x, y)
             labels[i, n_positive + j] = 0
     return coords, labels
+
+
+def _depth(fg: np.ndarray) -> np.ndarray:
+    """Distance of each foreground pixel to the nearest background pixel or the frame edge.
+
+    The frame counts as background: without it a mask covering the whole frame has no finite
+    depth and a mask touching the border has its "deepest" point on the border.
+    """
+    return ndimage.distance_transform_edt(np.pad(fg, 1))[1:-1, 1:-1]
 
 
 def _component_maxima(fg: np.ndarray, depth: np.ndarray, limit: int) -> list[tuple[int, int]]:
@@ -108,7 +147,9 @@ def _greedy_maxima(
     free = depth.astype(np.float64, copy=True)
 
     def suppress(y: int, x: int) -> None:
-        radius = max(spacing, float(depth[y, x]))
+        # Half the depth: the next point of a big component lands between this one and the
+        # component's edge instead of the whole component being used up by one point.
+        radius = max(spacing, 0.5 * float(depth[y, x]))
         free[(yy - y) ** 2 + (xx - x) ** 2 < radius**2] = 0.0
 
     for y, x in taken:
@@ -124,6 +165,15 @@ def _greedy_maxima(
     return found
 
 
+def valid_at(valid: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor | None:
+    """Input-frame validity ``[B,1,S,S]`` at a coarser grid ``size``: a cell is valid when
+    every input pixel it covers is (so a point or a box never reaches into padding/nodata)."""
+    if valid is None:
+        return None
+    cover = F.adaptive_avg_pool2d(valid.float(), size)
+    return cover > 1.0 - 1e-6
+
+
 @torch.no_grad()
 def points_from_logits(
     low_res_logits: torch.Tensor,
@@ -131,15 +181,19 @@ def points_from_logits(
     n_positive: int,
     n_negative: int,
     threshold: float = 0.0,
+    valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Point prompt from low-res logits ``[B,1,h,w]`` -> coords ``[B,N,2]`` in the input frame
-    (``S x S`` pixels) and labels ``[B,N]``, on the logits' device.
+    (``S x S`` pixels) and labels ``[B,N]``, on the logits' device. ``valid``: input-frame
+    validity ``[B,1,S,S]`` (None = every pixel).
 
     The distance transform is not differentiable and runs on the CPU (scipy); low-res masks keep it
     cheap (256 x 256 for a 1024 px input).
     """
     mask = (low_res_logits.squeeze(1).float() > threshold).cpu().numpy()
-    coords, labels = mask_to_points(mask, n_positive, n_negative)
+    ok = valid_at(valid, tuple(low_res_logits.shape[-2:]))
+    ok = None if ok is None else ok.squeeze(1).cpu().numpy()
+    coords, labels = mask_to_points(mask, n_positive, n_negative, valid=ok)
     # Pixel index i of the low-res grid covers input pixels [s*i, s*(i+1)); SAM adds 0.5 to a
     # point to reach the pixel centre, so map centre to centre: (i + 0.5) * s - 0.5.
     scale = image_size / mask.shape[-1]
@@ -157,22 +211,32 @@ def make_self_prompt(
     n_points: int = 4,
     n_negative: int = 0,
     threshold: float = 0.0,
+    valid: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The prompt for the next pass from this pass's logits (full ``[B,1,S,S]`` and low-res).
 
+    ``valid`` (bool ``[B,1,S,S]``, None = all) marks the input pixels that hold image: padding
+    and nodata never shape a prompt (the loss never supervises them either).
     Returns a dict with ``boxes [B,4]`` (box kinds), ``mask_logits [B,1,S/4,S/4]`` (mask kinds) or
     ``point_coords [B,N,2]`` + ``point_labels [B,N]`` (points); all detached.
     """
     if kind not in PROMPT_KINDS:
         raise ValueError(f"unknown prompt kind {kind!r}; choose one of {PROMPT_KINDS}")
+    if valid is not None:
+        valid = valid.to(device=logits.device, dtype=torch.bool)
     prompt: dict[str, torch.Tensor] = {}
     if kind in ("box", "box+mask"):
-        prompt["boxes"] = mask_to_box(logits.squeeze(1) > threshold)
+        prompt["boxes"] = mask_to_box(logits.squeeze(1) > threshold, valid)
     if kind in ("mask", "box+mask"):
-        prompt["mask_logits"] = low_res_logits.detach()
+        low = low_res_logits.detach()
+        if valid is not None:
+            # Cells with no valid pixel at all become background; mixed cells keep their logit.
+            any_valid = F.adaptive_max_pool2d(valid.float(), tuple(low.shape[-2:])) > 0
+            low = torch.where(any_valid, low, torch.full_like(low, BACKGROUND_LOGIT))
+        prompt["mask_logits"] = low
     if kind == "points":
         coords, labels = points_from_logits(
-            low_res_logits, logits.shape[-1], n_points, n_negative, threshold
+            low_res_logits, logits.shape[-1], n_points, n_negative, threshold, valid
         )
         prompt["point_coords"], prompt["point_labels"] = coords, labels
     return prompt

@@ -205,3 +205,13 @@ def test_deepcrack_layout_is_detected():
     assert len(items) == 2 and "test_img" in items[0]["image"]
     image, mask, valid = ev.load_item(items[0])
     assert image.shape == (3, 384, 544) and mask.shape == (384, 544) and 0 < mask.mean() < 0.2
+
+
+def test_pooled_precision_of_an_empty_prediction_follows_the_per_image_convention():
+    from samsp import metrics
+
+    # nothing predicted, 30 target pixels: per-image precision is 0, and so is the pooled one
+    assert ev.pooled(0, 0, 30)["precision_pooled"] == 0.0
+    assert float(metrics.precision(np.zeros((1, 8, 8), bool), np.ones((1, 8, 8), bool))[0]) == 0.0
+    assert ev.pooled(0, 0, 0)["precision_pooled"] == 1.0  # nothing to find, nothing found
+    assert ev.pooled(5, 5, 30)["precision_pooled"] == 0.5

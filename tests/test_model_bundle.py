@@ -15,6 +15,7 @@ from samsp import (
     build_sam,
     has_lora,
     load_bundle,
+    logit_of,
     save_bundle,
 )
 
@@ -23,8 +24,9 @@ META = {"threshold": 0.4, "band_map": [2, 1, 0], "provenance": {"run": "unit", "
 
 def _model(prompt: str = "points", iterations: int = 2) -> SamSP:
     torch.manual_seed(0)
+    # Self-prompts at the output threshold's logit, as training builds it and bundles load it.
     model = SamSP(build_sam("vit_micro"), iterations=iterations, prompt=prompt, n_points=3,
-                  n_negative=1)
+                  n_negative=1, threshold=logit_of(META["threshold"]))
     return model.eval()
 
 
@@ -49,6 +51,8 @@ def test_round_trip_is_bit_identical(tmp_path):
     assert bundle.meta == meta
     assert (meta.model_type, meta.image_size, meta.iterations, meta.prompt) == ("vit_micro", 128, 2, "points")
     assert (meta.threshold, meta.band_map, meta.provenance) == (0.4, [2, 1, 0], META["provenance"])
+    # the loaded model derives its self-prompts at the bundle's output threshold
+    assert load_bundle(str(tmp_path / "b")).model.threshold == pytest.approx(logit_of(0.4))
     assert meta.pixel_mean == tuple(model.sam.pixel_mean.flatten().tolist())
     for key, value in model.sam.state_dict().items():
         assert torch.equal(bundle.model.sam.state_dict()[key], value), key

@@ -28,16 +28,67 @@ def test_mask_to_box_hand_made_cases_in_one_batch():
     ])
     boxes = mask_to_box(masks)
     assert boxes.dtype == torch.float32 and boxes.shape == (6, 4)
-    expected = torch.tensor([
-        [0, 0, w, h],
-        [5, 3, 6, 4],
-        [0, 0, w, h],
-        [w - 1, h - 1, w, h],
-        [1, 2, 10, 9],
-        [4, 0, 9, 1],
+    expected = torch.tensor([  # inclusive ends, SAM's convention
+        [0, 0, w - 1, h - 1],
+        [5, 3, 5, 3],
+        [0, 0, w - 1, h - 1],
+        [w - 1, h - 1, w - 1, h - 1],
+        [1, 2, 9, 8],
+        [4, 0, 8, 0],
     ], dtype=torch.float32)
     assert torch.equal(boxes, expected)
     assert torch.equal(mask_to_box(masks.unsqueeze(1)), expected)  # [B,1,H,W] too
+
+
+def test_mask_to_box_matches_segment_anythings_own_boxes():
+    from segment_anything.utils.amg import batched_mask_to_box
+
+    gen = torch.Generator().manual_seed(0)
+    masks = torch.rand(16, 24, 20, generator=gen) > 0.97
+    masks[0] = False  # SAM gives 0,0,0,0 for an empty mask; ours differs there on purpose
+    assert torch.equal(mask_to_box(masks)[1:], batched_mask_to_box(masks)[1:].float())
+
+
+def test_mask_to_box_uses_valid_pixels_only():
+    h, w = 16, 16
+    valid = torch.zeros(3, h, w, dtype=torch.bool)
+    valid[:, :10, :12] = True  # the resized tile; the rest is padding
+    masks = torch.zeros(3, h, w, dtype=torch.bool)
+    masks[0, 2:4, 3:5] = True  # inside the valid region
+    masks[0, 14, 15] = True  # a foreground logit over padding: ignored
+    # masks[1] empty -> the box of the valid region, not the padded frame
+    valid[2] = False  # nothing valid -> the full frame
+    boxes = mask_to_box(masks, valid)
+    assert boxes.tolist() == [[3, 2, 4, 3], [0, 0, 11, 9], [0, 0, w - 1, h - 1]]
+
+
+def test_points_avoid_invalid_pixels_and_fill_an_all_foreground_mask():
+    mask = np.ones((2, 32, 32), dtype=bool)
+    mask[1, 8:20, 8:20] = False
+    valid = np.zeros_like(mask)
+    valid[:, :24, :24] = True  # padding on the bottom/right
+    coords, labels = mask_to_points(mask, n_positive=4, n_negative=2, valid=valid)
+    # all foreground: four distinct positives, no negatives (no valid background)
+    assert labels[0].tolist() == [1, 1, 1, 1, -1, -1]
+    xy = coords[0, :4].astype(int)
+    assert len({tuple(p) for p in xy.tolist()}) == 4
+    assert valid[0, xy[:, 1], xy[:, 0]].all()
+    # negatives land in the valid background (the hole), never in the padding
+    assert (labels[1] == 0).sum() == 2
+    for (x, y), label in zip(coords[1].astype(int).tolist(), labels[1].tolist()):
+        assert valid[1, y, x]
+        assert mask[1, y, x] == (label == 1)
+
+
+def test_mask_prompt_is_background_where_the_input_holds_no_image():
+    low = torch.full((1, 1, 8, 8), 3.0)
+    full = torch.nn.functional.interpolate(low, (32, 32), mode="bilinear")
+    valid = torch.zeros(1, 1, 32, 32, dtype=torch.bool)
+    valid[..., :16, :] = True  # top half valid: low-res rows 0-3
+    prompt = make_self_prompt("box+mask", full, low, valid=valid)
+    assert torch.all(prompt["mask_logits"][..., :4, :] == 3.0)
+    assert torch.all(prompt["mask_logits"][..., 4:, :] < 0)
+    assert prompt["boxes"].tolist() == [[0, 0, 31, 15]]
 
 
 def test_mask_to_box_has_no_gradient_and_rejects_bad_shapes():

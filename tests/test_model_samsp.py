@@ -105,3 +105,27 @@ def test_iterations_override_and_argument_checks(sam):
         SamSP(sam, prompt="scribble")
     with pytest.raises(ValueError, match=r"expected images \[B,3,128,128\]"):
         model(torch.zeros(1, 3, 64, 64))
+
+
+@pytest.mark.parametrize("prompt", ["box", "points", "mask"])
+def test_self_prompts_come_from_valid_pixels_only(sam, prompt):
+    model = SamSP(sam, iterations=1, prompt=prompt, n_points=2, n_negative=2).eval()
+    valid = torch.zeros(2, 1, 128, 128, dtype=torch.bool)
+    valid[:, :, :80, :96] = True  # a resized tile in the top-left; the rest is padding
+    with torch.no_grad():
+        out = model(_images(2), valid=valid)
+    used = out.prompts[1]
+    if prompt == "box":
+        boxes = used["boxes"]
+        assert (boxes[:, 2] <= 95).all() and (boxes[:, 3] <= 79).all()
+    elif prompt == "points":
+        real = used["point_labels"] >= 0
+        xy = used["point_coords"][real]
+        assert (xy[:, 0] < 96).all() and (xy[:, 1] < 80).all()
+    else:
+        low = used["mask_logits"]  # [B,1,32,32]; padding rows 20+ and columns 24+
+        assert (low[..., 20:, :] < 0).all() and (low[..., :, 24:] < 0).all()
+    # without validity the promptless pass is the same; only the self-prompt changes
+    with torch.no_grad():
+        plain = model(_images(2))
+    assert torch.equal(plain.logits[0], out.logits[0])

@@ -10,7 +10,7 @@ from PIL import Image
 
 from jobs.config import ConfigError, load_config
 from jobs.train_config import TrainConfig
-from jobs.train_data import (DataError, ItemLoader, TrainDataset, augment, plan_data,
+from jobs.train_data import (DataError, ItemLoader, TrainDataset, augment, crop_window, plan_data,
                              split_items, synth_item, tile_image, untile)
 from tests.conftest import shared_data
 
@@ -208,3 +208,33 @@ def test_deepcrack_config_checks(capsys):
     assert train.main(["--config", "configs/train_deepcrack_cpu.yaml", "--check"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["data"]["train_items"] == 255 and out["data"]["val_items"] == 45
+
+
+@pytest.mark.parametrize("scale", [0.75, 0.6, 0.5, 0.4])
+@pytest.mark.parametrize("width", [1, 2])
+def test_downscaling_keeps_the_label_of_a_thin_line_at_every_subpixel_position(scale, width):
+    # A w-px line stays visible in the antialiased downscaled image; its label must stay too
+    # (bilinear > 0.5 lost 1-px lines at 3/12 positions at 0.75 and 12/12 at 0.5).
+    src = 96
+    out = int(round(src * scale))
+    img = np.full((3, src, src), 200, np.uint8)
+    for offset in range(12):
+        mask = np.zeros((src, src), bool)
+        mask[:, 30 + offset:30 + offset + width] = True
+        line = img.copy()
+        line[:, mask] = 20
+        ci, cm, cv = crop_window(line, mask, np.ones_like(mask), 0, 0, src, out)
+        assert cv.all()
+        assert cm.any(axis=1).all(), f"label lost at offset {offset}"  # every row keeps it
+        dark = ci[0] < 150  # where the image still shows the line
+        assert not (dark & ~cm).any()  # wherever the image still shows it, it is labelled
+
+
+def test_downscaling_a_thick_object_keeps_its_area():
+    mask = np.zeros((120, 120), bool)
+    mask[20:80, 30:97] = True
+    for scale in (0.75, 0.5):
+        out = int(120 * scale)
+        _, cm, _ = crop_window(np.zeros((3, 120, 120), np.uint8), mask, np.ones_like(mask),
+                               0, 0, 120, out)
+        assert cm.sum() / (mask.sum() * scale * scale) == pytest.approx(1.0, abs=0.05)
