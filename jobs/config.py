@@ -27,6 +27,16 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def refuse_replaced(data: Any, replaced: dict[str, str]) -> Any:
+    """For a ``model_validator(mode="before")``: a section still setting a field that was
+    replaced fails with an error naming the new field (not a bare "extra input")."""
+    if isinstance(data, dict):
+        for old, new in replaced.items():
+            if old in data:
+                raise ValueError(f"'{old}' was replaced by {new}")
+    return data
+
+
 class ConfigError(ValueError):
     """A config that does not validate; the message names each bad field."""
 

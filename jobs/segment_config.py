@@ -55,6 +55,10 @@ class PredictConfig(StrictModel):
     torch_threads: int = Field(default=0, ge=0)
     # "auto" = cuda when the actor got a GPU, else cpu.
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Model precision (samsp.precision): auto = bf16 on CUDA cards with bf16 and on CPUs with
+    # native bf16 (avx512_bf16/AMX, read from the CPU), fp16 on older CUDA cards, else fp32.
+    # Pre/post-processing and the self-prompts stay float32; stored weights never change.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
 
 class PipelineConfig(StrictModel):

@@ -13,7 +13,8 @@ What happens:
    one train/val item is read, the storage bucket is reachable, the cluster can host the workers.
 2. ``TorchTrainer`` with ``num_workers`` DDP workers (gloo on CPU, nccl on GPU). Each worker loads
    its shard through a ``DistributedSampler``; AdamW, linear warmup + cosine, gradient
-   accumulation, bf16 autocast on GPU. Every epoch: train loss parts, val Dice/IoU of every pass,
+   accumulation, ``train.precision`` (bf16 autocast where the device runs it natively, CPU
+   included; fp16 + GradScaler on CUDA cards without bf16). Every epoch: train loss parts, val Dice/IoU of every pass,
    epoch seconds are reported with a checkpoint (model weights, optimizer, scheduler, epoch,
    history) under ``<storage_path>/<run.name>/``; Ray keeps the best ``num_to_keep`` by val Dice
    plus the latest.
@@ -69,10 +70,12 @@ class TrainError(RuntimeError):
 def build_model(cfg: TrainConfig):
     """``SamSP`` for the config, fine-tune mode applied (requires_grad set). CPU, train mode."""
     from samsp import SamSP, build_sam, configure_finetune
+    from samsp.model import logit_of
 
     m = cfg.model
     sam = build_sam(m.type, m.checkpoint, m.image_size)
-    model = SamSP(sam, iterations=m.iterations, prompt=m.prompt)
+    # Self-prompts outline the foreground of the output threshold the bundle will carry.
+    model = SamSP(sam, iterations=m.iterations, prompt=m.prompt, threshold=logit_of(m.threshold))
     configure_finetune(model, m.finetune, rank=m.lora_rank, alpha=m.lora_alpha)
     return model.train()
 
@@ -232,7 +235,7 @@ def evaluate(model, val_ds, indices, crop: int, image_size: int, mean, std, thre
     import torch
 
     from samsp import metrics
-    from samsp.preprocess import postprocess_logits, prepare_batch
+    from samsp.preprocess import postprocess_logits, prepare_batch, prepare_valid
     from jobs.train_data import tile_image, untile
 
     passes = model.iterations + 1
@@ -242,13 +245,15 @@ def evaluate(model, val_ds, indices, crop: int, image_size: int, mean, std, thre
         for i in indices:
             img, mask, valid = val_ds[i]
             h, w = mask.shape
-            tiles, _, _, grid = tile_image(img, mask, valid, crop)
+            tiles, _, tile_valid, grid = tile_image(img, mask, valid, crop)
             probs = [[] for _ in range(passes)]
             for s in range(0, len(tiles), batch_size):
                 x, size = prepare_batch(tiles[s:s + batch_size].numpy(), image_size, mean, std,
                                         device=device)
+                ok = prepare_valid(len(x), size, image_size,
+                                   tile_valid[s:s + batch_size].numpy(), device=device)
                 with autocast():
-                    out = model(x)
+                    out = model(x, valid=ok)
                 for k, lg in enumerate(out.logits):
                     probs[k].append(torch.sigmoid(postprocess_logits(lg.float(), size,
                                                                      image_size))[:, 0].cpu())
@@ -262,6 +267,16 @@ def evaluate(model, val_ds, indices, crop: int, image_size: int, mean, std, thre
     return sums, len(indices)
 
 
+def accumulation_group_size(batch_index: int, batches: int, accum: int) -> int:
+    """Micro-batches in the accumulation group of micro-batch ``batch_index`` of an epoch.
+
+    The epoch's last group may be short; its losses are averaged over its own size, so that
+    step's gradient has the same scale as every other step's (not ``1 / accum`` of it).
+    """
+    last_start = (math.ceil(batches / accum) - 1) * accum
+    return accum if batch_index < last_start else batches - last_start
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train worker: see the module docstring."""
     import ray.train
@@ -271,6 +286,8 @@ def train_loop_per_worker(config: dict) -> None:
     from torch.utils.data import DataLoader, DistributedSampler
 
     from samsp import samsp_loss
+    from samsp.precision import autocast as precision_autocast
+    from samsp.precision import resolve_precision
     from samsp.preprocess import prepare_batch, prepare_targets
     from jobs.train_data import TrainDataset, ValDataset
 
@@ -281,13 +298,18 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if cfg.scaling.torch_threads:
         torch.set_num_threads(cfg.scaling.torch_threads)
+    # A worker given a GPU without working CUDA (driver too old for the torch build) stops here
+    # with one line; one given none has the node's GPUs hidden (see jobs/devices.py).
+    from jobs.devices import worker_device
+
+    worker_device()
     device = ray.train.torch.get_device()
-    use_bf16 = cfg.train.bf16 and device.type == "cuda"
+    precision = resolve_precision(cfg.train.precision, device)
+    # fp16 overflows without loss scaling; bf16 has fp32's range and needs none.
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
     def autocast():
-        if use_bf16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return precision_autocast(precision, device)
 
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg)
@@ -357,7 +379,7 @@ def train_loop_per_worker(config: dict) -> None:
     if start_epoch >= end_epoch:
         _log0(rank, f"nothing to train: epoch {start_epoch} of {cfg.train.epochs} already done")
         return
-    _log0(rank, f"rank 0/{world} on {device}: {len(train_ds)} train samples/epoch, "
+    _log0(rank, f"rank 0/{world} on {device} ({precision}): {len(train_ds)} train samples/epoch, "
                 f"{len(val_ds)} val images, {micro_per_epoch} batches/worker/epoch, "
                 f"epochs {start_epoch + 1}..{end_epoch} of {cfg.train.epochs}")
 
@@ -366,7 +388,8 @@ def train_loop_per_worker(config: dict) -> None:
         t0 = time.perf_counter()
         sampler.set_epoch(epoch)
         ddp.train()
-        parts_sum = [0.0, 0.0, 0.0, 0.0]
+        # Loss parts summed on the device: reading them every micro-batch is a host sync.
+        parts_sum = torch.zeros(4, dtype=torch.float64, device=device)
         n_batches, n_samples = 0, 0
         optimizer.zero_grad(set_to_none=True)
         t_step = time.perf_counter()
@@ -377,17 +400,20 @@ def train_loop_per_worker(config: dict) -> None:
             last = (b + 1) % accum == 0 or b + 1 == micro_per_epoch
             sync = ddp.no_sync() if (world > 1 and not last and hasattr(ddp, "no_sync")) \
                 else contextlib.nullcontext()
+            group = accumulation_group_size(b, micro_per_epoch, accum)
             with sync:
                 with autocast():
-                    out = ddp(x)
+                    out = ddp(x, valid=ok)
                 parts = samsp_loss(out, target, distill_weight=cfg.loss.distill_weight,
                                    temperature=cfg.loss.temperature, valid=ok)
-                (parts.total / accum).backward()
+                scaler.scale(parts.total / group).backward()
             if last:
                 if cfg.train.clip_grad_norm > 0:
+                    scaler.unscale_(optimizer)  # clip the true gradient, not the scaled one
                     torch.nn.utils.clip_grad_norm_(
                         [p for p in net.parameters() if p.requires_grad], cfg.train.clip_grad_norm)
-                optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 global_step += 1
@@ -396,16 +422,15 @@ def train_loop_per_worker(config: dict) -> None:
                     _log0(rank, f"epoch {epoch + 1} step {global_step}/{total_steps} "
                                 f"loss {float(parts.total.detach()):.4f} lr {scheduler.get_last_lr()[0]:.2e} "
                                 f"{rate:.1f} samples/s/worker")
-            d = parts.as_dict()
-            for j, key in enumerate(("total", "dice", "bce", "distill")):
-                parts_sum[j] += d[key]
+            parts_sum += torch.stack([parts.total, parts.dice, parts.bce, parts.distill]).detach()
             n_batches += 1
             n_samples += len(img)
         train_s = time.perf_counter() - t0
         val_sums, val_n = evaluate(net, val_ds, val_indices, crop, image_size, mean, std,
                                    cfg.model.threshold, max(1, cfg.train.batch_size), device,
                                    autocast)
-        reduced = _all_reduce_sum(parts_sum + [n_batches, n_samples] + val_sums + [val_n], device)
+        reduced = _all_reduce_sum(parts_sum.tolist() + [n_batches, n_samples] + val_sums + [val_n],
+                                  device)
         nb = max(1.0, reduced[4])
         vals = reduced[6:-1]
         vn = max(1.0, reduced[-1])
@@ -541,6 +566,8 @@ def preflight(cfg: TrainConfig) -> dict:
 def _check_resources(cfg: TrainConfig, mode: str) -> None:
     import ray
 
+    from jobs.ray_utils import is_local_ray
+
     need_cpu = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
     need_gpu = cfg.scaling.num_workers if cfg.scaling.use_gpu else 0
     have = ray.cluster_resources()
@@ -552,7 +579,7 @@ def _check_resources(cfg: TrainConfig, mode: str) -> None:
     if short:
         msg = (f"{cfg.scaling.num_workers} workers need " + " and ".join(short)
                + "; lower scaling.num_workers / cpus_per_worker or set use_gpu: false")
-        if mode == "cluster":
+        if not is_local_ray(mode):  # a cluster may still add the nodes
             log.warning("%s (waiting for the autoscaler)", msg)
         else:
             raise TrainError(msg)

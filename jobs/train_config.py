@@ -10,7 +10,7 @@ from typing import Annotated, Literal, Optional, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from jobs.config import StrictModel
+from jobs.config import StrictModel, refuse_replaced
 
 # Layout presets of image/mask pair folders: (image_dir, mask_dir, mask threshold).
 PAIR_LAYOUTS: dict[str, tuple[str, str, int]] = {
@@ -203,8 +203,10 @@ class TrainSection(StrictModel):
     grad_accum: int = Field(default=1, ge=1)
     # Gradient clipping by global norm (0 disables).
     clip_grad_norm: float = Field(default=1.0, ge=0)
-    # bf16 autocast on GPU (ignored on CPU).
-    bf16: bool = True
+    # Model precision (samsp.precision): auto = bf16 on CUDA cards with bf16 and on CPUs with
+    # native bf16 (avx512_bf16/AMX), fp16 with a GradScaler on older CUDA cards, else fp32.
+    # Losses, metrics and the self-prompts stay float32; checkpoints are float32.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # DDP find_unused_parameters. auto = off: samsp.configure_finetune freezes every module the
     # configured SamSP never uses (IoU head, other mask tokens, unused prompt embeddings), so all
     # trainable parameters get gradients; "on" if you change the model and DDP complains.
@@ -214,6 +216,12 @@ class TrainSection(StrictModel):
     stop_after_epochs: Optional[int] = Field(default=None, ge=1)
     # Log training progress every N optimizer steps (rank 0); 0 = epoch summaries only.
     log_every: int = Field(default=10, ge=0)
+
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced_fields(cls, data):
+        return refuse_replaced(data, {"bf16": "train.precision (auto | fp32 | bf16 | fp16)"})
 
 
 class ScalingSection(StrictModel):

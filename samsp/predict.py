@@ -4,13 +4,13 @@ This is what the segmentation job's Ray actors and the benchmarks call.
 """
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
 
 from .bundle import Bundle, load_bundle
-from .preprocess import postprocess_logits, prepare_batch
+from .model import logit_of
+from .precision import autocast, resolve_precision
+from .preprocess import postprocess_logits, prepare_batch, prepare_valid
 
 
 class TilePredictor:
@@ -18,39 +18,45 @@ class TilePredictor:
 
     Arguments:
       bundle: a loaded ``Bundle`` or its URI
-      device: torch device; on CUDA the model runs under bf16 autocast
+      device: torch device
       iterations: self-prompting passes (default: the bundle's)
+      precision: ``auto | fp32 | bf16 | fp16`` (``samsp.precision``); auto = bf16 where the device
+        runs it natively, fp16 on CUDA cards without bf16, fp32 otherwise
+      threshold: foreground probability (default: the bundle's); self-prompts outline the same
+        foreground as the output mask, so a changed threshold changes both
     """
 
     def __init__(self, bundle: Bundle | str, device: str | torch.device = "cpu",
-                 iterations: int | None = None) -> None:
+                 iterations: int | None = None, precision: str = "auto",
+                 threshold: float | None = None) -> None:
         self.bundle = load_bundle(bundle) if isinstance(bundle, str) else bundle
         self.meta = self.bundle.meta
         self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device)
         self.model = self.bundle.model.to(self.device).eval()
         self.iterations = iterations
+        self._threshold = self.meta.threshold if threshold is None else float(threshold)
+        self.model.threshold = logit_of(self._threshold)
 
     @property
     def threshold(self) -> float:
-        """Probability above which a pixel is foreground (from the bundle)."""
-        return self.meta.threshold
+        """Probability above which a pixel is foreground."""
+        return self._threshold
 
-    def _autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """``images`` uint8 ``[B,C,h,w]`` (radiometry already applied) ->
-        ``prob`` (final pass) and ``prob_first`` (pass 0), float32 ``[B,h,w]`` in 0..1."""
+    def __call__(self, images: np.ndarray, valid: np.ndarray | None = None
+                 ) -> dict[str, np.ndarray]:
+        """``images`` uint8 ``[B,C,h,w]`` (radiometry already applied), ``valid`` bool ``[B,h,w]``
+        (None = all; invalid pixels never shape a self-prompt) -> ``prob`` (final pass) and
+        ``prob_first`` (pass 0), float32 ``[B,h,w]`` in 0..1."""
         if images.ndim != 4:
             raise ValueError(f"expected tiles [B,C,h,w], got shape {images.shape}")
         batch, size = prepare_batch(
             images, self.meta.image_size, self.meta.pixel_mean, self.meta.pixel_std,
             band_map=self.meta.band_map, device=self.device,
         )
-        with torch.inference_mode(), self._autocast():
-            output = self.model(batch, iterations=self.iterations)
+        frame = prepare_valid(len(images), size, self.meta.image_size, valid, device=self.device)
+        with torch.inference_mode(), autocast(self.precision, self.device):
+            output = self.model(batch, iterations=self.iterations, valid=frame)
         with torch.inference_mode():
             probs = {
                 name: torch.sigmoid(postprocess_logits(logits.float(), size, self.meta.image_size))

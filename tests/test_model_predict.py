@@ -31,7 +31,7 @@ def test_odd_tiles_of_any_band_count_give_probabilities(bundle_dir, bands):
 
 
 def test_predictor_matches_the_model_and_is_deterministic(bundle_dir):
-    predictor = TilePredictor(bundle_dir, iterations=1)
+    predictor = TilePredictor(bundle_dir, iterations=1, precision="fp32")
     tiles = np.random.default_rng(0).integers(0, 255, (3, 3, 128, 128), dtype=np.uint8)
     first, again = predictor(tiles), predictor(tiles)
     np.testing.assert_array_equal(first["prob"], again["prob"])

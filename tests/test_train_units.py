@@ -145,3 +145,13 @@ def test_embedded_ray_workers_inherit_the_environment_and_reuse_prestarted_worke
                          timeout=180, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "['set-after-start'] True"
+
+
+def test_the_short_last_accumulation_group_is_averaged_over_its_own_size():
+    # 10 micro-batches, groups of 4: [4, 4, 2]; each group's weights sum to one step's worth
+    sizes = [train.accumulation_group_size(b, 10, 4) for b in range(10)]
+    assert sizes == [4] * 8 + [2] * 2
+    for batches, accum in [(10, 4), (8, 4), (3, 5), (1, 1), (7, 3)]:
+        weights = [1 / train.accumulation_group_size(b, batches, accum) for b in range(batches)]
+        groups = [weights[i:i + accum] for i in range(0, batches, accum)]
+        assert all(sum(g) == pytest.approx(1.0) for g in groups)

@@ -1,0 +1,87 @@
+"""Precision as a setting: auto resolved from the device (never assumed), fp32 unchanged."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from samsp import SamSP, build_sam, save_bundle
+from samsp import precision as prec
+from samsp.predict import TilePredictor
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    model = SamSP(build_sam("vit_tiny"), iterations=1, prompt="box")
+    path = tmp_path_factory.mktemp("bundle") / "tiny"
+    save_bundle(model, str(path), {"threshold": 0.5})
+    return str(path)
+
+
+@pytest.fixture
+def cpu_flags(monkeypatch):
+    """Pretend the CPU reports these /proc/cpuinfo flags (and nothing via torch)."""
+    def set_flags(*flags):
+        prec.cpu_has_native_bf16.cache_clear()
+        monkeypatch.setattr(prec, "_cpuinfo_flags", lambda: set(flags))
+        monkeypatch.setattr(torch._C, "_cpu", None, raising=False)
+    yield set_flags
+    prec.cpu_has_native_bf16.cache_clear()
+
+
+def test_auto_is_bf16_only_where_the_cpu_has_native_bf16(cpu_flags):
+    cpu_flags("avx2", "avx512f", "fma")  # AVX-512 without BF16 (e.g. Skylake-SP)
+    assert prec.resolve_precision("auto", "cpu") == "fp32"
+    cpu_flags("avx512f", "avx512_bf16")
+    assert prec.resolve_precision("auto", "cpu") == "bf16"
+    cpu_flags("amx_tile", "amx_bf16")
+    assert prec.resolve_precision("auto", "cpu") == "bf16"
+    cpu_flags()
+    assert prec.resolve_precision("auto", "cpu") == "fp32"
+    assert prec.resolve_precision("bf16", "cpu") == "bf16"  # explicit requests are honoured
+    assert prec.resolve_precision("fp32", "cpu") == "fp32"
+
+
+def test_auto_on_cuda_follows_the_card_and_fp16_is_refused_on_cpu(monkeypatch):
+    monkeypatch.setattr(prec, "cuda_has_bf16", lambda device: True)
+    assert prec.resolve_precision("auto", "cuda") == "bf16"
+    monkeypatch.setattr(prec, "cuda_has_bf16", lambda device: False)  # T4 / V100
+    assert prec.resolve_precision("auto", "cuda") == "fp16"
+    assert prec.resolve_precision("fp32", "cuda") == "fp32"
+    with pytest.raises(prec.PrecisionError, match="fp16 is for CUDA"):
+        prec.resolve_precision("fp16", "cpu")
+    with pytest.raises(prec.PrecisionError, match="unknown precision"):
+        prec.resolve_precision("int8", "cpu")
+
+
+def test_fp32_predictor_runs_no_autocast_and_bf16_stays_close(bundle_dir):
+    tiles = np.random.default_rng(0).integers(0, 255, (2, 3, 256, 256), dtype=np.uint8)
+    fp32 = TilePredictor(bundle_dir, precision="fp32")
+    assert fp32.precision == "fp32"
+    model, meta = fp32.model, fp32.meta
+    x = (torch.from_numpy(tiles).float() - torch.tensor(meta.pixel_mean).view(1, 3, 1, 1)) \
+        / torch.tensor(meta.pixel_std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        ref = torch.sigmoid(model(x).logits[-1])[:, 0].numpy()
+    got = fp32(tiles)["prob"]
+    np.testing.assert_array_equal(got, fp32(tiles)["prob"])
+    np.testing.assert_allclose(got, ref, atol=1e-6)
+    bf16 = TilePredictor(bundle_dir, precision="bf16")
+    assert bf16.precision == "bf16"
+    out = bf16(tiles)["prob"]
+    assert out.dtype == np.float32  # post-processing stays float32
+    assert not np.array_equal(out, got)  # it really ran in bf16
+    assert np.abs(out - got).max() < 0.05
+
+
+def test_the_old_bf16_training_field_names_its_replacement():
+    from jobs.config import ConfigError, load_config
+    from jobs.train_config import TrainConfig
+
+    with pytest.raises(ConfigError, match=r"train.*replaced by train\.precision"):
+        load_config(TrainConfig, None, ["train.bf16=true"])
+    cfg = load_config(TrainConfig, None, ["train.precision=fp32"])
+    assert cfg.train.precision == "fp32"
+    with pytest.raises(ConfigError, match="train.precision"):
+        load_config(TrainConfig, None, ["train.precision=fp8"])
