@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from functools import partial
 from typing import Mapping
 
@@ -14,11 +15,21 @@ from segment_anything.modeling import (
     TwoWayTransformer,
 )
 
+from .attention import set_fused_attention
 from .checkpoint import fit_state_dict, read_state_dict
 from .config import SamConfig, get_config
 
 
 META_BUILD_MIN_PARAMS = 200_000_000  # vit_l and vit_h; vit_b (94M) builds in 0.45 s
+# "0" turns the fused image-encoder attention off wherever a model is built without an explicit
+# choice (e.g. in Ray workers, which inherit the driver's environment).
+FUSED_ATTENTION_ENV = "SAMSP_FUSED_ATTENTION"
+
+
+def fused_attention_default() -> bool:
+    """The fused attention (samsp.attention) unless ``SAMSP_FUSED_ATTENTION`` is 0/false/off."""
+    value = os.environ.get(FUSED_ATTENTION_ENV, "1").strip().lower()
+    return value not in ("0", "false", "off", "no")
 
 
 def approx_encoder_params(config: SamConfig) -> int:
@@ -74,12 +85,15 @@ def build_sam_from_config(
     state_dict: Mapping[str, torch.Tensor] | None = None,
     resample_positions: bool = False,
     model_type: str = "custom",
+    fused_attention: bool | None = None,
 ) -> Sam:
     """A Sam for ``config``: random, or with weights from ``checkpoint`` (path or fsspec URI) or
     an in-memory ``state_dict``.
 
     The returned model is in eval mode and carries ``samsp_model_type`` and ``samsp_config``
-    so bundles can record what was built.
+    so bundles can record what was built. Its image encoder uses the fused attention of
+    ``samsp.attention`` (same parameters, same outputs within rounding) unless
+    ``fused_attention`` is False (None: ``fused_attention_default()``).
     """
     if checkpoint is not None and state_dict is not None:
         raise ValueError("give either checkpoint or state_dict, not both")
@@ -105,21 +119,26 @@ def build_sam_from_config(
         sam.pixel_mean = torch.tensor(config.pixel_mean, dtype=torch.float32).view(-1, 1, 1)
         sam.pixel_std = torch.tensor(config.pixel_std, dtype=torch.float32).view(-1, 1, 1)
         sam.load_state_dict(state, strict=True)
+    if fused_attention is None:
+        fused_attention = fused_attention_default()
+    set_fused_attention(sam, fused_attention)
     sam.samsp_model_type = model_type
     sam.samsp_config = config
     return sam.eval()
 
 
-def build_sam(model_type: str, checkpoint: str | None = None, image_size: int | None = None) -> Sam:
+def build_sam(model_type: str, checkpoint: str | None = None, image_size: int | None = None,
+              *, fused_attention: bool | None = None) -> Sam:
     """Build ``vit_b``/``vit_l``/``vit_h`` (official layout) or a small config (``vit_tiny``,
     ``vit_micro``), optionally loading ``checkpoint`` from a local path or fsspec URI.
 
     ``image_size`` other than the config's default resamples the checkpoint's positional
     embeddings to the new embedding grid (e.g. an official 1024 px checkpoint used at 512 px).
+    ``fused_attention``: see ``build_sam_from_config``.
     """
     config = get_config(model_type, image_size)
     default_size = get_config(model_type).image_size
     return build_sam_from_config(
         config, checkpoint, resample_positions=config.image_size != default_size,
-        model_type=model_type,
+        model_type=model_type, fused_attention=fused_attention,
     )

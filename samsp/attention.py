@@ -1,0 +1,155 @@
+"""The image encoder's attention as one fused SDPA call, relative-position bias folded in.
+
+segment_anything's ``Attention`` materialises the score matrix, adds the decomposed relative-
+position bias to it and softmaxes it: for vit_b's global blocks that is [12, 4096, 4096] per
+image, written and read several times -- memory-bound, half of a bf16 forward on CPU and ~0.8 GB
+per image. Here the bias is folded into the dot product instead, so
+``torch.nn.functional.scaled_dot_product_attention`` (a flash kernel on CPU and CUDA) runs with no
+mask and never holds more than a block of scores:
+
+    score[i, j] = q_i . k_j * scale + rel_h[i, j_h] + rel_w[i, j_w]
+                = [q_i * scale, rel_h[i], rel_w[i]] . [k_j, onehot(j_h), onehot(j_w)]
+
+(``j_h``, ``j_w``: key j's row and column). The one-hot columns are exact in any precision, so this
+is the same sum, accumulated inside the kernel. q/k widen by H + W (64 -> 192 for a 64x64 global
+block); v is zero-padded to the same width because the flash kernels want one head dim.
+
+Parameters, their names and the official checkpoint layout are untouched:
+:func:`set_fused_attention` swaps the class of each encoder ``Attention`` instance (and back). The
+forward still calls ``self.qkv`` and ``self.proj``, so peft LoRA injected into ``qkv`` applies. The
+relative-position index tensors are built once per device (segment_anything indexes with a CPU
+``arange`` every forward: a host-to-device copy and stream sync per block on CUDA).
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling.image_encoder import Attention
+from torch import nn
+
+# CUDA's flash / memory-efficient kernels want head dims that are multiples of 8.
+_HEAD_DIM_MULTIPLE = 8
+
+
+class FusedAttention(Attention):
+    """``Attention`` with the same parameters, computed by one bias-free SDPA call."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, _ = x.shape
+        # qkv with shape (3, B, nHead, H * W, C)
+        qkv = self.qkv(x).reshape(B, H * W, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        head_dim = q.shape[-1]
+        if self.use_rel_pos:
+            q, k = fold_rel_pos(q, k, self.scale, self.rel_pos_h, self.rel_pos_w, (H, W),
+                                _index_cache(self))
+            scale = 1.0  # already applied to q's first head_dim columns
+        else:
+            q, k = _pad_head_dim(q), _pad_head_dim(k)
+            scale = self.scale
+        v = F.pad(v, (0, q.shape[-1] - head_dim))
+        # (B, nHead, H * W, padded) -> (B, H, W, nHead * C)
+        x = F.scaled_dot_product_attention(q, k, v, scale=scale)[..., :head_dim]
+        x = x.reshape(B, self.num_heads, H, W, head_dim).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
+        return self.proj(x)
+
+
+def fold_rel_pos(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: float,
+    rel_pos_h: torch.Tensor,
+    rel_pos_w: torch.Tensor,
+    size: Tuple[int, int],
+    cache: dict,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Widen q (B, nHead, H * W, C) and k so that q' . k' = q . k * scale + the decomposed
+    relative-position bias of segment_anything's ``add_decomposed_rel_pos`` (q and k sizes equal).
+
+    Returns q', k' of shape (B, nHead, H * W, C + H + W rounded up to a multiple of 8).
+    """
+    B, n_heads, N, C = q.shape
+    H, W = size
+    Rh = _rel_pos_table(rel_pos_h, H, cache)  # (H, H, C)
+    Rw = _rel_pos_table(rel_pos_w, W, cache)  # (W, W, C)
+    # The bias uses the unscaled q, as in add_decomposed_rel_pos.
+    r_q = q.reshape(B, n_heads, H, W, C)
+    rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, Rh).reshape(B, n_heads, N, H)
+    rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, Rw).reshape(B, n_heads, N, W)
+    width = _padded(C + H + W)
+    pad = q.new_zeros(()).expand(B, n_heads, N, width - C - H - W)
+    q_wide = torch.cat([q * scale, rel_h.to(q.dtype), rel_w.to(q.dtype), pad], dim=-1)
+    keys = _key_one_hot(H, W, width - C, k.dtype, k.device, cache)  # (N, H + W + pad)
+    k_wide = torch.cat([k, keys.expand(B, n_heads, N, width - C)], dim=-1)
+    return q_wide, k_wide
+
+
+def _rel_pos_table(rel_pos: torch.Tensor, size: int, cache: dict) -> torch.Tensor:
+    """segment_anything's ``get_rel_pos(size, size, rel_pos)``: (size, size, C), index cached."""
+    max_rel_dist = 2 * size - 1
+    if rel_pos.shape[0] != max_rel_dist:  # interpolated like get_rel_pos
+        rel_pos = F.interpolate(
+            rel_pos.reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1), size=max_rel_dist,
+            mode="linear",
+        ).reshape(-1, max_rel_dist).permute(1, 0)
+    key = ("rel_index", size, rel_pos.device)
+    if key not in cache:
+        with _constants():
+            coords = torch.arange(size, device=rel_pos.device)
+            # relative_coords of get_rel_pos for equal q and k sizes: q - k + (size - 1)
+            cache[key] = coords[:, None] - coords[None, :] + (size - 1)
+    return rel_pos[cache[key]]
+
+
+def _key_one_hot(H: int, W: int, width: int, dtype: torch.dtype, device: torch.device,
+                 cache: dict) -> torch.Tensor:
+    """(H * W, width): key j's row one-hot, then its column one-hot, then zeros."""
+    key = ("key_one_hot", H, W, width, dtype, device)
+    if key not in cache:
+        with _constants():
+            rows = torch.arange(H, device=device).repeat_interleave(W)
+            cols = torch.arange(W, device=device).repeat(H)
+            keys = torch.zeros(H * W, width, dtype=dtype, device=device)
+            keys[torch.arange(H * W, device=device), rows] = 1
+            keys[torch.arange(H * W, device=device), H + cols] = 1
+            cache[key] = keys
+    return cache[key]
+
+
+def _index_cache(module: nn.Module) -> dict:
+    # A plain attribute, not a buffer: nothing enters the state dict, and keys carry the device.
+    cache = module.__dict__.get("_samsp_attention_cache")
+    if cache is None:
+        cache = module.__dict__["_samsp_attention_cache"] = {}
+    return cache
+
+
+def _constants():
+    # Cached tensors built under inference_mode would be inference tensors, which a later
+    # training forward could not save for backward (the index gather saves its index).
+    return torch.inference_mode(False)
+
+
+def _padded(width: int) -> int:
+    return -(-width // _HEAD_DIM_MULTIPLE) * _HEAD_DIM_MULTIPLE
+
+
+def _pad_head_dim(t: torch.Tensor) -> torch.Tensor:
+    return F.pad(t, (0, _padded(t.shape[-1]) - t.shape[-1]))
+
+
+def set_fused_attention(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Switch every image-encoder ``Attention`` in ``model`` to :class:`FusedAttention` (or back
+    to segment_anything's own with ``enabled=False``), in place; returns ``model``."""
+    target = FusedAttention if enabled else Attention
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.__class__ = target
+    return model
+
+
+def uses_fused_attention(model: nn.Module) -> bool:
+    """True if any image-encoder attention in ``model`` is fused."""
+    return any(isinstance(m, FusedAttention) for m in model.modules())
