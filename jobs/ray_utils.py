@@ -109,6 +109,20 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None,
     return "embedded"
 
 
+def is_local_ray(mode: RayMode) -> bool:
+    """Whether this process runs on a single-node Ray it started itself: ``embedded``, or an
+    ``existing`` one that an earlier ``ray.init()`` without an address started here (tests). Its
+    resources now are all it will ever have; a joined cluster may still add (GPU) nodes."""
+    if mode != "existing":
+        return mode == "embedded"
+    import ray
+
+    # The driver's node object: ``head`` only when ray.init() started the node in this process
+    # (joining by address connects to one; Ray Client has none at all).
+    node = getattr(ray._private.worker, "_global_node", None)
+    return bool(getattr(node, "head", False))
+
+
 def stop_ray() -> None:
     """Disconnect (embedded Ray: shut it down) before a job prints its summary, so that no late
     Ray log line follows what callers parse as the last stdout line."""

@@ -298,11 +298,6 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if cfg.scaling.torch_threads:
         torch.set_num_threads(cfg.scaling.torch_threads)
-    # A worker given a GPU without working CUDA (driver too old for the torch build) stops here
-    # with one line; one given none has the node's GPUs hidden (see jobs/devices.py).
-    from jobs.devices import worker_device
-
-    worker_device()
     device = ray.train.torch.get_device()
     precision = resolve_precision(cfg.train.precision, device)
     # fp16 overflows without loss scaling; bf16 has fp32's range and needs none.
@@ -645,9 +640,10 @@ def run(cfg: TrainConfig) -> dict:
 
     import ray
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
 
     from jobs.ray_utils import init_ray, storage_filesystem, worker_env_vars
+    from jobs.train_backend import GpuCheckedTorchConfig
 
     need_cpus = math.ceil(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)
     # Embedded runs are short and local: poll the workers more often than Ray Train's defaults
@@ -676,7 +672,7 @@ def run(cfg: TrainConfig) -> dict:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "plan": facts["plan"]},
-        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
+        torch_config=GpuCheckedTorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
             resources_per_worker={"CPU": cfg.scaling.cpus_per_worker,
@@ -728,6 +724,14 @@ def run(cfg: TrainConfig) -> dict:
     return summary
 
 
+def failure_line(err: BaseException) -> str:
+    """One line for a failed run: Ray nests the worker's traceback in its error's text, whose
+    last line names the root cause (``samsp.errors.CudaUnavailableError: ...``)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    head = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+    return head if len(lines) < 2 else f"{head} {lines[-1]}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -750,8 +754,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as err:  # noqa: BLE001 - Ray wraps worker failures; keep the CLI short
         log.exception("training failed")
-        print(f"error: training failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
-              file=sys.stderr)
+        print(f"error: training failed: {failure_line(err)}", file=sys.stderr)
         return 1
     if args.summary:
         Path(args.summary).write_text(json.dumps(summary, indent=1, default=str))

@@ -12,3 +12,8 @@ class CheckpointError(SamspError, ValueError):
 
 class BundleError(SamspError, ValueError):
     """A model bundle that is missing, incomplete, inconsistent or corrupt."""
+
+
+class CudaUnavailableError(SamspError, RuntimeError):
+    """A worker that was given a GPU, yet torch sees no CUDA device (the node's NVIDIA driver is
+    missing or older than the torch build needs, or the device never reached the container)."""
