@@ -8,6 +8,7 @@ raise ``ConfigError`` naming the field, e.g. ``train.lr: Input should be greater
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import time
@@ -67,11 +68,41 @@ def parse_overrides(items: Iterable[str]) -> list[tuple[str, Any]]:
     return out
 
 
-def format_validation_error(err: ValidationError) -> str:
+def field_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every settable dotted field of a config model (sections recursed into)."""
+    paths = []
+    for name, info in model.model_fields.items():
+        path = prefix + name
+        paths.append(path)
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            paths.extend(field_paths(info.annotation, path + "."))
+    return paths
+
+
+def closest_field(model: type[BaseModel], key: str) -> str | None:
+    """The valid field nearest to a mistyped dotted ``key`` (same section first), or None."""
+    paths = field_paths(model)
+    section = key.rpartition(".")[0]
+    siblings = [p for p in paths if p.rpartition(".")[0] == section]
+    for pool, cutoff in ((siblings, 0.6), (paths, 0.6)):
+        match = difflib.get_close_matches(key, pool, n=1, cutoff=cutoff)
+        if match:
+            return match[0]
+    leaf = key.rpartition(".")[2]  # the right name in the wrong section
+    same_leaf = [p for p in paths if p.rpartition(".")[2] == leaf]
+    return same_leaf[0] if same_leaf else None
+
+
+def format_validation_error(err: ValidationError, model: type[BaseModel] | None = None) -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "<root>"
-        lines.append(f"{loc}: {e['msg']}")
+        line = f"{loc}: {e['msg']}"
+        if e["type"] == "extra_forbidden" and model is not None:
+            near = closest_field(model, loc)
+            if near:
+                line += f" (did you mean {near}?)"
+        lines.append(line)
     return "invalid config: " + "; ".join(lines)
 
 
@@ -91,24 +122,41 @@ def load_config(model: type[T], path: str | Path | None = None,
     try:
         return model.model_validate(tree)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err)) from None
+        raise ConfigError(format_validation_error(err, model)) from None
 
 
-def add_config_args(parser: argparse.ArgumentParser) -> None:
+def add_config_args(parser: argparse.ArgumentParser, example: str) -> None:
+    """``--config`` and ``--set``; ``example`` is one of the job's own fields (``a.b=value``)."""
     parser.add_argument("--config", help="YAML config file (defaults are used when omitted)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="override a config field, e.g. train.epochs=3")
+                        metavar="KEY=VALUE",
+                        help=f"override a config field (repeatable), e.g. {example}")
 
 
-def parse_job_args(argv, *, prog: str, description: str, input_help: str) -> argparse.Namespace:
-    """The CLI shared by the batch jobs (segment, sweep): inputs, output, model, config, logging."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+def job_epilog(examples: Iterable[str], reference: str, exit_codes: dict[int, str]) -> str:
+    """The end of a job's ``--help``: example command lines, where its config fields are
+    documented, and what each exit code means."""
+    lines = ["examples:"] + [f"  {e}" for e in examples]
+    lines += ["", f"config reference: {reference}", "", "exit codes:"]
+    lines += [f"  {code}  {meaning}" for code, meaning in sorted(exit_codes.items())]
+    return "\n".join(lines)
+
+
+def parse_job_args(argv, *, prog: str, description: str, input_help: str, set_example: str,
+                   epilog: str, flags: dict[str, str] | None = None) -> argparse.Namespace:
+    """The CLI shared by the batch jobs (segment, sweep): inputs, output, model, config, logging;
+    ``flags`` adds a job's own on/off options (``{"--force": help}``); ``set_example`` and
+    ``epilog`` (``job_epilog``) make ``--help`` the job's own."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", nargs="+", action="extend", required=True,
                         metavar="URI_OR_GLOB", help=input_help)
     parser.add_argument("--output", required=True, help="output root (local folder or s3://bucket/prefix)")
     parser.add_argument("--model", required=True, help="model bundle (folder or s3:// prefix)")
-    add_config_args(parser)
+    add_config_args(parser, set_example)
     parser.add_argument("--log-level", default=os.environ.get("SAMSP_LOG_LEVEL", "INFO"))
+    for flag, help_text in (flags or {}).items():
+        parser.add_argument(flag, action="store_true", help=help_text)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

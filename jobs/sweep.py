@@ -33,8 +33,8 @@ if __package__ in (None, ""):  # run as a script
 import numpy as np  # noqa: E402
 from pydantic import Field  # noqa: E402
 
-from jobs.config import (ConfigError, StrictModel, load_config, new_run_id,  # noqa: E402
-                         output_root, parse_job_args)
+from jobs.config import (ConfigError, StrictModel, job_epilog, load_config,  # noqa: E402
+                         new_run_id, output_root, parse_job_args)
 from jobs.segment_config import PredictConfig, RayConfig, TilingConfig  # noqa: E402
 from jobs.segment_manifest import join_uri, one_line  # noqa: E402
 
@@ -112,10 +112,11 @@ def finalize_photo(ph: Photo, output: str, cfg: SweepConfig, run_id: str) -> dic
     with storage.gdal_env():
         scene = open_scene(ph.input, bands=cfg.input.bands, check_empty=False)
         thumb = overlay_thumb(scene, Radiometry.from_dict(ph.spec["radiometry"]), mask,
-                              cfg.report.thumb_size)
+                              cfg.report.thumb_size, ph.spec.get("orientation", 1))
     storage.write_bytes(join_uri(output, thumb_rel), thumb)
     rec = {"id": ph.id, "input": ph.input, "status": "ok", "error": "", **metrics,
            "width": ph.spec["width"], "height": ph.spec["height"], "tiles": ph.spec["tiles"],
+           "orientation": ph.spec.get("orientation", 1),
            "mean_disagreement": float(np.mean(ph.disagreement)) if ph.disagreement else 0.0,
            "seconds": round(time.perf_counter() - ph.t0, 3), "mask": mask_rel, "thumb": thumb_rel,
            "run_id": run_id}
@@ -217,14 +218,14 @@ def run_pipeline(photos, cfg, model_uri, threshold, tile, overlap, pool, futures
     import ray
 
     from jobs.ray_utils import init_ray
-    from jobs.segment import ray_resources
+    from jobs.segment import ACTOR_MAX_RESTARTS, ray_resources
     from jobs.segment_pipeline import Predictor
     from jobs.sweep_pipeline import keep_mask_cores, read_photos
     from ingest.tiling import Tile
 
     mode = init_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus, include_dashboard=False)
     ray.data.DataContext.get_current().enable_progress_bars = True
-    res = ray_resources(cfg, len(photos) * 4)
+    res = ray_resources(cfg, len(photos) * 4, mode)
     log.info("Ray (%s): %d model actor(s) x (%.2f CPU, %.2f GPU, %d torch threads), batch %d",
              mode, res["actors"], res["num_cpus"], res["num_gpus"], res["torch_threads"],
              cfg.predict.batch_size)
@@ -238,8 +239,10 @@ def run_pipeline(photos, cfg, model_uri, threshold, tile, overlap, pool, futures
                                    "bands": cfg.input.bands})
     kwargs = dict(fn_constructor_kwargs={"model_uri": model_uri, "threshold": threshold,
                                          "device": cfg.predict.device,
-                                         "torch_threads": res["torch_threads"]},
+                                         "torch_threads": res["torch_threads"],
+                                         "precision": cfg.predict.precision},
                   compute=ray.data.ActorPoolStrategy(size=res["actors"]),
+                  max_restarts=ACTOR_MAX_RESTARTS,
                   batch_size=cfg.predict.batch_size, num_cpus=res["num_cpus"], batch_format="numpy")
     if res["num_gpus"] > 0:
         kwargs["num_gpus"] = res["num_gpus"]
@@ -278,8 +281,19 @@ def run_pipeline(photos, cfg, model_uri, threshold, tile, overlap, pool, futures
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_job_args(argv, prog="sweep.py", description="Crack sweep over photo archives.",
-                          input_help="photos: folders, globs, s3:// prefixes, .txt/.csv lists")
+    args = parse_job_args(
+        argv, prog="sweep.py", description="Crack sweep over photo archives.",
+        input_help="photos: folders, globs, s3:// prefixes, .txt/.csv lists",
+        set_example="report.top_n=48",
+        epilog=job_epilog(
+            ["python jobs/sweep.py --input photos/ --output out/sweep "
+             "--model models/samsp-crack-tiny",
+             "python jobs/sweep.py --input s3://bucket/inspections/2026-11/ --output "
+             "s3://bucket/sweeps/2026-11 --model models/samsp-crack-tiny --set report.top_n=48"],
+            "configs/sweep.yaml (every field with its default and meaning), jobs/sweep.py "
+            "(SweepConfig), README.md 'Crack sweep'",
+            {EXIT_OK: "every photo ok or skipped", EXIT_FAILED: "a photo failed (the others "
+             "finished)", EXIT_USAGE: "usage, config or model error (nothing ran)"}))
     return run(args)
 
 

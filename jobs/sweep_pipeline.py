@@ -116,6 +116,7 @@ def read_photos(batch: dict, tile: int, overlap: int, percentiles=(2.0, 98.0),
     from rasterio.windows import Window
 
     from ingest import Radiometry, TileGrid, open_scene, storage
+    from ingest.orientation import orient, read_orientation
 
     ids, uris = list(batch["scene"]), list(batch["input"])
     out = {"scene": [], "spec": [], "tile": [], "image": [], "valid": [], "error": []}
@@ -128,11 +129,15 @@ def read_photos(batch: dict, tile: int, overlap: int, percentiles=(2.0, 98.0),
                     rad = Radiometry.identity(scene.count)
                 else:
                     rad = Radiometry.fit(scene, percentiles=tuple(percentiles))
-                img = rad.apply(data, valid)
+                # Masks are made in the frame the inspector sees (EXIF orientation applied).
+                orientation = read_orientation(uri)
+                img, valid = orient(rad.apply(data, valid), orientation), orient(valid, orientation)
                 del data
-                grid = TileGrid(scene.height, scene.width, tile, overlap)
-                spec = json.dumps({"input": uri, "height": scene.height, "width": scene.width,
-                                   "tiles": len(grid), "radiometry": rad.to_dict()})
+                height, width = valid.shape
+                grid = TileGrid(height, width, tile, overlap)
+                spec = json.dumps({"input": uri, "height": height, "width": width,
+                                   "orientation": orientation, "tiles": len(grid),
+                                   "radiometry": rad.to_dict()})
                 for t in grid:
                     crop, ok = boundless_crop(img, valid, t.read_window)
                     out["scene"].append(sid)

@@ -25,7 +25,7 @@ from jobs.segment_manifest import join_uri
 
 OVERLAY = np.array([255, 30, 30], np.float32)
 COLUMNS = ["rank", "id", "input", "status", "crack_px", "crack_fraction", "skeleton_length_px",
-           "max_width_px", "mean_width_px", "cracks", "width", "height", "tiles",
+           "max_width_px", "mean_width_px", "cracks", "width", "height", "orientation", "tiles",
            "mean_disagreement", "seconds", "mask", "thumb", "error", "run_id"]
 
 
@@ -47,17 +47,21 @@ def downsample_any(mask: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     return np.maximum.reduceat(rows, xs[:-1], axis=1).astype(bool)
 
 
-def overlay_thumb(scene, radiometry, mask_u8: np.ndarray, size: int) -> bytes:
-    """JPEG thumbnail (longest side ``size``) with cracks in red; the photo is read decimated."""
+def overlay_thumb(scene, radiometry, mask_u8: np.ndarray, size: int,
+                  orientation: int = 1) -> bytes:
+    """JPEG thumbnail (longest side ``size``) with cracks in red; the photo is read decimated
+    and turned by its EXIF ``orientation`` (the mask is already in that frame)."""
     from PIL import Image
 
+    from ingest.orientation import orient, oriented_shape
     from jobs.segment_finalize import _decimated_image
 
     H, W = scene.height, scene.width
     scale = min(1.0, size / max(H, W))
-    out_h, out_w = max(1, int(round(H * scale))), max(1, int(round(W * scale)))
-    data, valid = _decimated_image(scene, out_h, out_w)
-    img = radiometry.apply(data, valid)
+    stored_h, stored_w = max(1, int(round(H * scale))), max(1, int(round(W * scale)))
+    data, valid = _decimated_image(scene, stored_h, stored_w)
+    img = orient(radiometry.apply(data, valid), orientation)
+    out_h, out_w = oriented_shape(stored_h, stored_w, orientation)
     rgb = np.repeat(img[:1], 3, axis=0) if img.shape[0] < 3 else img[:3]
     rgb = np.moveaxis(rgb, 0, -1).astype(np.float32)
     crack = downsample_any(mask_u8 == 1, out_h, out_w)
@@ -83,7 +87,8 @@ def ranked_table(records: list[dict]):
     bad["rank"] = None
     table = pd.concat([ok, bad], ignore_index=True)[COLUMNS]
     table["rank"] = table["rank"].astype("Int64")
-    for col in ("crack_px", "skeleton_length_px", "cracks", "width", "height", "tiles"):
+    for col in ("crack_px", "skeleton_length_px", "cracks", "width", "height", "orientation",
+                "tiles"):
         table[col] = pd.to_numeric(table[col], errors="coerce").astype("Int64")
     for col in ("crack_fraction", "max_width_px", "mean_width_px", "mean_disagreement", "seconds"):
         table[col] = pd.to_numeric(table[col], errors="coerce").astype("float64")
@@ -136,6 +141,7 @@ def report_html(table, top_n: int, run_info: dict) -> str:
                 cracks=rec["cracks"]))
     fails = "".join(f"<li>{html.escape(r['id'])}: {html.escape(r['error'])}</li>"
                     for r in failed.to_dict("records"))
+    turned = int((ok["orientation"].fillna(1) != 1).sum())
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Crack sweep report</title>
 <style>body{{font-family:sans-serif;margin:1.5em}} td,th{{padding:4px 8px;border-bottom:1px solid #ddd}}
@@ -143,7 +149,9 @@ th{{text-align:left}}</style></head><body>
 <h1>Crack sweep</h1>
 <p>{len(table)} images: {len(ok)} ok, {len(failed)} failed. Model {html.escape(str(run_info.get('model')))};
 threshold {run_info.get('threshold')}; run {html.escape(str(run_info.get('run_id')))}.
-Full table: <a href="report.csv">report.csv</a> / report.parquet. <a href="contact_sheet.png">Contact sheet</a>.</p>
+Full table: <a href="report.csv">report.csv</a> / report.parquet. <a href="contact_sheet.png">Contact sheet</a>.
+Photos are measured and shown as photo viewers display them: EXIF orientation applied
+({turned} of {len(ok)} turned; width/height are the displayed ones).</p>
 <h2>Top {min(top_n, len(ok))} by crack pixels</h2>
 <table><tr><th>#</th><th>overlay (links to mask)</th><th>image</th><th>crack px</th><th>fraction</th>
 <th>skeleton length px</th><th>max width px</th><th>cracks</th></tr>

@@ -49,7 +49,7 @@ from typing import Any
 if __package__ in (None, ""):  # `python jobs/train.py`: make `import jobs` resolve to this repo
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.config import ConfigError, add_config_args, load_config  # noqa: E402
+from jobs.config import ConfigError, add_config_args, job_epilog, load_config  # noqa: E402
 from jobs.train_config import TrainConfig  # noqa: E402
 from jobs.train_data import DataError  # noqa: E402
 
@@ -733,9 +733,21 @@ def failure_line(err: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser)
+    parser = argparse.ArgumentParser(
+        prog="train.py", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=job_epilog(
+            ["python jobs/train.py --config configs/train_tiny.yaml",
+             "python jobs/train.py --config configs/train_deepcrack_cpu.yaml "
+             "--set train.epochs=8 --set train.precision=bf16",
+             "ray job submit --working-dir . -- python jobs/train.py "
+             "--config configs/train_vit_b_lora_gpu.yaml"],
+            "jobs/train_config.py (every field, with comments) and README.md, "
+            "'Training job'",
+            {0: "done (or stopped by train.stop_after_epochs)",
+             1: "training failed",
+             2: "bad config, data, model or storage (nothing started)"}))
+    add_config_args(parser, "train.epochs=3")
     parser.add_argument("--summary", help="also write the run summary JSON to this local file")
     parser.add_argument("--check", action="store_true",
                         help="validate config, model, data and storage, then exit (no Ray)")

@@ -111,13 +111,42 @@ def _reference_mask(uri: str, bundle: str, tile: int = 128, overlap: int = 16) -
     mask = np.zeros((scene.height, scene.width), np.uint8)
     for t in TileGrid(scene.height, scene.width, tile, overlap):
         crop, ok = boundless_crop(img, valid, t.read_window)
-        p = tp(np.where(ok, crop, 0)[None])["prob"][0]
+        p = tp(np.where(ok, crop, 0)[None], ok[None])["prob"][0]
         rs, cs = t.core_slices
         r0, c0 = int(t.core_window.row_off), int(t.core_window.col_off)
         core = ((p > tp.threshold) & ok)[rs, cs]
         mask[r0:r0 + core.shape[0], c0:c0 + core.shape[1]] = np.where(core, 255, 0)
     torch.set_num_threads(threads)
     return mask
+
+
+def test_photos_are_read_and_thumbnailed_as_viewers_show_them(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from ingest import Radiometry, open_scene
+    from jobs.sweep_pipeline import read_photos
+    from jobs.sweep_report import overlay_thumb
+
+    stored = np.zeros((40, 100, 3), np.uint8)
+    stored[:4, :10] = 255  # a bright patch top-left of the stored grid
+    img = Image.fromarray(stored)
+    exif = img.getexif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise: 40 wide, 100 tall
+    path = tmp_path / "portrait.jpg"
+    img.save(path, exif=exif.tobytes(), quality=95)
+    out = read_photos({"scene": ["p"], "input": [str(path)]}, tile=64, overlap=8)
+    spec = json.loads(out["spec"][0])
+    assert (spec["height"], spec["width"], spec["orientation"]) == (100, 40, 6)
+    assert not any(out["error"])
+    first = out["image"][0]  # the top-left tile of the displayed photo
+    # the stored top-left patch is now top-right: rows 0-9, columns 36-39
+    assert first[0, :10, 36:40].mean() > 200 and first[0, 20:, :30].mean() < 30
+    mask = np.zeros((100, 40), np.uint8)
+    thumb = overlay_thumb(open_scene(str(path), check_empty=False), Radiometry.identity(3),
+                          mask, 50, orientation=6)
+    assert Image.open(io.BytesIO(thumb)).size == (20, 50)  # (w, h) as displayed
 
 
 @pytest.mark.ray
