@@ -114,14 +114,19 @@ def scene_error(exc: BaseException) -> str:
 
 # --------------------------------------------------------------------------- plan
 
-def plan_scene(sid: str, uri: str, output: str, cfg: SegmentConfig, tile: int, overlap: int) -> ScenePlan:
-    """Header + radiometry + grid + resume state of one scene (raises SceneError & co)."""
+def plan_scene(sid: str, uri: str, output: str, cfg: SegmentConfig, tile: int, overlap: int,
+               record: dict | None = None, force: bool = False) -> ScenePlan:
+    """Header + radiometry + grid + resume state of one scene (raises SceneError & co).
+
+    With a run ``record`` (jobs.segment_record), the scene resumes only a store made with the
+    same record; otherwise (or with ``force``) it is recomputed into a fresh store beside the
+    old outputs (``plan.replaces``), or fails (``pipeline.on_change: fail``)."""
     import numpy as np
 
     from ingest import MaskWriter, Radiometry, TileGrid, open_scene, storage
 
     t0 = time.perf_counter()
-    plan = ScenePlan(id=sid, input=uri, out_dir=join_uri(output, sid))
+    plan = ScenePlan(id=sid, input=uri, out_dir=join_uri(output, sid), record=record or {})
     require_crs = cfg.input.require_crs and is_geospatial_uri(uri)
     with storage.gdal_env():
         scene = open_scene(uri, bands=cfg.radiometry.bands, require_crs=require_crs,
@@ -140,9 +145,16 @@ def plan_scene(sid: str, uri: str, output: str, cfg: SegmentConfig, tile: int, o
     plan.radiometry = radiometry.to_dict()
     plan.tile, plan.overlap = tile, overlap
     plan.tiles = grid  # a sequence computed on access: no per-tile objects kept
+    mode, attrs = "a", None
+    if record is not None:
+        from jobs.segment_record import RECORD_KEY, choose_store
+
+        choice = choose_store(plan.out_dir, record, force, cfg.pipeline.on_change)
+        plan.out_dir, plan.replaces, plan.recompute_reason = choice.out_dir, choice.replaces, choice.reason
+        mode, attrs = choice.mode, {RECORD_KEY: record}
     # Create (or reopen a compatible) store; an incompatible one (other tile size, other scene)
     # raises WriterError naming the difference -- the scene fails, the store stays untouched.
-    writer = MaskWriter(plan.zarr_uri, like=scene, chunk=grid.core_size, mode="a")
+    writer = MaskWriter(plan.zarr_uri, like=scene, chunk=grid.core_size, mode=mode, attrs=attrs)
     written = writer.written_chunks()
     records = read_tile_records(plan.tiles_uri) if written else {}
     plan.done_stats = {k: v for k, v in records.items() if k in written}
@@ -318,6 +330,7 @@ def run(args: argparse.Namespace) -> int:
         log.error("model: %s", one_line(err))
         return EXIT_USAGE
     threshold = cfg.predict.threshold if cfg.predict.threshold is not None else meta.threshold
+    force = bool(getattr(args, "force", False))
     try:
         tile, overlap = tile_geometry(cfg, meta.image_size)
         # never this run's output root nor samsp's outputs elsewhere (--output inside an input)
@@ -334,6 +347,7 @@ def run(args: argparse.Namespace) -> int:
         threading.Thread(target=import_model_code, name="import-model", daemon=True).start()
     manifest = Manifest(output, run_id)
     ids = assign_scene_ids(inputs, manifest.previous)
+    records = scene_records(inputs, cfg, args.model, threshold, tile, overlap)
     log.info("run %s: %d scene(s), model %s (%s, tile %d, overlap %d, threshold %.3f) -> %s",
              run_id, len(inputs), args.model, meta.model_type, tile, overlap, threshold, output)
 
@@ -343,7 +357,7 @@ def run(args: argparse.Namespace) -> int:
     todo = []
     for uri in inputs:
         sid = ids[uri]
-        if manifest.done(sid):
+        if manifest.done(sid) and not force and manifest.previous[sid].get("record") == records[uri]:
             prev = dict(manifest.previous[sid])
             done_in = prev.get("done_run_id") or prev.get("run_id", "?")
             prev.update(id=sid, input=uri, status="skipped", tiles_computed=0, seconds=0.0,
@@ -355,7 +369,7 @@ def run(args: argparse.Namespace) -> int:
 
     def plan_one(uri: str):
         try:
-            return plan_scene(ids[uri], uri, output, cfg, tile, overlap), None
+            return plan_scene(ids[uri], uri, output, cfg, tile, overlap, records[uri], force), None
         except Exception as err:  # noqa: BLE001 - one bad scene never stops the others
             return None, err
 
@@ -373,6 +387,9 @@ def run(args: argparse.Namespace) -> int:
             log.error("scene %s: FAILED at plan: %s", sid, msg)
             continue
         states[sid] = SceneState(plan, cfg.output.uncertain_top_n)
+        if plan.replaces:
+            log.info("scene %s: recomputed whole into a fresh store (%s); its old outputs stay "
+                     "until it succeeds", sid, plan.recompute_reason)
         log.info("scene %s: %dx%d, %d band(s) %s, %d tiles (%d to compute, %d done before)",
                  sid, plan.width, plan.height, plan.count, plan.dtype, len(plan.tiles),
                  len(plan.todo), len(plan.tiles) - len(plan.todo))
@@ -395,9 +412,13 @@ def run(args: argparse.Namespace) -> int:
 
     def finalize(st: SceneState) -> dict:
         from jobs.segment_finalize import finalize_scene
+        from jobs.segment_record import promote
 
-        return finalize_scene(st.plan, st.totals, cfg, threshold, args.model, st.computed,
-                              time.perf_counter() - st.t_start)
+        extra = finalize_scene(st.plan, st.totals, cfg, threshold, args.model, st.computed,
+                               time.perf_counter() - st.t_start)
+        if st.plan.replaces:  # a whole, successful recomputation replaces the old outputs
+            promote(st.plan.out_dir, st.plan.replaces, extra["outputs"])
+        return extra
 
     for sid, st in states.items():
         if st.remaining == 0:
@@ -473,7 +494,7 @@ def scene_row(st: SceneState, status: str, error: str, uncertain: list, outputs:
             "width": p.width, "height": p.height,
             "seconds": round(time.perf_counter() - st.t_start + p.seconds_plan, 3),
             "uncertain_tiles": uncertain, "outputs": outputs,
-            "foreground_fraction": fg_fraction}
+            "foreground_fraction": fg_fraction, "record": p.record}
 
 
 def pipeline_error(err: BaseException) -> str:
@@ -660,10 +681,30 @@ def run_pipeline(rows, states, cfg, model_uri, threshold, finish, manifest) -> s
     return ""
 
 
+def scene_records(inputs: list[str], cfg: SegmentConfig, model_uri: str, threshold: float,
+                  tile: int, overlap: int) -> dict[str, dict]:
+    """Each input's run record (jobs.segment_record); fingerprints are I/O: a few threads."""
+    from jobs.segment_record import bundle_sha256, input_fingerprint, run_record
+
+    sha = bundle_sha256(model_uri)
+
+    def fingerprint(uri: str):
+        try:
+            return input_fingerprint(uri)
+        except Exception:  # noqa: BLE001 - unreadable: planning reports it for this scene
+            return None
+
+    with cf.ThreadPoolExecutor(max_workers=cfg.pipeline.plan_workers) as pool:
+        prints = list(pool.map(fingerprint, inputs))
+    return {uri: run_record(cfg, sha, threshold, tile, overlap, fp) for uri, fp in zip(inputs, prints)}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_job_args(argv, prog="segment.py",
                           description="Distributed SAM-SP segmentation of scenes on Ray Data.",
-                          input_help="scenes: files, globs, folders, s3:// prefixes, .txt/.csv lists")
+                          input_help="scenes: files, globs, folders, s3:// prefixes, .txt/.csv lists",
+                          flags={"--force": "recompute every scene (outputs replaced only once "
+                                            "each scene succeeded)"})
     return run(args)
 
 

@@ -84,6 +84,11 @@ class PipelineConfig(StrictModel):
     plan_workers: int = Field(default=8, ge=1)
     # Parallel scene finalizations (COG, quicklook, stats) on the driver, overlapping the pipeline.
     finalize_workers: int = Field(default=2, ge=1)
+    # A done or partial scene whose run record (model bundle sha256, threshold, radiometry,
+    # bands, tiling, precision, input size/mtime or ETag) differs from this run's: "recompute"
+    # it whole into a fresh store, replacing the old outputs only once it succeeded; "fail"
+    # the scene with an error naming the difference (old outputs untouched). Never mixed.
+    on_change: Literal["recompute", "fail"] = "recompute"
 
 
 class OutputConfig(StrictModel):

@@ -195,6 +195,7 @@ def finalize_scene(plan, totals, cfg, threshold: float, model_uri: str,
         "threshold": threshold,
         "model": model_uri,
         "radiometry": plan.radiometry,
+        "record": plan.record,  # what this mask was made of (jobs.segment_record)
         # exact sums: the same value whatever order the tiles came back in (a resumed run's
         # records arrive in another order than an uninterrupted run's)
         "mean_disagreement": totals.mean_disagreement,

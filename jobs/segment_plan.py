@@ -237,6 +237,9 @@ class ScenePlan:
     done_stats: dict = field(default_factory=dict)     # (r, c) -> stat record from a previous run
     error: str = ""
     seconds_plan: float = 0.0
+    record: dict = field(default_factory=dict)         # jobs.segment_record: what the mask is made of
+    replaces: str = ""     # out_dir is a recomputation whose outputs replace these on success
+    recompute_reason: str = ""
 
     @property
     def zarr_uri(self) -> str:

@@ -1,0 +1,173 @@
+"""Reruns that are always right: jobs/segment.py (local engine, local files) run again over its
+own outputs with another threshold, model or input version, with --force, with
+``pipeline.on_change: fail``, and with its output inside its input folder.
+
+Each rerun's result must equal a fresh run of the same settings: never a mask mixing tiles of
+two settings. The model is a random vit_micro whose logits are scaled so that probabilities are
+spread over (0, 1) -- a threshold change then changes the mask -- and every run uses one tile
+per model call and one torch thread, so equal settings give equal bytes.
+"""
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from tests.test_segment import job_env, read_raster, run_job
+
+pytestmark = [pytest.mark.slow]
+
+LOCAL = ["--set", "pipeline.engine=local", "--set", "predict.num_actors=1"]
+
+
+def _bundle(path: Path, seed: int) -> str:
+    import torch
+
+    import samsp
+
+    torch.manual_seed(seed)
+    sam = samsp.build_sam("vit_micro")
+    with torch.no_grad():  # spread probabilities: some pixels between 0.5 and 0.9
+        for mlp in sam.mask_decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight.mul_(4.0)
+            mlp.layers[-1].bias.mul_(4.0)
+    samsp.save_bundle(samsp.SamSP(sam, iterations=1, prompt="box"), str(path),
+                      {"threshold": 0.5, "provenance": {"test": f"random vit_micro {seed}"}})
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    from ingest.synthetic import make_geotiff
+
+    tmp = tmp_path_factory.mktemp("reruns")
+    src = tmp / "in"
+    src.mkdir()
+    scene = make_geotiff(str(src / "a.tif"), 200, 300, seed=4)  # 2 x 3 = 6 tiles of 128 px
+    return SimpleNamespace(tmp=tmp, src=src, scene=scene, env=job_env(SimpleNamespace(env=dict)),
+                           model_a=_bundle(tmp / "model_a", 0), model_b=_bundle(tmp / "model_b", 1))
+
+
+def _run(env, out, model, *extra, inputs=None, job_env=None):
+    res = run_job(inputs or [env.scene], str(out), model, job_env or env.env, extra=[*LOCAL, *extra])
+    summary = json.loads(res.out.strip().splitlines()[-1]) if res.rc in (0, 1) else {}
+    return SimpleNamespace(rc=res.rc, out=res.out, summary=summary)
+
+
+def _result(out) -> dict:
+    """Everything a scene's result is made of: both COGs, both Zarr arrays, the stats."""
+    from ingest import MaskWriter
+
+    out = Path(out) / "a"
+    got = {name: read_raster(str(out / name))[0] for name in ("mask.tif", "prob.tif")}
+    store = MaskWriter.open(out / "mask.zarr", mode="r")
+    got.update({f"zarr.{w}": store.read(which=w) for w in ("mask", "prob")})
+    stats = json.loads((out / "stats.json").read_text())
+    got["stats"] = {k: stats[k] for k in ("foreground_pixels", "valid_pixels", "threshold",
+                                          "uncertain_tiles", "record")}
+    return got
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    for key in a:
+        if isinstance(a[key], np.ndarray):
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        else:
+            assert a[key] == b[key], key
+
+
+@pytest.fixture(scope="module")
+def fresh(env):
+    """Fresh runs, one per setting: the references."""
+    refs = {}
+    for name, model, extra in (("a", env.model_a, ()), ("a.9", env.model_a, ("--set", "predict.threshold=0.9")),
+                               ("b", env.model_b, ())):
+        res = _run(env, env.tmp / f"fresh-{name}", model, *extra)
+        assert res.rc == 0, res.out[-3000:]
+        refs[name] = _result(env.tmp / f"fresh-{name}")
+    # the test means something: the settings give different masks
+    assert (refs["a"]["mask.tif"] != refs["a.9"]["mask.tif"]).any()
+    assert (refs["a"]["mask.tif"] != refs["b"]["mask.tif"]).any()
+    return refs
+
+
+def test_partial_scene_with_another_threshold_is_recomputed_whole(env, fresh):
+    out = env.tmp / "partial"
+    killed = _run(env, out, env.model_a, job_env=dict(env.env, SAMSP_SEGMENT_KILL_AFTER_TILES="3"))
+    assert killed.rc == -signal.SIGKILL, killed.out[-3000:]
+    assert not (out / "a" / "mask.tif").exists()
+    res = _run(env, out, env.model_a, "--set", "predict.threshold=0.9")
+    assert res.rc == 0 and res.summary["tiles_computed"] == 6, res.out[-3000:]
+    assert "predict.threshold 0.5 -> 0.9" in res.out
+    _assert_same(_result(out), fresh["a.9"])
+    assert not (out / "a" / ".recompute").exists()
+
+
+def test_done_scene_reruns_follow_threshold_model_and_input(env, fresh):
+    out = env.tmp / "done"
+    assert _run(env, out, env.model_a).rc == 0
+    old_cog = (out / "a" / "mask.tif").read_bytes()
+
+    # on_change=fail: the scene fails naming the field; the old outputs are untouched
+    res = _run(env, out, env.model_a, "--set", "predict.threshold=0.9",
+               "--set", "pipeline.on_change=fail")
+    assert res.rc == 1 and res.summary["failed"] == 1, res.out[-3000:]
+    row = json.loads((out / "manifest.jsonl").read_text().splitlines()[0])
+    assert "RunChangedError" in row["error"] and "predict.threshold 0.5 -> 0.9" in row["error"]
+    assert (out / "a" / "mask.tif").read_bytes() == old_cog
+
+    # the same rerun recomputes: a whole fresh mask, no tile of the old setting kept
+    res = _run(env, out, env.model_a, "--set", "predict.threshold=0.9")
+    assert res.rc == 0 and res.summary["tiles_computed"] == 6, res.out[-3000:]
+    _assert_same(_result(out), fresh["a.9"])
+    # the same settings again: skipped, nothing recomputed
+    res = _run(env, out, env.model_a, "--set", "predict.threshold=0.9")
+    assert res.summary["skipped"] == 1 and res.summary["tiles_computed"] == 0, res.out[-3000:]
+    # --force recomputes everything, to the same result
+    res = _run(env, out, env.model_a, "--set", "predict.threshold=0.9", "--force")
+    assert res.rc == 0 and res.summary["tiles_computed"] == 6, res.out[-3000:]
+    _assert_same(_result(out), fresh["a.9"])
+
+    # another model
+    res = _run(env, out, env.model_b)
+    assert res.rc == 0 and res.summary["tiles_computed"] == 6 and "model bundle" in res.out
+    _assert_same(_result(out), fresh["b"])
+
+    # another version of the input (same path, new pixels): equals a fresh run on it
+    import rasterio
+
+    changed = env.tmp / "changed"
+    changed.mkdir()
+    new_input = changed / "a.tif"
+    new_input.write_bytes(Path(env.scene).read_bytes())
+    for path in (env.scene, new_input):
+        with rasterio.open(path, "r+") as ds:
+            data = ds.read()
+            ds.write(255 - data)
+    res = _run(env, out, env.model_b)
+    assert res.rc == 0 and res.summary["tiles_computed"] == 6 and "input (fingerprint)" in res.out
+    assert _run(env, env.tmp / "fresh-changed", env.model_b, inputs=[str(new_input)]).rc == 0
+    mine, ref = _result(out), _result(env.tmp / "fresh-changed")
+    for d in (mine, ref):
+        d["stats"]["record"].pop("input")  # two files: two fingerprints
+    _assert_same(mine, ref)
+
+
+def test_output_inside_the_input_folder_is_never_read_back(env, tmp_path):
+    from ingest.synthetic import make_geotiff
+
+    src = tmp_path / "in"
+    src.mkdir()
+    make_geotiff(str(src / "s.tif"), 90, 100, seed=8)
+    out = src / "out"
+    first = _run(env, out, env.model_a, inputs=[str(src)])
+    assert first.rc == 0 and first.summary["ok"] == 1, first.out[-3000:]
+    again = _run(env, out, env.model_a, inputs=[str(src), f"{src}/./s.tif"])
+    assert again.rc == 0, again.out[-3000:]
+    assert (again.summary["ok"], again.summary["skipped"], again.summary["failed"]) == (0, 1, 0)
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["s"] and rows[0]["input"] == str(src / "s.tif")
