@@ -171,3 +171,50 @@ def test_output_inside_the_input_folder_is_never_read_back(env, tmp_path):
     assert (again.summary["ok"], again.summary["skipped"], again.summary["failed"]) == (0, 1, 0)
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == ["s"] and rows[0]["input"] == str(src / "s.tif")
+
+
+@pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.s3)])
+def test_promote_replaces_the_old_outputs_whole(where, tmp_path, request):
+    """The swap that ends a recomputation, on a local folder and on S3: the new store, tile
+    records and files replace the old ones (an output no longer made is removed); a store
+    caught mid-swap on S3 has no root metadata, so it reads as absent, never as mixed."""
+    from ingest import MaskWriter, storage
+    from jobs.segment_record import RECORD_KEY, STAGING, choose_store, promote, stored_record
+
+    if where == "s3":
+        s3 = request.getfixturevalue("s3_env")
+        live = f"s3://{s3.bucket}/promote-{tmp_path.name}/a"
+    else:
+        live = str(tmp_path / "a")
+    old, new = {"threshold": 0.5}, {"threshold": 0.9}
+
+    def scene_outputs(folder: str, record: dict, value: int, files: tuple) -> None:
+        store = MaskWriter(f"{folder}/mask.zarr", height=40, width=50, chunk=16,
+                           attrs={RECORD_KEY: record})
+        store.write(store.chunk_window(0, 0), prob=np.full((16, 16), value, np.uint8),
+                    mask=np.ones((16, 16), np.uint8))
+        for name in files:
+            storage.write_bytes(f"{folder}/{name}", f"{name} {value}".encode())
+
+    scene_outputs(live, old, 1, ("mask.tif", "polygons.geojson", "stats.json", "tiles/0_0-x.json"))
+    choice = choose_store(live, new, force=False, on_change="recompute")
+    assert (choice.out_dir, choice.mode, choice.replaces) == (f"{live}/{STAGING}", "w", live)
+    assert "predict.threshold 0.5 -> 0.9" in choice.reason
+    with pytest.raises(Exception, match="predict.threshold 0.5 -> 0.9"):
+        choose_store(live, new, force=False, on_change="fail")
+    scene_outputs(choice.out_dir, new, 2, ("mask.tif", "stats.json", "tiles/0_0-y.json"))
+    assert choose_store(live, new, False, "recompute").mode == "a"  # resumes the recomputation
+    promote(choice.out_dir, live, ["mask.zarr", "mask.tif", "stats.json"])
+    assert stored_record(f"{live}/mask.zarr") == (True, new)
+    store = MaskWriter.open(f"{live}/mask.zarr", mode="r")
+    assert (store.read(store.chunk_window(0, 0), which="prob") == 2).all()
+    assert store.written_chunks() == {(0, 0)}
+    assert storage.read_bytes(f"{live}/mask.tif") == b"mask.tif 2"
+    assert storage.read_bytes(f"{live}/stats.json") == b"stats.json 2"
+    assert not storage.exists(f"{live}/polygons.geojson")
+    fs, path = storage.fs_for(f"{live}/tiles")
+    if hasattr(fs, "invalidate_cache"):
+        fs.invalidate_cache()
+    assert [n.rsplit("/", 1)[-1] for n in fs.find(path)] == ["0_0-y.json"]
+    assert not storage.exists(f"{live}/{STAGING}/mask.zarr/zarr.json")
+    assert choose_store(live, new, False, "recompute") == choice.__class__(live, "a")
