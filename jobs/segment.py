@@ -184,6 +184,11 @@ def tile_rows(plan: ScenePlan, cfg: SegmentConfig, band_map=None) -> list[dict]:
 
 # --------------------------------------------------------------------------- Ray
 
+#: Restarts of a model actor whose process died (lost node, or a fatal CUDA error: see
+#: ``jobs.devices.crash_for_restart``); its block is retried on the new one. Bounded, unlike
+#: Ray Data's default (-1), so a GPU that fails every time ends the job instead of looping.
+ACTOR_MAX_RESTARTS = 8
+
 def largest_node_cpus(default: float) -> float:
     """CPUs of the biggest alive node (``default`` when Ray's state API is not up)."""
     import ray
@@ -196,17 +201,34 @@ def largest_node_cpus(default: float) -> float:
                default=default)
 
 
-def ray_resources(cfg: SegmentConfig, n_tiles: int) -> dict:
-    """Actor pool size, per-actor CPUs/GPUs and torch threads that leave CPU for reads."""
+def actor_gpus(requested: float | None, cluster_gpus: float, local: bool) -> float:
+    """GPUs per model actor. ``None`` (auto): one when the cluster has a GPU now, else none. An
+    explicit request stands on a cluster that shows no GPU yet: GPU nodes scaled from zero join
+    only once actors ask for them. Only a ``local`` Ray (started by this process: what it has
+    now is all it will ever have) turns the request into CPU actors."""
+    if requested is None:
+        return 1.0 if cluster_gpus >= 1 else 0.0
+    if requested > 0 and cluster_gpus <= 0:
+        if local:
+            log.warning("predict.num_gpus=%s but this local Ray has no GPU: running on CPU",
+                        requested)
+            return 0.0
+        log.info("predict.num_gpus=%s: no GPU in the cluster yet; the model actors wait for "
+                 "the autoscaler to add GPU nodes", requested)
+    return float(requested)
+
+
+def ray_resources(cfg: SegmentConfig, n_tiles: int, mode: str = "embedded") -> dict:
+    """Actor pool size, per-actor CPUs/GPUs and torch threads that leave CPU for reads;
+    ``mode`` is ``init_ray``'s (whether the cluster may still grow)."""
     import ray
+
+    from jobs.ray_utils import is_local_ray
 
     res = ray.cluster_resources()
     cpus, gpus = float(res.get("CPU", 0)), float(res.get("GPU", 0))
     p = cfg.predict
-    num_gpus = p.num_gpus if p.num_gpus is not None else (1.0 if gpus >= 1 else 0.0)
-    if num_gpus > 0 and gpus <= 0:
-        log.warning("predict.num_gpus=%s but the cluster has no GPU: running on CPU", num_gpus)
-        num_gpus = 0.0
+    num_gpus = actor_gpus(p.num_gpus, gpus, local=is_local_ray(mode))
     spare = max(cpus - cfg.pipeline.read_cpus, 0.0)
     batches = max(1, math.ceil(n_tiles / p.batch_size))
     if num_gpus == 0 and p.num_cpus is None:
@@ -288,6 +310,7 @@ def build_dataset(rows: list[dict], cfg: SegmentConfig, model_uri: str, threshol
                                          "batch_size": cfg.predict.batch_size,
                                          "read": read_in_actors},
                   compute=ray.data.ActorPoolStrategy(size=res["actors"]),
+                  max_restarts=ACTOR_MAX_RESTARTS,
                   batch_size=block, num_cpus=res["num_cpus"], batch_format="numpy")
     if res["num_gpus"] > 0:
         kwargs["num_gpus"] = res["num_gpus"]
@@ -653,7 +676,7 @@ def run_pipeline(rows, states, cfg, model_uri, threshold, finish, manifest) -> s
                             "see it (shared filesystem); use s3:// otherwise", what, uri)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
-    res = ray_resources(cfg, len(rows))
+    res = ray_resources(cfg, len(rows), mode)
     plans = [st.plan for st in states.values() if st.plan.todo]
     res["tile_bytes"] = max((p.count * p.tile * p.tile for p in plans), default=3 << 20)
     res["tile_px"] = max((p.tile * p.tile for p in plans), default=1 << 20)

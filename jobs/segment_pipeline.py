@@ -175,16 +175,21 @@ class Predictor:
         import torch
 
         from ingest.storage import gdal_env  # noqa: F401 - make sure ingest imports in the actor
+        from jobs.devices import worker_device
+        from samsp.gpu import HalvingBatches
         from samsp.predict import TilePredictor
 
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        # Ray's assignment decides: an actor given a GPU that has no CUDA fails here, loudly,
+        # and one given none never puts its model on a card another actor reserved.
+        device = worker_device(device)
         if device == "cpu" and torch_threads > 0:
             torch.set_num_threads(torch_threads)
         self.device = device
         self.predictor = TilePredictor(model_uri, device=device)
         self.threshold = float(threshold if threshold is not None else self.predictor.threshold)
         self.calls = 0
+        # Model calls split in halves on CUDA out-of-memory; the smaller size then sticks.
+        self.model_batches = HalvingBatches(name=f"predict on {device}")
 
     def __call__(self, batch: dict) -> dict:
         return self.predict(batch)
@@ -193,6 +198,8 @@ class Predictor:
         """One model call over ``batch`` (tiles of other band counts are run in their own group);
         adds ``prob``/``mask``/``stats``/``predict_s``, drops ``image``/``valid``."""
         from ingest.tiling import Tile
+        from jobs.devices import crash_for_restart
+        from samsp.gpu import is_fatal_cuda_error
 
         tiles, errors = _col(batch, "tile"), [str(e) for e in _col(batch, "error")]
         images, valids = batch["image"], batch["valid"]
@@ -209,21 +216,32 @@ class Predictor:
         for idx in groups.values():
             try:
                 t0 = time.perf_counter()
-                result = self.predictor(np.stack([np.asarray(images[i]) for i in idx]))
+                group = (np.stack([np.asarray(images[i]) for i in idx]),)
+                parts = self.model_batches(
+                    len(idx), lambda items: self.predictor(*(a[items] for a in group)))
                 dt = (time.perf_counter() - t0) / len(idx)
                 self.calls += 1
-                for j, i in enumerate(idx):
-                    prob, first = result["prob"][j], result["prob_first"][j]
-                    valid = np.asarray(valids[i], dtype=bool)
-                    tile = Tile.from_dict(json.loads(tiles[i]))
-                    stats[i] = tile_statistics(prob, first, valid, tile.core_slices, self.threshold)
-                    pu8 = encode_prob(prob)
-                    mu8 = (prob > self.threshold).astype(np.uint8)
-                    pu8[~valid] = PROB_NODATA
-                    mu8[~valid] = MASK_NODATA
-                    prob_out[i], mask_out[i] = pu8, mu8
-                    seconds[i] = dt
+                for items, result in parts:
+                    for j, i in enumerate(idx[items]):
+                        if isinstance(result, str):  # out of memory even one tile at a time
+                            errors[i] = f"predict {result}"
+                            continue
+                        prob, first = result["prob"][j], result["prob_first"][j]
+                        valid = np.asarray(valids[i], dtype=bool)
+                        tile = Tile.from_dict(json.loads(tiles[i]))
+                        stats[i] = tile_statistics(prob, first, valid, tile.core_slices,
+                                                   self.threshold)
+                        pu8 = encode_prob(prob)
+                        mu8 = (prob > self.threshold).astype(np.uint8)
+                        pu8[~valid] = PROB_NODATA
+                        mu8[~valid] = MASK_NODATA
+                        prob_out[i], mask_out[i] = pu8, mu8
+                        seconds[i] = dt
             except Exception as exc:  # noqa: BLE001 - the whole group fails, the job does not
+                if is_fatal_cuda_error(exc):
+                    # Every later batch would fail the same way: a fresh process is the cure.
+                    crash_for_restart(exc)
+                    raise
                 for i in idx:
                     errors[i] = f"predict {error_text(exc)}"
         out = {k: batch[k] for k in ("scene", "spec", "tile")}

@@ -110,7 +110,7 @@ class HalvingBatches:
                 out.append((items, f"{failed} (at batch 1)"))
                 start += 1
                 continue
-            self.limit = max(1, size // 2)
+            self.limit = (size + 1) // 2  # halves rounded up: 7 -> 4 -> 2 -> 1
             log.warning("%s: CUDA out of memory at batch %d; batch lowered to %d for the rest "
                         "of this worker's life", self.name, size, self.limit)
         return out
