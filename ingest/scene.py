@@ -252,7 +252,7 @@ class _ZarrSource:
                                          f"expected [y, x] or [band, y, x]")
         self.dtypes = (str(array.dtype),) * self.band_count
         try:
-            crs, transform = read_georef(array, parent)
+            crs, transform, self.georef_problem = read_georef(array, parent)
         except Exception as exc:  # noqa: BLE001
             raise CorruptSceneError(f"{uri}: invalid georeferencing attributes ({_first_line(exc)})") from None
         self.crs = crs
@@ -377,6 +377,8 @@ class Scene:
         self.has_overviews: bool = src.has_overviews
         self.has_gcps: bool = src.gcps
         self._per_dataset_mask = src.per_dataset_mask
+        # why a Zarr store's x/y coordinates gave no transform (named by NoCRSError)
+        self.georef_problem: str | None = getattr(src, "georef_problem", None)
         self._lowres = None  # (max_pixels, (data, valid)) of the last lowres() call
 
     # -- pickling: ship the description, reopen in the receiving process
@@ -392,7 +394,9 @@ class Scene:
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        crs = self.crs.to_string() if self.crs else None
+        from .crs import crs_code
+
+        crs = (crs_code(self.crs) or "custom (WKT2)") if self.crs else None
         return (f"Scene({self.uri!r}, {self.width}x{self.height}, bands={list(self.bands)}, "
                 f"dtype={self.dtype}, crs={crs}, nodata={self.nodata})")
 
@@ -434,6 +438,11 @@ class Scene:
     @property
     def is_georeferenced(self) -> bool:
         return self.crs is not None and self.has_geotransform
+
+    @property
+    def has_mask(self) -> bool:
+        """True when an alpha band or an internal (per-dataset) mask says which pixels are valid."""
+        return bool(self._per_dataset_mask)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -575,8 +584,13 @@ def open_scene(uri: str | os.PathLike, bands: Sequence[int] | int | None = None,
             else:
                 raise
     if require_crs and not scene.is_georeferenced:
-        what = "GCPs but no geotransform (warp it first)" if scene.has_gcps else (
-            "a geotransform but no CRS" if scene.has_geotransform else "no CRS and no geotransform")
+        if scene.has_gcps:
+            what = "GCPs but no geotransform (warp it first)"
+        elif scene.crs is not None:  # a CRS it has: say what is missing, and why
+            what = "a CRS but no geotransform" + (
+                f" ({scene.georef_problem})" if scene.georef_problem else "")
+        else:
+            what = "a geotransform but no CRS" if scene.has_geotransform else "no CRS and no geotransform"
         raise NoCRSError(f"{uri}: georeferenced input required, but the scene has {what}")
     scene.check_readable()
     if check_empty:

@@ -154,7 +154,8 @@ def plan_scene(sid: str, uri: str, output: str, cfg: SegmentConfig, tile: int, o
         mode, attrs = choice.mode, {RECORD_KEY: record}
     # Create (or reopen a compatible) store; an incompatible one (other tile size, other scene)
     # raises WriterError naming the difference -- the scene fails, the store stays untouched.
-    writer = MaskWriter(plan.zarr_uri, like=scene, chunk=grid.core_size, mode=mode, attrs=attrs)
+    writer = MaskWriter(plan.zarr_uri, like=scene, chunk=grid.core_size, mode=mode, attrs=attrs,
+                        zarr_format=cfg.output.zarr_format)
     written = writer.written_chunks()
     records = read_tile_records(plan.tiles_uri) if written else {}
     plan.done_stats = {k: v for k, v in records.items() if k in written}

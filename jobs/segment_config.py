@@ -109,6 +109,10 @@ class OutputConfig(StrictModel):
     uncertain_top_n: int = Field(default=5, ge=0)
     # Rewrite the manifest at most this often (s) while scenes finish (always at the end).
     manifest_interval_s: float = Field(default=10.0, ge=0)
+    # Zarr format of <id>/mask.zarr. 3: zarr-python 3, xarray/rioxarray, newer GDAL. 2: also
+    # GDAL 3.10 -- the one rasterio 1.4 wheels ship (QGIS/gdalinfo of that age) fails on a v3
+    # store with "Unsupported codec: bytes". A store resumed keeps the format it was made with.
+    zarr_format: Literal[2, 3] = 3
 
 
 class InputConfig(StrictModel):

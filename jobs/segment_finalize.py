@@ -121,6 +121,7 @@ def finalize_scene(plan, totals, cfg, threshold: float, model_uri: str,
     though COGs already moved into place before a later step failed stay -- they are complete).
     """
     from ingest import MaskWriter, storage
+    from ingest.crs import crs_label
 
     t0 = time.perf_counter()
     writer = MaskWriter.open(plan.zarr_uri)
@@ -178,7 +179,7 @@ def finalize_scene(plan, totals, cfg, threshold: float, model_uri: str,
         "width": plan.width,
         "bands": plan.count,
         "dtype": plan.dtype,
-        "crs": crs.to_string() if crs is not None else None,
+        "crs": crs_label(crs),  # the exact code, else WKT2 (never a near-miss code)
         "transform": list(plan.transform[:6]) if plan.transform else None,
         "tile": plan.tile,
         "overlap": plan.overlap,
