@@ -192,8 +192,9 @@ def test_aws_yaml_passes_ray_prepare_and_validate(aws_prepared):
 
 
 def test_aws_bootstrap_steps_that_need_no_aws(aws_prepared, monkeypatch):
-    """The instance profile is taken from the config (Ray creates no role), and the region
-    has Ray's default AMI, so node_configs may omit ImageId."""
+    """The instance profile is taken from the config (Ray creates no role), and Ray keeps the
+    image we name instead of its default AMI (an Ubuntu 18.04 DLAMI whose driver predates the
+    CUDA 13 torch build)."""
     from ray.autoscaler._private.aws import config as aws_config
 
     def no_aws(*args, **kwargs):
@@ -204,9 +205,24 @@ def test_aws_bootstrap_steps_that_need_no_aws(aws_prepared, monkeypatch):
     cfg = copy.deepcopy(aws_prepared)
     cfg["head_node"] = {}
     assert aws_config._configure_iam_role(cfg) is cfg
+    named = {k: v["node_config"].get("ImageId") for k, v in cfg["available_node_types"].items()}
     aws_config._check_ami(cfg)
     for name, node_type in cfg["available_node_types"].items():
-        assert node_type["node_config"]["ImageId"].startswith("ami-"), name
+        image = node_type["node_config"]["ImageId"]
+        assert image == named[name] and image not in aws_config.DEFAULT_AMI.values(), name
+
+
+def test_aws_gpu_nodes_run_an_image_with_a_cuda_13_driver(aws_raw):
+    """Every node names its image (no Ray default): AWS's Deep Learning Base OSS Nvidia Driver
+    AMI through its public SSM parameter (resolved by EC2 at launch), or a frozen ami-... of it.
+    The driver requirement itself is checked on a GPU (bench/gpu_check.sh, nvidia-smi)."""
+    dlami = re.compile(r"resolve:ssm:/aws/service/deeplearning/ami/x86_64/"
+                       r"base-oss-nvidia-driver-gpu-ubuntu-2[24]\.04/latest/ami-id")
+    for name, node_type in aws_raw["available_node_types"].items():
+        image = node_type["node_config"].get("ImageId", "")
+        assert dlami.fullmatch(image) or re.fullmatch(r"ami-[0-9a-f]{8,17}", image), (name, image)
+    readme = README.read_text()
+    assert "580" in readme and "TORCH_INDEX_URL" in readme and "CudaUnavailableError" in readme
 
 
 def test_aws_node_types(aws_raw):
@@ -410,6 +426,91 @@ def test_train_rayjob(k8s):
         gpus = sum(g["replicas"] * _gpus(g["template"]["spec"]["containers"][0])
                    for g in spec["rayClusterSpec"]["workerGroupSpecs"])
         assert cfg.scaling.num_workers <= gpus
+
+
+def _worker_groups(aws_raw, k8s, nightly) -> dict[str, dict[str, dict]]:
+    """Per cluster file, its worker groups as Ray sees them: ``{"CPU", "GPU", "max"}`` (Ray
+    resources of one node and the most nodes the group scales to). KubeRay groups go through
+    Ray's own reading of the CR (rayStartParams first, else the container limits)."""
+    from ray.autoscaler._private.kuberay.autoscaling_config import (
+        _derive_autoscaling_config_from_ray_cr,
+    )
+
+    def group(resources: dict, most: int) -> dict:
+        return {"CPU": float(resources.get("CPU", 0)), "GPU": float(resources.get("GPU", 0)),
+                "max": int(most)}
+
+    clusters = {"aws.yaml": {
+        name: group(t["resources"], min(t["max_workers"], aws_raw["max_workers"]))
+        for name, t in aws_raw["available_node_types"].items()
+        if name != aws_raw["head_node_type"]}}
+    for where, spec in _ray_cluster_specs(k8s, nightly).items():
+        derived = _derive_autoscaling_config_from_ray_cr(
+            {"metadata": {"name": "samsp", "namespace": NAMESPACE}, "spec": copy.deepcopy(spec)})
+        clusters[where] = {g["groupName"]: group(derived["available_node_types"][g["groupName"]]
+                                                 ["resources"], g["maxReplicas"])
+                           for g in spec["workerGroupSpecs"]}
+    return clusters
+
+
+def _workers_that_fit(scaling, group: dict) -> int:
+    """Ray Train workers (``cpus_per_worker`` CPUs, one GPU with ``use_gpu``) the group holds
+    at its largest: a worker lives on one node, so a node's leftover CPUs do not add up."""
+    per_node = int(group["CPU"] // scaling.cpus_per_worker)
+    if scaling.use_gpu:
+        per_node = min(per_node, int(group["GPU"]))
+    return per_node * group["max"]
+
+
+def _train_targets(cfg, clusters: dict) -> list[tuple[str, str, dict]]:
+    """The worker groups a training config is meant for: GPU configs the GPU groups of every
+    cluster that trains (the standalone RayCluster, the launcher's, the training RayJob's), CPU
+    configs the CPU groups. The nightly segmentation cluster does not train."""
+    return [(where, name, g) for where, groups in clusters.items()
+            if where != "rayjob-segment-nightly.yaml" for name, g in groups.items()
+            if (g["GPU"] >= 1) == cfg.scaling.use_gpu]
+
+
+def test_training_configs_fit_their_worker_groups(aws_raw, k8s, nightly):
+    """Every shipped training config (configs/train_*.yaml and the RayJob's own) can be placed
+    on each worker group it is meant for: num_workers x (cpus_per_worker CPU [+ 1 GPU]) within
+    the group's max replicas. A worker asking more CPUs than a node has waits forever."""
+    clusters = _worker_groups(aws_raw, k8s, nightly)
+    configs = {p.name: _validate_config("train", p.read_text(), [])
+               for p in sorted((REPO / "configs").glob("train_*.yaml"))}
+    assert len(configs) >= 3 and any(c.scaling.use_gpu for c in configs.values())
+    job = _rayjob_train(k8s)["spec"]
+    argv = _entrypoint_argv(job["entrypoint"], "jobs/train.py")
+    head_pod = job["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    rayjob_cfg = _validate_config(
+        "train", _mounted_config_text(k8s["rayjob-train.yaml"], head_pod, _flag(argv, "--config")),
+        [argv[i + 1] for i, a in enumerate(argv) if a == "--set"])
+    checked = 0
+    for name, cfg in configs.items():
+        targets = _train_targets(cfg, clusters)
+        assert targets, f"{name}: no worker group of its kind"
+        for where, group_name, group in targets:
+            fits = _workers_that_fit(cfg.scaling, group)
+            assert fits >= cfg.scaling.num_workers, (
+                f"{name}: {cfg.scaling.num_workers} worker(s) x {cfg.scaling.cpus_per_worker:g} "
+                f"CPU{' + 1 GPU' if cfg.scaling.use_gpu else ''} do not fit {where}:{group_name} "
+                f"({group['max']} x {group['CPU']:g} CPU, {group['GPU']:g} GPU): room for {fits}")
+            checked += 1
+    rayjob_groups = clusters["rayjob-train.yaml"]
+    assert sum(_workers_that_fit(rayjob_cfg.scaling, g) for g in rayjob_groups.values()
+               if (g["GPU"] >= 1) == rayjob_cfg.scaling.use_gpu) >= rayjob_cfg.scaling.num_workers
+    assert checked >= 5
+
+
+def test_worker_fit_arithmetic():
+    from types import SimpleNamespace as NS
+
+    gpu_pod = {"CPU": 3.0, "GPU": 1.0, "max": 8}
+    assert _workers_that_fit(NS(cpus_per_worker=4, use_gpu=True), gpu_pod) == 0  # issue 19 item 4
+    assert _workers_that_fit(NS(cpus_per_worker=3, use_gpu=True), gpu_pod) == 8
+    assert _workers_that_fit(NS(cpus_per_worker=1, use_gpu=True), gpu_pod) == 8  # one GPU a node
+    assert _workers_that_fit(NS(cpus_per_worker=2, use_gpu=False), {"CPU": 7.0, "GPU": 0.0,
+                                                                    "max": 4}) == 12
 
 
 _CRON_RANGES = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)]
