@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import datetime
 import json
 import logging
 import math
@@ -346,6 +347,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     output = output_root(args.output)
     run_id = new_run_id()
+    run_started = datetime.datetime.now(datetime.timezone.utc)  # an item's datetime without a source
+    stac_items: list[str] = []  # scenes given an <id>/item.json this run
     t_job = time.perf_counter()
 
     try:
@@ -442,6 +445,11 @@ def run(args: argparse.Namespace) -> int:
                                time.perf_counter() - st.t_start)
         if st.plan.replaces:  # a whole, successful recomputation replaces the old outputs
             promote(st.plan.out_dir, st.plan.replaces, extra["outputs"])
+        if cfg.output.stac:  # after promotion: the item describes the files where they stay
+            from jobs.segment_stac import write_scene_item
+
+            write_scene_item(st.plan, extra["stats"], extra["outputs"], args.model, run_started)
+            stac_items.append(st.plan.id)
         return extra
 
     for sid, st in states.items():
@@ -485,6 +493,11 @@ def run(args: argparse.Namespace) -> int:
             manifest.set(scene_row(st, "failed", msg, [], [], None))
             log.error("scene %s: FAILED: %s", sid, one_line(msg, 300))
     manifest.flush()
+    stac_error = ""
+    if cfg.output.stac:  # collection.json + items.parquet over every item under the output
+        from jobs.segment_stac import publish
+
+        stac_error = publish(output, cfg.output.stac_collection, len(stac_items))
     total = len(inputs)
     ok = sum(1 for sid in ids.values() if manifest.rows.get(sid, {}).get("status") == "ok")
     skipped = sum(1 for sid in ids.values() if manifest.rows.get(sid, {}).get("status") == "skipped")
@@ -507,7 +520,7 @@ def run(args: argparse.Namespace) -> int:
                       "tiles_computed": n_done, "pixels": sum(st.plan.pixels for st in states.values()),
                       "actors": TIMINGS.get("actors", 0),
                       "seconds": {k: round(v, 3) for k, v in secs.items()}}), flush=True)
-    return EXIT_FAILED if failed else EXIT_OK
+    return EXIT_FAILED if failed or stac_error else EXIT_OK
 
 
 def scene_row(st: SceneState, status: str, error: str, uncertain: list, outputs: list,

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Literal, Optional, Union
 
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
-from jobs.config import StrictModel
+from jobs.config import StrictModel, refuse_replaced
 
 
 class TilingConfig(StrictModel):
@@ -100,9 +100,20 @@ class OutputConfig(StrictModel):
     # (BENCHMARKS.md): sparse crack masks 0.40 s on 1 thread vs 0.64 s (2.8x the CPU) on 2;
     # dense noise 3.8 vs 2.3 s. Raise it on big CPU nodes finishing a few dense scenes.
     cog_threads: Union[Literal["ALL_CPUS"], PositiveInt] = 1
-    # polygons.geojson: mask polygons in the scene CRS, made chunk by chunk (bounded memory;
-    # a polygon crossing a chunk edge comes in pieces tagged chunk_row/chunk_col to dissolve).
-    polygons: bool = False
+    # Vector files streamed from mask.zarr (jobs/segment_vectors.py): polygons.<ext> (one
+    # polygon per connected component, with area, perimeter, probability, review disagreement),
+    # centerlines.<ext> (crack centre-lines with length and width), both, or none.
+    # auto = polygons for georeferenced scenes, none for plain images (PNG/JPEG).
+    vectors: Literal["auto", "none", "polygons", "centerlines", "both"] = "auto"
+    # parquet = GeoParquet 1.1 (CRS as PROJJSON); geojson = RFC 7946, reprojected to WGS 84
+    # (georeferenced scenes only); flatgeobuf = .fgb with a spatial index.
+    vector_format: Literal["parquet", "geojson", "flatgeobuf"] = "parquet"
+    # Pixel connectivity of a polygon: 4 (edges; every feature a Polygon) or 8 (corners too;
+    # a component joined only at a corner is one valid MultiPolygon).
+    vector_connectivity: Literal[4, 8] = 4
+    # Topology-preserving simplification tolerance of polygons (map units); 0 = exact pixel
+    # outlines. Area and perimeter are always measured on the exact outline.
+    vector_simplify: float = Field(default=0.0, ge=0)
     # quicklook.png longest side (px); 0 disables it.
     quicklook_size: int = Field(default=1024, ge=0)
     # Number of most-uncertain tiles listed per scene in the manifest (review queue).
@@ -114,6 +125,13 @@ class OutputConfig(StrictModel):
     # store with "Unsupported codec: bytes". A store resumed keeps the format it was made with.
     zarr_format: Literal[2, 3] = 3
 
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced_fields(cls, data):
+        return refuse_replaced(data, {"polygons": "output.vectors (auto | none | polygons | "
+                                                  "centerlines | both; auto = polygons for "
+                                                  "georeferenced scenes)"})
 
 class InputConfig(StrictModel):
     # Georeferenced inputs (GeoTIFF/COG/Zarr) must carry a CRS; PNG/JPEG never need one.
