@@ -55,6 +55,23 @@ class BandError(SceneError, IndexError):
         return self.args[0] if self.args else ""
 
 
+class StacError(Exception):
+    """A STAC input cannot be used; one line, like :class:`SceneError`."""
+
+    def __init__(self, message: str):
+        line = " ".join(str(message).split())
+        super().__init__(line[:397] + "..." if len(line) > 400 else line)
+
+
+class StacSearchError(StacError):
+    """The catalog or API is unreachable, or it rejected the search: nothing can be planned."""
+
+
+class StacItemError(StacError):
+    """One item cannot become a scene: a requested asset is missing, not a raster, or its
+    assets are in different CRSs. That item fails; the others go on."""
+
+
 class WriterError(Exception):
     """MaskWriter misuse or an output that cannot be produced (e.g. incomplete mask)."""
 
@@ -63,8 +80,16 @@ class IncompleteMaskError(WriterError):
     """``to_cog``/``polygons`` asked for a mask that still has unwritten chunks."""
 
 
+class VectorError(WriterError):
+    """A vector output (polygons, centre-lines) that cannot be produced as asked."""
+
+
+class VectorFormatError(VectorError):
+    """An unknown vector format / file extension, or a format that cannot hold the data."""
+
+
 __all__ = [
     "SceneError", "MissingSceneError", "CorruptSceneError", "UnsupportedFormatError",
     "S3AccessError", "NoCRSError", "EmptySceneError", "BandError", "WriterError",
-    "IncompleteMaskError",
+    "IncompleteMaskError", "VectorError", "VectorFormatError",
 ]

@@ -4,7 +4,8 @@ Writes, in this order, each one atomically (temp + replace locally, one PUT/uplo
 ``mask.tif`` / ``prob.tif`` (COGs with nearest overviews, built window by window from
 ``mask.zarr`` by ``MaskWriter.to_cog``), ``quicklook.png`` (decimated image with the mask
 overlaid -- the image is read through overviews or per-window decimation, never whole at full
-resolution) and ``stats.json``. Nothing is written for a scene that has a failed tile, so an
+resolution), the vector files of ``output.vectors`` (``jobs.segment_vectors``, streamed from
+the store) and ``stats.json``. Nothing is written for a scene that has a failed tile, so an
 earlier good output is never replaced by a partial one.
 """
 from __future__ import annotations
@@ -152,13 +153,10 @@ def finalize_scene(plan, totals, cfg, threshold: float, model_uri: str,
         if png is not None:
             storage.write_bytes(join_uri(plan.out_dir, "quicklook.png"), png)
             outputs.append("quicklook.png")
-        n_polygons = None
-        if cfg.output.polygons:
-            from ingest.polygons import mask_to_polygons
+        from jobs.segment_vectors import write_scene_vectors
 
-            n_polygons = mask_to_polygons(writer, join_uri(plan.out_dir, "polygons.geojson"))
-            outputs.append("polygons.geojson")
-
+        vectors = write_scene_vectors(writer, plan, cfg, totals.uncertain_tiles())
+        outputs.extend(v["file"] for v in vectors.values())
 
     fg, valid = totals.foreground_px, totals.valid_px  # a jobs.segment_stats.TileTotals
     crs = None
@@ -202,7 +200,8 @@ def finalize_scene(plan, totals, cfg, threshold: float, model_uri: str,
         "mean_disagreement": totals.mean_disagreement,
         "mean_margin": totals.mean_margin,
         "uncertain_tiles": totals.uncertain_tiles(),
-        "polygons": n_polygons,
+        # {"polygons"|"centerlines": {"file", "format", "features"}} (output.vectors)
+        "vectors": vectors,
         "seconds": {"plan": round(plan.seconds_plan, 3), "pipeline": round(seconds_pipeline, 3),
                     "finalize": round(seconds_finalize, 3)},
     }

@@ -28,7 +28,8 @@ from jobs.segment_manifest import join_uri
 RECORD_KEY = "samsp_run"
 STAGING = ".recompute"        # a recomputation's outputs, until they replace the old ones
 STORE = "mask.zarr"
-FILES = ("mask.tif", "prob.tif", "quicklook.png", "polygons.geojson")
+FILES = ("mask.tif", "prob.tif", "quicklook.png",  # + output.vectors' files (segment_vectors)
+         *(f"{k}{e}" for k in ("polygons", "centerlines") for e in (".parquet", ".geojson", ".fgb")))
 STORE_METADATA = ("zarr.json", ".zgroup", ".zattrs")   # a store's root metadata: moved last
 BUNDLE_FILES = ("bundle.json", "model.safetensors")
 #: record field -> how an error message names it (the config field a user would change)

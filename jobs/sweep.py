@@ -9,8 +9,9 @@ The segmentation job's pipeline, shaped for many ordinary photos instead of a fe
 loaded once per actor, ``num_gpus`` when GPUs exist) -> ``keep_mask_cores`` (CPU tasks) -> the
 driver stitches each photo's cores; as soon as a photo is complete a driver thread writes its mask
 PNG, overlay thumbnail and record (``crack_metrics``: crack pixels, skeleton length, max/mean
-width, crack count). At the end: ``report.csv``/``report.parquet`` ranked by crack pixels,
-``contact_sheet.png`` and ``report.html`` of the top findings. Layout: see ``jobs/sweep_report.py``.
+width, crack count; its centre-lines in ``features/<id>.parquet``). At the end:
+``report.csv``/``report.parquet`` ranked by crack pixels, ``contact_sheet.png``, ``report.html``
+of the top findings and ``cracks.parquet`` (every image's centre-lines, ``jobs/sweep_features.py``). Layout: see ``jobs/sweep_report.py``.
 
 Rerun = skip photos whose record says ok (failed ones are retried); the report always covers every
 record under the output. Exit code 1 if any photo failed in this run (after all others), 2 for a
@@ -101,12 +102,14 @@ class Photo:
 
 def finalize_photo(ph: Photo, output: str, cfg: SweepConfig, run_id: str) -> dict:
     from ingest import Radiometry, open_scene, storage
-    from jobs.sweep_pipeline import crack_metrics
+    from jobs.sweep_features import write_photo_features
+    from jobs.sweep_pipeline import crack_measurements
     from jobs.sweep_report import mask_png, overlay_thumb, record_json
 
     mask = ph.mask
     valid = mask != 255
-    metrics = crack_metrics(mask == 1, valid)
+    metrics, lines = crack_measurements(mask == 1, valid)
+    write_photo_features(output, ph.id, lines)  # before the record: a done photo has them
     mask_rel, thumb_rel = f"masks/{ph.id}.png", f"thumbs/{ph.id}.jpg"
     storage.write_bytes(join_uri(output, mask_rel), mask_png(mask))
     with storage.gdal_env():
@@ -196,12 +199,14 @@ def run(args: argparse.Namespace) -> int:
                 log.error("photo %s: FAILED: %s", ph.id, rec["error"])
             n_tiles += ph.spec.get("tiles", 0) if not ph.errors else 0
 
+    from jobs.sweep_features import write_sweep_features
     from jobs.sweep_report import write_report
 
     records = read_records(output)
     summary = write_report(output, list(records.values()), cfg.report.top_n,
                            {"model": args.model, "threshold": threshold, "run_id": run_id},
                            columns=cfg.report.columns, cell=cfg.report.thumb_size)
+    write_sweep_features(output, list(records.values()))
     log.info("sweep %s done in %.1fs: %d photo(s) segmented, %d failed; report %s (%d images, "
              "%d ok)", run_id, time.perf_counter() - t_job, len(todo) - failed, failed,
              join_uri(output, "report.html"), summary["images"], summary["ok"])

@@ -9,11 +9,13 @@ driver needs to know when an image is complete.
 
 Measurements (``crack_metrics``) on a binary mask:
 * ``crack_px``: foreground pixels; ``crack_fraction``: over valid pixels;
-* ``skeleton_length_px``: pixels of the one-pixel-wide skeleton (skimage's ``skeletonize`` when
-  scikit-image is installed, else a numpy Zhang-Suen thinning);
-* ``max_width_px`` = 2·d − 1, d the largest Euclidean distance transform value (distance to the
-  nearest background pixel centre) on the skeleton: exact for straight cracks of odd width;
-  ``mean_width_px`` = crack_px / skeleton_length_px; ``cracks``: 8-connected components.
+* the measurements of the crack centre-lines a segmentation job writes (``ingest.vectors``:
+  Zhang-Suen skeleton without staircases, merged into lines): ``skeleton_length_px`` = their
+  total length (px, rounded), ``max_width_px``/``mean_width_px`` = max/mean over the skeleton
+  pixels of the local width 2·d − 1, d the Euclidean distance transform (distance to the
+  nearest background pixel centre): exact for straight cracks of odd width;
+* ``cracks``: 8-connected components of the mask.
+The lines themselves go to the sweep's ``cracks.parquet`` (``jobs/sweep_features.py``).
 """
 from __future__ import annotations
 
@@ -21,77 +23,55 @@ import json
 
 import numpy as np
 
+from ingest.vectors.skeleton import skeletonize, width_px, zhang_suen_thinning  # noqa: F401
 from jobs.segment_pipeline import error_text
 
 
 # --------------------------------------------------------------------------- measurements
 
-def zhang_suen_thinning(mask: np.ndarray) -> np.ndarray:
-    """Zhang-Suen thinning (1984), vectorised with numpy; bool in, bool skeleton out."""
-    mask = np.asarray(mask, dtype=bool)
-    out = np.zeros_like(mask)
-    if not mask.any():
-        return out
-    rows, cols = np.nonzero(mask)
-    r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-    img = np.pad(mask[r0:r1, c0:c1].astype(np.uint8), 1)
-    while True:
-        changed = False
-        for step in (0, 1):
-            P = img
-            c = P[1:-1, 1:-1]
-            p2, p3, p4 = P[:-2, 1:-1], P[:-2, 2:], P[1:-1, 2:]
-            p5, p6, p7 = P[2:, 2:], P[2:, 1:-1], P[2:, :-2]
-            p8, p9 = P[1:-1, :-2], P[:-2, :-2]
-            seq = (p2, p3, p4, p5, p6, p7, p8, p9, p2)
-            B = p2 + p3 + p4 + p5 + p6 + p7 + p8 + p9
-            A = sum(((seq[i] == 0) & (seq[i + 1] == 1)).astype(np.uint8) for i in range(8))
-            if step == 0:
-                cond = (p2 * p4 * p6 == 0) & (p4 * p6 * p8 == 0)
-            else:
-                cond = (p2 * p4 * p8 == 0) & (p2 * p6 * p8 == 0)
-            kill = (c == 1) & (B >= 2) & (B <= 6) & (A == 1) & cond
-            if kill.any():
-                c[kill] = 0
-                changed = True
-        if not changed:
-            break
-    out[r0:r1, c0:c1] = img[1:-1, 1:-1].astype(bool)
-    return out
+def crack_lines(mask: np.ndarray) -> list:
+    """The photo's crack centre-lines (``ingest.vectors.Centerline``, pixel coordinates): the
+    same skeleton, merge and widths as a segmentation job's ``centerlines`` output. A photo
+    is in memory already, so it is one block (no halo needed)."""
+    from ingest.vectors import ArraySource, iter_centerlines
+
+    m = np.asarray(mask, dtype=np.uint8)
+    return list(iter_centerlines(ArraySource(m, chunk=max(m.shape))))
 
 
-def skeletonize(mask: np.ndarray) -> np.ndarray:
-    try:
-        from skimage.morphology import skeletonize as sk
-    except ImportError:
-        return zhang_suen_thinning(mask)
-    return sk(np.asarray(mask, dtype=bool))
-
-
-def crack_metrics(mask: np.ndarray, valid: np.ndarray | None = None) -> dict:
-    """Crack measurements of a binary mask (see the module docstring)."""
+def crack_measurements(mask: np.ndarray, valid: np.ndarray | None = None) -> tuple[dict, list]:
+    """``(crack_metrics, crack_lines)`` of a binary mask (see the module docstring)."""
     from scipy import ndimage
 
     m = np.asarray(mask, dtype=bool)
     nvalid = int(m.size if valid is None else np.count_nonzero(valid))
     crack_px = int(np.count_nonzero(m))
     if crack_px == 0:
-        return {"crack_px": 0, "crack_fraction": 0.0, "skeleton_length_px": 0,
-                "max_width_px": 0.0, "mean_width_px": 0.0, "cracks": 0, "valid_px": nvalid}
-    skel = skeletonize(m)
-    length = int(np.count_nonzero(skel))
-    dist = ndimage.distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1]
-    d = float(dist[skel].max()) if length else float(dist.max())
+        return ({"crack_px": 0, "crack_fraction": 0.0, "skeleton_length_px": 0,
+                 "max_width_px": 0.0, "mean_width_px": 0.0, "cracks": 0, "valid_px": nvalid}, [])
+    lines = crack_lines(m)
+    length = float(sum(ln.line().length for ln in lines))
+    skel_px = sum(ln.skeleton_px for ln in lines)
+    if lines:
+        max_width = max(ln.width_max for ln in lines)
+        mean_width = sum(ln.width_sum for ln in lines) / skel_px
+    else:  # specks whose skeleton is a single pixel: no line to measure along
+        max_width, mean_width = float(width_px(m).max()), float(crack_px)
     _, cracks = ndimage.label(m, structure=np.ones((3, 3), bool))
-    return {
+    return ({
         "crack_px": crack_px,
         "crack_fraction": crack_px / nvalid if nvalid else 0.0,
-        "skeleton_length_px": length,
-        "max_width_px": round(2.0 * d - 1.0, 3),
-        "mean_width_px": round(crack_px / length, 3) if length else float(crack_px),
+        "skeleton_length_px": int(round(length)),
+        "max_width_px": round(float(max_width), 3),
+        "mean_width_px": round(float(mean_width), 3),
         "cracks": int(cracks),
         "valid_px": nvalid,
-    }
+    }, lines)
+
+
+def crack_metrics(mask: np.ndarray, valid: np.ndarray | None = None) -> dict:
+    """Crack measurements of a binary mask (see the module docstring)."""
+    return crack_measurements(mask, valid)[0]
 
 
 # --------------------------------------------------------------------------- read stage

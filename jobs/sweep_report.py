@@ -4,6 +4,7 @@
 Layout under ``<output>``::
 
     masks/<id>.png        mask, 8-bit grey: 255 crack, 0 background/nodata (full resolution)
+    features/<id>.parquet the image's crack centre-lines (GeoParquet, pixel coordinates)
     thumbs/<id>.jpg       downsampled photo with the cracks in red (contact sheet, HTML)
     records/<id>.json     one record per image (status ok|failed, measurements); written last,
                           so a record means the image is finished -- a rerun skips ok records
@@ -11,6 +12,8 @@ Layout under ``<output>``::
     report.parquet        the same table
     contact_sheet.png     top-N images with overlays and their numbers
     report.html           the top-N table with thumbnails, links to masks, and counts
+    cracks.parquet        every ok image's centre-lines in one GeoParquet (image_id column;
+                          pixel coordinates; length, mean/max width px): jobs/sweep_features.py
 """
 from __future__ import annotations
 

@@ -263,7 +263,7 @@ def test_ingest_imports_no_torch_or_ray():
     import sys
     from pathlib import Path
 
-    code = ("import sys, ingest, ingest.polygons, ingest.convert, ingest.synthetic; "
+    code = ("import sys, ingest, ingest.vectors, ingest.convert, ingest.synthetic; "
             "bad = [m for m in ('torch', 'ray', 'samsp', 'jobs') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

@@ -1,7 +1,6 @@
 """MaskWriter + to_cog: identity round trips (local/S3, GeoTIFF/Zarr), concurrency, resume."""
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import os
 import uuid
@@ -278,32 +277,6 @@ def test_store_layout_is_cf_and_gdal_readable(geotiff, tmp_path):
     with rasterio.open(f'ZARR:"{tmp_path / "v2.zarr"}":/mask') as ds:
         assert ds.crs == scene.crs and ds.transform == scene.transform and ds.nodata == 255
         assert np.array_equal(ds.read(1), _read_band(geotiff)[0])
-
-
-def test_polygons_geojson(tmp_path):
-    from ingest.polygons import mask_to_polygons
-
-    transform = synthetic.default_transform()
-    writer = ingest.MaskWriter(tmp_path / "m.zarr", chunk=64, height=100, width=150,
-                               crs="EPSG:32633", transform=transform)
-    mask = np.zeros((100, 150), np.uint8)
-    mask[10:20, 10:30] = 1      # inside chunk (0, 0)
-    mask[70:90, 100:140] = 1    # crosses chunk columns 1 and 2
-    for win in writer.chunk_windows():
-        r0, c0 = int(win.row_off), int(win.col_off)
-        writer.write(win, mask=mask[r0:r0 + int(win.height), c0:c0 + int(win.width)])
-    n = mask_to_polygons(writer, tmp_path / "poly.geojson")
-    doc = json.loads((tmp_path / "poly.geojson").read_text())
-    assert n == len(doc["features"]) == 3  # the second square is split at the chunk boundary
-    assert doc["crs"]["properties"]["name"].endswith("32633")
-    xs = [x for f in doc["features"] for ring in f["geometry"]["coordinates"] for x, _ in ring]
-    assert min(xs) == transform.c + 10 * transform.a
-    with pytest.raises(ingest.WriterError, match="geopandas"):
-        try:
-            import geopandas  # noqa: F401
-            pytest.skip("geopandas installed")
-        except ImportError:
-            mask_to_polygons(writer, tmp_path / "poly.parquet")
 
 
 def test_prob_encoding():

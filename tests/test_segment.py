@@ -35,7 +35,7 @@ TILE, OVERLAP = 128, 16  # vit_micro image size, default overlap tile // 8
 # A small radiometry/emptiness sample: scenes larger than 4096 px are sampled (one window), which
 # is what lets the "rotten" scene's bad block escape planning and fail at run time.
 MAX_PIXELS = 4096
-SAMPLE = ["--set", f"radiometry.max_pixels={MAX_PIXELS}", "--set", "output.polygons=true"]
+SAMPLE = ["--set", f"radiometry.max_pixels={MAX_PIXELS}"]  # output.vectors: auto = polygons
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -248,7 +248,7 @@ BAD = {"corrupt": "CorruptSceneError", "missing": "MissingSceneError", "nocrs": 
        "allnodata": "EmptySceneError"}
 
 
-def test_batch_good_and_bad_scenes(batch):
+def test_batch_good_and_bad_scenes(batch, tmp_path):
     from ingest import MaskWriter, open_scene, storage
 
     res = batch.res
@@ -273,7 +273,7 @@ def test_batch_good_and_bad_scenes(batch):
         assert row["tiles"] == row["tiles_computed"] == n_tiles
         assert row["pixels"] == scene.height * scene.width and row["error"] == ""
         assert sorted(row["outputs"]) == sorted(["mask.zarr", "mask.tif", "prob.tif",
-                                                 "quicklook.png", "polygons.geojson", "stats.json"])
+                                                 "quicklook.png", "polygons.parquet", "stats.json"])
         unc = row["uncertain_tiles"]
         assert len(unc) == min(5, n_tiles)
         assert [u["disagreement"] for u in unc] == sorted((u["disagreement"] for u in unc), reverse=True)
@@ -301,13 +301,23 @@ def test_batch_good_and_bad_scenes(batch):
         assert stats["radiometry"]["mode"] == ("stretch" if stretch else "identity")
         assert stats["uncertain_tiles"] == unc
 
-        # polygons: in the scene CRS, covering exactly the mask's foreground pixels
+        # polygons.parquet (output.vectors auto): one feature per 4-connected component of
+        # mask.tif, covering exactly its foreground pixels, in the COG's CRS
+        import geopandas as gpd
+        import pyproj
         from rasterio.features import rasterize
+        from scipy import ndimage
 
-        gj = json.loads(storage.read_bytes(f"{batch.out}/{name}/polygons.geojson"))
-        assert len(gj["features"]) == stats["polygons"] > 0
-        burned = rasterize([(f["geometry"], 1) for f in gj["features"]],
-                           out_shape=mask.shape, transform=transform, fill=0, dtype="uint8")
+        local = tmp_path / f"{name}.parquet"
+        local.write_bytes(storage.read_bytes(f"{batch.out}/{name}/polygons.parquet"))
+        gdf = gpd.read_parquet(local)
+        _, n_components = ndimage.label(mask == 1)
+        assert len(gdf) == n_components == stats["vectors"]["polygons"]["features"] > 0
+        assert gdf.area.sum() == pytest.approx(np.count_nonzero(mask == 1) * stats["pixel_area"])
+        assert (gdf["pixels"].sum() == np.count_nonzero(mask == 1))
+        assert gdf.crs == pyproj.CRS.from_wkt(crs.to_wkt())
+        burned = rasterize([(g, 1) for g in gdf.geometry], out_shape=mask.shape,
+                           transform=transform, fill=0, dtype="uint8")
         np.testing.assert_array_equal(burned == 1, mask == 1, err_msg=name)
 
         from PIL import Image
@@ -383,7 +393,7 @@ def test_local_engine_gives_the_ray_engines_outputs(batch, tmp_path, lanes):
         mine = json.loads(Path(f"{out}/{name}/stats.json").read_text())
         theirs = json.loads(storage.read_bytes(f"{batch.out}/{name}/stats.json"))
         assert mine["foreground_pixels"] == theirs["foreground_pixels"]
-        assert mine["polygons"] == theirs["polygons"]
+        assert mine["vectors"] == theirs["vectors"]
 
 
 def test_interrupted_run_resumes_to_identical_output(batch, tmp_path):
