@@ -111,7 +111,8 @@ def tile_geometry(bundle: str) -> tuple[int, int]:
 
 # ----------------------------------------------------------------------------- measurements
 
-def model_only(bundle: str, scene_uri: str, batch: int, min_seconds: float = 12.0) -> dict:
+def model_only(bundle: str, scene_uri: str, batch: int, min_seconds: float = 12.0,
+               precision: str = "auto") -> dict:
     """Tiles/s of TilePredictor on the scene's own tiles (read + stretched beforehand), run
     every way this machine can run it: one stream with 1 torch thread, one stream with one
     thread per core, and one single-threaded stream per core sharing the model ("lanes": how
@@ -119,17 +120,19 @@ def model_only(bundle: str, scene_uri: str, batch: int, min_seconds: float = 12.
     the first two (the reference before the job ran lanes); the result's own numbers are the
     best of all three (the strict reference)."""
     n = os.cpu_count() or 1
-    runs = {str(t): _model_only(bundle, scene_uri, batch, t, min_seconds) for t in sorted({1, n})}
+    runs = {str(t): _model_only(bundle, scene_uri, batch, t, min_seconds, precision=precision)
+            for t in sorted({1, n})}
     single = max(runs.values(), key=lambda r: r["tiles_per_s"])
     if n > 1:
-        runs[f"{n} lanes"] = _model_only(bundle, scene_uri, batch, 1, min_seconds, lanes=n)
+        runs[f"{n} lanes"] = _model_only(bundle, scene_uri, batch, 1, min_seconds, lanes=n,
+                                         precision=precision)
     best = max(runs.values(), key=lambda r: r["tiles_per_s"])
     return {**best, "by_threads": {t: round(r["tiles_per_s"], 3) for t, r in runs.items()},
             "single_stream": {k: single[k] for k in ("tiles_per_s", "mpx_per_s", "torch_threads")}}
 
 
 def _model_only(bundle: str, scene_uri: str, batch: int, threads: int, min_seconds: float,
-                lanes: int = 1) -> dict:
+                lanes: int = 1, precision: str = "auto") -> dict:
     import concurrent.futures as cf
 
     import numpy as np
@@ -150,7 +153,7 @@ def _model_only(bundle: str, scene_uri: str, batch: int, threads: int, min_secon
         data, valid = scene.read(t.read_window)
         tiles.append(rad.apply(data, valid))
     x = np.stack(tiles)
-    tp = TilePredictor(bundle)
+    tp = TilePredictor(bundle, precision=precision)
     tp(x[:batch])  # warm-up
 
     def stream() -> int:
@@ -169,7 +172,7 @@ def _model_only(bundle: str, scene_uri: str, batch: int, threads: int, min_secon
     px_per_tile = scene.height * scene.width / len(grid)
     return {"tiles_per_s": tps, "mpx_per_s": tps * px_per_tile / 1e6, "tiles": len(grid),
             "seconds_all_tiles": len(grid) / tps, "torch_threads": torch.get_num_threads(),
-            "lanes": lanes}
+            "lanes": lanes, "precision": tp.precision}
 
 
 def sequential(bundle: str, scene_uri: str, workdir: Path, threads: int = 1) -> dict:
@@ -250,13 +253,15 @@ def _session_memory(sid: int) -> tuple[float, float, float]:
 
 
 def run_job(scene_uri: str, out: Path, bundle: str, batch: int, sample_memory: bool = False,
-            engine: str = "ray") -> dict:
+            engine: str = "ray", sets: tuple[str, ...] = ()) -> dict:
     """jobs/segment.py in a fresh process (own session); returns its summary line + memory."""
     shutil.rmtree(out, ignore_errors=True)
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, str(SEGMENT), "--input", scene_uri, "--output", str(out), "--model", bundle,
            "--set", f"predict.batch_size={batch}", "--set", f"pipeline.engine={engine}"]
+    for item in sets:
+        cmd += ["--set", item]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
