@@ -29,9 +29,15 @@ HEADLINES = [
     ("dice_deepcrack_spsd_best", ">= single + 0.01 (aim)", None),
     ("dice_deepcrack_unet", "", None),
     ("dice_roads_spsd", "", None),
+    ("P6_vit_b_encoder_s_fp32", "", None),
+    ("P6_vit_b_encoder_s_bf16", "", None),
+    ("P6_vit_b_encoder_s_bf16_sdpa", "≈ 3 s here (from the peak fraction)", None),
+    ("P6_vit_b_peak_fraction", ">= 0.45", lambda v: v >= 0.45),
+    ("P6_vit_b_b8_rss_gib", "<= 8 GiB", lambda v: v <= 8.0),
 ]
 SECTIONS = ["INGEST_RESULTS.md", "MODEL_RESULTS.md", "SEGMENT_RESULTS.md", "TRAIN_RESULTS.md",
-            "QUALITY_RESULTS.md", "ABLATION_DEEPCRACK_RESULTS.md", "ABLATION_EPFL_RESULTS.md"]
+            "QUALITY_RESULTS.md", "ABLATION_DEEPCRACK_RESULTS.md", "ABLATION_EPFL_RESULTS.md",
+            "PRECISION_RESULTS.md"]
 
 
 def merge() -> dict:

@@ -17,6 +17,7 @@ COMMANDS = [
     [sys.executable, "bench/bench_model.py", "--quick"],
     [sys.executable, "-m", "bench.bench_segment"],
     [sys.executable, "bench/bench_train.py"],
+    [sys.executable, "-m", "bench.bench_precision"],
 ]
 
 
