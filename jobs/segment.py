@@ -47,7 +47,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `jobs`, `ingest`, `samsp` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.config import ConfigError, load_config, new_run_id, output_root, parse_job_args  # noqa: E402
+from jobs.config import (ConfigError, job_epilog, load_config, new_run_id, output_root,  # noqa: E402
+                         parse_job_args)
 from jobs.segment_config import SegmentConfig  # noqa: E402
 from jobs.segment_manifest import Manifest, join_uri, one_line  # noqa: E402
 from jobs.segment_plan import (ScenePlan, assign_scene_ids, expand_inputs,  # noqa: E402
@@ -310,7 +311,8 @@ def build_dataset(rows: list[dict], cfg: SegmentConfig, model_uri: str, threshol
                                          "device": cfg.predict.device,
                                          "torch_threads": res["torch_threads"],
                                          "batch_size": cfg.predict.batch_size,
-                                         "read": read_in_actors},
+                                         "read": read_in_actors,
+                                         "precision": cfg.predict.precision},
                   compute=ray.data.ActorPoolStrategy(size=res["actors"]),
                   max_restarts=ACTOR_MAX_RESTARTS,
                   batch_size=block, num_cpus=res["num_cpus"], batch_format="numpy")
@@ -636,7 +638,8 @@ def run_local(rows, states, cfg, model_uri, threshold, finish) -> str:
                  cfg.predict.batch_size)
         # lanes read and write in their own thread; one lane has reader and writer threads
         predictor = PredictWriter(model_uri, threshold, device, threads, cfg.predict.batch_size,
-                                  write_thread=lanes == 1, read=lanes > 1)
+                                  write_thread=lanes == 1, read=lanes > 1,
+                                  precision=cfg.predict.precision)
         if lanes == 1:
             with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="read") as reader:
                 ahead = collections.deque(reader.submit(read_tiles, as_batch(b)) for b in blocks[:2])
@@ -740,6 +743,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_job_args(argv, prog="segment.py",
                           description="Distributed SAM-SP segmentation of scenes on Ray Data.",
                           input_help="scenes: files, globs, folders, s3:// prefixes, .txt/.csv lists",
+                          set_example="predict.batch_size=16", epilog=job_epilog(
+                              ["python jobs/segment.py --input scenes/*.tif --output out/run "
+                               "--model models/samsp-crack-tiny",
+                               "python jobs/segment.py --input s3://bucket/scenes/ --output "
+                               "s3://bucket/masks --model s3://bucket/bundles/roads "
+                               "--config configs/segment.yaml --set predict.threshold=0.6",
+                               "ray job submit --working-dir . -- python jobs/segment.py ..."],
+                              "configs/segment.yaml (every field with its default and meaning), "
+                              "jobs/segment_config.py, README.md 'Segmentation job'",
+                              {EXIT_OK: "every scene ok or skipped",
+                               EXIT_FAILED: "a scene failed (all the others finished)",
+                               EXIT_USAGE: "usage, config or model error before any scene ran"}),
                           flags={"--force": "recompute every scene (outputs replaced only once "
                                             "each scene succeeded)"})
     return run(args)

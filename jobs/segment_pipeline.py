@@ -171,7 +171,7 @@ class Predictor:
     sweep's model stage; the segment job uses :class:`PredictWriter`)."""
 
     def __init__(self, model_uri: str, threshold: float | None = None, device: str = "auto",
-                 torch_threads: int = 0):
+                 torch_threads: int = 0, precision: str = "auto"):
         import torch
 
         from ingest.storage import gdal_env  # noqa: F401 - make sure ingest imports in the actor
@@ -185,8 +185,9 @@ class Predictor:
         if device == "cpu" and torch_threads > 0:
             torch.set_num_threads(torch_threads)
         self.device = device
-        self.predictor = TilePredictor(model_uri, device=device)
-        self.threshold = float(threshold if threshold is not None else self.predictor.threshold)
+        self.predictor = TilePredictor(model_uri, device=device, precision=precision,
+                                       threshold=threshold)
+        self.threshold = self.predictor.threshold
         self.calls = 0
         # Model calls split in halves on CUDA out-of-memory; the smaller size then sticks.
         self.model_batches = HalvingBatches(name=f"predict on {device}")
@@ -216,7 +217,8 @@ class Predictor:
         for idx in groups.values():
             try:
                 t0 = time.perf_counter()
-                group = (np.stack([np.asarray(images[i]) for i in idx]),)
+                group = (np.stack([np.asarray(images[i]) for i in idx]),
+                         np.stack([np.asarray(valids[i], dtype=bool) for i in idx]))
                 parts = self.model_batches(
                     len(idx), lambda items: self.predictor(*(a[items] for a in group)))
                 dt = (time.perf_counter() - t0) / len(idx)
@@ -264,8 +266,8 @@ class PredictWriter(Predictor):
 
     def __init__(self, model_uri: str, threshold: float | None = None, device: str = "auto",
                  torch_threads: int = 0, batch_size: int = 8, write_thread: bool = True,
-                 read: bool = False):
-        super().__init__(model_uri, threshold, device, torch_threads)
+                 read: bool = False, precision: str = "auto"):
+        super().__init__(model_uri, threshold, device, torch_threads, precision)
         self.batch_size = max(1, int(batch_size))
         self.read = read  # rows come without pixels: read them here (``read_tiles``)
         # One writer thread: storage I/O overlaps the next model batch; a single thread keeps

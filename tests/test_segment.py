@@ -163,7 +163,7 @@ def _reference(scene, bundle: str, stretch: bool):
     mask = np.full((scene.height, scene.width), 255, np.uint8)
     for t in TileGrid(scene.height, scene.width, TILE, OVERLAP):
         data, valid = scene.read(t.read_window)
-        p = tp(rad.apply(data, valid)[None])["prob"][0]
+        p = tp(rad.apply(data, valid)[None], valid[None])["prob"][0]
         pu8, m = prob_to_u8(p), (p > tp.threshold).astype(np.uint8)
         pu8[~valid] = 255
         m[~valid] = 255
