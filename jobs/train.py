@@ -70,12 +70,16 @@ class TrainError(RuntimeError):
 def build_model(cfg: TrainConfig):
     """``SamSP`` for the config, fine-tune mode applied (requires_grad set). CPU, train mode."""
     from samsp import SamSP, build_sam, configure_finetune
+    from samsp.detail import detail_branch_for
     from samsp.model import logit_of
 
     m = cfg.model
     sam = build_sam(m.type, m.checkpoint, m.image_size)
+    detail = (detail_branch_for(sam, m.detail_width, m.detail_stride) if m.detail_branch
+              else None)
     # Self-prompts outline the foreground of the output threshold the bundle will carry.
-    model = SamSP(sam, iterations=m.iterations, prompt=m.prompt, threshold=logit_of(m.threshold))
+    model = SamSP(sam, iterations=m.iterations, prompt=m.prompt, threshold=logit_of(m.threshold),
+                  detail=detail)
     configure_finetune(model, m.finetune, rank=m.lora_rank, alpha=m.lora_alpha)
     return model.train()
 
@@ -289,6 +293,7 @@ def train_loop_per_worker(config: dict) -> None:
     from samsp.precision import autocast as precision_autocast
     from samsp.precision import resolve_precision
     from samsp.preprocess import prepare_batch, prepare_targets
+    from samsp.prompts import prompt_from_target
     from jobs.train_data import TrainDataset, ValDataset
 
     cfg = TrainConfig.model_validate(config["cfg"])
@@ -379,6 +384,10 @@ def train_loop_per_worker(config: dict) -> None:
                 f"epochs {start_epoch + 1}..{end_epoch} of {cfg.train.epochs}")
 
     accum = cfg.train.grad_accum
+    pretrain_steps = int(cfg.train.prompt_pretraining * total_steps)
+    if pretrain_steps > global_step:
+        _log0(rank, f"promptable pre-training: optimizer steps {global_step + 1}..{pretrain_steps} "
+                    f"prompt pass 1 from the ground truth ({net.prompt}), then SAM-SP")
     for epoch in range(start_epoch, end_epoch):
         t0 = time.perf_counter()
         sampler.set_epoch(epoch)
@@ -396,9 +405,16 @@ def train_loop_per_worker(config: dict) -> None:
             sync = ddp.no_sync() if (world > 1 and not last and hasattr(ddp, "no_sync")) \
                 else contextlib.nullcontext()
             group = accumulation_group_size(b, micro_per_epoch, accum)
+            first_prompt = None
+            if global_step < pretrain_steps:
+                # Seeded by position, so a resumed run draws the same jitter.
+                gen = torch.Generator().manual_seed(
+                    (cfg.train.seed * 1_000_003 + rank * 7_919 + global_step * 131 + b) % 2**63)
+                first_prompt = prompt_from_target(net.prompt, target, ok, n_points=net.n_points,
+                                                  n_negative=net.n_negative, generator=gen)
             with sync:
                 with autocast():
-                    out = ddp(x, valid=ok)
+                    out = ddp(x, valid=ok, first_prompt=first_prompt)
                 parts = samsp_loss(out, target, distill_weight=cfg.loss.distill_weight,
                                    temperature=cfg.loss.temperature, valid=ok)
                 scaler.scale(parts.total / group).backward()

@@ -59,6 +59,13 @@ class ModelSection(StrictModel):
     prompt: Literal["box", "mask", "box+mask", "points"] = "box"
     # Probability threshold written into the bundle (segment's default for the binary mask).
     threshold: float = Field(default=0.5, gt=0, lt=1)
+    # Detail branch (samsp.detail): a small conv stem on the full-resolution input whose
+    # features join the mask decoder's before the hypernetwork product; trains in every
+    # fine-tune mode, saved in the bundle. Off: SAM's decoder as is (official checkpoints).
+    detail_branch: bool = False
+    detail_width: int = Field(default=32, ge=8)
+    # 4: the decoder's own resolution (input / 4); 2: logits at input / 2 (thin structures).
+    detail_stride: Literal[2, 4] = 4
 
     @model_validator(mode="after")
     def _lora_needs_weights(self):
@@ -212,6 +219,10 @@ class TrainSection(StrictModel):
     # trainable parameters get gradients; "on" if you change the model and DDP complains.
     find_unused_parameters: Literal["auto", "on", "off"] = "auto"
     seed: int = 0
+    # Promptable pre-training: this fraction of all optimizer steps first trains with pass 1
+    # prompted from the ground truth (jittered boxes / points / coarse masks of model.prompt,
+    # samsp.prompts.prompt_from_target) beside the promptless pass 0; then SAM-SP as usual.
+    prompt_pretraining: float = Field(default=0.0, ge=0, lt=1)
     # Stop this launch after this many epochs (relaunch resumes); None = run to `epochs`.
     stop_after_epochs: Optional[int] = Field(default=None, ge=1)
     # Log training progress every N optimizer steps (rank 0); 0 = epoch summaries only.
@@ -250,3 +261,10 @@ class TrainConfig(StrictModel):
     train: TrainSection = Field(default_factory=TrainSection)
     scaling: ScalingSection = Field(default_factory=ScalingSection)
     export: ExportSection = Field(default_factory=ExportSection)
+
+    @model_validator(mode="after")
+    def _pretraining_needs_a_prompted_pass(self):
+        if self.train.prompt_pretraining > 0 and self.model.iterations < 1:
+            raise ValueError("train.prompt_pretraining needs model.iterations >= 1 (a single-pass "
+                             "model never takes a prompt)")
+        return self

@@ -23,6 +23,7 @@ from .build import build_sam_from_config
 from .config import get_config
 from .errors import BundleError, CheckpointError
 from .lora import has_lora, merge_lora
+from .detail import detail_branch_for
 from .model import SamSP, logit_of
 from .prompts import PromptKind
 
@@ -53,6 +54,9 @@ class BundleMeta(BaseModel):
     # Storage precision of model.safetensors; weights are always loaded as float32.
     weights_dtype: Literal["float32", "float16"] = "float32"
     weights_sha256: str = ""
+    # The optional detail branch (samsp.detail): its spec ({"width", "output_stride"}); its
+    # weights are the "detail.*" keys of model.safetensors. None: SAM's decoder as is.
+    detail: Optional[dict[str, int]] = None
 
 
 @dataclass
@@ -68,7 +72,9 @@ def _join(uri: str, name: str) -> str:
 
 # Fields derived from the model itself; meta may repeat them but not contradict them.
 _MODEL_FIELDS = ("model_type", "image_size", "pixel_mean", "pixel_std", "iterations", "prompt",
-                 "n_points", "n_negative")
+                 "n_points", "n_negative", "detail")
+# Prefix of the detail branch's weights in model.safetensors (SAM's own keys stay official).
+DETAIL_PREFIX = "detail."
 
 
 def _model_fields(model: SamSP) -> dict[str, Any]:
@@ -81,6 +87,7 @@ def _model_fields(model: SamSP) -> dict[str, Any]:
         "prompt": model.prompt,
         "n_points": model.n_points,
         "n_negative": model.n_negative,
+        "detail": model.detail.spec() if model.detail is not None else None,
     }
     model_type = getattr(sam, "samsp_model_type", None)
     if model_type:
@@ -107,9 +114,12 @@ def save_bundle(
     given.pop("weights_sha256", None)
     sam = merge_lora(model.sam) if has_lora(model.sam) else model.sam
     store = torch.float16 if weights_dtype == "float16" else None
+    weights = dict(sam.state_dict())
+    if model.detail is not None:
+        weights.update({DETAIL_PREFIX + k: v for k, v in model.detail.state_dict().items()})
     state = {k: (v.detach().to("cpu", store) if store is not None and v.is_floating_point()
                  else v.detach().to("cpu")).contiguous()
-             for k, v in sam.state_dict().items()}
+             for k, v in weights.items()}
     # One metadata key only: safetensors orders several arbitrarily, and equal weights should
     # give equal bytes. Everything else lives in bundle.json.
     payload = save_safetensors(state, metadata={"format": "pt"})
@@ -157,16 +167,25 @@ def load_bundle(uri: str) -> Bundle:
     except Exception as err:  # safetensors raises its own error types for corrupt payloads
         raise BundleError(f"bundle {uri}: unreadable {WEIGHTS_FILE} ({err})") from None
 
+    detail_state = {k[len(DETAIL_PREFIX):]: state.pop(k) for k in list(state)
+                    if k.startswith(DETAIL_PREFIX)}
+    if bool(detail_state) != (meta.detail is not None):
+        raise BundleError(f"bundle {uri}: {META_FILE} and {WEIGHTS_FILE} disagree on the detail "
+                          "branch (one has it, the other not)")
     try:
         config = get_config(meta.model_type, meta.image_size)
         sam = build_sam_from_config(config, state_dict=state, model_type=meta.model_type)
-    except (CheckpointError, ValueError) as err:
+        detail = None
+        if meta.detail is not None:
+            detail = detail_branch_for(sam, **meta.detail)
+            detail.load_state_dict({k: v.float() for k, v in detail_state.items()})
+    except (CheckpointError, ValueError, RuntimeError, TypeError) as err:
         raise BundleError(f"bundle {uri}: {err}") from None
     sam.pixel_mean.copy_(torch.tensor(meta.pixel_mean).view(-1, 1, 1))
     sam.pixel_std.copy_(torch.tensor(meta.pixel_std).view(-1, 1, 1))
     # Self-prompts outline what the bundle calls foreground (its output threshold).
     model = SamSP(sam, iterations=meta.iterations, prompt=meta.prompt, n_points=meta.n_points,
-                  n_negative=meta.n_negative, threshold=logit_of(meta.threshold))
+                  n_negative=meta.n_negative, threshold=logit_of(meta.threshold), detail=detail)
     return Bundle(model=model.eval(), meta=meta, uri=uri)
 
 

@@ -8,6 +8,7 @@ same weights with the batch paired: image i attends to prompt i only.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from segment_anything.modeling import MaskDecoder
 
 # SamSP asks for one mask per prompt: mask token 0, SAM's single-mask output.
@@ -20,6 +21,7 @@ def decode_paired(
     image_pe: torch.Tensor,
     sparse_embeddings: torch.Tensor,
     dense_embeddings: torch.Tensor,
+    detail: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Single-mask prediction for each (image, prompt) pair.
 
@@ -28,8 +30,11 @@ def decode_paired(
       image_pe: [1,C,h,w] dense positional encoding (``prompt_encoder.get_dense_pe()``)
       sparse_embeddings: [B,N,C] point/box embeddings (N may be 0)
       dense_embeddings: [B,C,h,w] mask-prompt (or no-mask) embeddings
+      detail: [B,C/8,r*h,r*w] detail-branch features (``samsp.detail``; r = 4 or 8), added to
+        the upscaled features before the hypernetwork product; None = SAM's decoder as is
 
-    Returns low-res mask logits [B,1,4h,4w] and predicted IoU [B,1]; identical to
+    Returns mask logits [B,1,4h,4w] (or [B,1,8h,8w] with r = 8 detail) and predicted IoU [B,1];
+    without ``detail`` identical to
     ``decoder(image_embeddings[i:i+1], image_pe, sparse[i:i+1], dense[i:i+1], False)`` per image.
     """
     batch = image_embeddings.shape[0]
@@ -54,6 +59,11 @@ def decode_paired(
 
     src = src.transpose(1, 2).reshape(batch, channels, height, width)
     upscaled = decoder.output_upscaling(src)  # [B, C/8, 4h, 4w]
+    if detail is not None:
+        if detail.shape[-2:] != upscaled.shape[-2:]:  # a stride-2 branch: double the features
+            upscaled = F.interpolate(upscaled, detail.shape[-2:], mode="bilinear",
+                                     align_corners=False)
+        upscaled = upscaled + detail.to(upscaled.dtype)
     hyper_in = decoder.output_hypernetworks_mlps[SINGLE_MASK_TOKEN](mask_token_out)  # [B, C/8]
     _, up_channels, up_h, up_w = upscaled.shape
     masks = (hyper_in.unsqueeze(1) @ upscaled.reshape(batch, up_channels, up_h * up_w))

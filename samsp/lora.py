@@ -105,6 +105,8 @@ def configure_finetune(
     sam.prompt_encoder.requires_grad_(True)
     sam.mask_decoder.requires_grad_(True)
     if isinstance(model, SamSP):
+        if model.detail is not None:  # new weights: they train in every mode
+            model.detail.requires_grad_(True)
         for module in model.unused_modules().values():
             module.requires_grad_(False)
     return trainable_parameters(model.parameters())

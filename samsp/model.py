@@ -47,6 +47,8 @@ class SamSP(nn.Module):
       iterations: K, the number of self-prompted passes after the promptless one
       prompt: ``box`` (the paper's), ``mask``, ``box+mask`` or ``points``
       n_points, n_negative: sizes of a ``points`` prompt (positives, negatives)
+      detail: an optional ``samsp.detail.DetailBranch`` (full-resolution features for the mask
+        decoder; run once per forward like the image encoder); None = SAM's decoder unchanged
       threshold: logit above which a pixel counts as foreground when deriving a prompt; keep it
         the output threshold's logit (``logit_of``) so a self-prompt outlines exactly the
         foreground the user gets -- bundles and training set it that way
@@ -60,6 +62,7 @@ class SamSP(nn.Module):
         n_points: int = 4,
         n_negative: int = 0,
         threshold: float = 0.0,
+        detail: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if prompt not in PROMPT_KINDS:
@@ -74,38 +77,54 @@ class SamSP(nn.Module):
         self.n_points = n_points
         self.n_negative = n_negative
         self.threshold = threshold
+        self.detail = detail
 
     @property
     def image_size(self) -> int:
         return self.sam.image_encoder.img_size
 
     def forward(self, images: torch.Tensor, iterations: int | None = None,
-                valid: torch.Tensor | None = None) -> SamSPOutput:
+                valid: torch.Tensor | None = None,
+                first_prompt: dict[str, torch.Tensor] | None = None) -> SamSPOutput:
         """``images`` [B,3,S,S], resized, padded and normalised -> every pass's prediction.
 
         ``iterations`` overrides K for this call (e.g. to compare pass counts at inference).
         ``valid`` [B,1,S,S] (bool or 0/1) marks pixels that hold image; self-prompts are derived
         from those only (padding and nodata are never supervised, so never prompt). None = all.
+        ``first_prompt`` replaces pass 1's self-prompt (promptable pre-training feeds prompts
+        derived from the ground truth there: ``samsp.prompts.prompt_from_target``); at least one
+        prompted pass then runs.
         """
         passes = self.iterations if iterations is None else iterations
+        if first_prompt is not None:
+            passes = max(passes, 1)
         size = self.image_size
         if images.dim() != 4 or images.shape[1] != 3 or images.shape[-2:] != (size, size):
             raise ValueError(f"expected images [B,3,{size},{size}], got {tuple(images.shape)}")
 
         embeddings = self.sam.image_encoder(images)  # [B,C,h,w], the only encoder call
+        detail = self.detail(images) if self.detail is not None else None  # once, like it
         image_pe = self.sam.prompt_encoder.get_dense_pe()  # [1,C,h,w]
+        prompt_grid = tuple(4 * s for s in embeddings.shape[-2:])  # SAM's mask-prompt size
         out = SamSPOutput(logits=[], low_res=[], prompts=[], iou=[])
         prompt: dict[str, torch.Tensor] = {}
         for step in range(passes + 1):
             sparse, dense = self.embed_prompt(prompt, embeddings.shape[0])
-            low_res, iou = decode_paired(self.sam.mask_decoder, embeddings, image_pe, sparse, dense)
+            masks, iou = decode_paired(self.sam.mask_decoder, embeddings, image_pe, sparse, dense,
+                                       detail)
             # SAM's postprocess upsampling, without the crop: removing padding is preprocess' job.
-            logits = F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)
+            logits = F.interpolate(masks, (size, size), mode="bilinear", align_corners=False)
+            # Mask prompts are read at SAM's 4x-embedding grid; a stride-2 detail branch's
+            # finer logits are averaged down to it.
+            low_res = masks if masks.shape[-2:] == prompt_grid else F.adaptive_avg_pool2d(
+                masks, prompt_grid)
             out.logits.append(logits)
             out.low_res.append(low_res)
             out.iou.append(iou)
             out.prompts.append(prompt)
-            if step < passes:
+            if step == 0 and first_prompt is not None:
+                prompt = first_prompt
+            elif step < passes:
                 prompt = make_self_prompt(
                     self.prompt, logits, low_res, n_points=self.n_points,
                     n_negative=self.n_negative, threshold=self.threshold, valid=valid,

@@ -240,3 +240,52 @@ def make_self_prompt(
         )
         prompt["point_coords"], prompt["point_labels"] = coords, labels
     return prompt
+
+
+# Box jitter of promptable pre-training, as SAM was trained: each corner moves by noise of
+# 10 % of the box side (standard deviation), at most 20 px.
+BOX_JITTER_FRACTION = 0.1
+BOX_JITTER_MAX_PX = 20.0
+# Logit magnitude given to ground truth used as if it were a prediction.
+_TARGET_LOGIT = 8.0
+
+
+@torch.no_grad()
+def prompt_from_target(
+    kind: str,
+    target: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    *,
+    n_points: int = 4,
+    n_negative: int = 0,
+    generator: torch.Generator | None = None,
+    jitter: float = BOX_JITTER_FRACTION,
+) -> dict[str, torch.Tensor]:
+    """A prompt of ``kind`` derived from the ground truth ``target`` ``[B,1,S,S]`` (0/1):
+    what promptable pre-training feeds pass 1, so the model learns to follow prompts before it
+    has to prompt itself (the paper's SAM already could).
+
+    The target is read as a confident prediction and goes through the self-prompt builder
+    (same conventions, validity included); boxes then get SAM's training jitter, and a mask
+    prompt is the target coarsened to SAM's low-res grid (a rough outline, not the answer).
+    """
+    size = target.shape[-1]
+    logits = (target.float() * 2.0 - 1.0) * _TARGET_LOGIT
+    grid = (size // 4, size // 4)
+    coarse = F.avg_pool2d(F.adaptive_avg_pool2d(target.float(), grid), 3, stride=1, padding=1,
+                          count_include_pad=False)
+    low = (coarse * 2.0 - 1.0) * _TARGET_LOGIT
+    prompt = make_self_prompt(kind, logits, low, n_points=n_points, n_negative=n_negative,
+                              threshold=0.0, valid=valid)
+    if "boxes" in prompt and jitter > 0:
+        boxes = prompt["boxes"]
+        side = torch.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], dim=1) + 1
+        scale = (jitter * side).repeat(1, 2).clamp(max=BOX_JITTER_MAX_PX)  # x0 y0 x1 y1
+        noise = torch.randn(boxes.shape, generator=generator, device="cpu").to(boxes.device)
+        moved = boxes + (noise * scale).clamp(-BOX_JITTER_MAX_PX, BOX_JITTER_MAX_PX)
+        moved = moved.clamp(0, size - 1)
+        # keep each box ordered (a corner never crosses the other)
+        x0, x1 = torch.minimum(moved[:, 0], moved[:, 2]), torch.maximum(moved[:, 0], moved[:, 2])
+        y0, y1 = torch.minimum(moved[:, 1], moved[:, 3]), torch.maximum(moved[:, 1], moved[:, 3])
+        prompt["boxes"] = torch.stack([x0, y0, x1, y1], dim=1)
+    return prompt

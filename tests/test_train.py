@@ -145,7 +145,10 @@ def test_ray_job_submit_runs_training(tmp_path):
                 [ray_bin, "job", "submit", f"--address={address}", "--working-dir", str(REPO),
                  "--", sys.executable, "jobs/train.py", "--config", "configs/train_tiny.yaml",
                  "--set", f"run.storage_path={storage}", "--set", "run.name=job",
-                 "--set", "train.epochs=1", "--set", "train.samples_per_item=1"],
+                 "--set", "train.epochs=1", "--set", "train.samples_per_item=1",
+                 # the issue-17 options run through the real loop here too
+                 "--set", "model.detail_branch=true", "--set", "model.detail_stride=2",
+                 "--set", "train.prompt_pretraining=0.5"],
                 cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
             out = job.stdout + job.stderr
             if "No available agent" not in out or time.monotonic() > deadline:
@@ -155,7 +158,9 @@ def test_ray_job_submit_runs_training(tmp_path):
         assert "SUMMARY" in out and "succeeded" in out, out[-3000:]
         summary = json.loads((storage / "job" / "summary.json").read_text())
         assert summary["complete"] and summary["epochs_done"] == 1
-        assert (storage / "job" / "bundle" / "bundle.json").exists()
+        meta = json.loads((storage / "job" / "bundle" / "bundle.json").read_text())
+        assert meta["detail"] == {"width": 32, "output_stride": 2}
+        assert "promptable pre-training" in out
     finally:
         # stop only what this test started: the `ray start --block` process group
         try:
