@@ -78,6 +78,15 @@ def _arm_table(distill: float) -> dict[str, dict]:
                         "what": "best K=1 arm, K=2 at inference"}
     arms["infer_k3"] = {"kind": "infer", "iterations": 3,
                         "what": "best K=1 arm, K=3 at inference"}
+    # Issue 17: promptable pre-training (the first 30 % of the steps prompt pass 1 from the
+    # ground truth, inside the same budget) and the detail branch, alone and together.
+    arms["spsd_box_pp"] = {**arms["spsd_box"], "sets": ["train.prompt_pretraining=0.3"],
+                           "what": "K=1 box + distillation after promptable pre-training"}
+    for name in ("single", "spsd_box", "spsd_mask", "spsd_box_pp"):
+        base = arms[name]
+        arms[f"{name}_detail"] = {**base, "sets": base.get("sets", []) + [
+            "model.detail_branch=true", "model.detail_stride=2"],
+            "what": base["what"] + ", detail branch (stride 2)"}
     arms["unet"] = {"kind": "unet", "what": "SMP U-Net, random init"}
     return arms
 
@@ -141,7 +150,7 @@ def base_overrides(args, spec: dict, seed: int) -> list[str]:
 
 def arm_overrides(arm: dict) -> list[str]:
     return [f"model.iterations={arm['iterations']}", f"model.prompt={arm['prompt']}",
-            f"loss.distill_weight={arm['distill']}"]
+            f"loss.distill_weight={arm['distill']}"] + list(arm.get("sets", []))
 
 
 def load_cfg(sets: list[str]):
@@ -197,6 +206,7 @@ def _sam_step_fn(cfg):
 
     from jobs.train import _lr_lambda, _param_groups, build_model
     from samsp import samsp_loss
+    from samsp.precision import autocast, resolve_precision
     from samsp.preprocess import prepare_batch, prepare_targets
 
     model = build_model(cfg)
@@ -207,10 +217,14 @@ def _sam_step_fn(cfg):
                             betas=tuple(cfg.train.betas))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(1000, 10, cfg.train.min_lr_ratio))
 
+    precision = resolve_precision(cfg.train.precision, "cpu")  # as the run will train
+
     def step(img, mask, valid):
         x, _ = prepare_batch(img.numpy(), size, mean, std)
         target, ok = prepare_targets(mask[:, 0].numpy(), size, valid[:, 0].numpy())
-        parts = samsp_loss(model(x), target, distill_weight=cfg.loss.distill_weight,
+        with autocast(precision, "cpu"):
+            out = model(x, valid=ok)
+        parts = samsp_loss(out, target, distill_weight=cfg.loss.distill_weight,
                            temperature=cfg.loss.temperature, valid=ok)
         parts.total.backward()
         if cfg.train.clip_grad_norm > 0:

@@ -10,6 +10,10 @@
 # roads  EPFL roads (fixed 64/16 split): SAM-SP (box + distillation), seeds 0 and 1
 # seed1  seed 1 of single, sp_box, spsd_box, the best distilled prompt (validation Dice, seed 0),
 #        K=2/K=3 at inference, U-Net
+# recipe issue 17 on the fixed code: single, SAM-SP box, after promptable pre-training, each
+#        with the detail branch (stride 2), seed 0, bf16 training (train.precision auto); plus
+#        SAM-SP box trained in fp32 for the same number of steps (bf16 vs fp32 at equal steps).
+#        TEST_LIMIT (default 80) test images.
 # report aggregate everything finished; publish the BENCHMARKS.md sections and headline numbers
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +32,14 @@ if has calib; then
     $PY bench/ablate.py $DC --arms single,sp_box,spsd_box,spsd_mask,spsd_boxmask,spsd_points,train_k2,unet \
         --calib-s 20 --calibrate-only
     $PY bench/ablate.py $RD --arms single,spsd_box --calib-s 20 --calibrate-only
+fi
+if has recipe; then
+    RC="--data $DATA/deepcrack --budget-s $BUDGET --seeds 0 --test-limit ${TEST_LIMIT:-80}"
+    ARMS=single,spsd_box,spsd_box_pp,single_detail,spsd_box_detail,spsd_box_pp_detail
+    $PY bench/ablate.py $RC --out $OUT/recipe --arms $ARMS --calib-s 20 || true
+    mkdir -p $OUT/recipe_fp32 && cp $OUT/recipe/calibration.json $OUT/recipe_fp32/  # equal steps
+    $PY bench/ablate.py $RC --out $OUT/recipe_fp32 --arms spsd_box \
+        --train-set train.precision=fp32 || true
 fi
 has seed0 && { $PY bench/ablate.py $DC --arms $SEED0 --seeds 0 || true; }
 has roads && { $PY bench/ablate.py $RD --arms spsd_box --seeds 0,1 || true; }
