@@ -9,6 +9,7 @@ import pytest
 import torch
 from segment_anything.modeling.image_encoder import Attention, Block
 
+import samsp.attention
 from samsp import apply_lora, build_sam, build_sam_from_config, get_config
 from samsp.attention import FusedAttention, set_fused_attention, uses_fused_attention
 
@@ -16,6 +17,15 @@ from samsp.attention import FusedAttention, set_fused_attention, uses_fused_atte
 # of 14, i.e. padded to 28x28.
 REDUCED_VIT_B = replace(get_config("vit_b", 256), encoder_depth=2, encoder_global_attn_indexes=(1,))
 FP32 = dict(rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(params=["sdpa", "materialised"])
+def attention_path(request, monkeypatch):
+    """Each test below on both of samsp.attention.attend's paths, whatever the sequence length."""
+    limit = 0 if request.param == "sdpa" else 10**9
+    monkeypatch.setattr(samsp.attention, "MATERIALISE_MAX_TOKENS", limit)
+    monkeypatch.setattr(samsp.attention, "MATERIALISE_MAX_TOKENS_GRAD", limit)
+    return request.param
 
 
 def _randomised(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -55,7 +65,7 @@ def _both(module, *inputs, grad: bool = False):
 
 @pytest.mark.parametrize("config", [get_config("vit_tiny"), REDUCED_VIT_B],
                          ids=["vit_tiny", "vit_b_depth2_256px"])
-def test_fused_encoder_equals_segment_anything(config):
+def test_fused_encoder_equals_segment_anything(config, attention_path):
     encoder = _encoder(config).eval()
     image = torch.randn(1, 3, config.image_size, config.image_size)
     with torch.no_grad():
@@ -65,7 +75,7 @@ def test_fused_encoder_equals_segment_anything(config):
 
 @pytest.mark.parametrize("window, grid", [(0, 16), (8, 16), (14, 14), (14, 20), (14, 64)],
                          ids=["global", "windows", "one_window", "padded", "windows14_grid64"])
-def test_fused_block_equals_reference_and_so_do_gradients(window, grid):
+def test_fused_block_equals_reference_and_so_do_gradients(window, grid, attention_path):
     # Narrow blocks (64 wide, 2 heads) keep the 64x64 grid cheap; windows of 14 over 64 pad to 70.
     block = _randomised(Block(64, 2, use_rel_pos=True, window_size=window,
                               input_size=(grid, grid)))
@@ -79,7 +89,7 @@ def test_fused_block_equals_reference_and_so_do_gradients(window, grid):
                                    msg=lambda m, name=name: f"{name}: {m}")
 
 
-def test_rel_pos_tables_of_another_size_are_interpolated_like_segment_anything():
+def test_rel_pos_tables_of_another_size_are_interpolated_like_segment_anything(attention_path):
     # A global block built for an 8x8 grid run on 12x12 (segment_anything's get_rel_pos resizes).
     attn = _randomised(Attention(64, 2, use_rel_pos=True, input_size=(8, 8)))
     x = torch.randn(1, 12, 12, 64)
@@ -88,7 +98,7 @@ def test_rel_pos_tables_of_another_size_are_interpolated_like_segment_anything()
     torch.testing.assert_close(fused, ref, **FP32)
 
 
-def test_bf16_autocast_is_no_worse_than_segment_anythings_bf16():
+def test_bf16_autocast_is_no_worse_than_segment_anythings_bf16(attention_path):
     encoder = _encoder(REDUCED_VIT_B).eval()
     image = torch.randn(1, 3, 256, 256)
     with torch.no_grad():
@@ -102,7 +112,7 @@ def test_bf16_autocast_is_no_worse_than_segment_anythings_bf16():
     torch.testing.assert_close(fused.float(), exact, rtol=0.05, atol=0.05)
 
 
-def test_lora_in_qkv_applies_in_the_fused_forward():
+def test_lora_in_qkv_applies_in_the_fused_forward(attention_path):
     sam = build_sam("vit_micro")
     _randomised(sam.image_encoder)
     apply_lora(sam, rank=2)
@@ -170,3 +180,18 @@ def test_relative_position_indices_are_cached_on_the_parameters_device():
     assert cache.keys() == first.keys() and all(cache[k] is first[k] for k in cache)
     assert all(t.device == attn.rel_pos_h.device for t in cache.values())
     assert "_samsp_attention_cache" not in str(attn.state_dict().keys())
+
+
+def test_long_sequences_use_sdpa_and_short_ones_one_bmm(monkeypatch):
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **kw: calls.append(a[0].shape[-2]) or sdpa(*a, **kw))
+    for grid in (8, 16, 32, 64):
+        attn = set_fused_attention(Attention(64, 2, use_rel_pos=True, input_size=(grid, grid)))
+        x = torch.randn(1, grid, grid, 64)
+        with torch.no_grad():
+            attn(x)
+        attn(x).sum().backward()
+    # inference: flash above 256 tokens; with autograd above 1024 (CPU flash backward is slow)
+    assert calls == [1024, 4096, 4096]
