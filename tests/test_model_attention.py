@@ -195,3 +195,17 @@ def test_long_sequences_use_sdpa_and_short_ones_one_bmm(monkeypatch):
         attn(x).sum().backward()
     # inference: flash above 256 tokens; with autograd above 1024 (CPU flash backward is slow)
     assert calls == [1024, 4096, 4096]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_fused_equals_reference_with_indices_on_the_device():
+    encoder = _encoder(REDUCED_VIT_B).cuda().eval()
+    image = torch.randn(1, 3, 256, 256, device="cuda")
+    with torch.no_grad():
+        (ref, _), (fused, _) = _both(encoder, image)
+        torch.testing.assert_close(fused, ref, rtol=1e-3, atol=1e-3)  # TF32 may be on
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            (ref16, _), (fused16, _) = _both(encoder, image)
+    torch.testing.assert_close(fused16.float(), ref, rtol=0.05, atol=0.05)
+    caches = [m._samsp_attention_cache for m in encoder.modules() if isinstance(m, FusedAttention)]
+    assert caches and all(t.is_cuda for c in caches for t in c.values())
