@@ -34,10 +34,12 @@ HEADLINES = [
     ("P6_vit_b_encoder_s_bf16_sdpa", "≈ 3 s here (from the peak fraction)", None),
     ("P6_vit_b_peak_fraction", ">= 0.45", lambda v: v >= 0.45),
     ("P6_vit_b_b8_rss_gib", "<= 8 GiB", lambda v: v <= 8.0),
+    ("V1_rss_growth_pct", "<= 20 % (streaming polygons, 2048² -> 16384²)", lambda v: v <= 20.0),
+    ("V1_seconds_ratio", "<= 1.5 (streaming / whole-array, 8192²)", lambda v: v <= 1.5),
 ]
 SECTIONS = ["INGEST_RESULTS.md", "MODEL_RESULTS.md", "SEGMENT_RESULTS.md", "TRAIN_RESULTS.md",
             "QUALITY_RESULTS.md", "ABLATION_DEEPCRACK_RESULTS.md", "ABLATION_EPFL_RESULTS.md",
-            "PRECISION_RESULTS.md"]
+            "PRECISION_RESULTS.md", "VECTORS_RESULTS.md"]
 
 
 def merge() -> dict:

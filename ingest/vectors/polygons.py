@@ -123,7 +123,11 @@ def iter_components(source: RasterSource, *, value: int = 1, connectivity: int =
             prob = source.read(win, "prob").astype(np.int64)
             psum = np.bincount(labels.ravel(), weights=prob.ravel(), minlength=n + 1)[1:]
             psum = psum.astype(np.int64).tolist()
-            pmax = np.asarray(ndimage.maximum(prob, labels, np.arange(1, n + 1))).astype(np.int64).tolist()
+            # over foreground pixels only: ndimage.maximum sorts the whole block (3x slower)
+            fg = labels > 0
+            best = np.zeros(n + 1, np.int64)
+            np.maximum.at(best, labels[fg], prob[fg])
+            pmax = best[1:].tolist()
         pieces = _block_pieces(labels, n, r0, c0, connectivity)
         items = []
         for k, (ys, xs) in enumerate(ndimage.find_objects(labels)):

@@ -17,8 +17,9 @@ import numpy as np
 
 from .polygons import Component
 
-#: rows per record batch = per Parquet row group
-BATCH_ROWS = 8192
+#: rows per record batch = per Parquet row group: a batch of components is what the writer
+#: holds in memory (~30 KB each for 100-px blobs), so it is kept small
+BATCH_ROWS = 1024
 
 BBOX_FIELDS = ("xmin", "ymin", "xmax", "ymax")
 
