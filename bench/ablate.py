@@ -204,8 +204,7 @@ def _sam_step_fn(cfg):
     """One training step of jobs/train.py's loop (same model build, loss, optimiser, clipping)."""
     import torch
 
-    from jobs.train import _lr_lambda, _param_groups, build_model
-    from samsp import samsp_loss
+    from jobs.train import _lr_lambda, _param_groups, build_model, training_loss
     from samsp.precision import autocast, resolve_precision
     from samsp.preprocess import prepare_batch, prepare_targets
 
@@ -224,8 +223,7 @@ def _sam_step_fn(cfg):
         target, ok = prepare_targets(mask[:, 0].numpy(), size, valid[:, 0].numpy())
         with autocast(precision, "cpu"):
             out = model(x, valid=ok)
-        parts = samsp_loss(out, target, distill_weight=cfg.loss.distill_weight,
-                           temperature=cfg.loss.temperature, valid=ok)
+        parts = training_loss(cfg, out, target, ok)
         parts.total.backward()
         if cfg.train.clip_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],

@@ -47,9 +47,8 @@ def train_step_fn(precision: str):
     import torch
 
     from jobs.config import load_config
-    from jobs.train import _param_groups, build_model
+    from jobs.train import _param_groups, build_model, training_loss
     from jobs.train_config import TrainConfig
-    from samsp import samsp_loss
     from samsp.precision import autocast, resolve_precision
     from samsp.preprocess import prepare_batch, prepare_targets
 
@@ -75,8 +74,7 @@ def train_step_fn(precision: str):
         target, ok = prepare_targets(mask, size)
         with autocast(resolved, "cpu"):
             out = model(x, valid=ok)
-        parts = samsp_loss(out, target, distill_weight=cfg.loss.distill_weight,
-                           temperature=cfg.loss.temperature, valid=ok)
+        parts = training_loss(cfg, out, target, ok)
         parts.total.backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         opt.step()

@@ -231,10 +231,12 @@ def _all_reduce_sum(values: list[float], device) -> list[float]:
 
 
 def evaluate(model, val_ds, indices, crop: int, image_size: int, mean, std, threshold: float,
-             batch_size: int, device, autocast) -> tuple[list[float], int]:
+             batch_size: int, device, autocast, sweep: tuple[float, ...] = ()
+             ) -> tuple[list[float], int]:
     """Per-image Dice/IoU of every pass over the val images ``indices`` (tiled like segment).
 
-    Returns ``(sums, count)`` with sums = [dice_p0, iou_p0, dice_p1, iou_p1, ...].
+    Returns ``(sums, count)`` with sums = [dice_p0, iou_p0, dice_p1, iou_p1, ...] followed by
+    the final pass's Dice at each threshold of ``sweep``.
     """
     import torch
 
@@ -243,7 +245,7 @@ def evaluate(model, val_ds, indices, crop: int, image_size: int, mean, std, thre
     from jobs.train_data import tile_image, untile
 
     passes = model.iterations + 1
-    sums = [0.0] * (2 * passes)
+    sums = [0.0] * (2 * passes + len(sweep))
     model.eval()
     with torch.no_grad():
         for i in indices:
@@ -267,8 +269,25 @@ def evaluate(model, val_ds, indices, crop: int, image_size: int, mean, std, thre
                 pred = (prob > threshold) & valid
                 sums[2 * k] += float(metrics.dice(pred[None], target)[0])
                 sums[2 * k + 1] += float(metrics.iou(pred[None], target)[0])
+            for j, t in enumerate(sweep):  # ``prob`` is the final pass's here
+                sums[2 * passes + j] += float(metrics.dice(((prob > t) & valid)[None],
+                                                           target)[0])
     model.train()
     return sums, len(indices)
+
+
+# Output thresholds tried on validation each epoch with train.tune_threshold.
+THRESHOLD_SWEEP = tuple(round(0.2 + 0.05 * i, 2) for i in range(13))  # 0.2 .. 0.8
+
+
+def training_loss(cfg: TrainConfig, out, target, valid):
+    """The configured objective (``loss.*``) of one forward's output."""
+    from samsp import samsp_loss
+
+    c = cfg.loss
+    return samsp_loss(out, target, distill_weight=c.distill_weight, temperature=c.temperature,
+                      valid=valid, dice_weight=c.dice_weight, bce_weight=c.bce_weight,
+                      skeleton_weight=c.skeleton_weight)
 
 
 def accumulation_group_size(batch_index: int, batches: int, accum: int) -> int:
@@ -289,7 +308,6 @@ def train_loop_per_worker(config: dict) -> None:
     from safetensors.torch import load_file, save_file
     from torch.utils.data import DataLoader, DistributedSampler
 
-    from samsp import samsp_loss
     from samsp.precision import autocast as precision_autocast
     from samsp.precision import resolve_precision
     from samsp.preprocess import prepare_batch, prepare_targets
@@ -415,8 +433,7 @@ def train_loop_per_worker(config: dict) -> None:
             with sync:
                 with autocast():
                     out = ddp(x, valid=ok, first_prompt=first_prompt)
-                parts = samsp_loss(out, target, distill_weight=cfg.loss.distill_weight,
-                                   temperature=cfg.loss.temperature, valid=ok)
+                parts = training_loss(cfg, out, target, ok)
                 scaler.scale(parts.total / group).backward()
             if last:
                 if cfg.train.clip_grad_norm > 0:
@@ -437,9 +454,10 @@ def train_loop_per_worker(config: dict) -> None:
             n_batches += 1
             n_samples += len(img)
         train_s = time.perf_counter() - t0
+        sweep = THRESHOLD_SWEEP if cfg.train.tune_threshold else ()
         val_sums, val_n = evaluate(net, val_ds, val_indices, crop, image_size, mean, std,
                                    cfg.model.threshold, max(1, cfg.train.batch_size), device,
-                                   autocast)
+                                   autocast, sweep)
         reduced = _all_reduce_sum(parts_sum.tolist() + [n_batches, n_samples] + val_sums + [val_n],
                                   device)
         nb = max(1.0, reduced[4])
@@ -460,6 +478,11 @@ def train_loop_per_worker(config: dict) -> None:
             metrics[f"val_iou_p{k}"] = vals[2 * k + 1] / vn
         metrics["val_dice"] = metrics[f"val_dice_p{passes - 1}"]
         metrics["val_iou"] = metrics[f"val_iou_p{passes - 1}"]
+        if sweep:
+            swept = [v / vn for v in vals[2 * passes:]]
+            best_j = max(range(len(sweep)), key=lambda j: swept[j])
+            metrics["val_best_threshold"] = sweep[best_j]
+            metrics["val_dice_best_threshold"] = swept[best_j]
         metrics["epoch_s"] = time.perf_counter() - t0
         if epoch == start_epoch:
             metrics.update(resume_info)
@@ -632,6 +655,10 @@ def export_bundle(cfg: TrainConfig, ckpt_dir: str, uri: str, facts: dict, best: 
         **_git_commit(),
     }
     meta = {"threshold": cfg.model.threshold, "band_map": None, "provenance": provenance}
+    if cfg.train.tune_threshold and best.get("val_best_threshold") is not None:
+        # The output threshold the best epoch scored best with on validation; self-prompts keep
+        # the threshold they were trained with.
+        meta.update(threshold=best["val_best_threshold"], prompt_threshold=cfg.model.threshold)
     model.eval()
     if "://" not in uri:
         return save_bundle(model, uri, meta).model_dump(mode="json")

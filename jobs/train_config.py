@@ -80,6 +80,12 @@ class LossSection(StrictModel):
     distill_weight: float = Field(default=0.5, ge=0)
     # Softening temperature of the distillation target.
     temperature: float = Field(default=1.0, gt=0)
+    # Weights of the supervised terms on every pass.
+    dice_weight: float = Field(default=1.0, ge=0)
+    bce_weight: float = Field(default=1.0, ge=0)
+    # Skeleton recall (samsp.loss.skeleton_recall_loss): probability mass on the ground
+    # truth's skeleton, for thin structures (cracks, roads); 0 = off.
+    skeleton_weight: float = Field(default=0.0, ge=0)
 
 
 class PairsData(StrictModel):
@@ -219,6 +225,9 @@ class TrainSection(StrictModel):
     # trainable parameters get gradients; "on" if you change the model and DDP complains.
     find_unused_parameters: Literal["auto", "on", "off"] = "auto"
     seed: int = 0
+    # Choose the bundle's output threshold on validation (the best epoch's best of 0.2..0.8 by
+    # mean Dice of the final pass); self-prompts keep model.threshold, as trained.
+    tune_threshold: bool = False
     # Promptable pre-training: this fraction of all optimizer steps first trains with pass 1
     # prompted from the ground truth (jittered boxes / points / coarse masks of model.prompt,
     # samsp.prompts.prompt_from_target) beside the promptless pass 0; then SAM-SP as usual.

@@ -48,6 +48,10 @@ class BundleMeta(BaseModel):
     n_negative: int = Field(default=0, ge=0)
     # Probability above which a pixel is foreground in the final mask.
     threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    # Probability above which a pass's prediction counts as foreground for the next pass's
+    # self-prompt: the threshold the model was trained with (None: the same as ``threshold``;
+    # set when the output threshold was tuned after training).
+    prompt_threshold: Optional[float] = Field(default=None, gt=0.0, lt=1.0)
     # Three 0-based input band indices used as the model's R, G, B (None: samsp's default mapping).
     band_map: Optional[list[int]] = None
     provenance: dict[str, Any] = Field(default_factory=dict)
@@ -183,9 +187,10 @@ def load_bundle(uri: str) -> Bundle:
         raise BundleError(f"bundle {uri}: {err}") from None
     sam.pixel_mean.copy_(torch.tensor(meta.pixel_mean).view(-1, 1, 1))
     sam.pixel_std.copy_(torch.tensor(meta.pixel_std).view(-1, 1, 1))
-    # Self-prompts outline what the bundle calls foreground (its output threshold).
+    # Self-prompts at the threshold the model was trained with.
+    prompt_threshold = meta.prompt_threshold if meta.prompt_threshold is not None else meta.threshold
     model = SamSP(sam, iterations=meta.iterations, prompt=meta.prompt, n_points=meta.n_points,
-                  n_negative=meta.n_negative, threshold=logit_of(meta.threshold), detail=detail)
+                  n_negative=meta.n_negative, threshold=logit_of(prompt_threshold), detail=detail)
     return Bundle(model=model.eval(), meta=meta, uri=uri)
 
 

@@ -23,9 +23,10 @@ class LossParts:
     dice: torch.Tensor
     bce: torch.Tensor
     distill: torch.Tensor
+    skeleton: torch.Tensor | None = None  # skeleton-recall term, when weighted in
 
     def as_dict(self) -> dict[str, float]:
-        return {k: float(v.detach()) for k, v in vars(self).items()}
+        return {k: float(v.detach()) for k, v in vars(self).items() if v is not None}
 
 
 def soft_dice_loss(
@@ -59,6 +60,48 @@ def bce_loss(
     return _masked_mean(values, valid)
 
 
+def soft_skeleton(mask: torch.Tensor, iterations: int = 10) -> torch.Tensor:
+    """Skeleton of a 0/1 mask ``[B,1,H,W]`` by iterated min/max pooling (clDice's soft
+    skeleton, Shit et al. 2021): thin structures keep their centre line, blobs their medial
+    axis. Runs on the mask's device; used on ground truth (no gradient needed)."""
+    def erode(x):
+        return -F.max_pool2d(-x, 3, stride=1, padding=1)
+
+    def opened(x):
+        return F.max_pool2d(erode(x), 3, stride=1, padding=1)
+
+    x = mask.float()
+    skeleton = F.relu(x - opened(x))
+    for _ in range(iterations):
+        x = erode(x)
+        delta = F.relu(x - opened(x))
+        skeleton = skeleton + F.relu(delta - skeleton * delta)
+    return skeleton.clamp(0, 1)
+
+
+def skeleton_recall_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    skeleton: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """1 - the predicted probability mass on the target's skeleton (Skeleton Recall, Kirchhoff
+    et al. 2024), per image, averaged over images whose target has a skeleton. Thin structures
+    weigh as much as their length, not their (tiny) area: breaking a crack costs."""
+    if skeleton is None:
+        with torch.no_grad():
+            skeleton = soft_skeleton(target)
+    prob = torch.sigmoid(logits.float())
+    if valid is not None:
+        skeleton = skeleton * valid
+    length = skeleton.flatten(1).sum(1)
+    recall = (prob * skeleton).flatten(1).sum(1) / length.clamp_min(1e-6)
+    has = length > 0
+    if not bool(has.any()):
+        return logits.new_zeros((), dtype=torch.float32)
+    return (1.0 - recall[has]).mean()
+
+
 def bernoulli_kl(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -87,6 +130,7 @@ def samsp_loss(
     pass_weights: Sequence[float] | None = None,
     dice_weight: float = 1.0,
     bce_weight: float = 1.0,
+    skeleton_weight: float = 0.0,
 ) -> LossParts:
     """Dice + BCE on every pass plus self-distillation of the final pass into earlier ones.
 
@@ -96,6 +140,8 @@ def samsp_loss(
       distill_weight, temperature: weight and temperature of the distillation term
       valid: optional [B,1,S,S] 0/1 mask; padding and nodata pixels (0) are excluded
       pass_weights: per-pass weights for Dice+BCE, normalised to sum 1 (default: equal)
+      dice_weight, bce_weight: weights of the two supervised terms
+      skeleton_weight: weight of ``skeleton_recall_loss`` on every pass (0: not computed)
 
     With a single pass (K = 0) the distillation term is zero.
     """
@@ -120,4 +166,11 @@ def samsp_loss(
     else:
         distill = passes[-1].new_zeros((), dtype=torch.float32)
     total = dice_weight * dice + bce_weight * bce + distill_weight * distill
-    return LossParts(total=total, dice=dice, bce=bce, distill=distill)
+    skeleton = None
+    if skeleton_weight > 0:
+        with torch.no_grad():
+            skel = soft_skeleton(target)
+        skeleton = sum(w * skeleton_recall_loss(lg, target, valid, skel)
+                       for w, lg in zip(weights, passes))
+        total = total + skeleton_weight * skeleton
+    return LossParts(total=total, dice=dice, bce=bce, distill=distill, skeleton=skeleton)

@@ -8,7 +8,6 @@ import numpy as np
 import torch
 
 from .bundle import Bundle, load_bundle
-from .model import logit_of
 from .precision import autocast, resolve_precision
 from .preprocess import postprocess_logits, prepare_batch, prepare_valid
 
@@ -22,8 +21,8 @@ class TilePredictor:
       iterations: self-prompting passes (default: the bundle's)
       precision: ``auto | fp32 | bf16 | fp16`` (``samsp.precision``); auto = bf16 where the device
         runs it natively, fp16 on CUDA cards without bf16, fp32 otherwise
-      threshold: foreground probability (default: the bundle's); self-prompts outline the same
-        foreground as the output mask, so a changed threshold changes both
+      threshold: foreground probability of the output (default: the bundle's); self-prompts keep
+        the bundle's prompt threshold, the one the model was trained with
     """
 
     def __init__(self, bundle: Bundle | str, device: str | torch.device = "cpu",
@@ -36,7 +35,6 @@ class TilePredictor:
         self.model = self.bundle.model.to(self.device).eval()
         self.iterations = iterations
         self._threshold = self.meta.threshold if threshold is None else float(threshold)
-        self.model.threshold = logit_of(self._threshold)
 
     @property
     def threshold(self) -> float:

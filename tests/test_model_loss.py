@@ -133,3 +133,34 @@ def test_tiny_samsp_learns_synthetic_shapes(one_thread):
     assert losses[-1] < 0.5 * losses[0]
     assert after[1] > before[1] + 0.3 and after[1] > 0.75, (before, after)
     assert after[0] > 0.75  # distillation: the promptless pass learns too
+
+
+def test_soft_skeleton_thins_a_thick_line_to_its_centre():
+    from samsp.loss import soft_skeleton
+
+    mask = torch.zeros(1, 1, 32, 64)
+    mask[..., 10:17, 4:60] = 1  # 7 px thick
+    skel = soft_skeleton(mask) > 0.5
+    rows = skel[0, 0, :, 10:50].any(dim=1).nonzero().flatten().tolist()
+    assert rows and min(rows) >= 12 and max(rows) <= 14  # the centre rows only
+    assert skel[0, 0, 13, 10:50].all()  # unbroken along the line
+    assert not (skel & (mask == 0)).any()
+
+
+def test_skeleton_recall_rewards_covering_the_centre_line_not_the_area():
+    from samsp import samsp_loss
+    from samsp.loss import skeleton_recall_loss
+    from samsp.model import SamSPOutput
+
+    target = torch.zeros(2, 1, 32, 32)
+    target[0, :, 14:17, 2:30] = 1  # a thin crack
+    big = torch.full_like(target, 20.0)  # everything foreground
+    none = torch.full_like(target, -20.0)
+    assert float(skeleton_recall_loss(big, target)) < 1e-6
+    assert float(skeleton_recall_loss(none, target)) == pytest.approx(1.0)  # image 1 skipped
+    out = SamSPOutput(logits=[none, none], low_res=[], prompts=[{}, {}])
+    plain = samsp_loss(out, target)
+    assert plain.skeleton is None and "skeleton" not in plain.as_dict()
+    with_skel = samsp_loss(out, target, skeleton_weight=0.5)
+    assert float(with_skel.skeleton) == pytest.approx(1.0)
+    assert float(with_skel.total) == pytest.approx(float(plain.total) + 0.5)

@@ -148,7 +148,8 @@ def test_ray_job_submit_runs_training(tmp_path):
                  "--set", "train.epochs=1", "--set", "train.samples_per_item=1",
                  # the issue-17 options run through the real loop here too
                  "--set", "model.detail_branch=true", "--set", "model.detail_stride=2",
-                 "--set", "train.prompt_pretraining=0.5"],
+                 "--set", "train.prompt_pretraining=0.5", "--set", "train.tune_threshold=true",
+                 "--set", "loss.skeleton_weight=0.5"],
                 cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
             out = job.stdout + job.stderr
             if "No available agent" not in out or time.monotonic() > deadline:
@@ -160,6 +161,9 @@ def test_ray_job_submit_runs_training(tmp_path):
         assert summary["complete"] and summary["epochs_done"] == 1
         meta = json.loads((storage / "job" / "bundle" / "bundle.json").read_text())
         assert meta["detail"] == {"width": 32, "output_stride": 2}
+        # the output threshold was chosen on validation; self-prompts keep the trained one
+        assert meta["prompt_threshold"] == 0.5 and 0.2 <= meta["threshold"] <= 0.8
+        assert meta["threshold"] == summary["history"][-1]["val_best_threshold"]
         assert "promptable pre-training" in out
     finally:
         # stop only what this test started: the `ray start --block` process group
