@@ -408,7 +408,10 @@ class Ablation:
     # -- arms
     def run_sam(self, name: str, seed: int) -> dict:
         args, arm = self.args, self.arms[name]
-        rate = self.rate(name)
+        if args.steps:  # equal steps (a shared, noisy machine: rates measured there mislead)
+            rate = {"steps_per_s": args.steps / args.budget_s}
+        else:
+            rate = self.rate(name)
         target = max(1, int(args.budget_s * rate["steps_per_s"]))
         n_train = len(self.plan(seed)["train"])
         sched = schedule(target, n_train, args.batch_size, args.max_epochs)
@@ -683,6 +686,9 @@ def parse_args(argv=None):
                    help="training wall-clock budget per arm and seed (seconds)")
     p.add_argument("--calib-s", type=float,
                    help="seconds of step timing per arm (default 5 %% of the budget, 5..60)")
+    p.add_argument("--steps", type=int,
+                   help="give every SAM arm this many optimizer steps instead of budget x "
+                        "calibrated rate (equal steps; for a machine too loaded to calibrate)")
     p.add_argument("--max-epochs", type=int, default=4,
                    help="at most this many epochs (validation + checkpoint each)")
     p.add_argument("--batch-size", type=int, default=4)

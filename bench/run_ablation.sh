@@ -13,7 +13,8 @@
 # recipe issue 17 on the fixed code: single, SAM-SP box, after promptable pre-training, each
 #        with the detail branch (stride 2), seed 0, bf16 training (train.precision auto); plus
 #        SAM-SP box trained in fp32 for the same number of steps (bf16 vs fp32 at equal steps).
-#        TEST_LIMIT (default 80) test images.
+#        TEST_LIMIT (default 80) test images; STEPS (default 1200, about the 300-s fp32 budget
+#        of the seed0 arms on a quiet machine) optimizer steps for every arm.
 # report aggregate everything finished; publish the BENCHMARKS.md sections and headline numbers
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,9 +36,9 @@ if has calib; then
 fi
 if has recipe; then
     RC="--data $DATA/deepcrack --budget-s $BUDGET --seeds 0 --test-limit ${TEST_LIMIT:-80}"
-    ARMS=single,spsd_box,spsd_box_pp,single_detail,spsd_box_detail,spsd_box_pp_detail
-    $PY bench/ablate.py $RC --out $OUT/recipe --arms $ARMS --calib-s 20 || true
-    mkdir -p $OUT/recipe_fp32 && cp $OUT/recipe/calibration.json $OUT/recipe_fp32/  # equal steps
+    RC="$RC --steps ${STEPS:-1200}"
+    ARMS=${ARMS:-spsd_box,spsd_box_pp,spsd_box_detail,spsd_box_pp_detail,single}
+    $PY bench/ablate.py $RC --out $OUT/recipe --arms $ARMS || true
     $PY bench/ablate.py $RC --out $OUT/recipe_fp32 --arms spsd_box \
         --train-set train.precision=fp32 || true
 fi
