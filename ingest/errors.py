@@ -72,23 +72,6 @@ class StacItemError(StacError):
     assets are in different CRSs. That item fails; the others go on."""
 
 
-class StacError(Exception):
-    """A STAC input cannot be used; one line, like :class:`SceneError`."""
-
-    def __init__(self, message: str):
-        line = " ".join(str(message).split())
-        super().__init__(line[:397] + "..." if len(line) > 400 else line)
-
-
-class StacSearchError(StacError):
-    """The catalog or API is unreachable, or it rejected the search: nothing can be planned."""
-
-
-class StacItemError(StacError):
-    """One item cannot become a scene: a requested asset is missing, not a raster, or its
-    assets are in different CRSs. That item fails; the others go on."""
-
-
 class WriterError(Exception):
     """MaskWriter misuse or an output that cannot be produced (e.g. incomplete mask)."""
 

@@ -124,6 +124,12 @@ class OutputConfig(StrictModel):
     # GDAL 3.10 -- the one rasterio 1.4 wheels ship (QGIS/gdalinfo of that age) fails on a v3
     # store with "Unsupported codec: bytes". A store resumed keeps the format it was made with.
     zarr_format: Literal[2, 3] = 3
+    # STAC: <id>/item.json per ok scene; at the end of a run that wrote one, <output>/collection.json
+    # (a self-contained catalog of every item under the output) and <output>/items.parquet
+    # (stac-geoparquet: `rustac serve <output>/items.parquet` searches them).
+    stac: bool = True
+    # id of collection.json; None = the output folder's name.
+    stac_collection: Optional[str] = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
     @model_validator(mode="before")
