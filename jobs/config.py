@@ -143,13 +143,16 @@ def job_epilog(examples: Iterable[str], reference: str, exit_codes: dict[int, st
 
 
 def parse_job_args(argv, *, prog: str, description: str, input_help: str, set_example: str,
-                   epilog: str, flags: dict[str, str] | None = None) -> argparse.Namespace:
+                   epilog: str, flags: dict[str, str] | None = None,
+                   add_args=None, input_required: bool = True) -> argparse.Namespace:
     """The CLI shared by the batch jobs (segment, sweep): inputs, output, model, config, logging;
-    ``flags`` adds a job's own on/off options (``{"--force": help}``); ``set_example`` and
-    ``epilog`` (``job_epilog``) make ``--help`` the job's own."""
+    ``flags`` adds a job's own on/off options (``{"--force": help}``); ``add_args(parser)`` any
+    other options; ``input_required=False`` when the job has another source of scenes (segment:
+    ``--stac``, or ``input.stac`` in the config -- it checks that one is given); ``set_example``
+    and ``epilog`` (``job_epilog``) make ``--help`` the job's own."""
     parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", nargs="+", action="extend", required=True,
+    parser.add_argument("--input", nargs="+", action="extend", required=input_required,
                         metavar="URI_OR_GLOB", help=input_help)
     parser.add_argument("--output", required=True, help="output root (local folder or s3://bucket/prefix)")
     parser.add_argument("--model", required=True, help="model bundle (folder or s3:// prefix)")
@@ -157,6 +160,8 @@ def parse_job_args(argv, *, prog: str, description: str, input_help: str, set_ex
     parser.add_argument("--log-level", default=os.environ.get("SAMSP_LOG_LEVEL", "INFO"))
     for flag, help_text in (flags or {}).items():
         parser.add_argument(flag, action="store_true", help=help_text)
+    if add_args is not None:
+        add_args(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -10,6 +10,7 @@ from typing import Literal, Optional, Union
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from jobs.config import StrictModel, refuse_replaced
+from jobs.segment_stac_config import StacInputConfig
 
 
 class TilingConfig(StrictModel):
@@ -145,6 +146,9 @@ class InputConfig(StrictModel):
     # File extensions picked up when expanding a folder or an s3:// prefix.
     extensions: list[str] = Field(default_factory=lambda: [
         ".tif", ".tiff", ".zarr", ".jp2", ".png", ".jpg", ".jpeg", ".vrt"])
+    # Scenes from a STAC catalog (jobs/segment_stac_config.py; --stac and its flags set it);
+    # combined with --input when both are given.
+    stac: Optional[StacInputConfig] = None
 
 
 class RayConfig(StrictModel):
