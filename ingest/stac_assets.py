@@ -137,7 +137,11 @@ def item_scene_uri(assets: ItemAssets, vrt_uri: str, resampling: str = "bilinear
     if xml is None:
         return storage.to_s3_uri(assets.hrefs[0]) if assets.hrefs[0].startswith("/vsis3/") \
             else assets.hrefs[0]
-    storage.write_bytes(vrt_uri, xml.encode())
+    data = xml.encode()
+    # an unchanged VRT is left alone: its size and mtime are the scene's input fingerprint
+    # (jobs.segment_record), so an item done before is skipped on a rerun, not recomputed
+    if not storage.exists(vrt_uri) or storage.read_bytes(vrt_uri) != data:
+        storage.write_bytes(vrt_uri, data)
     return vrt_uri
 
 
