@@ -562,13 +562,13 @@ def test_nightly_cronjob_creates_a_rayjob(nightly):
 def test_nightly_parameters_reach_the_entrypoint(nightly):
     spec = nightly["rayjob"]["spec"]
     argv = _entrypoint_argv(spec["entrypoint"], "jobs/segment.py")
-    for flag in ("--input", "--output", "--model"):
+    for flag in ("--output", "--model", "--config"):
         assert flag in argv
     params_cm = _one(nightly["docs"], "ConfigMap", "samsp-nightly-params")
     used = re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", spec["entrypoint"])
-    assert {"SAMSP_INPUT", "SAMSP_OUTPUT", "SAMSP_MODEL"} <= set(used)
+    assert {"SAMSP_OUTPUT", "SAMSP_MODEL"} <= set(used)
     assert set(used) <= set(params_cm["data"]), "every ${VAR} must be a parameter"
-    for prefix in ("SAMSP_INPUT", "SAMSP_OUTPUT", "SAMSP_MODEL"):
+    for prefix in ("SAMSP_OUTPUT", "SAMSP_MODEL"):
         assert params_cm["data"][prefix].strip()
 
     def env_from(container):
@@ -597,6 +597,20 @@ def test_nightly_segment_config_fits_the_cluster(nightly):
     assert cfg.predict.num_actors * num_gpus <= gpus
     # Actors must leave CPUs to the read/write tasks (else the pipeline starves).
     assert cfg.predict.num_actors * cfg.predict.num_cpus + cfg.pipeline.read_cpus <= cpus
+
+
+def test_nightly_searches_stac_since_the_last_run(nightly):
+    """The nightly scenes come from a STAC search in the mounted config (no --input): the one
+    of configs/segment_stac.yaml, whose window starts where the last successful night ended."""
+    spec = nightly["rayjob"]["spec"]
+    argv = _entrypoint_argv(spec["entrypoint"], "jobs/segment.py")
+    assert "--input" not in argv and "--stac" not in argv
+    head_pod = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    cfg = _validate_config("segment", _mounted_config_text(nightly["docs"], head_pod,
+                                                           _flag(argv, "--config")), [])
+    assert cfg.input.stac is not None and cfg.input.stac.datetime == "since-last-run"
+    example = _validate_config("segment", (REPO / "configs" / "segment_stac.yaml").read_text(), [])
+    assert cfg.input.stac == example.input.stac
 
 
 def test_irsa_service_account_and_trust_policy(k8s):
