@@ -227,6 +227,7 @@ def ray_resources(cfg: SegmentConfig, n_tiles: int, mode: str = "embedded") -> d
     import ray
 
     from jobs.ray_utils import is_local_ray
+    from jobs.segment_lanes import actor_threads
 
     res = ray.cluster_resources()
     cpus, gpus = float(res.get("CPU", 0)), float(res.get("GPU", 0))
@@ -245,7 +246,9 @@ def ray_resources(cfg: SegmentConfig, n_tiles: int, mode: str = "embedded") -> d
         # (4 one-CPU nodes, 2 actors -> 1.5 each would be unschedulable and hang).
         node_cpus = largest_node_cpus(default=cpus)
         actor_cpus = min(actor_cpus, node_cpus) if node_cpus > 0 else actor_cpus
-        threads = p.torch_threads or 1
+        # Fewer batches than CPUs: fewer actors, each with the idle cores as torch threads
+        # (the logical share stays as it is, so reads stay schedulable).
+        threads = actor_threads(cpus, node_cpus, n, p.torch_threads)
     else:
         actor_cpus = p.num_cpus if p.num_cpus is not None else 1.0
         if num_gpus == 0 and actor_cpus > spare:  # tiny cluster: never take the reads' CPUs
@@ -562,17 +565,24 @@ def consume_row(row: dict, states: dict, finish) -> None:
         finish(sid)
 
 
-def local_lanes(cfg: SegmentConfig, device: str) -> tuple[int, int]:
+def local_lanes(cfg: SegmentConfig, device: str, n_tiles: int | None = None) -> tuple[int, int]:
     """``(lanes, torch threads per lane)`` of the local engine.
 
     CPU: one single-threaded lane per core (``predict.num_actors`` overrides): independent
     streams beat one model with N OpenMP threads (BENCHMARKS.md, model-only rows: "2 lanes"
     against "2"), and a lane's own reads and writes never stall another lane's model the way
-    they stall an OpenMP region. GPU: one lane (the device is the bottleneck)."""
+    they stall an OpenMP region. Fewer model batches than lanes (``n_tiles``; None = many):
+    one lane per batch with the idle lanes' cores as threads (jobs/segment_lanes.py).
+    GPU: one lane (the device is the bottleneck)."""
+    from jobs.segment_lanes import cpu_layout
+
     if device != "cpu":
         return 1, cfg.predict.torch_threads or 1
     cpus = int(cfg.ray.num_cpus or os.cpu_count() or 1)
-    return max(1, cfg.predict.num_actors or cpus), cfg.predict.torch_threads or 1
+    if n_tiles is None:
+        return max(1, cfg.predict.num_actors or cpus), cfg.predict.torch_threads or 1
+    return tuple(cpu_layout(cpus, n_tiles, cfg.predict.batch_size, cfg.predict.num_actors,
+                            cfg.predict.torch_threads))
 
 
 def import_model_code() -> None:
@@ -627,7 +637,7 @@ def run_local(rows, states, cfg, model_uri, threshold, finish) -> str:
         device = cfg.predict.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        lanes, threads = local_lanes(cfg, device)
+        lanes, threads = local_lanes(cfg, device, len(rows))
         TIMINGS["actors"] = lanes
         # lanes: one model batch per block (no writer thread to overlap; the shortest tail)
         block = (actor_block(cfg, len(rows), lanes, tile_bytes) if lanes == 1

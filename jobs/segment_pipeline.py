@@ -172,6 +172,13 @@ class Predictor:
 
     def __init__(self, model_uri: str, threshold: float | None = None, device: str = "auto",
                  torch_threads: int = 0, precision: str = "auto"):
+        import sys
+
+        if torch_threads > 1 and "torch" not in sys.modules:
+            # several OpenMP threads next to reads on the same cores: spinning waiters stall
+            # every parallel region (see jobs/segment.py import_model_code); only works
+            # before torch is first imported in this worker
+            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         import torch
 
         from ingest.storage import gdal_env  # noqa: F401 - make sure ingest imports in the actor
