@@ -38,6 +38,7 @@ from jobs.config import (ConfigError, StrictModel, job_epilog, load_config,  # n
                          new_run_id, output_root, parse_job_args)
 from jobs.segment_config import PredictConfig, RayConfig, TilingConfig  # noqa: E402
 from jobs.segment_manifest import join_uri, one_line  # noqa: E402
+from jobs.sweep_measure import MeasureConfig  # noqa: E402
 
 log = logging.getLogger("samsp.sweep")
 
@@ -78,6 +79,7 @@ class SweepConfig(StrictModel):
     pipeline: SweepPipelineConfig = Field(default_factory=SweepPipelineConfig)
     input: SweepInputConfig = Field(default_factory=SweepInputConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    measure: MeasureConfig = Field(default_factory=MeasureConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
 
@@ -100,15 +102,19 @@ class Photo:
         self.t0 = time.perf_counter()
 
 
-def finalize_photo(ph: Photo, output: str, cfg: SweepConfig, run_id: str) -> dict:
+def finalize_photo(ph: Photo, output: str, cfg: SweepConfig, run_id: str, sizes) -> dict:
     from ingest import Radiometry, open_scene, storage
     from jobs.sweep_features import write_photo_features
+    from jobs.sweep_measure import physical_measurements
     from jobs.sweep_pipeline import crack_measurements
     from jobs.sweep_report import mask_png, overlay_thumb, record_json
 
     mask = ph.mask
     valid = mask != 255
     metrics, lines = crack_measurements(mask == 1, valid)
+    mm, source = sizes.lookup(ph.id, ph.input)
+    metrics.update(physical_measurements(metrics, [ln.line().length for ln in lines],
+                                         [ln.width_max for ln in lines], mm, source, cfg.measure))
     write_photo_features(output, ph.id, lines)  # before the record: a done photo has them
     mask_rel, thumb_rel = f"masks/{ph.id}.png", f"thumbs/{ph.id}.jpg"
     storage.write_bytes(join_uri(output, mask_rel), mask_png(mask))
@@ -140,8 +146,11 @@ def run(args: argparse.Namespace) -> int:
     from jobs.segment import read_bundle_meta, tile_geometry
     from jobs.segment_plan import assign_scene_ids, expand_inputs
 
+    from jobs.sweep_measure import PixelSizes
+
     try:
         cfg = load_config(SweepConfig, args.config, args.overrides)
+        sizes = PixelSizes(cfg.measure)  # a malformed CSV stops the job before any work
     except ConfigError as err:
         log.error("%s", err)
         return EXIT_USAGE
@@ -177,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
                                      thread_name_prefix="sweep-finalize")
         futures: dict[cf.Future, str] = {}
         error = run_pipeline(photos, cfg, args.model, threshold, tile, overlap, pool, futures,
-                             output, run_id)
+                             output, run_id, sizes)
         for fut in cf.as_completed(list(futures)):
             ph = photos[futures[fut]]
             try:
@@ -200,13 +209,16 @@ def run(args: argparse.Namespace) -> int:
             n_tiles += ph.spec.get("tiles", 0) if not ph.errors else 0
 
     from jobs.sweep_features import write_sweep_features
+    from jobs.sweep_measure import remeasure_records
     from jobs.sweep_report import write_report
 
-    records = read_records(output)
+    # records measured with another pixel size or other classes (an earlier run) are redone
+    records = remeasure_records(output, read_records(output), sizes, cfg.measure)
     summary = write_report(output, list(records.values()), cfg.report.top_n,
                            {"model": args.model, "threshold": threshold, "run_id": run_id},
-                           columns=cfg.report.columns, cell=cfg.report.thumb_size)
-    write_sweep_features(output, list(records.values()))
+                           columns=cfg.report.columns, cell=cfg.report.thumb_size,
+                           class_names=cfg.measure.class_names)
+    write_sweep_features(output, list(records.values()), cfg.measure)
     log.info("sweep %s done in %.1fs: %d photo(s) segmented, %d failed; report %s (%d images, "
              "%d ok)", run_id, time.perf_counter() - t_job, len(todo) - failed, failed,
              join_uri(output, "report.html"), summary["images"], summary["ok"])
@@ -219,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_pipeline(photos, cfg, model_uri, threshold, tile, overlap, pool, futures, output,
-                 run_id) -> str:
+                 run_id, sizes) -> str:
     import ray
 
     from jobs.ray_utils import init_ray
@@ -277,7 +289,7 @@ def run_pipeline(photos, cfg, model_uri, threshold, tile, overlap, pool, futures
                 if ph.errors:
                     ph.mask = None
                 else:
-                    futures[pool.submit(finalize_photo, ph, output, cfg, run_id)] = ph.id
+                    futures[pool.submit(finalize_photo, ph, output, cfg, run_id, sizes)] = ph.id
     except Exception as err:  # noqa: BLE001
         msg = f"pipeline: {type(err).__name__}: {one_line(err, 300)}"
         log.error("%s", msg)

@@ -8,7 +8,9 @@ Layout under ``<output>``::
     thumbs/<id>.jpg       downsampled photo with the cracks in red (contact sheet, HTML)
     records/<id>.json     one record per image (status ok|failed, measurements); written last,
                           so a record means the image is finished -- a rerun skips ok records
-    report.csv            every image, ranked: crack_px, then skeleton length, then max width
+    report.csv            every image, ranked: crack_px, then skeleton length, then max width;
+                          with a pixel size (``measure:``, jobs/sweep_measure.py) also the
+                          lengths/widths in mm, the width class and per class counts/lengths
     report.parquet        the same table
     contact_sheet.png     top-N images with overlays and their numbers
     report.html           the top-N table with thumbnails, links to masks, and counts
@@ -30,6 +32,17 @@ OVERLAY = np.array([255, 30, 30], np.float32)
 COLUMNS = ["rank", "id", "input", "status", "crack_px", "crack_fraction", "skeleton_length_px",
            "max_width_px", "mean_width_px", "cracks", "width", "height", "orientation", "tiles",
            "mean_disagreement", "seconds", "mask", "thumb", "error", "run_id"]
+#: the physical columns, after the pixel ones they convert (``cracks_<class>``,
+#: ``length_mm_<class>`` follow them, in class order)
+MM_COLUMNS = ["pixel_size_mm", "pixel_size_source", "skeleton_length_mm", "max_width_mm",
+              "mean_width_mm", "width_class"]
+
+
+def table_columns(class_names=()) -> list[str]:
+    from jobs.sweep_measure import class_columns
+
+    at = COLUMNS.index("cracks") + 1
+    return COLUMNS[:at] + MM_COLUMNS + class_columns(list(class_names)) + COLUMNS[at:]
 
 
 def mask_png(mask_u8: np.ndarray) -> bytes:
@@ -74,12 +87,13 @@ def overlay_thumb(scene, radiometry, mask_u8: np.ndarray, size: int,
     return buf.getvalue()
 
 
-def ranked_table(records: list[dict]):
+def ranked_table(records: list[dict], class_names=()):
     """DataFrame of all records: ok images ranked by crack_px, skeleton length, max width."""
     import pandas as pd
 
+    columns = table_columns(class_names)
     df = pd.DataFrame(records)
-    for col in COLUMNS:
+    for col in columns:
         if col not in df.columns:
             df[col] = None
     ok = df[df["status"] == "ok"].sort_values(
@@ -88,14 +102,19 @@ def ranked_table(records: list[dict]):
     ok["rank"] = np.arange(1, len(ok) + 1)
     bad = df[df["status"] != "ok"].sort_values("id").copy()
     bad["rank"] = None
-    table = pd.concat([ok, bad], ignore_index=True)[COLUMNS]
+    table = pd.concat([ok, bad], ignore_index=True)[columns]
     table["rank"] = table["rank"].astype("Int64")
     for col in ("crack_px", "skeleton_length_px", "cracks", "width", "height", "orientation",
                 "tiles"):
         table[col] = pd.to_numeric(table[col], errors="coerce").astype("Int64")
-    for col in ("crack_fraction", "max_width_px", "mean_width_px", "mean_disagreement", "seconds"):
+    for col in ("crack_fraction", "max_width_px", "mean_width_px", "mean_disagreement", "seconds",
+                "pixel_size_mm", "skeleton_length_mm", "max_width_mm", "mean_width_mm",
+                *(f"length_mm_{n}" for n in class_names)):
         table[col] = pd.to_numeric(table[col], errors="coerce").astype("float64")
-    for col in ("id", "input", "status", "mask", "thumb", "error", "run_id"):
+    for col in (f"cracks_{n}" for n in class_names):
+        table[col] = pd.to_numeric(table[col], errors="coerce").astype("Int64")
+    for col in ("id", "input", "status", "mask", "thumb", "error", "run_id", "pixel_size_source",
+                "width_class"):
         table[col] = table[col].fillna("").astype(str)
     return table
 
@@ -128,7 +147,30 @@ def contact_sheet(top: list[dict], thumbs: dict[str, bytes], cell: int = 256, co
     return buf.getvalue()
 
 
-def report_html(table, top_n: int, run_info: dict) -> str:
+def _mm(value, digits: int) -> str:
+    """A mm cell: the number, or a dash where the photo has no pixel size."""
+    return "&ndash;" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def class_cell(rec: dict, class_names) -> str:
+    """The finding's class (its widest crack's) and its lines per class."""
+    if not rec.get("width_class"):
+        return "&ndash;"
+    counts = ", ".join(f"{html.escape(n)} {rec.get(f'cracks_{n}') or 0}" for n in class_names)
+    return f"<b>{html.escape(rec['width_class'])}</b><br><small>{counts}</small>"
+
+
+def classes_note(ok, class_names) -> str:
+    """Where the mm come from and what the classes are (a crack line's class is its max width's)."""
+    sized = int(ok["pixel_size_mm"].notna().sum())
+    if not sized:
+        return "No pixel size configured (measure.pixel_size_mm / pixel_size_csv): pixels only."
+    return (f"Sizes in mm for {sized} of {len(ok)} images (measure.pixel_size_mm / "
+            f"pixel_size_csv); a crack line's class is that of its max width: "
+            f"{html.escape(', '.join(class_names))}.")
+
+
+def report_html(table, top_n: int, run_info: dict, class_names=()) -> str:
     ok = table[table["status"] == "ok"]
     failed = table[table["status"] != "ok"]
     rows = []
@@ -136,11 +178,14 @@ def report_html(table, top_n: int, run_info: dict) -> str:
         rows.append(
             "<tr><td>{rank}</td><td><a href='{mask}'><img src='{thumb}' width=160></a></td>"
             "<td>{id}<br><small>{input}</small></td><td>{crack_px}</td><td>{frac:.4f}</td>"
-            "<td>{length}</td><td>{width:.1f}</td><td>{cracks}</td></tr>".format(
+            "<td>{length}</td><td>{width:.1f}</td><td>{length_mm}</td><td>{width_mm}</td>"
+            "<td>{cls}</td><td>{cracks}</td></tr>".format(
                 rank=rec["rank"], mask=html.escape(rec["mask"]), thumb=html.escape(rec["thumb"]),
                 id=html.escape(rec["id"]), input=html.escape(rec["input"]),
                 crack_px=rec["crack_px"], frac=rec["crack_fraction"] or 0.0,
                 length=rec["skeleton_length_px"], width=rec["max_width_px"] or 0.0,
+                length_mm=_mm(rec.get("skeleton_length_mm"), 1),
+                width_mm=_mm(rec.get("max_width_mm"), 2), cls=class_cell(rec, class_names),
                 cracks=rec["cracks"]))
     fails = "".join(f"<li>{html.escape(r['id'])}: {html.escape(r['error'])}</li>"
                     for r in failed.to_dict("records"))
@@ -154,10 +199,12 @@ th{{text-align:left}}</style></head><body>
 threshold {run_info.get('threshold')}; run {html.escape(str(run_info.get('run_id')))}.
 Full table: <a href="report.csv">report.csv</a> / report.parquet. <a href="contact_sheet.png">Contact sheet</a>.
 Photos are measured and shown as photo viewers display them: EXIF orientation applied
-({turned} of {len(ok)} turned; width/height are the displayed ones).</p>
+({turned} of {len(ok)} turned; width/height are the displayed ones).
+{classes_note(ok, class_names)}</p>
 <h2>Top {min(top_n, len(ok))} by crack pixels</h2>
 <table><tr><th>#</th><th>overlay (links to mask)</th><th>image</th><th>crack px</th><th>fraction</th>
-<th>skeleton length px</th><th>max width px</th><th>cracks</th></tr>
+<th>skeleton length px</th><th>max width px</th><th>length mm</th><th>max width mm</th>
+<th>class (lines per class)</th><th>cracks</th></tr>
 {''.join(rows)}
 </table>
 {'<h2>Failed</h2><ul>' + fails + '</ul>' if fails else ''}
@@ -166,11 +213,11 @@ Photos are measured and shown as photo viewers display them: EXIF orientation ap
 
 
 def write_report(output: str, records: list[dict], top_n: int, run_info: dict,
-                 columns: int = 6, cell: int = 256) -> dict:
+                 columns: int = 6, cell: int = 256, class_names=()) -> dict:
     """report.csv, report.parquet, contact_sheet.png, report.html (each written atomically)."""
     from ingest import storage
 
-    table = ranked_table(records)
+    table = ranked_table(records, class_names)
     storage.write_bytes(join_uri(output, "report.csv"), table.to_csv(index=False).encode())
     buf = io.BytesIO()
     table.to_parquet(buf, index=False)
@@ -184,7 +231,7 @@ def write_report(output: str, records: list[dict], top_n: int, run_info: dict,
         except FileNotFoundError:
             pass
     storage.write_bytes(join_uri(output, "contact_sheet.png"), contact_sheet(top, thumbs, cell=cell, cols=columns))
-    storage.write_bytes(join_uri(output, "report.html"), report_html(table, top_n, run_info).encode())
+    storage.write_bytes(join_uri(output, "report.html"), report_html(table, top_n, run_info, class_names).encode())
     return {"images": len(table), "ok": int((table["status"] == "ok").sum()),
             "failed": int((table["status"] != "ok").sum()), "top": [r["id"] for r in top]}
 

@@ -99,3 +99,6 @@ def test_write_scene_vectors_lists_files(tmp_path):
     assert poly["review_disagreement"][0] == pytest.approx(0.3)
     assert poly["prob_mean"][0] == pytest.approx(round(0.9 * 254) / 254)
     assert poly.area[0] == pytest.approx(mask.sum() * 4)
+    lines = gpd.read_parquet(tmp_path / "centerlines.parquet")  # metres of the scene's UTM CRS
+    assert lines["length"][0] == pytest.approx(150 * 2, rel=0.05)
+    assert abs(lines["max_width"][0] - 5 * 2) <= 2 and lines.crs.to_epsg() == 32633

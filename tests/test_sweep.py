@@ -166,7 +166,8 @@ def test_sweep_end_to_end_and_rerun(tmp_path):
     def sweep(inputs):
         cmd = [sys.executable, str(REPO / "jobs" / "sweep.py"), "--input", *inputs, "--output",
                str(out), "--model", bundle, "--set", "ray.num_cpus=2", "--set",
-               "predict.batch_size=4", "--set", "predict.torch_threads=1", "--set", "report.top_n=3"]
+               "predict.batch_size=4", "--set", "predict.torch_threads=1", "--set", "report.top_n=3",
+               "--set", "measure.pixel_size_mm=0.5"]
         proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
@@ -199,6 +200,9 @@ def test_sweep_end_to_end_and_rerun(tmp_path):
         for key in ("crack_px", "skeleton_length_px", "cracks"):
             assert rec[key] == m[key], key
         assert rec["max_width_px"] == pytest.approx(m["max_width_px"])
+        assert rec["max_width_mm"] == pytest.approx(0.5 * rec["max_width_px"], abs=1e-3)
+        assert rec["pixel_size_mm"] == 0.5 and (rec["width_class"] in ("hairline", "fine", "wide")
+                                                or rec["crack_px"] == 0)
         thumb = Image.open(out / rec["thumb"])
         assert max(thumb.size) == min(256, max(w, h))
 
