@@ -34,12 +34,22 @@ HEADLINES = [
     ("P6_vit_b_encoder_s_bf16_sdpa", "≈ 3 s here (from the peak fraction)", None),
     ("P6_vit_b_peak_fraction", ">= 0.45", lambda v: v >= 0.45),
     ("P6_vit_b_b8_rss_gib", "<= 8 GiB", lambda v: v <= 8.0),
+    ("P6_bf16_speedup_model", ">= 2.0 (vit_tiny batch 8)", lambda v: v >= 2.0),
+    ("P6_bf16_speedup_job", ">= 1.7 (segment job, auto / fp32)", lambda v: v >= 1.7),
+    ("P7_bf16_speedup_train", ">= 1.6 (training steps/s)", lambda v: v >= 1.6),
+    ("P6_bf16_dice_delta", "<= 0.003 (DeepCrack test)", lambda v: v <= 0.003),
+    ("P1_pipeline_efficiency_bf16", ">= 0.90 (bf16 model)", lambda v: v >= 0.90),
+    ("P1_pipeline_efficiency_bf16_batch", ">= 0.85 (bf16 model, 4 scenes)", lambda v: v >= 0.85),
     ("V1_rss_growth_pct", "<= 20 % (streaming polygons, 2048² -> 16384²)", lambda v: v <= 20.0),
     ("V1_seconds_ratio", "<= 1.5 (streaming / whole-array, 8192²)", lambda v: v <= 1.5),
+    ("S1_single_tile_efficiency", ">= 0.8 (one-tile scene, vit_b, Ray)", lambda v: v >= 0.8),
+    ("S1_single_tile_efficiency_vit_b_local", ">= 0.8 (vit_b, local engine)", lambda v: v >= 0.8),
+    ("S1_single_tile_efficiency_vit_tiny", ">= 0.8 (vit_tiny, Ray)", lambda v: v >= 0.8),
+    ("S1_single_tile_efficiency_vit_tiny_local", ">= 0.8 (vit_tiny, local engine)", lambda v: v >= 0.8),
 ]
 SECTIONS = ["INGEST_RESULTS.md", "MODEL_RESULTS.md", "SEGMENT_RESULTS.md", "TRAIN_RESULTS.md",
             "QUALITY_RESULTS.md", "ABLATION_DEEPCRACK_RESULTS.md", "ABLATION_EPFL_RESULTS.md",
-            "PRECISION_RESULTS.md", "VECTORS_RESULTS.md"]
+            "PRECISION_RESULTS.md", "BF16_RESULTS.md", "VECTORS_RESULTS.md", "SINGLE_TILE_RESULTS.md"]
 
 
 def merge() -> dict:
