@@ -6,10 +6,11 @@
 Inputs: local files, globs (``scenes/**/*.tif``), folders, ``s3://bucket/prefix/`` (every scene
 under it), ``s3://`` globs, single keys, Zarr stores, and ``.txt``/``.csv`` lists of any of these.
 
-1. Plan (driver): expand the inputs, give each a stable id, skip scenes already done in
-   ``<output>/manifest.jsonl``, open each remaining scene's header (+ a bounded emptiness check),
-   fit the scene-wide radiometry (bounded sample), build its ``TileGrid`` (tile = the bundle's
-   image size, overlap = tile/8 by default), create/reopen ``<output>/<id>/mask.zarr`` and keep only
+1. Plan (driver): expand the inputs, give each a stable id, skip scenes already done (their
+   ``<output>/<id>/status.json``) or being computed by another run (its lease), open each
+   remaining scene's header (+ a bounded emptiness check), fit the scene-wide radiometry
+   (bounded sample), build its ``TileGrid`` (tile = the bundle's image size, overlap = tile/8
+   by default), create/reopen ``<output>/<id>/mask.zarr`` and keep only
    the tiles whose chunk + record are not written yet. A scene that cannot be planned becomes a
    ``failed`` row with a one-line reason; the others go on.
 2. Ray Data: ``from_items(tile rows)`` -> ``map_batches(read_tiles)`` (CPU tasks) ->
@@ -20,8 +21,9 @@ under it), ``s3://`` globs, single keys, Zarr stores, and ``.txt``/``.csv`` list
    CPU-only actors read their own tiles instead (``pipeline.read_in_actors``, auto): every core
    already runs an actor, and a read stage would only add processes and object-store transfers.
 3. Finalize each scene as soon as its last tile is in (a driver thread pool, overlapping the
-   pipeline): COGs, quicklook.png, stats.json; then its manifest row. A scene with any failed
-   tile is ``failed`` and gets no new COG/PNG/stats (old good ones stay untouched).
+   pipeline): COGs, quicklook.png, stats.json; then its status.json (``manifest.jsonl``, an
+   index, is rebuilt from them at the end). A scene with any failed tile is ``failed`` and
+   gets no new COG/PNG/stats (old good ones stay untouched).
 
 Exit code: 0 when every scene is ok/skipped, 1 when any scene failed (after all others finished),
 2 for a usage/config/model error before any scene ran.
@@ -50,7 +52,8 @@ if __package__ in (None, ""):  # run as a script: make `jobs`, `ingest`, `samsp`
 from jobs.config import (ConfigError, job_epilog, load_config, new_run_id, output_root,  # noqa: E402
                          parse_job_args)
 from jobs.segment_config import SegmentConfig  # noqa: E402
-from jobs.segment_manifest import Manifest, join_uri, one_line  # noqa: E402
+from jobs.scene_status import StatusBoard  # noqa: E402
+from jobs.segment_manifest import join_uri, one_line, read_manifest  # noqa: E402
 from jobs.segment_plan import (ScenePlan, assign_scene_ids, expand_inputs,  # noqa: E402
                                is_geospatial_uri, read_tile_records)
 from jobs.segment_stats import TileTotals  # noqa: E402
@@ -60,6 +63,8 @@ log = logging.getLogger("samsp.segment")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 #: perf_counter marks of the last run (for the summary line and bench/bench_segment.py)
 TIMINGS: dict = {}
+#: this run's jobs.segment_progress.Progress (both engines' rows pass consume_row)
+PROGRESS: list = []
 
 
 # --------------------------------------------------------------------------- helpers
@@ -377,44 +382,52 @@ def run(args: argparse.Namespace) -> int:
     if cfg.pipeline.engine == "local":
         # Import torch and the model code (~3 s here) while the scenes are planned (I/O).
         threading.Thread(target=import_model_code, name="import-model", daemon=True).start()
-    manifest = Manifest(output, run_id)
-    ids = assign_scene_ids(inputs, manifest.previous)
+    # the index names earlier scenes (ids, legacy rows); each scene's status.json is its state
+    previous = read_manifest(output)
+    ids = assign_scene_ids(inputs, previous)
     records = scene_records(inputs, cfg, args.model, threshold, tile, overlap)
+    board = StatusBoard(output, run_id, cfg.pipeline.lease_timeout_s)
+    board.start_heartbeat()
+    results: dict[str, dict] = {}  # this run's row per scene (ok/failed/skipped)
     log.info("run %s: %d scene(s), model %s (%s, tile %d, overlap %d, threshold %.3f) -> %s",
              run_id, len(inputs), args.model, meta.model_type, tile, overlap, threshold, output)
 
     # ---- plan (headers, radiometry samples and resume listings are I/O: a few threads)
     states: dict[str, SceneState] = {}
     failed = 0
-    todo = []
-    for uri in inputs:
-        sid = ids[uri]
-        if manifest.done(sid) and not force and manifest.previous[sid].get("record") == records[uri]:
-            prev = dict(manifest.previous[sid])
-            done_in = prev.get("done_run_id") or prev.get("run_id", "?")
-            prev.update(id=sid, input=uri, status="skipped", tiles_computed=0, seconds=0.0,
-                        error="", done_run_id=done_in)
-            manifest.set(prev)
-            log.info("scene %s: skipped (done in run %s)", sid, done_in)
-        else:
-            todo.append(uri)
 
     def plan_one(uri: str):
+        """Skip (done), leave (another run's live lease) or claim and plan one scene."""
         try:
-            return plan_scene(ids[uri], uri, output, cfg, tile, overlap, records[uri], force), None
+            sid, decision = board.claim(ids[uri], uri, records[uri], force, previous.get(ids[uri]))
+            ids[uri] = sid
+            if decision.kind != "claimed":
+                return decision, None
+            return plan_scene(sid, uri, output, cfg, tile, overlap, records[uri], force), None
         except Exception as err:  # noqa: BLE001 - one bad scene never stops the others
             return None, err
 
     with cf.ThreadPoolExecutor(max_workers=cfg.pipeline.plan_workers,
                                thread_name_prefix="plan") as planner:
-        planned = list(planner.map(plan_one, todo))
-    for uri, (plan, err) in zip(todo, planned):
+        planned = list(planner.map(plan_one, inputs))
+    for uri, (plan, err) in zip(inputs, planned):
         sid = ids[uri]
+        skip = getattr(plan, "kind", "")  # a Decision, not a ScenePlan: not claimed
+        if skip == "skipped":
+            results[sid] = plan.row
+            log.info("scene %s: skipped (done in run %s)", sid, plan.row["done_run_id"])
+            continue
+        if skip == "running":
+            results[sid] = {"id": sid, "input": uri, "status": "skipped", "tiles_computed": 0,
+                            "error": "", "reason": f"running in run {plan.owner}"}
+            log.info("scene %s: skipped (running in run %s)", sid, plan.owner)
+            continue
         if err is not None:
             msg = scene_error(err)
-            manifest.set({"id": sid, "input": uri, "status": "failed", "error": f"plan: {msg}",
-                          "tiles": 0, "tiles_computed": 0, "pixels": 0, "seconds": 0.0,
-                          "uncertain_tiles": []})
+            results[sid] = {"id": sid, "input": uri, "status": "failed", "error": f"plan: {msg}",
+                            "tiles": 0, "tiles_computed": 0, "pixels": 0, "seconds": 0.0,
+                            "uncertain_tiles": [], "record": records[uri]}
+            board.finish(sid, results[sid])
             failed += 1
             log.error("scene %s: FAILED at plan: %s", sid, msg)
             continue
@@ -425,12 +438,14 @@ def run(args: argparse.Namespace) -> int:
         log.info("scene %s: %dx%d, %d band(s) %s, %d tiles (%d to compute, %d done before)",
                  sid, plan.width, plan.height, plan.count, plan.dtype, len(plan.tiles),
                  len(plan.todo), len(plan.tiles) - len(plan.todo))
-    manifest.flush()
 
     # ---- pipeline + finalize
     TIMINGS.clear()
     TIMINGS["planned"] = time.perf_counter()
     rows = [r for st in states.values() for r in tile_rows(st.plan, cfg, meta.band_map)]
+    from jobs.segment_progress import Progress
+
+    PROGRESS[:] = [Progress(len(rows), sum(1 for st in states.values() if st.remaining))]
     pool = cf.ThreadPoolExecutor(max_workers=cfg.pipeline.finalize_workers,
                                  thread_name_prefix="finalize")
     futures: dict[cf.Future, str] = {}
@@ -464,7 +479,7 @@ def run(args: argparse.Namespace) -> int:
     pipeline_error = ""
     n_done = 0
     if rows:
-        pipeline_error = run_pipeline(rows, states, cfg, args.model, threshold, finish, manifest)
+        pipeline_error = run_pipeline(rows, states, cfg, args.model, threshold, finish, output)
         n_done = sum(st.computed for st in states.values())
     for sid, st in states.items():
         if not st.submitted:
@@ -472,6 +487,9 @@ def run(args: argparse.Namespace) -> int:
             st.submitted = True
 
     # ---- collect
+    from jobs.manifest import IndexUpdater, rebuild
+
+    index = IndexUpdater(output, cfg.output.manifest_interval_s)
     for fut in cf.as_completed(list(futures)):
         sid = futures[fut]
         st = states[sid]
@@ -485,30 +503,42 @@ def run(args: argparse.Namespace) -> int:
         row = scene_row(st, "ok", "", stats["uncertain_tiles"], extra["outputs"],
                         stats["foreground_fraction"])
         row["done_run_id"] = run_id
-        manifest.set(row)
+        results[sid] = row
+        board.finish(sid, row)
         log.info("scene %s: ok  %d tiles (%d computed), foreground %.4f, %.1fs", sid,
                  len(st.plan.tiles), st.computed, stats["foreground_fraction"],
                  time.perf_counter() - st.t_start)
-        manifest.flush(cfg.output.manifest_interval_s)
+        index.update(row)
     pool.shutdown(wait=True)
     for sid, st in states.items():
         if st.errors:
             failed += 1
             msg = st.errors[0] + (f" (+{len(st.errors) - 1} more)" if len(st.errors) > 1 else "")
-            manifest.set(scene_row(st, "failed", msg, [], [], None))
+            results[sid] = scene_row(st, "failed", msg, [], [], None)
+            board.finish(sid, results[sid])
             log.error("scene %s: FAILED: %s", sid, one_line(msg, 300))
-    manifest.flush()
+    board.stop()
+    rebuild(output)  # the index: every scene's status, this run's and any other's
     stac_error = ""
     if cfg.output.stac:  # collection.json + items.parquet over every item under the output
         from jobs.segment_stac import publish
 
         stac_error = publish(output, cfg.output.stac_collection, len(stac_items))
     total = len(inputs)
-    ok = sum(1 for sid in ids.values() if manifest.rows.get(sid, {}).get("status") == "ok")
-    skipped = sum(1 for sid in ids.values() if manifest.rows.get(sid, {}).get("status") == "skipped")
+    ok = sum(1 for r in results.values() if r.get("status") == "ok")
+    skipped = sum(1 for r in results.values() if r.get("status") == "skipped")
+    from jobs.segment_report import write_report
+
+    try:  # the morning report; a report that cannot be written is no failed scene
+        write_report(output, {"run_id": run_id, "started": run_started.isoformat(timespec="seconds"),
+                              "seconds": time.perf_counter() - t_job, "model": args.model,
+                              "output": output, "tiles_computed": n_done},
+                     list(results.values()), tile, overlap)
+    except Exception as err:  # noqa: BLE001
+        log.warning("report.html: %s", one_line(err, 300))
     log.info("run %s done in %.1fs: %d ok, %d skipped, %d failed of %d; %d tile(s) computed; "
-             "manifest %s", run_id, time.perf_counter() - t_job, ok, skipped, failed, total,
-             n_done, join_uri(output, "manifest.jsonl"))
+             "manifest %s, report %s", run_id, time.perf_counter() - t_job, ok, skipped, failed,
+             total, n_done, join_uri(output, "manifest.jsonl"), join_uri(output, "report.html"))
     t_end = time.perf_counter()
     secs = {"total": t_end - t_job, "plan": TIMINGS.get("planned", t_end) - t_job}
     if "ray_ready" in TIMINGS:
@@ -563,6 +593,8 @@ def consume_row(row: dict, states: dict, finish) -> None:
         st.computed += 1
     if st.remaining == 0:
         finish(sid)
+    for progress in PROGRESS:
+        progress.tile(st.remaining == 0)
 
 
 def local_lanes(cfg: SegmentConfig, device: str, n_tiles: int | None = None) -> tuple[int, int]:
@@ -620,16 +652,9 @@ def run_local(rows, states, cfg, model_uri, threshold, finish) -> str:
     def as_batch(part: list[dict]) -> dict:
         return {k: np.array([r[k] for r in part], dtype=object) for k in ("scene", "spec", "tile")}
 
-    done, t0, last_log = 0, time.perf_counter(), time.perf_counter()
-
     def consume(out: dict) -> None:
-        nonlocal done, last_log
         for i in range(len(out["tile"])):
             consume_row({k: out[k][i] for k in out}, states, finish)
-        done += len(out["tile"])
-        if time.perf_counter() - last_log >= 10 or done == len(rows):
-            last_log = time.perf_counter()
-            log.info("tiles %d/%d (%.1f tiles/s)", done, len(rows), done / max(1e-9, last_log - t0))
 
     try:
         import torch
@@ -682,7 +707,7 @@ def run_local(rows, states, cfg, model_uri, threshold, finish) -> str:
     return ""
 
 
-def run_pipeline(rows, states, cfg, model_uri, threshold, finish, manifest) -> str:
+def run_pipeline(rows, states, cfg, model_uri, threshold, finish, output) -> str:
     """Run the Ray Data pipeline (or the local engine); returns "" or the error that stopped it."""
     if os.environ.get("SAMSP_SEGMENT_KILL_AFTER_TILES"):  # test hook, see segment_pipeline
         os.environ["SAMSP_SEGMENT_DRIVER_PID"] = str(os.getpid())
@@ -697,12 +722,14 @@ def run_pipeline(rows, states, cfg, model_uri, threshold, finish, manifest) -> s
     if mode == "cluster":
         # Write tasks run on any node: a local --output (or --model) is only safe on a shared
         # filesystem; on separate machines chunks would land on each worker's own disk.
-        for what, uri in (("--output", manifest.output), ("--model", model_uri)):
+        for what, uri in (("--output", output), ("--model", model_uri)):
             if "://" not in str(uri):
                 log.warning("%s %s is a local path: on a multi-machine cluster every node must "
                             "see it (shared filesystem); use s3:// otherwise", what, uri)
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True
+    # our one progress line (jobs.segment_progress) instead of Ray Data's: off a terminal those
+    # are blocks of 7 INFO lines every 10 s
+    ctx.enable_progress_bars = False
     res = ray_resources(cfg, len(rows), mode)
     plans = [st.plan for st in states.values() if st.plan.todo]
     res["tile_bytes"] = max((p.count * p.tile * p.tile for p in plans), default=3 << 20)
@@ -716,9 +743,12 @@ def run_pipeline(rows, states, cfg, model_uri, threshold, finish, manifest) -> s
              f"by read tasks ({cfg.pipeline.read_cpus:.1f} CPU kept for them)")
     TIMINGS["ray_ready"] = time.perf_counter()
     TIMINGS["actors"] = res["actors"]
+    from jobs.logs import filtered_native_stderr
+
     try:
-        for row in ds.iter_rows():
-            consume_row(row, states, finish)
+        with filtered_native_stderr():  # Ray's error-level notice on restartable actors
+            for row in ds.iter_rows():
+                consume_row(row, states, finish)
     except Exception as err:  # noqa: BLE001 - e.g. an actor that cannot start
         return pipeline_error(err)
     finally:

@@ -90,6 +90,10 @@ class PipelineConfig(StrictModel):
     # it whole into a fresh store, replacing the old outputs only once it succeeded; "fail"
     # the scene with an error naming the difference (old outputs untouched). Never mixed.
     on_change: Literal["recompute", "fail"] = "recompute"
+    # A scene another run is computing (status.json "running", heartbeat refreshed every third
+    # of this) is skipped; one whose heartbeat is older than this belongs to a run that died
+    # and is taken over (resumed from its written tiles).
+    lease_timeout_s: float = Field(default=600.0, gt=0)
 
 
 class OutputConfig(StrictModel):

@@ -263,7 +263,8 @@ def test_batch_good_and_bad_scenes(batch, tmp_path):
     # nothing previously written was touched by the failing scenes
     assert storage.read_bytes(f"{batch.out}/corrupt/mask.tif") == b"previous good output"
     assert storage.read_bytes(f"{batch.out}/allnodata/stats.json") == b'{"previous": true}'
-    assert not storage.exists(f"{batch.out}/nocrs")
+    # a scene failing at plan leaves only its state (status.json), no outputs
+    assert [u.rsplit("/", 1)[-1] for u in storage.listdir(f"{batch.out}/nocrs")] == ["status.json"]
 
     for name, stretch in GOOD.items():
         row = rows[name]
@@ -361,7 +362,9 @@ def test_rerun_recomputes_nothing(batch):
     fs.invalidate_cache()
     after = {p: fs.info(p)["LastModified"] for p in fs.find(batch.out.replace("s3://", ""))}
     changed = {p for p in set(before) | set(after) if after.get(p) != before.get(p)}
-    assert changed <= {batch.out.replace("s3://", "") + "/manifest.jsonl"}, changed
+    # only state: the index, each scene's status.json (its row now says skipped), the report
+    assert all(p.endswith(("/manifest.jsonl", "/status.json", "/report.html")) for p in changed), \
+        sorted(p for p in changed if not p.endswith("/status.json"))
 
 
 @pytest.mark.parametrize("lanes", [2, 1])
@@ -416,8 +419,13 @@ def test_interrupted_run_resumes_to_identical_output(batch, tmp_path):
     assert not os.path.exists(f"{out}/rgb/mask.tif")  # nothing final from a partial scene
     assert manifest_rows(out).get("rgb", {}).get("status") != "ok"
 
-    resumed = run_job([uri], out, batch.model, batch.env, extra=SAMPLE)
+    # the killed run's lease on the scene (status.json "running") stops a rerun from
+    # computing it until the lease times out: a short timeout, a moment's wait
+    time.sleep(1.5)
+    resumed = run_job([uri], out, batch.model, batch.env,
+                      extra=[*SAMPLE, "--set", "pipeline.lease_timeout_s=1"])
     assert resumed.rc == 0, resumed.out[-3000:]
+    assert "taking over the lease of run" in resumed.out
     assert "tiles read in the actors" in resumed.out
     row = manifest_rows(out)["rgb"]
     assert row["status"] == "ok" and row["tiles"] == 12

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -100,7 +101,9 @@ def test_partial_scene_with_another_threshold_is_recomputed_whole(env, fresh):
     killed = _run(env, out, env.model_a, job_env=dict(env.env, SAMSP_SEGMENT_KILL_AFTER_TILES="3"))
     assert killed.rc == -signal.SIGKILL, killed.out[-3000:]
     assert not (out / "a" / "mask.tif").exists()
-    res = _run(env, out, env.model_a, "--set", "predict.threshold=0.9")
+    time.sleep(1.5)  # the killed run's lease on the scene times out (1 s below)
+    res = _run(env, out, env.model_a, "--set", "predict.threshold=0.9",
+               "--set", "pipeline.lease_timeout_s=1")
     assert res.rc == 0 and res.summary["tiles_computed"] == 6, res.out[-3000:]
     assert "predict.threshold 0.5 -> 0.9" in res.out
     _assert_same(_result(out), fresh["a.9"])

@@ -1,0 +1,108 @@
+"""Log hygiene for the batch jobs: what a healthy run prints is the job's own lines.
+
+* Third-party INFO lines that repeat: botocore logs "Found credentials in environment
+  variables." for every client it makes (s3fs makes one per thread and event loop: dozens per
+  run) -- let through once; stac_geoparquet logs its profiling (CPU %, RSS) at INFO -- WARNING.
+* Ray's core worker prints, at error level and from C++ straight to the driver's stderr,
+  "Actor ... has constructor arguments in the object store and max_restarts > 0" for every Ray
+  Data actor that may restart (ray-project/ray#53727): Ray Data itself always passes the
+  actors' data context and map transformer as object refs, and our bounded ``max_restarts``
+  (lost nodes, fatal CUDA errors) is what makes it print. Those objects are owned and kept
+  alive by the driver for the whole dataset, so a restarted actor finds them; the line is
+  noise here. :func:`filtered_native_stderr` replaces it with one INFO line saying so. It is
+  a file-descriptor filter because no Python logger ever sees the line.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import sys
+import threading
+
+log = logging.getLogger("samsp.logs")
+
+#: (pattern of a native line, the one INFO line said instead, once per run)
+HARMLESS_NATIVE_LINES = [
+    (re.compile(rb"core_worker\.cc:\d+: Actor with class name: .* has constructor arguments in "
+                rb"the object store and max_restarts > 0"),
+     "ray: model actors are restartable and their Ray Data constructor arguments live in the "
+     "object store, owned by this driver for the whole run (Ray's error-level notice about "
+     "it, ray-project/ray#53727, is not shown)"),
+]
+
+
+class OncePerMessage(logging.Filter):
+    """Lets each distinct message of a logger through once."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        with self._lock:
+            if msg in self.seen:
+                return False
+            self.seen.add(msg)
+        return True
+
+
+def quiet_third_party() -> None:
+    """Once-only and quieter third-party loggers (see the module docstring)."""
+    creds = logging.getLogger("botocore.credentials")
+    if not any(isinstance(f, OncePerMessage) for f in creds.filters):
+        creds.addFilter(OncePerMessage())
+    logging.getLogger("stac_geoparquet").setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def filtered_native_stderr(patterns=HARMLESS_NATIVE_LINES):
+    """Route fd 2 through a pipe whose reader drops the known-harmless native lines.
+
+    Everything else is forwarded unchanged and in order (Python's logging writes to fd 2 too).
+    On exit fd 2 is restored and the reader drains what is left."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable stderr: nothing to filter
+        yield
+        return
+    read_fd, write_fd = os.pipe()
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+    said: set[int] = set()
+
+    def pump() -> None:
+        buf = b""
+        with os.fdopen(read_fd, "rb", buffering=0) as src:
+            while True:
+                chunk = src.read(65536)
+                if not chunk:
+                    break
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                out = []
+                for line in lines:
+                    hit = next((i for i, (pat, _) in enumerate(patterns) if pat.search(line)), None)
+                    if hit is None:
+                        out.append(line + b"\n")
+                    elif hit not in said:
+                        said.add(hit)
+                        out.append(f"INFO {patterns[hit][1]}\n".encode())
+                if out:
+                    os.write(saved, b"".join(out))
+        if buf:
+            os.write(saved, buf)
+
+    reader = threading.Thread(target=pump, name="stderr-filter", daemon=True)
+    reader.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # closes the pipe's last write end: the reader sees EOF
+        reader.join(timeout=5)
+        os.close(saved)
