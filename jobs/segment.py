@@ -56,7 +56,9 @@ from jobs.scene_status import StatusBoard  # noqa: E402
 from jobs.segment_manifest import join_uri, one_line, read_manifest  # noqa: E402
 from jobs.segment_plan import (ScenePlan, assign_scene_ids, expand_inputs,  # noqa: E402
                                is_geospatial_uri, read_tile_records)
+from jobs.segment_stac_input import add_stac_args, open_stac_input, stac_overrides  # noqa: E402
 from jobs.segment_stats import TileTotals  # noqa: E402
+from ingest.errors import StacSearchError  # noqa: E402
 
 log = logging.getLogger("samsp.segment")
 
@@ -371,11 +373,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         tile, overlap = tile_geometry(cfg, meta.image_size)
         # never this run's output root nor samsp's outputs elsewhere (--output inside an input)
-        inputs = expand_inputs(args.input, cfg.input.extensions, exclude=[output])
-    except (ConfigError, ValueError, OSError) as err:
+        inputs = expand_inputs(args.input or [], cfg.input.extensions, exclude=[output])
+        stac_in = open_stac_input(cfg, bool(args.input), output, run_started)  # searched now
+    except (ConfigError, ValueError, OSError, StacSearchError) as err:
         log.error("%s", one_line(err))
         return EXIT_USAGE
-    if not inputs:
+    if not inputs and stac_in is None:  # a STAC search may find nothing new: a quiet night
         log.error("no scenes found in %s", args.input)
         return EXIT_USAGE
 
@@ -385,8 +388,12 @@ def run(args: argparse.Namespace) -> int:
     # the index names earlier scenes (ids, legacy rows); each scene's status.json is its state
     previous = read_manifest(output)
     ids = assign_scene_ids(inputs, previous)
+    if stac_in is not None:  # one scene per item: id = item id, input = its asset or a VRT
+        inputs, ids = stac_in.add_scenes(inputs, ids, previous, cfg.pipeline.plan_workers)
     records = scene_records(inputs, cfg, args.model, threshold, tile, overlap)
     board = StatusBoard(output, run_id, cfg.pipeline.lease_timeout_s)
+    if stac_in is not None:
+        stac_in.annotate(board)  # an item's rows keep its collection and self href
     board.start_heartbeat()
     results: dict[str, dict] = {}  # this run's row per scene (ok/failed/skipped)
     log.info("run %s: %d scene(s), model %s (%s, tile %d, overlap %d, threshold %.3f) -> %s",
@@ -403,6 +410,8 @@ def run(args: argparse.Namespace) -> int:
             ids[uri] = sid
             if decision.kind != "claimed":
                 return decision, None
+            if stac_in is not None:
+                stac_in.check(uri)  # an item that could not become a scene fails alone
             return plan_scene(sid, uri, output, cfg, tile, overlap, records[uri], force), None
         except Exception as err:  # noqa: BLE001 - one bad scene never stops the others
             return None, err
@@ -468,7 +477,8 @@ def run(args: argparse.Namespace) -> int:
         if cfg.output.stac:  # after promotion: the item describes the files where they stay
             from jobs.segment_stac import write_scene_item
 
-            write_scene_item(st.plan, extra["stats"], extra["outputs"], args.model, run_started)
+            write_scene_item(st.plan, extra["stats"], extra["outputs"], args.model, run_started,
+                             source=stac_in.source(st.plan.input) if stac_in is not None else None)
             stac_items.append(st.plan.id)
         return extra
 
@@ -524,6 +534,8 @@ def run(args: argparse.Namespace) -> int:
         from jobs.segment_stac import publish
 
         stac_error = publish(output, cfg.output.stac_collection, len(stac_items))
+    if stac_in is not None:
+        stac_in.record_window(success=not failed and not stac_error)
     total = len(inputs)
     ok = sum(1 for r in results.values() if r.get("status") == "ok")
     skipped = sum(1 for r in results.values() if r.get("status") == "skipped")
@@ -789,6 +801,10 @@ def main(argv: list[str] | None = None) -> int:
                                "python jobs/segment.py --input s3://bucket/scenes/ --output "
                                "s3://bucket/masks --model s3://bucket/bundles/roads "
                                "--config configs/segment.yaml --set predict.threshold=0.6",
+                               "python jobs/segment.py --stac https://stac.example/v1 --collections "
+                               "sentinel-2-l2a --bbox 5.9,45.8,10.5,47.8 --datetime since-last-run "
+                               "--assets red,green,blue --output s3://bucket/masks --model "
+                               "s3://bucket/bundles/roads",
                                "ray job submit --working-dir . -- python jobs/segment.py ..."],
                               "configs/segment.yaml (every field with its default and meaning), "
                               "jobs/segment_config.py, README.md 'Segmentation job'",
@@ -796,7 +812,9 @@ def main(argv: list[str] | None = None) -> int:
                                EXIT_FAILED: "a scene failed (all the others finished)",
                                EXIT_USAGE: "usage, config or model error before any scene ran"}),
                           flags={"--force": "recompute every scene (outputs replaced only once "
-                                            "each scene succeeded)"})
+                                            "each scene succeeded)"},
+                          add_args=add_stac_args, input_required=False)
+    args.overrides = stac_overrides(args) + args.overrides  # --set wins over the flags
     return run(args)
 
 

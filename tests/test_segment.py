@@ -110,7 +110,8 @@ def job_env(server) -> dict:
 
 
 def run_job(inputs, output, model, env, extra=(), timeout=400):
-    cmd = [sys.executable, str(REPO / "jobs" / "segment.py"), "--input", *inputs,
+    """``inputs`` may be empty when ``extra`` has another source of scenes (``--stac``)."""
+    cmd = [sys.executable, str(REPO / "jobs" / "segment.py"), *(["--input", *inputs] if inputs else []),
            "--output", output, "--model", model, "--set", "ray.num_cpus=2",
            "--set", "predict.batch_size=1", "--set", "predict.torch_threads=1", *extra]
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE,
