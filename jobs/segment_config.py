@@ -131,7 +131,7 @@ class OutputConfig(StrictModel):
     zarr_format: Literal[2, 3] = 3
     # STAC: <id>/item.json per ok scene; at the end of a run that wrote one, <output>/collection.json
     # (a self-contained catalog of every item under the output) and <output>/items.parquet
-    # (stac-geoparquet: `rustac serve <output>/items.parquet` searches them).
+    # (stac-geoparquet: `rustac serve --use-duckdb false <output>/items.parquet` searches them).
     stac: bool = True
     # id of collection.json; None = the output folder's name.
     stac_collection: Optional[str] = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
