@@ -18,6 +18,7 @@ COMMANDS = [
     [sys.executable, "-m", "bench.bench_segment"],
     [sys.executable, "bench/bench_train.py"],
     [sys.executable, "-m", "bench.bench_precision"],
+    [sys.executable, "-m", "bench.bench_single_tile"],
 ]
 
 
