@@ -16,7 +16,7 @@ Measured in one process, random weights (speed does not depend on them), one 102
   random order for ``--rounds`` rounds after one warm-up each. Headline seconds are the best
   round (other work shares these cores; the median is reported too).
   ``P6_vit_b_peak_fraction = useful FLOP / best bf16_sdpa seconds / bf16 peak``.
-* rss -- peak RSS (``ru_maxrss``) of a fresh subprocess that builds vit_b and runs one batch:
+* rss -- peak RSS (``VmHWM``) of a fresh subprocess that builds vit_b and runs one batch:
   8 images with the fused attention in bf16 (``P6_vit_b_b8_rss_gib``), and 1 image with and
   without it for comparison. A batch of 8 on segment_anything's attention (~20 GiB) is not run.
 
@@ -56,10 +56,16 @@ def matmul_gflops(dtype: torch.dtype, repeats: int, n: int = 2048) -> float:
     return 2 * n ** 3 / best / 1e9
 
 
+# Wall clock by default; --clock cpu (with --threads 1) times this process's CPU instead, which
+# other work sharing the cores barely inflates (with more threads, spin-waits would count).
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = CLOCKS["wall"]
+
+
 def _seconds(fn) -> float:
-    start = time.perf_counter()
+    start = _clock()
     fn()
-    return time.perf_counter() - start
+    return _clock() - start
 
 
 def vit_b_encoder(fused: bool) -> torch.nn.Module:
@@ -125,6 +131,14 @@ def rss_child(batch: int, fused: bool) -> dict:
 
 
 def _max_rss_gib() -> float:
+    """Peak RSS of this address space. Not ru_maxrss: a child keeps its parent's peak over exec."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2 ** 20  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
 
 
@@ -168,7 +182,9 @@ def write_md(path: Path, state: dict) -> None:
         f"Command: `{state['command']}` — {state['date']}. Machine: {state['machine']['cpu']}, "
         f"{state['machine']['cores']} cores, torch {state['machine']['torch']}, "
         f"{state['machine']['torch_threads']} threads; load average {state['load_start']} at the "
-        f"start, {state['load_end']} at the end (other work shared the cores).",
+        f"start, {state['load_end']} at the end (other work shared the cores). Seconds are "
+        + ("wall-clock." if state["clock"] == "wall" else "this process's CPU time (`--clock cpu`: "
+           "what the work costs one core, little affected by other work on the machine)."),
         "",
         f"Peak: 2048³ matmul {f['P6_bf16_matmul_gflops']:g} GFLOP/s bf16, "
         f"{f['P6_fp32_matmul_gflops']:g} GFLOP/s fp32 (best of start and end). vit_b encoder, one "
@@ -194,7 +210,7 @@ def write_md(path: Path, state: dict) -> None:
         "",
     ]
     if state["rss"]:
-        lines += ["| batch | attention | peak RSS GiB | s per image (bf16, first forward) |", "|---|---|---|---|"]
+        lines += ["| batch | attention | peak RSS GiB | s per image (bf16, first forward, wall) |", "|---|---|---|---|"]
         for r in state["rss"]:
             lines.append(f"| {r['batch']} | {'fused' if r['fused'] else 'segment_anything'} | "
                          f"{r['rss_peak_gib']:.2f} | {r['seconds'] / r['batch']:.2f} |")
@@ -209,11 +225,18 @@ def main(argv=None) -> int:
     p.add_argument("--mm-repeats", type=int, default=10)
     p.add_argument("--skip-rss", action="store_true", help="no peak-RSS subprocesses")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's, all cores)")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="cpu: process CPU seconds, for a loaded machine (use with --threads 1)")
     p.add_argument("--json", default=str(REPO / "bench" / "results_precision.json"))
     p.add_argument("--md", default=str(REPO / "bench" / "PRECISION_RESULTS.md"))
     p.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)  # batch, in a subprocess
     p.add_argument("--rss-fused", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    global _clock
+    _clock = CLOCKS[args.clock]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.rss_child:
         print(json.dumps(rss_child(args.rss_child, bool(args.rss_fused))))
         return 0
@@ -236,7 +259,8 @@ def main(argv=None) -> int:
     state = {"command": "python -m bench.bench_precision " + shlex.join(argv or sys.argv[1:]),
              "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": machine(),
              "load_start": load_start, "load_end": [round(x, 2) for x in os.getloadavg()],
-             "figures": result, "samples": samples, "peaks": peaks, "rss": list(rss.values())}
+             "figures": result, "samples": samples, "peaks": peaks, "rss": list(rss.values()),
+             "clock": args.clock}
     Path(args.json).write_text(json.dumps({**result, "samples": samples, "peaks": peaks},
                                           indent=2) + "\n")
     write_md(Path(args.md), state)
