@@ -416,9 +416,9 @@ def train_loop_per_worker(config: dict) -> None:
         optimizer.zero_grad(set_to_none=True)
         t_step = time.perf_counter()
         for b, (img, mask, valid) in enumerate(loader):
-            x, _ = prepare_batch(img.numpy(), image_size, mean, std, device=device)
-            target, ok = prepare_targets(mask[:, 0].numpy(), image_size, valid[:, 0].numpy(),
-                                         device=device)
+            # The loader's (pinned, on GPU) uint8/bool tensors go to the device as they are.
+            x, _ = prepare_batch(img, image_size, mean, std, device=device)
+            target, ok = prepare_targets(mask[:, 0], image_size, valid[:, 0], device=device)
             last = (b + 1) % accum == 0 or b + 1 == micro_per_epoch
             sync = ddp.no_sync() if (world > 1 and not last and hasattr(ddp, "no_sync")) \
                 else contextlib.nullcontext()

@@ -44,24 +44,31 @@ def to_three_bands(images: np.ndarray, band_map: Sequence[int] | None = None) ->
 
 
 def prepare_batch(
-    images: np.ndarray,
+    images: np.ndarray | torch.Tensor,
     image_size: int,
     pixel_mean: Sequence[float],
     pixel_std: Sequence[float],
     band_map: Sequence[int] | None = None,
     device: str | torch.device = "cpu",
 ) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Tiles ``[B,C,h,w]`` (uint8 or float in 0..255 units) -> model input ``[B,3,S,S]`` and the
-    tiles' original size ``(h, w)`` (what ``postprocess_logits`` needs).
+    """Tiles ``[B,C,h,w]`` (uint8 or float in 0..255 units; numpy, or a CPU tensor -- pinned
+    ones upload asynchronously) -> model input ``[B,3,S,S]`` and the tiles' original size
+    ``(h, w)`` (what ``postprocess_logits`` needs).
 
-    Bands are mapped to three (``to_three_bands``) when C != 3 or a band map is given.
+    Bands are mapped to three (``to_three_bands``) when C != 3 or a band map is given. The
+    tiles travel to the device in their own dtype and are converted there: uint8 is a quarter
+    of float32's bytes, and the conversion is device work, not a host pass.
     """
     if images.ndim != 4:
-        raise ValueError(f"expected images [B,C,h,w], got shape {images.shape}")
+        raise ValueError(f"expected images [B,C,h,w], got shape {tuple(images.shape)}")
     if images.shape[1] != 3 or band_map is not None:
+        if isinstance(images, torch.Tensor):
+            images = images.numpy()
         images = to_three_bands(images, band_map)
     height, width = images.shape[-2:]
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device=device, dtype=torch.float32)
+    x = images if isinstance(images, torch.Tensor) else torch.from_numpy(
+        np.ascontiguousarray(images))
+    x = x.to(device=device, non_blocking=x.is_pinned()).float()
     new_h, new_w = resized_shape(height, width, image_size)
     if (new_h, new_w) != (height, width):
         x = F.interpolate(x, (new_h, new_w), mode="bilinear", align_corners=False,
@@ -74,10 +81,17 @@ def prepare_batch(
     return x, (height, width)
 
 
+def _upload(array: np.ndarray | torch.Tensor, device) -> torch.Tensor:
+    """A host mask (numpy or a CPU tensor) as float32 on ``device``: sent in its own (small)
+    dtype, asynchronously when pinned, and converted there."""
+    t = array if isinstance(array, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(array))
+    return t.to(device=device, non_blocking=t.is_pinned()).float()
+
+
 def prepare_targets(
-    masks: np.ndarray,
+    masks: np.ndarray | torch.Tensor,
     image_size: int,
-    valid: np.ndarray | None = None,
+    valid: np.ndarray | torch.Tensor | None = None,
     device: str | torch.device = "cpu",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Ground truth ``[B,h,w]`` (0/1) -> ``(target [B,1,S,S] float, valid [B,1,S,S] float)`` in the
@@ -85,9 +99,8 @@ def prepare_targets(
     """
     batch, height, width = masks.shape
     new_h, new_w = resized_shape(height, width, image_size)
-    target = torch.from_numpy(np.ascontiguousarray(masks)).to(device=device, dtype=torch.float32)
-    ok = torch.ones_like(target) if valid is None else torch.from_numpy(
-        np.ascontiguousarray(valid)).to(device=device, dtype=torch.float32)
+    target = _upload(masks, device)
+    ok = torch.ones_like(target) if valid is None else _upload(valid, device)
     target, ok = target.unsqueeze(1), ok.unsqueeze(1)
     if (new_h, new_w) != (height, width):
         target = F.interpolate(target, (new_h, new_w), mode="nearest-exact")

@@ -62,8 +62,10 @@ def mask_to_box(mask: torch.Tensor, valid: torch.Tensor | None = None) -> torch.
         valid = _as_bhw(valid, "mask_to_box").to(mask.device)
         mask = mask & valid
     boxes, empty = _box_of(mask)
-    frame = torch.tensor([0.0, 0.0, width - 1, height - 1], device=mask.device)
-    fallback = frame.expand_as(boxes)
+    # The full frame built on the device (a torch.tensor of Python numbers would be a host
+    # copy and a stream sync per self-prompted pass on CUDA).
+    fallback = torch.zeros_like(boxes)
+    fallback[:, 2], fallback[:, 3] = width - 1, height - 1
     if valid is not None:
         valid_boxes, no_valid = _box_of(valid)
         fallback = torch.where(no_valid[:, None], fallback, valid_boxes)

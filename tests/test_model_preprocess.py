@@ -57,3 +57,24 @@ def test_targets_follow_the_image_frame_and_mark_padding_invalid():
     assert set(target.unique().tolist()) == {0.0, 1.0}
     assert valid[0, 0, 89:].sum() == 0 and valid[0, 0, :89, :5].sum() == 0
     assert valid[0, 0, :89, 10:].all()
+
+
+def test_tensor_tiles_and_masks_give_the_numpy_results():
+    # the training loop hands its loader's (pinned on GPU) tensors over as they are
+    import torch
+
+    from samsp.preprocess import prepare_batch, prepare_targets
+
+    rng = np.random.default_rng(0)
+    tiles = rng.integers(0, 255, (2, 3, 40, 56), dtype=np.uint8)
+    masks = rng.random((2, 40, 56)) > 0.5
+    valid = rng.random((2, 40, 56)) > 0.2
+    mean, std = (123.7, 116.3, 103.5), (58.4, 57.1, 57.4)
+    a, size_a = prepare_batch(tiles, 64, mean, std)
+    b, size_b = prepare_batch(torch.from_numpy(tiles), 64, mean, std)
+    assert size_a == size_b and torch.equal(a, b)
+    ta, oa = prepare_targets(masks, 64, valid)
+    tb, ob = prepare_targets(torch.from_numpy(masks), 64, torch.from_numpy(valid))
+    assert torch.equal(ta, tb) and torch.equal(oa, ob)
+    g, _ = prepare_batch(torch.from_numpy(tiles[:, :1]), 64, mean, std)  # one band -> three
+    assert g.shape == (2, 3, 64, 64)
