@@ -128,26 +128,34 @@ def padded_line(line: np.ndarray, lo: int, hi: int, pad: int) -> np.ndarray:
     return out
 
 
-def label_block(mask: np.ndarray, structure: np.ndarray, first_id: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """``(labels int32 (1..n, 0 = background), global ids int64 (0 = background), n)``."""
+def label_block(mask: np.ndarray, structure: np.ndarray) -> tuple[np.ndarray, int]:
+    """``(labels int32 (1..n, 0 = background), n)`` of one block."""
     from scipy import ndimage
 
     labels, n = ndimage.label(mask, structure=structure)
-    labels = labels.astype(np.int32, copy=False)
-    gids = np.where(labels > 0, labels.astype(np.int64) + (first_id - 1), 0)
-    return labels, gids, int(n)
+    return labels.astype(np.int32, copy=False), int(n)
 
 
-def block_links(gids: np.ndarray, win: Window, left_col: np.ndarray | None,
-                above: np.ndarray | None, connectivity: int) -> np.ndarray:
-    """Pairs linking this block's ids to the block on its left and the block row above."""
+def global_ids(line: np.ndarray, first_id: int) -> np.ndarray:
+    """Block labels (1..n, 0 = background) of a pixel line -> global ids int64 (0 stays 0).
+
+    Only the block's border lines ever need global ids: a whole-block int64 id image cost
+    as much as the labelling itself."""
+    return np.where(line > 0, line.astype(np.int64) + (first_id - 1), 0)
+
+
+def block_links(first_col: np.ndarray, first_row: np.ndarray, win: Window,
+                left_col: np.ndarray | None, above: np.ndarray | None,
+                connectivity: int) -> np.ndarray:
+    """Pairs linking this block's ids (its first column and row, global ids) to the block on
+    its left and the block row above."""
     pad = 1 if connectivity == 8 else 0
     parts = []
     if left_col is not None:
-        parts.append(edge_pairs(padded_line(left_col, 0, left_col.size, pad), gids[:, 0], connectivity))
+        parts.append(edge_pairs(padded_line(left_col, 0, left_col.size, pad), first_col, connectivity))
     if above is not None:
         c0 = int(win.col_off)
-        parts.append(edge_pairs(padded_line(above, c0, c0 + gids.shape[1], pad), gids[0], connectivity))
+        parts.append(edge_pairs(padded_line(above, c0, c0 + first_row.size, pad), first_row, connectivity))
     parts = [p for p in parts if len(p)]
     return np.concatenate(parts) if parts else np.zeros((0, 2), np.int64)
 
@@ -178,7 +186,8 @@ class StreamStats:
 #: bounded and the work near one cascaded union per component
 COMPACT_PIECES = 64
 
-#: ``build(window, first_id) -> (ids [h, w] int64, one item per id)``, or None for an empty block
+#: ``build(window, first_id) -> (labels [h, w] (1..n, 0 = nothing), one item per label)``, or
+#: None for an empty block; label k is the component ``first_id + k - 1``
 BlockBuilder = Callable[[Window, int], "tuple[np.ndarray, list] | None"]
 
 
@@ -186,8 +195,8 @@ def stream_components(source: RasterSource, build: BlockBuilder, *, connectivity
                       block: int | None = None, stats: StreamStats | None = None) -> Iterator:
     """The streaming merge: every component once, as soon as it can no longer grow.
 
-    ``build`` turns a block into ids (``first_id``.. for its components, 0 = nothing) and one
-    item per id. Items linked across block edges are merged (union-find); an item alone and
+    ``build`` turns a block into labels (1..n for its components, 0 = nothing; label k has the
+    global id ``first_id + k - 1``) and one item per label. Items linked across block edges are merged (union-find); an item alone and
     touching no unprocessed edge is yielded at once, a group when its block row ends without
     it reaching the bottom line. An open group is compacted (its pieces unioned) once it holds
     ``COMPACT_PIECES`` pieces.
@@ -207,15 +216,18 @@ def stream_components(source: RasterSource, build: BlockBuilder, *, connectivity
             if built is None:
                 left_col = None
                 continue
-            gids, items = built
+            labels, items = built
+            right = global_ids(labels[:, -1], next_id)
+            last = global_ids(labels[-1], next_id)
             # edges still to be processed: the right one (a block follows in this row) and the
             # bottom one (a block row follows)
             open_ids = set()
             if j < len(windows) - 1:
-                open_ids.update(np.unique(gids[:, -1]).tolist())
+                open_ids.update(np.unique(right).tolist())
             if not last_row:
-                open_ids.update(np.unique(gids[-1]).tolist())
-            pairs = block_links(gids, win, left_col, above, connectivity)
+                open_ids.update(np.unique(last).tolist())
+            pairs = block_links(global_ids(labels[:, 0], next_id), global_ids(labels[0], next_id),
+                                win, left_col, above, connectivity)
             linked = set(pairs[:, 1].tolist()) if len(pairs) else set()
             for k, item in enumerate(items):
                 gid = next_id + k
@@ -232,8 +244,8 @@ def stream_components(source: RasterSource, build: BlockBuilder, *, connectivity
                         ra, rb = rb, ra
                     open_groups[ra].merge(open_groups.pop(rb))
                     uf.parent[rb] = ra
-            left_col = gids[:, -1].copy()
-            bottom[int(win.col_off):int(win.col_off) + gids.shape[1]] = gids[-1]
+            left_col = right
+            bottom[int(win.col_off):int(win.col_off) + last.size] = last
             next_id += len(items)
         stats.max_open_pieces = max(stats.max_open_pieces,
                                     sum(len(g.pieces) for g in open_groups.values()))
@@ -255,4 +267,4 @@ def stream_components(source: RasterSource, build: BlockBuilder, *, connectivity
 
 
 __all__ = ["COMPACT_PIECES", "ArraySource", "Mergeable", "StreamStats", "stream_components", "RasterSource", "UnionFind", "block_windows", "block_links",
-           "check_connectivity", "edge_pairs", "label_block", "STRUCTURES"]
+           "check_connectivity", "edge_pairs", "global_ids", "label_block", "STRUCTURES"]

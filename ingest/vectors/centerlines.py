@@ -88,7 +88,7 @@ def iter_centerlines(source: RasterSource, *, value: int = 1, block: int | None 
             return None
         skel = skeletonize(sel)
         core = (slice(r0 - R0, r1 - R0), slice(c0 - C0, c1 - C0))
-        labels, gids, n = label_block(skel[core], STRUCTURES[8], first_id)
+        labels, n = label_block(skel[core], STRUCTURES[8])
         if n == 0:
             return None
         widths = width_px(sel)[core]
@@ -112,7 +112,7 @@ def iter_centerlines(source: RasterSource, *, value: int = 1, block: int | None 
         for k in range(n):
             part = xy[order[bounds[k]:bounds[k + 1]]]
             items.append(Centerline(part, int(count[k]), float(wsum[k]), float(wmax[k]), [part]))
-        return gids, items
+        return labels, items
 
     for line in stream_components(source, build, connectivity=8, block=block, stats=stats):
         if len(line.segments):
