@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from ingest import s3_retry
+
 # GDAL's block cache defaults to 5 % of RAM: reading every tile of a big scene would then grow
 # RSS with the scene. Cap it unless the user chose a value -- once, for the process: set as a
 # rasterio.Env option instead, every Env enter/exit resized (flushed) the cache, so overlapping
@@ -110,6 +112,7 @@ def storage_options(uri: str | None = None, *, listings_cache: bool = False) -> 
         client_kwargs["region_name"] = region
     if client_kwargs:
         opts["client_kwargs"] = client_kwargs
+    opts["config_kwargs"] = s3_retry.botocore_config()  # ingest/s3_retry.py: one policy
     if not listings_cache:
         opts["use_listings_cache"] = False
     return opts
@@ -133,8 +136,7 @@ def _gdal_options(extra: dict[str, Any] | None = None) -> dict[str, Any]:
     opts: dict[str, Any] = {
         "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
         "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
-        "GDAL_HTTP_MAX_RETRY": os.environ.get("GDAL_HTTP_MAX_RETRY", "3"),
-        "GDAL_HTTP_RETRY_DELAY": os.environ.get("GDAL_HTTP_RETRY_DELAY", "0.5"),
+        **s3_retry.gdal_config(),  # the same retries as s3fs/botocore (ingest/s3_retry.py)
         "CPL_VSIL_USE_TEMP_FILE_FOR_RANDOM_WRITE": "YES",
     }
     endpoint = _endpoint_url()
@@ -189,7 +191,7 @@ def exists(uri: str | os.PathLike) -> bool:
 
 def read_bytes(uri: str | os.PathLike) -> bytes:
     fs, path = fs_for(uri)
-    with fs.open(path, "rb") as f:
+    with s3_retry.naming(str(uri)), fs.open(path, "rb") as f:
         return f.read()
 
 
@@ -206,7 +208,8 @@ def write_many(items: dict[str, bytes]) -> None:
     first = next(iter(items))
     if is_s3(first):
         fs, _ = fs_for(first)
-        fs.pipe({fs_for(uri)[1]: data for uri, data in items.items()})
+        with s3_retry.naming(first if len(items) == 1 else f"{first} (+{len(items) - 1} more)"):
+            fs.pipe({fs_for(uri)[1]: data for uri, data in items.items()})
         return
     made: set[str] = set()
     for uri, data in items.items():
@@ -240,7 +243,7 @@ def read_many(uris: list[str]) -> dict[str, bytes | None]:
             if isinstance(value, FileNotFoundError) or value is None:
                 out[uri] = None
             elif isinstance(value, BaseException):
-                raise value
+                raise s3_retry.S3Failure(s3_retry.describe(uri, value)) from value
             else:
                 out[uri] = value
         return out
@@ -262,7 +265,8 @@ def put_file(local_path: str | os.PathLike, uri: str | os.PathLike) -> None:
     """
     if is_s3(uri):
         fs, path = fs_for(uri)
-        fs.put_file(str(local_path), path)
+        with s3_retry.naming(str(uri)):
+            fs.put_file(str(local_path), path)
         return
     dst = Path(gdal_path(uri))
     dst.parent.mkdir(parents=True, exist_ok=True)

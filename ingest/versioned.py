@@ -18,7 +18,7 @@ import hashlib
 import os
 from typing import Callable, Optional, TypeVar
 
-from ingest import storage
+from ingest import s3_retry, storage
 
 T = TypeVar("T")
 #: ``update`` gives up after this many lost races (each loss means another writer made progress)
@@ -81,14 +81,21 @@ def read_versioned(uri: str) -> tuple[Optional[bytes], Optional[str]]:
     fs, bucket, key = _s3(uri)
 
     async def get():
-        resp = await fs._call_s3("get_object", Bucket=bucket, Key=key)
-        try:
-            return await resp["Body"].read(), resp["ETag"]
-        finally:
-            resp["Body"].close()
+        # botocore retries the request; a body cut mid-way (connection reset) comes after it
+        # returned, so the read is retried here, under the same policy
+        for attempt in range(1 + s3_retry.max_retries()):
+            resp = await fs._call_s3("get_object", Bucket=bucket, Key=key)
+            try:
+                return await resp["Body"].read(), resp["ETag"]
+            except Exception:  # noqa: BLE001 - aiohttp/botocore payload errors
+                if attempt == s3_retry.max_retries():
+                    raise
+            finally:
+                resp["Body"].close()
 
     try:
-        return sync(fs.loop, get)
+        with s3_retry.naming(uri):
+            return sync(fs.loop, get)
     except FileNotFoundError:
         return None, None
 
@@ -110,7 +117,7 @@ def write_if_version(uri: str, data: bytes, version: Optional[str]) -> bool:
     except OSError as err:
         if _is_precondition_failure(err):
             return False
-        raise
+        raise s3_retry.S3Failure(s3_retry.describe(uri, err)) from err
     return True
 
 

@@ -162,6 +162,15 @@ class RayConfig(StrictModel):
     num_cpus: Optional[int] = Field(default=None, ge=1)
 
 
+class StorageConfig(StrictModel):
+    # One retry policy for every S3 client (GDAL /vsis3, s3fs/botocore in adaptive mode, Zarr
+    # chunks): retries after a request's first attempt; None = $SAMSP_S3_MAX_RETRIES or 5.
+    # Set here, it reaches every Ray worker through the environment (ingest/s3_retry.py).
+    max_retries: Optional[int] = Field(default=None, ge=0)
+    # GDAL's first back-off between retries (s); None = $SAMSP_S3_RETRY_DELAY_S or 0.5.
+    retry_delay_s: Optional[float] = Field(default=None, ge=0)
+
+
 class SegmentConfig(StrictModel):
     tiling: TilingConfig = Field(default_factory=TilingConfig)
     radiometry: RadiometryConfig = Field(default_factory=RadiometryConfig)
@@ -170,3 +179,4 @@ class SegmentConfig(StrictModel):
     output: OutputConfig = Field(default_factory=OutputConfig)
     input: InputConfig = Field(default_factory=InputConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
