@@ -169,7 +169,9 @@ def plan_scene(sid: str, uri: str, output: str, cfg: SegmentConfig, tile: int, o
     records = read_tile_records(plan.tiles_uri) if written else {}
     plan.done_stats = {k: v for k, v in records.items() if k in written}
     n_cols = grid.shape[1]
-    plan.todo = [i for i in range(len(grid)) if divmod(i, n_cols) not in plan.done_stats]
+    # a fresh scene's todo is a range (no per-tile list in the driver: jobs/segment_rows.py)
+    plan.todo = (range(len(grid)) if not plan.done_stats else
+                 [i for i in range(len(grid)) if divmod(i, n_cols) not in plan.done_stats])
     plan.seconds_plan = time.perf_counter() - t0
     return plan
 
@@ -182,14 +184,22 @@ def keep_bands(count: int, band_map) -> int | None:
     return 3 if count > 3 else None
 
 
-def tile_rows(plan: ScenePlan, cfg: SegmentConfig, band_map=None) -> list[dict]:
+def scene_tiles(plan: ScenePlan, cfg: SegmentConfig, band_map=None) -> tuple:
+    """``(id, spec, grid, todo)``: one scene's entry of jobs.segment_rows.TileRows (its rows
+    share the spec; tiles are made from the grid when a row is)."""
     spec = json.dumps({
         "input": plan.input, "bands": cfg.radiometry.bands, "radiometry": plan.radiometry,
         "writer": plan.zarr_uri, "tiles_uri": plan.tiles_uri,
         "keep_bands": keep_bands(plan.count, band_map),
     }, sort_keys=True)
-    return [{"scene": plan.id, "spec": spec, "tile": json.dumps(plan.tiles[i].to_dict())}
-            for i in plan.todo]
+    return plan.id, spec, plan.tiles, plan.todo
+
+
+def tile_rows(plan: ScenePlan, cfg: SegmentConfig, band_map=None) -> list[dict]:
+    """One scene's rows as a list (tests, small tools; the job streams TileRows)."""
+    from jobs.segment_rows import TileRows
+
+    return list(TileRows([scene_tiles(plan, cfg, band_map)]))
 
 
 # --------------------------------------------------------------------------- Ray
@@ -301,17 +311,22 @@ def actor_block(cfg: SegmentConfig, n_tiles: int, actors: int, bytes_per_tile: i
     return max(1, min(block, max(bs, fair)))
 
 
-def build_dataset(rows: list[dict], cfg: SegmentConfig, model_uri: str, threshold: float, res: dict):
+def build_dataset(rows, cfg: SegmentConfig, model_uri: str, threshold: float, res: dict):
+    """``rows``: a jobs.segment_rows.TileRows -- the dataset starts from tile numbers and its
+    first stage expands them (the driver never lists every tile's row)."""
     import ray
 
     from jobs.segment_pipeline import PredictWriter, read_tiles
+    from jobs.segment_rows import expand_rows
 
     pc = cfg.pipeline
     read_in_actors = pc.read_in_actors if pc.read_in_actors is not None else res["num_gpus"] == 0
     res["read_in_actors"] = read_in_actors
     block = actor_block(cfg, len(rows), res["actors"], res["tile_bytes"], read_in_actors)
     res["block_tiles"] = block
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(math.ceil(len(rows) / block), 500)))
+    ds = ray.data.range(len(rows), override_num_blocks=max(1, min(math.ceil(len(rows) / block), 500)))
+    ds = ds.map_batches(expand_rows, fn_kwargs={"rows_ref": ray.put(rows)}, batch_size=block,
+                        batch_format="numpy")
     if not read_in_actors:
         # Different num_cpus than the actor stage on purpose: Ray Data would otherwise fuse the
         # reads into the actors, and reads must overlap inference, not run inside it.
@@ -357,6 +372,9 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as err:
         log.error("%s", err)
         return EXIT_USAGE
+    from ingest import s3_retry
+
+    s3_retry.configure(cfg.storage.max_retries, cfg.storage.retry_delay_s)  # workers inherit it
     output = output_root(args.output)
     run_id = new_run_id()
     run_started = datetime.datetime.now(datetime.timezone.utc)  # an item's datetime without a source
@@ -416,9 +434,9 @@ def run(args: argparse.Namespace) -> int:
         except Exception as err:  # noqa: BLE001 - one bad scene never stops the others
             return None, err
 
-    with cf.ThreadPoolExecutor(max_workers=cfg.pipeline.plan_workers,
-                               thread_name_prefix="plan") as planner:
-        planned = list(planner.map(plan_one, inputs))
+    from jobs.segment_rows import TileRows, plan_in_parallel
+
+    planned = plan_in_parallel(inputs, plan_one, cfg.pipeline.plan_workers)
     for uri, (plan, err) in zip(inputs, planned):
         sid = ids[uri]
         skip = getattr(plan, "kind", "")  # a Decision, not a ScenePlan: not claimed
@@ -451,7 +469,7 @@ def run(args: argparse.Namespace) -> int:
     # ---- pipeline + finalize
     TIMINGS.clear()
     TIMINGS["planned"] = time.perf_counter()
-    rows = [r for st in states.values() for r in tile_rows(st.plan, cfg, meta.band_map)]
+    rows = TileRows(scene_tiles(st.plan, cfg, meta.band_map) for st in states.values())
     from jobs.segment_progress import Progress
 
     PROGRESS[:] = [Progress(len(rows), sum(1 for st in states.values() if st.remaining))]
@@ -651,6 +669,7 @@ def run_local(rows, states, cfg, model_uri, threshold, finish) -> str:
     GPU: one lane; a reader thread keeps two blocks ahead and the PredictWriter's writer thread
     stores each batch while the next runs."""
     import collections
+    import itertools
 
     import numpy as np
 
@@ -679,7 +698,7 @@ def run_local(rows, states, cfg, model_uri, threshold, finish) -> str:
         # lanes: one model batch per block (no writer thread to overlap; the shortest tail)
         block = (actor_block(cfg, len(rows), lanes, tile_bytes) if lanes == 1
                  or cfg.pipeline.block_tiles else cfg.predict.batch_size)
-        blocks = [rows[i:i + block] for i in range(0, len(rows), block)]
+        blocks = rows.blocks(block)  # made as the lanes take them
         log.info("local engine: %d tile(s) to compute in blocks of %d; %d lane(s) x %d torch "
                  "thread(s) on %s, model batch %d", len(rows), block, lanes, threads, device,
                  cfg.predict.batch_size)
@@ -689,14 +708,16 @@ def run_local(rows, states, cfg, model_uri, threshold, finish) -> str:
                                   precision=cfg.predict.precision)
         if lanes == 1:
             with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="read") as reader:
-                ahead = collections.deque(reader.submit(read_tiles, as_batch(b)) for b in blocks[:2])
-                for nxt in range(2, len(blocks) + 2):
+                ahead = collections.deque(reader.submit(read_tiles, as_batch(b))
+                                          for b in itertools.islice(blocks, 2))
+                while ahead:
                     batch = ahead.popleft().result()
-                    if nxt < len(blocks):
-                        ahead.append(reader.submit(read_tiles, as_batch(blocks[nxt])))
+                    nxt = next(blocks, None)
+                    if nxt is not None:
+                        ahead.append(reader.submit(read_tiles, as_batch(nxt)))
                     consume(predictor(batch))
         else:
-            todo = iter(blocks)
+            todo = blocks
             with cf.ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="lane") as pool:
                 def submit() -> None:
                     b = next(todo, None)
