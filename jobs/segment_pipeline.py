@@ -202,6 +202,25 @@ class Predictor:
     def __call__(self, batch: dict) -> dict:
         return self.predict(batch)
 
+    @property
+    def on_gpu(self) -> bool:
+        return str(self.device).startswith("cuda")
+
+    def _encode_on_gpu(self, result, valid, idx, tiles, prob_out, mask_out, stats) -> None:
+        """The uint8 outputs and statistics of one model batch, computed on the device."""
+        import torch
+
+        from ingest.tiling import Tile
+        from jobs.tile_encoding import encode_tiles
+
+        ok = torch.from_numpy(valid).to(result["prob"].device, non_blocking=False)
+        cores = [Tile.from_dict(json.loads(tiles[i])).core_slices for i in idx]
+        pu8, mu8, st = encode_tiles(result["prob"], result["prob_first"], ok, cores,
+                                    self.threshold)
+        prob_out[idx], mask_out[idx] = pu8, mu8
+        for i, s in zip(idx, st):
+            stats[i] = s
+
     def predict(self, batch: dict) -> dict:
         """One model call over ``batch`` (tiles of other band counts are run in their own group);
         adds ``prob``/``mask``/``stats``/``predict_s``, drops ``image``/``valid``."""
@@ -226,11 +245,17 @@ class Predictor:
                 t0 = time.perf_counter()
                 group = (np.stack([np.asarray(images[i]) for i in idx]),
                          np.stack([np.asarray(valids[i], dtype=bool) for i in idx]))
+                model = self.predictor.probabilities if self.on_gpu else self.predictor
                 parts = self.model_batches(
-                    len(idx), lambda items: self.predictor(*(a[items] for a in group)))
+                    len(idx), lambda items: model(*(a[items] for a in group)))
                 dt = (time.perf_counter() - t0) / len(idx)
                 self.calls += 1
                 for items, result in parts:
+                    if self.on_gpu and not isinstance(result, str):
+                        self._encode_on_gpu(result, group[1][items], idx[items], tiles,
+                                            prob_out, mask_out, stats)
+                        seconds[idx[items]] = dt
+                        continue
                     for j, i in enumerate(idx[items]):
                         if isinstance(result, str):  # out of memory even one tile at a time
                             errors[i] = f"predict {result}"

@@ -46,6 +46,13 @@ class TilePredictor:
         """``images`` uint8 ``[B,C,h,w]`` (radiometry already applied), ``valid`` bool ``[B,h,w]``
         (None = all; invalid pixels never shape a self-prompt) -> ``prob`` (final pass) and
         ``prob_first`` (pass 0), float32 ``[B,h,w]`` in 0..1."""
+        probs = self.probabilities(images, valid)
+        return {name: p.cpu().numpy().astype(np.float32) for name, p in probs.items()}
+
+    def probabilities(self, images: np.ndarray, valid: np.ndarray | None = None
+                      ) -> dict[str, torch.Tensor]:
+        """As ``__call__``, but float32 ``[B,h,w]`` tensors left on the model's device (for
+        work that continues there, e.g. ``jobs/tile_encoding.py`` on CUDA)."""
         if images.ndim != 4:
             raise ValueError(f"expected tiles [B,C,h,w], got shape {images.shape}")
         tiles = images
@@ -60,8 +67,8 @@ class TilePredictor:
         with torch.inference_mode(), autocast(self.precision, self.device):
             output = self.model(batch, iterations=self.iterations, valid=frame)
         with torch.inference_mode():
-            probs = {
-                name: torch.sigmoid(postprocess_logits(logits.float(), size, self.meta.image_size))
+            return {
+                name: torch.sigmoid(postprocess_logits(logits.float(), size,
+                                                       self.meta.image_size))[:, 0]
                 for name, logits in (("prob", output.logits[-1]), ("prob_first", output.logits[0]))
             }
-        return {name: p[:, 0].cpu().numpy().astype(np.float32) for name, p in probs.items()}
