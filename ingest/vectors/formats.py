@@ -42,23 +42,44 @@ class _Tracker:
 
     def __iter__(self) -> Iterator:
         import numpy as np
-        import shapely
+        import pyarrow.compute as pc
 
         for batch in self._batches:
-            geoms = shapely.from_wkb(batch.column("geometry").to_numpy(zero_copy_only=False))
-            self.types.update(np.unique(shapely.get_type_id(geoms)).tolist())
+            self.types.update(np.unique(wkb_type_ids(batch.column("geometry"))).tolist())
             bbox = batch.column("bbox")
             for k, (name, pick) in enumerate(zip(BBOX_FIELDS, (min, min, max, max))):
-                vals = bbox.field(name).to_numpy()
-                if len(vals):
-                    self.bbox[k] = pick(self.bbox[k], float(vals.min() if k < 2 else vals.max()))
+                vals = bbox.field(name)
+                if len(vals):  # pyarrow.compute: to_numpy() would import pandas
+                    lo_hi = pc.min_max(vals)
+                    self.bbox[k] = pick(self.bbox[k], float(lo_hi["min" if k < 2 else "max"].as_py()))
             self.rows += batch.num_rows
             yield batch
 
     def type_names(self) -> list[str]:
-        names = {0: "Point", 1: "LineString", 3: "Polygon", 4: "MultiPoint", 5: "MultiLineString",
-                 6: "MultiPolygon"}
-        return sorted(names[t] for t in self.types)
+        return sorted(WKB_TYPES[t] for t in self.types)
+
+
+#: WKB geometry type code (2-D) -> GeoParquet geometry type name
+WKB_TYPES = {1: "Point", 2: "LineString", 3: "Polygon", 4: "MultiPoint", 5: "MultiLineString",
+             6: "MultiPolygon", 7: "GeometryCollection"}
+
+
+def wkb_type_ids(column) -> "np.ndarray":
+    """WKB type code of each value of a binary Arrow column, read from its header bytes (byte
+    order, uint32 type) -- no parsing back into geometries, no ``to_numpy`` (which imports
+    pandas)."""
+    import numpy as np
+
+    types = []
+    for chunk in getattr(column, "chunks", [column]):
+        _, offsets, data = chunk.buffers()
+        start = np.frombuffer(offsets, np.int32)[chunk.offset:chunk.offset + len(chunk)]
+        raw = np.frombuffer(data, np.uint8)
+        head = raw[start[:, None] + np.arange(1, 5)].astype(np.uint32)
+        little = raw[start] == 1
+        head[~little] = head[~little, ::-1]
+        types.append(head[:, 0] | head[:, 1] << 8 | head[:, 2] << 16 | head[:, 3] << 24)
+    return np.concatenate(types) if types else np.zeros(0, np.uint32)
 
 
 def _geo_metadata(crs, types: list[str], bbox: list[float] | None) -> dict:
@@ -156,5 +177,5 @@ def write_batches(batches: Iterable, uri: str | os.PathLike, schema, crs) -> int
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-__all__ = ["EXTENSIONS", "SUFFIX", "format_of", "write_batches", "write_flatgeobuf",
+__all__ = ["EXTENSIONS", "SUFFIX", "WKB_TYPES", "format_of", "wkb_type_ids", "write_batches", "write_flatgeobuf",
            "write_geojson", "write_geoparquet"]
