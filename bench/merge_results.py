@@ -40,6 +40,9 @@ HEADLINES = [
     ("P6_bf16_dice_delta", "<= 0.003 (DeepCrack test)", lambda v: v <= 0.003),
     ("P1_pipeline_efficiency_bf16", ">= 0.90 (bf16 model)", lambda v: v >= 0.90),
     ("P1_pipeline_efficiency_bf16_batch", ">= 0.85 (bf16 model, 4 scenes)", lambda v: v >= 0.85),
+    ("N1_driver_rss_growth_pct", "<= 10 % (100 -> 1,000 scenes)", lambda v: v <= 10.0),
+    ("N1_plan_s_per_scene_ratio", "<= 1.2 (1,000 vs 100 scenes)", lambda v: v <= 1.2),
+    ("N1_scenes_per_min", "", None),
     ("V1_rss_growth_pct", "<= 20 % (streaming polygons, 2048² -> 16384²)", lambda v: v <= 20.0),
     ("V1_seconds_ratio", "<= 1.5 (streaming / whole-array, 8192²)", lambda v: v <= 1.5),
     ("S1_single_tile_efficiency", ">= 0.8 (one-tile scene, vit_b, Ray)", lambda v: v >= 0.8),
@@ -49,7 +52,8 @@ HEADLINES = [
 ]
 SECTIONS = ["INGEST_RESULTS.md", "MODEL_RESULTS.md", "SEGMENT_RESULTS.md", "TRAIN_RESULTS.md",
             "QUALITY_RESULTS.md", "ABLATION_DEEPCRACK_RESULTS.md", "ABLATION_EPFL_RESULTS.md",
-            "PRECISION_RESULTS.md", "BF16_RESULTS.md", "RECIPE_RESULTS.md", "VECTORS_RESULTS.md",
+            "PRECISION_RESULTS.md", "BF16_RESULTS.md", "RECIPE_RESULTS.md", "NIGHTLY_RESULTS.md",
+            "VECTORS_RESULTS.md",
             "SINGLE_TILE_RESULTS.md"]
 
 

@@ -19,6 +19,9 @@ COMMANDS = [
     [sys.executable, "bench/bench_train.py"],
     [sys.executable, "-m", "bench.bench_precision"],
     [sys.executable, "-m", "bench.bench_single_tile"],
+    [sys.executable, "-m", "bench.bench_bf16"],
+    [sys.executable, "-m", "bench.bench_nightly"],
+    [sys.executable, "-m", "bench.bench_vectors"],
 ]
 
 
