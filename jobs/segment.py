@@ -41,7 +41,6 @@ import logging
 import math
 import os
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -374,7 +373,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     from ingest import s3_retry
 
-    s3_retry.configure(cfg.storage.max_retries, cfg.storage.retry_delay_s)  # workers inherit it
+    s3_retry.configure(cfg.storage.max_retries, cfg.storage.retry_delay_s,  # workers inherit it
+                       cfg.storage.retry_mode)
     output = output_root(args.output)
     run_id = new_run_id()
     run_started = datetime.datetime.now(datetime.timezone.utc)  # an item's datetime without a source
@@ -400,9 +400,12 @@ def run(args: argparse.Namespace) -> int:
         log.error("no scenes found in %s", args.input)
         return EXIT_USAGE
 
+    preload = None
     if cfg.pipeline.engine == "local":
-        # Import torch and the model code (~3 s here) while the scenes are planned (I/O).
-        threading.Thread(target=import_model_code, name="import-model", daemon=True).start()
+        # Import torch and samsp and read the bundle (~3 s here) while the scenes are planned.
+        from jobs.model_preload import ModelPreload
+
+        preload = ModelPreload(args.model)
     # the index names earlier scenes (ids, legacy rows); each scene's status.json is its state
     previous = read_manifest(output)
     ids = assign_scene_ids(inputs, previous)
@@ -507,7 +510,8 @@ def run(args: argparse.Namespace) -> int:
     pipeline_error = ""
     n_done = 0
     if rows:
-        pipeline_error = run_pipeline(rows, states, cfg, args.model, threshold, finish, output)
+        pipeline_error = run_pipeline(rows, states, cfg, args.model, threshold, finish, output,
+                                      preload)
         n_done = sum(st.computed for st in states.values())
     for sid, st in states.items():
         if not st.submitted:
@@ -647,21 +651,7 @@ def local_lanes(cfg: SegmentConfig, device: str, n_tiles: int | None = None) -> 
                             cfg.predict.torch_threads))
 
 
-def import_model_code() -> None:
-    """Import torch and samsp for the local engine (the model's OpenMP threads may share the
-    cores with other threads: spinning waiters then stall every parallel region -- measured:
-    2 spinning threads next to a busy core ran ~8x slower than passive ones -- so OpenMP is
-    told to wait passively, which only works before torch is first imported)."""
-    if "torch" not in sys.modules:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    try:
-        import jobs.segment_pipeline  # noqa: F401
-        import samsp.predict  # noqa: F401
-    except Exception:  # noqa: BLE001 - run_local imports again and reports the error
-        pass
-
-
-def run_local(rows, states, cfg, model_uri, threshold, finish) -> str:
+def run_local(rows, states, cfg, model_uri, threshold, finish, preload=None) -> str:
     """The pipeline's stages in this process, no Ray. Returns "" or the error that stopped it.
 
     CPU: ``lanes`` threads share one model; each reads a block, predicts it batch by batch and
@@ -674,6 +664,8 @@ def run_local(rows, states, cfg, model_uri, threshold, finish) -> str:
     import numpy as np
 
     TIMINGS["ray_ready"] = time.perf_counter()  # "steady" starts when planning ends
+    from jobs.model_preload import import_model_code
+
     import_model_code()
     from jobs.segment_pipeline import PredictWriter, read_tiles
 
@@ -703,7 +695,9 @@ def run_local(rows, states, cfg, model_uri, threshold, finish) -> str:
                  "thread(s) on %s, model batch %d", len(rows), block, lanes, threads, device,
                  cfg.predict.batch_size)
         # lanes read and write in their own thread; one lane has reader and writer threads
-        predictor = PredictWriter(model_uri, threshold, device, threads, cfg.predict.batch_size,
+        # the bundle read while planning (jobs.model_preload), else loaded here
+        model = (preload.bundle() if preload is not None else None) or model_uri
+        predictor = PredictWriter(model, threshold, device, threads, cfg.predict.batch_size,
                                   write_thread=lanes == 1, read=lanes > 1,
                                   precision=cfg.predict.precision)
         if lanes == 1:
@@ -740,12 +734,12 @@ def run_local(rows, states, cfg, model_uri, threshold, finish) -> str:
     return ""
 
 
-def run_pipeline(rows, states, cfg, model_uri, threshold, finish, output) -> str:
+def run_pipeline(rows, states, cfg, model_uri, threshold, finish, output, preload=None) -> str:
     """Run the Ray Data pipeline (or the local engine); returns "" or the error that stopped it."""
     if os.environ.get("SAMSP_SEGMENT_KILL_AFTER_TILES"):  # test hook, see segment_pipeline
         os.environ["SAMSP_SEGMENT_DRIVER_PID"] = str(os.getpid())
     if cfg.pipeline.engine == "local":
-        return run_local(rows, states, cfg, model_uri, threshold, finish)
+        return run_local(rows, states, cfg, model_uri, threshold, finish, preload)
     import ray
 
     from jobs.ray_utils import init_ray

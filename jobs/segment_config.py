@@ -169,6 +169,9 @@ class StorageConfig(StrictModel):
     max_retries: Optional[int] = Field(default=None, ge=0)
     # GDAL's first back-off between retries (s); None = $SAMSP_S3_RETRY_DELAY_S or 0.5.
     retry_delay_s: Optional[float] = Field(default=None, ge=0)
+    # botocore's retry mode: adaptive (also slows the client while S3 throttles it) or standard
+    # (per-request back-off only); None = $SAMSP_S3_RETRY_MODE or adaptive.
+    retry_mode: Optional[Literal["adaptive", "standard"]] = None
 
 
 class SegmentConfig(StrictModel):

@@ -170,13 +170,15 @@ class Predictor:
     """Actor: loads the bundle once; ``__call__`` runs the model on a batch of tiles (the crack
     sweep's model stage; the segment job uses :class:`PredictWriter`)."""
 
-    def __init__(self, model_uri: str, threshold: float | None = None, device: str = "auto",
+    def __init__(self, model_uri, threshold: float | None = None, device: str = "auto",
                  torch_threads: int = 0, precision: str = "auto"):
+        """``model_uri``: the bundle's URI, or a loaded ``samsp.Bundle`` (the local engine's,
+        read while the scenes were planned: jobs/model_preload.py)."""
         import sys
 
         if torch_threads > 1 and "torch" not in sys.modules:
             # several OpenMP threads next to reads on the same cores: spinning waiters stall
-            # every parallel region (see jobs/segment.py import_model_code); only works
+            # every parallel region (see jobs/model_preload.py import_model_code); only works
             # before torch is first imported in this worker
             os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         import torch
@@ -296,7 +298,7 @@ class PredictWriter(Predictor):
     pixels; each model batch is read here first (CPU actors: no read tasks, no image blocks
     through the object store)."""
 
-    def __init__(self, model_uri: str, threshold: float | None = None, device: str = "auto",
+    def __init__(self, model_uri, threshold: float | None = None, device: str = "auto",
                  torch_threads: int = 0, batch_size: int = 8, write_thread: bool = True,
                  read: bool = False, precision: str = "auto"):
         super().__init__(model_uri, threshold, device, torch_threads, precision)

@@ -40,6 +40,8 @@ def test_storage_round_trips_through_faults(s3_env, proxy, monkeypatch):
     from ingest import storage, versioned
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+    # adaptive mode would also rate-limit the client after the first 503 (seconds a request)
+    monkeypatch.setenv("SAMSP_S3_RETRY_MODE", "standard")
     root = f"s3://{s3_env.bucket}/faults-{uuid.uuid4().hex[:8]}"
     blobs = {f"{root}/b{i}.bin": os.urandom(20_000 + i) for i in range(6)}
     storage.write_many(blobs)  # concurrent PUTs, some answered 503
@@ -58,7 +60,8 @@ def test_exhausted_retries_name_the_key_and_the_error(s3_env, monkeypatch):
     failing = start_proxy(s3_env, "--fail-all")
     try:
         monkeypatch.setenv("AWS_ENDPOINT_URL", failing.endpoint)
-        monkeypatch.setenv("SAMSP_S3_MAX_RETRIES", "1")
+        monkeypatch.setenv("SAMSP_S3_MAX_RETRIES", "0")
+        monkeypatch.setenv("SAMSP_S3_RETRY_MODE", "standard")
         uri = f"s3://{s3_env.bucket}/faults/never.bin"
         with pytest.raises(S3Failure) as got:
             storage.write_bytes(uri, b"1")
@@ -66,7 +69,7 @@ def test_exhausted_retries_name_the_key_and_the_error(s3_env, monkeypatch):
         stop_proxy(failing)
     msg = str(got.value)
     assert msg.startswith(uri) and "SlowDown" in msg and "\n" not in msg, msg
-    assert "after 1 retries" in msg
+    assert "after 0 retries" in msg
 
 
 @pytest.mark.slow
@@ -81,7 +84,8 @@ def test_segment_job_through_faults_equals_a_clean_run(s3_server, proxy, tmp_pat
         storage.put_file(scene, f"{root}/in/scene.tif")
         put_tree(Path(model), f"{root}/model")
     extra = ["--set", "pipeline.engine=local", "--set", "output.stac=false",
-             "--set", "predict.num_actors=1"]
+             "--set", "predict.num_actors=1", "--set", "storage.retry_mode=standard",
+             "--set", "storage.retry_delay_s=0.1"]
     clean_env = job_env(s3_server)
     faulty_env = dict(clean_env, AWS_ENDPOINT_URL=proxy.endpoint)
     runs = {}
@@ -96,3 +100,27 @@ def test_segment_job_through_faults_equals_a_clean_run(s3_server, proxy, tmp_pat
             b = read_raster(f"{root}/faulty/scene/{name}")
             np.testing.assert_array_equal(a[0], b[0], err_msg=name)
             assert a[1:3] == b[1:3]
+
+
+def test_retry_mode_reaches_botocore_and_a_bad_one_is_named(monkeypatch):
+    from ingest import s3_retry
+
+    monkeypatch.delenv(s3_retry.ENV_RETRY_MODE, raising=False)
+    monkeypatch.setenv(s3_retry.ENV_MAX_RETRIES, "3")
+    assert s3_retry.botocore_config() == {"retries": {"max_attempts": 4, "mode": "adaptive"}}
+    s3_retry.configure(retry_mode_="standard")
+    assert s3_retry.botocore_config()["retries"]["mode"] == "standard"
+    monkeypatch.setenv(s3_retry.ENV_RETRY_MODE, "legacyish")
+    with pytest.raises(ValueError, match="SAMSP_S3_RETRY_MODE='legacyish'"):
+        s3_retry.botocore_config()
+
+
+def test_retry_mode_config_field_is_checked():
+    from pydantic import ValidationError
+
+    from jobs.segment_config import SegmentConfig
+
+    assert SegmentConfig.model_validate({"storage": {"retry_mode": "standard"}}).storage.retry_mode \
+        == "standard"
+    with pytest.raises(ValidationError, match="retry_mode"):
+        SegmentConfig.model_validate({"storage": {"retry_mode": "fast"}})

@@ -1,0 +1,51 @@
+"""The local engine reads the model while the scenes are planned (jobs/model_preload.py): the
+same model as a load in the engine, handed over once, and a bundle that cannot load still fails
+the job with the engine's own message."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from jobs.model_preload import ModelPreload
+from samsp import load_bundle
+from tests.test_segment_reruns import _bundle
+
+
+def test_preload_hands_over_the_bundle_once(tmp_path):
+    uri = _bundle(tmp_path / "model", 3)
+    preload = ModelPreload(uri)
+    got = preload.bundle()
+    want = load_bundle(uri)
+    assert got is not None and got.meta == want.meta
+    a, b = got.model.state_dict(), want.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert preload.bundle() is None  # handed to one predictor; no second reference kept
+
+
+def test_preload_of_a_missing_bundle_gives_none(tmp_path):
+    assert ModelPreload(str(tmp_path / "nothing")).bundle() is None
+
+
+def test_job_with_unloadable_weights_fails_with_the_bundle_error(tmp_path):
+    """bundle.json reads (the job starts) but model.safetensors does not match its sha256: the
+    preload fails quietly and the engine's own load names the problem."""
+    from ingest.synthetic import make_geotiff
+    from tests.test_segment import job_env, run_job
+
+    uri = Path(_bundle(tmp_path / "model", 0))
+    weights = uri / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    scene = make_geotiff(str(tmp_path / "a.tif"), 64, 64, seed=1)
+    res = run_job([scene], str(tmp_path / "out"), str(uri), job_env(SimpleNamespace(env=dict)),
+                  extra=["--set", "pipeline.engine=local"])
+    assert res.rc != 0
+    assert "does not match its sha256" in res.out, res.out[-2000:]
+    report = json.loads((tmp_path / "out" / "manifest.json").read_text()) \
+        if (tmp_path / "out" / "manifest.json").exists() else None
+    if report is not None:  # the scene is failed, not done
+        assert all(s.get("status") != "ok" for s in report.get("scenes", []))
