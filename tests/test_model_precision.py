@@ -85,3 +85,44 @@ def test_the_old_bf16_training_field_names_its_replacement():
     assert cfg.train.precision == "fp32"
     with pytest.raises(ConfigError, match="train.precision"):
         load_config(TrainConfig, None, ["train.precision=fp8"])
+
+
+def test_bf16_weights_cast_once_give_autocasts_own_bytes(bundle_dir):
+    """Casting the Linear/Conv weights to bf16 once (what a predictor that loaded its own bundle
+    does) computes exactly what autocast's per-call casts compute; fp32 and a Bundle passed in
+    are left alone. The vit_tiny has the detail branch off; a detail bundle casts its convs too."""
+    from samsp import load_bundle
+
+    tiles = np.random.default_rng(1).integers(0, 255, (2, 3, 256, 256), dtype=np.uint8)
+    shared = load_bundle(bundle_dir)
+    per_call = TilePredictor(shared, precision="bf16")  # a Bundle passed in: not cast
+    assert all(p.dtype == torch.float32 for p in shared.model.parameters())
+    once = TilePredictor(bundle_dir, precision="bf16")  # loaded here: cast
+    linear = once.model.sam.image_encoder.blocks[0].attn.qkv
+    assert linear.weight.dtype == torch.bfloat16
+    norm = once.model.sam.image_encoder.blocks[0].norm1
+    assert norm.weight.dtype == torch.float32  # LayerNorm runs in fp32 under autocast
+    a, b = per_call(tiles), once(tiles)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    fp32 = TilePredictor(bundle_dir, precision="fp32")
+    assert all(p.dtype == torch.float32 for p in fp32.model.parameters())
+    assert prec.cast_autocast_weights(fp32.model, "fp32") == 0
+
+
+def test_bf16_weight_cast_with_the_detail_branch_gives_the_same_bytes(tmp_path):
+    from samsp.detail import detail_branch_for
+
+    torch.manual_seed(2)
+    sam = build_sam("vit_tiny")
+    model = SamSP(sam, iterations=1, prompt="box", detail=detail_branch_for(sam, 16, 2))
+    save_bundle(model, str(tmp_path / "detail"), {"threshold": 0.5})
+    tiles = np.random.default_rng(2).integers(0, 255, (2, 3, 256, 256), dtype=np.uint8)
+    from samsp import load_bundle
+
+    per_call = TilePredictor(load_bundle(str(tmp_path / "detail")), precision="bf16")
+    once = TilePredictor(str(tmp_path / "detail"), precision="bf16")
+    assert any(p.dtype == torch.bfloat16 for p in once.model.detail.parameters())
+    a, b = per_call(tiles), once(tiles)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
