@@ -14,6 +14,11 @@ mask and never holds more than a block of scores (short windows use one bmm; see
 is the same sum, accumulated inside the kernel. q/k widen by H + W (64 -> 192 for a 64x64 global
 block); v is zero-padded to the same width because the flash kernels want one head dim.
 
+One exception, measured: bf16 inference on a CPU without AMX, where the flash kernel runs the
+widened q/k slower than segment_anything's own scores. There the long (global) blocks compute
+exactly those -- scores, decomposed bias, softmax -- a block of query rows at a time
+(:func:`attend_query_blocks`), which bounds memory the same way.
+
 Parameters, their names and the official checkpoint layout are untouched:
 :func:`set_fused_attention` swaps the class of each encoder ``Attention`` instance (and back). The
 forward still calls ``self.qkv`` and ``self.proj``, so peft LoRA injected into ``qkv`` applies. The
@@ -41,14 +46,15 @@ class FusedAttention(Attention):
         # qkv with shape (3, B, nHead, H * W, C)
         qkv = self.qkv(x).reshape(B, H * W, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        if self.use_rel_pos:
+        if self.use_rel_pos and _rows_without_flash(q):
+            x = attend_query_blocks(q, k, v, self.scale, self.rel_pos_h, self.rel_pos_w, (H, W),
+                                    _index_cache(self))
+        elif self.use_rel_pos:
             q, k = fold_rel_pos(q, k, self.scale, self.rel_pos_h, self.rel_pos_w, (H, W),
                                 _index_cache(self))
-            scale = 1.0  # already applied to q's first head_dim columns
+            x = attend(q, k, v, 1.0)  # scale already applied to q's first head_dim columns
         else:
-            q, k = _pad_head_dim(q), _pad_head_dim(k)
-            scale = self.scale
-        x = attend(q, k, v, scale)
+            x = attend(_pad_head_dim(q), _pad_head_dim(k), v, self.scale)
         # (B, nHead, H * W, C) -> (B, H, W, nHead * C)
         x = x.reshape(B, self.num_heads, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
         return self.proj(x)
@@ -76,6 +82,51 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> t
     return F.scaled_dot_product_attention(q, k, v, scale=scale)[..., :head_dim]
 
 
+# Query rows per block of :func:`attend_query_blocks`: about this many score elements at once
+# (B x heads x rows x N; 32M = 64 MB of bf16 scores, 128 MB as fp32 after the softmax).
+QUERY_BLOCK_SCORES = 32 << 20
+
+
+def _rows_without_flash(q: torch.Tensor) -> bool:
+    """Long bf16 sequences on a CPU without AMX: there the flash kernel runs the folded q/k
+    (3x wider for vit_b's global blocks) slower than segment_anything's materialised scores --
+    measured on an AMD EPYC with avx512_bf16, vit_b 1024², 1 thread: flash 9.5-9.7 s, scores
+    7.6-8.4 s per image -- while with AMX (and on CUDA, and in fp32) flash is faster (2.4x on
+    an AMX Xeon). Inference only: training keeps the flash path."""
+    if q.device.type != "cpu" or q.dtype != torch.bfloat16 or q.shape[-2] <= MATERIALISE_MAX_TOKENS:
+        return False
+    if torch.is_grad_enabled() and q.requires_grad:
+        return False
+    return not _cpu_has_amx()
+
+
+def _cpu_has_amx() -> bool:
+    probe = getattr(torch._C, "_cpu", None)
+    check = getattr(probe, "_is_amx_tile_supported", None)
+    return bool(check()) if check is not None else False
+
+
+def attend_query_blocks(q, k, v, scale: float, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
+                        size: Tuple[int, int], cache: dict) -> torch.Tensor:
+    """segment_anything's attention with its decomposed relative-position bias -- scores, bias
+    add, softmax, @ v, the same operations -- one block of query rows at a time, so no more than
+    ``QUERY_BLOCK_SCORES`` score elements exist at once (the full [heads, N, N] matrix is ~0.8 GB
+    per vit_b image). q, k, v (B, nHead, N, C) -> (B, nHead, N, C)."""
+    B, n_heads, N, C = q.shape
+    H, W = size
+    rel_h, rel_w = decomposed_rel_pos(q, rel_pos_h, rel_pos_w, size, cache)
+    rows = max(W, QUERY_BLOCK_SCORES // max(1, B * n_heads * N))
+    k_t = k.transpose(-2, -1)
+    out = []
+    for start in range(0, N, rows):
+        stop = min(N, start + rows)
+        attn = (q[:, :, start:stop] * scale) @ k_t  # (B, nHead, n, N)
+        attn = (attn.view(B, n_heads, stop - start, H, W)
+                + rel_h[:, :, start:stop, :, None] + rel_w[:, :, start:stop, None, :])
+        out.append(attn.view(B, n_heads, stop - start, N).softmax(dim=-1) @ v)
+    return torch.cat(out, dim=2)
+
+
 def fold_rel_pos(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -92,18 +143,27 @@ def fold_rel_pos(
     """
     B, n_heads, N, C = q.shape
     H, W = size
-    Rh = _rel_pos_table(rel_pos_h, H, cache)  # (H, H, C)
-    Rw = _rel_pos_table(rel_pos_w, W, cache)  # (W, W, C)
-    # The bias uses the unscaled q, as in add_decomposed_rel_pos.
-    r_q = q.reshape(B, n_heads, H, W, C)
-    rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, Rh).reshape(B, n_heads, N, H)
-    rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, Rw).reshape(B, n_heads, N, W)
+    rel_h, rel_w = decomposed_rel_pos(q, rel_pos_h, rel_pos_w, size, cache)
     width = _padded(C + H + W)
     pad = q.new_zeros(()).expand(B, n_heads, N, width - C - H - W)
     q_wide = torch.cat([q * scale, rel_h.to(q.dtype), rel_w.to(q.dtype), pad], dim=-1)
     keys = _key_one_hot(H, W, width - C, k.dtype, k.device, cache)  # (N, H + W + pad)
     k_wide = torch.cat([k, keys.expand(B, n_heads, N, width - C)], dim=-1)
     return q_wide, k_wide
+
+
+def decomposed_rel_pos(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
+                       size: Tuple[int, int], cache: dict) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The row and column terms of ``add_decomposed_rel_pos`` for q (B, nHead, H * W, C):
+    rel_h (B, nHead, H * W, H) and rel_w (B, nHead, H * W, W), from the unscaled q as there."""
+    B, n_heads, N, C = q.shape
+    H, W = size
+    Rh = _rel_pos_table(rel_pos_h, H, cache)  # (H, H, C)
+    Rw = _rel_pos_table(rel_pos_w, W, cache)  # (W, W, C)
+    r_q = q.reshape(B, n_heads, H, W, C)
+    rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, Rh).reshape(B, n_heads, N, H)
+    rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, Rw).reshape(B, n_heads, N, W)
+    return rel_h, rel_w
 
 
 def _rel_pos_table(rel_pos: torch.Tensor, size: int, cache: dict) -> torch.Tensor:

@@ -209,3 +209,61 @@ def test_cuda_fused_equals_reference_with_indices_on_the_device():
     torch.testing.assert_close(fused16.float(), ref, rtol=0.05, atol=0.05)
     caches = [m._samsp_attention_cache for m in encoder.modules() if isinstance(m, FusedAttention)]
     assert caches and all(t.is_cuda for c in caches for t in c.values())
+
+
+# ----------------------------------------------------------------- query blocks (bf16, no AMX)
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_query_blocks_equal_segment_anythings_attention(monkeypatch, dtype):
+    """attend_query_blocks = segment_anything's scores + decomposed bias + softmax, a few query
+    rows at a time (several blocks forced: 32x32 grid, 2 heads, 80-row blocks with a tail)."""
+    monkeypatch.setattr(samsp.attention, "QUERY_BLOCK_SCORES", 2 * 1024 * 80)
+    attn = _randomised(Attention(64, 2, use_rel_pos=True, input_size=(32, 32))).eval()
+    x = torch.randn(2, 32, 32, 64)
+    with torch.no_grad():
+        ref = attn(x)
+        B, H, W, _ = x.shape
+        qkv = attn.qkv(x).reshape(B, H * W, 3, 2, -1).permute(2, 0, 3, 1, 4).to(dtype)
+        q, k, v = qkv.unbind(0)
+        out = samsp.attention.attend_query_blocks(q, k, v, attn.scale, attn.rel_pos_h.to(dtype),
+                                                  attn.rel_pos_w.to(dtype), (H, W), {})
+        out = attn.proj(out.float().reshape(B, 2, H, W, -1).permute(0, 2, 3, 1, 4)
+                        .reshape(B, H, W, -1))
+    tol = FP32 if dtype == torch.float32 else dict(rtol=0.05, atol=0.05)
+    torch.testing.assert_close(out, ref, **tol)
+
+
+def test_bf16_inference_on_a_cpu_without_amx_takes_query_blocks(monkeypatch):
+    """Which path a global block takes: query blocks only for bf16 inference on a CPU without
+    AMX (simulated both ways); fp32, autograd and AMX CPUs keep the flash kernel."""
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **kw: calls.append("sdpa") or sdpa(*a, **kw))
+    blocks = samsp.attention.attend_query_blocks
+    monkeypatch.setattr(samsp.attention, "attend_query_blocks",
+                        lambda *a, **kw: calls.append("blocks") or blocks(*a, **kw))
+    # 40x40 = 1600 tokens: past the materialised limits with and without autograd
+    attn = set_fused_attention(_randomised(Attention(64, 2, use_rel_pos=True,
+                                                     input_size=(40, 40))))
+    x = torch.randn(1, 40, 40, 64)
+
+    def run(amx: bool, bf16: bool, grad: bool = False) -> str:
+        monkeypatch.setattr(samsp.attention, "_cpu_has_amx", lambda: amx)
+        calls.clear()
+        with torch.set_grad_enabled(grad), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            out = attn(x)
+        if grad:
+            out.float().sum().backward()
+        return calls[0]
+
+    assert run(amx=False, bf16=True) == "blocks"
+    assert run(amx=True, bf16=True) == "sdpa"
+    assert run(amx=False, bf16=False) == "sdpa"
+    assert run(amx=False, bf16=True, grad=True) == "sdpa"
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        monkeypatch.setattr(samsp.attention, "_cpu_has_amx", lambda: False)
+        blocked = attn(x).float()
+        monkeypatch.setattr(samsp.attention, "_cpu_has_amx", lambda: True)
+        flash = attn(x).float()
+    torch.testing.assert_close(blocked, flash, rtol=0.05, atol=0.05)
