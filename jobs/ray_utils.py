@@ -39,12 +39,12 @@ log = logging.getLogger(__name__)
 RayMode = Literal["embedded", "cluster", "existing"]
 
 #: Variables forwarded to workers of an embedded/existing local cluster (values never logged).
-FORWARD_PREFIXES = ("AWS_",)
+FORWARD_PREFIXES = ("AWS_", "SAMSP_S3_")  # credentials chain; the S3 retry policy (s3_retry)
 FORWARD_NAMES = ("GDAL_DISABLE_READDIR_ON_OPEN", "CPL_VSIL_USE_TEMP_FILE_FOR_RANDOM_WRITE")
 
 
 def forwarded_env() -> dict[str, str]:
-    """This process's ``AWS_*`` (and GDAL S3) variables, to give to Ray workers."""
+    """This process's ``AWS_*``, ``SAMSP_S3_*`` (and GDAL S3) variables, to give to Ray workers."""
     return {k: v for k, v in os.environ.items()
             if k.startswith(FORWARD_PREFIXES) or k in FORWARD_NAMES}
 

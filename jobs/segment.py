@@ -81,9 +81,10 @@ class BundleInfo:
 
 
 def read_bundle_meta(uri: str) -> BundleInfo:
-    """Read ``bundle.json`` only: the driver never loads the weights, nor even imports torch
-    (saves ~0.5 GB of driver RSS and seconds of start-up; ``samsp.load_bundle`` in each actor
-    does the full validation)."""
+    """Read ``bundle.json`` only (with the Ray engine the driver never loads the weights, nor
+    even imports torch: ~0.5 GB of driver RSS and seconds of start-up; ``samsp.load_bundle`` in
+    each actor does the full validation. The local engine loads them in this process, in
+    jobs/model_preload.py)."""
     from ingest import storage
 
     meta_uri = uri.rstrip("/") + "/bundle.json"
@@ -696,10 +697,12 @@ def run_local(rows, states, cfg, model_uri, threshold, finish, preload=None) -> 
                  cfg.predict.batch_size)
         # lanes read and write in their own thread; one lane has reader and writer threads
         # the bundle read while planning (jobs.model_preload), else loaded here
-        model = (preload.bundle() if preload is not None else None) or model_uri
-        predictor = PredictWriter(model, threshold, device, threads, cfg.predict.batch_size,
-                                  write_thread=lanes == 1, read=lanes > 1,
-                                  precision=cfg.predict.precision)
+        preloaded = preload.bundle() if preload is not None else None
+        # a preloaded Bundle is handed over whole: the predictor may cast its weights
+        predictor = PredictWriter(preloaded or model_uri, threshold, device, threads,
+                                  cfg.predict.batch_size, write_thread=lanes == 1,
+                                  read=lanes > 1, precision=cfg.predict.precision,
+                                  own_bundle=True if preloaded is not None else None)
         if lanes == 1:
             with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="read") as reader:
                 ahead = collections.deque(reader.submit(read_tiles, as_batch(b))

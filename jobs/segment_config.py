@@ -165,7 +165,8 @@ class RayConfig(StrictModel):
 class StorageConfig(StrictModel):
     # One retry policy for every S3 client (GDAL /vsis3, s3fs/botocore in adaptive mode, Zarr
     # chunks): retries after a request's first attempt; None = $SAMSP_S3_MAX_RETRIES or 5.
-    # Set here, it reaches every Ray worker through the environment (ingest/s3_retry.py).
+    # Set here, it reaches the workers of the embedded Ray through the environment they inherit
+    # (ingest/s3_retry.py); on a cluster set the SAMSP_S3_* variables in the runtime env.
     max_retries: Optional[int] = Field(default=None, ge=0)
     # GDAL's first back-off between retries (s); None = $SAMSP_S3_RETRY_DELAY_S or 0.5.
     retry_delay_s: Optional[float] = Field(default=None, ge=0)

@@ -171,9 +171,10 @@ class Predictor:
     sweep's model stage; the segment job uses :class:`PredictWriter`)."""
 
     def __init__(self, model_uri, threshold: float | None = None, device: str = "auto",
-                 torch_threads: int = 0, precision: str = "auto"):
+                 torch_threads: int = 0, precision: str = "auto", own_bundle: bool | None = None):
         """``model_uri``: the bundle's URI, or a loaded ``samsp.Bundle`` (the local engine's,
-        read while the scenes were planned: jobs/model_preload.py)."""
+        read while the scenes were planned: jobs/model_preload.py). ``own_bundle``: as
+        ``TilePredictor``'s (None: cast the weights only when loaded here from a URI)."""
         import sys
 
         if torch_threads > 1 and "torch" not in sys.modules:
@@ -194,9 +195,8 @@ class Predictor:
         if device == "cpu" and torch_threads > 0:
             torch.set_num_threads(torch_threads)
         self.device = device
-        # a preloaded Bundle is handed over whole (jobs/model_preload.py): ours to cast
         self.predictor = TilePredictor(model_uri, device=device, precision=precision,
-                                       threshold=threshold, own_bundle=True)
+                                       threshold=threshold, own_bundle=own_bundle)
         self.threshold = self.predictor.threshold
         self.calls = 0
         # Model calls split in halves on CUDA out-of-memory; the smaller size then sticks.
@@ -301,8 +301,8 @@ class PredictWriter(Predictor):
 
     def __init__(self, model_uri, threshold: float | None = None, device: str = "auto",
                  torch_threads: int = 0, batch_size: int = 8, write_thread: bool = True,
-                 read: bool = False, precision: str = "auto"):
-        super().__init__(model_uri, threshold, device, torch_threads, precision)
+                 read: bool = False, precision: str = "auto", own_bundle: bool | None = None):
+        super().__init__(model_uri, threshold, device, torch_threads, precision, own_bundle)
         self.batch_size = max(1, int(batch_size))
         self.read = read  # rows come without pixels: read them here (``read_tiles``)
         # One writer thread: storage I/O overlaps the next model batch; a single thread keeps

@@ -27,6 +27,7 @@ relative-position index tensors are built once per device (segment_anything inde
 """
 from __future__ import annotations
 
+import functools
 from typing import Tuple
 
 import torch
@@ -83,7 +84,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> t
 
 
 # Query rows per block of :func:`attend_query_blocks`: about this many score elements at once
-# (B x heads x rows x N; 32M = 64 MB of bf16 scores, 128 MB as fp32 after the softmax).
+# (B x heads x rows x N; 32M = 64 MB of bf16 scores; a block holds 3-4 such temporaries: the
+# scores, the biased scores, the softmax -- bf16 too under CPU autocast). At least one row.
 QUERY_BLOCK_SCORES = 32 << 20
 
 
@@ -100,6 +102,7 @@ def _rows_without_flash(q: torch.Tensor) -> bool:
     return not _cpu_has_amx()
 
 
+@functools.lru_cache(maxsize=1)
 def _cpu_has_amx() -> bool:
     probe = getattr(torch._C, "_cpu", None)
     check = getattr(probe, "_is_amx_tile_supported", None)
@@ -115,7 +118,7 @@ def attend_query_blocks(q, k, v, scale: float, rel_pos_h: torch.Tensor, rel_pos_
     B, n_heads, N, C = q.shape
     H, W = size
     rel_h, rel_w = decomposed_rel_pos(q, rel_pos_h, rel_pos_w, size, cache)
-    rows = max(W, QUERY_BLOCK_SCORES // max(1, B * n_heads * N))
+    rows = max(1, QUERY_BLOCK_SCORES // max(1, B * n_heads * N))
     k_t = k.transpose(-2, -1)
     out = []
     for start in range(0, N, rows):

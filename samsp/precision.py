@@ -4,7 +4,9 @@
 tensor cores (compute capability >= 8.0) and on CPUs with native bf16 (avx512_bf16, AMX, or
 Arm's BF16); fp16 on older CUDA cards (T4, V100: fp16 tensor cores, no bf16); fp32 otherwise.
 Only the model runs in the reduced precision (``torch.autocast``): pre/post-processing, losses,
-metrics and the self-prompt derivation stay float32, and stored weights never change.
+metrics and the self-prompt derivation stay float32, and a bundle's stored weights never change
+(a predictor may keep its in-memory copy of the Linear/Conv weights in the reduced dtype:
+:func:`cast_autocast_weights`, same outputs).
 """
 from __future__ import annotations
 

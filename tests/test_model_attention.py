@@ -216,7 +216,8 @@ def test_cuda_fused_equals_reference_with_indices_on_the_device():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_query_blocks_equal_segment_anythings_attention(monkeypatch, dtype):
     """attend_query_blocks = segment_anything's scores + decomposed bias + softmax, a few query
-    rows at a time (several blocks forced: 32x32 grid, 2 heads, 80-row blocks with a tail)."""
+    rows at a time (several blocks forced: 32x32 grid, batch 2, 2 heads: 40-row blocks and a
+    tail)."""
     monkeypatch.setattr(samsp.attention, "QUERY_BLOCK_SCORES", 2 * 1024 * 80)
     attn = _randomised(Attention(64, 2, use_rel_pos=True, input_size=(32, 32))).eval()
     x = torch.randn(2, 32, 32, 64)

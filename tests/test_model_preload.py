@@ -49,3 +49,17 @@ def test_job_with_unloadable_weights_fails_with_the_bundle_error(tmp_path):
         if (tmp_path / "out" / "manifest.json").exists() else None
     if report is not None:  # the scene is failed, not done
         assert all(s.get("status") != "ok" for s in report.get("scenes", []))
+
+
+def test_a_predictor_casts_a_bundle_passed_in_only_when_told_it_owns_it(tmp_path):
+    """The local engine hands its preloaded Bundle over (own_bundle=True: weights cast once in
+    bf16); any other caller's Bundle stays float32 and usable in fp32 afterwards."""
+    from jobs.segment_pipeline import Predictor
+
+    bundle = load_bundle(_bundle(tmp_path / "model", 1))
+    Predictor(bundle, device="cpu", precision="bf16")
+    assert all(p.dtype == torch.float32 for p in bundle.model.parameters())
+    Predictor(bundle, device="cpu", precision="fp32")  # still usable in fp32
+    owned = load_bundle(str(tmp_path / "model"))
+    Predictor(owned, device="cpu", precision="bf16", own_bundle=True)
+    assert any(p.dtype == torch.bfloat16 for p in owned.model.parameters())

@@ -96,8 +96,10 @@ def test_storage_and_ray_helpers(monkeypatch, tmp_path):
     assert path == "bucket/runs" and type(fs).__name__ == "S3FileSystem"
     with pytest.raises(ValueError, match="only local paths and s3://"):
         ray_utils.storage_filesystem("gs://b/x")
+    monkeypatch.setenv("SAMSP_S3_RETRY_MODE", "standard")  # the job's S3 retry policy too
     env = ray_utils.forwarded_env()
     assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9" and "PATH" not in env
+    assert env["SAMSP_S3_RETRY_MODE"] == "standard"
     assert ray_utils.worker_env_vars("existing")["AWS_ACCESS_KEY_ID"] == "k"
     assert ray_utils.worker_env_vars("cluster") == {} == ray_utils.worker_env_vars("embedded")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
