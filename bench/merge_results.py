@@ -29,6 +29,12 @@ HEADLINES = [
     ("dice_deepcrack_spsd_best", ">= single + 0.01 (aim)", None),
     ("dice_deepcrack_unet", "", None),
     ("dice_roads_spsd", "", None),
+    ("i17_10min_dice_deepcrack_spsd_best", "> single + 0.01 and > U-Net (10 min, issue 17)", None),
+    ("i17_10min_dice_deepcrack_single", "", None),
+    ("i17_10min_dice_deepcrack_unet", "", None),
+    ("i17_10min_dice_pooled_deepcrack_spsd_best", ">= 0.865 at 60 min (DeepCrack paper's F)", None),
+    ("dice_roads_best", ">= 0.75 (EPFL roads, per image)", lambda v: v >= 0.75),
+    ("dice_roads_unet", "", None),
     ("P6_vit_b_encoder_s_fp32", "", None),
     ("P6_vit_b_encoder_s_bf16", "", None),
     ("P6_vit_b_encoder_s_bf16_sdpa", "", None),
@@ -55,7 +61,8 @@ HEADLINES = [
 ]
 SECTIONS = ["INGEST_RESULTS.md", "MODEL_RESULTS.md", "SEGMENT_RESULTS.md", "TRAIN_RESULTS.md",
             "QUALITY_RESULTS.md", "ABLATION_DEEPCRACK_RESULTS.md", "ABLATION_EPFL_RESULTS.md",
-            "PRECISION_RESULTS.md", "BF16_RESULTS.md", "RECIPE_RESULTS.md", "NIGHTLY_RESULTS.md",
+            "PRECISION_RESULTS.md", "BF16_RESULTS.md", "RECIPE_RESULTS.md", "ISSUE17_RESULTS.md",
+            "NIGHTLY_RESULTS.md",
             "VECTORS_RESULTS.md",
             "SINGLE_TILE_RESULTS.md"]
 
