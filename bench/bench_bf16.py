@@ -110,8 +110,10 @@ def p1_only(args, bundle: str, scene: str, work: Path, tag: str, started: str, i
     ref = model_only(bundle, scene, 8, min_seconds=args.seconds, precision="auto")
     res, raw = {}, {"started": started, "machine": info, "scene": f"crack {args.scene_size}²",
                     "model_only_reference_bf16": {k: ref[k] for k in ("mpx_per_s", "by_threads")}}
-    for engine, key in (("ray", "P1_pipeline_efficiency_bf16"),
-                        ("local", "P1_pipeline_efficiency_bf16_local")):
+    for engine, key, batch_key in (
+            ("ray", "P1_pipeline_efficiency_bf16", "P1_pipeline_efficiency_bf16_batch"),
+            ("local", "P1_pipeline_efficiency_bf16_local",
+             "P1_pipeline_efficiency_bf16_batch_local")):
         runs = []
         for _ in range(args.repeats):
             j = run_job(scene, work / f"job_{engine}", bundle, 8, engine=engine)
@@ -123,12 +125,17 @@ def p1_only(args, bundle: str, scene: str, work: Path, tag: str, started: str, i
             folder = make_batch_folder(scene, work / f"batch_{args.batch_scenes}",
                                        args.batch_scenes)
             j = run_job(folder, work / f"job_batch_{engine}", bundle, 8, engine=engine)
-            res[f"{key}_batch".replace("_local_batch", "_batch_local")] = round(
+            res[batch_key] = round(
                 j["pixels"] / 1e6 / j["seconds"]["steady"] / ref["mpx_per_s"], 3)
     raw["load_avg_end"] = [round(v, 2) for v in os.getloadavg()]
+    return publish(args, res, "raw_p1", raw)
+
+
+def publish(args, res: dict, raw_key: str, raw: dict) -> int:
+    """Merge ``res`` (and ``raw`` under ``raw_key``) into the JSON, rebuild the markdown."""
     old = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else {}
     old.update(res)
-    old["raw_p1"] = raw
+    old[raw_key] = raw
     Path(args.json).write_text(json.dumps(old, indent=2) + "\n")
     Path(args.md).write_text(markdown(old, args))
     for key, value in res.items():
@@ -196,14 +203,7 @@ def main(argv=None) -> int:
            "train_steps_per_s": tr, "job_mpx_per_s_steady": jobs,
            "model_only_reference_bf16": {k: ref[k] for k in ("mpx_per_s", "by_threads")},
            "load_avg_end": [round(v, 2) for v in os.getloadavg()]}
-    old = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else {}
-    old.update(res)
-    old["raw"] = raw
-    Path(args.json).write_text(json.dumps(old, indent=2) + "\n")
-    Path(args.md).write_text(markdown(old, args))
-    for key, value in res.items():
-        print(f"{key} = {value}")
-    return 0
+    return publish(args, res, "raw", raw)
 
 
 def markdown(r: dict, args) -> str:

@@ -698,11 +698,11 @@ def run_local(rows, states, cfg, model_uri, threshold, finish, preload=None) -> 
         # lanes read and write in their own thread; one lane has reader and writer threads
         # the bundle read while planning (jobs.model_preload), else loaded here
         preloaded = preload.bundle() if preload is not None else None
-        # a preloaded Bundle is handed over whole: the predictor may cast its weights
+        # the model is this engine's alone (preloaded or loaded here): the weights may be cast
         predictor = PredictWriter(preloaded or model_uri, threshold, device, threads,
                                   cfg.predict.batch_size, write_thread=lanes == 1,
                                   read=lanes > 1, precision=cfg.predict.precision,
-                                  own_bundle=True if preloaded is not None else None)
+                                  own_bundle=True)
         if lanes == 1:
             with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="read") as reader:
                 ahead = collections.deque(reader.submit(read_tiles, as_batch(b))

@@ -45,10 +45,10 @@ def test_job_with_unloadable_weights_fails_with_the_bundle_error(tmp_path):
                   extra=["--set", "pipeline.engine=local"])
     assert res.rc != 0
     assert "does not match its sha256" in res.out, res.out[-2000:]
-    report = json.loads((tmp_path / "out" / "manifest.json").read_text()) \
-        if (tmp_path / "out" / "manifest.json").exists() else None
-    if report is not None:  # the scene is failed, not done
-        assert all(s.get("status") != "ok" for s in report.get("scenes", []))
+    rows = [json.loads(line) for line in
+            (tmp_path / "out" / "manifest.jsonl").read_text().splitlines() if line.strip()]
+    assert [(r["id"], r["status"]) for r in rows] == [("a", "failed")]  # failed, not done
+    assert "does not match its sha256" in rows[0]["error"]
 
 
 def test_a_predictor_casts_a_bundle_passed_in_only_when_told_it_owns_it(tmp_path):
