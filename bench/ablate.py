@@ -283,7 +283,11 @@ def _unet_parts(args, cfg):
             total_steps, int(cfg.train.warmup_fraction * total_steps), cfg.train.min_lr_ratio))
 
         def step(img, mask, valid):
-            logits = model(prep(img))
+            # bf16 autocast (--unet-precision bf16) as the SAM arms train (train.precision auto);
+            # fp32 by default, as the earlier U-Net runs trained.
+            with torch.autocast("cpu", dtype=torch.bfloat16,
+                                enabled=args.unet_precision == "bf16"):
+                logits = model(prep(img)).float()
             loss = soft_dice_loss(logits, mask, valid) + bce_loss(logits, mask, valid)
             loss.backward()
             if cfg.train.clip_grad_norm > 0:
@@ -527,7 +531,9 @@ class Ablation:
         d = self.run_dir(name, seed)
         d.mkdir(parents=True, exist_ok=True)
         record = {"arm": name, "seed": seed, "what": f"{self.arms[name]['what']} "
-                  f"({args.unet_encoder} encoder)", "kind": "unet", "target_steps": target,
+                  f"({args.unet_encoder} encoder"
+                  + (", bf16 training)" if args.unet_precision == "bf16" else ")"),
+                  "kind": "unet", "precision": args.unet_precision, "target_steps": target,
                   "steps": target, "train_s": round(train_s, 1), "data_limit": limit,
                   "final_loss": float(np.mean(losses[-10:])),
                   "trainable_params": sum(p.numel() for p in model.parameters())}
@@ -699,6 +705,8 @@ def parse_args(argv=None):
                    help="extra jobs/train.py override for every SAM arm (lr etc. also reach "
                         "the U-Net through the same config)")
     p.add_argument("--unet-encoder", default="resnet18")
+    p.add_argument("--unet-precision", default="fp32", choices=("fp32", "bf16"),
+                   help="U-Net training precision (bf16: CPU autocast, as the SAM arms train)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--eval-overlap", type=int, default=32)
     p.add_argument("--eval-batch", type=int, default=8)
