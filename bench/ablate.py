@@ -377,6 +377,9 @@ class Ablation:
     def save(self, arm: str, seed: int, record: dict) -> dict:
         d = self.run_dir(arm, seed)
         d.mkdir(parents=True, exist_ok=True)
+        from bench.common import cpu_label
+
+        record.setdefault("machine", cpu_label())
         (d / "result.json").write_text(json.dumps(record, indent=1))
         return record
 

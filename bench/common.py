@@ -22,6 +22,22 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def cpu_label() -> str:
+    """Short machine label for a run record: cores, CPU model and its bf16 matrix units (the
+    bf16 training speed of an arm depends on them: AMX vs AVX512-BF16 differ per arm)."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    units = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+    return f"{os.cpu_count()}-core {cpu_model()}" + (f" ({', '.join(units)})" if units else "")
+
+
 def machine() -> dict:
     """CPU model, cores, memory, Python/torch versions and the load average right now."""
     import psutil

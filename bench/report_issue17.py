@@ -26,17 +26,21 @@ STUDIES = {"deepcrack": ("DeepCrack test, 10 minutes per arm", 600),
 # What a record keeps of ablate.py's result.json (the rest names local paths or is bulky).
 KEEP = ("arm", "seed", "what", "kind", "config", "schedule", "target_steps", "steps", "train_s",
         "wall_s", "threshold", "val_dice", "val_images", "test_images", "test", "test_at_0.5",
-        "test_passes", "inference_s_per_image", "eval_s", "note")
+        "test_passes", "inference_s_per_image", "eval_s", "machine", "note")
 
 
 def import_runs(runs: Path, records: Path = RECORDS) -> int:
-    """Copy every finished run under ``runs/<study>/runs/*/result.json`` into ``records``."""
+    """Copy every finished run under ``runs/<study>/runs/*/result.json`` into ``records``. A run
+    without a ``machine`` is stamped with this one's (runs are imported where they trained)."""
+    from bench.common import cpu_label
+
     n = 0
     for study in STUDIES:
         for path in sorted((runs / study).glob("runs/*/result.json")):
             rec = json.loads(path.read_text())
             if rec.get("test", {}).get("dice") is None:
                 continue
+            rec.setdefault("machine", cpu_label())
             dest = records / study / f"{rec['arm']}-s{rec['seed']}.json"
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_text(json.dumps({k: rec[k] for k in KEEP if k in rec}, indent=1) + "\n")
@@ -81,6 +85,7 @@ def summarise(arms: dict[str, list[dict]]) -> dict[str, dict]:
             "threshold": [r.get("threshold") for r in runs],
             "test_images": runs[0].get("test_images"),
             "per_seed": per_seed,
+            "machines": sorted({r.get("machine", "?") for r in runs}),
             # half the range over seeds (with two seeds: the distance of each from the mean)
             "spread": round((max(per_seed) - min(per_seed)) / 2, 4) if len(per_seed) > 1 else None,
         }
@@ -135,14 +140,15 @@ def headline(deepcrack: dict, roads: dict, deepcrack60: dict) -> dict:
 def table(name: str, arms: dict) -> list[str]:
     lines = [f"**{name}**", "",
              "| arm | what | seeds | steps | train s | val Dice | test Dice (per image) | per seed "
-             "| ± | pass-0 Dice | pooled Dice | precision | recall | thr |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| ± | pass-0 Dice | pooled Dice | precision | recall | thr | trained on |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for arm, s in sorted(arms.items(), key=lambda kv: -(kv[1]["dice"] or 0)):
         fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
         lines.append(f"| {arm} | {s['what']} | {s['seeds']} | {s['steps']} | {s['train_s']} | "
                      f"{fmt(s['val_dice'])} | **{fmt(s['dice'])}** | {s['per_seed']} | "
                      f"{fmt(s.get('spread'))} | {fmt(s['pass0'])} | {fmt(s['dice_pooled'])} | "
-                     f"{fmt(s['precision'])} | {fmt(s['recall'])} | {s['threshold']} |")
+                     f"{fmt(s['precision'])} | {fmt(s['recall'])} | {s['threshold']} | "
+                     f"{'; '.join(s['machines'])} |")
     return lines + [""]
 
 
@@ -152,8 +158,10 @@ def report(records: Path = RECORDS) -> tuple[dict, str]:
     res = headline(studies["deepcrack"], studies["roads"], studies["deepcrack60"])
     md = ["## Issue 17: equal-budget arms (bench/ablate.py --budget-s 600 / 3600)", "",
           "Each arm trains `vit_tiny` from scratch for the optimizer steps its wall-clock budget "
-          "buys at its rate calibrated on a quiet 2-core machine (`--calib-s 20`; the U-Net "
-          "in-process), bf16 training, threshold chosen on the validation split, every test image "
+          "buys at its rate calibrated on a quiet 2-core AMD EPYC, where the first runs trained "
+          "(`--calib-s 20`; the U-Net in-process); runs on another machine (`trained on`) train "
+          "those same step counts, so arms stay comparable across machines and only `train s` "
+          "moves. bf16 training, threshold chosen on the validation split, every test image "
           "(DeepCrack 237, EPFL fixed split 16); `±` is half the range over seeds. Commands, "
           "machines and conditions in the notes below; `python -m bench.report_issue17` rebuilds "
           "this section from the run records in `bench/issue17_runs/`.", ""]
