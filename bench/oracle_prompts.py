@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -110,6 +109,7 @@ def main(argv=None) -> int:
         ap.error("give one --name per --bundle")
     import torch
 
+    from bench.common import cpu_label
     from jobs.evaluate import list_pairs
 
     torch.set_num_threads(args.threads)
@@ -120,12 +120,13 @@ def main(argv=None) -> int:
         own = "gt_box" if r["prompt"] == "box" else "gt_mask"
         keys[f"i17_oracle_gain_{name}"] = round(r[f"pass1_{own}"] - r["pass0"], 4)
         keys[f"i17_self_prompt_gain_{name}"] = round(r["pass1_self"] - r["pass0"], 4)
+        keys[f"i17_gt_mask_gain_{name}"] = round(r["pass1_gt_mask"] - r["pass0"], 4)
     Path(args.json).write_text(json.dumps({**keys, "arms": rows}, indent=1) + "\n")
     cmd = "python -m bench.oracle_prompts " + " ".join(
         f"--bundle {u} --name {n}" for u, n in zip(args.bundle, args.name)) + (
         f" --test-limit {args.test_limit}" if args.test_limit else "")
     md = ["## Issue 17: does the model follow prompts? (pass 1 prompted by the ground truth)", "",
-          f"Command: `{cmd}`; {time.strftime('%Y-%m-%d %H:%M')}, {platform.processor() or platform.machine()},"
+          f"Command: `{cmd}`; {time.strftime('%Y-%m-%d %H:%M')}, {cpu_label()},"
           f" {args.threads} threads. DeepCrack test ({len(items)} images), windows of the model "
           "input (overlap 32, cores stitched), per-image Dice at the bundle's threshold. Pass 1 is "
           "prompted by pass 0 (`self`, SAM-SP), by the ground truth's box (`gt_box`, no jitter) or "
