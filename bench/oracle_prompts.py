@@ -124,11 +124,12 @@ def main(argv=None) -> int:
     Path(args.json).write_text(json.dumps({**keys, "arms": rows}, indent=1) + "\n")
     cmd = "python -m bench.oracle_prompts " + " ".join(
         f"--bundle {u} --name {n}" for u, n in zip(args.bundle, args.name)) + (
-        f" --test-limit {args.test_limit}" if args.test_limit else "")
+        f" --test-limit {args.test_limit}" if args.test_limit else "") + (
+        f" --overlap {args.overlap}" if args.overlap != 32 else "")
     md = ["## Issue 17: does the model follow prompts? (pass 1 prompted by the ground truth)", "",
           f"Command: `{cmd}`; {time.strftime('%Y-%m-%d %H:%M')}, {cpu_label()},"
           f" {args.threads} threads. DeepCrack test ({len(items)} images), windows of the model "
-          "input (overlap 32, cores stitched), per-image Dice at the bundle's threshold. Pass 1 is "
+          f"input (overlap {args.overlap}, cores stitched), per-image Dice at the bundle's threshold. Pass 1 is "
           "prompted by pass 0 (`self`, SAM-SP), by the ground truth's box (`gt_box`, no jitter) or "
           "by the ground truth coarsened to SAM's 64x64 mask-prompt grid (`gt_mask`).", "",
           "| model | prompt | pass 0 | pass 1, self | pass 1, GT box | pass 1, GT mask |",
