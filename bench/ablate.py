@@ -87,6 +87,13 @@ def _arm_table(distill: float) -> dict[str, dict]:
         arms[f"{name}_detail"] = {**base, "sets": base.get("sets", []) + [
             "model.detail_branch=true", "model.detail_stride=2"],
             "what": base["what"] + ", detail branch (stride 2)"}
+    # Issue 17's loss options, on the best 10-minute SAM-SP arm (each against its default):
+    # skeleton recall (recall is the weak side on cracks) and BCE at half the Dice weight.
+    base = arms["spsd_box_pp_detail"]
+    arms["spsd_box_pp_detail_skel"] = {**base, "sets": base["sets"] + ["loss.skeleton_weight=1.0"],
+                                       "what": base["what"] + ", + skeleton recall (weight 1)"}
+    arms["spsd_box_pp_detail_bce05"] = {**base, "sets": base["sets"] + ["loss.bce_weight=0.5"],
+                                        "what": base["what"] + ", BCE weight 0.5 (Dice 1)"}
     arms["unet"] = {"kind": "unet", "what": "SMP U-Net, random init"}
     return arms
 
