@@ -90,10 +90,10 @@ def _arm_table(distill: float) -> dict[str, dict]:
     # Issue 17's loss options, on the best 10-minute SAM-SP arm (each against its default):
     # skeleton recall (recall is the weak side on cracks) and BCE at half the Dice weight.
     base = arms["spsd_box_pp_detail"]
-    arms["spsd_box_pp_detail_skel"] = {**base, "sets": base["sets"] + ["loss.skeleton_weight=1.0"],
-                                       "what": base["what"] + ", + skeleton recall (weight 1)"}
-    arms["spsd_box_pp_detail_bce05"] = {**base, "sets": base["sets"] + ["loss.bce_weight=0.5"],
-                                        "what": base["what"] + ", BCE weight 0.5 (Dice 1)"}
+    for suffix, setting, what in (("skel", "loss.skeleton_weight=1.0", "+ skeleton recall (weight 1)"),
+                                  ("bce05", "loss.bce_weight=0.5", "BCE weight 0.5 (Dice 1)")):
+        arms[f"spsd_box_pp_detail_{suffix}"] = {**base, "sets": base["sets"] + [setting],
+                                                "what": f"{base['what']}, {what}"}
     arms["unet"] = {"kind": "unet", "what": "SMP U-Net, random init"}
     return arms
 
