@@ -211,7 +211,7 @@ def _sam_step_fn(cfg):
     """One training step of jobs/train.py's loop (same model build, loss, optimiser, clipping)."""
     import torch
 
-    from jobs.train import _lr_lambda, _param_groups, build_model, training_loss
+    from jobs.train_model import build_model, lr_lambda, param_groups, training_loss
     from samsp.precision import autocast, resolve_precision
     from samsp.preprocess import prepare_batch, prepare_targets
 
@@ -219,9 +219,9 @@ def _sam_step_fn(cfg):
     size = model.image_size
     mean = model.sam.pixel_mean.flatten().tolist()
     std = model.sam.pixel_std.flatten().tolist()
-    opt = torch.optim.AdamW(_param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
+    opt = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
                             betas=tuple(cfg.train.betas))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(1000, 10, cfg.train.min_lr_ratio))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(1000, 10, cfg.train.min_lr_ratio))
 
     precision = resolve_precision(cfg.train.precision, "cpu")  # as the run will train
 
@@ -272,7 +272,7 @@ def build_unet(encoder: str):
 def _unet_parts(args, cfg):
     import torch
 
-    from jobs.train import _lr_lambda, _param_groups
+    from jobs.train_model import lr_lambda, param_groups
     from samsp.config import SAM_PIXEL_MEAN, SAM_PIXEL_STD
     from samsp.loss import bce_loss, soft_dice_loss
 
@@ -284,9 +284,9 @@ def _unet_parts(args, cfg):
 
     def make(total_steps: int):
         model = build_unet(args.unet_encoder).train()
-        opt = torch.optim.AdamW(_param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
+        opt = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
                                 betas=tuple(cfg.train.betas))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(
             total_steps, int(cfg.train.warmup_fraction * total_steps), cfg.train.min_lr_ratio))
 
         def step(img, mask, valid):

@@ -47,7 +47,7 @@ def train_step_fn(precision: str):
     import torch
 
     from jobs.config import load_config
-    from jobs.train import _param_groups, build_model, training_loss
+    from jobs.train_model import build_model, param_groups, training_loss
     from jobs.train_config import TrainConfig
     from samsp.precision import autocast, resolve_precision
     from samsp.preprocess import prepare_batch, prepare_targets
@@ -59,7 +59,7 @@ def train_step_fn(precision: str):
     size = model.image_size
     mean = model.sam.pixel_mean.flatten().tolist()
     std = model.sam.pixel_std.flatten().tolist()
-    opt = torch.optim.AdamW(_param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
+    opt = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
     rng = np.random.default_rng(0)
     img = rng.integers(0, 255, (8, 3, size, size), dtype=np.uint8)
     mask = np.zeros((8, size, size), bool)

@@ -1,5 +1,5 @@
-"""jobs/train.py pieces without Ray: checkpoint contents per fine-tune mode, the LR schedule,
-bundle export from a checkpoint directory, storage/Ray helpers."""
+"""jobs/train.py, train_model.py and train_worker.py pieces without Ray: checkpoint contents per
+fine-tune mode, the LR schedule, bundle export from a checkpoint directory, storage/Ray helpers."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from jobs import train
+from jobs import train, train_model, train_worker
 from tests.conftest import REPO
 from jobs.config import load_config
 from jobs.train_config import TrainConfig
@@ -28,31 +28,31 @@ def test_lora_checkpoint_holds_trainable_weights_and_exports_merged_bundle(tmp_p
     torch.save(build_sam("vit_micro").state_dict(), base)
     cfg = _cfg(tmp_path, f"model.checkpoint={base}", "model.finetune=lora",
                "model.iterations=2", "model.prompt=box+mask")
-    assert not train.saves_full_state(cfg)
-    model = train.build_model(cfg)
+    assert not train_model.saves_full_state(cfg)
+    model = train_model.build_model(cfg)
     with torch.no_grad():  # pretend training moved the adapters and the decoder
         for name, p in model.named_parameters():
             if p.requires_grad:
                 p.add_(0.01 * torch.randn_like(p))
-    state = train.checkpoint_state(model, full=False)
+    state = train_model.checkpoint_state(model, full=False)
     names = set(state)
     assert any("lora_A" in n for n in names) and any("mask_decoder" in n for n in names)
     assert not any(n.endswith("qkv.base_layer.weight") for n in names)  # frozen: from base
     assert "sam.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix" in names  # buffer
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
-    save_file(state, ckpt / train.MODEL_FILE)
-    torch.save({"history": json.dumps([{"epoch": 1, "val_dice": 0.5}])}, ckpt / train.STATE_FILE)
+    save_file(state, ckpt / train_model.MODEL_FILE)
+    torch.save({"history": json.dumps([{"epoch": 1, "val_dice": 0.5}])}, ckpt / train_model.STATE_FILE)
 
-    fresh = train.build_model(cfg)
-    assert train.weights_fingerprint(train.checkpoint_state(fresh, False)) != \
-        train.weights_fingerprint(state)
-    train.load_model_state(fresh, load_file(ckpt / train.MODEL_FILE))
-    assert train.weights_fingerprint(train.checkpoint_state(fresh, False)) == \
-        train.weights_fingerprint(state)
+    fresh = train_model.build_model(cfg)
+    assert train_model.weights_fingerprint(train_model.checkpoint_state(fresh, False)) != \
+        train_model.weights_fingerprint(state)
+    train_model.load_model_state(fresh, load_file(ckpt / train_model.MODEL_FILE))
+    assert train_model.weights_fingerprint(train_model.checkpoint_state(fresh, False)) == \
+        train_model.weights_fingerprint(state)
     # a checkpoint of another fine-tune mode is refused with a clear message
-    with pytest.raises(train.TrainError, match="unexpected weight"):
-        train.load_model_state(train.build_model(_cfg(tmp_path)), state)
+    with pytest.raises(train_model.TrainError, match="unexpected weight"):
+        train_model.load_model_state(train_model.build_model(_cfg(tmp_path)), state)
 
     # export: LoRA merged, same predictions as the trained model
     facts = {"plan": {"summary": {"source_kind": "synthetic"}}, "trainable_params": 1}
@@ -71,14 +71,14 @@ def test_lora_checkpoint_holds_trainable_weights_and_exports_merged_bundle(tmp_p
 
 def test_full_mode_checkpoints_everything_and_lr_schedule(tmp_path):
     cfg = _cfg(tmp_path)
-    model = train.build_model(cfg)
-    assert train.saves_full_state(cfg)
-    assert set(train.checkpoint_state(model, True)) == set(model.state_dict())
-    fn = train._lr_lambda(total_steps=100, warmup=10, min_ratio=0.1)
+    model = train_model.build_model(cfg)
+    assert train_model.saves_full_state(cfg)
+    assert set(train_model.checkpoint_state(model, True)) == set(model.state_dict())
+    fn = train_model.lr_lambda(total_steps=100, warmup=10, min_ratio=0.1)
     lrs = [fn(s) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] == pytest.approx(0.1, abs=0.01)
-    groups = train._param_groups(model, 0.05)
+    groups = train_model.param_groups(model, 0.05)
     assert groups[0]["weight_decay"] == 0.05 and groups[1]["weight_decay"] == 0.0
     assert sum(len(g["params"]) for g in groups) == sum(1 for p in model.parameters()
                                                         if p.requires_grad)
@@ -151,9 +151,9 @@ def test_embedded_ray_workers_inherit_the_environment_and_reuse_prestarted_worke
 
 def test_the_short_last_accumulation_group_is_averaged_over_its_own_size():
     # 10 micro-batches, groups of 4: [4, 4, 2]; each group's weights sum to one step's worth
-    sizes = [train.accumulation_group_size(b, 10, 4) for b in range(10)]
+    sizes = [train_worker.accumulation_group_size(b, 10, 4) for b in range(10)]
     assert sizes == [4] * 8 + [2] * 2
     for batches, accum in [(10, 4), (8, 4), (3, 5), (1, 1), (7, 3)]:
-        weights = [1 / train.accumulation_group_size(b, batches, accum) for b in range(batches)]
+        weights = [1 / train_worker.accumulation_group_size(b, batches, accum) for b in range(batches)]
         groups = [weights[i:i + accum] for i in range(0, batches, accum)]
         assert all(sum(g) == pytest.approx(1.0) for g in groups)
