@@ -143,7 +143,7 @@ def failed_record(ph: Photo, run_id: str) -> dict:
 # --------------------------------------------------------------------------- run
 
 def run(args: argparse.Namespace) -> int:
-    from jobs.segment import read_bundle_meta, tile_geometry
+    from jobs.segment_scene import read_bundle_meta, tile_geometry
     from jobs.segment_plan import assign_scene_ids, expand_inputs
 
     from jobs.sweep_measure import PixelSizes
@@ -235,7 +235,7 @@ def run_pipeline(photos, cfg, model_uri, threshold, tile, overlap, pool, futures
     import ray
 
     from jobs.ray_utils import init_ray
-    from jobs.segment import ACTOR_MAX_RESTARTS, ray_resources
+    from jobs.segment_engines import ACTOR_MAX_RESTARTS, ray_resources
     from jobs.segment_pipeline import Predictor
     from jobs.sweep_pipeline import keep_mask_cores, read_photos
     from ingest.tiling import Tile

@@ -103,7 +103,7 @@ def test_train_on_a_gpu_node_without_cuda_names_the_cause(tmp_path):
 # --------------------------------------------------------------------------- 2. GPUs not up yet
 
 def test_actor_gpus_kept_on_a_cluster_downgraded_only_locally():
-    from jobs.segment import actor_gpus
+    from jobs.segment_engines import actor_gpus
 
     assert actor_gpus(1.0, 0.0, local=False) == 1.0   # autoscaled GPU nodes: not up yet
     assert actor_gpus(0.5, 0.0, local=False) == 0.5
@@ -118,7 +118,7 @@ def test_ray_resources_on_a_cluster_without_gpus_yet(monkeypatch):
     import ray
 
     from jobs.config import load_config
-    from jobs.segment import ray_resources
+    from jobs.segment_engines import ray_resources
     from jobs.segment_config import SegmentConfig
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0})
@@ -146,7 +146,7 @@ def test_model_actor_pool_restarts_dead_actors(ray_local, tmp_path):
     """A fatal CUDA error ends the actor process (see 3.): the pool must restart it."""
     import ray
 
-    import jobs.segment as segment
+    import jobs.segment_engines as segment
     from jobs.segment_config import SegmentConfig
 
     seen: dict = {}

@@ -56,7 +56,7 @@ def test_actor_threads_edges():
 
 def test_local_lanes_follow_the_tile_count():
     from jobs.config import load_config
-    from jobs.segment import local_lanes
+    from jobs.segment_engines import local_lanes
     from jobs.segment_config import SegmentConfig
 
     cfg = load_config(SegmentConfig, None, ["ray.num_cpus=4"])
@@ -70,11 +70,11 @@ def test_ray_actors_take_the_idle_cores_when_tiles_are_few(monkeypatch):
     import ray
 
     from jobs.config import load_config
-    from jobs.segment import ray_resources
+    from jobs.segment_engines import ray_resources
     from jobs.segment_config import SegmentConfig
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
-    monkeypatch.setattr("jobs.segment.largest_node_cpus", lambda default: 2.0)
+    monkeypatch.setattr("jobs.segment_engines.largest_node_cpus", lambda default: 2.0)
     cfg = load_config(SegmentConfig, None, [])
     one = ray_resources(cfg, 1)
     assert one["actors"] == 1 and one["torch_threads"] == 2 and one["num_cpus"] <= 1.0

@@ -170,7 +170,7 @@ def test_config_defaults_yaml_and_errors():
 
 
 def test_tile_geometry_defaults_to_bundle_size():
-    from jobs.segment import tile_geometry
+    from jobs.segment_scene import tile_geometry
 
     assert tile_geometry(SegmentConfig(), 1024) == (1024, 128)
     cfg = load_config(SegmentConfig, None, ["tiling.tile=256", "tiling.overlap=64"])
@@ -217,7 +217,7 @@ def test_plan_scene_resume_state(tmp_path):
     """Tiles whose chunk *and* record exist are done; a chunk without its record is redone."""
     from ingest import MaskWriter
     from ingest.synthetic import make_geotiff
-    from jobs.segment import plan_scene
+    from jobs.segment_scene import plan_scene
     from jobs.segment_pipeline import tile_record_uri
 
     src = make_geotiff(str(tmp_path / "s.tif"), 200, 230)
@@ -246,7 +246,7 @@ def test_plan_scene_resume_state(tmp_path):
 
 
 def test_many_band_scenes_ship_only_the_bands_the_model_reads():
-    from jobs.segment import keep_bands
+    from jobs.segment_scene import keep_bands
 
     assert keep_bands(3, None) is None and keep_bands(1, None) is None
     assert keep_bands(13, None) == 3            # samsp keeps the first three
@@ -258,7 +258,7 @@ def test_pipeline_stages_in_process(tmp_path):
     """read -> predict -> write on plain numpy batches (what Ray Data hands the stages)."""
     from ingest import MaskWriter
     from ingest.synthetic import make_geotiff
-    from jobs.segment import plan_scene, tile_rows
+    from jobs.segment_scene import plan_scene, tile_rows
     from jobs.segment_pipeline import PredictWriter, read_tiles, write_cores
     from tests.test_segment import make_bundle
 
@@ -305,7 +305,7 @@ def test_pipeline_stages_in_process(tmp_path):
 def test_actor_pool_sizing_leaves_cpus_for_reads(monkeypatch):
     import ray
 
-    from jobs.segment import ray_resources
+    from jobs.segment_engines import ray_resources
 
     def sized(resources, *overrides, tiles=1000):
         monkeypatch.setattr(ray, "cluster_resources", lambda: resources)
@@ -326,7 +326,7 @@ def test_actor_pool_sizing_leaves_cpus_for_reads(monkeypatch):
 
 def test_actor_block_sizes():
     """Tiles per actor call: 2-4 model batches by pixel weight, fewer for small jobs, or fixed."""
-    from jobs.segment import actor_block
+    from jobs.segment_engines import actor_block
 
     cfg = SegmentConfig()  # batch 8
     rgb256, rgb1024 = 3 * 256 * 256, 3 * 1024 * 1024
@@ -340,7 +340,7 @@ def test_actor_block_sizes():
 
 def test_local_engine_lanes():
     """CPU: one single-threaded lane per core (or predict.num_actors / ray.num_cpus); GPU: one."""
-    from jobs.segment import local_lanes
+    from jobs.segment_engines import local_lanes
 
     cfg = load_config(SegmentConfig, None, [])
     assert local_lanes(cfg, "cpu") == (os.cpu_count() or 1, 1)

@@ -30,7 +30,7 @@ def write_scenes(folder, n: int) -> list[str]:
 def plan_and_rows(inputs, output, cfg):
     """What run() does before the pipeline: plan every scene (bounded threads), keep its state,
     build the rows. Returns (states, rows, tracemalloc peak bytes)."""
-    from jobs.segment import SceneState, plan_scene, scene_tiles
+    from jobs.segment_scene import SceneState, plan_scene, scene_tiles
     from jobs.segment_rows import TileRows, plan_in_parallel
 
     tracemalloc.start()
