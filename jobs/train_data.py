@@ -1,4 +1,5 @@
-"""Training data: sources, a deterministic split, joint augmentation, per-worker datasets.
+"""Training data: sources, a deterministic split, per-worker datasets (augmentation:
+jobs/train_augment.py).
 
 The driver calls ``plan_data(cfg.data)`` once: it lists the pair folders / opens the rasters /
 fixes the synthetic set, checks that the data is there, and splits it deterministically. The plan
@@ -20,6 +21,8 @@ from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
+
+from jobs.train_augment import augment
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 
@@ -350,128 +353,6 @@ class ItemLoader:
         thr = self.scenes[item["scene"]]["threshold"]
         mask = (lab[0] > thr) & valid
         return np.ascontiguousarray(img, dtype=np.uint8), mask, valid
-
-
-# ----------------------------------------------------------------------------- augmentation
-
-def label_keep_threshold(ratio: float) -> float:
-    """Coverage above which a label pixel downscaled by ``ratio`` (source / output pixels,
-    > 1) stays positive.
-
-    Area pooling gives each output pixel the covered fraction of its source window, and a window
-    spans at most ``ceil(ratio) + 1`` source pixels, so a 1-px line -- still visible in the
-    (antialiased) downscaled image -- covers at least ``1 / (ceil(src / out) + 1)`` of some
-    window across it. Thresholding at 0.5 would delete such lines (at scale 0.5 every
-    sub-pixel position); this threshold keeps them, and moves a thick object's edge outwards by
-    at most a fraction of an output pixel.
-    """
-    return min(0.5, 1.0 / (math.ceil(ratio) + 1)) - 1e-6
-
-
-def _resize(arr: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
-    """Resize ``[C,h,w]`` (any dtype) to ``size`` (h, w).
-
-    Bool arrays (labels) upscale by bilinear > 0.5 and downscale by area coverage above
-    ``label_keep_threshold``: a thin structure that stays visible in the image keeps its label.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    if arr.shape[-2:] == tuple(size):
-        return arr
-    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None]
-    if arr.dtype == bool and mode != "nearest" and size[0] < arr.shape[-2]:
-        cover = F.interpolate(t, size=size, mode="area")[0].numpy()
-        ratio = max(arr.shape[-2] / size[0], arr.shape[-1] / size[1])
-        return cover > label_keep_threshold(ratio)
-    if mode == "nearest":
-        out = F.interpolate(t, size=size, mode="nearest")
-    else:
-        shrink = size[0] < arr.shape[-2]
-        out = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=shrink)
-    out = out[0].numpy()
-    if arr.dtype == bool:
-        return out > 0.5
-    if arr.dtype == np.uint8:
-        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-    return out.astype(arr.dtype)
-
-
-def random_crop(img, mask, valid, crop: int, scale: float, rng: np.random.Generator):
-    """A ``crop`` x ``crop`` window of the image rescaled by ``scale`` (padding invalid)."""
-    _, h, w = img.shape
-    src = max(1, int(round(crop / scale)))  # window side in source pixels
-    y0 = int(rng.integers(0, h - src + 1)) if h > src else -int(rng.integers(0, src - h + 1))
-    x0 = int(rng.integers(0, w - src + 1)) if w > src else -int(rng.integers(0, src - w + 1))
-    return crop_window(img, mask, valid, y0, x0, src, crop)
-
-
-def crop_window(img, mask, valid, y0: int, x0: int, src: int, out: int):
-    """Boundless ``src`` x ``src`` window at (y0, x0), resized to ``out``; outside = invalid."""
-    c, h, w = img.shape
-    ci = np.zeros((c, src, src), np.uint8)
-    cm = np.zeros((1, src, src), bool)
-    cv = np.zeros((1, src, src), bool)
-    ys, xs = max(0, y0), max(0, x0)
-    ye, xe = min(h, y0 + src), min(w, x0 + src)
-    if ye > ys and xe > xs:
-        ci[:, ys - y0:ye - y0, xs - x0:xe - x0] = img[:, ys:ye, xs:xe]
-        cm[0, ys - y0:ye - y0, xs - x0:xe - x0] = mask[ys:ye, xs:xe]
-        cv[0, ys - y0:ye - y0, xs - x0:xe - x0] = valid[ys:ye, xs:xe]
-    if src != out:
-        ci = _resize(ci, (out, out), "bilinear")
-        cv = _resize(cv, (out, out), "nearest")
-        cm = _resize(cm, (out, out), "bilinear") & cv  # no label where there is no image
-    return ci, cm[0], cv[0]
-
-
-def color_jitter(img: np.ndarray, valid: np.ndarray, aug: dict, rng: np.random.Generator):
-    x = img.astype(np.float32)
-    if aug["brightness"] > 0:
-        x *= 1 + rng.uniform(-aug["brightness"], aug["brightness"])
-    if aug["contrast"] > 0:
-        m = x[:, valid].mean() if valid.any() else x.mean()
-        x = m + (x - m) * (1 + rng.uniform(-aug["contrast"], aug["contrast"]))
-    if aug["saturation"] > 0:
-        g = x.mean(axis=0, keepdims=True)
-        x = g + (x - g) * (1 + rng.uniform(-aug["saturation"], aug["saturation"]))
-    if aug["gamma"] > 0:
-        x = 255.0 * (np.clip(x, 0, 255) / 255.0) ** (1 + rng.uniform(-aug["gamma"], aug["gamma"]))
-    x = np.clip(x, 0, 255)
-    x[:, ~valid] = 0
-    return x.astype(np.uint8)
-
-
-def geometric(img, mask, valid, aug: dict, rng: np.random.Generator):
-    """Joint flips and 90-degree rotations (same transform on image, mask and valid)."""
-    if aug["hflip"] and rng.random() < 0.5:
-        img, mask, valid = img[:, :, ::-1], mask[:, ::-1], valid[:, ::-1]
-    if aug["vflip"] and rng.random() < 0.5:
-        img, mask, valid = img[:, ::-1], mask[::-1], valid[::-1]
-    if aug["rot90"]:
-        k = int(rng.integers(0, 4))
-        if k:
-            img = np.rot90(img, k, axes=(1, 2))
-            mask, valid = np.rot90(mask, k), np.rot90(valid, k)
-    return (np.ascontiguousarray(img), np.ascontiguousarray(mask), np.ascontiguousarray(valid))
-
-
-def augment(img, mask, valid, crop: int, aug: dict, rng: np.random.Generator):
-    """Random rescale + crop (redrawn while too few positives), flips/rot90, colour jitter."""
-    lo, hi = aug["scale"]
-    best = None
-    for _ in range(5 if aug.get("min_positive", 0) > 0 else 1):
-        scale = math.exp(rng.uniform(math.log(lo), math.log(hi)))
-        cand = random_crop(img, mask, valid, crop, scale, rng)
-        frac = cand[1].mean()
-        if best is None or frac > best[0]:
-            best = (frac, cand)
-        if frac >= aug.get("min_positive", 0):
-            break
-    ci, cm, cv = best[1]
-    ci, cm, cv = geometric(ci, cm, cv, aug, rng)
-    ci = color_jitter(ci, cv, aug, rng)
-    return ci, cm, cv
 
 
 # ----------------------------------------------------------------------------- torch datasets
