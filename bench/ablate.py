@@ -106,7 +106,7 @@ def log(msg: str) -> None:
 
 def epfl_split(root: Path, out: Path, test_fraction: float = 0.2, seed: int = 20240823):
     """Fixed EPFL train/test split as symlink folders under ``out``; returns (trainval, test)."""
-    from jobs.evaluate import list_pairs
+    from jobs.eval_data import list_pairs
     from jobs.train_data import split_items
 
     items = list_pairs(str(root), "epfl")
@@ -320,8 +320,9 @@ def _unet_parts(args, cfg):
 def evaluate_run(args, forward, plan: dict, test_items: list[dict]) -> dict:
     """Threshold on validation (output pass), then test metrics of every pass."""
     from jobs import evaluate as ev
+    from jobs.sliding_window import SlidingWindow
 
-    window = ev.SlidingWindow(forward, args.crop, args.eval_overlap, "core", args.eval_batch)
+    window = SlidingWindow(forward, args.crop, args.eval_overlap, "core", args.eval_batch)
     val_items = plan["val"][:args.val_limit] if args.val_limit else plan["val"]
     sweep = ev.sweep_thresholds(window, val_items, ev.parse_thresholds(args.thresholds),
                                 scenes=plan["scenes"])
@@ -367,7 +368,7 @@ class Ablation:
         return self._plans[key]
 
     def test_items(self) -> list[dict]:
-        from jobs.evaluate import list_pairs
+        from jobs.eval_data import list_pairs
 
         if self._test is None:
             t = self.spec["test"]
@@ -478,7 +479,7 @@ class Ablation:
                     limit: int | None = None) -> dict:
         import torch
 
-        from jobs.evaluate import bundle_forward
+        from jobs.sliding_window import bundle_forward
         from samsp import load_bundle
 
         torch.set_num_threads(self.args.threads)

@@ -70,20 +70,22 @@ def oracle_forward(bundle, precision: str = "auto", box_fractions: list | None =
 
 
 def measure(uri: str, items: list[dict], overlap: int) -> dict:
-    from jobs import evaluate as ev
+    from jobs.eval_data import load_item
+    from jobs.eval_scoring import score_image
+    from jobs.sliding_window import SlidingWindow
     from samsp import load_bundle
 
     bundle = load_bundle(uri)
     fractions: list[float] = []
-    window = ev.SlidingWindow(oracle_forward(bundle, box_fractions=fractions),
-                              bundle.meta.image_size, overlap, "core")
+    window = SlidingWindow(oracle_forward(bundle, box_fractions=fractions),
+                           bundle.meta.image_size, overlap, "core")
     names = ["pass0"] + [f"pass1_{s}" for s in SOURCES]
     dice = {n: [] for n in names}
     t0 = time.perf_counter()
     for item in items:
-        image, mask, valid = ev.load_item(item)
+        image, mask, valid = load_item(item)
         stacked = np.concatenate([image, mask[None].astype(np.uint8)], axis=0)
-        rows = ev.score_image(window(stacked), mask, bundle.meta.threshold, valid=valid)
+        rows = score_image(window(stacked), mask, bundle.meta.threshold, valid=valid)
         for n, row in zip(names, rows):
             dice[n].append(row["dice"])
     res = {n: round(float(np.mean(v)), 4) for n, v in dice.items()}
@@ -110,7 +112,7 @@ def main(argv=None) -> int:
     import torch
 
     from bench.common import cpu_label
-    from jobs.evaluate import list_pairs
+    from jobs.eval_data import list_pairs
 
     torch.set_num_threads(args.threads)
     items = list_pairs(args.data, "deepcrack_test", limit=args.test_limit)

@@ -5,14 +5,15 @@
     python jobs/evaluate.py --model BUNDLE --data ../shared/data/roads_epfl --layout epfl \\
         --sweep-on val --out out/eval/roads
 
-A single-process tool (plain torch, no Ray). For each image it runs the model over
-``tile`` x ``tile`` sliding windows (``ingest.TileGrid``: overlapping read windows, cores that
-partition the image exactly) and stitches every pass's probability map, either by copying each
-window's core (``--stitch core``, what ``jobs/segment.py`` writes) or by averaging the
-probabilities of all windows covering a pixel (``--stitch mean``). Then per image and per pass
-(0 = promptless ... K = final): Dice, IoU, precision, recall (``samsp.metrics``, per image then
-averaged; also pooled over all pixels of the set) and a tolerance-based precision/recall/F1 for
-thin structures (``samsp.metrics.tolerant_f1``, default 2 px, as crack papers report).
+A single-process tool (plain torch, no Ray); its parts: jobs/eval_data.py (pairs, splits),
+jobs/sliding_window.py (whole-image inference), jobs/eval_scoring.py (metrics). For each
+image it runs the model over ``tile`` x ``tile`` sliding windows (``ingest.TileGrid``:
+overlapping read windows, cores that partition the image exactly) and stitches every pass's
+probability map, either by copying each window's core (``--stitch core``, what
+``jobs/segment.py`` writes) or by averaging the probabilities of all windows covering a pixel
+(``--stitch mean``). Then per image and per pass (0 = promptless ... K = final): Dice, IoU,
+precision, recall (``samsp.metrics``, per image then averaged; also pooled over all pixels of the
+set) and a tolerance-based precision/recall/F1 for thin structures (``samsp.metrics.tolerant_f1``, default 2 px, as crack papers report).
 
 The configured output is the final pass thresholded at the bundle's probability threshold
 (``--threshold`` overrides it; ``--sweep-on val`` / ``--sweep-data`` choose it on a validation set
@@ -35,280 +36,19 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Sequence
 
 if __package__ in (None, ""):  # `python jobs/evaluate.py`: make `import jobs` resolve to this repo
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from jobs.eval_data import (LAYOUTS, EvalError, detect_layout, list_pairs,  # noqa: E402
+                            load_item, validation_items)
+from jobs.eval_scoring import COLUMNS, DEFAULT_TOLERANCE, aggregate, score_image  # noqa: E402
+from jobs.sliding_window import SlidingWindow, bundle_forward  # noqa: E402
+
 log = logging.getLogger("samsp.evaluate")
-
-#: Per-image metrics, in table order.
-METRICS: tuple[str, ...] = ("dice", "iou", "precision", "recall",
-                            "tol_precision", "tol_recall", "tol_f1")
-#: Columns of ``per_image.csv``.
-COLUMNS: tuple[str, ...] = ("image", "pass", "is_output", "threshold", *METRICS,
-                            "tp", "fp", "fn", "target_px", "pred_px", "height", "width", "infer_s")
-DEFAULT_TOLERANCE = 2.0
-LAYOUTS = ("auto", "deepcrack", "deepcrack_test", "epfl", "custom")
-
-#: ``forward(tiles uint8 [B,3,t,t]) -> probabilities float32 [P,B,t,t]`` (P passes, 0..K).
-TileForward = Callable[[np.ndarray], np.ndarray]
-
-
-class EvalError(ValueError):
-    """Bad arguments, data or bundle (one-line message)."""
-
-
-# ============================================================================ data
-
-def _isdir(uri: str) -> bool:
-    from jobs.train_data import _fs
-
-    fs, path = _fs(uri)
-    try:
-        return bool(fs.isdir(path))
-    except Exception:  # noqa: BLE001 - unreachable remote = not there
-        return False
-
-
-def detect_layout(root: str) -> str:
-    """The pair layout of ``root``: DeepCrack test (or train) folders, EPFL, or images/masks."""
-    from jobs.train_config import PAIR_LAYOUTS
-
-    for layout in ("deepcrack_test", "deepcrack", "epfl"):
-        image_dir, mask_dir, _ = PAIR_LAYOUTS[layout]
-        if _isdir(root.rstrip("/") + "/" + image_dir) and _isdir(root.rstrip("/") + "/" + mask_dir):
-            return layout
-    if _isdir(root.rstrip("/") + "/images") and _isdir(root.rstrip("/") + "/masks"):
-        return "custom"
-    raise EvalError(f"cannot tell the layout of {root}: expected test_img/test_lab, "
-                    f"train_img/train_lab, images/groundtruth or images/masks (or pass --layout)")
-
-
-def list_pairs(root: str, layout: str = "auto", image_dir: str | None = None,
-               mask_dir: str | None = None, threshold: float | None = None,
-               limit: int | None = None) -> list[dict]:
-    """Image/mask pairs under ``root`` (local or s3://), matched by stem, sorted by image name.
-
-    The same listing (and mask binarisation) as the training job's ``pairs`` source.
-    """
-    from pydantic import ValidationError
-
-    from jobs.train_config import PairsData
-    from jobs.train_data import DataError, _pairs_items
-
-    if layout == "auto":
-        layout = detect_layout(root)
-    try:
-        src = PairsData(root=root, layout=layout, image_dir=image_dir, mask_dir=mask_dir,
-                        threshold=threshold, limit=None)
-        items = _pairs_items(src.model_dump())
-    except ValidationError as err:
-        raise EvalError(f"data: {err.errors()[0]['msg']}") from None
-    except DataError as err:
-        raise EvalError(str(err)) from None
-    return items[:limit] if limit else items
-
-
-def load_item(item: dict, scenes: Sequence[dict] = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(image uint8[3,H,W], mask bool[H,W], valid bool[H,W])`` of a pair/raster item."""
-    from jobs.train_data import DataError, ItemLoader
-
-    try:
-        return ItemLoader(list(scenes), cache=False).load(item)
-    except DataError as err:
-        raise EvalError(str(err)) from None
-
-
-def validation_items(bundle_meta) -> tuple[list[dict], list[dict]]:
-    """The validation split the bundle was trained with (from its provenance config).
-
-    Returns ``(items, scenes)`` as ``jobs.train_data.plan_data`` gives them.
-    """
-    from jobs.train_data import DataError, plan_data
-
-    config = (bundle_meta.provenance or {}).get("config")
-    if not config or "data" not in config:
-        raise EvalError("--sweep-on val needs a bundle written by jobs/train.py (its provenance "
-                        "holds the training config); use --sweep-data instead")
-    try:
-        plan = plan_data(config["data"])
-    except DataError as err:
-        raise EvalError(f"bundle's validation data: {err}") from None
-    return plan["val"], plan["scenes"]
-
-
-# ============================================================================ inference
-
-def samsp_forward(model, image_size: int, pixel_mean: Sequence[float],
-                  pixel_std: Sequence[float], iterations: int | None = None,
-                  band_map: Sequence[int] | None = None, device: str = "cpu",
-                  precision: str = "auto") -> TileForward:
-    """A ``TileForward`` running a ``SamSP`` (eval mode) and returning every pass."""
-    import torch
-
-    from samsp.precision import autocast, resolve_precision
-    from samsp.preprocess import postprocess_logits, prepare_batch, prepare_valid
-
-    model = model.to(device).eval()
-    precision = resolve_precision(precision, device)
-
-    def forward(tiles: np.ndarray) -> np.ndarray:
-        x, size = prepare_batch(tiles, image_size, pixel_mean, pixel_std, band_map=band_map,
-                                device=device)
-        ok = prepare_valid(len(x), size, image_size, device=device)
-        with torch.inference_mode():
-            with autocast(precision, device):
-                out = model(x, iterations=iterations, valid=ok)
-            probs = [torch.sigmoid(postprocess_logits(lg.float(), size, image_size))[:, 0]
-                     for lg in out.logits]
-        return torch.stack(probs).cpu().numpy().astype(np.float32)
-
-    return forward
-
-
-def bundle_forward(bundle, iterations: int | None = None, device: str = "cpu",
-                   precision: str = "auto") -> TileForward:
-    """A ``TileForward`` for a loaded ``samsp.Bundle``; ``iterations`` overrides its K."""
-    meta = bundle.meta
-    return samsp_forward(bundle.model, meta.image_size, meta.pixel_mean, meta.pixel_std,
-                         iterations=iterations, band_map=meta.band_map, device=device,
-                         precision=precision)
-
-
-@dataclass
-class SlidingWindow:
-    """Runs a ``TileForward`` over a whole image in ``tile`` windows and stitches the passes.
-
-    ``stitch="core"``: each pixel comes from the one window whose core holds it (the segment
-    job's rule). ``stitch="mean"``: the average over every window that covers it.
-    Windows of images smaller than a tile are zero-padded (bottom/right), like training crops.
-    """
-
-    forward: TileForward
-    tile: int
-    overlap: int = 0
-    stitch: str = "core"
-    batch_size: int = 8
-
-    def __post_init__(self) -> None:
-        if self.stitch not in ("core", "mean"):
-            raise EvalError(f"stitch must be 'core' or 'mean', got {self.stitch!r}")
-        if self.tile < 16 or not 0 <= self.overlap < self.tile:
-            raise EvalError(f"need tile >= 16 and 0 <= overlap < tile, got tile={self.tile} "
-                            f"overlap={self.overlap}")
-        if self.batch_size < 1:
-            raise EvalError("batch_size must be >= 1")
-
-    def windows(self, height: int, width: int):
-        from ingest.tiling import TileGrid
-
-        return list(TileGrid(height, width, self.tile, self.overlap))
-
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        """``image`` uint8 ``[C,H,W]`` -> probabilities float32 ``[P,H,W]`` (P passes)."""
-        from ingest.tiling import window_bounds
-
-        channels, height, width = image.shape
-        tiles = self.windows(height, width)
-        out = acc = count = None
-        t = self.tile
-        for start in range(0, len(tiles), self.batch_size):
-            chunk = tiles[start:start + self.batch_size]
-            batch = np.zeros((len(chunk), channels, t, t), dtype=image.dtype)
-            spans = []
-            for j, tl in enumerate(chunk):
-                r0, c0, r1, c1 = window_bounds(tl.read_window)
-                rs, cs = max(r0, 0), max(c0, 0)
-                re, ce = min(r1, height), min(c1, width)
-                batch[j, :, rs - r0:re - r0, cs - c0:ce - c0] = image[:, rs:re, cs:ce]
-                spans.append((r0, c0, rs, cs, re, ce))
-            probs = np.asarray(self.forward(batch), dtype=np.float32)  # [P,b,t,t]
-            if probs.ndim != 4 or probs.shape[1:] != (len(chunk), t, t):
-                raise EvalError(f"forward returned {probs.shape}, "
-                                f"expected [P,{len(chunk)},{t},{t}]")
-            if out is None:
-                out = np.zeros((probs.shape[0], height, width), np.float32)
-                if self.stitch == "mean":
-                    acc, count = out, np.zeros((height, width), np.float32)
-            for j, (tl, (r0, c0, rs, cs, re, ce)) in enumerate(zip(chunk, spans)):
-                if self.stitch == "core":
-                    kr0, kc0, kr1, kc1 = window_bounds(tl.core_window)
-                    out[:, kr0:kr1, kc0:kc1] = probs[:, j, kr0 - r0:kr1 - r0, kc0 - c0:kc1 - c0]
-                else:
-                    acc[:, rs:re, cs:ce] += probs[:, j, rs - r0:re - r0, cs - c0:ce - c0]
-                    count[rs:re, cs:ce] += 1
-        if self.stitch == "mean":
-            out = acc / np.maximum(count, 1)[None]
-        return out
-
-
-# ============================================================================ scoring
-
-def score_image(prob: np.ndarray, target: np.ndarray, threshold: float,
-                tolerance: float = DEFAULT_TOLERANCE,
-                valid: np.ndarray | None = None) -> list[dict[str, float]]:
-    """Metrics of every pass of one image: ``prob`` float ``[P,H,W]``, ``target`` bool ``[H,W]``.
-
-    Pixels outside ``valid`` count neither as predicted nor as target.
-    """
-    from samsp import metrics
-
-    prob = np.asarray(prob)
-    if prob.ndim == 2:
-        prob = prob[None]
-    target = np.asarray(target, dtype=bool)
-    if valid is not None:
-        target = target & valid
-    pred = prob > threshold  # [P,H,W]
-    if valid is not None:
-        pred &= valid[None]
-    tgt = np.broadcast_to(target, pred.shape)
-    per = {
-        "dice": metrics.dice(pred, tgt), "iou": metrics.iou(pred, tgt),
-        "precision": metrics.precision(pred, tgt), "recall": metrics.recall(pred, tgt),
-    }
-    tol = metrics.tolerant_f1(pred, tgt, tolerance)
-    per.update(tol_precision=tol["precision"], tol_recall=tol["recall"], tol_f1=tol["f1"])
-    rows = []
-    n_target = int(target.sum())
-    for k in range(len(pred)):
-        tp = int(np.count_nonzero(pred[k] & target))
-        n_pred = int(np.count_nonzero(pred[k]))
-        row = {name: float(per[name][k]) for name in METRICS}
-        row.update(tp=tp, fp=n_pred - tp, fn=n_target - tp, target_px=n_target, pred_px=n_pred)
-        rows.append(row)
-    return rows
-
-
-def pooled(tp: float, fp: float, fn: float) -> dict[str, float]:
-    """Dataset-level metrics from pixel counts summed over every image.
-
-    Same conventions as the per-image ``samsp.metrics``: 1.0 only when there was nothing to find
-    and nothing was found; predicting nothing while targets exist is precision 0, not 1.
-    """
-    def ratio(num, den):
-        return float(num / den) if den > 0 else 1.0
-    # An empty prediction's precision counts the missed pixels, as samsp.metrics.precision does.
-    missed_by_nothing = fn if tp + fp == 0 else 0.0
-    return {"dice_pooled": ratio(2 * tp, 2 * tp + fp + fn), "iou_pooled": ratio(tp, tp + fp + fn),
-            "precision_pooled": ratio(tp, tp + fp + missed_by_nothing),
-            "recall_pooled": ratio(tp, tp + fn)}
-
-
-def aggregate(rows: Iterable[dict]) -> dict[str, float]:
-    """Means (and standard deviations) of the per-image metrics plus pooled metrics."""
-    rows = list(rows)
-    out: dict[str, float] = {"images": len(rows)}
-    for name in METRICS:
-        values = np.array([r[name] for r in rows], dtype=np.float64)
-        out[name] = float(values.mean()) if len(values) else float("nan")
-        out[f"{name}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-    sums = {k: float(sum(r[k] for r in rows)) for k in ("tp", "fp", "fn")}
-    out.update(pooled(sums["tp"], sums["fp"], sums["fn"]))
-    return out
 
 
 def parse_thresholds(spec: str) -> list[float]:

@@ -1,5 +1,6 @@
-"""jobs/evaluate.py: sliding-window stitching, metrics on hand-checkable cases, the CLI end to end
-on a tiny random bundle and a synthetic pair folder."""
+"""jobs/evaluate.py and its parts (eval_data, sliding_window, eval_scoring): sliding-window
+stitching, metrics on hand-checkable cases, the CLI end to end on a tiny random bundle and a
+synthetic pair folder."""
 from __future__ import annotations
 
 import csv
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from jobs import eval_data, eval_scoring, sliding_window
 from jobs import evaluate as ev
 
 
@@ -25,7 +27,8 @@ def _echo_forward(tiles: np.ndarray) -> np.ndarray:
 def test_sliding_window_reassembles_the_image(stitch, shape):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (3, *shape), dtype=np.uint8)
-    window = ev.SlidingWindow(_echo_forward, tile=32, overlap=8, stitch=stitch, batch_size=3)
+    window = sliding_window.SlidingWindow(_echo_forward, tile=32, overlap=8, stitch=stitch,
+                                          batch_size=3)
     prob = window(image)
     assert prob.shape == (2, *shape) and prob.dtype == np.float32
     np.testing.assert_allclose(prob[0], image[0] / 255.0, atol=1e-6)
@@ -45,7 +48,7 @@ def test_mean_stitch_averages_overlapping_windows():
     # One row of two windows: cores [0,12) and [12,24); read windows [0,16) and [8,24) (the
     # last one shifted inside the image).
     image = np.zeros((3, 12, 24), np.uint8)
-    prob = ev.SlidingWindow(forward, tile=16, overlap=4, stitch="mean")(image)[0]
+    prob = sliding_window.SlidingWindow(forward, tile=16, overlap=4, stitch="mean")(image)[0]
     assert len(calls) == 2
     assert np.all(prob[:, :8] == 0) and np.all(prob[:, 16:] == 1)
     assert np.all(prob[:, 8:16] == 0.5)  # covered by both windows
@@ -59,7 +62,7 @@ def test_score_image_hand_checked():
     prob = np.zeros((2, 10, 10), np.float32)
     prob[0, 2, 3:9] = 0.9  # 6 predicted, 3 of them right
     prob[1] = np.where(target, 0.8, 0.1)  # exact
-    p0, p1 = ev.score_image(prob, target, threshold=0.5, tolerance=2)
+    p0, p1 = eval_scoring.score_image(prob, target, threshold=0.5, tolerance=2)
     assert p0["tp"] == 3 and p0["fp"] == 3 and p0["fn"] == 1
     assert p0["dice"] == pytest.approx(2 * 3 / (4 + 6))
     assert p0["iou"] == pytest.approx(3 / 7)
@@ -69,7 +72,7 @@ def test_score_image_hand_checked():
     assert p0["tol_precision"] == pytest.approx(5 / 6)
     assert p0["tol_recall"] == pytest.approx(1.0)
     assert p0["tol_f1"] == pytest.approx(2 * (5 / 6) / (5 / 6 + 1))
-    assert all(p1[m] == pytest.approx(1.0) for m in ev.METRICS)
+    assert all(p1[m] == pytest.approx(1.0) for m in eval_scoring.METRICS)
 
 
 def test_tolerant_f1_forgives_a_one_pixel_shift():
@@ -77,9 +80,9 @@ def test_tolerant_f1_forgives_a_one_pixel_shift():
     target[:, 5] = True
     prob = np.zeros((12, 12), np.float32)
     prob[:, 6] = 1.0
-    (row,) = ev.score_image(prob, target, 0.5, tolerance=2)
+    (row,) = eval_scoring.score_image(prob, target, 0.5, tolerance=2)
     assert row["dice"] == 0.0 and row["tol_f1"] == pytest.approx(1.0)
-    (row,) = ev.score_image(prob, target, 0.5, tolerance=0.5)
+    (row,) = eval_scoring.score_image(prob, target, 0.5, tolerance=0.5)
     assert row["tol_f1"] == 0.0
 
 
@@ -88,7 +91,7 @@ def test_aggregate_means_and_pooled():
                  tol_f1=1.0, tp=10, fp=0, fn=0),
             dict(dice=0.0, iou=0.0, precision=0.0, recall=0.0, tol_precision=0.0, tol_recall=0.0,
                  tol_f1=0.0, tp=0, fp=0, fn=30)]
-    agg = ev.aggregate(rows)
+    agg = eval_scoring.aggregate(rows)
     assert agg["dice"] == 0.5 and agg["images"] == 2
     assert agg["dice_pooled"] == pytest.approx(20 / 50)
     assert agg["recall_pooled"] == pytest.approx(10 / 40)
@@ -97,7 +100,7 @@ def test_aggregate_means_and_pooled():
 def test_parse_thresholds():
     assert ev.parse_thresholds("0.1:0.5:0.1") == [0.1, 0.2, 0.3, 0.4, 0.5]
     assert ev.parse_thresholds("0.3,0.7") == [0.3, 0.7]
-    with pytest.raises(ev.EvalError):
+    with pytest.raises(eval_data.EvalError):
         ev.parse_thresholds("0:1:0.5")
 
 
@@ -107,8 +110,8 @@ def test_sweep_picks_the_threshold_that_maximises_dice(tmp_path):
     def forward(tiles):  # probability 0.6 on the (dark) crack, 0.4 elsewhere
         return np.where(tiles[:, :1] < 60, 0.6, 0.4).astype(np.float32).transpose(1, 0, 2, 3)
 
-    items = ev.list_pairs(str(root), "custom")
-    window = ev.SlidingWindow(forward, tile=32, overlap=0)
+    items = eval_data.list_pairs(str(root), "custom")
+    window = sliding_window.SlidingWindow(forward, tile=32, overlap=0)
     sweep = ev.sweep_thresholds(window, items, [0.3, 0.5, 0.7])
     assert sweep["best"] == 0.5 and sweep["best_dice"] == pytest.approx(1.0)
     assert [r["threshold"] for r in sweep["table"]] == [0.3, 0.5, 0.7]
@@ -155,7 +158,7 @@ def test_cli_writes_table_summary_and_overlays(tmp_path, micro_bundle, capsys):
     assert "pass" in capsys.readouterr().out
     with open(out / "per_image.csv") as f:
         rows = list(csv.DictReader(f))
-    assert tuple(rows[0].keys()) == ev.COLUMNS
+    assert tuple(rows[0].keys()) == eval_scoring.COLUMNS
     assert len(rows) == 3 * 3  # 3 images x passes 0..2
     assert sorted({r["image"] for r in rows}) == ["im0", "im1", "im2"]
     assert [r["pass"] for r in rows[:3]] == ["0", "1", "2"]
@@ -165,7 +168,7 @@ def test_cli_writes_table_summary_and_overlays(tmp_path, micro_bundle, capsys):
     assert summary["output"]["pass"] == 2 and summary["threshold_source"] == "bundle"
     assert summary["layout"] == "custom" and summary["images"] == 3
     for agg in summary["passes"].values():
-        assert all(0.0 <= agg[m] <= 1.0 for m in ev.METRICS)
+        assert all(0.0 <= agg[m] <= 1.0 for m in eval_scoring.METRICS)
     # The output's mean is the mean of the final pass's rows.
     final = [float(r["dice"]) for r in rows if r["pass"] == "2"]
     assert summary["output"]["dice"] == pytest.approx(np.mean(final), abs=1e-5)
@@ -201,9 +204,9 @@ def test_deepcrack_layout_is_detected():
     from tests.conftest import shared_data
 
     root = shared_data("deepcrack")
-    items = ev.list_pairs(str(root), limit=2)
+    items = eval_data.list_pairs(str(root), limit=2)
     assert len(items) == 2 and "test_img" in items[0]["image"]
-    image, mask, valid = ev.load_item(items[0])
+    image, mask, valid = eval_data.load_item(items[0])
     assert image.shape == (3, 384, 544) and mask.shape == (384, 544) and 0 < mask.mean() < 0.2
 
 
@@ -211,7 +214,7 @@ def test_pooled_precision_of_an_empty_prediction_follows_the_per_image_conventio
     from samsp import metrics
 
     # nothing predicted, 30 target pixels: per-image precision is 0, and so is the pooled one
-    assert ev.pooled(0, 0, 30)["precision_pooled"] == 0.0
+    assert eval_scoring.pooled(0, 0, 30)["precision_pooled"] == 0.0
     assert float(metrics.precision(np.zeros((1, 8, 8), bool), np.ones((1, 8, 8), bool))[0]) == 0.0
-    assert ev.pooled(0, 0, 0)["precision_pooled"] == 1.0  # nothing to find, nothing found
-    assert ev.pooled(5, 5, 30)["precision_pooled"] == 0.5
+    assert eval_scoring.pooled(0, 0, 0)["precision_pooled"] == 1.0  # nothing to find, nothing found
+    assert eval_scoring.pooled(5, 5, 30)["precision_pooled"] == 0.5
