@@ -35,7 +35,8 @@ Evaluation (``jobs/evaluate.py`` functions): threshold chosen on the run's valid
 (tile = model input, overlap ``--eval-overlap``, cores stitched). Per arm: mean +- sample std,
 min/max and a 95 % t-interval over seeds. Results: ``<out>/ablation.json`` and
 ``<out>/ABLATION.md``; every run's record under ``<out>/runs/<arm>-s<seed>/`` (a rerun skips
-finished runs, so an interrupted ablation resumes).
+finished runs, so an interrupted ablation resumes). The in-process training steps (calibration,
+U-Net) are in ``bench/ablate_steps.py``, the report in ``bench/ablate_report.py``.
 """
 from __future__ import annotations
 
@@ -56,6 +57,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
+
+from bench.ablate_report import aggregate, headline, publish, write_md  # noqa: E402
+from bench.ablate_steps import _batches, _sam_step_fn, _unet_parts, measure_rate  # noqa: E402
 
 PROMPTS = {"box": "box", "mask": "mask", "boxmask": "box+mask", "points": "points"}
 
@@ -189,130 +193,6 @@ def schedule(steps: int, n_train: int, batch: int, max_epochs: int = 4) -> dict:
         plan = {"epochs": 1, "samples_per_item": 1, "steps": math.ceil(n_items / batch),
                 "limit_train_items": n_items}
     return plan
-
-
-# ============================================================================ calibration
-
-def _batches(ds, batch: int, rng: np.random.Generator):
-    import torch
-
-    epoch = 0
-    while True:
-        if hasattr(ds, "set_epoch"):
-            ds.set_epoch(epoch)  # fresh augmentation draws on every pass
-        epoch += 1
-        order = rng.permutation(len(ds))
-        for s in range(0, len(order) - batch + 1, batch):
-            items = [ds[int(i)] for i in order[s:s + batch]]
-            yield tuple(torch.stack(col) for col in zip(*items))
-
-
-def _sam_step_fn(cfg):
-    """One training step of jobs/train.py's loop (same model build, loss, optimiser, clipping)."""
-    import torch
-
-    from jobs.train_model import build_model, lr_lambda, param_groups, training_loss
-    from samsp.precision import autocast, resolve_precision
-    from samsp.preprocess import prepare_batch, prepare_targets
-
-    model = build_model(cfg)
-    size = model.image_size
-    mean = model.sam.pixel_mean.flatten().tolist()
-    std = model.sam.pixel_std.flatten().tolist()
-    opt = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
-                            betas=tuple(cfg.train.betas))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(1000, 10, cfg.train.min_lr_ratio))
-
-    precision = resolve_precision(cfg.train.precision, "cpu")  # as the run will train
-
-    def step(img, mask, valid):
-        x, _ = prepare_batch(img.numpy(), size, mean, std)
-        target, ok = prepare_targets(mask[:, 0].numpy(), size, valid[:, 0].numpy())
-        with autocast(precision, "cpu"):
-            out = model(x, valid=ok)
-        parts = training_loss(cfg, out, target, ok)
-        parts.total.backward()
-        if cfg.train.clip_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                           cfg.train.clip_grad_norm)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-    return step
-
-
-def measure_rate(step_fn, ds, batch: int, seconds: float, warmup: int = 2,
-                 min_steps: int = 3) -> dict:
-    """Optimizer steps per second of ``step_fn`` fed from ``ds`` (data loading included)."""
-    rng = np.random.default_rng(0)
-    batches = _batches(ds, batch, rng)
-    for _ in range(warmup):
-        step_fn(*next(batches))
-    t0 = time.perf_counter()
-    n = 0
-    while n < min_steps or time.perf_counter() - t0 < seconds:
-        step_fn(*next(batches))
-        n += 1
-    el = time.perf_counter() - t0
-    return {"steps": n, "seconds": round(el, 3), "steps_per_s": n / el}
-
-
-# ============================================================================ U-Net
-
-def build_unet(encoder: str):
-    try:
-        import segmentation_models_pytorch as smp
-    except ImportError:
-        raise SystemExit("the unet arm needs segmentation-models-pytorch "
-                         "(pip install segmentation-models-pytorch; benchmark-only)") from None
-    return smp.Unet(encoder, encoder_weights=None, encoder_depth=4,
-                    decoder_channels=(128, 64, 32, 16), in_channels=3, classes=1)
-
-
-def _unet_parts(args, cfg):
-    import torch
-
-    from jobs.train_model import lr_lambda, param_groups
-    from samsp.config import SAM_PIXEL_MEAN, SAM_PIXEL_STD
-    from samsp.loss import bce_loss, soft_dice_loss
-
-    mean = torch.tensor(SAM_PIXEL_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(SAM_PIXEL_STD).view(1, 3, 1, 1)
-
-    def prep(img):
-        return (img.float() - mean) / std
-
-    def make(total_steps: int):
-        model = build_unet(args.unet_encoder).train()
-        opt = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
-                                betas=tuple(cfg.train.betas))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(
-            total_steps, int(cfg.train.warmup_fraction * total_steps), cfg.train.min_lr_ratio))
-
-        def step(img, mask, valid):
-            # bf16 autocast (--unet-precision bf16) as the SAM arms train (train.precision auto);
-            # fp32 by default, as the earlier U-Net runs trained.
-            with torch.autocast("cpu", dtype=torch.bfloat16,
-                                enabled=args.unet_precision == "bf16"):
-                logits = model(prep(img)).float()
-            loss = soft_dice_loss(logits, mask, valid) + bce_loss(logits, mask, valid)
-            loss.backward()
-            if cfg.train.clip_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_grad_norm)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            return float(loss.detach())
-        return model, step
-
-    def forward_fn(model):
-        def forward(tiles):
-            with torch.inference_mode():
-                prob = torch.sigmoid(model(prep(torch.from_numpy(tiles))))[:, 0]
-            return prob[None].numpy().astype(np.float32)
-        return forward
-
-    return make, forward_fn
 
 
 # ============================================================================ evaluation
@@ -555,140 +435,6 @@ class Ablation:
         return self.save(name, seed, record)
 
 
-# ============================================================================ report
-
-def spread(values: list[float]) -> dict:
-    from scipy import stats
-
-    v = np.asarray([x for x in values if x is not None], dtype=np.float64)
-    out = {"n": int(len(v)), "mean": float(v.mean()) if len(v) else None}
-    if len(v) >= 2:
-        sd = float(v.std(ddof=1))
-        out.update(std=sd, min=float(v.min()), max=float(v.max()),
-                   ci95=float(stats.t.ppf(0.975, len(v) - 1) * sd / math.sqrt(len(v))))
-    elif len(v) == 1:
-        out.update(std=None, min=float(v[0]), max=float(v[0]), ci95=None)
-    return out
-
-
-def aggregate(results: dict[str, list[dict]]) -> dict:
-    arms = {}
-    for arm, runs in results.items():
-        ok = [r for r in runs if "error" not in r]
-        arms[arm] = {
-            "what": runs[0].get("what"), "seeds": [r["seed"] for r in ok],
-            "failed_seeds": [r["seed"] for r in runs if "error" in r],
-            "test_dice": spread([r["test"]["dice"] for r in ok]),
-            "test_dice_at_0.5": spread([r["test_at_0.5"]["dice"] for r in ok]),
-            "test_iou": spread([r["test"]["iou"] for r in ok]),
-            "test_precision": spread([r["test"]["precision"] for r in ok]),
-            "test_recall": spread([r["test"]["recall"] for r in ok]),
-            "test_tol_f1": spread([r["test"]["tol_f1"] for r in ok]),
-            "test_dice_pass0": spread([r["test_passes"]["0"]["dice"] for r in ok]),
-            "val_dice": spread([r["val_dice"] for r in ok]),
-            "threshold": spread([r["threshold"] for r in ok]),
-            "steps": [r.get("steps") for r in ok], "train_s": [r.get("train_s") for r in ok],
-            "source_arm": ok[0].get("source_arm") if ok else None,
-        }
-    return arms
-
-
-def headline(arms: dict, dataset: str) -> dict:
-    def mean(a):
-        return arms.get(a, {}).get("test_dice", {}).get("mean")
-
-    if dataset == "epfl":
-        return {"dice_roads_spsd": mean("spsd_box")}
-    out = {"dice_deepcrack_single": mean("single"), "dice_deepcrack_sp_box": mean("sp_box"),
-           "dice_deepcrack_spsd_box": mean("spsd_box"), "dice_deepcrack_unet": mean("unet")}
-    # The best prompt type is chosen on validation Dice (never on the test set it reports).
-    val = {a: arms[a]["val_dice"]["mean"] for a in arms
-           if a.startswith("spsd_") and arms[a]["val_dice"].get("mean") is not None}
-    if val:
-        best = max(val, key=val.get)
-        out["dice_deepcrack_spsd_best"] = mean(best)
-        out["dice_deepcrack_spsd_best_arm"] = best
-    return {k: v for k, v in out.items() if v is not None}
-
-
-def fmt(s: dict, digits: int = 4) -> str:
-    if not s or s.get("mean") is None:
-        return "-"
-    text = f"{s['mean']:.{digits}f}"
-    if s.get("std") is not None:
-        text += f" ± {s['std']:.{digits}f}"
-    return text
-
-
-def write_md(path: Path, report: dict) -> None:
-    st = report["settings"]
-    lines = [
-        f"# SAM-SP ablation on {st['dataset']}" + (" -- SMOKE RUN (not results)" if
-                                                   report["smoke"] else ""),
-        "",
-        f"- command: `{report['command']}`",
-        f"- date: {report['date']} (UTC); machine: {report['machine']}",
-        f"- budget per arm: {st['budget_s']} s of training (steps = budget x calibrated "
-        f"steps/s; measured train seconds below); seeds {st['seeds']}; model vit_tiny "
-        f"(full fine-tune, random init) through jobs/train.py with 1 worker; batch "
-        f"{st['batch_size']}, crop {st['crop']}; extra overrides {st['train_set'] or 'none'}",
-        f"- test: {report['test_images']} images of {st['test']}; sliding windows {st['crop']} "
-        f"px, overlap {st['eval_overlap']}, cores stitched; threshold chosen on the validation "
-        f"split ({st['val_limit'] or 'all'} images) by mean Dice",
-        "- cells: mean ± sample std over seeds (95 % t-interval half-widths in ablation.json)",
-    ]
-    if report["smoke"]:
-        lines += ["", "**Smoke run:** tiny budget and/or subsets of the data; it proves the "
-                  "driver works end to end. These numbers say nothing about the method."]
-    budget = st["budget_s"]
-    off = [f"{r['arm']} s{r['seed']} ({r['train_s']:.0f} s)" for rs in report["runs"].values()
-           for r in rs if r.get("kind") in ("sam", "unet") and r.get("train_s")
-           and abs(r["train_s"] / budget - 1) > 0.25]
-    if off:
-        lines += [f"- measured training time off the {budget:g} s budget by more than 25 %: "
-                  + ", ".join(off) + " (step rates were calibrated back to back before any "
-                  "training; other work on the machine and passive OpenMP waits "
-                  "(`bench/run_ablation.sh`) stretch the wall time -- the step counts, fixed "
-                  "from the calibration, are what is equal between arms)"]
-    if any(r.get("data_limit") for rs in report["runs"].values() for r in rs):
-        lines += ["- some runs trained on a limited item set (budget < one epoch): see "
-                  "`data_limit` in ablation.json"]
-    lines += ["", "| arm | what | seeds | steps | train s | test Dice | Dice @0.5 | pass-0 Dice "
-              "| IoU | precision | recall | tol-F1 (2 px) | val Dice | thr |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for arm, a in report["arms"].items():
-        steps = "/".join(str(s) for s in a["steps"])
-        secs = "/".join(f"{s:.0f}" for s in a["train_s"] if s is not None)
-        what = a["what"] + (f" ({a['source_arm']})" if a.get("source_arm") else "")
-        if a["failed_seeds"]:
-            what += f"; FAILED seeds {a['failed_seeds']}"
-        lines.append(
-            f"| {arm} | {what} | {len(a['seeds'])} | {steps} | {secs} | "
-            f"{fmt(a['test_dice'])} | {fmt(a['test_dice_at_0.5'])} | {fmt(a['test_dice_pass0'])} "
-            f"| {fmt(a['test_iou'])} | {fmt(a['test_precision'])} | {fmt(a['test_recall'])} | "
-            f"{fmt(a['test_tol_f1'])} | {fmt(a['val_dice'])} | {fmt(a['threshold'], 2)} |")
-    errors = [(r["arm"], r["seed"], r["error"]) for rs in report["runs"].values() for r in rs
-              if "error" in r]
-    if errors:
-        lines += ["", "Failures:", *[f"- {a} seed {s}: {e}" for a, s, e in errors]]
-    lines += ["", "Headline (ablation.json `headline`): " + (
-        json.dumps(report["headline"]) if report["headline"] else "none (smoke run)"), ""]
-    path.write_text("\n".join(lines))
-
-
-def publish(report: dict, md: Path, dataset: str) -> None:
-    """The report as a BENCHMARKS.md section (``python -m bench.merge_results`` merges it) and
-    its headline as ``bench/results_ablation_<dataset>.json``."""
-    bench = REPO / "bench"
-    text = md.read_text()
-    if text.startswith("# "):
-        text = "## " + text[2:]
-    (bench / f"ABLATION_{dataset.upper()}_RESULTS.md").write_text(text)
-    numbers = {k: v for k, v in report["headline"].items() if isinstance(v, (int, float))}
-    (bench / f"results_ablation_{dataset}.json").write_text(json.dumps(numbers, indent=2) + "\n")
-    log(f"published {len(numbers)} headline number(s) to bench/results_ablation_{dataset}.json")
-
-
 # ============================================================================ main
 
 def parse_args(argv=None):
@@ -829,7 +575,8 @@ def main(argv=None) -> int:
     log(f"wrote {ab.out / 'ablation.json'} and {ab.out / 'ABLATION.md'}"
         + (" (SMOKE: not results)" if smoke else ""))
     if args.publish:
-        publish(report, ab.out / "ABLATION.md", args.dataset)
+        n = publish(report, ab.out / "ABLATION.md", args.dataset)
+        log(f"published {n} headline number(s) to bench/results_ablation_{args.dataset}.json")
     return 0 if not any("error" in r for rs in results.values() for r in rs) else 1
 
 

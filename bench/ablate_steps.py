@@ -1,0 +1,132 @@
+"""The training steps bench/ablate.py measures and runs in-process: one SAM-SP step exactly as
+jobs/train.py's loop takes it (to calibrate each arm's step rate), the rate measurement itself,
+and the U-Net baseline's model, step and forward."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+# ============================================================================ calibration
+
+def _batches(ds, batch: int, rng: np.random.Generator):
+    import torch
+
+    epoch = 0
+    while True:
+        if hasattr(ds, "set_epoch"):
+            ds.set_epoch(epoch)  # fresh augmentation draws on every pass
+        epoch += 1
+        order = rng.permutation(len(ds))
+        for s in range(0, len(order) - batch + 1, batch):
+            items = [ds[int(i)] for i in order[s:s + batch]]
+            yield tuple(torch.stack(col) for col in zip(*items))
+
+
+def _sam_step_fn(cfg):
+    """One training step of jobs/train.py's loop (same model build, loss, optimiser, clipping)."""
+    import torch
+
+    from jobs.train_model import build_model, lr_lambda, param_groups, training_loss
+    from samsp.precision import autocast, resolve_precision
+    from samsp.preprocess import prepare_batch, prepare_targets
+
+    model = build_model(cfg)
+    size = model.image_size
+    mean = model.sam.pixel_mean.flatten().tolist()
+    std = model.sam.pixel_std.flatten().tolist()
+    opt = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
+                            betas=tuple(cfg.train.betas))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(1000, 10, cfg.train.min_lr_ratio))
+
+    precision = resolve_precision(cfg.train.precision, "cpu")  # as the run will train
+
+    def step(img, mask, valid):
+        x, _ = prepare_batch(img.numpy(), size, mean, std)
+        target, ok = prepare_targets(mask[:, 0].numpy(), size, valid[:, 0].numpy())
+        with autocast(precision, "cpu"):
+            out = model(x, valid=ok)
+        parts = training_loss(cfg, out, target, ok)
+        parts.total.backward()
+        if cfg.train.clip_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                           cfg.train.clip_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def measure_rate(step_fn, ds, batch: int, seconds: float, warmup: int = 2,
+                 min_steps: int = 3) -> dict:
+    """Optimizer steps per second of ``step_fn`` fed from ``ds`` (data loading included)."""
+    rng = np.random.default_rng(0)
+    batches = _batches(ds, batch, rng)
+    for _ in range(warmup):
+        step_fn(*next(batches))
+    t0 = time.perf_counter()
+    n = 0
+    while n < min_steps or time.perf_counter() - t0 < seconds:
+        step_fn(*next(batches))
+        n += 1
+    el = time.perf_counter() - t0
+    return {"steps": n, "seconds": round(el, 3), "steps_per_s": n / el}
+
+
+# ============================================================================ U-Net
+
+def build_unet(encoder: str):
+    try:
+        import segmentation_models_pytorch as smp
+    except ImportError:
+        raise SystemExit("the unet arm needs segmentation-models-pytorch "
+                         "(pip install segmentation-models-pytorch; benchmark-only)") from None
+    return smp.Unet(encoder, encoder_weights=None, encoder_depth=4,
+                    decoder_channels=(128, 64, 32, 16), in_channels=3, classes=1)
+
+
+def _unet_parts(args, cfg):
+    import torch
+
+    from jobs.train_model import lr_lambda, param_groups
+    from samsp.config import SAM_PIXEL_MEAN, SAM_PIXEL_STD
+    from samsp.loss import bce_loss, soft_dice_loss
+
+    mean = torch.tensor(SAM_PIXEL_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(SAM_PIXEL_STD).view(1, 3, 1, 1)
+
+    def prep(img):
+        return (img.float() - mean) / std
+
+    def make(total_steps: int):
+        model = build_unet(args.unet_encoder).train()
+        opt = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
+                                betas=tuple(cfg.train.betas))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(
+            total_steps, int(cfg.train.warmup_fraction * total_steps), cfg.train.min_lr_ratio))
+
+        def step(img, mask, valid):
+            # bf16 autocast (--unet-precision bf16) as the SAM arms train (train.precision auto);
+            # fp32 by default, as the earlier U-Net runs trained.
+            with torch.autocast("cpu", dtype=torch.bfloat16,
+                                enabled=args.unet_precision == "bf16"):
+                logits = model(prep(img)).float()
+            loss = soft_dice_loss(logits, mask, valid) + bce_loss(logits, mask, valid)
+            loss.backward()
+            if cfg.train.clip_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_grad_norm)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            return float(loss.detach())
+        return model, step
+
+    def forward_fn(model):
+        def forward(tiles):
+            with torch.inference_mode():
+                prob = torch.sigmoid(model(prep(torch.from_numpy(tiles))))[:, 0]
+            return prob[None].numpy().astype(np.float32)
+        return forward
+
+    return make, forward_fn
