@@ -59,7 +59,8 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 
 from bench.ablate_report import aggregate, headline, publish, write_md  # noqa: E402
-from bench.ablate_steps import _batches, _sam_step_fn, _unet_parts, measure_rate  # noqa: E402
+from bench.ablate_steps import (augmented_batches, measure_rate, sam_step_fn,  # noqa: E402
+                                unet_parts)
 
 PROMPTS = {"box": "box", "mask": "mask", "boxmask": "box+mask", "points": "points"}
 
@@ -287,9 +288,9 @@ class Ablation:
         ds = TrainDataset(plan, self.args.crop, cfg.augment.model_dump(), 0, 1, cache=True)
         torch.manual_seed(0)
         if arm["kind"] == "sam":
-            step = _sam_step_fn(cfg)
+            step = sam_step_fn(cfg)
         else:
-            make, _ = _unet_parts(self.args, cfg)
+            make, _ = unet_parts(self.args, cfg)
             _, step = make(1000)
         seconds = self.args.calib_s if self.args.calib_s is not None else \
             min(60.0, max(5.0, 0.05 * self.args.budget_s))
@@ -407,11 +408,11 @@ class Ablation:
         plan = self.plan(seed, limit)
         cfg = load_cfg(base_overrides(args, self.spec, seed))
         torch.manual_seed(seed)
-        make, forward_fn = _unet_parts(args, cfg)
+        make, forward_fn = unet_parts(args, cfg)
         model, step = make(target)
         ds = TrainDataset(plan, args.crop, cfg.augment.model_dump(), seed, 1, cache=True)
         rng = np.random.default_rng(seed)
-        batches = _batches(ds, min(args.batch_size, len(ds)), rng)
+        batches = augmented_batches(ds, min(args.batch_size, len(ds)), rng)
         log(f"{name} seed {seed}: {target} steps (in-process, {rate['steps_per_s']:.3f} steps/s)")
         t0 = time.perf_counter()
         losses = []

@@ -10,7 +10,8 @@ import numpy as np
 
 # ============================================================================ calibration
 
-def _batches(ds, batch: int, rng: np.random.Generator):
+def augmented_batches(ds, batch: int, rng: np.random.Generator):
+    """Endless stacked batches of ``ds``, reshuffled every pass (drop-last)."""
     import torch
 
     epoch = 0
@@ -24,7 +25,7 @@ def _batches(ds, batch: int, rng: np.random.Generator):
             yield tuple(torch.stack(col) for col in zip(*items))
 
 
-def _sam_step_fn(cfg):
+def sam_step_fn(cfg):
     """One training step of jobs/train.py's loop (same model build, loss, optimiser, clipping)."""
     import torch
 
@@ -62,7 +63,7 @@ def measure_rate(step_fn, ds, batch: int, seconds: float, warmup: int = 2,
                  min_steps: int = 3) -> dict:
     """Optimizer steps per second of ``step_fn`` fed from ``ds`` (data loading included)."""
     rng = np.random.default_rng(0)
-    batches = _batches(ds, batch, rng)
+    batches = augmented_batches(ds, batch, rng)
     for _ in range(warmup):
         step_fn(*next(batches))
     t0 = time.perf_counter()
@@ -86,7 +87,7 @@ def build_unet(encoder: str):
                     decoder_channels=(128, 64, 32, 16), in_channels=3, classes=1)
 
 
-def _unet_parts(args, cfg):
+def unet_parts(args, cfg):
     import torch
 
     from jobs.train_model import lr_lambda, param_groups

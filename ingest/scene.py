@@ -27,7 +27,7 @@ from rasterio.windows import Window
 
 from . import storage
 from .errors import BandError, EmptySceneError, MissingSceneError, NoCRSError
-from .scene_sources import _GdalSource, _looks_like_zarr, _s3_zarr_prefix, _ZarrSource
+from .scene_sources import GdalSource, ZarrSource, is_s3_zarr_prefix, looks_like_zarr
 from .tiling import window_bounds
 
 #: default bound on the pixels (per band) read to check emptiness and fit the radiometry.
@@ -102,7 +102,7 @@ class Scene:
 
     def _source(self):
         if self._src is None:
-            self._src = _GdalSource(self.uri) if self.kind == "gdal" else _ZarrSource(self.uri)
+            self._src = GdalSource(self.uri) if self.kind == "gdal" else ZarrSource(self.uri)
         return self._src
 
     def _resolve_bands(self, bands, src) -> tuple[int, ...]:
@@ -262,13 +262,13 @@ def open_scene(uri: str | os.PathLike, bands: Sequence[int] | int | None = None,
     uri = os.fspath(uri)
     if uri.startswith("/vsis3/"):
         uri = storage.to_s3_uri(uri)
-    if _looks_like_zarr(uri):
+    if looks_like_zarr(uri):
         scene = Scene(uri, "zarr", bands)
     else:
         try:
             scene = Scene(uri, "gdal", bands)
         except MissingSceneError:
-            if storage.is_s3(uri) and _s3_zarr_prefix(uri):
+            if storage.is_s3(uri) and is_s3_zarr_prefix(uri):
                 scene = Scene(uri, "zarr", bands)
             else:
                 raise

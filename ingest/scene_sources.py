@@ -90,7 +90,7 @@ def _gdal_read_error(uri: str, exc: BaseException) -> SceneError:
 # ------------------------------------------------------------------------------ sources
 
 
-class _GdalSource:
+class GdalSource:
     """A rasterio dataset (local path or /vsis3/), opened inside the GDAL/S3 environment."""
 
     def __init__(self, uri: str):
@@ -179,7 +179,7 @@ _BAND_DIM_NAMES = {"band", "bands", "channel", "channels", "c", "spectral_band"}
 _PREFERRED = ("band_data", "data", "image", "bands", "reflectance", "radiance")
 
 
-class _ZarrSource:
+class ZarrSource:
     """A 2-D ``[y, x]`` or 3-D ``[band, y, x]`` (or ``[y, x, band]`` by dimension names) array."""
 
     def __init__(self, uri: str):
@@ -311,7 +311,7 @@ def _as_number(value: Any) -> float | int:
     return value
 
 
-def _looks_like_zarr(uri: str) -> bool:
+def looks_like_zarr(uri: str) -> bool:
     s = uri.rstrip("/")
     if any(p.lower().endswith(".zarr") for p in s.split("/")):
         return True
@@ -320,7 +320,7 @@ def _looks_like_zarr(uri: str) -> bool:
     return False
 
 
-def _s3_zarr_prefix(uri: str) -> bool:
+def is_s3_zarr_prefix(uri: str) -> bool:
     try:
         fs, path = storage.fs_for(uri)
         return any(fs.exists(f"{path}/{m}") for m in ("zarr.json", ".zgroup", ".zarray"))
