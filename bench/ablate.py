@@ -111,8 +111,8 @@ def log(msg: str) -> None:
 
 def epfl_split(root: Path, out: Path, test_fraction: float = 0.2, seed: int = 20240823):
     """Fixed EPFL train/test split as symlink folders under ``out``; returns (trainval, test)."""
-    from jobs.eval_data import list_pairs
-    from jobs.train_data import split_items
+    from jobs.evaluation.data import list_pairs
+    from jobs.training.data import split_items
 
     items = list_pairs(str(root), "epfl")
     trainval, test = split_items(items, test_fraction, seed)
@@ -166,8 +166,8 @@ def arm_overrides(arm: dict) -> list[str]:
 
 
 def load_cfg(sets: list[str]):
-    from jobs.config import load_config
-    from jobs.train_config import TrainConfig
+    from jobs.runtime.config import load_config
+    from jobs.training.config import TrainConfig
 
     return load_config(TrainConfig, None, sets)
 
@@ -201,7 +201,7 @@ def schedule(steps: int, n_train: int, batch: int, max_epochs: int = 4) -> dict:
 def evaluate_run(args, forward, plan: dict, test_items: list[dict]) -> dict:
     """Threshold on validation (output pass), then test metrics of every pass."""
     from jobs import evaluate as ev
-    from jobs.sliding_window import SlidingWindow
+    from jobs.inference.sliding_window import SlidingWindow
 
     window = SlidingWindow(forward, args.crop, args.eval_overlap, "core", args.eval_batch)
     val_items = plan["val"][:args.val_limit] if args.val_limit else plan["val"]
@@ -239,7 +239,7 @@ class Ablation:
 
     # -- shared pieces
     def plan(self, seed: int, limit: int | None = None) -> dict:
-        from jobs.train_data import plan_data
+        from jobs.training.data import plan_data
 
         key = (seed, limit)
         if key not in self._plans:
@@ -249,7 +249,7 @@ class Ablation:
         return self._plans[key]
 
     def test_items(self) -> list[dict]:
-        from jobs.eval_data import list_pairs
+        from jobs.evaluation.data import list_pairs
 
         if self._test is None:
             t = self.spec["test"]
@@ -278,7 +278,7 @@ class Ablation:
             return self.calib[arm_name]
         import torch
 
-        from jobs.train_data import TrainDataset
+        from jobs.training.data import TrainDataset
 
         torch.set_num_threads(self.args.threads)
         arm = self.arms[arm_name]
@@ -360,7 +360,7 @@ class Ablation:
                     limit: int | None = None) -> dict:
         import torch
 
-        from jobs.sliding_window import bundle_forward
+        from jobs.inference.sliding_window import bundle_forward
         from samsp import load_bundle
 
         torch.set_num_threads(self.args.threads)
@@ -394,7 +394,7 @@ class Ablation:
     def run_unet(self, name: str, seed: int) -> dict:
         import torch
 
-        from jobs.train_data import TrainDataset
+        from jobs.training.data import TrainDataset
 
         args = self.args
         torch.set_num_threads(args.threads)

@@ -46,9 +46,9 @@ def train_step_fn(precision: str):
     import numpy as np
     import torch
 
-    from jobs.config import load_config
-    from jobs.train_model import build_model, param_groups, training_loss
-    from jobs.train_config import TrainConfig
+    from jobs.runtime.config import load_config
+    from jobs.training.model import build_model, param_groups, training_loss
+    from jobs.training.config import TrainConfig
     from samsp.precision import autocast, resolve_precision
     from samsp.preprocess import prepare_batch, prepare_targets
 

@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(target <= {RSS_TARGET_PCT:.0f} %)", flush=True)
 
         # 2. S3 vs local read throughput of the same COG
-        from jobs.local_s3 import start_s3_server
+        from jobs.local_stack.local_s3 import start_s3_server
 
         cog = synthetic.make_geotiff(os.path.join(root, "tp_cog.tif"), tp_size, tp_size, count=3,
                                      blocksize=512, compress="deflate", cog=True)

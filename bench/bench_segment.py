@@ -67,7 +67,7 @@ def make_crack_scene(path: Path, size: int) -> str:
     import rasterio.shutil
 
     from ingest import storage
-    from jobs.demo_scene import CrackScene, write_scene
+    from jobs.local_stack.demo_scene import CrackScene, write_scene
 
     if not path.exists():
         tmp = Path(storage.local_tempdir(prefix="samsp-bench-"))

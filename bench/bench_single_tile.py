@@ -26,7 +26,7 @@ from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-# as the job runs its model (jobs/model_preload.py import_model_code): spinning OpenMP waiters on a
+# as the job runs its model (jobs/inference/model_preload.py import_model_code): spinning OpenMP waiters on a
 # shared machine stall every parallel region, which would make the reference slower than the job
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -88,7 +88,7 @@ def _one_tile(bundle: str, scene: str, threads: int):
     sc = open_scene(scene)
     tile, overlap = tile_geometry(bundle)
     (t,) = list(TileGrid(sc.height, sc.width, tile, overlap))
-    from jobs.sweep_pipeline import boundless_crop
+    from jobs.crack_sweep.pipeline import boundless_crop
     from rasterio.windows import Window
 
     data, valid = sc.read(Window(0, 0, sc.width, sc.height))
@@ -148,7 +148,7 @@ and warm, OMP_WAIT_POLICY=PASSIVE like the job) ÷ the job's steady seconds (end
 write, COGs, vectors, stats) on that scene; target >= {TARGET}. "÷ pipeline" is the issue's literal
 definition (÷ the job's pipeline seconds: the finalize after the last tile is left out); the
 headline keys use the stricter steady time, the `_pipeline` keys the literal one. The local
-engine reads the bundle while the scenes are planned (jobs/model_preload.py), so its load sits in
+engine reads the bundle while the scenes are planned (jobs/inference/model_preload.py), so its load sits in
 "job total" (planning) rather than in steady/pipeline wherever planning takes longer. "auto" is the new layout (few
 batches: one lane/actor with every core as torch threads); "before" pins
 `predict.torch_threads=1` (one single-threaded lane: the layout before). vit_b: random weights

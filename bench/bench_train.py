@@ -39,9 +39,9 @@ from bench.common import log, machine  # noqa: E402
 # --------------------------------------------------------------------------- throughput
 
 def throughput(workers: int, epochs: int, storage: str) -> dict:
-    from jobs.config import load_config
+    from jobs.runtime.config import load_config
     from jobs.train import run
-    from jobs.train_config import TrainConfig
+    from jobs.training.config import TrainConfig
 
     cores = os.cpu_count() or 1
     cfg = load_config(TrainConfig, None, [

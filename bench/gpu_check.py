@@ -5,7 +5,7 @@ CI never has a GPU, so this is the check the first GPU machine runs. Each part r
 ``bench/results_gpu.json`` (and ``$OUT/results_gpu.json`` when ``OUT`` is set):
 
 * ``env``: torch/CUDA build, card, compute capability, driver, what ``precision: auto`` picks,
-  Ray's device check (``jobs.devices.worker_device``) passing (issue 19 items 1, 8).
+  Ray's device check (``jobs.runtime.devices.worker_device``) passing (issue 19 items 1, 8).
 * ``encoder``: vit_b image encoder at 1024², batch 4: seconds per image and TFLOP/s in fp32,
   bf16, bf16 + fused attention (and + ``torch.compile``), peak memory each (issue 15).
 * ``syncs``: host syncs inside one fused vit_b encoder forward and one SamSP K=1 forward
@@ -36,7 +36,7 @@ VIT_B_GFLOP = 972.0  # per 1024² image (torch.utils.flop_counter; BENCHMARKS.md
 def part_env() -> dict:
     import torch
 
-    from jobs.devices import worker_device
+    from jobs.runtime.devices import worker_device
     from samsp.gpu import nvidia_driver_version
     from samsp.precision import resolve_precision
 
@@ -166,7 +166,7 @@ def _job(cmd: list[str], timeout: int) -> dict:
 
 
 def part_segment(size: int = 4096) -> dict:
-    from jobs.demo_scene import CrackScene, write_scene
+    from jobs.local_stack.demo_scene import CrackScene, write_scene
 
     work = Path(tempfile.mkdtemp(prefix="samsp-gpu-"))
     scene = work / "crack.tif"

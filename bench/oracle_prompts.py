@@ -70,9 +70,9 @@ def oracle_forward(bundle, precision: str = "auto", box_fractions: list | None =
 
 
 def measure(uri: str, items: list[dict], overlap: int) -> dict:
-    from jobs.eval_data import load_item
-    from jobs.eval_scoring import score_image
-    from jobs.sliding_window import SlidingWindow
+    from jobs.evaluation.data import load_item
+    from jobs.evaluation.scoring import score_image
+    from jobs.inference.sliding_window import SlidingWindow
     from samsp import load_bundle
 
     bundle = load_bundle(uri)
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     import torch
 
     from bench.common import cpu_label
-    from jobs.eval_data import list_pairs
+    from jobs.evaluation.data import list_pairs
 
     torch.set_num_threads(args.threads)
     items = list_pairs(args.data, "deepcrack_test", limit=args.test_limit)

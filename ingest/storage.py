@@ -69,11 +69,15 @@ def gdal_path(uri: str | os.PathLike) -> str:
     return s
 
 
-def join(uri: str, *parts: str) -> str:
-    """Join path parts onto a local path or an s3:// URI."""
+def join(uri: str | os.PathLike, *parts: str) -> str:
+    """Join path parts onto a local path or an s3:// URI: the one path join of the project.
+
+    Parts lose their outer slashes, so ``join(out, "/x/")`` stays under ``out`` as ``out/x``.
+    """
+    clean = [p.strip("/") for p in parts]
     if is_s3(uri):
-        return posixpath.join(to_s3_uri(uri).rstrip("/"), *[p.strip("/") for p in parts])
-    return os.path.join(str(uri), *parts)
+        return posixpath.join(to_s3_uri(uri).rstrip("/"), *clean)
+    return posixpath.join(str(uri), *clean)
 
 
 def _endpoint_url() -> str | None:

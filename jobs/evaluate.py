@@ -5,8 +5,8 @@
     python jobs/evaluate.py --model BUNDLE --data ../shared/data/roads_epfl --layout epfl \\
         --sweep-on val --out out/eval/roads
 
-A single-process tool (plain torch, no Ray); its parts: jobs/eval_data.py (pairs, splits),
-jobs/sliding_window.py (whole-image inference), jobs/eval_scoring.py (metrics). For each
+A single-process tool (plain torch, no Ray); its parts: jobs/evaluation/data.py (pairs, splits),
+jobs/inference/sliding_window.py (whole-image inference), jobs/evaluation/scoring.py (metrics). For each
 image it runs the model over ``tile`` x ``tile`` sliding windows (``ingest.TileGrid``:
 overlapping read windows, cores that partition the image exactly) and stitches every pass's
 probability map, either by copying each window's core (``--stitch core``, what
@@ -43,10 +43,10 @@ if __package__ in (None, ""):  # `python jobs/evaluate.py`: make `import jobs` r
 
 import numpy as np  # noqa: E402
 
-from jobs.eval_data import (LAYOUTS, EvalError, detect_layout, list_pairs,  # noqa: E402
+from jobs.evaluation.data import (LAYOUTS, EvalError, detect_layout, list_pairs,  # noqa: E402
                             load_item, validation_items)
-from jobs.eval_scoring import COLUMNS, DEFAULT_TOLERANCE, aggregate, score_image  # noqa: E402
-from jobs.sliding_window import SlidingWindow, bundle_forward  # noqa: E402
+from jobs.evaluation.scoring import COLUMNS, DEFAULT_TOLERANCE, aggregate, score_image  # noqa: E402
+from jobs.inference.sliding_window import SlidingWindow, bundle_forward  # noqa: E402
 
 log = logging.getLogger("samsp.evaluate")
 

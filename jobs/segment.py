@@ -31,9 +31,9 @@ Exit code: 0 when every scene is ok/skipped, 1 when any scene failed (after all 
 Ray: embedded local Ray by default; ``RAY_ADDRESS`` (or ``ray.address``) joins a cluster, and
 ``ray job submit --working-dir . -- python jobs/segment.py ...`` works as is.
 
-This file is the driver's run; one scene's plan, rows and state are in jobs/segment_scene.py, the
-Ray Data and local engines in jobs/segment_engines.py, the Ray Data stages in
-jobs/segment_pipeline.py.
+This file is the driver's run; one scene's plan, rows and state are in jobs/segmentation/scene.py, the
+Ray Data and local engines in jobs/segmentation/engines.py, the Ray Data stages in
+jobs/segmentation/pipeline.py.
 """
 from __future__ import annotations
 
@@ -49,16 +49,19 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `jobs`, `ingest`, `samsp` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.config import (ConfigError, job_epilog, load_config, new_run_id, output_root,  # noqa: E402
+from jobs.runtime.config import (ConfigError, job_epilog, load_config, new_run_id, output_root,  # noqa: E402
                          parse_job_args)
-from jobs.segment_config import SegmentConfig  # noqa: E402
-from jobs.scene_status import StatusBoard  # noqa: E402
-from jobs.segment_manifest import join_uri, one_line, read_manifest  # noqa: E402
-from jobs.segment_engines import PROGRESS, TIMINGS, run_pipeline  # noqa: E402
-from jobs.segment_plan import assign_scene_ids, expand_inputs  # noqa: E402
-from jobs.segment_scene import (SceneState, plan_scene, read_bundle_meta,  # noqa: E402
-                                scene_error, scene_records, scene_row, scene_tiles, tile_geometry)
-from jobs.segment_stac_input import add_stac_args, open_stac_input, stac_overrides  # noqa: E402
+from jobs.segmentation.config import SegmentConfig  # noqa: E402
+from jobs.segmentation.status import StatusBoard  # noqa: E402
+from jobs.segmentation.index import read_manifest  # noqa: E402
+from jobs.runtime.messages import one_line  # noqa: E402
+from ingest import storage  # noqa: E402
+from jobs.segmentation.engines import PROGRESS, TIMINGS, run_pipeline  # noqa: E402
+from jobs.inputs.expand import expand_inputs  # noqa: E402
+from jobs.inputs.scene_ids import assign_scene_ids  # noqa: E402
+from jobs.segmentation.scene import (SceneState, plan_scene, read_bundle_meta,  # noqa: E402
+                                scene_records, scene_row, scene_tiles, tile_geometry)
+from jobs.segmentation.stac_input import add_stac_args, open_stac_input, stac_overrides  # noqa: E402
 from ingest.errors import StacSearchError  # noqa: E402
 
 log = logging.getLogger("samsp.segment")
@@ -104,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     preload = None
     if cfg.pipeline.engine == "local":
         # Import torch and samsp and read the bundle (~3 s here) while the scenes are planned.
-        from jobs.model_preload import ModelPreload
+        from jobs.inference.model_preload import ModelPreload
 
         preload = ModelPreload(args.model)
     # the index names earlier scenes (ids, legacy rows); each scene's status.json is its state
@@ -138,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         except Exception as err:  # noqa: BLE001 - one bad scene never stops the others
             return None, err
 
-    from jobs.segment_rows import TileRows, plan_in_parallel
+    from jobs.segmentation.rows import TileRows, plan_in_parallel
 
     planned = plan_in_parallel(inputs, plan_one, cfg.pipeline.plan_workers)
     for uri, (plan, err) in zip(inputs, planned):
@@ -154,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
             log.info("scene %s: skipped (running in run %s)", sid, plan.owner)
             continue
         if err is not None:
-            msg = scene_error(err)
+            msg = error_line(err, 300)
             results[sid] = {"id": sid, "input": uri, "status": "failed", "error": f"plan: {msg}",
                             "tiles": 0, "tiles_computed": 0, "pixels": 0, "seconds": 0.0,
                             "uncertain_tiles": [], "record": records[uri]}
@@ -174,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     TIMINGS.clear()
     TIMINGS["planned"] = time.perf_counter()
     rows = TileRows(scene_tiles(st.plan, cfg, meta.band_map) for st in states.values())
-    from jobs.segment_progress import Progress
+    from jobs.segmentation.progress import Progress
 
     PROGRESS[:] = [Progress(len(rows), sum(1 for st in states.values() if st.remaining))]
     pool = cf.ThreadPoolExecutor(max_workers=cfg.pipeline.finalize_workers,
@@ -189,15 +192,15 @@ def run(args: argparse.Namespace) -> int:
         futures[pool.submit(finalize, st)] = sid
 
     def finalize(st: SceneState) -> dict:
-        from jobs.segment_finalize import finalize_scene
-        from jobs.segment_record import promote
+        from jobs.segmentation.finalize import finalize_scene
+        from jobs.segmentation.record import promote
 
         extra = finalize_scene(st.plan, st.totals, cfg, threshold, args.model, st.computed,
                                time.perf_counter() - st.t_start)
         if st.plan.replaces:  # a whole, successful recomputation replaces the old outputs
             promote(st.plan.out_dir, st.plan.replaces, extra["outputs"])
         if cfg.output.stac:  # after promotion: the item describes the files where they stay
-            from jobs.segment_stac import write_scene_item
+            from jobs.segmentation.stac_output import write_scene_item
 
             write_scene_item(st.plan, extra["stats"], extra["outputs"], args.model, run_started,
                              source=stac_in.source(st.plan.input) if stac_in is not None else None)
@@ -220,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
             st.submitted = True
 
     # ---- collect
-    from jobs.manifest import IndexUpdater, rebuild
+    from jobs.segmentation.index import IndexUpdater, rebuild
 
     index = IndexUpdater(output, cfg.output.manifest_interval_s)
     for fut in cf.as_completed(list(futures)):
@@ -254,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
     rebuild(output)  # the index: every scene's status, this run's and any other's
     stac_error = ""
     if cfg.output.stac:  # collection.json + items.parquet over every item under the output
-        from jobs.segment_stac import publish
+        from jobs.segmentation.stac_output import publish
 
         stac_error = publish(output, cfg.output.stac_collection, len(stac_items))
     if stac_in is not None:
@@ -262,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
     total = len(inputs)
     ok = sum(1 for r in results.values() if r.get("status") == "ok")
     skipped = sum(1 for r in results.values() if r.get("status") == "skipped")
-    from jobs.segment_report import write_report
+    from jobs.segmentation.report import write_report
 
     try:  # the morning report; a report that cannot be written is no failed scene
         write_report(output, {"run_id": run_id, "started": run_started.isoformat(timespec="seconds"),
@@ -273,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
         log.warning("report.html: %s", one_line(err, 300))
     log.info("run %s done in %.1fs: %d ok, %d skipped, %d failed of %d; %d tile(s) computed; "
              "manifest %s, report %s", run_id, time.perf_counter() - t_job, ok, skipped, failed,
-             total, n_done, join_uri(output, "manifest.jsonl"), join_uri(output, "report.html"))
+             total, n_done, storage.join(output, "manifest.jsonl"), storage.join(output, "report.html"))
     t_end = time.perf_counter()
     secs = {"total": t_end - t_job, "plan": TIMINGS.get("planned", t_end) - t_job}
     if "ray_ready" in TIMINGS:
@@ -283,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
                     steady=t_end - TIMINGS["ray_ready"])
         if "first_tile" in TIMINGS:  # start-up inside "steady": actors/model up, first block done
             secs["first_tile"] = TIMINGS["first_tile"] - TIMINGS["ray_ready"]
-    from jobs.ray_utils import stop_ray
+    from jobs.runtime.ray_session import stop_ray
 
     stop_ray()
     print(json.dumps({"run_id": run_id, "ok": ok, "skipped": skipped, "failed": failed,
@@ -309,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
                                "s3://bucket/bundles/roads",
                                "ray job submit --working-dir . -- python jobs/segment.py ..."],
                               "configs/segment.yaml (every field with its default and meaning), "
-                              "jobs/segment_config.py, README.md 'Segmentation job'",
+                              "jobs/segmentation/config.py, README.md 'Segmentation job'",
                               {EXIT_OK: "every scene ok or skipped",
                                EXIT_FAILED: "a scene failed (all the others finished)",
                                EXIT_USAGE: "usage, config or model error before any scene ran"}),

@@ -11,7 +11,7 @@ driver stitches each photo's cores; as soon as a photo is complete a driver thre
 PNG, overlay thumbnail and record (``crack_metrics``: crack pixels, skeleton length, max/mean
 width, crack count; its centre-lines in ``features/<id>.parquet``). At the end:
 ``report.csv``/``report.parquet`` ranked by crack pixels, ``contact_sheet.png``, ``report.html``
-of the top findings and ``cracks.parquet`` (every image's centre-lines, ``jobs/sweep_features.py``). Layout: see ``jobs/sweep_report.py``.
+of the top findings and ``cracks.parquet`` (every image's centre-lines, ``jobs/crack_sweep/features.py``). Layout: see ``jobs/crack_sweep/report.py``.
 
 Rerun = skip photos whose record says ok (failed ones are retried); the report always covers every
 record under the output. Exit code 1 if any photo failed in this run (after all others), 2 for a
@@ -34,11 +34,12 @@ if __package__ in (None, ""):  # run as a script
 import numpy as np  # noqa: E402
 from pydantic import Field  # noqa: E402
 
-from jobs.config import (ConfigError, StrictModel, job_epilog, load_config,  # noqa: E402
+from jobs.runtime.config import (ConfigError, StrictModel, job_epilog, load_config,  # noqa: E402
                          new_run_id, output_root, parse_job_args)
-from jobs.segment_config import PredictConfig, RayConfig, TilingConfig  # noqa: E402
-from jobs.segment_manifest import join_uri, one_line  # noqa: E402
-from jobs.sweep_measure import MeasureConfig  # noqa: E402
+from jobs.segmentation.config import PredictConfig, RayConfig, TilingConfig  # noqa: E402
+from jobs.runtime.messages import one_line  # noqa: E402
+from ingest import storage  # noqa: E402
+from jobs.crack_sweep.measure import MeasureConfig  # noqa: E402
 
 log = logging.getLogger("samsp.sweep")
 
@@ -86,9 +87,9 @@ class SweepConfig(StrictModel):
 # --------------------------------------------------------------------------- records
 
 def read_records(output: str) -> dict[str, dict]:
-    from jobs.segment_plan import read_json_records
+    from jobs.runtime.records import read_json_records
 
-    return read_json_records(join_uri(output, "records"), lambda rec: rec["id"])
+    return read_json_records(storage.join(output, "records"), lambda rec: rec["id"])
 
 
 class Photo:
@@ -104,10 +105,10 @@ class Photo:
 
 def finalize_photo(ph: Photo, output: str, cfg: SweepConfig, run_id: str, sizes) -> dict:
     from ingest import Radiometry, open_scene, storage
-    from jobs.sweep_features import write_photo_features
-    from jobs.sweep_measure import physical_measurements
-    from jobs.sweep_pipeline import crack_measurements
-    from jobs.sweep_report import mask_png, overlay_thumb, record_json
+    from jobs.crack_sweep.features import write_photo_features
+    from jobs.crack_sweep.measure import physical_measurements
+    from jobs.crack_sweep.pipeline import crack_measurements
+    from jobs.crack_sweep.report import mask_png, overlay_thumb, record_json
 
     mask = ph.mask
     valid = mask != 255
@@ -117,19 +118,19 @@ def finalize_photo(ph: Photo, output: str, cfg: SweepConfig, run_id: str, sizes)
                                          [ln.width_max for ln in lines], mm, source, cfg.measure))
     write_photo_features(output, ph.id, lines)  # before the record: a done photo has them
     mask_rel, thumb_rel = f"masks/{ph.id}.png", f"thumbs/{ph.id}.jpg"
-    storage.write_bytes(join_uri(output, mask_rel), mask_png(mask))
+    storage.write_bytes(storage.join(output, mask_rel), mask_png(mask))
     with storage.gdal_env():
         scene = open_scene(ph.input, bands=cfg.input.bands, check_empty=False)
         thumb = overlay_thumb(scene, Radiometry.from_dict(ph.spec["radiometry"]), mask,
                               cfg.report.thumb_size, ph.spec.get("orientation", 1))
-    storage.write_bytes(join_uri(output, thumb_rel), thumb)
+    storage.write_bytes(storage.join(output, thumb_rel), thumb)
     rec = {"id": ph.id, "input": ph.input, "status": "ok", "error": "", **metrics,
            "width": ph.spec["width"], "height": ph.spec["height"], "tiles": ph.spec["tiles"],
            "orientation": ph.spec.get("orientation", 1),
            "mean_disagreement": float(np.mean(ph.disagreement)) if ph.disagreement else 0.0,
            "seconds": round(time.perf_counter() - ph.t0, 3), "mask": mask_rel, "thumb": thumb_rel,
            "run_id": run_id}
-    storage.write_bytes(join_uri(output, "records", f"{ph.id}.json"), record_json(rec))  # last
+    storage.write_bytes(storage.join(output, "records", f"{ph.id}.json"), record_json(rec))  # last
     return rec
 
 
@@ -143,10 +144,11 @@ def failed_record(ph: Photo, run_id: str) -> dict:
 # --------------------------------------------------------------------------- run
 
 def run(args: argparse.Namespace) -> int:
-    from jobs.segment_scene import read_bundle_meta, tile_geometry
-    from jobs.segment_plan import assign_scene_ids, expand_inputs
+    from jobs.segmentation.scene import read_bundle_meta, tile_geometry
+    from jobs.inputs.expand import expand_inputs
+    from jobs.inputs.scene_ids import assign_scene_ids
 
-    from jobs.sweep_measure import PixelSizes
+    from jobs.crack_sweep.measure import PixelSizes
 
     try:
         cfg = load_config(SweepConfig, args.config, args.overrides)
@@ -203,14 +205,14 @@ def run(args: argparse.Namespace) -> int:
             if ph.errors:
                 failed += 1
                 rec = failed_record(ph, run_id)
-                storage.write_bytes(join_uri(output, "records", f"{ph.id}.json"),
+                storage.write_bytes(storage.join(output, "records", f"{ph.id}.json"),
                                     json.dumps(rec).encode())
                 log.error("photo %s: FAILED: %s", ph.id, rec["error"])
             n_tiles += ph.spec.get("tiles", 0) if not ph.errors else 0
 
-    from jobs.sweep_features import write_sweep_features
-    from jobs.sweep_measure import remeasure_records
-    from jobs.sweep_report import write_report
+    from jobs.crack_sweep.features import write_sweep_features
+    from jobs.crack_sweep.measure import remeasure_records
+    from jobs.crack_sweep.report import write_report
 
     # records measured with another pixel size or other classes (an earlier run) are redone
     records = remeasure_records(output, read_records(output), sizes, cfg.measure)
@@ -221,8 +223,8 @@ def run(args: argparse.Namespace) -> int:
     write_sweep_features(output, list(records.values()), cfg.measure)
     log.info("sweep %s done in %.1fs: %d photo(s) segmented, %d failed; report %s (%d images, "
              "%d ok)", run_id, time.perf_counter() - t_job, len(todo) - failed, failed,
-             join_uri(output, "report.html"), summary["images"], summary["ok"])
-    from jobs.ray_utils import stop_ray
+             storage.join(output, "report.html"), summary["images"], summary["ok"])
+    from jobs.runtime.ray_session import stop_ray
 
     stop_ray()
     print(json.dumps({"run_id": run_id, "segmented": len(todo) - failed, "skipped": len(inputs) - len(todo),
@@ -234,10 +236,10 @@ def run_pipeline(photos, cfg, model_uri, threshold, tile, overlap, pool, futures
                  run_id, sizes) -> str:
     import ray
 
-    from jobs.ray_utils import init_ray
-    from jobs.segment_engines import ACTOR_MAX_RESTARTS, ray_resources
-    from jobs.segment_pipeline import Predictor
-    from jobs.sweep_pipeline import keep_mask_cores, read_photos
+    from jobs.runtime.ray_session import init_ray
+    from jobs.segmentation.engines import ACTOR_MAX_RESTARTS, ray_resources
+    from jobs.segmentation.pipeline import Predictor
+    from jobs.crack_sweep.pipeline import keep_mask_cores, read_photos
     from ingest.tiling import Tile
 
     mode = init_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus, include_dashboard=False)

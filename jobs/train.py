@@ -4,8 +4,8 @@
     ray job submit --working-dir . -- python jobs/train.py --config configs/train_deepcrack_cpu.yaml
 
 Plain ``python`` starts an embedded local Ray; under ``ray job submit`` (``RAY_ADDRESS`` set) the
-job joins the cluster (see ``jobs/ray_utils.py``). Fields: ``jobs/train_config.py``; the worker
-loop: ``jobs/train_worker.py``; model, checkpoint and loss helpers: ``jobs/train_model.py``.
+job joins the cluster (see ``jobs/runtime/ray_session.py``). Fields: ``jobs/training/config.py``; the worker
+loop: ``jobs/training/worker.py``; model, checkpoint and loss helpers: ``jobs/training/model.py``.
 
 What happens:
 
@@ -49,12 +49,12 @@ from typing import Any
 if __package__ in (None, ""):  # `python jobs/train.py`: make `import jobs` resolve to this repo
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.config import ConfigError, add_config_args, job_epilog, load_config  # noqa: E402
-from jobs.train_config import TrainConfig  # noqa: E402
-from jobs.train_data import DataError  # noqa: E402
-from jobs.train_model import (META_FILE, MODEL_FILE, STATE_FILE, TrainError,  # noqa: E402
+from jobs.runtime.config import ConfigError, add_config_args, job_epilog, load_config  # noqa: E402
+from jobs.training.config import TrainConfig  # noqa: E402
+from jobs.training.data import DataError  # noqa: E402
+from jobs.training.model import (META_FILE, MODEL_FILE, STATE_FILE, TrainError,  # noqa: E402
                               build_model, checkpoint_dir, load_model_state)
-from jobs.train_worker import train_loop_per_worker  # noqa: E402
+from jobs.training.worker import train_loop_per_worker  # noqa: E402
 
 log = logging.getLogger("samsp.train")
 
@@ -99,7 +99,7 @@ def _export_uri(cfg: TrainConfig) -> str | None:
 
 
 def _check_bucket(uri: str, what: str) -> None:
-    from jobs.train_data import _fs
+    from jobs.training.data import _fs
 
     bucket = uri[len("s3://"):].split("/", 1)[0]
     fs, _ = _fs(uri)
@@ -114,7 +114,7 @@ def _check_bucket(uri: str, what: str) -> None:
 
 def preflight(cfg: TrainConfig) -> dict:
     """Every check that can fail without Ray; returns the data plan and model facts."""
-    from jobs.train_data import check_item, plan_data
+    from jobs.training.data import check_item, plan_data
     from samsp import CheckpointError
 
     t0 = time.perf_counter()
@@ -148,7 +148,7 @@ def preflight(cfg: TrainConfig) -> dict:
 def _check_resources(cfg: TrainConfig, mode: str) -> None:
     import ray
 
-    from jobs.ray_utils import is_local_ray
+    from jobs.runtime.ray_session import is_local_ray
 
     need_cpu = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
     need_gpu = cfg.scaling.num_workers if cfg.scaling.use_gpu else 0
@@ -168,7 +168,7 @@ def _check_resources(cfg: TrainConfig, mode: str) -> None:
 
 
 def _write_json(uri: str, obj: Any) -> None:
-    from jobs.train_data import _fs
+    from jobs.training.data import _fs
 
     fs, path = _fs(uri)
     parent = path.rsplit("/", 1)[0]
@@ -210,7 +210,7 @@ def export_bundle(cfg: TrainConfig, ckpt_dir: str, uri: str, facts: dict, best: 
     model.eval()
     if "://" not in uri:
         return save_bundle(model, uri, meta).model_dump(mode="json")
-    from jobs.train_data import _fs
+    from jobs.training.data import _fs
 
     with tempfile.TemporaryDirectory(prefix="samsp-bundle-") as tmp:
         written = save_bundle(model, tmp, meta)
@@ -233,8 +233,8 @@ def run(cfg: TrainConfig) -> dict:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from jobs.ray_utils import init_ray, storage_filesystem, worker_env_vars
-    from jobs.train_backend import GpuCheckedTorchConfig
+    from jobs.runtime.ray_session import init_ray, storage_filesystem, worker_env_vars
+    from jobs.training.backend import GpuCheckedTorchConfig
 
     need_cpus = math.ceil(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)
     # Embedded runs are short and local: poll the workers more often than Ray Train's defaults
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
              "--set train.epochs=8 --set train.precision=bf16",
              "ray job submit --working-dir . -- python jobs/train.py "
              "--config configs/train_vit_b_lora_gpu.yaml"],
-            "jobs/train_config.py (every field, with comments) and README.md, "
+            "jobs/training/config.py (every field, with comments) and README.md, "
             "'Training job'",
             {0: "done (or stopped by train.stop_after_epochs)",
              1: "training failed",
@@ -367,6 +367,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # The worker loop lives in jobs.train_worker, so Ray pickles it by reference (workers import
+    # The worker loop lives in jobs.training.worker, so Ray pickles it by reference (workers import
     # it) even when this file runs as `__main__`.
     sys.exit(main())

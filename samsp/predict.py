@@ -59,7 +59,7 @@ class TilePredictor:
     def probabilities(self, images: np.ndarray, valid: np.ndarray | None = None
                       ) -> dict[str, torch.Tensor]:
         """As ``__call__``, but float32 ``[B,h,w]`` tensors left on the model's device (for
-        work that continues there, e.g. ``jobs/tile_encoding.py`` on CUDA)."""
+        work that continues there, e.g. ``jobs/inference/tile_encoding.py`` on CUDA)."""
         if images.ndim != 4:
             raise ValueError(f"expected tiles [B,C,h,w], got shape {images.shape}")
         tiles = images

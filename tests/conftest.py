@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.local_s3 import S3Server, start_s3_server
+from jobs.local_stack.local_s3 import S3Server, start_s3_server
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO.parent / "shared" / "data").resolve()

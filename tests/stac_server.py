@@ -10,7 +10,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jobs.local_s3 import _free_port, stop_session, venv_binary  # one way to run a server
+from jobs.local_stack.local_s3 import _free_port, stop_session, venv_binary  # one way to run a server
 
 
 def rustac_binary() -> str:

@@ -135,13 +135,13 @@ def _gpus(container: dict) -> int:
 
 def _validate_config(kind: str, yaml_text: str | None, overrides: list[str]) -> None:
     """Validate a config (YAML text and/or --set overrides) against the job's pydantic model."""
-    mod_name, cls_name = {"segment": ("jobs.segment_config", "SegmentConfig"),
-                          "train": ("jobs.train_config", "TrainConfig")}[kind]
+    mod_name, cls_name = {"segment": ("jobs.segmentation.config", "SegmentConfig"),
+                          "train": ("jobs.training.config", "TrainConfig")}[kind]
     try:
         import importlib
 
         model = getattr(importlib.import_module(mod_name), cls_name)
-        from jobs.config import parse_overrides, _set_dotted
+        from jobs.runtime.config import parse_overrides, _set_dotted
     except (ImportError, AttributeError) as exc:  # the job module is not there (yet)
         pytest.skip(f"{mod_name}.{cls_name} not importable: {exc}")
     tree = yaml.safe_load(yaml_text) if yaml_text else {}

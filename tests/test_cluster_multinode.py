@@ -295,7 +295,7 @@ def n_tiles(h: int, w: int) -> int:
 @pytest.mark.timeout(300)
 def test_segment_survives_losing_a_worker_node(cluster, tmp_path):
     from ingest.synthetic import make_geotiff
-    from jobs.segment_manifest import read_manifest
+    from jobs.segmentation.index import read_manifest
 
     t_start = time.monotonic()
     cluster.ensure_workers(2)  # (3 when this test runs first)

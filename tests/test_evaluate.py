@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jobs import eval_data, eval_scoring, sliding_window
+from jobs.evaluation import data as eval_data, scoring as eval_scoring
+from jobs.inference import sliding_window
 from jobs import evaluate as ev
 
 

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 # --------------------------------------------------------------------------- 1. no CUDA
 
 def test_gpu_worker_without_cuda_fails_with_one_line(monkeypatch):
-    import jobs.devices as devices
+    import jobs.runtime.devices as devices
 
     monkeypatch.setattr(devices, "ray_gpu_ids", lambda: ["0"])
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -47,8 +47,8 @@ def test_gpu_worker_without_cuda_fails_with_one_line(monkeypatch):
 
 
 def test_predictor_actor_given_a_gpu_without_cuda_does_not_start(monkeypatch, tmp_path):
-    import jobs.devices as devices
-    from jobs.segment_pipeline import Predictor
+    import jobs.runtime.devices as devices
+    from jobs.segmentation.pipeline import Predictor
     from tests.test_segment import make_bundle
 
     bundle = make_bundle(str(tmp_path / "bundle"))
@@ -59,7 +59,7 @@ def test_predictor_actor_given_a_gpu_without_cuda_does_not_start(monkeypatch, tm
 
 
 def test_zero_gpu_worker_hides_the_nodes_gpus(monkeypatch):
-    import jobs.devices as devices
+    import jobs.runtime.devices as devices
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     monkeypatch.setattr(devices, "ray_gpu_ids", lambda: [])
@@ -69,7 +69,7 @@ def test_zero_gpu_worker_hides_the_nodes_gpus(monkeypatch):
 
 
 def test_outside_ray_auto_follows_torch(monkeypatch):
-    import jobs.devices as devices
+    import jobs.runtime.devices as devices
 
     assert devices.ray_gpu_ids() is None  # this test process is no Ray worker
     monkeypatch.setattr(devices, "ray_gpu_ids", lambda: None)
@@ -103,7 +103,7 @@ def test_train_on_a_gpu_node_without_cuda_names_the_cause(tmp_path):
 # --------------------------------------------------------------------------- 2. GPUs not up yet
 
 def test_actor_gpus_kept_on_a_cluster_downgraded_only_locally():
-    from jobs.segment_engines import actor_gpus
+    from jobs.segmentation.engines import actor_gpus
 
     assert actor_gpus(1.0, 0.0, local=False) == 1.0   # autoscaled GPU nodes: not up yet
     assert actor_gpus(0.5, 0.0, local=False) == 0.5
@@ -117,9 +117,9 @@ def test_actor_gpus_kept_on_a_cluster_downgraded_only_locally():
 def test_ray_resources_on_a_cluster_without_gpus_yet(monkeypatch):
     import ray
 
-    from jobs.config import load_config
-    from jobs.segment_engines import ray_resources
-    from jobs.segment_config import SegmentConfig
+    from jobs.runtime.config import load_config
+    from jobs.segmentation.engines import ray_resources
+    from jobs.segmentation.config import SegmentConfig
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0})
     cfg = load_config(SegmentConfig, None, ["predict.num_gpus=1", "predict.num_actors=3"])
@@ -129,14 +129,14 @@ def test_ray_resources_on_a_cluster_without_gpus_yet(monkeypatch):
 
 
 def test_is_local_ray_modes():
-    from jobs.ray_utils import is_local_ray
+    from jobs.runtime.ray_session import is_local_ray
 
     assert is_local_ray("embedded") and not is_local_ray("cluster")
 
 
 @pytest.mark.ray
 def test_existing_ray_started_here_counts_as_local(ray_local):
-    from jobs.ray_utils import is_local_ray
+    from jobs.runtime.ray_session import is_local_ray
 
     assert is_local_ray("existing")  # the session fixture's ray.init(address="local")
 
@@ -146,8 +146,8 @@ def test_model_actor_pool_restarts_dead_actors(ray_local, tmp_path):
     """A fatal CUDA error ends the actor process (see 3.): the pool must restart it."""
     import ray
 
-    import jobs.segment_engines as segment
-    from jobs.segment_config import SegmentConfig
+    import jobs.segmentation.engines as segment
+    from jobs.segmentation.config import SegmentConfig
 
     seen: dict = {}
 
@@ -284,7 +284,7 @@ def predictor_bundle(tmp_path_factory):
 
 
 def test_predictor_out_of_memory_retries_in_halves(predictor_bundle, caplog):
-    from jobs.segment_pipeline import Predictor
+    from jobs.segmentation.pipeline import Predictor
 
     batch = _tile_batch(5)
     plain = Predictor(predictor_bundle, device="cpu", torch_threads=1).predict(batch)
@@ -304,7 +304,7 @@ def test_predictor_out_of_memory_retries_in_halves(predictor_bundle, caplog):
 
 
 def test_predictor_tiles_that_never_fit_fail_alone(predictor_bundle):
-    from jobs.segment_pipeline import Predictor
+    from jobs.segmentation.pipeline import Predictor
 
     actor = Predictor(predictor_bundle, device="cpu", torch_threads=1)
     actor.predictor = FakeOOM(actor.predictor, fits=0)
@@ -320,7 +320,7 @@ def test_predictor_tiles_that_never_fit_fail_alone(predictor_bundle):
     torch.AcceleratorError("CUDA error: unspecified launch failure"),
 ])
 def test_predictor_fatal_cuda_errors_propagate(predictor_bundle, error):
-    from jobs.segment_pipeline import Predictor
+    from jobs.segmentation.pipeline import Predictor
 
     def broken(*_):
         raise error
@@ -332,7 +332,7 @@ def test_predictor_fatal_cuda_errors_propagate(predictor_bundle, error):
 
 
 def test_other_errors_still_fail_only_their_tiles(predictor_bundle):
-    from jobs.segment_pipeline import Predictor
+    from jobs.segmentation.pipeline import Predictor
 
     def broken(*_):
         raise ValueError("bad tile")

@@ -58,7 +58,7 @@ def test_centerline_file_in_map_units(tmp_path):
 def test_output_polygons_is_refused_naming_vectors():
     from pydantic import ValidationError
 
-    from jobs.segment_config import OutputConfig, SegmentConfig
+    from jobs.segmentation.config import OutputConfig, SegmentConfig
 
     with pytest.raises(ValidationError, match="output.vectors"):
         SegmentConfig.model_validate({"output": {"polygons": True}})
@@ -66,7 +66,7 @@ def test_output_polygons_is_refused_naming_vectors():
 
 
 def test_vector_kinds():
-    from jobs.segment_vectors import VECTOR_FILES, vector_kinds
+    from jobs.segmentation.vectors import VECTOR_FILES, vector_kinds
 
     assert vector_kinds("auto", True) == ("polygons",) and vector_kinds("auto", False) == ()
     assert vector_kinds("both", False) == ("polygons", "centerlines")
@@ -80,8 +80,8 @@ def test_write_scene_vectors_lists_files(tmp_path):
     from affine import Affine
 
     from ingest import MaskWriter
-    from jobs.segment_config import SegmentConfig
-    from jobs.segment_vectors import write_scene_vectors
+    from jobs.segmentation.config import SegmentConfig
+    from jobs.segmentation.vectors import write_scene_vectors
 
     mask = crack(150, 180, 10, 20, 150, 5, 30)
     writer = MaskWriter(tmp_path / "m.zarr", chunk=32, height=150, width=180, crs="EPSG:32633",

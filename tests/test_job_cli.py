@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from jobs.config import ConfigError, closest_field, load_config
-from jobs.segment_config import SegmentConfig
-from jobs.train_config import TrainConfig
+from jobs.runtime.config import ConfigError, closest_field, load_config
+from jobs.segmentation.config import SegmentConfig
+from jobs.training.config import TrainConfig
 from tests.conftest import REPO
 
 

@@ -118,8 +118,8 @@ def test_pass_one_takes_the_given_prompt(sam):
 
 
 def test_prompt_pretraining_needs_a_prompted_model():
-    from jobs.config import ConfigError, load_config
-    from jobs.train_config import TrainConfig
+    from jobs.runtime.config import ConfigError, load_config
+    from jobs.training.config import TrainConfig
 
     with pytest.raises(ConfigError, match="prompt_pretraining needs model.iterations"):
         load_config(TrainConfig, None, ["train.prompt_pretraining=0.3", "model.iterations=0"])

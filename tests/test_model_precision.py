@@ -76,8 +76,8 @@ def test_fp32_predictor_runs_no_autocast_and_bf16_stays_close(bundle_dir):
 
 
 def test_the_old_bf16_training_field_names_its_replacement():
-    from jobs.config import ConfigError, load_config
-    from jobs.train_config import TrainConfig
+    from jobs.runtime.config import ConfigError, load_config
+    from jobs.training.config import TrainConfig
 
     with pytest.raises(ConfigError, match=r"train.*replaced by train\.precision"):
         load_config(TrainConfig, None, ["train.bf16=true"])

@@ -1,4 +1,4 @@
-"""The local engine reads the model while the scenes are planned (jobs/model_preload.py): the
+"""The local engine reads the model while the scenes are planned (jobs/inference/model_preload.py): the
 same model as a load in the engine, handed over once, and a bundle that cannot load still fails
 the job with the engine's own message."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import torch
 
-from jobs.model_preload import ModelPreload
+from jobs.inference.model_preload import ModelPreload
 from samsp import load_bundle
 from tests.test_segment_reruns import _bundle
 
@@ -54,7 +54,7 @@ def test_job_with_unloadable_weights_fails_with_the_bundle_error(tmp_path):
 def test_a_predictor_casts_a_bundle_passed_in_only_when_told_it_owns_it(tmp_path):
     """The local engine hands its preloaded Bundle over (own_bundle=True: weights cast once in
     bf16); any other caller's Bundle stays float32 and usable in fp32 afterwards."""
-    from jobs.segment_pipeline import Predictor
+    from jobs.segmentation.pipeline import Predictor
 
     bundle = load_bundle(_bundle(tmp_path / "model", 1))
     Predictor(bundle, device="cpu", precision="bf16")

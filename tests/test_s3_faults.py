@@ -118,7 +118,7 @@ def test_retry_mode_reaches_botocore_and_a_bad_one_is_named(monkeypatch):
 def test_retry_mode_config_field_is_checked():
     from pydantic import ValidationError
 
-    from jobs.segment_config import SegmentConfig
+    from jobs.segmentation.config import SegmentConfig
 
     assert SegmentConfig.model_validate({"storage": {"retry_mode": "standard"}}).storage.retry_mode \
         == "standard"

@@ -1,4 +1,4 @@
-"""Scene status objects, leases and the manifest index (jobs.scene_status, jobs.manifest,
+"""Scene status objects, leases and the manifest index (jobs.segmentation.status, jobs.manifest,
 ingest.versioned): compare-and-swap writes on local files and a real SeaweedFS, lease
 decisions, and an index rebuilt from the status objects that keeps older rows."""
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from ingest import storage, versioned
-from jobs.manifest import rebuild
-from jobs.scene_status import StatusBoard, live_lease_owner, read_statuses, status_uri
-from jobs.segment_manifest import read_manifest, write_manifest
+from jobs.segmentation.index import rebuild
+from jobs.segmentation.status import StatusBoard, live_lease_owner, read_statuses, status_uri
+from jobs.segmentation.index import read_manifest, write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 REC = {"threshold": 0.5}

@@ -25,7 +25,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from jobs.segment_plan import read_tile_records
+from jobs.segmentation.plan import read_tile_records
 from tests.processes import kill_session
 
 pytestmark = [pytest.mark.s3, pytest.mark.ray, pytest.mark.slow]
@@ -177,7 +177,7 @@ def _reference(scene, bundle: str, stretch: bool):
 
 
 def manifest_rows(output: str) -> dict:
-    from jobs.segment_manifest import read_manifest
+    from jobs.segmentation.index import read_manifest
 
     return read_manifest(output)
 

@@ -1,4 +1,4 @@
-"""Lanes × torch threads on CPU (jobs/segment_lanes.py): every core busy whatever the tile
+"""Lanes × torch threads on CPU (jobs/inference/lanes.py): every core busy whatever the tile
 count, and the same bytes whichever layout computed them."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from jobs.segment_lanes import Layout, actor_threads, cpu_layout, model_batches, spread_threads
+from jobs.inference.lanes import Layout, actor_threads, cpu_layout, model_batches, spread_threads
 
 
 def test_model_batches_edges():
@@ -55,9 +55,9 @@ def test_actor_threads_edges():
 
 
 def test_local_lanes_follow_the_tile_count():
-    from jobs.config import load_config
-    from jobs.segment_engines import local_lanes
-    from jobs.segment_config import SegmentConfig
+    from jobs.runtime.config import load_config
+    from jobs.segmentation.engines import local_lanes
+    from jobs.segmentation.config import SegmentConfig
 
     cfg = load_config(SegmentConfig, None, ["ray.num_cpus=4"])
     assert local_lanes(cfg, "cpu", 1) == (1, 4)
@@ -69,12 +69,12 @@ def test_local_lanes_follow_the_tile_count():
 def test_ray_actors_take_the_idle_cores_when_tiles_are_few(monkeypatch):
     import ray
 
-    from jobs.config import load_config
-    from jobs.segment_engines import ray_resources
-    from jobs.segment_config import SegmentConfig
+    from jobs.runtime.config import load_config
+    from jobs.segmentation.engines import ray_resources
+    from jobs.segmentation.config import SegmentConfig
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
-    monkeypatch.setattr("jobs.segment_engines.largest_node_cpus", lambda default: 2.0)
+    monkeypatch.setattr("jobs.segmentation.engines.largest_node_cpus", lambda default: 2.0)
     cfg = load_config(SegmentConfig, None, [])
     one = ray_resources(cfg, 1)
     assert one["actors"] == 1 and one["torch_threads"] == 2 and one["num_cpus"] <= 1.0

@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jobs.config import ConfigError, load_config
-from jobs.segment_config import SegmentConfig
-from jobs.segment_manifest import Manifest, read_manifest, write_manifest
-from jobs.segment_plan import assign_scene_ids, expand_inputs, read_tile_records, safe_stem
+from jobs.runtime.config import ConfigError, load_config
+from jobs.segmentation.config import SegmentConfig
+from jobs.segmentation.index import Manifest, read_manifest, write_manifest
+from jobs.inputs.expand import expand_inputs
+from jobs.inputs.scene_ids import assign_scene_ids, safe_stem
+from jobs.segmentation.plan import read_tile_records
 
 REPO = Path(__file__).resolve().parents[1]
 EXTS = SegmentConfig().input.extensions
@@ -170,7 +172,7 @@ def test_config_defaults_yaml_and_errors():
 
 
 def test_tile_geometry_defaults_to_bundle_size():
-    from jobs.segment_scene import tile_geometry
+    from jobs.segmentation.scene import tile_geometry
 
     assert tile_geometry(SegmentConfig(), 1024) == (1024, 128)
     cfg = load_config(SegmentConfig, None, ["tiling.tile=256", "tiling.overlap=64"])
@@ -192,7 +194,7 @@ def test_usage_errors_exit_2(tmp_path, capsys):
 
 def test_tile_statistics_on_the_core_only():
     from ingest import Tile
-    from jobs.segment_pipeline import tile_statistics
+    from jobs.segmentation.pipeline import tile_statistics
 
     prob = np.zeros((8, 8), np.float32)
     first = np.zeros((8, 8), np.float32)
@@ -217,8 +219,8 @@ def test_plan_scene_resume_state(tmp_path):
     """Tiles whose chunk *and* record exist are done; a chunk without its record is redone."""
     from ingest import MaskWriter
     from ingest.synthetic import make_geotiff
-    from jobs.segment_scene import plan_scene
-    from jobs.segment_pipeline import tile_record_uri
+    from jobs.segmentation.scene import plan_scene
+    from jobs.segmentation.pipeline import tile_record_uri
 
     src = make_geotiff(str(tmp_path / "s.tif"), 200, 230)
     cfg = SegmentConfig()
@@ -246,7 +248,7 @@ def test_plan_scene_resume_state(tmp_path):
 
 
 def test_many_band_scenes_ship_only_the_bands_the_model_reads():
-    from jobs.segment_scene import keep_bands
+    from jobs.segmentation.scene import keep_bands
 
     assert keep_bands(3, None) is None and keep_bands(1, None) is None
     assert keep_bands(13, None) == 3            # samsp keeps the first three
@@ -258,8 +260,8 @@ def test_pipeline_stages_in_process(tmp_path):
     """read -> predict -> write on plain numpy batches (what Ray Data hands the stages)."""
     from ingest import MaskWriter
     from ingest.synthetic import make_geotiff
-    from jobs.segment_scene import plan_scene, tile_rows
-    from jobs.segment_pipeline import PredictWriter, read_tiles, write_cores
+    from jobs.segmentation.scene import plan_scene, tile_rows
+    from jobs.segmentation.pipeline import PredictWriter, read_tiles, write_cores
     from tests.test_segment import make_bundle
 
     bundle = make_bundle(str(tmp_path / "bundle"))
@@ -305,7 +307,7 @@ def test_pipeline_stages_in_process(tmp_path):
 def test_actor_pool_sizing_leaves_cpus_for_reads(monkeypatch):
     import ray
 
-    from jobs.segment_engines import ray_resources
+    from jobs.segmentation.engines import ray_resources
 
     def sized(resources, *overrides, tiles=1000):
         monkeypatch.setattr(ray, "cluster_resources", lambda: resources)
@@ -326,7 +328,7 @@ def test_actor_pool_sizing_leaves_cpus_for_reads(monkeypatch):
 
 def test_actor_block_sizes():
     """Tiles per actor call: 2-4 model batches by pixel weight, fewer for small jobs, or fixed."""
-    from jobs.segment_engines import actor_block
+    from jobs.segmentation.engines import actor_block
 
     cfg = SegmentConfig()  # batch 8
     rgb256, rgb1024 = 3 * 256 * 256, 3 * 1024 * 1024
@@ -340,7 +342,7 @@ def test_actor_block_sizes():
 
 def test_local_engine_lanes():
     """CPU: one single-threaded lane per core (or predict.num_actors / ray.num_cpus); GPU: one."""
-    from jobs.segment_engines import local_lanes
+    from jobs.segmentation.engines import local_lanes
 
     cfg = load_config(SegmentConfig, None, [])
     assert local_lanes(cfg, "cpu") == (os.cpu_count() or 1, 1)

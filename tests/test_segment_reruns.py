@@ -182,7 +182,7 @@ def test_promote_replaces_the_old_outputs_whole(where, tmp_path, request):
     records and files replace the old ones (an output no longer made is removed); a store
     caught mid-swap on S3 has no root metadata, so it reads as absent, never as mixed."""
     from ingest import MaskWriter, storage
-    from jobs.segment_record import RECORD_KEY, STAGING, choose_store, promote, stored_record
+    from jobs.segmentation.record import RECORD_KEY, STAGING, choose_store, promote, stored_record
 
     if where == "s3":
         s3 = request.getfixturevalue("s3_env")

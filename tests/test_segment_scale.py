@@ -1,5 +1,5 @@
 """Scale (issue 16): planning hundreds of scenes keeps the driver's memory per scene, never per tile
--- the tile rows are per-scene ranges expanded on demand (jobs/segment_rows.py)."""
+-- the tile rows are per-scene ranges expanded on demand (jobs/segmentation/rows.py)."""
 from __future__ import annotations
 
 import tracemalloc
@@ -7,7 +7,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from jobs.segment_config import SegmentConfig
+from jobs.segmentation.config import SegmentConfig
 
 
 def write_scenes(folder, n: int) -> list[str]:
@@ -30,8 +30,8 @@ def write_scenes(folder, n: int) -> list[str]:
 def plan_and_rows(inputs, output, cfg):
     """What run() does before the pipeline: plan every scene (bounded threads), keep its state,
     build the rows. Returns (states, rows, tracemalloc peak bytes)."""
-    from jobs.segment_scene import SceneState, plan_scene, scene_tiles
-    from jobs.segment_rows import TileRows, plan_in_parallel
+    from jobs.segmentation.scene import SceneState, plan_scene, scene_tiles
+    from jobs.segmentation.rows import TileRows, plan_in_parallel
 
     tracemalloc.start()
     try:
@@ -68,7 +68,7 @@ def test_planning_many_scenes_keeps_memory_per_scene(tmp_path):
 
 def test_tile_rows_expand_lazily_and_in_order():
     from ingest import TileGrid
-    from jobs.segment_rows import TileRows
+    from jobs.segmentation.rows import TileRows
 
     grid = TileGrid(64, 64, 32, 4)
     rows = TileRows([("a", "{}", grid, range(9)), ("empty", "{}", grid, range(0)),

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from jobs.segment_stats import ExactSum, TileTotals, uncertain_row
+from jobs.segmentation.stats import ExactSum, TileTotals, uncertain_row
 
 
 def _records(n: int, seed: int) -> dict:

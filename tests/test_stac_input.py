@@ -16,8 +16,8 @@ from rasterio.windows import Window
 
 from ingest import open_scene, storage
 from ingest.errors import StacItemError, StacSearchError
-from ingest.stac_assets import item_scene_uri, select_assets, stack_vrt
-from ingest.stac_search import StacQuery, find_items, parse_interval
+from ingest.stac.assets import item_scene_uri, select_assets, stack_vrt
+from ingest.stac.search import StacQuery, find_items, parse_interval
 from tests.stac_server import start_stac_server
 
 pytestmark = [pytest.mark.s3]
@@ -114,7 +114,7 @@ def test_filter_falls_back_to_client_side_with_one_log_line(catalog, caplog):
 
 
 def test_unreachable_or_missing_source_is_a_search_error(tmp_path):
-    from jobs.local_s3 import _free_port
+    from jobs.local_stack.local_s3 import _free_port
 
     with pytest.raises(StacSearchError, match="unreachable"):
         find_items(f"http://127.0.0.1:{_free_port()}", StacQuery())

@@ -35,7 +35,7 @@ def run_job(output, model, args, env, timeout=300):
 
 
 def rows(output) -> dict:
-    from jobs.segment_manifest import read_manifest
+    from jobs.segmentation.index import read_manifest
 
     return read_manifest(str(output))
 
@@ -151,7 +151,7 @@ def test_result_item_derives_from_the_source_item(nightly):
 
 
 def test_unreachable_api_or_catalog_exits_2_before_any_work(bundle, env, tmp_path):
-    from jobs.local_s3 import _free_port
+    from jobs.local_stack.local_s3 import _free_port
 
     for source, reason in ((f"http://127.0.0.1:{_free_port()}", "unreachable"),
                            (str(tmp_path / "missing.json"), "unreadable")):
@@ -213,7 +213,7 @@ def test_since_last_run_takes_only_new_items_and_retries_a_failed_window(bundle,
 
 
 def test_since_last_run_window_and_lookback(tmp_path):
-    from jobs.segment_stac_input import since_last_run, window_uri
+    from jobs.segmentation.stac_input import since_last_run, window_uri
 
     now = dt.datetime(2026, 6, 2, 2, 0, tzinfo=UTC)
     assert since_last_run(str(tmp_path), now, 0) == "../2026-06-02T02:00:00Z"
@@ -222,9 +222,9 @@ def test_since_last_run_window_and_lookback(tmp_path):
 
 
 def test_since_last_run_with_max_items_takes_the_oldest_and_continues_after_them(tmp_path):
-    from jobs.config import load_config
-    from jobs.segment_config import SegmentConfig
-    from jobs.segment_stac_input import open_stac_input
+    from jobs.runtime.config import load_config
+    from jobs.segmentation.config import SegmentConfig
+    from jobs.segmentation.stac_input import open_stac_input
 
     days = [MAY1 + dt.timedelta(days=d) for d in (3, 1, 2)]  # served in no particular order
     _catalog(tmp_path / "items.json", [_item(f"d{i}", when, 15.0, {}) for i, when in enumerate(days)])

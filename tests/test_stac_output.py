@@ -168,7 +168,7 @@ def test_failed_scene_keeps_its_previous_item_and_skip_runs_leave_the_catalog(re
 
 def test_item_of_a_crs_without_exact_code_has_wkt2(tmp_path):
     from ingest import MaskWriter
-    from ingest.stac_items import SceneResult, result_item
+    from ingest.stac.items import SceneResult, result_item
 
     crs = CRS.from_user_input("+proj=utm +zone=18 +ellps=intl +towgs84=-87,-98,-121,0,0,0,0 +units=m")
     transform = Affine(10, 0, 300000, 0, -10, 500000)
@@ -189,8 +189,8 @@ def test_catalog_on_s3(s3_env, tmp_path):
     import uuid
 
     from ingest import MaskWriter, storage
-    from ingest.stac_catalog import publish_catalog, write_item
-    from ingest.stac_items import SceneResult, SourceItem, result_item
+    from ingest.stac.catalog import publish_catalog, write_item
+    from ingest.stac.items import SceneResult, SourceItem, result_item
 
     out = f"s3://{s3_env.bucket}/stac-{uuid.uuid4().hex[:8]}"
     transform = Affine(10, 0, 500000, 0, -10, 4000000)
@@ -208,7 +208,7 @@ def test_catalog_on_s3(s3_env, tmp_path):
         run_datetime=dt.datetime.now(dt.timezone.utc), source=source)))
     published = publish_catalog(out, "results")
     assert published.item_ids == ("a",)
-    from ingest.stac_io import StorageStacIO
+    from ingest.stac.io import StorageStacIO
 
     collection = pystac.Collection.from_file(f"{out}/collection.json", stac_io=StorageStacIO())
     item, = collection.get_items()

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from jobs.sweep_pipeline import boundless_crop, crack_metrics, zhang_suen_thinning
-from jobs.sweep_report import downsample_any, ranked_table
+from jobs.crack_sweep.pipeline import boundless_crop, crack_metrics, zhang_suen_thinning
+from jobs.crack_sweep.report import downsample_any, ranked_table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -126,8 +126,8 @@ def test_photos_are_read_and_thumbnailed_as_viewers_show_them(tmp_path):
     from PIL import Image
 
     from ingest import Radiometry, open_scene
-    from jobs.sweep_pipeline import read_photos
-    from jobs.sweep_report import overlay_thumb
+    from jobs.crack_sweep.pipeline import read_photos
+    from jobs.crack_sweep.report import overlay_thumb
 
     stored = np.zeros((40, 100, 3), np.uint8)
     stored[:4, :10] = 255  # a bright patch top-left of the stored grid

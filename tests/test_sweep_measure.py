@@ -1,4 +1,4 @@
-"""The sweep's crack sizes in mm and width classes (jobs/sweep_measure.py, ``measure:``)."""
+"""The sweep's crack sizes in mm and width classes (jobs/crack_sweep/measure.py, ``measure:``)."""
 from __future__ import annotations
 
 import logging
@@ -6,11 +6,11 @@ import logging
 import numpy as np
 import pytest
 
-from jobs.config import ConfigError, load_config
+from jobs.runtime.config import ConfigError, load_config
 from jobs.sweep import SweepConfig
-from jobs.sweep_measure import (MeasureConfig, PixelSizes, physical_measurements,
+from jobs.crack_sweep.measure import (MeasureConfig, PixelSizes, physical_measurements,
                                 read_pixel_size_csv, remeasure_records, width_class)
-from jobs.sweep_pipeline import crack_measurements
+from jobs.crack_sweep.pipeline import crack_measurements
 from tests.test_ingest_centerlines import crack
 
 
@@ -133,8 +133,8 @@ def test_config_errors_name_the_field():
 def test_report_shows_mm_and_each_findings_class(tmp_path):
     import pandas as pd
 
-    from jobs.sweep_features import write_photo_features
-    from jobs.sweep_report import record_json, write_report
+    from jobs.crack_sweep.features import write_photo_features
+    from jobs.crack_sweep.report import record_json, write_report
 
     names = ["hairline", "fine", "wide"]
     m = crack(200, 500, 20, 30, 300, 1, 0) | crack(200, 500, 20, 90, 200, 5, 0)
@@ -159,7 +159,7 @@ def test_report_shows_mm_and_each_findings_class(tmp_path):
 
     import geopandas as gpd
 
-    from jobs.sweep_features import write_sweep_features
+    from jobs.crack_sweep.features import write_sweep_features
 
     assert write_sweep_features(str(tmp_path), [rec, plain], cfg) == 2  # b has no features file
     lines = gpd.read_parquet(tmp_path / "cracks.parquet").sort_values("max_width")

@@ -1,4 +1,4 @@
-"""The CUDA path's per-tile outputs (jobs/tile_encoding.py) equal the numpy path's: the same
+"""The CUDA path's per-tile outputs (jobs/inference/tile_encoding.py) equal the numpy path's: the same
 uint8 probability/mask bytes and the same statistics (checked here on CPU tensors)."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.segment_pipeline import MASK_NODATA, PROB_NODATA, encode_prob, tile_statistics
-from jobs.tile_encoding import encode_tiles
+from jobs.segmentation.pipeline import MASK_NODATA, PROB_NODATA, encode_prob, tile_statistics
+from jobs.inference.tile_encoding import encode_tiles
 
 
 def test_device_encoding_equals_the_numpy_path():
@@ -39,7 +39,7 @@ def test_the_predictor_gpu_branch_gives_the_cpu_outputs(monkeypatch, tmp_path):
     import json
 
     from ingest.tiling import TileGrid
-    from jobs.segment_pipeline import Predictor
+    from jobs.segmentation.pipeline import Predictor
     from samsp import SamSP, build_sam, save_bundle
 
     torch.manual_seed(0)

@@ -43,8 +43,8 @@ def test_train_checkpoints_to_s3_resumes_and_exports_bundle(s3_env, tmp_path):
     import torch
     from safetensors.torch import load as load_safetensors
 
-    from jobs.train_model import weights_fingerprint
-    from jobs.train_data import synth_item
+    from jobs.training.model import weights_fingerprint
+    from jobs.training.data import synth_item
     from samsp import load_bundle
     from samsp.predict import TilePredictor
 

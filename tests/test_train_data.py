@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jobs.config import ConfigError, load_config
-from jobs.train_config import TrainConfig
-from jobs.train_augment import augment, crop_window
-from jobs.train_data import (DataError, ItemLoader, TrainDataset, plan_data, split_items, synth_item,
+from jobs.runtime.config import ConfigError, load_config
+from jobs.training.config import TrainConfig
+from jobs.training.augment import augment, crop_window
+from jobs.training.data import (DataError, ItemLoader, TrainDataset, plan_data, split_items, synth_item,
                              tile_image, untile)
 from tests.conftest import shared_data
 

@@ -9,10 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from jobs import train, train_model, train_worker
+from jobs import train
+from jobs.training import model as train_model, worker as train_worker
 from tests.conftest import REPO
-from jobs.config import load_config
-from jobs.train_config import TrainConfig
+from jobs.runtime.config import load_config
+from jobs.training.config import TrainConfig
 
 
 def _cfg(tmp_path, *sets):
@@ -85,7 +86,7 @@ def test_full_mode_checkpoints_everything_and_lr_schedule(tmp_path):
 
 
 def test_storage_and_ray_helpers(monkeypatch, tmp_path):
-    from jobs import ray_utils
+    from jobs.runtime import ray_session as ray_utils
 
     path, fs = ray_utils.storage_filesystem(str(tmp_path / "x"))
     assert fs is None and os.path.isabs(path)
@@ -123,7 +124,7 @@ def test_embedded_ray_workers_inherit_the_environment_and_reuse_prestarted_worke
         os.environ["RAY_AUTH_MODE"] = "disabled"
         os.environ["AWS_SAMSP_TEST_LATE"] = "set-after-start"
         import psutil, ray
-        from jobs.ray_utils import init_ray
+        from jobs.runtime.ray_session import init_ray
         assert init_ray(None, num_cpus=2, include_dashboard=False) == "embedded"
         assert "RAY_API_SERVER_ADDRESS" not in os.environ  # restored after start
         deadline = time.time() + 20

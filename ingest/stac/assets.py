@@ -1,0 +1,148 @@
+"""Turn one STAC item into one scene: pick its assets, stack single-band assets as a GDAL VRT.
+
+Assets are named by key (``visual``, ``B04``) or by common band name (``red``, ``green``,
+``blue``, ``nir``, read from ``eo:bands`` or STAC 1.1 ``bands``), in the order given. One asset
+is the scene itself; several are stacked into a VRT -- a small XML file that points at them
+(nothing is copied) -- on the grid of the finest one, coarser bands resampled by GDAL. Each
+problem is a :class:`ingest.errors.StacItemError` naming the item: a requested asset that is
+missing, an href that does not open as a raster, assets in different CRSs.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from xml.sax.saxutils import escape
+
+import numpy as np
+import pystac
+
+from .. import storage
+from ..errors import StacItemError
+
+
+@dataclass(frozen=True)
+class ItemAssets:
+    """The hrefs (GDAL-openable: /vsis3/, /vsicurl/ or a path) chosen from one item, in order."""
+
+    item_id: str
+    keys: tuple[str, ...]
+    hrefs: tuple[str, ...]
+
+
+def _common_names(asset: pystac.Asset) -> set[str]:
+    bands = asset.extra_fields.get("eo:bands") or asset.extra_fields.get("bands") or []
+    names = set()
+    for band in bands:
+        if isinstance(band, dict):
+            for key in ("common_name", "eo:common_name", "name"):
+                if band.get(key):
+                    names.add(str(band[key]).lower())
+    return names
+
+
+def gdal_href(href: str) -> str:
+    if href.startswith(("http://", "https://")):
+        return "/vsicurl/" + href
+    if href.startswith("file://"):
+        return href[len("file://"):]
+    return storage.gdal_path(href)
+
+
+def select_assets(item: pystac.Item, wanted: tuple[str, ...]) -> ItemAssets:
+    """The assets ``wanted`` (keys or common band names) of ``item``, or StacItemError."""
+    keys, hrefs = [], []
+    for name in wanted:
+        key = name if name in item.assets else next(
+            (k for k, a in item.assets.items() if name.lower() in _common_names(a)), None)
+        if key is None:
+            raise StacItemError(f"item {item.id}: no asset {name!r} (has {', '.join(sorted(item.assets))})")
+        keys.append(key)
+        hrefs.append(gdal_href(item.assets[key].get_absolute_href() or item.assets[key].href))
+    return ItemAssets(item.id, tuple(keys), tuple(hrefs))
+
+
+@dataclass(frozen=True)
+class _Source:
+    href: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: object
+    transform: object
+    nodata: float | None
+
+
+def _open(item_id: str, key: str, href: str) -> _Source:
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    try:
+        with storage.gdal_env(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(href) as ds:
+                return _Source(href, ds.width, ds.height, ds.count, ds.dtypes[0], ds.crs,
+                               ds.transform, ds.nodata)
+    except Exception as err:  # noqa: BLE001 - 404, not a raster, refused
+        line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise StacItemError(f"item {item_id}: asset {key!r} ({href}) is not a readable raster: "
+                            f"{line}") from None
+
+
+def stack_vrt(assets: ItemAssets, resampling: str = "bilinear") -> str | None:
+    """VRT XML stacking ``assets`` band by band on the finest grid (None: one asset, use it)."""
+    from rasterio.dtypes import _gdal_typename
+
+    sources = [_open(assets.item_id, k, h) for k, h in zip(assets.keys, assets.hrefs)]
+    if len(sources) == 1:
+        return None
+    crss = {s.crs.to_wkt() if s.crs else None for s in sources}
+    if len(crss) > 1:
+        raise StacItemError(f"item {assets.item_id}: assets {', '.join(assets.keys)} are in "
+                            f"different CRSs; reproject them first")
+    finest = min(sources, key=lambda s: abs(s.transform.a * s.transform.e))
+    grid = finest.transform
+    dtype = np.result_type(*[np.dtype(s.dtype) for s in sources])
+    lines = [f'<VRTDataset rasterXSize="{finest.width}" rasterYSize="{finest.height}">']
+    if finest.crs is not None:
+        lines.append(f"  <SRS>{escape(finest.crs.to_wkt())}</SRS>")
+    lines.append("  <GeoTransform>" + ", ".join(repr(float(v)) for v in grid.to_gdal())
+                 + "</GeoTransform>")
+    band = 0
+    for src in sources:
+        # where this source lands on the finest grid (same CRS: an axis-aligned rectangle)
+        col0, row0 = ~grid * (src.transform.c, src.transform.f)
+        col1, row1 = ~grid * (src.transform * (src.width, src.height))
+        for b in range(1, src.count + 1):
+            band += 1
+            lines.append(f'  <VRTRasterBand dataType="{_gdal_typename(dtype.name)}" band="{band}">')
+            if src.nodata is not None:
+                lines.append(f"    <NoDataValue>{src.nodata!r}</NoDataValue>")
+            lines += [f'    <ComplexSource resampling="{resampling}">',
+                      f'      <SourceFilename relativeToVRT="0">{escape(src.href)}</SourceFilename>',
+                      f"      <SourceBand>{b}</SourceBand>",
+                      f'      <SrcRect xOff="0" yOff="0" xSize="{src.width}" ySize="{src.height}"/>',
+                      f'      <DstRect xOff="{col0!r}" yOff="{row0!r}" xSize="{col1 - col0!r}" '
+                      f'ySize="{row1 - row0!r}"/>']
+            if src.nodata is not None:
+                lines.append(f"      <NODATA>{src.nodata!r}</NODATA>")
+            lines += ["    </ComplexSource>", "  </VRTRasterBand>"]
+    lines.append("</VRTDataset>")
+    return "\n".join(lines) + "\n"
+
+
+def item_scene_uri(assets: ItemAssets, vrt_uri: str, resampling: str = "bilinear") -> str:
+    """What ``open_scene`` opens for the item: its one asset, or a VRT written at ``vrt_uri``."""
+    xml = stack_vrt(assets, resampling)
+    if xml is None:
+        return storage.to_s3_uri(assets.hrefs[0]) if assets.hrefs[0].startswith("/vsis3/") \
+            else assets.hrefs[0]
+    data = xml.encode()
+    # an unchanged VRT is left alone: its size and mtime are the scene's input fingerprint
+    # (jobs.segmentation.record), so an item done before is skipped on a rerun, not recomputed
+    if not storage.exists(vrt_uri) or storage.read_bytes(vrt_uri) != data:
+        storage.write_bytes(vrt_uri, data)
+    return vrt_uri
+
+
+__all__ = ["ItemAssets", "select_assets", "stack_vrt", "item_scene_uri", "gdal_href"]

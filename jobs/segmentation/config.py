@@ -1,0 +1,186 @@
+"""Config model of the segmentation job (``configs/segment.yaml``, ``--set key=value``).
+
+Every field has a default, so ``jobs/segment.py`` runs without a config file. The reference table is
+in ``configs/segment.yaml`` (each field commented) and in the module docstring of ``jobs/segment.py``.
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional, Union
+
+from pydantic import Field, PositiveInt, field_validator, model_validator
+
+from jobs.runtime.config import StrictModel, refuse_replaced
+from jobs.segmentation.stac_config import StacInputConfig
+
+
+class TilingConfig(StrictModel):
+    # Tile side (px) fed to the model; None = the bundle's image_size (what it was trained on).
+    tile: Optional[int] = Field(default=None, ge=16)
+    # Overlap between neighbouring read windows (px); None = tile // 8. Must be even and < tile.
+    overlap: Optional[int] = Field(default=None, ge=0)
+
+
+class RadiometryConfig(StrictModel):
+    # 1-based band indexes to read (None = all bands; the bundle's band_map then picks 3).
+    bands: Optional[list[int]] = None
+    # Scene-wide percentile stretch (low, high), fitted once per scene on the driver.
+    percentiles: tuple[float, float] = (2.0, 98.0)
+    # Upper bound of pixels sampled to fit the stretch (overviews or a bounded sample).
+    max_pixels: int = Field(default=1_000_000, ge=1024)
+    # uint8 scenes pass through unchanged (no stretch) when True.
+    uint8_passthrough: bool = True
+
+    @field_validator("percentiles")
+    @classmethod
+    def _ordered(cls, v):
+        lo, hi = v
+        if not (0 <= lo < hi <= 100):
+            raise ValueError("percentiles must satisfy 0 <= low < high <= 100")
+        return v
+
+
+class PredictConfig(StrictModel):
+    # Tiles per model call (per actor batch).
+    batch_size: int = Field(default=8, ge=1)
+    # Probability threshold for the binary mask; None = the bundle's threshold.
+    threshold: Optional[float] = Field(default=None, gt=0, lt=1)
+    # Model actors; 0 = auto (one per GPU; CPU-only: one per CPU, or as many as num_cpus allows).
+    num_actors: int = Field(default=0, ge=0)
+    # GPUs per actor; None = 1 when the cluster has GPUs, else 0.
+    num_gpus: Optional[float] = Field(default=None, ge=0)
+    # Logical Ray CPUs per actor. None = auto: with GPUs 1; CPU-only, one single-threaded actor
+    # per CPU sharing the CPUs left after pipeline.read_cpus (reads never starve).
+    num_cpus: Optional[float] = Field(default=None, gt=0)
+    # torch intra-op threads per actor; 0 = auto = int(num_cpus), at least 1 (1 in CPU auto
+    # mode): never more threads than reserved CPUs (oversubscribed OpenMP stalls badly).
+    torch_threads: int = Field(default=0, ge=0)
+    # "auto" = cuda when the actor got a GPU, else cpu.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Model precision (samsp.precision): auto = bf16 on CUDA cards with bf16 and on CPUs with
+    # native bf16 (avx512_bf16/AMX, read from the CPU), fp16 on older CUDA cards, else fp32.
+    # Pre/post-processing and the self-prompts stay float32; stored weights never change.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
+
+class PipelineConfig(StrictModel):
+    # "ray": Ray Data (read tasks -> model actors; any cluster size; the default). "local": the
+    # same stages in this process -- on CPU one single-threaded lane per core (each reads,
+    # predicts and writes its own blocks; predict.num_actors overrides the count), on a GPU one
+    # lane with reader and writer threads -- for one machine without a cluster, where Ray's own
+    # daemons, task scheduling and block conversion cost as much CPU as a small model.
+    engine: Literal["ray", "local"] = "ray"
+    # Logical CPUs the model actors may never take (the read tasks run there).
+    read_cpus: float = Field(default=1.0, gt=0)
+    # Tiles per read task = per actor call (the actor writes each model batch while the next one
+    # runs); 0 = auto: 2-4 model batches (~8 MB of pixels), at least 2 blocks per actor.
+    block_tiles: int = Field(default=0, ge=0)
+    # Ray logical CPUs per read task.
+    read_task_cpus: float = Field(default=0.5, gt=0)
+    # Where tiles are read: true = inside the model actors (no read tasks, no image blocks
+    # through the object store), false = in Ray read tasks feeding the actors; null = auto:
+    # in the actors when they run on CPU (every core runs an actor, so a separate read stage
+    # only adds processes and transfers), read tasks when actors have GPUs.
+    read_in_actors: Optional[bool] = None
+    # Scenes planned in parallel on the driver (header, radiometry sample, resume listing: I/O).
+    plan_workers: int = Field(default=8, ge=1)
+    # Parallel scene finalizations (COG, quicklook, stats) on the driver, overlapping the pipeline.
+    finalize_workers: int = Field(default=2, ge=1)
+    # A done or partial scene whose run record (model bundle sha256, threshold, radiometry,
+    # bands, tiling, precision, input size/mtime or ETag) differs from this run's: "recompute"
+    # it whole into a fresh store, replacing the old outputs only once it succeeded; "fail"
+    # the scene with an error naming the difference (old outputs untouched). Never mixed.
+    on_change: Literal["recompute", "fail"] = "recompute"
+    # A scene another run is computing (status.json "running", heartbeat refreshed every third
+    # of this) is skipped; one whose heartbeat is older than this belongs to a run that died
+    # and is taken over (resumed from its written tiles).
+    lease_timeout_s: float = Field(default=600.0, gt=0)
+
+
+class OutputConfig(StrictModel):
+    # COG of the binary mask (mask.tif) and of the probability (prob.tif).
+    mask_cog: bool = True
+    prob_cog: bool = True
+    # GDAL threads per COG build ("ALL_CPUS" or a count). 1: a scene's two COGs are already
+    # built concurrently and other scenes' tiles keep the cores busy. Measured on 2 cores
+    # (BENCHMARKS.md): sparse crack masks 0.40 s on 1 thread vs 0.64 s (2.8x the CPU) on 2;
+    # dense noise 3.8 vs 2.3 s. Raise it on big CPU nodes finishing a few dense scenes.
+    cog_threads: Union[Literal["ALL_CPUS"], PositiveInt] = 1
+    # Vector files streamed from mask.zarr (jobs/segmentation/vectors.py): polygons.<ext> (one
+    # polygon per connected component, with area, perimeter, probability, review disagreement),
+    # centerlines.<ext> (crack centre-lines with length and width), both, or none.
+    # auto = polygons for georeferenced scenes, none for plain images (PNG/JPEG).
+    vectors: Literal["auto", "none", "polygons", "centerlines", "both"] = "auto"
+    # parquet = GeoParquet 1.1 (CRS as PROJJSON); geojson = RFC 7946, reprojected to WGS 84
+    # (georeferenced scenes only); flatgeobuf = .fgb with a spatial index.
+    vector_format: Literal["parquet", "geojson", "flatgeobuf"] = "parquet"
+    # Pixel connectivity of a polygon: 4 (edges; every feature a Polygon) or 8 (corners too;
+    # a component joined only at a corner is one valid MultiPolygon).
+    vector_connectivity: Literal[4, 8] = 4
+    # Topology-preserving simplification tolerance of polygons (map units); 0 = exact pixel
+    # outlines. Area and perimeter are always measured on the exact outline.
+    vector_simplify: float = Field(default=0.0, ge=0)
+    # quicklook.png longest side (px); 0 disables it.
+    quicklook_size: int = Field(default=1024, ge=0)
+    # Number of most-uncertain tiles listed per scene in the manifest (review queue).
+    uncertain_top_n: int = Field(default=5, ge=0)
+    # Rewrite the manifest at most this often (s) while scenes finish (always at the end).
+    manifest_interval_s: float = Field(default=10.0, ge=0)
+    # Zarr format of <id>/mask.zarr. 3: zarr-python 3, xarray/rioxarray, newer GDAL. 2: also
+    # GDAL 3.10 -- the one rasterio 1.4 wheels ship (QGIS/gdalinfo of that age) fails on a v3
+    # store with "Unsupported codec: bytes". A store resumed keeps the format it was made with.
+    zarr_format: Literal[2, 3] = 3
+    # STAC: <id>/item.json per ok scene; at the end of a run that wrote one, <output>/collection.json
+    # (a self-contained catalog of every item under the output) and <output>/items.parquet
+    # (stac-geoparquet: `rustac serve --use-duckdb false <output>/items.parquet` searches them).
+    stac: bool = True
+    # id of collection.json; None = the output folder's name.
+    stac_collection: Optional[str] = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced_fields(cls, data):
+        return refuse_replaced(data, {"polygons": "output.vectors (auto | none | polygons | "
+                                                  "centerlines | both; auto = polygons for "
+                                                  "georeferenced scenes)"})
+
+class InputConfig(StrictModel):
+    # Georeferenced inputs (GeoTIFF/COG/Zarr) must carry a CRS; PNG/JPEG never need one.
+    require_crs: bool = True
+    # File extensions picked up when expanding a folder or an s3:// prefix.
+    extensions: list[str] = Field(default_factory=lambda: [
+        ".tif", ".tiff", ".zarr", ".jp2", ".png", ".jpg", ".jpeg", ".vrt"])
+    # Scenes from a STAC catalog (jobs/segmentation/stac_config.py; --stac and its flags set it);
+    # combined with --input when both are given.
+    stac: Optional[StacInputConfig] = None
+
+
+class RayConfig(StrictModel):
+    # Ray address; None = $RAY_ADDRESS (cluster / `ray job submit`) or an embedded local Ray.
+    address: Optional[str] = None
+    # CPUs of the embedded local Ray (None = all of this machine).
+    num_cpus: Optional[int] = Field(default=None, ge=1)
+
+
+class StorageConfig(StrictModel):
+    # One retry policy for every S3 client (GDAL /vsis3, s3fs/botocore in adaptive mode, Zarr
+    # chunks): retries after a request's first attempt; None = $SAMSP_S3_MAX_RETRIES or 5.
+    # Set here, it reaches the workers of the embedded Ray through the environment they inherit
+    # (ingest/s3_retry.py); on a cluster set the SAMSP_S3_* variables in the runtime env.
+    max_retries: Optional[int] = Field(default=None, ge=0)
+    # GDAL's first back-off between retries (s); None = $SAMSP_S3_RETRY_DELAY_S or 0.5.
+    retry_delay_s: Optional[float] = Field(default=None, ge=0)
+    # botocore's retry mode: adaptive (also slows the client while S3 throttles it) or standard
+    # (per-request back-off only); None = $SAMSP_S3_RETRY_MODE or adaptive.
+    retry_mode: Optional[Literal["adaptive", "standard"]] = None
+
+
+class SegmentConfig(StrictModel):
+    tiling: TilingConfig = Field(default_factory=TilingConfig)
+    radiometry: RadiometryConfig = Field(default_factory=RadiometryConfig)
+    predict: PredictConfig = Field(default_factory=PredictConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    input: InputConfig = Field(default_factory=InputConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)

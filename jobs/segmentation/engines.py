@@ -1,0 +1,353 @@
+"""The two engines that run a planned segmentation: Ray Data (model actors sized to the
+cluster, reads as tasks or inside the actors) and the local engine (lanes in this process, no
+Ray). Both feed every tile's summary row to ``consume_row``, which finalizes a scene when its last
+tile is in. The Ray Data stages themselves are in jobs/segmentation/pipeline.py."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import logging
+import math
+import os
+import time
+
+from jobs.segmentation.config import SegmentConfig
+from jobs.runtime.messages import one_line
+
+log = logging.getLogger("samsp.segment")
+
+#: perf_counter marks of the last run (for the summary line and bench/bench_segment.py)
+TIMINGS: dict = {}
+#: this run's jobs.segmentation.progress.Progress (both engines' rows pass consume_row)
+PROGRESS: list = []
+
+#: Restarts of a model actor whose process died (lost node, or a fatal CUDA error: see
+#: ``jobs.runtime.devices.crash_for_restart``); its block is retried on the new one. Bounded, unlike
+#: Ray Data's default (-1), so a GPU that fails every time ends the job instead of looping.
+ACTOR_MAX_RESTARTS = 8
+
+
+def largest_node_cpus(default: float) -> float:
+    """CPUs of the biggest alive node (``default`` when Ray's state API is not up)."""
+    import ray
+
+    try:
+        nodes = ray.nodes()
+    except ray.exceptions.RaySystemError:
+        return default
+    return max((float(nd["Resources"].get("CPU", 0)) for nd in nodes if nd.get("Alive")),
+               default=default)
+
+
+def actor_gpus(requested: float | None, cluster_gpus: float, local: bool) -> float:
+    """GPUs per model actor. ``None`` (auto): one when the cluster has a GPU now, else none. An
+    explicit request stands on a cluster that shows no GPU yet: GPU nodes scaled from zero join
+    only once actors ask for them. Only a ``local`` Ray (started by this process: what it has
+    now is all it will ever have) turns the request into CPU actors."""
+    if requested is None:
+        return 1.0 if cluster_gpus >= 1 else 0.0
+    if requested > 0 and cluster_gpus <= 0:
+        if local:
+            log.warning("predict.num_gpus=%s but this local Ray has no GPU: running on CPU",
+                        requested)
+            return 0.0
+        log.info("predict.num_gpus=%s: no GPU in the cluster yet; the model actors wait for "
+                 "the autoscaler to add GPU nodes", requested)
+    return float(requested)
+
+
+def ray_resources(cfg: SegmentConfig, n_tiles: int, mode: str = "embedded") -> dict:
+    """Actor pool size, per-actor CPUs/GPUs and torch threads that leave CPU for reads;
+    ``mode`` is ``init_ray``'s (whether the cluster may still grow)."""
+    import ray
+
+    from jobs.runtime.ray_session import is_local_ray
+    from jobs.inference.lanes import actor_threads
+
+    res = ray.cluster_resources()
+    cpus, gpus = float(res.get("CPU", 0)), float(res.get("GPU", 0))
+    p = cfg.predict
+    num_gpus = actor_gpus(p.num_gpus, gpus, local=is_local_ray(mode))
+    spare = max(cpus - cfg.pipeline.read_cpus, 0.0)
+    batches = max(1, math.ceil(n_tiles / p.batch_size))
+    if num_gpus == 0 and p.num_cpus is None:
+        # CPU-only, auto: one single-threaded actor per CPU (reads/writes are light next to the
+        # model); their logical share is shrunk so `pipeline.read_cpus` stay schedulable for
+        # reads -- actors holding every logical CPU would starve the read tasks (hang).
+        n = p.num_actors or max(1, int(cpus))
+        n = max(1, min(n, batches))
+        actor_cpus = max(0.05, math.floor(100 * (spare if spare > 0 else cpus) / n) / 100)
+        # An actor lives on one node: never ask for more CPUs than the biggest node has
+        # (4 one-CPU nodes, 2 actors -> 1.5 each would be unschedulable and hang).
+        node_cpus = largest_node_cpus(default=cpus)
+        actor_cpus = min(actor_cpus, node_cpus) if node_cpus > 0 else actor_cpus
+        # Fewer batches than CPUs: fewer actors, each with the idle cores as torch threads
+        # (the logical share stays as it is, so reads stay schedulable).
+        threads = actor_threads(cpus, node_cpus, n, p.torch_threads)
+    else:
+        actor_cpus = p.num_cpus if p.num_cpus is not None else 1.0
+        if num_gpus == 0 and actor_cpus > spare:  # tiny cluster: never take the reads' CPUs
+            actor_cpus = max(0.05, round(spare, 2)) if spare > 0 else 0.05
+            log.info("predict.num_cpus lowered to %.2f so %.1f CPU stay free for reads",
+                     actor_cpus, cfg.pipeline.read_cpus)
+        if p.num_actors:
+            n = p.num_actors
+        elif num_gpus > 0:
+            n = max(1, int(gpus // num_gpus))
+        else:
+            n = max(1, int(spare // actor_cpus)) if spare > 0 else 1
+        n = max(1, min(n, batches))
+        if num_gpus == 0 and n * actor_cpus > spare > 0:
+            n = max(1, int(spare // actor_cpus))
+        # torch threads = the actor's CPU share: more threads than reserved CPUs oversubscribe
+        # the cores reads/writes use, and OpenMP barriers then stall (measured here: 2 threads
+        # on a busy 2-core node ran 5x slower than 1). Scale CPU inference with actors.
+        threads = p.torch_threads or max(1, int(actor_cpus))
+    read_cpus_task = getattr(cfg.pipeline, "read_task_cpus", None)
+    if read_cpus_task is not None and abs(actor_cpus - read_cpus_task) < 1e-6 and num_gpus == 0:
+        actor_cpus = round(actor_cpus - 0.01, 2)  # equal resources would let Ray fuse reads into actors
+    return {"actors": n, "num_gpus": num_gpus, "num_cpus": actor_cpus, "torch_threads": threads,
+            "cluster_cpus": cpus, "cluster_gpus": gpus}
+
+
+def auto_batch(bytes_per_tile: int, target: int = 8 << 20) -> int:
+    """Tiles per read/write batch: about ``target`` bytes of pixels, between 1 and 64."""
+    return int(max(1, min(64, target // max(1, bytes_per_tile))))
+
+
+def actor_block(cfg: SegmentConfig, n_tiles: int, actors: int, bytes_per_tile: int,
+                read_in_actors: bool = False) -> int:
+    """Tiles per actor call (= per read task): 2 to 4 model batches (as ~8 MB of pixels allow),
+    so an actor's writer thread overlaps its next model batch; small jobs still feed every actor."""
+    bs = cfg.predict.batch_size
+    if cfg.pipeline.block_tiles:
+        return cfg.pipeline.block_tiles
+    block = min(4 * bs, max(2 * bs, auto_batch(bytes_per_tile)))
+    if read_in_actors:  # rows carry no pixels: 2 batches keep the writer overlap, a short tail
+        block = 2 * bs
+    fair = math.ceil(n_tiles / max(1, 2 * actors))  # at least two blocks per actor
+    return max(1, min(block, max(bs, fair)))
+
+
+def build_dataset(rows, cfg: SegmentConfig, model_uri: str, threshold: float, res: dict):
+    """``rows``: a jobs.segmentation.rows.TileRows -- the dataset starts from tile numbers and its
+    first stage expands them (the driver never lists every tile's row)."""
+    import ray
+
+    from jobs.segmentation.pipeline import PredictWriter, read_tiles
+    from jobs.segmentation.rows import expand_rows
+
+    pc = cfg.pipeline
+    read_in_actors = pc.read_in_actors if pc.read_in_actors is not None else res["num_gpus"] == 0
+    res["read_in_actors"] = read_in_actors
+    block = actor_block(cfg, len(rows), res["actors"], res["tile_bytes"], read_in_actors)
+    res["block_tiles"] = block
+    ds = ray.data.range(len(rows), override_num_blocks=max(1, min(math.ceil(len(rows) / block), 500)))
+    ds = ds.map_batches(expand_rows, fn_kwargs={"rows_ref": ray.put(rows)}, batch_size=block,
+                        batch_format="numpy")
+    if not read_in_actors:
+        # Different num_cpus than the actor stage on purpose: Ray Data would otherwise fuse the
+        # reads into the actors, and reads must overlap inference, not run inside it.
+        ds = ds.map_batches(read_tiles, batch_size=block, num_cpus=pc.read_task_cpus,
+                            batch_format="numpy")
+    kwargs = dict(fn_constructor_kwargs={"model_uri": model_uri, "threshold": threshold,
+                                         "device": cfg.predict.device,
+                                         "torch_threads": res["torch_threads"],
+                                         "batch_size": cfg.predict.batch_size,
+                                         "read": read_in_actors,
+                                         "precision": cfg.predict.precision},
+                  compute=ray.data.ActorPoolStrategy(size=res["actors"]),
+                  max_restarts=ACTOR_MAX_RESTARTS,
+                  batch_size=block, num_cpus=res["num_cpus"], batch_format="numpy")
+    if res["num_gpus"] > 0:
+        kwargs["num_gpus"] = res["num_gpus"]
+    # The actors also write (in a thread, overlapping the next model batch): see
+    # jobs/segmentation/pipeline.py -- only one small summary row per tile comes back.
+    return ds.map_batches(PredictWriter, **kwargs)
+
+
+def pipeline_error(err: BaseException) -> str:
+    """The one-line reason every unfinished scene gets when the pipeline itself stops."""
+    msg = f"pipeline: {type(err).__name__}: {one_line(err, 300)}"
+    log.error("%s", msg)
+    return msg
+
+
+def consume_row(row: dict, states: dict, finish) -> None:
+    """One tile's summary row (either engine): record or error; finalize the scene when its
+    last tile is in."""
+    TIMINGS.setdefault("first_tile", time.perf_counter())
+    sid = row["scene"]
+    st = states[sid]
+    st.remaining -= 1
+    err = str(row["error"] or "")
+    tile = json.loads(row["tile"])
+    if err:
+        st.errors.append(f"tile ({tile['row']},{tile['col']}): {err}")
+    else:
+        rec = json.loads(row["record"])
+        st.totals.add(rec["tile"], rec)
+        st.computed += 1
+    if st.remaining == 0:
+        finish(sid)
+    for progress in PROGRESS:
+        progress.tile(st.remaining == 0)
+
+
+def local_lanes(cfg: SegmentConfig, device: str, n_tiles: int | None = None) -> tuple[int, int]:
+    """``(lanes, torch threads per lane)`` of the local engine.
+
+    CPU: one single-threaded lane per core (``predict.num_actors`` overrides): independent
+    streams beat one model with N OpenMP threads (BENCHMARKS.md, model-only rows: "2 lanes"
+    against "2"), and a lane's own reads and writes never stall another lane's model the way
+    they stall an OpenMP region. Fewer model batches than lanes (``n_tiles``; None = many):
+    one lane per batch with the idle lanes' cores as threads (jobs/inference/lanes.py).
+    GPU: one lane (the device is the bottleneck)."""
+    from jobs.inference.lanes import cpu_layout
+
+    if device != "cpu":
+        return 1, cfg.predict.torch_threads or 1
+    cpus = int(cfg.ray.num_cpus or os.cpu_count() or 1)
+    if n_tiles is None:
+        return max(1, cfg.predict.num_actors or cpus), cfg.predict.torch_threads or 1
+    return tuple(cpu_layout(cpus, n_tiles, cfg.predict.batch_size, cfg.predict.num_actors,
+                            cfg.predict.torch_threads))
+
+
+def run_local(rows, states, cfg, model_uri, threshold, finish, preload=None) -> str:
+    """The pipeline's stages in this process, no Ray. Returns "" or the error that stopped it.
+
+    CPU: ``lanes`` threads share one model; each reads a block, predicts it batch by batch and
+    writes each batch itself (torch and GDAL release the GIL, so lanes run in parallel).
+    GPU: one lane; a reader thread keeps two blocks ahead and the PredictWriter's writer thread
+    stores each batch while the next runs."""
+    import collections
+    import itertools
+
+    import numpy as np
+
+    TIMINGS["ray_ready"] = time.perf_counter()  # "steady" starts when planning ends
+    from jobs.inference.model_preload import import_model_code
+
+    import_model_code()
+    from jobs.segmentation.pipeline import PredictWriter, read_tiles
+
+    plans = [st.plan for st in states.values() if st.plan.todo]
+    tile_bytes = max((p.count * p.tile * p.tile for p in plans), default=3 << 20)
+
+    def as_batch(part: list[dict]) -> dict:
+        return {k: np.array([r[k] for r in part], dtype=object) for k in ("scene", "spec", "tile")}
+
+    def consume(out: dict) -> None:
+        for i in range(len(out["tile"])):
+            consume_row({k: out[k][i] for k in out}, states, finish)
+
+    try:
+        import torch
+
+        device = cfg.predict.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        lanes, threads = local_lanes(cfg, device, len(rows))
+        TIMINGS["actors"] = lanes
+        # lanes: one model batch per block (no writer thread to overlap; the shortest tail)
+        block = (actor_block(cfg, len(rows), lanes, tile_bytes) if lanes == 1
+                 or cfg.pipeline.block_tiles else cfg.predict.batch_size)
+        blocks = rows.blocks(block)  # made as the lanes take them
+        log.info("local engine: %d tile(s) to compute in blocks of %d; %d lane(s) x %d torch "
+                 "thread(s) on %s, model batch %d", len(rows), block, lanes, threads, device,
+                 cfg.predict.batch_size)
+        # lanes read and write in their own thread; one lane has reader and writer threads
+        # the bundle read while planning (jobs.inference.model_preload), else loaded here
+        preloaded = preload.bundle() if preload is not None else None
+        # the model is this engine's alone (preloaded or loaded here): the weights may be cast
+        predictor = PredictWriter(preloaded or model_uri, threshold, device, threads,
+                                  cfg.predict.batch_size, write_thread=lanes == 1,
+                                  read=lanes > 1, precision=cfg.predict.precision,
+                                  own_bundle=True)
+        if lanes == 1:
+            with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="read") as reader:
+                ahead = collections.deque(reader.submit(read_tiles, as_batch(b))
+                                          for b in itertools.islice(blocks, 2))
+                while ahead:
+                    batch = ahead.popleft().result()
+                    nxt = next(blocks, None)
+                    if nxt is not None:
+                        ahead.append(reader.submit(read_tiles, as_batch(nxt)))
+                    consume(predictor(batch))
+        else:
+            todo = blocks
+            with cf.ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="lane") as pool:
+                def submit() -> None:
+                    b = next(todo, None)
+                    if b is not None:
+                        pending.add(pool.submit(predictor, as_batch(b)))
+
+                pending: set[cf.Future] = set()
+                for _ in range(lanes + 1):  # one queued: a lane that finishes starts at once
+                    submit()
+                while pending:
+                    finished, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                    for fut in finished:
+                        pending.discard(fut)
+                        submit()
+                        consume(fut.result())
+    except Exception as err:  # noqa: BLE001 - e.g. a bundle that cannot load
+        return pipeline_error(err)
+    finally:
+        TIMINGS["pipeline_done"] = time.perf_counter()
+    return ""
+
+
+def run_pipeline(rows, states, cfg, model_uri, threshold, finish, output, preload=None) -> str:
+    """Run the Ray Data pipeline (or the local engine); returns "" or the error that stopped it."""
+    if os.environ.get("SAMSP_SEGMENT_KILL_AFTER_TILES"):  # test hook, see segment_pipeline
+        os.environ["SAMSP_SEGMENT_DRIVER_PID"] = str(os.getpid())
+    if cfg.pipeline.engine == "local":
+        return run_local(rows, states, cfg, model_uri, threshold, finish, preload)
+    import ray
+
+    from jobs.runtime.ray_session import init_ray
+    # No dashboard for the embedded cluster: nothing here polls the State API. Its workers
+    # inherit this process's environment (AWS_* and all), see init_ray.
+    mode = init_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus, include_dashboard=False)
+    if mode == "cluster":
+        # Write tasks run on any node: a local --output (or --model) is only safe on a shared
+        # filesystem; on separate machines chunks would land on each worker's own disk.
+        for what, uri in (("--output", output), ("--model", model_uri)):
+            if "://" not in str(uri):
+                log.warning("%s %s is a local path: on a multi-machine cluster every node must "
+                            "see it (shared filesystem); use s3:// otherwise", what, uri)
+    ctx = ray.data.DataContext.get_current()
+    # our one progress line (jobs.segmentation.progress) instead of Ray Data's: off a terminal those
+    # are blocks of 7 INFO lines every 10 s
+    ctx.enable_progress_bars = False
+    res = ray_resources(cfg, len(rows), mode)
+    plans = [st.plan for st in states.values() if st.plan.todo]
+    res["tile_bytes"] = max((p.count * p.tile * p.tile for p in plans), default=3 << 20)
+    res["tile_px"] = max((p.tile * p.tile for p in plans), default=1 << 20)
+    ds = build_dataset(rows, cfg, model_uri, threshold, res)
+    log.info("Ray (%s): %.0f CPU, %.0f GPU; %d tile(s) to compute; %d model actor(s) x "
+             "(%.2f CPU, %.2f GPU, %d torch threads), batch %d, blocks of %d; tiles read %s",
+             mode, res["cluster_cpus"], res["cluster_gpus"], len(rows), res["actors"],
+             res["num_cpus"], res["num_gpus"], res["torch_threads"], cfg.predict.batch_size,
+             res["block_tiles"], "in the actors" if res["read_in_actors"] else
+             f"by read tasks ({cfg.pipeline.read_cpus:.1f} CPU kept for them)")
+    TIMINGS["ray_ready"] = time.perf_counter()
+    TIMINGS["actors"] = res["actors"]
+    from jobs.runtime.logs import filtered_native_stderr
+
+    try:
+        with filtered_native_stderr():  # Ray's error-level notice on restartable actors
+            for row in ds.iter_rows():
+                consume_row(row, states, finish)
+    except Exception as err:  # noqa: BLE001 - e.g. an actor that cannot start
+        return pipeline_error(err)
+    finally:
+        TIMINGS["pipeline_done"] = time.perf_counter()
+    if log.isEnabledFor(logging.DEBUG):
+        try:
+            log.debug("Ray Data stats:\n%s", ds.stats())
+        except Exception:  # noqa: BLE001
+            pass
+    return ""

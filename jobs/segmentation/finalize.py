@@ -1,0 +1,211 @@
+"""Per-scene finalization (driver side, after every tile of the scene succeeded).
+
+Writes, in this order, each one atomically (temp + replace locally, one PUT/upload on S3):
+``mask.tif`` / ``prob.tif`` (COGs with nearest overviews, built window by window from
+``mask.zarr`` by ``MaskWriter.to_cog``), ``quicklook.png`` (decimated image with the mask
+overlaid -- the image is read through overviews or per-window decimation, never whole at full
+resolution), the vector files of ``output.vectors`` (``jobs.segmentation.vectors``, streamed from
+the store) and ``stats.json``. Nothing is written for a scene that has a failed tile, so an
+earlier good output is never replaced by a partial one.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+
+import numpy as np
+
+from ingest import storage
+
+log = logging.getLogger("samsp.segment")
+
+OVERLAY_RGB = (255, 40, 40)
+OVERLAY_ALPHA = 0.55
+
+
+def pixel_area(transform) -> float:
+    """Area of one pixel in map units² (|det| of the affine's linear part)."""
+    return abs(float(transform.a) * float(transform.e) - float(transform.b) * float(transform.d))
+
+
+def crs_units(crs) -> str:
+    if crs is None:
+        return "px"
+    try:
+        if crs.is_geographic:
+            return "degree"
+        units = crs.linear_units or "unknown"
+        return {"metre": "m", "meter": "m"}.get(units, units)
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+# --------------------------------------------------------------------------- atomic puts
+
+def _put_local_file(local: str, uri: str) -> None:
+    from ingest import storage
+
+    storage.put_file(local, uri)
+
+
+# --------------------------------------------------------------------------- quicklook
+
+def _decimated_image(scene, out_h: int, out_w: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(data[C,out_h,out_w], valid[out_h,out_w])`` without reading the scene whole
+    (:func:`ingest.lowres.read_decimated`: overviews for GDAL scenes, else window by window)."""
+    from ingest.lowres import read_decimated
+
+    return read_decimated(scene, out_h, out_w)
+
+
+def _decimated_mask(mask_cog: str, out_h: int, out_w: int) -> np.ndarray:
+    import rasterio
+    from rasterio.enums import Resampling
+
+    from ingest import storage
+
+    with storage.gdal_env(), rasterio.open(storage.gdal_path(mask_cog)) as ds:
+        return ds.read(1, out_shape=(out_h, out_w), resampling=Resampling.nearest)
+
+
+def quicklook_png(scene, radiometry, mask_cog: str, max_side: int) -> bytes:
+    from PIL import Image
+
+    H, W = scene.height, scene.width
+    scale = min(1.0, max_side / max(H, W))
+    out_h, out_w = max(1, int(round(H * scale))), max(1, int(round(W * scale)))
+    data, valid = _decimated_image(scene, out_h, out_w)
+    img = radiometry.apply(data, valid)
+    if img.shape[0] >= 3:
+        rgb = img[:3]
+    else:
+        rgb = np.repeat(img[:1], 3, axis=0)
+    rgb = np.moveaxis(rgb, 0, -1).astype(np.float32)
+    mask = _decimated_mask(mask_cog, out_h, out_w)
+    fg = mask == 1
+    rgb[fg] = (1 - OVERLAY_ALPHA) * rgb[fg] + OVERLAY_ALPHA * np.asarray(OVERLAY_RGB, np.float32)
+    rgb[~valid | (mask == 255)] *= 0.35  # nodata shown dimmed
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8)).save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- finalize
+
+def _to_cog(writer, local: str, which: str, threads) -> None:
+    from ingest import storage
+
+    with storage.gdal_env():  # GDAL's config is per thread
+        writer.to_cog(local, which=which, num_threads=str(threads))
+
+
+def _quicklook(plan, cfg, tmp: str) -> bytes | None:
+    from ingest import Radiometry, open_scene
+
+    if not cfg.output.quicklook_size:
+        return None
+    scene = open_scene(plan.input, bands=cfg.radiometry.bands, check_empty=False)
+    return quicklook_png(scene, Radiometry.from_dict(plan.radiometry),
+                         os.path.join(tmp, "mask.tif"), cfg.output.quicklook_size)
+
+
+def finalize_scene(plan, totals, cfg, threshold: float, model_uri: str,
+                   tiles_computed: int, seconds_pipeline: float) -> dict:
+    """Build COGs, quicklook and stats for a fully written scene; returns extra manifest fields.
+
+    Raises on any failure (the caller marks the scene failed; nothing partial is published,
+    though COGs already moved into place before a later step failed stay -- they are complete).
+    """
+    from ingest import MaskWriter, storage
+    from ingest.crs import crs_label
+
+    t0 = time.perf_counter()
+    writer = MaskWriter.open(plan.zarr_uri)
+    outputs = ["mask.zarr"]
+    with tempfile.TemporaryDirectory(prefix="samsp-finalize-") as tmp, storage.gdal_env():
+        # Build both COGs locally first, then publish them: a failure leaves nothing half-done.
+        # The prob COG is built in a second thread (GDAL releases the GIL) while the mask COG
+        # and the quicklook are made here: the last scene's finalization is on the critical path.
+        built = []
+        prob_job = None
+        with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cog") as cogs:
+            if cfg.output.prob_cog:
+                local_prob = os.path.join(tmp, "prob.tif")
+                prob_job = cogs.submit(_to_cog, writer, local_prob, "prob",
+                                       cfg.output.cog_threads)
+            if cfg.output.mask_cog or cfg.output.quicklook_size:
+                local = os.path.join(tmp, "mask.tif")
+                _to_cog(writer, local, "mask", cfg.output.cog_threads)
+                built.append(("mask.tif", local, cfg.output.mask_cog))
+            png = _quicklook(plan, cfg, tmp)
+            if prob_job is not None:
+                prob_job.result()
+                built.append(("prob.tif", local_prob, True))
+        for name, local, publish in built:
+            if publish:
+                _put_local_file(local, storage.join(plan.out_dir, name))
+                outputs.append(name)
+        if png is not None:
+            storage.write_bytes(storage.join(plan.out_dir, "quicklook.png"), png)
+            outputs.append("quicklook.png")
+        from jobs.segmentation.vectors import write_scene_vectors
+
+        vectors = write_scene_vectors(writer, plan, cfg, totals.uncertain_tiles())
+        outputs.extend(v["file"] for v in vectors.values())
+
+    fg, valid = totals.foreground_px, totals.valid_px  # a jobs.segmentation.stats.TileTotals
+    crs = None
+    if plan.crs_wkt:
+        from rasterio.crs import CRS
+
+        crs = CRS.from_wkt(plan.crs_wkt)
+    from affine import Affine
+
+    transform = Affine(*plan.transform[:6]) if plan.transform else Affine.identity()
+    area_px = pixel_area(transform) if plan.georeferenced else 1.0
+    units = crs_units(crs) if plan.georeferenced else "px"
+    seconds_finalize = time.perf_counter() - t0
+    stats = {
+        "id": plan.id,
+        "input": plan.input,
+        "height": plan.height,
+        "width": plan.width,
+        "bands": plan.count,
+        "dtype": plan.dtype,
+        "crs": crs_label(crs),  # the exact code, else WKT2 (never a near-miss code)
+        "transform": list(plan.transform[:6]) if plan.transform else None,
+        "tile": plan.tile,
+        "overlap": plan.overlap,
+        "tiles": len(plan.tiles),
+        "tiles_computed": tiles_computed,
+        "pixels": plan.pixels,
+        "valid_pixels": valid,
+        "nodata_pixels": plan.pixels - valid,
+        "foreground_pixels": fg,
+        "foreground_fraction": (fg / valid) if valid else 0.0,
+        "pixel_area": area_px,
+        "area_units": f"{units}^2" if units != "px" else "px",
+        "foreground_area": fg * area_px,
+        "threshold": threshold,
+        "model": model_uri,
+        "radiometry": plan.radiometry,
+        "record": plan.record,  # what this mask was made of (jobs.segmentation.record)
+        # exact sums: the same value whatever order the tiles came back in (a resumed run's
+        # records arrive in another order than an uninterrupted run's)
+        "mean_disagreement": totals.mean_disagreement,
+        "mean_margin": totals.mean_margin,
+        "uncertain_tiles": totals.uncertain_tiles(),
+        # {"polygons"|"centerlines": {"file", "format", "features"}} (output.vectors)
+        "vectors": vectors,
+        "seconds": {"plan": round(plan.seconds_plan, 3), "pipeline": round(seconds_pipeline, 3),
+                    "finalize": round(seconds_finalize, 3)},
+    }
+    storage.write_bytes(storage.join(plan.out_dir, "stats.json"),
+                        json.dumps(stats, indent=2, sort_keys=True).encode())
+    outputs.append("stats.json")
+    return {"outputs": outputs, "stats": stats}

@@ -1,0 +1,240 @@
+"""The run record: what a scene's mask was computed from, so a rerun never mixes two of them.
+
+A record holds the model bundle's sha256, the threshold, the radiometry settings, the bands, the
+tiling, the model precision and the input's fingerprint (size + mtime locally, ETag + size on
+S3). It is stored in the mask store's attrs (``attrs["samsp_run"]``), in ``stats.json`` and in
+the scene's manifest row (``record``). On a rerun:
+
+- a done scene is skipped only when its manifest row's record equals this run's;
+- a scene is resumed (only missing chunks computed) only into a store whose record equals
+  this run's;
+- otherwise -- another threshold, bundle or input version, or ``--force`` -- the scene is
+  recomputed whole into a fresh store under ``<id>/.recompute/`` and its outputs replace the old
+  ones only once all of it succeeded (:func:`promote`); with ``pipeline.on_change: fail`` the
+  scene fails instead with :class:`RunChangedError` naming what differs.
+
+The fitted stretch is not part of the record: it is a function of the input and the settings.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import dataclass
+
+from ingest import storage
+
+RECORD_KEY = "samsp_run"
+STAGING = ".recompute"        # a recomputation's outputs, until they replace the old ones
+STORE = "mask.zarr"
+FILES = ("mask.tif", "prob.tif", "quicklook.png",  # + output.vectors' files (segment_vectors)
+         *(f"{k}{e}" for k in ("polygons", "centerlines") for e in (".parquet", ".geojson", ".fgb")))
+STORE_METADATA = ("zarr.json", ".zgroup", ".zattrs")   # a store's root metadata: moved last
+BUNDLE_FILES = ("bundle.json", "model.safetensors")
+#: record field -> how an error message names it (the config field a user would change)
+FIELD_NAMES = {"bundle_sha256": "model bundle (sha256)", "threshold": "predict.threshold",
+               "radiometry": "radiometry", "bands": "radiometry.bands", "tiling": "tiling",
+               "precision": "predict.precision", "input": "input (fingerprint)"}
+
+
+class RunChangedError(Exception):
+    """``pipeline.on_change: fail`` and a scene's existing outputs were made with another record."""
+
+
+# --------------------------------------------------------------------------- the record
+
+def bundle_sha256(uri: str) -> str:
+    """sha256 over the bundle's ``bundle.json`` and weights (streamed: bounded memory)."""
+    from ingest import storage
+
+    digest = hashlib.sha256()
+    for name in BUNDLE_FILES:
+        fs, path = storage.fs_for(storage.join(uri, name))
+        try:
+            with fs.open(path, "rb") as f:
+                digest.update(name.encode() + b"\0")
+                for block in iter(lambda: f.read(8 << 20), b""):
+                    digest.update(block)
+        except FileNotFoundError:
+            digest.update(name.encode() + b"\0missing")
+    return digest.hexdigest()
+
+
+def input_fingerprint(uri: str) -> dict | None:
+    """What tells one version of an input from another without reading its pixels: size and
+    mtime (local file), ETag and size (S3 key); for a Zarr store, the same over all its files.
+    None when the input does not exist (planning then reports it)."""
+    from ingest import storage
+
+    if storage.is_s3(uri):
+        fs, path = storage.fs_for(uri)
+        try:
+            info = fs.info(path)
+        except FileNotFoundError:
+            return None
+        if info.get("type") != "directory":
+            return {"etag": str(info.get("ETag", "")).strip('"'), "size": int(info.get("size", 0))}
+        fs.invalidate_cache(path)
+        found = fs.find(path, detail=True)
+        keys = sorted((k, str(v.get("ETag", "")).strip('"'), int(v.get("size", 0)))
+                      for k, v in found.items())
+        return {"objects": len(keys), "size": sum(k[2] for k in keys),
+                "etags_sha1": hashlib.sha1(json.dumps(keys).encode()).hexdigest()}
+    if not os.path.exists(uri):
+        return None
+    if not os.path.isdir(uri):
+        st = os.stat(uri)
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    sizes, mtime, n = 0, 0, 0
+    for root, _, files in os.walk(uri):
+        for name in files:
+            st = os.stat(os.path.join(root, name))
+            sizes, mtime, n = sizes + st.st_size, max(mtime, st.st_mtime_ns), n + 1
+    return {"files": n, "size": sizes, "mtime_ns": mtime}
+
+
+def run_record(cfg, bundle_sha: str, threshold: float, tile: int, overlap: int,
+               fingerprint: dict | None) -> dict:
+    """This run's record for one scene (JSON-normalised: compares equal to a stored one)."""
+    rad = cfg.radiometry
+    record = {
+        "bundle_sha256": bundle_sha,
+        "threshold": float(threshold),
+        "radiometry": {"percentiles": list(rad.percentiles), "max_pixels": rad.max_pixels,
+                       "uint8_passthrough": rad.uint8_passthrough},
+        "bands": list(rad.bands) if rad.bands else None,
+        "tiling": {"tile": int(tile), "overlap": int(overlap)},
+        "precision": getattr(cfg.predict, "precision", None),
+        "input": fingerprint,
+    }
+    return json.loads(json.dumps(record, sort_keys=True))
+
+
+def _short(value) -> str:
+    text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
+    return text[:12] + "..." if len(text) > 16 and all(c in "0123456789abcdef" for c in text) \
+        else text
+
+
+def record_difference(old: dict | None, new: dict) -> str:
+    """One line naming what differs ("" when nothing does)."""
+    if not old:
+        return "the existing outputs carry no run record (made before records were kept)"
+    parts = [f"{FIELD_NAMES.get(k, k)} {_short(old.get(k))} -> {_short(new.get(k))}"
+             for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return "; ".join(parts)
+
+
+# --------------------------------------------------------------------------- where to write
+
+@dataclass(frozen=True)
+class StoreChoice:
+    out_dir: str        # where this run writes the scene's store, tile records and outputs
+    mode: str           # "a": resume a store with this record; "w": a fresh store
+    replaces: str = ""  # the folder whose outputs this run's replace on success ("" = in place)
+    reason: str = ""    # why the scene is recomputed (the difference), for the log
+
+
+def stored_record(store_uri: str) -> tuple[bool, dict | None]:
+    """``(usable, record)`` of a mask store: usable = its creation finished."""
+    from ingest import MaskWriter
+    from ingest.writer import store_is_ready
+
+    if not store_is_ready(store_uri):
+        return False, None
+    return True, MaskWriter.open(store_uri, mode="r").attrs.get(RECORD_KEY)
+
+
+def _clear(uri: str) -> None:
+    from ingest import storage
+
+    if storage.exists(uri):
+        storage.remove(uri, recursive=True)
+
+
+def choose_store(live_dir: str, record: dict, force: bool, on_change: str) -> StoreChoice:
+    """Resume, start fresh in place, or recompute beside the old outputs (see the module)."""
+    staging = storage.join(live_dir, STAGING)
+    live_ok, live_rec = stored_record(storage.join(live_dir, STORE))
+    if not force:
+        if live_ok and live_rec == record:
+            return StoreChoice(live_dir, "a")
+        if live_ok and on_change == "fail":
+            raise RunChangedError(f"outputs were made with other settings: "
+                                  f"{record_difference(live_rec, record)} (pipeline.on_change=fail)")
+        staged_ok, staged_rec = stored_record(storage.join(staging, STORE))
+        if staged_ok and staged_rec == record:  # an earlier recomputation to resume
+            return StoreChoice(staging, "a", live_dir, "resuming a recomputation")
+    if not live_ok:
+        # nothing usable in place (no store, or one whose creation was killed): start there;
+        # tile records of an earlier store would otherwise pass for this one's
+        _clear(storage.join(live_dir, "tiles"))
+        return StoreChoice(live_dir, "w")
+    _clear(staging)
+    reason = "--force" if force else record_difference(live_rec, record)
+    return StoreChoice(staging, "w", live_dir, reason)
+
+
+# --------------------------------------------------------------------------- promotion
+
+def _move(src: str, dst: str) -> None:
+    """One file into place: a rename locally, copy + delete on S3 (each PUT is atomic)."""
+    from ingest import storage
+
+    if storage.is_s3(src):
+        fs, path = storage.fs_for(src)
+        fs.copy(path, storage.fs_for(dst)[1])
+        fs.rm(path)
+    else:
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        os.replace(src, dst)
+
+
+def _replace_tree(src: str, dst: str) -> None:
+    """Folder ``src`` becomes ``dst``. Locally two renames. On S3 the old store's root metadata
+    is deleted first and the new one's copied last: a store caught in between has none, reads
+    as absent, and the next run resumes the intact ``src`` instead."""
+    from ingest import storage
+
+    if not storage.is_s3(src):
+        old = f"{dst}.old-{uuid.uuid4().hex[:8]}"
+        if os.path.exists(dst):
+            os.replace(dst, old)
+        os.replace(src, dst)
+        _clear(old)
+        return
+    fs, src_path = storage.fs_for(src)
+    dst_path = storage.fs_for(dst)[1]
+    for meta in STORE_METADATA:
+        if fs.exists(f"{dst_path}/{meta}"):
+            fs.rm(f"{dst_path}/{meta}")
+    if fs.exists(dst_path):
+        fs.rm(dst_path, recursive=True)
+    fs.invalidate_cache(src_path)
+    keys = fs.find(src_path)
+    rel = [k[len(src_path):].lstrip("/") for k in keys]
+    body = [r for r in rel if r not in STORE_METADATA]
+    last = [r for r in rel if r in STORE_METADATA]
+    for part in (body, last):
+        if part:
+            fs.copy([f"{src_path}/{r}" for r in part], [f"{dst_path}/{r}" for r in part])
+    fs.rm(src_path, recursive=True)
+
+
+def promote(staging_dir: str, live_dir: str, outputs: list[str]) -> None:
+    """A finished recomputation replaces the old outputs: files, tile records, the store, and
+    ``stats.json`` last. Called only after finalization succeeded. A crash half-way leaves the
+    staging store intact and the old manifest row: the next run resumes it and promotes again.
+    Outputs of the old run that this one did not make (e.g. polygons now off) are removed."""
+    from ingest import storage
+
+    for name in FILES:
+        if name in outputs:
+            _move(storage.join(staging_dir, name), storage.join(live_dir, name))
+        elif storage.exists(storage.join(live_dir, name)):
+            storage.remove(storage.join(live_dir, name))
+    _replace_tree(storage.join(staging_dir, "tiles"), storage.join(live_dir, "tiles"))
+    _replace_tree(storage.join(staging_dir, STORE), storage.join(live_dir, STORE))
+    _move(storage.join(staging_dir, "stats.json"), storage.join(live_dir, "stats.json"))
+    _clear(staging_dir)

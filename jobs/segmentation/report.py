@@ -1,0 +1,147 @@
+"""``<output>/report.html``: the morning report of a segment run, one self-contained page.
+
+Scenes ok / failed / skipped with the reason, seconds and foreground fraction per scene, links
+to each scene's outputs (relative: they resolve wherever the output prefix is copied), and the
+review queue -- the most uncertain tiles of the run with a crop of each from the scene's
+quick-look, inline as base64 PNG. No script, no stylesheet or font from the network: it opens
+from a laptop's disk, an S3 console download or a CI artifact alike.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+from collections import Counter
+
+from jobs.runtime.messages import one_line
+from ingest import storage
+
+log = logging.getLogger("samsp.segment")
+
+REPORT_NAME = "report.html"
+#: tiles in the review queue (the run's most uncertain, over all its scenes)
+REVIEW_TILES = 12
+CROP_PX = 160  # shown size of a quick-look crop
+
+CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;background:#fff}
+h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:24px 0 8px}
+.meta{color:#555} table{border-collapse:collapse;width:100%} td,th{padding:4px 8px;
+border-bottom:1px solid #ddd;text-align:left;vertical-align:top} th{background:#f3f3f3}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+.ok{color:#17702f;font-weight:600} .failed{color:#b00020;font-weight:600}
+.skipped{color:#666;font-weight:600} .running{color:#8a5a00;font-weight:600}
+.counts span{display:inline-block;margin-right:16px;font-size:16px}
+.queue{display:flex;flex-wrap:wrap;gap:12px} .queue figure{margin:0;width:170px}
+.queue img{width:160px;height:160px;object-fit:contain;background:#eee;image-rendering:pixelated}
+figcaption{font-size:12px;color:#444}
+"""
+
+
+def _esc(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _crop(quicklook: bytes, window, height: int, width: int) -> str | None:
+    """The tile's window of the quick-look, as a data: URI (None when it cannot be made)."""
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(quicklook)).convert("RGB")
+    sx, sy = img.width / width, img.height / height
+    r0, c0, h, w = window
+    box = (int(c0 * sx), int(r0 * sy), max(int(c0 * sx) + 1, int(round((c0 + w) * sx))),
+           max(int(r0 * sy) + 1, int(round((r0 + h) * sy))))
+    crop = img.crop(box)
+    scale = CROP_PX / max(crop.width, crop.height)
+    crop = crop.resize((max(1, round(crop.width * scale)), max(1, round(crop.height * scale))),
+                       Image.NEAREST)
+    buf = io.BytesIO()
+    crop.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def review_queue(rows: list[dict], output: str, tile: int, overlap: int) -> list[dict]:
+    """The run's most uncertain tiles (scenes computed or resumed now), each with its crop."""
+    from ingest import TileGrid, storage
+
+    cands = [(u, r) for r in rows if r.get("status") == "ok" for u in r.get("uncertain_tiles") or []]
+    cands.sort(key=lambda ur: (-float(ur[0].get("disagreement", 0)), ur[1]["id"], ur[0]["tile"]))
+    queue, looks = [], {}
+    for unc, row in cands[:REVIEW_TILES]:
+        sid, (tr, tc) = row["id"], unc["tile"]
+        item = {"scene": sid, "tile": [tr, tc], "disagreement": unc.get("disagreement", 0.0),
+                "margin": unc.get("margin"), "crop": None}
+        try:
+            grid = TileGrid(int(row["height"]), int(row["width"]), tile, overlap)
+            win = grid[tr * grid.shape[1] + tc].read_window  # what the model saw
+            item["window"] = (int(win.row_off), int(win.col_off), int(win.height), int(win.width))
+            if "quicklook.png" in (row.get("outputs") or []):
+                if sid not in looks:
+                    looks[sid] = storage.read_bytes(storage.join(output, sid, "quicklook.png"))
+                item["crop"] = _crop(looks[sid], item["window"], int(row["height"]),
+                                     int(row["width"]))
+        except Exception as err:  # noqa: BLE001 - a missing crop never stops the report
+            log.warning("report: no crop for scene %s tile %s: %s", sid, unc["tile"],
+                        one_line(err, 200))
+        queue.append(item)
+    return queue
+
+
+def _reason(row: dict) -> str:
+    if row.get("status") == "failed":
+        return row.get("error") or ""
+    if row.get("status") == "skipped":
+        return row.get("reason") or f"done in run {row.get('done_run_id', '?')}"
+    return ""
+
+
+def render(run: dict, rows: list[dict], queue: list[dict]) -> str:
+    """The page: ``run`` (run_id, started, seconds, output, model), this run's scene rows."""
+    counts = Counter(r.get("status", "?") for r in rows)
+    out = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+           f"<title>samsp segment run {_esc(run['run_id'])}</title><style>{CSS}</style></head><body>",
+           f"<h1>Segment run {_esc(run['run_id'])}</h1>",
+           f"<div class='meta'>started {_esc(run.get('started', ''))} · "
+           f"{float(run.get('seconds', 0)):.1f} s · model {_esc(run.get('model', ''))} · output "
+           f"{_esc(run.get('output', ''))}</div>",
+           "<p class='counts'>" + "".join(
+               f"<span class='{k}'>{counts.get(k, 0)} {k}</span>" for k in ("ok", "failed", "skipped"))
+           + f"<span>{int(run.get('tiles_computed', 0))} tiles computed</span></p>",
+           "<h2>Scenes</h2><table><thead><tr><th>scene</th><th>status</th><th>reason</th>"
+           "<th>seconds</th><th>tiles (computed)</th><th>foreground</th><th>outputs</th>"
+           "</tr></thead><tbody>"]
+    order = {"failed": 0, "ok": 1, "skipped": 2}
+    for r in sorted(rows, key=lambda r: (order.get(r.get("status"), 3), r["id"])):
+        sid, status = r["id"], r.get("status", "?")
+        fg = r.get("foreground_fraction")
+        links = " ".join(f"<a href='{_esc(sid)}/{_esc(name)}'>{_esc(name)}</a>"
+                         for name in (r.get("outputs") or []))
+        out.append(
+            f"<tr><td>{_esc(sid)}</td><td class='{_esc(status)}'>{_esc(status)}</td>"
+            f"<td>{_esc(_reason(r))}</td><td class='num'>{float(r.get('seconds') or 0):.1f}</td>"
+            f"<td class='num'>{int(r.get('tiles') or 0)} ({int(r.get('tiles_computed') or 0)})</td>"
+            f"<td class='num'>{'' if fg is None else f'{float(fg):.4f}'}</td><td>{links}</td></tr>")
+    out.append("</tbody></table>")
+    out.append(f"<h2>Review queue: the {len(queue)} most uncertain tiles</h2>")
+    if not queue:
+        out.append("<p>No tile to review (no scene computed in this run).</p>")
+    out.append("<div class='queue'>")
+    for q in queue:
+        img = (f"<img alt='scene {_esc(q['scene'])} tile {_esc(q['tile'])}' src='{q['crop']}'>"
+               if q.get("crop") else "<div class='nocrop'>no quick-look</div>")
+        out.append(f"<figure>{img}<figcaption><a href='{_esc(q['scene'])}/quicklook.png'>"
+                   f"{_esc(q['scene'])}</a> tile ({q['tile'][0]},{q['tile'][1]})<br>"
+                   f"disagreement {float(q['disagreement']):.4f}</figcaption></figure>")
+    out.append("</div></body></html>\n")
+    return "\n".join(out)
+
+
+def write_report(output: str, run: dict, rows: list[dict], tile: int, overlap: int) -> str:
+    """Render and write ``<output>/report.html`` (atomically); returns its URI."""
+    from ingest import storage
+
+    uri = storage.join(output, REPORT_NAME)
+    page = render(run, rows, review_queue(rows, output, tile, overlap))
+    storage.write_bytes(uri, page.encode("utf-8"))
+    return uri

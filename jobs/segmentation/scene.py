@@ -1,0 +1,183 @@
+"""One scene on the segmentation job's driver: what planning needs from the bundle, the scene's
+plan (header, radiometry, tile grid, resume state), its tile rows, its run record and the running
+state the engines fold its tiles into. No Ray here."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import time
+from dataclasses import dataclass
+
+from jobs.runtime.config import ConfigError
+from jobs.segmentation.config import SegmentConfig
+from jobs.runtime.messages import one_line
+from ingest import storage
+from jobs.segmentation.plan import ScenePlan, is_geospatial_uri, read_tile_records
+from jobs.segmentation.stats import TileTotals
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    """What the driver needs from ``bundle.json`` (the actors load and validate the full bundle)."""
+
+    model_type: str
+    image_size: int
+    threshold: float
+    band_map: tuple | None = None  # 0-based bands the model uses as R, G, B (None: samsp default)
+
+
+def read_bundle_meta(uri: str) -> BundleInfo:
+    """Read ``bundle.json`` only (with the Ray engine the driver never loads the weights, nor
+    even imports torch: ~0.5 GB of driver RSS and seconds of start-up; ``samsp.load_bundle`` in
+    each actor does the full validation. The local engine loads them in this process, in
+    jobs/inference/model_preload.py)."""
+    from ingest import storage
+
+    meta_uri = uri.rstrip("/") + "/bundle.json"
+    try:
+        raw = storage.read_bytes(meta_uri)
+    except FileNotFoundError:
+        raise ValueError(f"no model bundle at {uri}: bundle.json is missing") from None
+    try:
+        meta = json.loads(raw)
+        info = BundleInfo(model_type=str(meta["model_type"]), image_size=int(meta["image_size"]),
+                          threshold=float(meta.get("threshold", 0.5)),
+                          band_map=tuple(int(b) for b in meta["band_map"]) if meta.get("band_map") else None)
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"invalid bundle.json in {uri}: {type(err).__name__}: {err}") from None
+    if info.image_size <= 0 or not 0 < info.threshold < 1:
+        raise ValueError(f"invalid bundle.json in {uri}: image_size {info.image_size}, "
+                         f"threshold {info.threshold}")
+    return info
+
+
+def tile_geometry(cfg: SegmentConfig, image_size: int) -> tuple[int, int]:
+    tile = cfg.tiling.tile or image_size
+    overlap = cfg.tiling.overlap if cfg.tiling.overlap is not None else tile // 8
+    if overlap >= tile:
+        raise ConfigError(f"tiling.overlap ({overlap}) must be smaller than the tile ({tile})")
+    return tile, overlap
+
+
+def plan_scene(sid: str, uri: str, output: str, cfg: SegmentConfig, tile: int, overlap: int,
+               record: dict | None = None, force: bool = False) -> ScenePlan:
+    """Header + radiometry + grid + resume state of one scene (raises SceneError & co).
+
+    With a run ``record`` (jobs.segmentation.record), the scene resumes only a store made with the
+    same record; otherwise (or with ``force``) it is recomputed into a fresh store beside the
+    old outputs (``plan.replaces``), or fails (``pipeline.on_change: fail``)."""
+    import numpy as np
+
+    from ingest import MaskWriter, Radiometry, TileGrid, open_scene, storage
+
+    t0 = time.perf_counter()
+    plan = ScenePlan(id=sid, input=uri, out_dir=storage.join(output, sid), record=record or {})
+    require_crs = cfg.input.require_crs and is_geospatial_uri(uri)
+    with storage.gdal_env():
+        scene = open_scene(uri, bands=cfg.radiometry.bands, require_crs=require_crs,
+                           sample_pixels=cfg.radiometry.max_pixels)
+        if scene.dtype == np.uint8 and cfg.radiometry.uint8_passthrough:
+            radiometry = Radiometry.identity(scene.count)
+        else:
+            radiometry = Radiometry.fit(scene, percentiles=tuple(cfg.radiometry.percentiles),
+                                        max_pixels=cfg.radiometry.max_pixels)
+    grid = TileGrid(scene.height, scene.width, tile, overlap)
+    plan.height, plan.width, plan.count = scene.height, scene.width, scene.count
+    plan.dtype = str(scene.dtype)
+    plan.georeferenced = bool(scene.is_georeferenced)
+    plan.crs_wkt = scene.crs.to_wkt() if scene.crs is not None else ""
+    plan.transform = tuple(float(v) for v in tuple(scene.transform)[:6])
+    plan.radiometry = radiometry.to_dict()
+    plan.tile, plan.overlap = tile, overlap
+    plan.tiles = grid  # a sequence computed on access: no per-tile objects kept
+    mode, attrs = "a", None
+    if record is not None:
+        from jobs.segmentation.record import RECORD_KEY, choose_store
+
+        choice = choose_store(plan.out_dir, record, force, cfg.pipeline.on_change)
+        plan.out_dir, plan.replaces, plan.recompute_reason = choice.out_dir, choice.replaces, choice.reason
+        mode, attrs = choice.mode, {RECORD_KEY: record}
+    # Create (or reopen a compatible) store; an incompatible one (other tile size, other scene)
+    # raises WriterError naming the difference -- the scene fails, the store stays untouched.
+    writer = MaskWriter(plan.zarr_uri, like=scene, chunk=grid.core_size, mode=mode, attrs=attrs,
+                        zarr_format=cfg.output.zarr_format)
+    written = writer.written_chunks()
+    records = read_tile_records(plan.tiles_uri) if written else {}
+    plan.done_stats = {k: v for k, v in records.items() if k in written}
+    n_cols = grid.shape[1]
+    # a fresh scene's todo is a range (no per-tile list in the driver: jobs/segmentation/rows.py)
+    plan.todo = (range(len(grid)) if not plan.done_stats else
+                 [i for i in range(len(grid)) if divmod(i, n_cols) not in plan.done_stats])
+    plan.seconds_plan = time.perf_counter() - t0
+    return plan
+
+
+def keep_bands(count: int, band_map) -> int | None:
+    """Leading bands the model can use (rows stay small for many-band scenes): samsp maps more
+    than 3 bands to the first three, or to ``band_map``; None = keep all."""
+    if band_map:
+        return max(band_map) + 1 if max(band_map) + 1 < count else None
+    return 3 if count > 3 else None
+
+
+def scene_tiles(plan: ScenePlan, cfg: SegmentConfig, band_map=None) -> tuple:
+    """``(id, spec, grid, todo)``: one scene's entry of jobs.segmentation.rows.TileRows (its rows
+    share the spec; tiles are made from the grid when a row is)."""
+    spec = json.dumps({
+        "input": plan.input, "bands": cfg.radiometry.bands, "radiometry": plan.radiometry,
+        "writer": plan.zarr_uri, "tiles_uri": plan.tiles_uri,
+        "keep_bands": keep_bands(plan.count, band_map),
+    }, sort_keys=True)
+    return plan.id, spec, plan.tiles, plan.todo
+
+
+def tile_rows(plan: ScenePlan, cfg: SegmentConfig, band_map=None) -> list[dict]:
+    """One scene's rows as a list (tests, small tools; the job streams TileRows)."""
+    from jobs.segmentation.rows import TileRows
+
+    return list(TileRows([scene_tiles(plan, cfg, band_map)]))
+
+
+class SceneState:
+    def __init__(self, plan: ScenePlan, top_n: int):
+        self.plan = plan
+        self.remaining = len(plan.todo)
+        # Tile records are folded into running totals as they arrive (O(top_n) per scene); an
+        # earlier run's records first, then released.
+        self.totals = TileTotals(top_n)
+        for key, rec in plan.done_stats.items():
+            self.totals.add(key, rec)
+        plan.done_stats = {}
+        self.errors: list[str] = []
+        self.computed = 0
+        self.t_start = time.perf_counter()
+        self.submitted = False
+
+
+def scene_row(st: SceneState, status: str, error: str, uncertain: list, outputs: list,
+              fg_fraction) -> dict:
+    p = st.plan
+    return {"id": p.id, "input": p.input, "status": status, "error": error,
+            "tiles": len(p.tiles), "tiles_computed": st.computed, "pixels": p.pixels,
+            "width": p.width, "height": p.height,
+            "seconds": round(time.perf_counter() - st.t_start + p.seconds_plan, 3),
+            "uncertain_tiles": uncertain, "outputs": outputs,
+            "foreground_fraction": fg_fraction, "record": p.record}
+
+
+def scene_records(inputs: list[str], cfg: SegmentConfig, model_uri: str, threshold: float,
+                  tile: int, overlap: int) -> dict[str, dict]:
+    """Each input's run record (jobs.segmentation.record); fingerprints are I/O: a few threads."""
+    from jobs.segmentation.record import bundle_sha256, input_fingerprint, run_record
+
+    sha = bundle_sha256(model_uri)
+
+    def fingerprint(uri: str):
+        try:
+            return input_fingerprint(uri)
+        except Exception:  # noqa: BLE001 - unreadable: planning reports it for this scene
+            return None
+
+    with cf.ThreadPoolExecutor(max_workers=cfg.pipeline.plan_workers) as pool:
+        prints = list(pool.map(fingerprint, inputs))
+    return {uri: run_record(cfg, sha, threshold, tile, overlap, fp) for uri, fp in zip(inputs, prints)}

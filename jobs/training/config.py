@@ -1,0 +1,279 @@
+"""Config model of the training job (``configs/train_*.yaml``, ``--set key=value``).
+
+Every field has a default; ``python jobs/train.py`` with no config trains ``vit_micro`` on a
+synthetic set. The full field reference (default and meaning) is the comments below; the YAML
+configs in ``configs/`` repeat the important ones.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Literal, Optional, Union
+
+from pydantic import Field, field_validator, model_validator
+
+from jobs.runtime.config import StrictModel, refuse_replaced
+
+# Layout presets of image/mask pair folders: (image_dir, mask_dir, mask threshold).
+PAIR_LAYOUTS: dict[str, tuple[str, str, int]] = {
+    # DeepCrack: train_img/*.jpg + train_lab/*.png; masks {0,255} or 1-bit {0,1} -> lab > 0.
+    "deepcrack": ("train_img", "train_lab", 0),
+    # DeepCrack's held-out test set (same layout, other folders).
+    "deepcrack_test": ("test_img", "test_lab", 0),
+    # EPFL roads: images/*.png + groundtruth/*.png, anti-aliased 0..237 -> gt > 127.
+    "epfl": ("images", "groundtruth", 127),
+}
+
+
+class RunSection(StrictModel):
+    # Run name: checkpoints live under <storage_path>/<name>/. Relaunching the same name and
+    # storage path resumes from the run's latest checkpoint.
+    name: str = Field(default="samsp-train", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    # Local directory or s3://bucket/prefix (AWS_* env incl. AWS_ENDPOINT_URL for custom S3).
+    storage_path: str = "./out/train"
+    # Worker failures Ray Train recovers from (restarting from the latest checkpoint); -1 = no limit.
+    max_failures: int = Field(default=0, ge=-1)
+    # Checkpoints kept, best by val Dice (Ray always keeps the latest one too, for resume).
+    num_to_keep: int = Field(default=2, ge=1)
+    # Ray address: None = $RAY_ADDRESS if set (ray job submit), else an embedded local Ray;
+    # "auto" = the cluster running on this machine; "host:port" / "ray://host:10001".
+    ray_address: Optional[str] = None
+    # Level of Ray Train's own logs (INFO also prints every report's metrics twice per epoch);
+    # the job's progress lines ([train] ...) are printed regardless.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+
+
+class ModelSection(StrictModel):
+    # vit_b | vit_l | vit_h (official layouts) | vit_tiny (256 px) | vit_micro (128 px, tests).
+    type: str = "vit_micro"
+    # Base weights: local path or fsspec URI (s3://...); None = random init (use finetune: full).
+    checkpoint: Optional[str] = None
+    # Model input side (px); None = the model type's default (1024 official, 256 tiny, 128 micro).
+    image_size: Optional[int] = Field(default=None, ge=32)
+    # lora (pretrained SAM + LoRA on the encoder's qkv), full (everything trains), decoder
+    # (encoder frozen, prompt encoder + mask decoder train).
+    finetune: Literal["lora", "full", "decoder"] = "full"
+    lora_rank: int = Field(default=4, ge=1)
+    lora_alpha: float = Field(default=8.0, gt=0)
+    # Self-prompting passes K after the first (the model returns K + 1 masks).
+    iterations: int = Field(default=1, ge=0, le=8)
+    # Self-prompt type for passes >= 1.
+    prompt: Literal["box", "mask", "box+mask", "points"] = "box"
+    # Probability threshold written into the bundle (segment's default for the binary mask).
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    # Detail branch (samsp.detail): a small conv stem on the full-resolution input whose
+    # features join the mask decoder's before the hypernetwork product; trains in every
+    # fine-tune mode, saved in the bundle. Off: SAM's decoder as is (official checkpoints).
+    detail_branch: bool = False
+    detail_width: int = Field(default=32, ge=8)
+    # 4: the decoder's own resolution (input / 4); 2: logits at input / 2 (thin structures).
+    detail_stride: Literal[2, 4] = 4
+
+    @model_validator(mode="after")
+    def _lora_needs_weights(self):
+        if self.finetune == "lora" and self.checkpoint is None:
+            raise ValueError("finetune 'lora' needs model.checkpoint (pretrained weights); "
+                             "use finetune: full to train from scratch")
+        return self
+
+
+class LossSection(StrictModel):
+    # Weight of the self-distillation term (final pass -> earlier passes); 0 disables it.
+    distill_weight: float = Field(default=0.5, ge=0)
+    # Softening temperature of the distillation target.
+    temperature: float = Field(default=1.0, gt=0)
+    # Weights of the supervised terms on every pass.
+    dice_weight: float = Field(default=1.0, ge=0)
+    bce_weight: float = Field(default=1.0, ge=0)
+    # Skeleton recall (samsp.loss.skeleton_recall_loss): probability mass on the ground
+    # truth's skeleton, for thin structures (cracks, roads); 0 = off.
+    skeleton_weight: float = Field(default=0.0, ge=0)
+
+
+class PairsData(StrictModel):
+    """Image/mask pair folders (local or s3://), matched by file stem."""
+
+    kind: Literal["pairs"] = "pairs"
+    # Dataset root, local or s3://bucket/prefix.
+    root: str
+    # deepcrack | deepcrack_test | epfl | custom (then image_dir/mask_dir/threshold must be set).
+    layout: Literal["deepcrack", "deepcrack_test", "epfl", "custom"] = "custom"
+    # Sub-folders of root with images and masks (None = the layout's).
+    image_dir: Optional[str] = None
+    mask_dir: Optional[str] = None
+    # Mask pixel is positive when value > threshold (None = the layout's; custom: 127).
+    threshold: Optional[float] = None
+    # Use at most this many pairs (after sorting; None = all). Handy for smoke runs.
+    limit: Optional[int] = Field(default=None, ge=2)
+
+    @model_validator(mode="after")
+    def _fill_layout(self):
+        if self.layout != "custom":
+            image_dir, mask_dir, thr = PAIR_LAYOUTS[self.layout]
+            self.__dict__["image_dir"] = self.image_dir or image_dir
+            self.__dict__["mask_dir"] = self.mask_dir or mask_dir
+            if self.threshold is None:
+                self.__dict__["threshold"] = float(thr)
+        else:
+            self.__dict__["image_dir"] = self.image_dir or "images"
+            self.__dict__["mask_dir"] = self.mask_dir or "masks"
+            if self.threshold is None:
+                self.__dict__["threshold"] = 127.0
+        return self
+
+
+class RasterPair(StrictModel):
+    # Image raster (GeoTIFF/COG/Zarr, local or s3://) and its label raster (same grid).
+    image: str
+    label: str
+
+
+class RasterData(StrictModel):
+    """GeoTIFF/Zarr scenes with label rasters, cut into tiles through ``ingest``."""
+
+    kind: Literal["raster"] = "raster"
+    pairs: list[RasterPair] = Field(min_length=1)
+    # 1-based bands to read (None = all); then 1 band -> grey x3, 3+ -> the first three.
+    bands: Optional[list[int]] = None
+    # Sample tiles of this side (px) from the scenes; random crops are taken inside them.
+    tile: int = Field(default=512, ge=32)
+    # Keep a tile when at least this fraction of its pixels is valid (inside, not nodata).
+    min_valid: float = Field(default=0.5, ge=0, le=1)
+    # Label pixel is positive when value > threshold.
+    threshold: float = 0.0
+    # Scene-wide percentile stretch to uint8 (uint8 scenes pass through unchanged).
+    percentiles: tuple[float, float] = (2.0, 98.0)
+
+
+class SyntheticData(StrictModel):
+    """Procedural cracks/lines on texture, generated in memory (no files, same on every worker)."""
+
+    kind: Literal["synthetic"] = "synthetic"
+    count: int = Field(default=48, ge=4)
+    size: int = Field(default=128, ge=32)
+    seed: int = 0
+    # Crack width range in px (drawn per crack).
+    width: tuple[int, int] = (1, 4)
+
+
+DataSource = Annotated[Union[PairsData, RasterData, SyntheticData], Field(discriminator="kind")]
+
+
+class SplitSection(StrictModel):
+    # Fraction of items held out for validation (deterministic: seeded shuffle of sorted keys).
+    val_fraction: float = Field(default=0.15, gt=0, lt=1)
+    seed: int = 0
+
+
+class DataSection(StrictModel):
+    source: DataSource = Field(default_factory=lambda: SyntheticData())
+    # Optional separate validation source (then split.val_fraction is ignored).
+    val_source: Optional[DataSource] = None
+    split: SplitSection = Field(default_factory=SplitSection)
+    # Keep decoded items in worker memory after first use (small sets, remote data).
+    cache: bool = True
+    # DataLoader worker processes per training worker (0 = load in the training process).
+    loader_workers: int = Field(default=0, ge=0)
+
+
+class AugmentSection(StrictModel):
+    # Training crop side (px) fed to the model (None = model image size). Validation uses the
+    # same side, tiling each image like the segment job does.
+    crop: Optional[int] = Field(default=None, ge=32)
+    # Random rescale range before cropping (width variety); [1, 1] disables it.
+    scale: tuple[float, float] = (0.75, 1.5)
+    hflip: bool = True
+    vflip: bool = True
+    rot90: bool = True
+    # Colour jitter amplitudes (0 disables each): brightness/contrast/saturation as +-fraction,
+    # gamma as +-exponent offset.
+    brightness: float = Field(default=0.2, ge=0, le=1)
+    contrast: float = Field(default=0.2, ge=0, le=1)
+    saturation: float = Field(default=0.2, ge=0, le=1)
+    gamma: float = Field(default=0.2, ge=0, le=1)
+    # Crops are redrawn (up to 5 times) until at least this fraction is positive, when possible.
+    min_positive: float = Field(default=0.0, ge=0, le=1)
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_ordered(cls, v):
+        if not (0 < v[0] <= v[1]):
+            raise ValueError("scale must be (min, max) with 0 < min <= max")
+        return v
+
+
+class TrainSection(StrictModel):
+    epochs: int = Field(default=4, ge=1)
+    # Per-worker batch size (global batch = batch_size * num_workers * grad_accum).
+    batch_size: int = Field(default=4, ge=1)
+    # Training crops per epoch per item (more random crops of big images).
+    samples_per_item: int = Field(default=1, ge=1)
+    lr: float = Field(default=3e-4, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    # Linear warmup length as a fraction of all optimizer steps, then cosine to lr*min_lr_ratio.
+    warmup_fraction: float = Field(default=0.05, ge=0, lt=1)
+    min_lr_ratio: float = Field(default=0.05, ge=0, le=1)
+    # Micro-batches accumulated per optimizer step.
+    grad_accum: int = Field(default=1, ge=1)
+    # Gradient clipping by global norm (0 disables).
+    clip_grad_norm: float = Field(default=1.0, ge=0)
+    # Model precision (samsp.precision): auto = bf16 on CUDA cards with bf16 and on CPUs with
+    # native bf16 (avx512_bf16/AMX), fp16 with a GradScaler on older CUDA cards, else fp32.
+    # Losses, metrics and the self-prompts stay float32; checkpoints are float32.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # DDP find_unused_parameters. auto = off: samsp.configure_finetune freezes every module the
+    # configured SamSP never uses (IoU head, other mask tokens, unused prompt embeddings), so all
+    # trainable parameters get gradients; "on" if you change the model and DDP complains.
+    find_unused_parameters: Literal["auto", "on", "off"] = "auto"
+    seed: int = 0
+    # Choose the bundle's output threshold on validation (the best epoch's best of 0.2..0.8 by
+    # mean Dice of the final pass); self-prompts keep model.threshold, as trained.
+    tune_threshold: bool = False
+    # Promptable pre-training: this fraction of all optimizer steps first trains with pass 1
+    # prompted from the ground truth (jittered boxes / points / coarse masks of model.prompt,
+    # samsp.prompts.prompt_from_target) beside the promptless pass 0; then SAM-SP as usual.
+    prompt_pretraining: float = Field(default=0.0, ge=0, lt=1)
+    # Stop this launch after this many epochs (relaunch resumes); None = run to `epochs`.
+    stop_after_epochs: Optional[int] = Field(default=None, ge=1)
+    # Log training progress every N optimizer steps (rank 0); 0 = epoch summaries only.
+    log_every: int = Field(default=10, ge=0)
+
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced_fields(cls, data):
+        return refuse_replaced(data, {"bf16": "train.precision (auto | fp32 | bf16 | fp16)"})
+
+
+class ScalingSection(StrictModel):
+    num_workers: int = Field(default=2, ge=1)
+    use_gpu: bool = False
+    # CPUs reserved per training worker.
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    # torch intra-op threads per worker (0 = leave torch's default).
+    torch_threads: int = Field(default=0, ge=0)
+
+
+class ExportSection(StrictModel):
+    # Where the best checkpoint's bundle goes (local dir or s3://); None =
+    # <storage_path>/<run name>/bundle. "" disables the export.
+    uri: Optional[str] = None
+    # Export only when all epochs are done (a launch stopped by stop_after_epochs exports nothing).
+    only_when_complete: bool = True
+
+
+class TrainConfig(StrictModel):
+    run: RunSection = Field(default_factory=RunSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    loss: LossSection = Field(default_factory=LossSection)
+    data: DataSection = Field(default_factory=DataSection)
+    augment: AugmentSection = Field(default_factory=AugmentSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    scaling: ScalingSection = Field(default_factory=ScalingSection)
+    export: ExportSection = Field(default_factory=ExportSection)
+
+    @model_validator(mode="after")
+    def _pretraining_needs_a_prompted_pass(self):
+        if self.train.prompt_pretraining > 0 and self.model.iterations < 1:
+            raise ValueError("train.prompt_pretraining needs model.iterations >= 1 (a single-pass "
+                             "model never takes a prompt)")
+        return self
