@@ -61,6 +61,17 @@ import numpy as np  # noqa: E402
 from bench.ablate_report import aggregate, headline, publish, write_md  # noqa: E402
 from bench.ablate_steps import (augmented_batches, measure_rate, sam_step_fn,  # noqa: E402
                                 unet_parts)
+from jobs.evaluation.data import list_pairs
+from jobs.training.data import split_items
+from jobs.runtime.config import load_config
+from jobs.training.config import TrainConfig
+from jobs import evaluate as ev
+from jobs.inference.sliding_window import SlidingWindow
+from bench.common import machine as machine_info
+from jobs.training.data import plan_data
+from bench.common import cpu_label
+from jobs.training.data import TrainDataset
+from jobs.inference.sliding_window import bundle_forward
 
 PROMPTS = {"box": "box", "mask": "mask", "boxmask": "box+mask", "points": "points"}
 
@@ -111,8 +122,6 @@ def log(msg: str) -> None:
 
 def epfl_split(root: Path, out: Path, test_fraction: float = 0.2, seed: int = 20240823):
     """Fixed EPFL train/test split as symlink folders under ``out``; returns (trainval, test)."""
-    from jobs.evaluation.data import list_pairs
-    from jobs.training.data import split_items
 
     items = list_pairs(str(root), "epfl")
     trainval, test = split_items(items, test_fraction, seed)
@@ -166,8 +175,6 @@ def arm_overrides(arm: dict) -> list[str]:
 
 
 def load_cfg(sets: list[str]):
-    from jobs.runtime.config import load_config
-    from jobs.training.config import TrainConfig
 
     return load_config(TrainConfig, None, sets)
 
@@ -200,8 +207,6 @@ def schedule(steps: int, n_train: int, batch: int, max_epochs: int = 4) -> dict:
 
 def evaluate_run(args, forward, plan: dict, test_items: list[dict]) -> dict:
     """Threshold on validation (output pass), then test metrics of every pass."""
-    from jobs import evaluate as ev
-    from jobs.inference.sliding_window import SlidingWindow
 
     window = SlidingWindow(forward, args.crop, args.eval_overlap, "core", args.eval_batch)
     val_items = plan["val"][:args.val_limit] if args.val_limit else plan["val"]
@@ -239,7 +244,6 @@ class Ablation:
 
     # -- shared pieces
     def plan(self, seed: int, limit: int | None = None) -> dict:
-        from jobs.training.data import plan_data
 
         key = (seed, limit)
         if key not in self._plans:
@@ -249,7 +253,6 @@ class Ablation:
         return self._plans[key]
 
     def test_items(self) -> list[dict]:
-        from jobs.evaluation.data import list_pairs
 
         if self._test is None:
             t = self.spec["test"]
@@ -266,7 +269,6 @@ class Ablation:
     def save(self, arm: str, seed: int, record: dict) -> dict:
         d = self.run_dir(arm, seed)
         d.mkdir(parents=True, exist_ok=True)
-        from bench.common import cpu_label
 
         record.setdefault("machine", cpu_label())
         (d / "result.json").write_text(json.dumps(record, indent=1))
@@ -278,7 +280,6 @@ class Ablation:
             return self.calib[arm_name]
         import torch
 
-        from jobs.training.data import TrainDataset
 
         torch.set_num_threads(self.args.threads)
         arm = self.arms[arm_name]
@@ -360,7 +361,6 @@ class Ablation:
                     limit: int | None = None) -> dict:
         import torch
 
-        from jobs.inference.sliding_window import bundle_forward
         from samsp import load_bundle
 
         torch.set_num_threads(self.args.threads)
@@ -394,7 +394,6 @@ class Ablation:
     def run_unet(self, name: str, seed: int) -> dict:
         import torch
 
-        from jobs.training.data import TrainDataset
 
         args = self.args
         torch.set_num_threads(args.threads)
@@ -548,7 +547,6 @@ def main(argv=None) -> int:
                     f"train {rec.get('train_s')}s")
     import platform
 
-    from bench.common import machine as machine_info
 
     info = machine_info()
     # Smoke = data subsets (the numbers say nothing about the method). A short budget or a single

@@ -6,6 +6,10 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from jobs.training.model import build_model
+from jobs.training.model import lr_lambda
+from jobs.training.model import param_groups
+from jobs.training.model import training_loss
 
 
 # ============================================================================ calibration
@@ -29,7 +33,6 @@ def sam_step_fn(cfg):
     """One training step of jobs/train.py's loop (same model build, loss, optimiser, clipping)."""
     import torch
 
-    from jobs.training.model import build_model, lr_lambda, param_groups, training_loss
     from samsp.precision import autocast, resolve_precision
     from samsp.preprocess import prepare_batch, prepare_targets
 
@@ -90,7 +93,6 @@ def build_unet(encoder: str):
 def unet_parts(args, cfg):
     import torch
 
-    from jobs.training.model import lr_lambda, param_groups
     from samsp.config import SAM_PIXEL_MEAN, SAM_PIXEL_STD
     from samsp.loss import bce_loss, soft_dice_loss
 

@@ -29,6 +29,12 @@ from pathlib import Path
 
 from bench.bench_segment import make_batch_folder, make_crack_scene, model_only, run_job
 from bench.common import log, machine
+from bench.bench_segment import _model_only
+from jobs.runtime.config import load_config
+from jobs.training.model import build_model
+from jobs.training.model import param_groups
+from jobs.training.model import training_loss
+from jobs.training.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CRACK_MODEL = REPO / "models" / "samsp-crack-tiny"
@@ -36,7 +42,6 @@ CRACK_MODEL = REPO / "models" / "samsp-crack-tiny"
 
 def model_rate(bundle: str, scene: str, precision: str, seconds: float) -> dict:
     """One stream on every core (torch's default threads), batch 8."""
-    from bench.bench_segment import _model_only
 
     return _model_only(bundle, scene, 8, os.cpu_count() or 1, seconds, precision=precision)
 
@@ -46,9 +51,6 @@ def train_step_fn(precision: str):
     import numpy as np
     import torch
 
-    from jobs.runtime.config import load_config
-    from jobs.training.model import build_model, param_groups, training_loss
-    from jobs.training.config import TrainConfig
     from samsp.precision import autocast, resolve_precision
     from samsp.preprocess import prepare_batch, prepare_targets
 

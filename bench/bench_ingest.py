@@ -25,6 +25,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+import ingest
+from ingest import storage
+from ingest import synthetic
+from jobs.local_stack.local_s3 import start_s3_server
 
 REPO = Path(__file__).resolve().parents[1]
 TILE, OVERLAP = 1024, 64
@@ -46,7 +50,6 @@ def _proc_status_mb(field: str) -> float:
 def _child_pipeline(scene_path: str, workdir: str) -> dict:
     import numpy as np
 
-    import ingest
 
     rss_after_import = _proc_status_mb("VmRSS")
     t0 = time.perf_counter()
@@ -77,7 +80,6 @@ def _child_pipeline(scene_path: str, workdir: str) -> dict:
 
 
 def _child_read(uri: str) -> dict:
-    import ingest
 
     scene = ingest.open_scene(uri, check_empty=False)
     grid = ingest.TileGrid(scene.height, scene.width, TILE, OVERLAP)
@@ -153,7 +155,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     sys.path.insert(0, str(REPO))
-    from ingest import storage, synthetic
 
     sizes = [1024, 2048, 4096] if args.quick else [2048, 4096, 8192]
     tp_size = 2048 if args.quick else 4096
@@ -180,7 +181,6 @@ def main(argv: list[str] | None = None) -> int:
               f"(target <= {RSS_TARGET_PCT:.0f} %)", flush=True)
 
         # 2. S3 vs local read throughput of the same COG
-        from jobs.local_stack.local_s3 import start_s3_server
 
         cog = synthetic.make_geotiff(os.path.join(root, "tp_cog.tif"), tp_size, tp_size, count=3,
                                      blocksize=512, compress="deflate", cog=True)

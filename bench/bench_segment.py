@@ -36,6 +36,15 @@ import sys
 import threading
 import time
 from pathlib import Path
+from ingest import storage
+from jobs.local_stack.demo_scene import CrackScene
+from jobs.local_stack.demo_scene import write_scene
+from ingest.synthetic import make_geotiff
+from ingest import Radiometry
+from ingest import TileGrid
+from ingest import open_scene
+from ingest import MaskWriter
+from ingest import prob_to_u8
 
 REPO = Path(__file__).resolve().parents[1]
 SEGMENT = REPO / "jobs" / "segment.py"
@@ -66,8 +75,6 @@ def make_crack_scene(path: Path, size: int) -> str:
     probabilities), which a random model on a random scene does not."""
     import rasterio.shutil
 
-    from ingest import storage
-    from jobs.local_stack.demo_scene import CrackScene, write_scene
 
     if not path.exists():
         tmp = Path(storage.local_tempdir(prefix="samsp-bench-"))
@@ -95,7 +102,6 @@ def make_batch_folder(scene: str, folder: Path, n: int) -> str:
 
 
 def make_scene(path: Path, size: int) -> str:
-    from ingest.synthetic import make_geotiff
 
     if not path.exists():
         make_geotiff(str(path), size, size, count=3, dtype="uint8", nodata=0, blocksize=512,
@@ -138,7 +144,6 @@ def _model_only(bundle: str, scene_uri: str, batch: int, threads: int, min_secon
     import numpy as np
     import torch
 
-    from ingest import Radiometry, TileGrid, open_scene
     from samsp.predict import TilePredictor
 
     torch.set_num_threads(threads)
@@ -179,7 +184,6 @@ def sequential(bundle: str, scene_uri: str, workdir: Path, threads: int = 1) -> 
     """read tile -> model (batch 1) -> write core, one at a time; then the mask and prob COGs."""
     import torch
 
-    from ingest import MaskWriter, Radiometry, TileGrid, open_scene, prob_to_u8
     from samsp.predict import TilePredictor
 
     torch.set_num_threads(threads)

@@ -32,6 +32,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from bench.bench_segment import make_bundle, run_job, tile_geometry  # noqa: E402
 from bench.common import log, machine  # noqa: E402
+from ingest.synthetic import make_geotiff
+from ingest import Radiometry
+from ingest import TileGrid
+from ingest import open_scene
+from jobs.crack_sweep.pipeline import boundless_crop
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "geotiff" / "RGB.byte.tif"
@@ -54,7 +59,6 @@ def one_tile_scene(path: Path, side: int) -> tuple[str, str]:
             with rasterio.open(path, "w", **profile) as dst:
                 dst.write(src.read(window=win))
         return str(path), f"{side}² crop of {REAL.name}"
-    from ingest.synthetic import make_geotiff
 
     make_geotiff(str(path), side, side, count=3, dtype="uint8", seed=3)
     return str(path), f"{side}² synthetic GeoTIFF"
@@ -81,14 +85,12 @@ class ModelOnly:
 def _one_tile(bundle: str, scene: str, threads: int):
     import torch
 
-    from ingest import Radiometry, TileGrid, open_scene
     from samsp.predict import TilePredictor
 
     torch.set_num_threads(threads)
     sc = open_scene(scene)
     tile, overlap = tile_geometry(bundle)
     (t,) = list(TileGrid(sc.height, sc.width, tile, overlap))
-    from jobs.crack_sweep.pipeline import boundless_crop
     from rasterio.windows import Window
 
     data, valid = sc.read(Window(0, 0, sc.width, sc.height))

@@ -34,14 +34,14 @@ if str(REPO) not in sys.path:
 
 
 from bench.common import log, machine  # noqa: E402
+from jobs.runtime.config import load_config
+from jobs.train import run
+from jobs.training.config import TrainConfig
 
 
 # --------------------------------------------------------------------------- throughput
 
 def throughput(workers: int, epochs: int, storage: str) -> dict:
-    from jobs.runtime.config import load_config
-    from jobs.train import run
-    from jobs.training.config import TrainConfig
 
     cores = os.cpu_count() or 1
     cfg = load_config(TrainConfig, None, [

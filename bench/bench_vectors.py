@@ -26,6 +26,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from ingest import MaskWriter
+from ingest.vectors import write_polygons
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -38,7 +40,6 @@ def make_store(uri: str, size: int, seed: int = 0) -> None:
     from affine import Affine
     from scipy import ndimage
 
-    from ingest import MaskWriter
 
     rng = np.random.default_rng(seed)
     grid = rng.random((size // CELL + 2, size // CELL + 2)).astype(np.float32)
@@ -61,8 +62,6 @@ def _status_mib(field: str) -> float:
 
 
 def run_streaming(store: str, out: str) -> dict:
-    from ingest import MaskWriter
-    from ingest.vectors import write_polygons
 
     t0 = time.perf_counter()
     res = write_polygons(MaskWriter.open(store, mode="r"), out)
@@ -75,7 +74,6 @@ def run_whole(store: str, out: str) -> dict:
     from rasterio import features
     from shapely.geometry import shape
 
-    from ingest import MaskWriter
 
     t0 = time.perf_counter()
     w = MaskWriter.open(store, mode="r")
@@ -98,13 +96,11 @@ def child(mode: str, store: str, out: str) -> None:
         import scipy.ndimage  # noqa: F401
         import shapely  # noqa: F401
 
-        from ingest.vectors import write_polygons  # noqa: F401
     else:
         import geopandas  # noqa: F401
         import pyarrow.parquet  # noqa: F401
         import rasterio.features  # noqa: F401
         import shapely.geometry  # noqa: F401
-    from ingest import MaskWriter  # noqa: F401
 
     import_rss = _status_mib("VmRSS")
     res = run(store, out)

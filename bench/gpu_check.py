@@ -28,6 +28,10 @@ import time
 import traceback
 import warnings
 from pathlib import Path
+from jobs.runtime.devices import worker_device
+from bench.common import random_bundle
+from jobs.local_stack.demo_scene import CrackScene
+from jobs.local_stack.demo_scene import write_scene
 
 REPO = Path(__file__).resolve().parents[1]
 VIT_B_GFLOP = 972.0  # per 1024² image (torch.utils.flop_counter; BENCHMARKS.md, P6)
@@ -36,7 +40,6 @@ VIT_B_GFLOP = 972.0  # per 1024² image (torch.utils.flop_counter; BENCHMARKS.md
 def part_env() -> dict:
     import torch
 
-    from jobs.runtime.devices import worker_device
     from samsp.gpu import nvidia_driver_version
     from samsp.precision import resolve_precision
 
@@ -130,7 +133,6 @@ def part_oom(cap_gib: float = 12.0, batch: int = 16) -> dict:
     import numpy as np
     import torch
 
-    from bench.common import random_bundle
     from samsp.gpu import HalvingBatches
     from samsp.predict import TilePredictor
 
@@ -166,7 +168,6 @@ def _job(cmd: list[str], timeout: int) -> dict:
 
 
 def part_segment(size: int = 4096) -> dict:
-    from jobs.local_stack.demo_scene import CrackScene, write_scene
 
     work = Path(tempfile.mkdtemp(prefix="samsp-gpu-"))
     scene = work / "crack.tif"

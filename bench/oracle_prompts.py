@@ -26,6 +26,11 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
+from jobs.evaluation.data import load_item
+from jobs.evaluation.scoring import score_image
+from jobs.inference.sliding_window import SlidingWindow
+from bench.common import cpu_label
+from jobs.evaluation.data import list_pairs
 
 # pass-1 prompt sources: name -> prompt_from_target kind (None = the model's own self-prompt)
 SOURCES = {"self": None, "gt_box": "box", "gt_mask": "mask"}
@@ -70,9 +75,6 @@ def oracle_forward(bundle, precision: str = "auto", box_fractions: list | None =
 
 
 def measure(uri: str, items: list[dict], overlap: int) -> dict:
-    from jobs.evaluation.data import load_item
-    from jobs.evaluation.scoring import score_image
-    from jobs.inference.sliding_window import SlidingWindow
     from samsp import load_bundle
 
     bundle = load_bundle(uri)
@@ -111,8 +113,6 @@ def main(argv=None) -> int:
         ap.error("give one --name per --bundle")
     import torch
 
-    from bench.common import cpu_label
-    from jobs.evaluation.data import list_pairs
 
     torch.set_num_threads(args.threads)
     items = list_pairs(args.data, "deepcrack_test", limit=args.test_limit)

@@ -20,6 +20,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from ingest import MaskWriter
+from ingest import TileGrid
+from ingest import open_scene
+from ingest import storage
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,7 +37,6 @@ def main(argv=None) -> int:
 
     import rasterio
 
-    from ingest import MaskWriter, TileGrid, open_scene, storage
 
     scene = open_scene(args.scene, check_empty=False)
     grid = list(TileGrid(scene.height, scene.width, 256, 32))

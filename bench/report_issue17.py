@@ -16,6 +16,7 @@ import argparse
 import json
 import statistics
 from pathlib import Path
+from bench.common import cpu_label
 
 REPO = Path(__file__).resolve().parents[1]
 NOTES = REPO / "bench" / "ISSUE17_NOTES.md"
@@ -32,7 +33,6 @@ KEEP = ("arm", "seed", "what", "kind", "config", "schedule", "target_steps", "st
 def import_runs(runs: Path, records: Path = RECORDS) -> int:
     """Copy every finished run under ``runs/<study>/runs/*/result.json`` into ``records``. A run
     without a ``machine`` is stamped with this one's (runs are imported where they trained)."""
-    from bench.common import cpu_label
 
     n = 0
     for study in STUDIES:

@@ -27,6 +27,7 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 from affine import Affine
 from rasterio.crs import CRS
+from .crs import crs_identity
 
 
 def transform_to_gdal(transform: Affine) -> str:
@@ -206,7 +207,6 @@ def geozarr_attrs(crs: CRS | None, transform: Affine, height: int, width: int,
     """GeoZarr ``proj:``/``spatial:`` attributes of a ``[.., y, x]`` grid (see module docstring)."""
     from rasterio.transform import array_bounds
 
-    from .crs import crs_identity
 
     conventions = [SPATIAL_CONVENTION]
     attrs: dict[str, Any] = {

@@ -9,6 +9,7 @@ frame right after reading (``orient``) and reports the orientation it applied.
 from __future__ import annotations
 
 import numpy as np
+from .storage import gdal_path
 
 #: EXIF orientation -> what a viewer does to the stored grid (as PIL.ImageOps.exif_transpose).
 ORIENTATIONS = {
@@ -37,7 +38,6 @@ def read_orientation(uri: str) -> int:
     """EXIF orientation of a photo (local or s3://, in the caller's GDAL environment)."""
     import rasterio
 
-    from .storage import gdal_path
 
     with rasterio.open(gdal_path(uri)) as ds:
         return orientation_from_tags(ds.tags())

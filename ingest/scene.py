@@ -29,6 +29,9 @@ from . import storage
 from .errors import BandError, EmptySceneError, MissingSceneError, NoCRSError
 from .scene_sources import GdalSource, ZarrSource, is_s3_zarr_prefix, looks_like_zarr
 from .tiling import window_bounds
+from .crs import crs_code
+from .lowres import lowres_shape
+from .lowres import read_decimated
 
 #: default bound on the pixels (per band) read to check emptiness and fit the radiometry.
 DEFAULT_SAMPLE_PIXELS = 1 << 22  # 4.2 Mpx: a 2048x2048 scene is read whole; larger ones sampled
@@ -83,7 +86,6 @@ class Scene:
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        from .crs import crs_code
 
         crs = (crs_code(self.crs) or "custom (WKT2)") if self.crs else None
         return (f"Scene({self.uri!r}, {self.width}x{self.height}, bands={list(self.bands)}, "
@@ -193,7 +195,6 @@ class Scene:
         overviews when present, bounded memory either way). Kept for the next call with the same
         bound -- planning asks twice (emptiness, then the radiometry fit) -- never pickled.
         """
-        from .lowres import lowres_shape, read_decimated
 
         cached = self._lowres
         if cached is not None and cached[0] == max_pixels:

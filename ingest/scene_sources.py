@@ -14,6 +14,8 @@ from rasterio.windows import Window
 from . import storage
 from .errors import (CorruptSceneError, MissingSceneError, S3AccessError, SceneError,
                      UnsupportedFormatError)
+from .georef import array_dims
+from .georef import read_georef
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
@@ -216,7 +218,6 @@ class ZarrSource:
                 parent_path = inner.rsplit("/", 1)[0] if "/" in inner else ""
                 parent = root[parent_path] if parent_path else root
         self.array = array
-        from .georef import array_dims, read_georef
 
         dims = array_dims(array)
         if array.ndim == 2:

@@ -13,6 +13,7 @@ from affine import Affine
 from rasterio.windows import Window
 
 from . import storage
+from .writer import _quiet_georef
 
 UTM_33N = "EPSG:32633"
 
@@ -55,7 +56,6 @@ def make_geotiff(uri: str | os.PathLike, height: int, width: int, count: int = 3
     import rasterio
     import rasterio.shutil
 
-    from .writer import _quiet_georef
 
     uri = os.fspath(uri)
     workdir = storage.local_tempdir(prefix="samsp-synth-")

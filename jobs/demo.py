@@ -20,6 +20,9 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import rasterio.shutil
+from jobs.local_stack.demo_scene import CrackScene
+from jobs.local_stack.demo_scene import write_scene
+from jobs.local_stack.local_s3 import start_s3_server
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "models" / "samsp-crack-tiny"
@@ -43,8 +46,6 @@ def dice_from_rasters(pred_path: Path, truth_path: Path) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from jobs.local_stack.demo_scene import CrackScene, write_scene
-    from jobs.local_stack.local_s3 import start_s3_server
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=4096, help="scene side in pixels (>= 4096 for the demo)")

@@ -54,7 +54,7 @@ from jobs.runtime.config import (ConfigError, job_epilog, load_config, new_run_i
 from jobs.segmentation.config import SegmentConfig  # noqa: E402
 from jobs.segmentation.status import StatusBoard  # noqa: E402
 from jobs.segmentation.index import read_manifest  # noqa: E402
-from jobs.runtime.messages import one_line  # noqa: E402
+from jobs.runtime.messages import error_line, one_line  # noqa: E402
 from ingest import storage  # noqa: E402
 from jobs.segmentation.engines import PROGRESS, TIMINGS, run_pipeline  # noqa: E402
 from jobs.inputs.expand import expand_inputs  # noqa: E402
@@ -63,6 +63,19 @@ from jobs.segmentation.scene import (SceneState, plan_scene, read_bundle_meta,  
                                 scene_records, scene_row, scene_tiles, tile_geometry)
 from jobs.segmentation.stac_input import add_stac_args, open_stac_input, stac_overrides  # noqa: E402
 from ingest.errors import StacSearchError  # noqa: E402
+from ingest import s3_retry
+from jobs.segmentation.rows import TileRows
+from jobs.segmentation.rows import plan_in_parallel
+from jobs.segmentation.progress import Progress
+from jobs.segmentation.index import IndexUpdater
+from jobs.segmentation.index import rebuild
+from jobs.segmentation.report import write_report
+from jobs.runtime.ray_session import stop_ray
+from jobs.inference.model_preload import ModelPreload
+from jobs.segmentation.finalize import finalize_scene
+from jobs.segmentation.record import promote
+from jobs.segmentation.stac_output import publish
+from jobs.segmentation.stac_output import write_scene_item
 
 log = logging.getLogger("samsp.segment")
 
@@ -75,7 +88,6 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as err:
         log.error("%s", err)
         return EXIT_USAGE
-    from ingest import s3_retry
 
     s3_retry.configure(cfg.storage.max_retries, cfg.storage.retry_delay_s,  # workers inherit it
                        cfg.storage.retry_mode)
@@ -107,7 +119,6 @@ def run(args: argparse.Namespace) -> int:
     preload = None
     if cfg.pipeline.engine == "local":
         # Import torch and samsp and read the bundle (~3 s here) while the scenes are planned.
-        from jobs.inference.model_preload import ModelPreload
 
         preload = ModelPreload(args.model)
     # the index names earlier scenes (ids, legacy rows); each scene's status.json is its state
@@ -141,7 +152,6 @@ def run(args: argparse.Namespace) -> int:
         except Exception as err:  # noqa: BLE001 - one bad scene never stops the others
             return None, err
 
-    from jobs.segmentation.rows import TileRows, plan_in_parallel
 
     planned = plan_in_parallel(inputs, plan_one, cfg.pipeline.plan_workers)
     for uri, (plan, err) in zip(inputs, planned):
@@ -177,7 +187,6 @@ def run(args: argparse.Namespace) -> int:
     TIMINGS.clear()
     TIMINGS["planned"] = time.perf_counter()
     rows = TileRows(scene_tiles(st.plan, cfg, meta.band_map) for st in states.values())
-    from jobs.segmentation.progress import Progress
 
     PROGRESS[:] = [Progress(len(rows), sum(1 for st in states.values() if st.remaining))]
     pool = cf.ThreadPoolExecutor(max_workers=cfg.pipeline.finalize_workers,
@@ -192,15 +201,12 @@ def run(args: argparse.Namespace) -> int:
         futures[pool.submit(finalize, st)] = sid
 
     def finalize(st: SceneState) -> dict:
-        from jobs.segmentation.finalize import finalize_scene
-        from jobs.segmentation.record import promote
 
         extra = finalize_scene(st.plan, st.totals, cfg, threshold, args.model, st.computed,
                                time.perf_counter() - st.t_start)
         if st.plan.replaces:  # a whole, successful recomputation replaces the old outputs
             promote(st.plan.out_dir, st.plan.replaces, extra["outputs"])
         if cfg.output.stac:  # after promotion: the item describes the files where they stay
-            from jobs.segmentation.stac_output import write_scene_item
 
             write_scene_item(st.plan, extra["stats"], extra["outputs"], args.model, run_started,
                              source=stac_in.source(st.plan.input) if stac_in is not None else None)
@@ -223,7 +229,6 @@ def run(args: argparse.Namespace) -> int:
             st.submitted = True
 
     # ---- collect
-    from jobs.segmentation.index import IndexUpdater, rebuild
 
     index = IndexUpdater(output, cfg.output.manifest_interval_s)
     for fut in cf.as_completed(list(futures)):
@@ -257,7 +262,6 @@ def run(args: argparse.Namespace) -> int:
     rebuild(output)  # the index: every scene's status, this run's and any other's
     stac_error = ""
     if cfg.output.stac:  # collection.json + items.parquet over every item under the output
-        from jobs.segmentation.stac_output import publish
 
         stac_error = publish(output, cfg.output.stac_collection, len(stac_items))
     if stac_in is not None:
@@ -265,7 +269,6 @@ def run(args: argparse.Namespace) -> int:
     total = len(inputs)
     ok = sum(1 for r in results.values() if r.get("status") == "ok")
     skipped = sum(1 for r in results.values() if r.get("status") == "skipped")
-    from jobs.segmentation.report import write_report
 
     try:  # the morning report; a report that cannot be written is no failed scene
         write_report(output, {"run_id": run_id, "started": run_started.isoformat(timespec="seconds"),
@@ -286,7 +289,6 @@ def run(args: argparse.Namespace) -> int:
                     steady=t_end - TIMINGS["ray_ready"])
         if "first_tile" in TIMINGS:  # start-up inside "steady": actors/model up, first block done
             secs["first_tile"] = TIMINGS["first_tile"] - TIMINGS["ray_ready"]
-    from jobs.runtime.ray_session import stop_ray
 
     stop_ray()
     print(json.dumps({"run_id": run_id, "ok": ok, "skipped": skipped, "failed": failed,

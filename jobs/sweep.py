@@ -40,6 +40,31 @@ from jobs.segmentation.config import PredictConfig, RayConfig, TilingConfig  # n
 from jobs.runtime.messages import one_line  # noqa: E402
 from ingest import storage  # noqa: E402
 from jobs.crack_sweep.measure import MeasureConfig  # noqa: E402
+from jobs.runtime.records import read_json_records
+from ingest import Radiometry
+from ingest import open_scene
+from jobs.crack_sweep.features import write_photo_features
+from jobs.crack_sweep.measure import physical_measurements
+from jobs.crack_sweep.pipeline import crack_measurements
+from jobs.crack_sweep.report import mask_png
+from jobs.crack_sweep.report import overlay_thumb
+from jobs.crack_sweep.outputs import photo_record_uri, record_json
+from jobs.segmentation.scene import read_bundle_meta
+from jobs.segmentation.scene import tile_geometry
+from jobs.inputs.expand import expand_inputs
+from jobs.inputs.scene_ids import assign_scene_ids
+from jobs.crack_sweep.measure import PixelSizes
+from jobs.crack_sweep.features import write_sweep_features
+from jobs.crack_sweep.measure import remeasure_records
+from jobs.crack_sweep.report import write_report
+from jobs.runtime.ray_session import stop_ray
+from jobs.runtime.ray_session import init_ray
+from jobs.segmentation.engines import ACTOR_MAX_RESTARTS
+from jobs.segmentation.engines import ray_resources
+from jobs.segmentation.pipeline import Predictor
+from jobs.crack_sweep.pipeline import keep_mask_cores
+from jobs.crack_sweep.pipeline import read_photos
+from ingest.tiling import Tile
 
 log = logging.getLogger("samsp.sweep")
 
@@ -87,7 +112,6 @@ class SweepConfig(StrictModel):
 # --------------------------------------------------------------------------- records
 
 def read_records(output: str) -> dict[str, dict]:
-    from jobs.runtime.records import read_json_records
 
     return read_json_records(storage.join(output, "records"), lambda rec: rec["id"])
 
@@ -104,11 +128,6 @@ class Photo:
 
 
 def finalize_photo(ph: Photo, output: str, cfg: SweepConfig, run_id: str, sizes) -> dict:
-    from ingest import Radiometry, open_scene, storage
-    from jobs.crack_sweep.features import write_photo_features
-    from jobs.crack_sweep.measure import physical_measurements
-    from jobs.crack_sweep.pipeline import crack_measurements
-    from jobs.crack_sweep.report import mask_png, overlay_thumb, record_json
 
     mask = ph.mask
     valid = mask != 255
@@ -130,7 +149,7 @@ def finalize_photo(ph: Photo, output: str, cfg: SweepConfig, run_id: str, sizes)
            "mean_disagreement": float(np.mean(ph.disagreement)) if ph.disagreement else 0.0,
            "seconds": round(time.perf_counter() - ph.t0, 3), "mask": mask_rel, "thumb": thumb_rel,
            "run_id": run_id}
-    storage.write_bytes(storage.join(output, "records", f"{ph.id}.json"), record_json(rec))  # last
+    storage.write_bytes(photo_record_uri(output, ph.id), record_json(rec))  # last
     return rec
 
 
@@ -144,11 +163,7 @@ def failed_record(ph: Photo, run_id: str) -> dict:
 # --------------------------------------------------------------------------- run
 
 def run(args: argparse.Namespace) -> int:
-    from jobs.segmentation.scene import read_bundle_meta, tile_geometry
-    from jobs.inputs.expand import expand_inputs
-    from jobs.inputs.scene_ids import assign_scene_ids
 
-    from jobs.crack_sweep.measure import PixelSizes
 
     try:
         cfg = load_config(SweepConfig, args.config, args.overrides)
@@ -172,7 +187,6 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     threshold = cfg.predict.threshold if cfg.predict.threshold is not None else meta.threshold
 
-    from ingest import storage
 
     previous = read_records(output)
     ids = assign_scene_ids(inputs, previous)
@@ -205,14 +219,11 @@ def run(args: argparse.Namespace) -> int:
             if ph.errors:
                 failed += 1
                 rec = failed_record(ph, run_id)
-                storage.write_bytes(storage.join(output, "records", f"{ph.id}.json"),
+                storage.write_bytes(photo_record_uri(output, ph.id),
                                     json.dumps(rec).encode())
                 log.error("photo %s: FAILED: %s", ph.id, rec["error"])
             n_tiles += ph.spec.get("tiles", 0) if not ph.errors else 0
 
-    from jobs.crack_sweep.features import write_sweep_features
-    from jobs.crack_sweep.measure import remeasure_records
-    from jobs.crack_sweep.report import write_report
 
     # records measured with another pixel size or other classes (an earlier run) are redone
     records = remeasure_records(output, read_records(output), sizes, cfg.measure)
@@ -224,7 +235,6 @@ def run(args: argparse.Namespace) -> int:
     log.info("sweep %s done in %.1fs: %d photo(s) segmented, %d failed; report %s (%d images, "
              "%d ok)", run_id, time.perf_counter() - t_job, len(todo) - failed, failed,
              storage.join(output, "report.html"), summary["images"], summary["ok"])
-    from jobs.runtime.ray_session import stop_ray
 
     stop_ray()
     print(json.dumps({"run_id": run_id, "segmented": len(todo) - failed, "skipped": len(inputs) - len(todo),
@@ -236,11 +246,6 @@ def run_pipeline(photos, cfg, model_uri, threshold, tile, overlap, pool, futures
                  run_id, sizes) -> str:
     import ray
 
-    from jobs.runtime.ray_session import init_ray
-    from jobs.segmentation.engines import ACTOR_MAX_RESTARTS, ray_resources
-    from jobs.segmentation.pipeline import Predictor
-    from jobs.crack_sweep.pipeline import keep_mask_cores, read_photos
-    from ingest.tiling import Tile
 
     mode = init_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus, include_dashboard=False)
     ray.data.DataContext.get_current().enable_progress_bars = True

@@ -55,6 +55,14 @@ from jobs.training.data import DataError  # noqa: E402
 from jobs.training.model import (META_FILE, MODEL_FILE, STATE_FILE, TrainError,  # noqa: E402
                               build_model, checkpoint_dir, load_model_state)
 from jobs.training.worker import train_loop_per_worker  # noqa: E402
+from jobs.training.data import _fs
+from jobs.training.data import check_item
+from jobs.training.data import plan_data
+from jobs.runtime.ray_session import is_local_ray
+from jobs.runtime.ray_session import init_ray
+from jobs.runtime.ray_session import storage_filesystem
+from jobs.runtime.ray_session import worker_env_vars
+from jobs.training.backend import GpuCheckedTorchConfig
 
 log = logging.getLogger("samsp.train")
 
@@ -99,7 +107,6 @@ def _export_uri(cfg: TrainConfig) -> str | None:
 
 
 def _check_bucket(uri: str, what: str) -> None:
-    from jobs.training.data import _fs
 
     bucket = uri[len("s3://"):].split("/", 1)[0]
     fs, _ = _fs(uri)
@@ -114,7 +121,6 @@ def _check_bucket(uri: str, what: str) -> None:
 
 def preflight(cfg: TrainConfig) -> dict:
     """Every check that can fail without Ray; returns the data plan and model facts."""
-    from jobs.training.data import check_item, plan_data
     from samsp import CheckpointError
 
     t0 = time.perf_counter()
@@ -148,7 +154,6 @@ def preflight(cfg: TrainConfig) -> dict:
 def _check_resources(cfg: TrainConfig, mode: str) -> None:
     import ray
 
-    from jobs.runtime.ray_session import is_local_ray
 
     need_cpu = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
     need_gpu = cfg.scaling.num_workers if cfg.scaling.use_gpu else 0
@@ -168,7 +173,6 @@ def _check_resources(cfg: TrainConfig, mode: str) -> None:
 
 
 def _write_json(uri: str, obj: Any) -> None:
-    from jobs.training.data import _fs
 
     fs, path = _fs(uri)
     parent = path.rsplit("/", 1)[0]
@@ -210,7 +214,6 @@ def export_bundle(cfg: TrainConfig, ckpt_dir: str, uri: str, facts: dict, best: 
     model.eval()
     if "://" not in uri:
         return save_bundle(model, uri, meta).model_dump(mode="json")
-    from jobs.training.data import _fs
 
     with tempfile.TemporaryDirectory(prefix="samsp-bundle-") as tmp:
         written = save_bundle(model, tmp, meta)
@@ -233,8 +236,6 @@ def run(cfg: TrainConfig) -> dict:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from jobs.runtime.ray_session import init_ray, storage_filesystem, worker_env_vars
-    from jobs.training.backend import GpuCheckedTorchConfig
 
     need_cpus = math.ceil(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)
     # Embedded runs are short and local: poll the workers more often than Ray Train's defaults

@@ -48,7 +48,7 @@ def test_gpu_worker_without_cuda_fails_with_one_line(monkeypatch):
 
 def test_predictor_actor_given_a_gpu_without_cuda_does_not_start(monkeypatch, tmp_path):
     import jobs.runtime.devices as devices
-    from jobs.segmentation.pipeline import Predictor
+    from jobs.inference.predictor import Predictor
     from tests.test_segment import make_bundle
 
     bundle = make_bundle(str(tmp_path / "bundle"))
@@ -284,7 +284,7 @@ def predictor_bundle(tmp_path_factory):
 
 
 def test_predictor_out_of_memory_retries_in_halves(predictor_bundle, caplog):
-    from jobs.segmentation.pipeline import Predictor
+    from jobs.inference.predictor import Predictor
 
     batch = _tile_batch(5)
     plain = Predictor(predictor_bundle, device="cpu", torch_threads=1).predict(batch)
@@ -304,7 +304,7 @@ def test_predictor_out_of_memory_retries_in_halves(predictor_bundle, caplog):
 
 
 def test_predictor_tiles_that_never_fit_fail_alone(predictor_bundle):
-    from jobs.segmentation.pipeline import Predictor
+    from jobs.inference.predictor import Predictor
 
     actor = Predictor(predictor_bundle, device="cpu", torch_threads=1)
     actor.predictor = FakeOOM(actor.predictor, fits=0)
@@ -320,7 +320,7 @@ def test_predictor_tiles_that_never_fit_fail_alone(predictor_bundle):
     torch.AcceleratorError("CUDA error: unspecified launch failure"),
 ])
 def test_predictor_fatal_cuda_errors_propagate(predictor_bundle, error):
-    from jobs.segmentation.pipeline import Predictor
+    from jobs.inference.predictor import Predictor
 
     def broken(*_):
         raise error
@@ -332,7 +332,7 @@ def test_predictor_fatal_cuda_errors_propagate(predictor_bundle, error):
 
 
 def test_other_errors_still_fail_only_their_tiles(predictor_bundle):
-    from jobs.segmentation.pipeline import Predictor
+    from jobs.inference.predictor import Predictor
 
     def broken(*_):
         raise ValueError("bad tile")

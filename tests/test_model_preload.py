@@ -54,7 +54,7 @@ def test_job_with_unloadable_weights_fails_with_the_bundle_error(tmp_path):
 def test_a_predictor_casts_a_bundle_passed_in_only_when_told_it_owns_it(tmp_path):
     """The local engine hands its preloaded Bundle over (own_bundle=True: weights cast once in
     bf16); any other caller's Bundle stays float32 and usable in fp32 afterwards."""
-    from jobs.segmentation.pipeline import Predictor
+    from jobs.inference.predictor import Predictor
 
     bundle = load_bundle(_bundle(tmp_path / "model", 1))
     Predictor(bundle, device="cpu", precision="bf16")

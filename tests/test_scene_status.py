@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from ingest import storage, versioned
-from jobs.segmentation.index import rebuild
 from jobs.segmentation.status import StatusBoard, live_lease_owner, read_statuses, status_uri
-from jobs.segmentation.index import read_manifest, write_manifest
+from jobs.segmentation.index import encode_index, manifest_uri, read_manifest, rebuild
 
 REPO = Path(__file__).resolve().parents[1]
 REC = {"threshold": 0.5}
@@ -101,8 +100,9 @@ def test_live_lease_owner():
 
 
 def test_rebuild_from_status_objects_keeps_older_rows(output):
-    write_manifest(output, [{"id": "legacy", "status": "ok", "input": "/old.tif"},
-                            {"id": "s", "status": "failed", "input": "/in/s.tif"}])
+    storage.write_bytes(manifest_uri(output), encode_index({
+        "legacy": {"id": "legacy", "status": "ok", "input": "/old.tif"},
+        "s": {"id": "s", "status": "failed", "input": "/in/s.tif"}}))
     board = StatusBoard(output, "run-a", 60)
     for sid in ("s", "t"):
         board.claim(sid, f"/in/{sid}.tif", REC, force=False)

@@ -13,7 +13,8 @@ import pytest
 
 from jobs.runtime.config import ConfigError, load_config
 from jobs.segmentation.config import SegmentConfig
-from jobs.segmentation.index import Manifest, read_manifest, write_manifest
+from ingest import storage
+from jobs.segmentation.index import encode_index, manifest_uri, read_manifest
 from jobs.inputs.expand import expand_inputs
 from jobs.inputs.scene_ids import assign_scene_ids, safe_stem
 from jobs.segmentation.plan import read_tile_records
@@ -134,25 +135,18 @@ def test_scene_ids_are_safe_stable_and_unique():
 
 # ----------------------------------------------------------------------------- manifest
 
-def test_manifest_merge_and_atomic_write(tmp_path):
+def test_index_reads_back_and_skips_a_torn_line(tmp_path):
     out = str(tmp_path / "out")
-    write_manifest(out, [{"id": "old", "status": "ok", "input": "o"},
-                         {"id": "bad", "status": "failed", "input": "b"}])
-    m = Manifest(out, "run2")
-    assert m.done("old") and not m.done("bad") and not m.done("new")
-    m.set({"id": "bad", "status": "ok", "input": "b", "error": "line one\nline two"})
-    m.set({"id": "new", "status": "failed", "input": "n", "error": "x" * 2000})
-    m.flush()
-    rows = read_manifest(out)
-    assert set(rows) == {"old", "bad", "new"}
-    assert rows["old"]["status"] == "ok" and "run_id" not in rows["old"]  # untouched row kept
-    assert rows["bad"]["run_id"] == "run2" and rows["bad"]["error"] == "line one line two"
-    assert "\n" not in rows["new"]["error"] and len(rows["new"]["error"]) <= 500
+    rows = {"old": {"id": "old", "status": "ok", "input": "o"},
+            "bad": {"id": "bad", "status": "failed", "input": "b"}}
+    storage.write_bytes(manifest_uri(out), encode_index(rows))
+    assert read_manifest(out) == rows
     assert sorted(os.listdir(out)) == ["manifest.jsonl"]  # no temp file left behind
     # a torn trailing line (foreign writer) is ignored, the rest still reads
     with open(tmp_path / "out" / "manifest.jsonl", "a") as f:
         f.write('{"id": "torn", "sta')
-    assert set(read_manifest(out)) == {"old", "bad", "new"}
+    assert read_manifest(out) == rows
+    assert read_manifest(str(tmp_path / "none")) == {}
 
 
 # ----------------------------------------------------------------------------- config
@@ -194,7 +188,7 @@ def test_usage_errors_exit_2(tmp_path, capsys):
 
 def test_tile_statistics_on_the_core_only():
     from ingest import Tile
-    from jobs.segmentation.pipeline import tile_statistics
+    from jobs.inference.predictor import tile_statistics
 
     prob = np.zeros((8, 8), np.float32)
     first = np.zeros((8, 8), np.float32)

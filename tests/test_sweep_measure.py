@@ -134,7 +134,8 @@ def test_report_shows_mm_and_each_findings_class(tmp_path):
     import pandas as pd
 
     from jobs.crack_sweep.features import write_photo_features
-    from jobs.crack_sweep.report import record_json, write_report
+    from jobs.crack_sweep.outputs import record_json
+    from jobs.crack_sweep.report import write_report
 
     names = ["hairline", "fine", "wide"]
     m = crack(200, 500, 20, 30, 300, 1, 0) | crack(200, 500, 20, 90, 200, 5, 0)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.segmentation.pipeline import MASK_NODATA, PROB_NODATA, encode_prob, tile_statistics
+from ingest.writer import NODATA, prob_to_u8
+from jobs.inference.predictor import tile_statistics
 from jobs.inference.tile_encoding import encode_tiles
 
 
@@ -21,10 +22,10 @@ def test_device_encoding_equals_the_numpy_path():
     pu8, mu8, stats = encode_tiles(torch.from_numpy(prob), torch.from_numpy(first),
                                    torch.from_numpy(valid), cores, 0.5)
     for i in range(3):
-        ref_p = encode_prob(prob[i])
+        ref_p = prob_to_u8(prob[i])
         ref_m = (prob[i] > 0.5).astype(np.uint8)
-        ref_p[~valid[i]] = PROB_NODATA
-        ref_m[~valid[i]] = MASK_NODATA
+        ref_p[~valid[i]] = NODATA
+        ref_m[~valid[i]] = NODATA
         assert np.array_equal(pu8[i], ref_p) and np.array_equal(mu8[i], ref_m)
         ref = tile_statistics(prob[i], first[i], valid[i], cores[i], 0.5)
         assert stats[i].keys() == ref.keys()
@@ -39,7 +40,7 @@ def test_the_predictor_gpu_branch_gives_the_cpu_outputs(monkeypatch, tmp_path):
     import json
 
     from ingest.tiling import TileGrid
-    from jobs.segmentation.pipeline import Predictor
+    from jobs.inference.predictor import Predictor
     from samsp import SamSP, build_sam, save_bundle
 
     torch.manual_seed(0)

@@ -13,18 +13,14 @@ from __future__ import annotations
 import io
 
 from ingest import storage
-
-FEATURES = "cracks.parquet"
-
-
-def photo_features_uri(output: str, photo_id: str) -> str:
-    return storage.join(output, "features", f"{photo_id}.parquet")
-
+from ingest.vectors.formats import write_batches
+from ingest.vectors.tables import centerline_batches
+from ingest.vectors.tables import centerline_schema
+from jobs.crack_sweep.measure import width_class
+from jobs.crack_sweep.outputs import FEATURES, photo_features_uri
 
 def write_photo_features(output: str, photo_id: str, lines: list) -> int:
     """One photo's centre-lines -> ``features/<id>.parquet`` (GeoParquet, pixel coordinates)."""
-    from ingest.vectors.formats import write_batches
-    from ingest.vectors.tables import centerline_batches, centerline_schema
 
     return write_batches(centerline_batches(lines, None), photo_features_uri(output, photo_id),
                          centerline_schema(), None)
@@ -38,7 +34,6 @@ def _with_mm(table, mm, classes):
     """The line table plus its mm columns and width class (nulls without a pixel size)."""
     import pyarrow as pa
 
-    from jobs.crack_sweep.measure import width_class
 
     for name, px in MM_FIELDS:
         values = [None if mm is None else v * mm for v in table[px].to_pylist()]
@@ -52,7 +47,6 @@ def _image_batches(output: str, records: list[dict], schema, classes):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ingest import storage
 
     for rec in records:
         photo_id = rec["id"]
@@ -73,8 +67,6 @@ def write_sweep_features(output: str, records: list[dict], measure=None) -> int:
     ``measure`` (``MeasureConfig``) names the width classes of the lines."""
     import pyarrow as pa
 
-    from ingest.vectors.formats import write_batches
-    from ingest.vectors.tables import centerline_schema
 
     base = centerline_schema()
     at = base.get_field_index("max_width") + 1
@@ -87,4 +79,4 @@ def write_sweep_features(output: str, records: list[dict], measure=None) -> int:
                          schema, None)
 
 
-__all__ = ["FEATURES", "photo_features_uri", "write_photo_features", "write_sweep_features"]
+__all__ = ["write_photo_features", "write_sweep_features"]

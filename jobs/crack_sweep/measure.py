@@ -27,6 +27,8 @@ from typing import Optional
 from pydantic import Field, field_validator
 
 from jobs.runtime.config import ConfigError, StrictModel
+from ingest import storage
+from jobs.crack_sweep.outputs import photo_features_uri, photo_record_uri, record_json
 
 log = logging.getLogger("samsp.sweep")
 
@@ -70,7 +72,6 @@ class MeasureConfig(StrictModel):
 def read_pixel_size_csv(uri: str) -> dict[str, float]:
     """``{image: mm per pixel}`` of the CSV; anything malformed is a :class:`ConfigError`
     naming the file and the line."""
-    from ingest import storage
 
     where = f"measure.pixel_size_csv {uri}"
     try:
@@ -183,10 +184,6 @@ def remeasure_records(output: str, records: dict[str, dict], sizes: PixelSizes,
     are written back; records without a features file are left as they are."""
     import pyarrow.parquet as pq
 
-    from ingest import storage
-    from ingest import storage
-    from jobs.crack_sweep.features import photo_features_uri
-    from jobs.crack_sweep.report import record_json
 
     for rid, rec in records.items():
         if rec.get("status") != "ok":
@@ -201,7 +198,7 @@ def remeasure_records(output: str, records: dict[str, dict], sizes: PixelSizes,
             continue
         rec.update(physical_measurements(rec, table["length"].to_pylist(),
                                          table["max_width"].to_pylist(), mm, source, cfg))
-        storage.write_bytes(storage.join(output, "records", f"{rid}.json"), record_json(rec))
+        storage.write_bytes(photo_record_uri(output, rid), record_json(rec))
     return records
 
 

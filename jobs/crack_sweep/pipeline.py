@@ -25,6 +25,15 @@ import numpy as np
 
 from ingest.vectors.skeleton import skeletonize, width_px, zhang_suen_thinning  # noqa: F401
 from jobs.runtime.messages import error_line
+from ingest.vectors import ArraySource
+from ingest.vectors import iter_centerlines
+from ingest import Radiometry
+from ingest import TileGrid
+from ingest import open_scene
+from ingest import storage
+from ingest.orientation import orient
+from ingest.orientation import read_orientation
+from ingest.tiling import Tile
 
 
 # --------------------------------------------------------------------------- measurements
@@ -33,7 +42,6 @@ def crack_lines(mask: np.ndarray) -> list:
     """The photo's crack centre-lines (``ingest.vectors.Centerline``, pixel coordinates): the
     same skeleton, merge and widths as a segmentation job's ``centerlines`` output. A photo
     is in memory already, so it is one block (no halo needed)."""
-    from ingest.vectors import ArraySource, iter_centerlines
 
     m = np.asarray(mask, dtype=np.uint8)
     return list(iter_centerlines(ArraySource(m, chunk=max(m.shape))))
@@ -95,8 +103,6 @@ def read_photos(batch: dict, tile: int, overlap: int, percentiles=(2.0, 98.0),
     """One input row per photo -> one output row per tile (or one error row per bad photo)."""
     from rasterio.windows import Window
 
-    from ingest import Radiometry, TileGrid, open_scene, storage
-    from ingest.orientation import orient, read_orientation
 
     ids, uris = list(batch["scene"]), list(batch["input"])
     out = {"scene": [], "spec": [], "tile": [], "image": [], "valid": [], "error": []}
@@ -147,7 +153,6 @@ def read_photos(batch: dict, tile: int, overlap: int, percentiles=(2.0, 98.0),
 
 def keep_mask_cores(batch: dict) -> dict:
     """After the model: keep only each tile's core of the mask (smaller rows to the driver)."""
-    from ingest.tiling import Tile
 
     cores = []
     for tile_json, mask in zip(batch["tile"], batch["mask"]):

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import html
 import io
-import json
 import math
 
 import numpy as np
 
 from ingest import storage
+from jobs.crack_sweep.measure import class_columns
+from ingest.orientation import orient
+from ingest.orientation import oriented_shape
+from jobs.segmentation.finalize import _decimated_image
 
 OVERLAY = np.array([255, 30, 30], np.float32)
 COLUMNS = ["rank", "id", "input", "status", "crack_px", "crack_fraction", "skeleton_length_px",
@@ -39,7 +42,6 @@ MM_COLUMNS = ["pixel_size_mm", "pixel_size_source", "skeleton_length_mm", "max_w
 
 
 def table_columns(class_names=()) -> list[str]:
-    from jobs.crack_sweep.measure import class_columns
 
     at = COLUMNS.index("cracks") + 1
     return COLUMNS[:at] + MM_COLUMNS + class_columns(list(class_names)) + COLUMNS[at:]
@@ -69,8 +71,6 @@ def overlay_thumb(scene, radiometry, mask_u8: np.ndarray, size: int,
     and turned by its EXIF ``orientation`` (the mask is already in that frame)."""
     from PIL import Image
 
-    from ingest.orientation import orient, oriented_shape
-    from jobs.segmentation.finalize import _decimated_image
 
     H, W = scene.height, scene.width
     scale = min(1.0, size / max(H, W))
@@ -215,7 +215,6 @@ Photos are measured and shown as photo viewers display them: EXIF orientation ap
 def write_report(output: str, records: list[dict], top_n: int, run_info: dict,
                  columns: int = 6, cell: int = 256, class_names=()) -> dict:
     """report.csv, report.parquet, contact_sheet.png, report.html (each written atomically)."""
-    from ingest import storage
 
     table = ranked_table(records, class_names)
     storage.write_bytes(storage.join(output, "report.csv"), table.to_csv(index=False).encode())
@@ -236,5 +235,3 @@ def write_report(output: str, records: list[dict], top_n: int, run_info: dict,
             "failed": int((table["status"] != "ok").sum()), "top": [r["id"] for r in top]}
 
 
-def record_json(rec: dict) -> bytes:
-    return json.dumps(rec, sort_keys=True, default=float).encode()

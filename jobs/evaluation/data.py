@@ -6,6 +6,13 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from jobs.training.data import _fs
+from jobs.training.config import PAIR_LAYOUTS
+from jobs.training.config import PairsData
+from jobs.training.data import DataError
+from jobs.training.data import _pairs_items
+from jobs.training.data import ItemLoader
+from jobs.training.data import plan_data
 
 LAYOUTS = ("auto", "deepcrack", "deepcrack_test", "epfl", "custom")
 
@@ -15,7 +22,6 @@ class EvalError(ValueError):
 
 
 def _isdir(uri: str) -> bool:
-    from jobs.training.data import _fs
 
     fs, path = _fs(uri)
     try:
@@ -26,7 +32,6 @@ def _isdir(uri: str) -> bool:
 
 def detect_layout(root: str) -> str:
     """The pair layout of ``root``: DeepCrack test (or train) folders, EPFL, or images/masks."""
-    from jobs.training.config import PAIR_LAYOUTS
 
     for layout in ("deepcrack_test", "deepcrack", "epfl"):
         image_dir, mask_dir, _ = PAIR_LAYOUTS[layout]
@@ -47,8 +52,6 @@ def list_pairs(root: str, layout: str = "auto", image_dir: str | None = None,
     """
     from pydantic import ValidationError
 
-    from jobs.training.config import PairsData
-    from jobs.training.data import DataError, _pairs_items
 
     if layout == "auto":
         layout = detect_layout(root)
@@ -65,7 +68,6 @@ def list_pairs(root: str, layout: str = "auto", image_dir: str | None = None,
 
 def load_item(item: dict, scenes: Sequence[dict] = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(image uint8[3,H,W], mask bool[H,W], valid bool[H,W])`` of a pair/raster item."""
-    from jobs.training.data import DataError, ItemLoader
 
     try:
         return ItemLoader(list(scenes), cache=False).load(item)
@@ -78,7 +80,6 @@ def validation_items(bundle_meta) -> tuple[list[dict], list[dict]]:
 
     Returns ``(items, scenes)`` as ``jobs.training.data.plan_data`` gives them.
     """
-    from jobs.training.data import DataError, plan_data
 
     config = (bundle_meta.provenance or {}).get("config")
     if not config or "data" not in config:

@@ -28,7 +28,8 @@ def import_model_code() -> None:
     if "torch" not in sys.modules:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
-        import jobs.segmentation.pipeline  # noqa: F401
+        # torch, imported here on purpose: after OMP_WAIT_POLICY is set, in the loading thread
+        import jobs.inference.predictor  # noqa: F401
         import samsp.predict  # noqa: F401
     except Exception:  # noqa: BLE001 - run_local imports again and reports the error
         pass

@@ -14,6 +14,7 @@ from ingest.tiling import Tile
 from ingest.writer import NODATA, prob_to_u8
 from jobs.runtime.devices import crash_for_restart, worker_device
 from jobs.runtime.messages import error_line
+from jobs.inference.tile_encoding import encode_tiles
 
 
 def column(batch: dict, name: str) -> list:
@@ -61,8 +62,6 @@ class Predictor:
             os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         import torch
 
-        from ingest.storage import gdal_env  # noqa: F401 - make sure ingest imports in the actor
-        from jobs.runtime.devices import worker_device
         from samsp.gpu import HalvingBatches
         from samsp.predict import TilePredictor
 
@@ -90,8 +89,6 @@ class Predictor:
         """The uint8 outputs and statistics of one model batch, computed on the device."""
         import torch
 
-        from ingest.tiling import Tile
-        from jobs.inference.tile_encoding import encode_tiles
 
         ok = torch.from_numpy(valid).to(result["prob"].device, non_blocking=False)
         cores = [Tile.from_dict(json.loads(tiles[i])).core_slices for i in idx]
@@ -104,8 +101,6 @@ class Predictor:
     def predict(self, batch: dict) -> dict:
         """One model call over ``batch`` (tiles of other band counts are run in their own group);
         adds ``prob``/``mask``/``stats``/``predict_s``, drops ``image``/``valid``."""
-        from ingest.tiling import Tile
-        from jobs.runtime.devices import crash_for_restart
         from samsp.gpu import is_fatal_cuda_error
 
         tiles, errors = column(batch, "tile"), [str(e) for e in column(batch, "error")]

@@ -9,6 +9,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from jobs.evaluation.data import EvalError
+from ingest.tiling import TileGrid
+from ingest.tiling import window_bounds
 
 #: ``forward(tiles uint8 [B,3,t,t]) -> probabilities float32 [P,B,t,t]`` (P passes, 0..K).
 TileForward = Callable[[np.ndarray], np.ndarray]
@@ -75,13 +77,11 @@ class SlidingWindow:
             raise EvalError("batch_size must be >= 1")
 
     def windows(self, height: int, width: int):
-        from ingest.tiling import TileGrid
 
         return list(TileGrid(height, width, self.tile, self.overlap))
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """``image`` uint8 ``[C,H,W]`` -> probabilities float32 ``[P,H,W]`` (P passes)."""
-        from ingest.tiling import window_bounds
 
         channels, height, width = image.shape
         tiles = self.windows(height, width)

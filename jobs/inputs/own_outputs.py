@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from ingest import storage
 
 SEGMENT_SCENE_OUTPUTS = ("mask.tif", "prob.tif", "quicklook.png")
 SWEEP_FOLDERS = ("masks", "thumbs")
@@ -79,7 +80,6 @@ class OwnOutputs:
     @staticmethod
     def _is_mask_store(uri: str) -> bool:
         """A MaskWriter store (even a half-made one): its group attrs name the samsp format."""
-        from ingest import storage
 
         for meta in ("zarr.json", ".zattrs"):
             try:
@@ -91,7 +91,6 @@ class OwnOutputs:
 
     def _is_sweep_root(self, folder: str) -> bool:
         if folder not in self._sweeps:
-            from ingest import storage
 
             self._sweeps[folder] = any(storage.exists(f"{folder}/{n}")
                                        for n in ("report.csv", "records"))

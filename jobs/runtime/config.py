@@ -18,6 +18,7 @@ from typing import Any, Iterable, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
+from jobs.runtime.logs import quiet_third_party
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -165,7 +166,6 @@ def parse_job_args(argv, *, prog: str, description: str, input_help: str, set_ex
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from jobs.runtime.logs import quiet_third_party
 
     quiet_third_party()  # botocore's credentials line once, no library profiling at INFO
     return args

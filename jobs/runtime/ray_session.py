@@ -33,6 +33,7 @@ import logging
 import os
 import sys
 from typing import Literal
+from ingest.storage import environ
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,6 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None,
     # runtime_env would cost a fresh worker process per actor: Ray reuses the workers it
     # prestarts during ray.init only for jobs without one (checked on Ray 2.60), so each model
     # actor started (and imported Python + ray) from scratch while two prestarted workers idled.
-    from ingest.storage import environ
 
     with environ(env):
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,

@@ -13,6 +13,15 @@ import time
 
 from jobs.segmentation.config import SegmentConfig
 from jobs.runtime.messages import one_line
+from jobs.runtime.ray_session import is_local_ray
+from jobs.inference.lanes import actor_threads
+from jobs.segmentation.pipeline import PredictWriter
+from jobs.segmentation.pipeline import read_tiles
+from jobs.segmentation.rows import expand_rows
+from jobs.inference.lanes import cpu_layout
+from jobs.inference.model_preload import import_model_code
+from jobs.runtime.ray_session import init_ray
+from jobs.runtime.logs import filtered_native_stderr
 
 log = logging.getLogger("samsp.segment")
 
@@ -61,8 +70,6 @@ def ray_resources(cfg: SegmentConfig, n_tiles: int, mode: str = "embedded") -> d
     ``mode`` is ``init_ray``'s (whether the cluster may still grow)."""
     import ray
 
-    from jobs.runtime.ray_session import is_local_ray
-    from jobs.inference.lanes import actor_threads
 
     res = ray.cluster_resources()
     cpus, gpus = float(res.get("CPU", 0)), float(res.get("GPU", 0))
@@ -134,8 +141,6 @@ def build_dataset(rows, cfg: SegmentConfig, model_uri: str, threshold: float, re
     first stage expands them (the driver never lists every tile's row)."""
     import ray
 
-    from jobs.segmentation.pipeline import PredictWriter, read_tiles
-    from jobs.segmentation.rows import expand_rows
 
     pc = cfg.pipeline
     read_in_actors = pc.read_in_actors if pc.read_in_actors is not None else res["num_gpus"] == 0
@@ -203,7 +208,6 @@ def local_lanes(cfg: SegmentConfig, device: str, n_tiles: int | None = None) -> 
     they stall an OpenMP region. Fewer model batches than lanes (``n_tiles``; None = many):
     one lane per batch with the idle lanes' cores as threads (jobs/inference/lanes.py).
     GPU: one lane (the device is the bottleneck)."""
-    from jobs.inference.lanes import cpu_layout
 
     if device != "cpu":
         return 1, cfg.predict.torch_threads or 1
@@ -227,10 +231,8 @@ def run_local(rows, states, cfg, model_uri, threshold, finish, preload=None) -> 
     import numpy as np
 
     TIMINGS["ray_ready"] = time.perf_counter()  # "steady" starts when planning ends
-    from jobs.inference.model_preload import import_model_code
 
     import_model_code()
-    from jobs.segmentation.pipeline import PredictWriter, read_tiles
 
     plans = [st.plan for st in states.values() if st.plan.todo]
     tile_bytes = max((p.count * p.tile * p.tile for p in plans), default=3 << 20)
@@ -307,7 +309,6 @@ def run_pipeline(rows, states, cfg, model_uri, threshold, finish, output, preloa
         return run_local(rows, states, cfg, model_uri, threshold, finish, preload)
     import ray
 
-    from jobs.runtime.ray_session import init_ray
     # No dashboard for the embedded cluster: nothing here polls the State API. Its workers
     # inherit this process's environment (AWS_* and all), see init_ray.
     mode = init_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus, include_dashboard=False)
@@ -335,7 +336,6 @@ def run_pipeline(rows, states, cfg, model_uri, threshold, finish, output, preloa
              f"by read tasks ({cfg.pipeline.read_cpus:.1f} CPU kept for them)")
     TIMINGS["ray_ready"] = time.perf_counter()
     TIMINGS["actors"] = res["actors"]
-    from jobs.runtime.logs import filtered_native_stderr
 
     try:
         with filtered_native_stderr():  # Ray's error-level notice on restartable actors

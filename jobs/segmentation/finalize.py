@@ -21,6 +21,12 @@ import time
 import numpy as np
 
 from ingest import storage
+from ingest.lowres import read_decimated
+from ingest import Radiometry
+from ingest import open_scene
+from ingest import MaskWriter
+from ingest.crs import crs_label
+from jobs.segmentation.vectors import write_scene_vectors
 
 log = logging.getLogger("samsp.segment")
 
@@ -48,7 +54,6 @@ def crs_units(crs) -> str:
 # --------------------------------------------------------------------------- atomic puts
 
 def _put_local_file(local: str, uri: str) -> None:
-    from ingest import storage
 
     storage.put_file(local, uri)
 
@@ -58,7 +63,6 @@ def _put_local_file(local: str, uri: str) -> None:
 def _decimated_image(scene, out_h: int, out_w: int) -> tuple[np.ndarray, np.ndarray]:
     """``(data[C,out_h,out_w], valid[out_h,out_w])`` without reading the scene whole
     (:func:`ingest.lowres.read_decimated`: overviews for GDAL scenes, else window by window)."""
-    from ingest.lowres import read_decimated
 
     return read_decimated(scene, out_h, out_w)
 
@@ -67,7 +71,6 @@ def _decimated_mask(mask_cog: str, out_h: int, out_w: int) -> np.ndarray:
     import rasterio
     from rasterio.enums import Resampling
 
-    from ingest import storage
 
     with storage.gdal_env(), rasterio.open(storage.gdal_path(mask_cog)) as ds:
         return ds.read(1, out_shape=(out_h, out_w), resampling=Resampling.nearest)
@@ -98,14 +101,12 @@ def quicklook_png(scene, radiometry, mask_cog: str, max_side: int) -> bytes:
 # --------------------------------------------------------------------------- finalize
 
 def _to_cog(writer, local: str, which: str, threads) -> None:
-    from ingest import storage
 
     with storage.gdal_env():  # GDAL's config is per thread
         writer.to_cog(local, which=which, num_threads=str(threads))
 
 
 def _quicklook(plan, cfg, tmp: str) -> bytes | None:
-    from ingest import Radiometry, open_scene
 
     if not cfg.output.quicklook_size:
         return None
@@ -121,8 +122,6 @@ def finalize_scene(plan, totals, cfg, threshold: float, model_uri: str,
     Raises on any failure (the caller marks the scene failed; nothing partial is published,
     though COGs already moved into place before a later step failed stay -- they are complete).
     """
-    from ingest import MaskWriter, storage
-    from ingest.crs import crs_label
 
     t0 = time.perf_counter()
     writer = MaskWriter.open(plan.zarr_uri)
@@ -153,7 +152,6 @@ def finalize_scene(plan, totals, cfg, threshold: float, model_uri: str,
         if png is not None:
             storage.write_bytes(storage.join(plan.out_dir, "quicklook.png"), png)
             outputs.append("quicklook.png")
-        from jobs.segmentation.vectors import write_scene_vectors
 
         vectors = write_scene_vectors(writer, plan, cfg, totals.uncertain_tiles())
         outputs.extend(v["file"] for v in vectors.values())

@@ -23,7 +23,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import os
-import time
 import uuid
 from typing import Any
 
@@ -31,6 +30,13 @@ import numpy as np
 
 from jobs.inference.predictor import Predictor, column
 from jobs.runtime.messages import error_line
+from ingest import open_scene
+from ingest import Radiometry
+from ingest.tiling import Tile
+from ingest.storage import gdal_env
+from ingest import MaskWriter
+from jobs.segmentation.plan import tile_key
+from ingest import storage
 
 # Per-process caches (Ray reuses worker processes across tasks). One open Scene per input is
 # shared by the local engine's lanes: Scene serialises its own reads (a lock), and one GDAL
@@ -57,7 +63,6 @@ def _spec(batch_spec: str) -> dict:
 # --------------------------------------------------------------------------- 1. read
 
 def _open_scene(uri: str, bands):
-    from ingest import open_scene
 
     key = (uri, tuple(bands) if bands else None)
     # check_empty=False: the driver checked at plan time; in a worker the check would re-read a
@@ -68,7 +73,6 @@ def _open_scene(uri: str, bands):
 
 
 def _radiometry(spec_json: str, spec: dict):
-    from ingest import Radiometry
 
     def make():
         d = dict(spec["radiometry"])
@@ -82,8 +86,6 @@ def _radiometry(spec_json: str, spec: dict):
 
 def read_tiles(batch: dict) -> dict:
     """Read each tile's window (boundless) and apply the scene-wide radiometry."""
-    from ingest.tiling import Tile
-    from ingest.storage import gdal_env
 
     specs, tiles = column(batch, "spec"), column(batch, "tile")
     n = len(tiles)
@@ -168,14 +170,12 @@ class PredictWriter(Predictor):
 # --------------------------------------------------------------------------- 3. write
 
 def _writer(uri: str):
-    from ingest import MaskWriter
 
     return _cached(_WRITERS, uri, lambda: MaskWriter.open(uri))
 
 
 def tile_record_uri(tiles_uri: str, index) -> str:
     """A single tile's record file (the layout ``read_tile_records`` also accepts)."""
-    from jobs.segmentation.plan import tile_key
 
     return tiles_uri.rstrip("/") + "/" + tile_key(index) + ".json"
 
@@ -183,7 +183,6 @@ def tile_record_uri(tiles_uri: str, index) -> str:
 def batch_record_uri(tiles_uri: str, first_index) -> str:
     """One record file per written batch: ``<first tile>-<random>.json`` (never overwrites a
     file of an earlier, partial run that started at the same tile)."""
-    from jobs.segmentation.plan import tile_key
 
     return f"{tiles_uri.rstrip('/')}/{tile_key(first_index)}-{uuid.uuid4().hex[:8]}.json"
 
@@ -193,8 +192,6 @@ def write_cores(batch: dict) -> dict:
     batch (a JSON list); returns per-tile summaries (no arrays)."""
     from rasterio.windows import Window
 
-    from ingest import storage
-    from ingest.tiling import Tile
 
     specs, tiles = column(batch, "spec"), column(batch, "tile")
     errors = [str(e) for e in column(batch, "error")]

@@ -24,6 +24,8 @@ import uuid
 from dataclasses import dataclass
 
 from ingest import storage
+from ingest import MaskWriter
+from ingest.writer import store_is_ready
 
 RECORD_KEY = "samsp_run"
 STAGING = ".recompute"        # a recomputation's outputs, until they replace the old ones
@@ -46,7 +48,6 @@ class RunChangedError(Exception):
 
 def bundle_sha256(uri: str) -> str:
     """sha256 over the bundle's ``bundle.json`` and weights (streamed: bounded memory)."""
-    from ingest import storage
 
     digest = hashlib.sha256()
     for name in BUNDLE_FILES:
@@ -65,7 +66,6 @@ def input_fingerprint(uri: str) -> dict | None:
     """What tells one version of an input from another without reading its pixels: size and
     mtime (local file), ETag and size (S3 key); for a Zarr store, the same over all its files.
     None when the input does not exist (planning then reports it)."""
-    from ingest import storage
 
     if storage.is_s3(uri):
         fs, path = storage.fs_for(uri)
@@ -138,8 +138,6 @@ class StoreChoice:
 
 def stored_record(store_uri: str) -> tuple[bool, dict | None]:
     """``(usable, record)`` of a mask store: usable = its creation finished."""
-    from ingest import MaskWriter
-    from ingest.writer import store_is_ready
 
     if not store_is_ready(store_uri):
         return False, None
@@ -147,7 +145,6 @@ def stored_record(store_uri: str) -> tuple[bool, dict | None]:
 
 
 def _clear(uri: str) -> None:
-    from ingest import storage
 
     if storage.exists(uri):
         storage.remove(uri, recursive=True)
@@ -180,7 +177,6 @@ def choose_store(live_dir: str, record: dict, force: bool, on_change: str) -> St
 
 def _move(src: str, dst: str) -> None:
     """One file into place: a rename locally, copy + delete on S3 (each PUT is atomic)."""
-    from ingest import storage
 
     if storage.is_s3(src):
         fs, path = storage.fs_for(src)
@@ -195,7 +191,6 @@ def _replace_tree(src: str, dst: str) -> None:
     """Folder ``src`` becomes ``dst``. Locally two renames. On S3 the old store's root metadata
     is deleted first and the new one's copied last: a store caught in between has none, reads
     as absent, and the next run resumes the intact ``src`` instead."""
-    from ingest import storage
 
     if not storage.is_s3(src):
         old = f"{dst}.old-{uuid.uuid4().hex[:8]}"
@@ -227,7 +222,6 @@ def promote(staging_dir: str, live_dir: str, outputs: list[str]) -> None:
     ``stats.json`` last. Called only after finalization succeeded. A crash half-way leaves the
     staging store intact and the old manifest row: the next run resumes it and promotes again.
     Outputs of the old run that this one did not make (e.g. polygons now off) are removed."""
-    from ingest import storage
 
     for name in FILES:
         if name in outputs:

@@ -16,6 +16,7 @@ from collections import Counter
 
 from jobs.runtime.messages import one_line
 from ingest import storage
+from ingest import TileGrid
 
 log = logging.getLogger("samsp.segment")
 
@@ -63,7 +64,6 @@ def _crop(quicklook: bytes, window, height: int, width: int) -> str | None:
 
 def review_queue(rows: list[dict], output: str, tile: int, overlap: int) -> list[dict]:
     """The run's most uncertain tiles (scenes computed or resumed now), each with its crop."""
-    from ingest import TileGrid, storage
 
     cands = [(u, r) for r in rows if r.get("status") == "ok" for u in r.get("uncertain_tiles") or []]
     cands.sort(key=lambda ur: (-float(ur[0].get("disagreement", 0)), ur[1]["id"], ur[0]["tile"]))
@@ -139,7 +139,6 @@ def render(run: dict, rows: list[dict], queue: list[dict]) -> str:
 
 def write_report(output: str, run: dict, rows: list[dict], tile: int, overlap: int) -> str:
     """Render and write ``<output>/report.html`` (atomically); returns its URI."""
-    from ingest import storage
 
     uri = storage.join(output, REPORT_NAME)
     page = render(run, rows, review_queue(rows, output, tile, overlap))

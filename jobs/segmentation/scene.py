@@ -10,10 +10,19 @@ from dataclasses import dataclass
 
 from jobs.runtime.config import ConfigError
 from jobs.segmentation.config import SegmentConfig
-from jobs.runtime.messages import one_line
 from ingest import storage
 from jobs.segmentation.plan import ScenePlan, is_geospatial_uri, read_tile_records
 from jobs.segmentation.stats import TileTotals
+from ingest import MaskWriter
+from ingest import Radiometry
+from ingest import TileGrid
+from ingest import open_scene
+from jobs.segmentation.record import RECORD_KEY
+from jobs.segmentation.record import choose_store
+from jobs.segmentation.rows import TileRows
+from jobs.segmentation.record import bundle_sha256
+from jobs.segmentation.record import input_fingerprint
+from jobs.segmentation.record import run_record
 
 
 @dataclass(frozen=True)
@@ -31,7 +40,6 @@ def read_bundle_meta(uri: str) -> BundleInfo:
     even imports torch: ~0.5 GB of driver RSS and seconds of start-up; ``samsp.load_bundle`` in
     each actor does the full validation. The local engine loads them in this process, in
     jobs/inference/model_preload.py)."""
-    from ingest import storage
 
     meta_uri = uri.rstrip("/") + "/bundle.json"
     try:
@@ -68,7 +76,6 @@ def plan_scene(sid: str, uri: str, output: str, cfg: SegmentConfig, tile: int, o
     old outputs (``plan.replaces``), or fails (``pipeline.on_change: fail``)."""
     import numpy as np
 
-    from ingest import MaskWriter, Radiometry, TileGrid, open_scene, storage
 
     t0 = time.perf_counter()
     plan = ScenePlan(id=sid, input=uri, out_dir=storage.join(output, sid), record=record or {})
@@ -92,7 +99,6 @@ def plan_scene(sid: str, uri: str, output: str, cfg: SegmentConfig, tile: int, o
     plan.tiles = grid  # a sequence computed on access: no per-tile objects kept
     mode, attrs = "a", None
     if record is not None:
-        from jobs.segmentation.record import RECORD_KEY, choose_store
 
         choice = choose_store(plan.out_dir, record, force, cfg.pipeline.on_change)
         plan.out_dir, plan.replaces, plan.recompute_reason = choice.out_dir, choice.replaces, choice.reason
@@ -133,7 +139,6 @@ def scene_tiles(plan: ScenePlan, cfg: SegmentConfig, band_map=None) -> tuple:
 
 def tile_rows(plan: ScenePlan, cfg: SegmentConfig, band_map=None) -> list[dict]:
     """One scene's rows as a list (tests, small tools; the job streams TileRows)."""
-    from jobs.segmentation.rows import TileRows
 
     return list(TileRows([scene_tiles(plan, cfg, band_map)]))
 
@@ -168,7 +173,6 @@ def scene_row(st: SceneState, status: str, error: str, uncertain: list, outputs:
 def scene_records(inputs: list[str], cfg: SegmentConfig, model_uri: str, threshold: float,
                   tile: int, overlap: int) -> dict[str, dict]:
     """Each input's run record (jobs.segmentation.record); fingerprints are I/O: a few threads."""
-    from jobs.segmentation.record import bundle_sha256, input_fingerprint, run_record
 
     sha = bundle_sha256(model_uri)
 

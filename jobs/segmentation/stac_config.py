@@ -13,6 +13,7 @@ from typing import Literal, Optional, Union
 from pydantic import Field, field_validator, model_validator
 
 from jobs.runtime.config import StrictModel
+from ingest.stac.search import parse_interval
 
 #: ``datetime`` word: the window starts where the last successful run's window ended
 SINCE_LAST_RUN = "since-last-run"
@@ -98,7 +99,6 @@ class StacInputConfig(StrictModel):
     def _interval(cls, value):
         if value is None or value == SINCE_LAST_RUN:
             return value
-        from ingest.stac.search import parse_interval
 
         try:
             start, end = parse_interval(value)

@@ -24,6 +24,12 @@ from jobs.runtime.config import ConfigError
 from ingest import storage
 from jobs.inputs.scene_ids import short_hash
 from jobs.segmentation.stac_config import SINCE_LAST_RUN
+from ingest.stac.search import StacQuery
+from ingest.stac.search import find_items
+from ingest.errors import StacItemError
+from ingest.stac.assets import select_assets
+from ingest.stac.assets import item_scene_uri
+from ingest.stac.items import SourceItem
 
 log = logging.getLogger("samsp.segment")
 
@@ -78,7 +84,6 @@ def last_window_end(output: str) -> dt.datetime | None:
     """Where the last successful since-last-run window ended (None: no run recorded yet)."""
     import pystac
 
-    from ingest import storage
 
     uri = window_uri(output)
     if not storage.exists(uri):
@@ -104,7 +109,6 @@ def since_last_run(output: str, now: dt.datetime, lookback_hours: float) -> str:
 
 def _geometry(value) -> dict:
     """``intersects``: a path/URI to GeoJSON or an inline object -> one GeoJSON geometry."""
-    from ingest import storage
 
     doc = value
     if isinstance(value, str):
@@ -130,7 +134,6 @@ def _geometry(value) -> dict:
 
 def open_stac_input(cfg, has_inputs: bool, output: str, now: dt.datetime) -> "StacInput | None":
     """Search ``cfg.input.stac`` (None when not configured); StacSearchError/ConfigError: exit 2."""
-    from ingest.stac.search import StacQuery, find_items
 
     stac = cfg.input.stac
     if stac is None:
@@ -205,9 +208,6 @@ class StacInput:
         """The scene's URI: the VRT's place when several assets are stacked, else the one
         asset's href -- decided before any asset is opened, so a scene keeps its input (its
         identity in status.json) whether this night's attempt fails or not."""
-        from ingest import storage
-        from ingest.errors import StacItemError
-        from ingest.stac.assets import select_assets
 
         if len(self.cfg.assets) > 1:
             return storage.join(self.output, sid, VRT_NAME)
@@ -219,8 +219,6 @@ class StacInput:
 
     def _resolve(self, item, sid: str) -> Exception | None:
         """Open the item's assets (headers) and write its VRT; the StacItemError, if any."""
-        from ingest.errors import StacItemError
-        from ingest.stac.assets import item_scene_uri, select_assets
 
         try:
             item_scene_uri(select_assets(item, tuple(self.cfg.assets)),
@@ -232,8 +230,6 @@ class StacInput:
     def add_scenes(self, inputs: list[str], ids: dict[str, str], previous: dict[str, dict],
                    workers: int) -> tuple[list[str], dict[str, str]]:
         """``inputs``/``ids`` with one scene per item added (``previous``: the index's rows)."""
-        from ingest.errors import StacItemError
-        from ingest.stac.items import SourceItem
 
         taken = set(ids.values())
         sids = [self._scene_id(item, taken, previous) for item in self.items]
@@ -286,7 +282,6 @@ class StacInput:
             log.warning("STAC window %s kept for the next run: this run had failures",
                         self.datetime_used)
             return
-        from ingest import storage
 
         start = self.datetime_used.split("/")[0]
         doc = {"source": self.cfg.source, "collections": list(self.cfg.collections),

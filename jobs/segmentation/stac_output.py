@@ -13,6 +13,11 @@ import os
 from importlib import metadata
 
 from ingest import storage
+from ingest.stac.catalog import write_item
+from ingest.stac.items import SceneResult
+from ingest.stac.items import result_item
+from ingest.stac.catalog import COLLECTION_FILE
+from ingest.stac.catalog import publish_catalog
 
 log = logging.getLogger("samsp.segment")
 
@@ -40,8 +45,6 @@ def write_scene_item(plan, stats: dict, outputs: list[str], model_uri: str,
     from affine import Affine
     from rasterio.crs import CRS
 
-    from ingest.stac.catalog import write_item
-    from ingest.stac.items import SceneResult, result_item
 
     live_dir = plan.replaces or plan.out_dir  # a promoted recomputation lives in the old place
     scene = SceneResult(
@@ -58,8 +61,6 @@ def write_scene_item(plan, stats: dict, outputs: list[str], model_uri: str,
 
 def publish(output: str, collection_id: str | None, items_written: int) -> str:
     """Rewrite the catalog when this run wrote an item or none exists; returns "" or an error."""
-    from ingest import storage
-    from ingest.stac.catalog import COLLECTION_FILE, publish_catalog
 
     if not items_written and storage.exists(storage.join(output, COLLECTION_FILE)):
         return ""

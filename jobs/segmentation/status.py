@@ -27,6 +27,8 @@ from typing import Optional
 
 from ingest import storage, versioned
 from jobs.runtime.messages import one_line, utc_now
+from jobs.inputs.scene_ids import safe_stem
+from jobs.inputs.scene_ids import short_hash
 
 DONE = ("ok", "skipped")  # statuses a later run counts as done
 
@@ -147,7 +149,6 @@ class StatusBoard:
         run read the index) is disambiguated like any stem collision."""
         decision = self.decide(sid, uri, record, force, legacy)
         if decision.kind == "other-input":
-            from jobs.inputs.scene_ids import safe_stem, short_hash
 
             sid = f"{safe_stem(uri)}-{short_hash(uri)}"
             decision = self.decide(sid, uri, record, force, None)

@@ -12,6 +12,9 @@ Everything streams from ``mask.zarr`` block by block (``ingest.vectors``).
 from __future__ import annotations
 
 from ingest import storage
+from ingest.vectors import ReviewTile
+from ingest.vectors import write_centerlines
+from ingest.vectors import write_polygons
 
 SUFFIX = {"parquet": ".parquet", "geojson": ".geojson", "flatgeobuf": ".fgb"}
 #: every vector file a scene can have (a rerun that makes fewer removes the others)
@@ -29,7 +32,6 @@ def vector_kinds(setting: str, georeferenced: bool) -> tuple[str, ...]:
 
 def review_tiles(writer, uncertain: list[dict]):
     """The review queue's tiles as pixel windows (a tile's core is one store chunk)."""
-    from ingest.vectors import ReviewTile
 
     out = []
     for row in uncertain:
@@ -43,7 +45,6 @@ def review_tiles(writer, uncertain: list[dict]):
 
 def write_scene_vectors(writer, plan, cfg, uncertain: list[dict]) -> dict[str, dict]:
     """Write the scene's vector files; ``{kind: {"file", "format", "features"}}`` for stats.json."""
-    from ingest.vectors import write_centerlines, write_polygons
 
     out = cfg.output
     written = {}

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from jobs.training.augment import augment
+import ingest
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 
@@ -118,7 +119,6 @@ def _pairs_items(src: dict) -> list[dict]:
 
 
 def _raster_items(src: dict) -> tuple[list[dict], list[dict]]:
-    import ingest
 
     scenes, items = [], []
     for idx, pair in enumerate(src["pairs"]):
@@ -330,7 +330,6 @@ class ItemLoader:
 
     def _scene(self, idx: int):
         if idx not in self._open:
-            import ingest
 
             meta = self.scenes[idx]
             self._open[idx] = (ingest.open_scene(meta["image"], bands=meta.get("bands"),

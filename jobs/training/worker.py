@@ -16,6 +16,10 @@ from jobs.training.config import TrainConfig
 from jobs.training.model import (META_FILE, MODEL_FILE, STATE_FILE, build_model, checkpoint_dir,
                               checkpoint_state, load_model_state, lr_lambda, param_groups,
                               saves_full_state, training_loss, weights_fingerprint)
+from jobs.training.data import tile_image
+from jobs.training.data import untile
+from jobs.training.data import TrainDataset
+from jobs.training.data import ValDataset
 
 
 def _log0(rank: int, msg: str) -> None:
@@ -92,7 +96,6 @@ def evaluate(model, val_ds, indices, crop: int, image_size: int, mean, std, thre
 
     from samsp import metrics
     from samsp.preprocess import postprocess_logits, prepare_batch, prepare_valid
-    from jobs.training.data import tile_image, untile
 
     passes = model.iterations + 1
     sums = [0.0] * (2 * passes + len(sweep))
@@ -153,7 +156,6 @@ def train_loop_per_worker(config: dict) -> None:
     from samsp.precision import resolve_precision
     from samsp.preprocess import prepare_batch, prepare_targets
     from samsp.prompts import prompt_from_target
-    from jobs.training.data import TrainDataset, ValDataset
 
     cfg = TrainConfig.model_validate(config["cfg"])
     plan = config["plan"]
