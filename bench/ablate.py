@@ -59,19 +59,15 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 
 from bench.ablate_report import aggregate, headline, publish, write_md  # noqa: E402
-from bench.ablate_steps import (augmented_batches, measure_rate, sam_step_fn,  # noqa: E402
-                                unet_parts)
+from bench.ablate_steps import augmented_batches, measure_rate, sam_step_fn, unet_parts  # noqa: E402
+from bench.common import cpu_label
+from bench.common import machine as machine_info
+from jobs import evaluate as ev
 from jobs.evaluation.data import list_pairs
-from jobs.training.data import split_items
+from jobs.inference.sliding_window import SlidingWindow, bundle_forward
 from jobs.runtime.config import load_config
 from jobs.training.config import TrainConfig
-from jobs import evaluate as ev
-from jobs.inference.sliding_window import SlidingWindow
-from bench.common import machine as machine_info
-from jobs.training.data import plan_data
-from bench.common import cpu_label
-from jobs.training.data import TrainDataset
-from jobs.inference.sliding_window import bundle_forward
+from jobs.training.data import TrainDataset, plan_data, split_items
 
 PROMPTS = {"box": "box", "mask": "mask", "boxmask": "box+mask", "points": "points"}
 

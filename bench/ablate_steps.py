@@ -6,11 +6,8 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from jobs.training.model import build_model
-from jobs.training.model import lr_lambda
-from jobs.training.model import param_groups
-from jobs.training.model import training_loss
 
+from jobs.training.model import build_model, lr_lambda, param_groups, training_loss
 
 # ============================================================================ calibration
 

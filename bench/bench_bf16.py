@@ -27,14 +27,12 @@ import statistics
 import time
 from pathlib import Path
 
-from bench.bench_segment import make_batch_folder, make_crack_scene, model_only, run_job
+from bench.bench_segment import (_model_only, make_batch_folder, make_crack_scene, model_only,
+                                 run_job)
 from bench.common import log, machine
-from bench.bench_segment import _model_only
 from jobs.runtime.config import load_config
-from jobs.training.model import build_model
-from jobs.training.model import param_groups
-from jobs.training.model import training_loss
 from jobs.training.config import TrainConfig
+from jobs.training.model import build_model, param_groups, training_loss
 
 REPO = Path(__file__).resolve().parents[1]
 CRACK_MODEL = REPO / "models" / "samsp-crack-tiny"

@@ -25,9 +25,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
 import ingest
-from ingest import storage
-from ingest import synthetic
+from ingest import storage, synthetic
 from jobs.local_stack.local_s3 import start_s3_server
 
 REPO = Path(__file__).resolve().parents[1]

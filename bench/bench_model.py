@@ -50,7 +50,6 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-
 from bench.common import log, machine, random_bundle  # noqa: E402
 
 

@@ -27,24 +27,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from ingest import storage
-from jobs.local_stack.demo_scene import CrackScene
-from jobs.local_stack.demo_scene import write_scene
+
+from ingest import MaskWriter, Radiometry, TileGrid, open_scene, prob_to_u8, storage
 from ingest.synthetic import make_geotiff
-from ingest import Radiometry
-from ingest import TileGrid
-from ingest import open_scene
-from ingest import MaskWriter
-from ingest import prob_to_u8
+from jobs.local_stack.demo_scene import CrackScene, write_scene
 
 REPO = Path(__file__).resolve().parents[1]
 SEGMENT = REPO / "jobs" / "segment.py"

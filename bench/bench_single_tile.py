@@ -32,10 +32,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from bench.bench_segment import make_bundle, run_job, tile_geometry  # noqa: E402
 from bench.common import log, machine  # noqa: E402
+from ingest import Radiometry, TileGrid, open_scene
 from ingest.synthetic import make_geotiff
-from ingest import Radiometry
-from ingest import TileGrid
-from ingest import open_scene
 from jobs.crack_sweep.pipeline import boundless_crop
 
 REPO = Path(__file__).resolve().parents[1]

@@ -38,7 +38,6 @@ from jobs.runtime.config import load_config
 from jobs.train import run
 from jobs.training.config import TrainConfig
 
-
 # --------------------------------------------------------------------------- throughput
 
 def throughput(workers: int, epochs: int, storage: str) -> dict:

@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
 from ingest import MaskWriter
 from ingest.vectors import write_polygons
 

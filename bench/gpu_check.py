@@ -28,10 +28,10 @@ import time
 import traceback
 import warnings
 from pathlib import Path
-from jobs.runtime.devices import worker_device
+
 from bench.common import random_bundle
-from jobs.local_stack.demo_scene import CrackScene
-from jobs.local_stack.demo_scene import write_scene
+from jobs.local_stack.demo_scene import CrackScene, write_scene
+from jobs.runtime.devices import worker_device
 
 REPO = Path(__file__).resolve().parents[1]
 VIT_B_GFLOP = 972.0  # per 1024² image (torch.utils.flop_counter; BENCHMARKS.md, P6)

@@ -26,11 +26,11 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
-from jobs.evaluation.data import load_item
+
+from bench.common import cpu_label
+from jobs.evaluation.data import list_pairs, load_item
 from jobs.evaluation.scoring import score_image
 from jobs.inference.sliding_window import SlidingWindow
-from bench.common import cpu_label
-from jobs.evaluation.data import list_pairs
 
 # pass-1 prompt sources: name -> prompt_from_target kind (None = the model's own self-prompt)
 SOURCES = {"self": None, "gt_box": "box", "gt_mask": "mask"}

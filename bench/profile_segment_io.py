@@ -20,10 +20,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from ingest import MaskWriter
-from ingest import TileGrid
-from ingest import open_scene
-from ingest import storage
+
+from ingest import MaskWriter, TileGrid, open_scene, storage
 
 REPO = Path(__file__).resolve().parents[1]
 

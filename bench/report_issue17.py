@@ -16,6 +16,7 @@ import argparse
 import json
 import statistics
 from pathlib import Path
+
 from bench.common import cpu_label
 
 REPO = Path(__file__).resolve().parents[1]

@@ -27,6 +27,7 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 from affine import Affine
 from rasterio.crs import CRS
+
 from .crs import crs_identity
 
 

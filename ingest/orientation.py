@@ -9,6 +9,7 @@ frame right after reading (``orient``) and reports the orientation it applied.
 from __future__ import annotations
 
 import numpy as np
+
 from .storage import gdal_path
 
 #: EXIF orientation -> what a viewer does to the stored grid (as PIL.ImageOps.exif_transpose).

@@ -26,12 +26,11 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from . import storage
+from .crs import crs_code
 from .errors import BandError, EmptySceneError, MissingSceneError, NoCRSError
+from .lowres import lowres_shape, read_decimated
 from .scene_sources import GdalSource, ZarrSource, is_s3_zarr_prefix, looks_like_zarr
 from .tiling import window_bounds
-from .crs import crs_code
-from .lowres import lowres_shape
-from .lowres import read_decimated
 
 #: default bound on the pixels (per band) read to check emptiness and fit the radiometry.
 DEFAULT_SAMPLE_PIXELS = 1 << 22  # 4.2 Mpx: a 2048x2048 scene is read whole; larger ones sampled

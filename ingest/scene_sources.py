@@ -14,8 +14,7 @@ from rasterio.windows import Window
 from . import storage
 from .errors import (CorruptSceneError, MissingSceneError, S3AccessError, SceneError,
                      UnsupportedFormatError)
-from .georef import array_dims
-from .georef import read_georef
+from .georef import array_dims, read_georef
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 

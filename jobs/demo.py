@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import rasterio.shutil
-from jobs.local_stack.demo_scene import CrackScene
-from jobs.local_stack.demo_scene import write_scene
+
+from jobs.local_stack.demo_scene import CrackScene, write_scene
 from jobs.local_stack.local_s3 import start_s3_server
 
 REPO = Path(__file__).resolve().parents[1]

@@ -43,8 +43,14 @@ if __package__ in (None, ""):  # `python jobs/evaluate.py`: make `import jobs` r
 
 import numpy as np  # noqa: E402
 
-from jobs.evaluation.data import (LAYOUTS, EvalError, detect_layout, list_pairs,  # noqa: E402
-                            load_item, validation_items)
+from jobs.evaluation.data import (  # noqa: E402
+    LAYOUTS,
+    EvalError,
+    detect_layout,
+    list_pairs,
+    load_item,
+    validation_items,
+)
 from jobs.evaluation.scoring import COLUMNS, DEFAULT_TOLERANCE, aggregate, score_image  # noqa: E402
 from jobs.inference.sliding_window import SlidingWindow, bundle_forward  # noqa: E402
 

@@ -49,33 +49,29 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `jobs`, `ingest`, `samsp` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.runtime.config import (ConfigError, job_epilog, load_config, new_run_id, output_root,  # noqa: E402
-                         parse_job_args)
-from jobs.segmentation.config import SegmentConfig  # noqa: E402
-from jobs.segmentation.status import StatusBoard  # noqa: E402
-from jobs.segmentation.index import read_manifest  # noqa: E402
-from jobs.runtime.messages import error_line, one_line  # noqa: E402
-from ingest import storage  # noqa: E402
-from jobs.segmentation.engines import PROGRESS, TIMINGS, run_pipeline  # noqa: E402
+from ingest import s3_retry, storage  # noqa: E402
+from ingest.errors import StacSearchError  # noqa: E402
+from jobs.inference.model_preload import ModelPreload
 from jobs.inputs.expand import expand_inputs  # noqa: E402
 from jobs.inputs.scene_ids import assign_scene_ids  # noqa: E402
-from jobs.segmentation.scene import (SceneState, plan_scene, read_bundle_meta,  # noqa: E402
-                                scene_records, scene_row, scene_tiles, tile_geometry)
-from jobs.segmentation.stac_input import add_stac_args, open_stac_input, stac_overrides  # noqa: E402
-from ingest.errors import StacSearchError  # noqa: E402
-from ingest import s3_retry
-from jobs.segmentation.rows import TileRows
-from jobs.segmentation.rows import plan_in_parallel
-from jobs.segmentation.progress import Progress
-from jobs.segmentation.index import IndexUpdater
-from jobs.segmentation.index import rebuild
-from jobs.segmentation.report import write_report
+from jobs.runtime.config import (ConfigError, job_epilog, load_config, new_run_id,  # noqa: E402
+                                 output_root, parse_job_args)
+from jobs.runtime.messages import error_line, one_line  # noqa: E402
 from jobs.runtime.ray_session import stop_ray
-from jobs.inference.model_preload import ModelPreload
+from jobs.segmentation.config import SegmentConfig  # noqa: E402
+from jobs.segmentation.engines import PROGRESS, TIMINGS, run_pipeline  # noqa: E402
 from jobs.segmentation.finalize import finalize_scene
+from jobs.segmentation.index import IndexUpdater, read_manifest, rebuild  # noqa: E402
+from jobs.segmentation.progress import Progress
 from jobs.segmentation.record import promote
-from jobs.segmentation.stac_output import publish
-from jobs.segmentation.stac_output import write_scene_item
+from jobs.segmentation.report import write_report
+from jobs.segmentation.rows import TileRows, plan_in_parallel
+from jobs.segmentation.scene import (SceneState, plan_scene, read_bundle_meta,  # noqa: E402
+                                     scene_records, scene_row, scene_tiles,
+                                     tile_geometry)
+from jobs.segmentation.stac_input import add_stac_args, open_stac_input, stac_overrides  # noqa: E402
+from jobs.segmentation.stac_output import publish, write_scene_item
+from jobs.segmentation.status import StatusBoard  # noqa: E402
 
 log = logging.getLogger("samsp.segment")
 

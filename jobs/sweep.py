@@ -34,37 +34,25 @@ if __package__ in (None, ""):  # run as a script
 import numpy as np  # noqa: E402
 from pydantic import Field  # noqa: E402
 
-from jobs.runtime.config import (ConfigError, StrictModel, job_epilog, load_config,  # noqa: E402
-                         new_run_id, output_root, parse_job_args)
-from jobs.segmentation.config import PredictConfig, RayConfig, TilingConfig  # noqa: E402
-from jobs.runtime.messages import one_line  # noqa: E402
-from ingest import storage  # noqa: E402
-from jobs.crack_sweep.measure import MeasureConfig  # noqa: E402
-from jobs.runtime.records import read_json_records
-from ingest import Radiometry
-from ingest import open_scene
-from jobs.crack_sweep.features import write_photo_features
-from jobs.crack_sweep.measure import physical_measurements
-from jobs.crack_sweep.pipeline import crack_measurements
-from jobs.crack_sweep.report import mask_png
-from jobs.crack_sweep.report import overlay_thumb
+from ingest import Radiometry, open_scene, storage  # noqa: E402
+from ingest.tiling import Tile
+from jobs.crack_sweep.features import write_photo_features, write_sweep_features
+from jobs.crack_sweep.measure import (MeasureConfig, PixelSizes,  # noqa: E402
+                                      physical_measurements, remeasure_records)
 from jobs.crack_sweep.outputs import photo_record_uri, record_json
-from jobs.segmentation.scene import read_bundle_meta
-from jobs.segmentation.scene import tile_geometry
+from jobs.crack_sweep.pipeline import crack_measurements, keep_mask_cores, read_photos
+from jobs.crack_sweep.report import mask_png, overlay_thumb, write_report
 from jobs.inputs.expand import expand_inputs
 from jobs.inputs.scene_ids import assign_scene_ids
-from jobs.crack_sweep.measure import PixelSizes
-from jobs.crack_sweep.features import write_sweep_features
-from jobs.crack_sweep.measure import remeasure_records
-from jobs.crack_sweep.report import write_report
-from jobs.runtime.ray_session import stop_ray
-from jobs.runtime.ray_session import init_ray
-from jobs.segmentation.engines import ACTOR_MAX_RESTARTS
-from jobs.segmentation.engines import ray_resources
+from jobs.runtime.config import (ConfigError, StrictModel, job_epilog, load_config,  # noqa: E402
+                                 new_run_id, output_root, parse_job_args)
+from jobs.runtime.messages import one_line  # noqa: E402
+from jobs.runtime.ray_session import init_ray, stop_ray
+from jobs.runtime.records import read_json_records
+from jobs.segmentation.config import PredictConfig, RayConfig, TilingConfig  # noqa: E402
+from jobs.segmentation.engines import ACTOR_MAX_RESTARTS, ray_resources
 from jobs.segmentation.pipeline import Predictor
-from jobs.crack_sweep.pipeline import keep_mask_cores
-from jobs.crack_sweep.pipeline import read_photos
-from ingest.tiling import Tile
+from jobs.segmentation.scene import read_bundle_meta, tile_geometry
 
 log = logging.getLogger("samsp.sweep")
 

@@ -50,19 +50,13 @@ if __package__ in (None, ""):  # `python jobs/train.py`: make `import jobs` reso
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs.runtime.config import ConfigError, add_config_args, job_epilog, load_config  # noqa: E402
-from jobs.training.config import TrainConfig  # noqa: E402
-from jobs.training.data import DataError  # noqa: E402
-from jobs.training.model import (META_FILE, MODEL_FILE, STATE_FILE, TrainError,  # noqa: E402
-                              build_model, checkpoint_dir, load_model_state)
-from jobs.training.worker import train_loop_per_worker  # noqa: E402
-from jobs.training.data import _fs
-from jobs.training.data import check_item
-from jobs.training.data import plan_data
-from jobs.runtime.ray_session import is_local_ray
-from jobs.runtime.ray_session import init_ray
-from jobs.runtime.ray_session import storage_filesystem
-from jobs.runtime.ray_session import worker_env_vars
+from jobs.runtime.ray_session import init_ray, is_local_ray, storage_filesystem, worker_env_vars
 from jobs.training.backend import GpuCheckedTorchConfig
+from jobs.training.config import TrainConfig  # noqa: E402
+from jobs.training.data import DataError, _fs, check_item, plan_data  # noqa: E402
+from jobs.training.model import (META_FILE, MODEL_FILE, STATE_FILE, TrainError,  # noqa: E402
+                                 build_model, checkpoint_dir, load_model_state)
+from jobs.training.worker import train_loop_per_worker  # noqa: E402
 
 log = logging.getLogger("samsp.train")
 

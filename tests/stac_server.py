@@ -10,7 +10,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jobs.local_stack.local_s3 import _free_port, stop_session, venv_binary  # one way to run a server
+from jobs.local_stack.local_s3 import stop_session, venv_binary
+from jobs.runtime.ports import free_port  # one way to run a server
 
 
 def rustac_binary() -> str:
@@ -33,7 +34,7 @@ class StacServer:
 
 
 def start_stac_server(*hrefs: str, timeout: float = 60.0, extra_args: tuple[str, ...] = ()) -> StacServer:
-    port = _free_port()
+    port = free_port()
     fd, log_path = tempfile.mkstemp(prefix="samsp-rustac-", suffix=".log")
     os.close(fd)
     log = open(log_path, "wb")

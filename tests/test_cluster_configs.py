@@ -141,7 +141,7 @@ def _validate_config(kind: str, yaml_text: str | None, overrides: list[str]) -> 
         import importlib
 
         model = getattr(importlib.import_module(mod_name), cls_name)
-        from jobs.runtime.config import parse_overrides, _set_dotted
+        from jobs.runtime.config import _set_dotted, parse_overrides
     except (ImportError, AttributeError) as exc:  # the job module is not there (yet)
         pytest.skip(f"{mod_name}.{cls_name} not importable: {exc}")
     tree = yaml.safe_load(yaml_text) if yaml_text else {}
@@ -361,9 +361,7 @@ def test_ray_cluster_specs_have_what_kuberay_needs(k8s, nightly):
 def test_ray_cluster_specs_pass_ray_kuberay_autoscaler_config(k8s, nightly):
     """Ray's KubeRay autoscaler reads each group's Ray resources from the CR and validates the
     result against Ray's cluster schema; GPU groups must come out with GPU resources."""
-    from ray.autoscaler._private.kuberay.autoscaling_config import (
-        _derive_autoscaling_config_from_ray_cr,
-    )
+    from ray.autoscaler._private.kuberay.autoscaling_config import (_derive_autoscaling_config_from_ray_cr)
 
     for where, spec in _ray_cluster_specs(k8s, nightly).items():
         derived = _derive_autoscaling_config_from_ray_cr(
@@ -432,9 +430,7 @@ def _worker_groups(aws_raw, k8s, nightly) -> dict[str, dict[str, dict]]:
     """Per cluster file, its worker groups as Ray sees them: ``{"CPU", "GPU", "max"}`` (Ray
     resources of one node and the most nodes the group scales to). KubeRay groups go through
     Ray's own reading of the CR (rayStartParams first, else the container limits)."""
-    from ray.autoscaler._private.kuberay.autoscaling_config import (
-        _derive_autoscaling_config_from_ray_cr,
-    )
+    from ray.autoscaler._private.kuberay.autoscaling_config import (_derive_autoscaling_config_from_ray_cr)
 
     def group(resources: dict, most: int) -> dict:
         return {"CPU": float(resources.get("CPU", 0)), "GPU": float(resources.get("GPU", 0)),

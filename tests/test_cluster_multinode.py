@@ -32,7 +32,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from jobs.runtime.ports import free_port
 
 # vit_micro tiles (128 px, segment's default overlap tile // 8), the same tiny bundle and the same
 # tile-by-tile reference as the single-node segment tests
@@ -60,10 +61,6 @@ FAST_NODE_DEATH = {"RAY_health_check_initial_delay_ms": "0", "RAY_health_check_p
 
 # ----------------------------------------------------------------------------- processes
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cmdline(pid: int) -> str:
@@ -102,16 +99,16 @@ class LoopbackCluster:
         # short: Ray puts unix sockets under the temp dir (108-byte path limit)
         self.root = Path(tempfile.mkdtemp(prefix="rmn", dir="/tmp"))
         self.env = env
-        self.port = _free_port()
+        self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.nodes: list[Node] = []
         self._gcs = None
 
     def _start(self, name: str, args: list[str], head: bool) -> Node:
         ports = ["--node-ip-address=127.0.0.1", f"--temp-dir={self.root / name}",
-                 f"--dashboard-agent-listen-port={_free_port()}",
-                 f"--metrics-export-port={_free_port()}",
-                 f"--runtime-env-agent-port={_free_port()}", "--disable-usage-stats", "--block"]
+                 f"--dashboard-agent-listen-port={free_port()}",
+                 f"--metrics-export-port={free_port()}",
+                 f"--runtime-env-agent-port={free_port()}", "--disable-usage-stats", "--block"]
         log = self.root / f"{name}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen([RAY, "start", *args, *ports], env=self.env, cwd=self.root,
@@ -123,9 +120,9 @@ class LoopbackCluster:
     def start_head(self, num_cpus: int = 1) -> Node:
         return self._start("head", [
             "--head", f"--port={self.port}", f"--num-cpus={num_cpus}",
-            f"--ray-client-server-port={_free_port()}", "--dashboard-host=127.0.0.1",
+            f"--ray-client-server-port={free_port()}", "--dashboard-host=127.0.0.1",
             # the dashboard serves the State API that Ray Train's placement-group cleaner polls
-            f"--dashboard-port={_free_port()}", "--include-dashboard=true"],
+            f"--dashboard-port={free_port()}", "--include-dashboard=true"],
             head=True)
 
     def add_worker(self, num_cpus: int = 1) -> Node:

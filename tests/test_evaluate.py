@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jobs.evaluation import data as eval_data, scoring as eval_scoring
-from jobs.inference import sliding_window
 from jobs import evaluate as ev
-
+from jobs.evaluation import data as eval_data
+from jobs.evaluation import scoring as eval_scoring
+from jobs.inference import sliding_window
 
 # ----------------------------------------------------------------------------- stitching
 

@@ -118,8 +118,8 @@ def test_ray_resources_on_a_cluster_without_gpus_yet(monkeypatch):
     import ray
 
     from jobs.runtime.config import load_config
-    from jobs.segmentation.engines import ray_resources
     from jobs.segmentation.config import SegmentConfig
+    from jobs.segmentation.engines import ray_resources
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0})
     cfg = load_config(SegmentConfig, None, ["predict.num_gpus=1", "predict.num_actors=3"])
@@ -175,7 +175,6 @@ def test_gpu_request_on_a_cpu_cluster_waits_for_gpus(tmp_path):
     from ray.util.state import list_actors
 
     from ingest.synthetic import make_geotiff
-    from tests.processes import kill_session
     from tests.test_cluster_multinode import Driver, LoopbackCluster, _free_port
     from tests.test_segment import make_bundle
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from segment_anything import sam_model_registry
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncoder, Sam,
+                                       TwoWayTransformer)
 
 import samsp
 from samsp import CheckpointError, build_sam, build_sam_from_config, get_config

@@ -7,17 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from samsp import (
-    BundleError,
-    CheckpointError,
-    SamSP,
-    apply_lora,
-    build_sam,
-    has_lora,
-    load_bundle,
-    logit_of,
-    save_bundle,
-)
+from samsp import (BundleError, CheckpointError, SamSP, apply_lora, build_sam, has_lora,
+                   load_bundle, logit_of, save_bundle)
 
 META = {"threshold": 0.4, "band_map": [2, 1, 0], "provenance": {"run": "unit", "val_dice": 0.5}}
 

@@ -4,16 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from samsp import (
-    PROMPT_KINDS,
-    SamSP,
-    apply_lora,
-    build_sam,
-    configure_finetune,
-    has_lora,
-    merge_lora,
-    samsp_loss,
-)
+from samsp import (PROMPT_KINDS, SamSP, apply_lora, build_sam, configure_finetune, has_lora,
+                   merge_lora, samsp_loss)
 
 
 def _model(prompt: str = "box", iterations: int = 1, **kwargs) -> SamSP:

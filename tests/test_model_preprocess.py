@@ -7,7 +7,8 @@ import torch
 
 from samsp import build_sam
 from samsp.config import SAM_PIXEL_MEAN, SAM_PIXEL_STD
-from samsp.preprocess import postprocess_logits, prepare_batch, prepare_targets, resized_shape, to_three_bands
+from samsp.preprocess import (postprocess_logits, prepare_batch, prepare_targets, resized_shape,
+                              to_three_bands)
 
 
 def test_band_mapping():

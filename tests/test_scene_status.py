@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from ingest import storage, versioned
-from jobs.segmentation.status import StatusBoard, live_lease_owner, read_statuses, status_uri
 from jobs.segmentation.index import encode_index, manifest_uri, read_manifest, rebuild
+from jobs.segmentation.status import StatusBoard, live_lease_owner, read_statuses, status_uri
 
 REPO = Path(__file__).resolve().parents[1]
 REC = {"threshold": 0.5}

@@ -322,8 +322,9 @@ def test_batch_good_and_bad_scenes(batch, tmp_path):
                            transform=transform, fill=0, dtype="uint8")
         np.testing.assert_array_equal(burned == 1, mask == 1, err_msg=name)
 
-        from PIL import Image
         import io
+
+        from PIL import Image
 
         ql = Image.open(io.BytesIO(storage.read_bytes(f"{batch.out}/{name}/quicklook.png")))
         assert ql.mode == "RGB" and ql.size == (scene.width, scene.height)  # small: no shrink

@@ -93,8 +93,8 @@ def _output(kind, setup, request):
 def _rows(output, env):
     import os
 
-    from jobs.segmentation.status import read_statuses
     from jobs.segmentation.index import read_manifest
+    from jobs.segmentation.status import read_statuses
 
     saved = dict(os.environ)
     os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})

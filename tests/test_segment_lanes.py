@@ -56,8 +56,8 @@ def test_actor_threads_edges():
 
 def test_local_lanes_follow_the_tile_count():
     from jobs.runtime.config import load_config
-    from jobs.segmentation.engines import local_lanes
     from jobs.segmentation.config import SegmentConfig
+    from jobs.segmentation.engines import local_lanes
 
     cfg = load_config(SegmentConfig, None, ["ray.num_cpus=4"])
     assert local_lanes(cfg, "cpu", 1) == (1, 4)
@@ -70,8 +70,8 @@ def test_ray_actors_take_the_idle_cores_when_tiles_are_few(monkeypatch):
     import ray
 
     from jobs.runtime.config import load_config
-    from jobs.segmentation.engines import ray_resources
     from jobs.segmentation.config import SegmentConfig
+    from jobs.segmentation.engines import ray_resources
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
     monkeypatch.setattr("jobs.segmentation.engines.largest_node_cpus", lambda default: 2.0)

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jobs.runtime.config import ConfigError, load_config
-from jobs.segmentation.config import SegmentConfig
 from ingest import storage
-from jobs.segmentation.index import encode_index, manifest_uri, read_manifest
 from jobs.inputs.expand import expand_inputs
 from jobs.inputs.scene_ids import assign_scene_ids, safe_stem
+from jobs.runtime.config import ConfigError, load_config
+from jobs.segmentation.config import SegmentConfig
+from jobs.segmentation.index import encode_index, manifest_uri, read_manifest
 from jobs.segmentation.plan import read_tile_records
 
 REPO = Path(__file__).resolve().parents[1]
@@ -213,8 +213,8 @@ def test_plan_scene_resume_state(tmp_path):
     """Tiles whose chunk *and* record exist are done; a chunk without its record is redone."""
     from ingest import MaskWriter
     from ingest.synthetic import make_geotiff
-    from jobs.segmentation.scene import plan_scene
     from jobs.segmentation.pipeline import tile_record_uri
+    from jobs.segmentation.scene import plan_scene
 
     src = make_geotiff(str(tmp_path / "s.tif"), 200, 230)
     cfg = SegmentConfig()
@@ -254,8 +254,8 @@ def test_pipeline_stages_in_process(tmp_path):
     """read -> predict -> write on plain numpy batches (what Ray Data hands the stages)."""
     from ingest import MaskWriter
     from ingest.synthetic import make_geotiff
-    from jobs.segmentation.scene import plan_scene, tile_rows
     from jobs.segmentation.pipeline import PredictWriter, read_tiles, write_cores
+    from jobs.segmentation.scene import plan_scene, tile_rows
     from tests.test_segment import make_bundle
 
     bundle = make_bundle(str(tmp_path / "bundle"))

@@ -4,14 +4,13 @@ nothing from the network."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.chromium import chromium_binary, render
-from tests.test_segment_concurrent import finish_job, start_job
 from tests.test_segment import job_env, make_bundle
+from tests.test_segment_concurrent import finish_job, start_job
 
 pytestmark = [pytest.mark.slow]
 

@@ -30,8 +30,8 @@ def write_scenes(folder, n: int) -> list[str]:
 def plan_and_rows(inputs, output, cfg):
     """What run() does before the pipeline: plan every scene (bounded threads), keep its state,
     build the rows. Returns (states, rows, tracemalloc peak bytes)."""
-    from jobs.segmentation.scene import SceneState, plan_scene, scene_tiles
     from jobs.segmentation.rows import TileRows, plan_in_parallel
+    from jobs.segmentation.scene import SceneState, plan_scene, scene_tiles
 
     tracemalloc.start()
     try:

@@ -114,10 +114,10 @@ def test_filter_falls_back_to_client_side_with_one_log_line(catalog, caplog):
 
 
 def test_unreachable_or_missing_source_is_a_search_error(tmp_path):
-    from jobs.local_stack.local_s3 import _free_port
+    from jobs.runtime.ports import free_port
 
     with pytest.raises(StacSearchError, match="unreachable"):
-        find_items(f"http://127.0.0.1:{_free_port()}", StacQuery())
+        find_items(f"http://127.0.0.1:{free_port()}", StacQuery())
     with pytest.raises(StacSearchError, match="unreadable"):
         find_items(str(tmp_path / "nope.json"), StacQuery())
 

@@ -19,6 +19,7 @@ from rasterio.crs import CRS
 
 from tests.stac_server import start_stac_server
 
+
 def run_segment(inputs, output, model, extra=()):
     from tests.test_segment import run_job
 

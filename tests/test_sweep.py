@@ -96,12 +96,11 @@ def _photos(folder: Path) -> dict[str, Path]:
 
 
 def _reference_mask(uri: str, bundle: str, tile: int = 128, overlap: int = 16) -> np.ndarray:
+    import torch
     from rasterio.windows import Window
 
     from ingest import TileGrid, open_scene
     from samsp.predict import TilePredictor
-
-    import torch
 
     scene = open_scene(uri, check_empty=False)
     img, valid = scene.read(Window(0, 0, scene.width, scene.height))

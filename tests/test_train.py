@@ -10,7 +10,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from jobs.runtime.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.ray]
@@ -43,8 +44,8 @@ def test_train_checkpoints_to_s3_resumes_and_exports_bundle(s3_env, tmp_path):
     import torch
     from safetensors.torch import load as load_safetensors
 
-    from jobs.training.model import weights_fingerprint
     from jobs.training.data import synth_item
+    from jobs.training.model import weights_fingerprint
     from samsp import load_bundle
     from samsp.predict import TilePredictor
 
@@ -100,10 +101,6 @@ def test_train_checkpoints_to_s3_resumes_and_exports_bundle(s3_env, tmp_path):
     assert prob[masks].mean() > prob[~masks].mean() + 0.2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -115,14 +112,14 @@ def test_ray_job_submit_runs_training(tmp_path):
     for k in ("RAY_ADDRESS",):
         env.pop(k, None)
     temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: unix socket paths
-    port, dash = _free_port(), _free_port()
+    port, dash = free_port(), free_port()
     head = subprocess.Popen(
         [ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=true",
          f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1",
          # free ports for the per-node agents too: the defaults (e.g. 52365 for the job agent)
          # collide with any other Ray running on this machine ("No available agent")
-         f"--dashboard-agent-listen-port={_free_port()}", f"--metrics-export-port={_free_port()}",
-         f"--runtime-env-agent-port={_free_port()}",
+         f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
+         f"--runtime-env-agent-port={free_port()}",
          f"--temp-dir={temp_dir}", "--disable-usage-stats", "--block"],
         env=env, stdout=open(tmp_path / "head.log", "wb"), stderr=subprocess.STDOUT,
         start_new_session=True)

@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from jobs.runtime.config import ConfigError, load_config
-from jobs.training.config import TrainConfig
 from jobs.training.augment import augment, crop_window
-from jobs.training.data import (DataError, ItemLoader, TrainDataset, plan_data, split_items, synth_item,
-                             tile_image, untile)
+from jobs.training.config import TrainConfig
+from jobs.training.data import (DataError, ItemLoader, TrainDataset, plan_data, split_items,
+                                synth_item, tile_image, untile)
 from tests.conftest import shared_data
 
 

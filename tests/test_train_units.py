@@ -10,10 +10,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from jobs import train
-from jobs.training import model as train_model, worker as train_worker
-from tests.conftest import REPO
 from jobs.runtime.config import load_config
+from jobs.training import model as train_model
+from jobs.training import worker as train_worker
 from jobs.training.config import TrainConfig
+from tests.conftest import REPO
 
 
 def _cfg(tmp_path, *sets):

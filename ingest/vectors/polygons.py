@@ -23,8 +23,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..errors import VectorError
-from .blocks import (RasterSource, StreamStats, check_connectivity, label_block,
-                     stream_components)
+from .blocks import RasterSource, StreamStats, check_connectivity, label_block, stream_components
 
 
 @dataclass(slots=True)

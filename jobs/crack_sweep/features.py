@@ -14,10 +14,10 @@ import io
 
 from ingest import storage
 from ingest.vectors.formats import write_batches
-from ingest.vectors.tables import centerline_batches
-from ingest.vectors.tables import centerline_schema
+from ingest.vectors.tables import centerline_batches, centerline_schema
 from jobs.crack_sweep.measure import width_class
 from jobs.crack_sweep.outputs import FEATURES, photo_features_uri
+
 
 def write_photo_features(output: str, photo_id: str, lines: list) -> int:
     """One photo's centre-lines -> ``features/<id>.parquet`` (GeoParquet, pixel coordinates)."""

@@ -26,9 +26,9 @@ from typing import Optional
 
 from pydantic import Field, field_validator
 
-from jobs.runtime.config import ConfigError, StrictModel
 from ingest import storage
 from jobs.crack_sweep.outputs import photo_features_uri, photo_record_uri, record_json
+from jobs.runtime.config import ConfigError, StrictModel
 
 log = logging.getLogger("samsp.sweep")
 

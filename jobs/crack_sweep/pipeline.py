@@ -23,18 +23,12 @@ import json
 
 import numpy as np
 
+from ingest import Radiometry, TileGrid, open_scene, storage
+from ingest.orientation import orient, read_orientation
+from ingest.tiling import Tile
+from ingest.vectors import ArraySource, iter_centerlines
 from ingest.vectors.skeleton import skeletonize, width_px, zhang_suen_thinning  # noqa: F401
 from jobs.runtime.messages import error_line
-from ingest.vectors import ArraySource
-from ingest.vectors import iter_centerlines
-from ingest import Radiometry
-from ingest import TileGrid
-from ingest import open_scene
-from ingest import storage
-from ingest.orientation import orient
-from ingest.orientation import read_orientation
-from ingest.tiling import Tile
-
 
 # --------------------------------------------------------------------------- measurements
 

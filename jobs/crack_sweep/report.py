@@ -26,9 +26,8 @@ import math
 import numpy as np
 
 from ingest import storage
+from ingest.orientation import orient, oriented_shape
 from jobs.crack_sweep.measure import class_columns
-from ingest.orientation import orient
-from ingest.orientation import oriented_shape
 from jobs.segmentation.finalize import _decimated_image
 
 OVERLAY = np.array([255, 30, 30], np.float32)

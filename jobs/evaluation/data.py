@@ -6,13 +6,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from jobs.training.data import _fs
-from jobs.training.config import PAIR_LAYOUTS
-from jobs.training.config import PairsData
-from jobs.training.data import DataError
-from jobs.training.data import _pairs_items
-from jobs.training.data import ItemLoader
-from jobs.training.data import plan_data
+
+from jobs.training.config import PAIR_LAYOUTS, PairsData
+from jobs.training.data import DataError, ItemLoader, _fs, _pairs_items, plan_data
 
 LAYOUTS = ("auto", "deepcrack", "deepcrack_test", "epfl", "custom")
 

@@ -12,9 +12,9 @@ import numpy as np
 
 from ingest.tiling import Tile
 from ingest.writer import NODATA, prob_to_u8
+from jobs.inference.tile_encoding import encode_tiles
 from jobs.runtime.devices import crash_for_restart, worker_device
 from jobs.runtime.messages import error_line
-from jobs.inference.tile_encoding import encode_tiles
 
 
 def column(batch: dict, name: str) -> list:

@@ -8,9 +8,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ingest.tiling import TileGrid, window_bounds
 from jobs.evaluation.data import EvalError
-from ingest.tiling import TileGrid
-from ingest.tiling import window_bounds
 
 #: ``forward(tiles uint8 [B,3,t,t]) -> probabilities float32 [P,B,t,t]`` (P passes, 0..K).
 TileForward = Callable[[np.ndarray], np.ndarray]

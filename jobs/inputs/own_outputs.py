@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+
 from ingest import storage
 
 SEGMENT_SCENE_OUTPUTS = ("mask.tif", "prob.tif", "quicklook.png")

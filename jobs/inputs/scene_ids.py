@@ -7,7 +7,6 @@ import re
 from jobs.inputs.own_outputs import normalise_input
 
 
-
 def safe_stem(uri: str) -> str:
     name = uri.rstrip("/").rsplit("/", 1)[-1]
     for ext in (".ome.tif", ".tiff", ".tif", ".zarr", ".jp2", ".png", ".jpeg", ".jpg", ".vrt"):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,11 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from jobs.runtime.ports import free_port
 
 
 def venv_binary(name: str, package: str) -> str:
@@ -91,7 +86,7 @@ class S3Server:
 def start_s3_server(bucket: str = "samsp", key: str = "samsp-test-key",
                     secret: str = "samsp-test-secret", timeout: float = 60.0) -> S3Server:
     workdir = tempfile.mkdtemp(prefix="samsp-weed-")
-    ports = {name: _free_port() for name in
+    ports = {name: free_port() for name in
              ("s3", "master", "volume", "filer", "master.grpc", "volume.grpc", "filer.grpc")}
     cmd = [
         _weed_binary(), "mini", f"-dir={workdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",

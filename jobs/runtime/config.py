@@ -18,6 +18,7 @@ from typing import Any, Iterable, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
+
 from jobs.runtime.logs import quiet_third_party
 
 T = TypeVar("T", bound=BaseModel)

@@ -2,7 +2,6 @@
 failure. Every failure text of the jobs goes through here, so it is one line and bounded."""
 from __future__ import annotations
 
-import socket
 import time
 
 from ingest.errors import SceneError
@@ -26,10 +25,3 @@ def error_line(exc: BaseException, limit: int = 400) -> str:
 def utc_now() -> str:
     """UTC time as ISO 8601 to the second (``2026-12-06T17:30:00Z``)."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def free_port() -> int:
-    """A free TCP port on the loopback interface (for servers this process starts)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

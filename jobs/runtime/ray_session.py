@@ -33,7 +33,9 @@ import logging
 import os
 import sys
 from typing import Literal
+
 from ingest.storage import environ
+from jobs.runtime.ports import free_port
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +92,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None,
         # Known port, so the State API inside our actors targets *this* cluster: without it Ray
         # auto-detects and fails with "Found multiple active Ray instances" when other Ray
         # clusters run on the machine.
-        port = _free_port()
+        port = free_port()
         dashboard = {"dashboard_host": "127.0.0.1", "dashboard_port": port}
         env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     env.update(extra_env or {})
@@ -134,12 +136,6 @@ def stop_ray() -> None:
         ray.shutdown()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def worker_env_vars(mode: RayMode) -> dict[str, str]:

@@ -11,17 +11,14 @@ import math
 import os
 import time
 
-from jobs.segmentation.config import SegmentConfig
-from jobs.runtime.messages import one_line
-from jobs.runtime.ray_session import is_local_ray
-from jobs.inference.lanes import actor_threads
-from jobs.segmentation.pipeline import PredictWriter
-from jobs.segmentation.pipeline import read_tiles
-from jobs.segmentation.rows import expand_rows
-from jobs.inference.lanes import cpu_layout
+from jobs.inference.lanes import actor_threads, cpu_layout
 from jobs.inference.model_preload import import_model_code
-from jobs.runtime.ray_session import init_ray
 from jobs.runtime.logs import filtered_native_stderr
+from jobs.runtime.messages import one_line
+from jobs.runtime.ray_session import init_ray, is_local_ray
+from jobs.segmentation.config import SegmentConfig
+from jobs.segmentation.pipeline import PredictWriter, read_tiles
+from jobs.segmentation.rows import expand_rows
 
 log = logging.getLogger("samsp.segment")
 

@@ -20,12 +20,9 @@ import time
 
 import numpy as np
 
-from ingest import storage
-from ingest.lowres import read_decimated
-from ingest import Radiometry
-from ingest import open_scene
-from ingest import MaskWriter
+from ingest import MaskWriter, Radiometry, open_scene, storage
 from ingest.crs import crs_label
+from ingest.lowres import read_decimated
 from jobs.segmentation.vectors import write_scene_vectors
 
 log = logging.getLogger("samsp.segment")

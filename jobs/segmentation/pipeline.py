@@ -28,15 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from ingest import MaskWriter, Radiometry, open_scene, storage
+from ingest.storage import gdal_env
+from ingest.tiling import Tile
 from jobs.inference.predictor import Predictor, column
 from jobs.runtime.messages import error_line
-from ingest import open_scene
-from ingest import Radiometry
-from ingest.tiling import Tile
-from ingest.storage import gdal_env
-from ingest import MaskWriter
 from jobs.segmentation.plan import tile_key
-from ingest import storage
 
 # Per-process caches (Ray reuses worker processes across tasks). One open Scene per input is
 # shared by the local engine's lanes: Scene serialises its own reads (a lock), and one GDAL

@@ -13,7 +13,6 @@ from ingest import storage
 from jobs.inputs.expand import has_extension
 from jobs.runtime.records import read_json_records
 
-
 # --------------------------------------------------------------------------- plan
 
 @dataclass

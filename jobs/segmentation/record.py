@@ -23,8 +23,7 @@ import os
 import uuid
 from dataclasses import dataclass
 
-from ingest import storage
-from ingest import MaskWriter
+from ingest import MaskWriter, storage
 from ingest.writer import store_is_ready
 
 RECORD_KEY = "samsp_run"

@@ -14,9 +14,8 @@ import io
 import logging
 from collections import Counter
 
+from ingest import TileGrid, storage
 from jobs.runtime.messages import one_line
-from ingest import storage
-from ingest import TileGrid
 
 log = logging.getLogger("samsp.segment")
 

@@ -8,21 +8,14 @@ import json
 import time
 from dataclasses import dataclass
 
+from ingest import MaskWriter, Radiometry, TileGrid, open_scene, storage
 from jobs.runtime.config import ConfigError
 from jobs.segmentation.config import SegmentConfig
-from ingest import storage
 from jobs.segmentation.plan import ScenePlan, is_geospatial_uri, read_tile_records
-from jobs.segmentation.stats import TileTotals
-from ingest import MaskWriter
-from ingest import Radiometry
-from ingest import TileGrid
-from ingest import open_scene
-from jobs.segmentation.record import RECORD_KEY
-from jobs.segmentation.record import choose_store
+from jobs.segmentation.record import (RECORD_KEY, bundle_sha256, choose_store, input_fingerprint,
+                                      run_record)
 from jobs.segmentation.rows import TileRows
-from jobs.segmentation.record import bundle_sha256
-from jobs.segmentation.record import input_fingerprint
-from jobs.segmentation.record import run_record
+from jobs.segmentation.stats import TileTotals
 
 
 @dataclass(frozen=True)

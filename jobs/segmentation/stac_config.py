@@ -12,8 +12,8 @@ from typing import Literal, Optional, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from jobs.runtime.config import StrictModel
 from ingest.stac.search import parse_interval
+from jobs.runtime.config import StrictModel
 
 #: ``datetime`` word: the window starts where the last successful run's window ended
 SINCE_LAST_RUN = "since-last-run"

@@ -20,16 +20,14 @@ import json
 import logging
 import re
 
-from jobs.runtime.config import ConfigError
 from ingest import storage
-from jobs.inputs.scene_ids import short_hash
-from jobs.segmentation.stac_config import SINCE_LAST_RUN
-from ingest.stac.search import StacQuery
-from ingest.stac.search import find_items
 from ingest.errors import StacItemError
-from ingest.stac.assets import select_assets
-from ingest.stac.assets import item_scene_uri
+from ingest.stac.assets import item_scene_uri, select_assets
 from ingest.stac.items import SourceItem
+from ingest.stac.search import StacQuery, find_items
+from jobs.inputs.scene_ids import short_hash
+from jobs.runtime.config import ConfigError
+from jobs.segmentation.stac_config import SINCE_LAST_RUN
 
 log = logging.getLogger("samsp.segment")
 

@@ -13,11 +13,8 @@ import os
 from importlib import metadata
 
 from ingest import storage
-from ingest.stac.catalog import write_item
-from ingest.stac.items import SceneResult
-from ingest.stac.items import result_item
-from ingest.stac.catalog import COLLECTION_FILE
-from ingest.stac.catalog import publish_catalog
+from ingest.stac.catalog import COLLECTION_FILE, publish_catalog, write_item
+from ingest.stac.items import SceneResult, result_item
 
 log = logging.getLogger("samsp.segment")
 

@@ -26,9 +26,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ingest import storage, versioned
+from jobs.inputs.scene_ids import safe_stem, short_hash
 from jobs.runtime.messages import one_line, utc_now
-from jobs.inputs.scene_ids import safe_stem
-from jobs.inputs.scene_ids import short_hash
 
 DONE = ("ok", "skipped")  # statuses a later run counts as done
 

@@ -12,9 +12,7 @@ Everything streams from ``mask.zarr`` block by block (``ingest.vectors``).
 from __future__ import annotations
 
 from ingest import storage
-from ingest.vectors import ReviewTile
-from ingest.vectors import write_centerlines
-from ingest.vectors import write_polygons
+from ingest.vectors import ReviewTile, write_centerlines, write_polygons
 
 SUFFIX = {"parquet": ".parquet", "geojson": ".geojson", "flatgeobuf": ".fgb"}
 #: every vector file a scene can have (a rerun that makes fewer removes the others)

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from jobs.training.augment import augment
 import ingest
+from jobs.training.augment import augment
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 

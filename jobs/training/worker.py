@@ -13,13 +13,10 @@ import time
 from typing import Any
 
 from jobs.training.config import TrainConfig
+from jobs.training.data import TrainDataset, ValDataset, tile_image, untile
 from jobs.training.model import (META_FILE, MODEL_FILE, STATE_FILE, build_model, checkpoint_dir,
-                              checkpoint_state, load_model_state, lr_lambda, param_groups,
-                              saves_full_state, training_loss, weights_fingerprint)
-from jobs.training.data import tile_image
-from jobs.training.data import untile
-from jobs.training.data import TrainDataset
-from jobs.training.data import ValDataset
+                                 checkpoint_state, load_model_state, lr_lambda, param_groups,
+                                 saves_full_state, training_loss, weights_fingerprint)
 
 
 def _log0(rank: int, msg: str) -> None:
