@@ -1,1 +1,1 @@
-"""Benchmarks: each prints its numbers and writes bench/results_*.json."""
+"""Benchmarks: each prints its numbers and writes bench/results/results_*.json."""

@@ -4,7 +4,7 @@
 
 Every pair is measured alternately (fp32, bf16, fp32, bf16, ...) in one run on one machine and
 compared by medians: the machine is shared and its load swings. What it reports
-(bench/results_bf16.json, bench/BF16_RESULTS.md):
+(bench/results/results_bf16.json, bench/results/BF16_RESULTS.md):
 
 * ``P6_bf16_speedup_model``: TilePredictor tiles/s bf16 / fp32, vit_tiny (the committed crack
   model), batch 8, the crack scene's own 256² tiles, one stream on every core.
@@ -27,8 +27,8 @@ import statistics
 import time
 from pathlib import Path
 
-from bench.bench_segment import (_model_only, make_batch_folder, make_crack_scene, model_only,
-                                 run_job)
+from bench.bench_segment import (make_batch_folder, make_crack_scene, model_only,
+                                 model_only_run, run_job)
 from bench.common import log, machine
 from jobs.runtime.config import load_config
 from jobs.training.config import TrainConfig
@@ -41,7 +41,7 @@ CRACK_MODEL = REPO / "models" / "samsp-crack-tiny"
 def model_rate(bundle: str, scene: str, precision: str, seconds: float) -> dict:
     """One stream on every core (torch's default threads), batch 8."""
 
-    return _model_only(bundle, scene, 8, os.cpu_count() or 1, seconds, precision=precision)
+    return model_only_run(bundle, scene, 8, os.cpu_count() or 1, seconds, precision=precision)
 
 
 def train_step_fn(precision: str):
@@ -150,8 +150,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=8.0, help="per model-only / train run")
     ap.add_argument("--batch-scenes", type=int, default=4)
     ap.add_argument("--workdir", default=str(REPO / ".bench" / "bf16"))
-    ap.add_argument("--json", default=str(REPO / "bench" / "results_bf16.json"))
-    ap.add_argument("--md", default=str(REPO / "bench" / "BF16_RESULTS.md"))
+    ap.add_argument("--json", default=str(REPO / "bench" / "results" / "results_bf16.json"))
+    ap.add_argument("--md", default=str(REPO / "bench" / "results" / "BF16_RESULTS.md"))
     ap.add_argument("--p1-only", action="store_true",
                     help="only the P1 figures against the bf16 model (Ray and local engines); "
                          "the other keys of the JSON stay as they are")
@@ -251,7 +251,7 @@ def markdown(r: dict, args) -> str:
                   f"{p1.get('job_mpx_per_s_steady_local')}."]
     if "P6_bf16_dice_delta" in r:
         lines += ["", r.get("dice_note", "")]
-    notes = REPO / "bench" / "BF16_NOTES.md"  # findings, written by hand
+    notes = REPO / "bench" / "results" / "BF16_NOTES.md"  # findings, written by hand
     if notes.exists():
         lines += ["", notes.read_text().rstrip()]
     return "\n".join(lines) + "\n"

@@ -10,7 +10,7 @@
     .venv/bin/python -m bench.bench_ingest            # full run (~1-2 min)
     .venv/bin/python -m bench.bench_ingest --quick    # 1024/2048/4096, for a smoke check
 
-Writes bench/results_ingest.json and bench/INGEST_RESULTS.md (a section for BENCHMARKS.md).
+Writes bench/results/results_ingest.json and bench/results/INGEST_RESULTS.md (a section for BENCHMARKS.md).
 """
 from __future__ import annotations
 
@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes (smoke run)")
     ap.add_argument("--repeats", type=int, default=3, help="throughput runs per source (best kept)")
-    ap.add_argument("--json", default=str(REPO / "bench" / "results_ingest.json"))
-    ap.add_argument("--md", default=str(REPO / "bench" / "INGEST_RESULTS.md"))
+    ap.add_argument("--json", default=str(REPO / "bench" / "results" / "results_ingest.json"))
+    ap.add_argument("--md", default=str(REPO / "bench" / "results" / "INGEST_RESULTS.md"))
     ap.add_argument("--child", choices=["pipeline", "read"], help=argparse.SUPPRESS)
     ap.add_argument("--scene", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -271,7 +271,7 @@ def _markdown(r: dict, sizes: list[int], rss: dict, runs: dict, tp_size: int) ->
         f"S3 / local = **{r['P3_read_s3_over_local']:.2f}**. The S3 server runs on the same 2 cores "
         "as the reader (request signing, HTTP and SeaweedFS compete with DEFLATE decoding), so "
         "this is a lower bound for a real object store with its own hardware. Numbers in "
-        "`bench/results_ingest.json` (keys `P3_*`).",
+        "`bench/results/results_ingest.json` (keys `P3_*`).",
         "",
     ]
     return "\n".join(lines)

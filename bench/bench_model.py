@@ -25,8 +25,8 @@ and the report lists every run's command):
   RSS (extrapolated from the smaller batches) does not fit the free memory is skipped and says so.
 
 Noise: arms are interleaved in a seeded random order each round; medians (with min/max) are
-reported with the load average at start and end. Writes ``--md`` (bench/MODEL_RESULTS.md),
-``--json`` (bench/results_model.json, flat name -> number) and bench/model_bench_raw.json (every
+reported with the load average at start and end. Writes ``--md`` (bench/results/MODEL_RESULTS.md),
+``--json`` (bench/results/results_model.json, flat name -> number) and bench/results/model_bench_raw.json (every
 sample; deliberately not named results_*.json, which bench/merge_results.py merges).
 """
 from __future__ import annotations
@@ -332,9 +332,9 @@ def _table(rows) -> list[str]:
     return out
 
 
-def write_md(path: Path, state: dict) -> None:
-    info, fig, runs = state["machine"], state["figures"], state["runs"]
-    p2, dec, thr = state.get("p2p4") or {}, state.get("p2dec") or {}, state.get("throughput") or {}
+def md_header(state: dict) -> list[str]:
+    """Title, machine and one line per run of the MODEL_RESULTS section."""
+    info, runs = state["machine"], state["runs"]
     lines = [
         "# Model speed benchmarks (P2, P4, throughput)",
         "",
@@ -360,86 +360,115 @@ def write_md(path: Path, state: dict) -> None:
         "- quick mode: 3 P2/P4 rounds, 5 timed repeats per vit_tiny batch, 1 per vit_b batch.",
         "",
     ]
+    return lines
+
+
+def md_p2(p2: dict, fig: dict) -> list[str]:
+    """P2 -- the self-prompting overhead measured on whole calls."""
+    r = p2["raw"]
+    return [
+        f"## P2 -- self-prompting overhead, {p2['model']} at 1024 px (TilePredictor: uint8 "
+        "tile in, probabilities out)", "",
+        f"Tile: {p2['tile']}; random weights (timing only).", "",
+        f"### Whole calls ({p2['rounds']} interleaved rounds, same rounds as P4)", "",
+        *_table([("single pass (K=0)", r["k0"]), ("K=1 (box)", r["k1"]),
+                 ("K=2 (box)", r["k2"]),
+                 ("image encoder, inside those calls",
+                  r["k0_enc"] + r["k1_enc"] + r["k2_enc"])]),
+        "",
+        f"- image encoder calls per forward: at most "
+        f"{fig['P2_encoder_calls_per_forward_max']:g} (counted by a forward hook): passes >= 1 "
+        "reuse the embeddings.",
+        f"- end-to-end ratio of medians: K=1 {fig['P2_sp_overhead_pct_e2e']:+.2f} %, K=2 "
+        f"{fig['P2_k2_overhead_pct_e2e']:+.2f} % -- dominated by encoder-time noise under this "
+        "load (the K=2 arm came out faster than K=0), so not a measurement of the overhead.",
+        f"- non-encoder time of the same calls (total minus the hooked encoder time), medians: "
+        f"K=0 {fig['P2_non_encoder_k0_s']:.3f} s, K=1 {fig['P2_non_encoder_k1_s']:.3f} s, K=2 "
+        f"{fig['P2_non_encoder_k2_s']:.3f} s -> "
+        f"{fig['P2_sp_overhead_pct_rounds']:.2f} % (K=1), "
+        f"{fig['P2_k2_overhead_pct_rounds']:.2f} % (K=2) of the single pass; only 3 samples "
+        "each and not monotone in K, so noise-dominated too.",
+        "",
+    ]
+
+
+def md_decoder(dec: dict, fig: dict, has_p2: bool) -> list[str]:
+    """P2 again: everything but the image encoder (the encoder replaced by its cached output)."""
+    r = dec["raw"]
+    single = "the single-pass median above" if has_p2 else "encoder + K=0 of this phase"
+    return [
+        f"### Everything but the encoder ({dec['model']}, {dec['repeats']} interleaved "
+        "repeats)", "",
+        "The same TilePredictor calls with the image encoder replaced by its cached output "
+        "for this tile (pre-processing, prompt derivation, prompt encoder, mask decoder, "
+        "upsampling, post-processing):", "",
+        *_table([("K=0", r["k0"]), ("K=1 (box)", r["k1"]), ("K=2 (box)", r["k2"])]),
+        "",
+        f"- **P2_sp_overhead_pct (K=1) = {fig['P2_sp_overhead_pct']:.2f} %** = (median K=1 - "
+        f"median K=0) / {single} (target <= 5 %); K=2: {fig['P2_k2_overhead_pct']:.2f} %.",
+        f"- this phase's single encoder call took {dec['encoder_s']:.1f} s.",
+        "",
+    ]
+
+
+def md_p4(p2: dict, fig: dict) -> list[str]:
+    """P4 -- SamAutomaticMaskGenerator against SamSP K=1 on the same tile."""
+    r = p2["raw"]
+    lines = [
+        "## P4 -- SamAutomaticMaskGenerator(points_per_side=32) vs SamSP K=1, same tile", "",
+        *_table([("AMG, default filters", r["amg"]), ("SamSP K=1", r["k1"])]), "",
+        f"- **P4_vs_amg_ratio = {fig['P4_vs_amg_ratio']:.2f}x** (target >= 3x), medians of "
+        f"the same interleaved rounds. AMG kept {fig['P4_amg_masks_kept']:g} masks (median): "
+        "with random weights its quality filters drop nearly every mask before RLE/NMS, so "
+        "this understates AMG's cost with trained weights.",
+    ]
+    if "P4_amg_unfiltered_s" in fig:
+        lines.append(
+            f"- AMG with pred_iou_thresh=0, stability_score_thresh=0 "
+            f"({p2['amg_unfiltered']['masks']} masks after NMS; 1 run): "
+            f"{fig['P4_amg_unfiltered_s']:.2f} s = {fig['P4_vs_amg_unfiltered_ratio']:.2f}x "
+            "SamSP K=1.")
+    lines.append("")
+    return lines
+
+
+def md_throughput(thr: dict) -> list[str]:
+    """Model-only throughput per model and batch size."""
+    lines = ["## Model-only throughput (SamSP.forward, K=1, inference mode, CPU)", "",
+             "| model | input | batch | median s | min s | max s | n | Mpx/s (median) | "
+             "Mpx/s (min time) | peak RSS GiB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for mt, res in thr.items():
+        for b, v in res["batches"].items():
+            if "skipped" in v:
+                lines.append(f"| {mt} | {res['image_size']} | {b} | skipped: {v['skipped']} "
+                             "| | | | | | |")
+                continue
+            px = int(b) * res["image_size"] ** 2 / 1e6
+            lines.append(f"| {mt} | {res['image_size']} | {b} | {v['s']:.3f} | {v['min']:.3f} "
+                         f"| {v['max']:.3f} | {v['n']} | {v['mpx_s']:.3f} | "
+                         f"{px / v['min']:.3f} | {v['peak_rss_gib']:.1f} |")
+    lines += ["", "Mpx/s counts model-input pixels (256² per vit_tiny image, 1024² per vit_b "
+              "image); `throughput_*` in results_model.json are the median-based values. "
+              "Peak RSS: this process, sampled every 50 ms during that batch's calls. The "
+              "vit_tiny rows are the most load-sensitive (sub-second calls with 2 OpenMP "
+              "threads on 2 oversubscribed cores): min-time figures are closer to what an idle "
+              "machine gives.", ""]
+    return lines
+
+
+def write_md(path: Path, state: dict) -> None:
+    fig = state["figures"]
+    p2, dec, thr = state.get("p2p4") or {}, state.get("p2dec") or {}, state.get("throughput") or {}
+    lines = md_header(state)
     if p2:
-        r = p2["raw"]
-        lines += [
-            f"## P2 -- self-prompting overhead, {p2['model']} at 1024 px (TilePredictor: uint8 "
-            "tile in, probabilities out)", "",
-            f"Tile: {p2['tile']}; random weights (timing only).", "",
-            f"### Whole calls ({p2['rounds']} interleaved rounds, same rounds as P4)", "",
-            *_table([("single pass (K=0)", r["k0"]), ("K=1 (box)", r["k1"]),
-                     ("K=2 (box)", r["k2"]),
-                     ("image encoder, inside those calls",
-                      r["k0_enc"] + r["k1_enc"] + r["k2_enc"])]),
-            "",
-            f"- image encoder calls per forward: at most "
-            f"{fig['P2_encoder_calls_per_forward_max']:g} (counted by a forward hook): passes >= 1 "
-            "reuse the embeddings.",
-            f"- end-to-end ratio of medians: K=1 {fig['P2_sp_overhead_pct_e2e']:+.2f} %, K=2 "
-            f"{fig['P2_k2_overhead_pct_e2e']:+.2f} % -- dominated by encoder-time noise under this "
-            "load (the K=2 arm came out faster than K=0), so not a measurement of the overhead.",
-            f"- non-encoder time of the same calls (total minus the hooked encoder time), medians: "
-            f"K=0 {fig['P2_non_encoder_k0_s']:.3f} s, K=1 {fig['P2_non_encoder_k1_s']:.3f} s, K=2 "
-            f"{fig['P2_non_encoder_k2_s']:.3f} s -> "
-            f"{fig['P2_sp_overhead_pct_rounds']:.2f} % (K=1), "
-            f"{fig['P2_k2_overhead_pct_rounds']:.2f} % (K=2) of the single pass; only 3 samples "
-            "each and not monotone in K, so noise-dominated too.",
-            "",
-        ]
+        lines += md_p2(p2, fig)
     if dec:
-        r = dec["raw"]
-        single = "the single-pass median above" if p2 else "encoder + K=0 of this phase"
-        lines += [
-            f"### Everything but the encoder ({dec['model']}, {dec['repeats']} interleaved "
-            "repeats)", "",
-            "The same TilePredictor calls with the image encoder replaced by its cached output "
-            "for this tile (pre-processing, prompt derivation, prompt encoder, mask decoder, "
-            "upsampling, post-processing):", "",
-            *_table([("K=0", r["k0"]), ("K=1 (box)", r["k1"]), ("K=2 (box)", r["k2"])]),
-            "",
-            f"- **P2_sp_overhead_pct (K=1) = {fig['P2_sp_overhead_pct']:.2f} %** = (median K=1 - "
-            f"median K=0) / {single} (target <= 5 %); K=2: {fig['P2_k2_overhead_pct']:.2f} %.",
-            f"- this phase's single encoder call took {dec['encoder_s']:.1f} s.",
-            "",
-        ]
+        lines += md_decoder(dec, fig, bool(p2))
     if p2:
-        r = p2["raw"]
-        lines += [
-            "## P4 -- SamAutomaticMaskGenerator(points_per_side=32) vs SamSP K=1, same tile", "",
-            *_table([("AMG, default filters", r["amg"]), ("SamSP K=1", r["k1"])]), "",
-            f"- **P4_vs_amg_ratio = {fig['P4_vs_amg_ratio']:.2f}x** (target >= 3x), medians of "
-            f"the same interleaved rounds. AMG kept {fig['P4_amg_masks_kept']:g} masks (median): "
-            "with random weights its quality filters drop nearly every mask before RLE/NMS, so "
-            "this understates AMG's cost with trained weights.",
-        ]
-        if "P4_amg_unfiltered_s" in fig:
-            lines.append(
-                f"- AMG with pred_iou_thresh=0, stability_score_thresh=0 "
-                f"({p2['amg_unfiltered']['masks']} masks after NMS; 1 run): "
-                f"{fig['P4_amg_unfiltered_s']:.2f} s = {fig['P4_vs_amg_unfiltered_ratio']:.2f}x "
-                "SamSP K=1.")
-        lines.append("")
+        lines += md_p4(p2, fig)
     if thr:
-        lines += ["## Model-only throughput (SamSP.forward, K=1, inference mode, CPU)", "",
-                  "| model | input | batch | median s | min s | max s | n | Mpx/s (median) | "
-                  "Mpx/s (min time) | peak RSS GiB |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        for mt, res in thr.items():
-            for b, v in res["batches"].items():
-                if "skipped" in v:
-                    lines.append(f"| {mt} | {res['image_size']} | {b} | skipped: {v['skipped']} "
-                                 "| | | | | | |")
-                    continue
-                px = int(b) * res["image_size"] ** 2 / 1e6
-                lines.append(f"| {mt} | {res['image_size']} | {b} | {v['s']:.3f} | {v['min']:.3f} "
-                             f"| {v['max']:.3f} | {v['n']} | {v['mpx_s']:.3f} | "
-                             f"{px / v['min']:.3f} | {v['peak_rss_gib']:.1f} |")
-        lines += ["", "Mpx/s counts model-input pixels (256² per vit_tiny image, 1024² per vit_b "
-                  "image); `throughput_*` in results_model.json are the median-based values. "
-                  "Peak RSS: this process, sampled every 50 ms during that batch's calls. The "
-                  "vit_tiny rows are the most load-sensitive (sub-second calls with 2 OpenMP "
-                  "threads on 2 oversubscribed cores): min-time figures are closer to what an idle "
-                  "machine gives.", ""]
+        lines += md_throughput(thr)
     path.write_text("\n".join(lines))
 
 
@@ -456,8 +485,8 @@ def main(argv=None) -> int:
     p.add_argument("--merge", action="store_true",
                    help="keep phases of the previous run (model_bench_raw.json) that this "
                         "run skips")
-    p.add_argument("--md", default=str(REPO / "bench" / "MODEL_RESULTS.md"))
-    p.add_argument("--json", default=str(REPO / "bench" / "results_model.json"))
+    p.add_argument("--md", default=str(REPO / "bench" / "results" / "MODEL_RESULTS.md"))
+    p.add_argument("--json", default=str(REPO / "bench" / "results" / "results_model.json"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--p2-model", default="vit_b", help=argparse.SUPPRESS)  # smoke tests only
     args = p.parse_args(argv)

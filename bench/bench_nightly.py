@@ -5,7 +5,7 @@
 Each count is one ``jobs/segment.py`` run in a fresh process over a folder of that many small
 uint8 COGs (local disk; a hard-linked copy of one scene under each name, so every scene has its
 own id and outputs), the committed crack model, every output on (COGs, quick-look, vectors,
-STAC item, status). What it reports (bench/results_nightly.json, bench/NIGHTLY_RESULTS.md):
+STAC item, status). What it reports (bench/results/results_nightly.json, bench/results/NIGHTLY_RESULTS.md):
 
 * ``N1_driver_rss_growth_pct``: the driver's peak RSS at the largest count over the smallest, -1.
 * ``N1_plan_s_per_scene_ratio``: plan seconds per scene at the largest count over the smallest.
@@ -31,8 +31,8 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=256, help="scene side (px)")
     ap.add_argument("--engine", default="local", choices=("local", "ray"))
     ap.add_argument("--workdir", default=str(REPO / ".bench" / "nightly"))
-    ap.add_argument("--json", default=str(REPO / "bench" / "results_nightly.json"))
-    ap.add_argument("--md", default=str(REPO / "bench" / "NIGHTLY_RESULTS.md"))
+    ap.add_argument("--json", default=str(REPO / "bench" / "results" / "results_nightly.json"))
+    ap.add_argument("--md", default=str(REPO / "bench" / "results" / "NIGHTLY_RESULTS.md"))
     args = ap.parse_args(argv)
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)

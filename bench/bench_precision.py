@@ -20,7 +20,7 @@ Measured in one process, random weights (speed does not depend on them), one 102
   8 images with the fused attention in bf16 (``P6_vit_b_b8_rss_gib``), and 1 image with and
   without it for comparison. A batch of 8 on segment_anything's attention (~20 GiB) is not run.
 
-Writes ``--json`` (bench/results_precision.json) and ``--md`` (bench/PRECISION_RESULTS.md).
+Writes ``--json`` (bench/results/results_precision.json) and ``--md`` (bench/results/PRECISION_RESULTS.md).
 """
 from __future__ import annotations
 
@@ -80,11 +80,11 @@ def encoder_gflop(fused: bool) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     from samsp.attention import set_fused_attention
-    from samsp.build import _construct
+    from samsp.build import construct_sam
     from samsp.config import get_config
 
     with torch.device("meta"):
-        encoder = set_fused_attention(_construct(get_config("vit_b")).image_encoder, fused)
+        encoder = set_fused_attention(construct_sam(get_config("vit_b")).image_encoder, fused)
         image = torch.empty(1, 3, IMAGE, IMAGE)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         encoder(image)
@@ -233,8 +233,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, help="torch threads (default: torch's, all cores)")
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                    help="cpu: process CPU seconds, for a loaded machine (use with --threads 1)")
-    p.add_argument("--json", default=str(REPO / "bench" / "results_precision.json"))
-    p.add_argument("--md", default=str(REPO / "bench" / "PRECISION_RESULTS.md"))
+    p.add_argument("--json", default=str(REPO / "bench" / "results" / "results_precision.json"))
+    p.add_argument("--md", default=str(REPO / "bench" / "results" / "PRECISION_RESULTS.md"))
     p.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)  # batch, in a subprocess
     p.add_argument("--rss-fused", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -17,8 +17,8 @@ RSS peak memory of the job's process tree (driver + Ray daemons + workers; PSS s
     .venv/bin/python -m bench.bench_segment            # full run (~15 min on 2 idle cores)
     .venv/bin/python -m bench.bench_segment --quick    # small sizes, smoke check
 
-Writes bench/results_segment.json and bench/SEGMENT_RESULTS.md (a section for BENCHMARKS.md, with
-bench/SEGMENT_NOTES.md -- the findings, written by hand -- appended).
+Writes bench/results/results_segment.json and bench/results/SEGMENT_RESULTS.md (a section for BENCHMARKS.md, with
+bench/results/SEGMENT_NOTES.md -- the findings, written by hand -- appended).
 P1/P5 run the committed crack model (``models/samsp-crack-tiny``, ``vit_tiny``, 256 px tiles) on the
 demo's synthetic 8192² crack scene, so outputs compress like real ones; the memory sweep uses a
 random ``vit_micro`` bundle (128 px tiles: ~22,000 tiles planned at 16384²) on ingest's pattern.
@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from ingest import MaskWriter, Radiometry, TileGrid, open_scene, prob_to_u8, storage
 from ingest.synthetic import make_geotiff
@@ -121,19 +122,21 @@ def model_only(bundle: str, scene_uri: str, batch: int, min_seconds: float = 12.
     the first two (the reference before the job ran lanes); the result's own numbers are the
     best of all three (the strict reference)."""
     n = os.cpu_count() or 1
-    runs = {str(t): _model_only(bundle, scene_uri, batch, t, min_seconds, precision=precision)
+    runs = {str(t): model_only_run(bundle, scene_uri, batch, t, min_seconds, precision=precision)
             for t in sorted({1, n})}
     single = max(runs.values(), key=lambda r: r["tiles_per_s"])
     if n > 1:
-        runs[f"{n} lanes"] = _model_only(bundle, scene_uri, batch, 1, min_seconds, lanes=n,
-                                         precision=precision)
+        runs[f"{n} lanes"] = model_only_run(bundle, scene_uri, batch, 1, min_seconds, lanes=n,
+                                            precision=precision)
     best = max(runs.values(), key=lambda r: r["tiles_per_s"])
     return {**best, "by_threads": {t: round(r["tiles_per_s"], 3) for t, r in runs.items()},
             "single_stream": {k: single[k] for k in ("tiles_per_s", "mpx_per_s", "torch_threads")}}
 
 
-def _model_only(bundle: str, scene_uri: str, batch: int, threads: int, min_seconds: float,
-                lanes: int = 1, precision: str = "auto") -> dict:
+def model_only_run(bundle: str, scene_uri: str, batch: int, threads: int, min_seconds: float,
+                   lanes: int = 1, precision: str = "auto") -> dict:
+    """One way of running the model alone: ``lanes`` streams of TilePredictor, ``threads`` torch
+    threads, over the scene's first tiles for at least ``min_seconds``; tiles/s and Mpx/s."""
     import concurrent.futures as cf
 
     import numpy as np
@@ -311,7 +314,7 @@ def _reap(sid: int) -> None:
 
 # ----------------------------------------------------------------------------- main
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ratio-size", type=int, default=8192, help="scene side for P1/P5")
     ap.add_argument("--ratio-model", default=str(REPO / "models" / "samsp-crack-tiny"),
@@ -327,42 +330,22 @@ def main(argv=None) -> int:
                          "scene (a nightly batch: fixed start-up costs amortised); 0 = skip")
     ap.add_argument("--workdir", default=str(REPO / ".bench" / "segment"))
     ap.add_argument("--quick", action="store_true", help="1024² ratios, 1024/2048 memory sweep")
-    ap.add_argument("--json", default=str(REPO / "bench" / "results_segment.json"))
-    ap.add_argument("--md", default=str(REPO / "bench" / "SEGMENT_RESULTS.md"))
-    ap.add_argument("--notes", default=str(REPO / "bench" / "SEGMENT_NOTES.md"),
+    ap.add_argument("--json", default=str(REPO / "bench" / "results" / "results_segment.json"))
+    ap.add_argument("--md", default=str(REPO / "bench" / "results" / "SEGMENT_RESULTS.md"))
+    ap.add_argument("--notes", default=str(REPO / "bench" / "results" / "SEGMENT_NOTES.md"),
                     help="markdown file appended to the section (the findings written by hand)")
     ap.add_argument("--from-json", action="store_true",
                     help="only rebuild the markdown from --json (e.g. after editing --notes)")
     args = ap.parse_args(argv)
-    notes = Path(args.notes).read_text() if args.notes and Path(args.notes).exists() else ""
-    if args.from_json:
-        r = json.loads(Path(args.json).read_text())
-        r["notes"] = notes or r.get("notes", "")
-        Path(args.json).write_text(json.dumps(r, indent=2) + "\n")
-        Path(args.md).write_text(markdown(r))
-        return 0
-    if args.quick:
+    if args.quick and not args.from_json:
         args.ratio_size, args.rss_sizes = 1024, [1024, 2048]
-    work = Path(args.workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    started = time.strftime("%Y-%m-%d %H:%M:%S")
-    load_start = [round(v, 2) for v in os.getloadavg()]
+    return args
 
-    if (Path(args.ratio_model) / "bundle.json").exists():
-        ratio_bundle = str(Path(args.ratio_model).resolve())
-    else:
-        ratio_bundle = make_bundle(work / f"bundle_{args.ratio_model}", args.ratio_model)
-    ratio_name = Path(ratio_bundle).name
-    rss_bundle = make_bundle(work / f"bundle_{args.rss_model}", args.rss_model)
-    scenes = {s: make_scene(work / f"scene_{s}.tif", s) for s in sorted({args.ratio_size, *args.rss_sizes})}
 
-    # --- P1 / P5 on one scene. The machine is shared and its load swings: alternate
-    # model-only / job / model-only / job / ... and compare medians (and each job with the mean
-    # of the model-only runs on either side of it).
-    import numpy as np
-
-    scene = (make_crack_scene(work / f"crack_{args.ratio_size}.tif", args.ratio_size)
-             if args.ratio_scene == "crack" else scenes[args.ratio_size])
+def run_ratio_runs(args, work: Path, scene: str, ratio_bundle: str) -> tuple[list, list, list]:
+    """P1 / P5 on one scene. The machine is shared and its load swings: alternate model-only /
+    job / model-only / job / ... and compare medians (and each job with the mean of the
+    model-only runs on either side of it). Returns (model-only runs, Ray jobs, local jobs)."""
     mo_runs, jobs, local_jobs = [], [], []
     for r in range(args.repeats):
         log(f"model-only #{r + 1}: {args.ratio_model}, batch {args.batch}, {args.ratio_size}² tiles")
@@ -377,6 +360,11 @@ def main(argv=None) -> int:
         local_jobs.append(run_job(scene, work / "job_local", ratio_bundle, args.batch, engine="local"))
         j = local_jobs[-1]
         log(f"  steady {j['seconds']['steady']:.1f}s, process {j['wall']:.1f}s")
+    return mo_runs, jobs, local_jobs
+
+
+def run_batch_jobs(args, work: Path, scene: str, ratio_bundle: str) -> dict[str, dict]:
+    """Each engine once on a folder of ``--batch-scenes`` copies of the scene."""
     batch_jobs: dict[str, dict] = {}
     if args.batch_scenes > 1:
         folder = make_batch_folder(scene, work / f"batch_{args.batch_scenes}", args.batch_scenes)
@@ -386,6 +374,13 @@ def main(argv=None) -> int:
                                          args.batch, engine=engine)
             j = batch_jobs[engine]
             log(f"  steady {j['seconds']['steady']:.1f}s, process {j['wall']:.1f}s")
+    return batch_jobs
+
+
+def run_sequential_and_last(args, work: Path, scene: str, ratio_bundle: str,
+                            mo_runs: list) -> tuple[dict, int]:
+    """The sequential loop (P5's reference), then the last model-only run (appended to
+    ``mo_runs``). Returns (the loop's result, its torch threads)."""
     log("sequential loop (read -> model batch 1 -> write, one tile at a time)")
     # the faster thread count of the last model-only run (what a plain loop would pick)
     by = {k: v for k, v in mo_runs[-1]["by_threads"].items() if "lanes" not in k}
@@ -395,24 +390,45 @@ def main(argv=None) -> int:
     log("model-only, last")
     mo_runs.append(model_only(ratio_bundle, scene, args.batch))
     log(f"  {mo_runs[-1]['tiles_per_s']:.2f} tiles/s (by threads: {mo_runs[-1]['by_threads']})")
-    mpx = jobs[0]["pixels"] / 1e6
-    mo_mpx = [m["mpx_per_s"] for m in mo_runs]
-    job_steady = [mpx / j["seconds"]["steady"] for j in jobs]
-    job_total = [mpx / j["wall"] for j in jobs]
-    paired = [job_steady[i] / ((mo_mpx[i] + mo_mpx[i + 1]) / 2) for i in range(len(jobs))]
-    mo = {**mo_runs[0], "mpx_per_s": statistics.median(mo_mpx),
-          "tiles_per_s": statistics.median(m["tiles_per_s"] for m in mo_runs)}
-    # the reference before the job ran its model as lanes: the best single stream
-    mo_single = statistics.median(m["single_stream"]["mpx_per_s"] for m in mo_runs)
-    job = jobs[int(np.argsort(job_steady)[len(jobs) // 2])]  # the median job
-    job_mpx_steady, job_mpx_total = statistics.median(job_steady), statistics.median(job_total)
-    steady_s = statistics.median(j["seconds"]["steady"] for j in jobs)
-    wall_s = statistics.median(j["wall"] for j in jobs)
-    local_steady = [mpx / j["seconds"]["steady"] for j in local_jobs]
-    local_job = local_jobs[int(np.argsort(local_steady)[len(local_jobs) // 2])]
-    local_steady_s = statistics.median(j["seconds"]["steady"] for j in local_jobs)
-    local_wall_s = statistics.median(j["wall"] for j in local_jobs)
+    return seq, seq_threads
 
+
+def run_memory_sweep(args, work: Path, scenes: dict[int, str], rss_bundle: str) -> dict[int, dict]:
+    """Memory vs scene size: one job per ``--rss-sizes`` scene."""
+    rss = {}
+    for size in args.rss_sizes:
+        log(f"memory: job on {size}² with {args.rss_model}")
+        res = run_job(scenes[size], work / f"job_rss_{size}", rss_bundle, args.batch, sample_memory=True)
+        rss[size] = {"tiles": res["tiles_computed"], "seconds": round(res["wall"], 1), **res["memory"]}
+        log(f"  {rss[size]}")
+    return rss
+
+
+def summarise_ratio_runs(mo_runs: list, jobs: list, local_jobs: list) -> SimpleNamespace:
+    """Medians of the alternated runs: model-only reference, Ray jobs, local jobs."""
+    import numpy as np
+
+    s = SimpleNamespace(mpx=jobs[0]["pixels"] / 1e6)
+    s.mo_mpx = [m["mpx_per_s"] for m in mo_runs]
+    s.job_steady = [s.mpx / j["seconds"]["steady"] for j in jobs]
+    s.job_total = [s.mpx / j["wall"] for j in jobs]
+    s.paired = [s.job_steady[i] / ((s.mo_mpx[i] + s.mo_mpx[i + 1]) / 2) for i in range(len(jobs))]
+    s.mo = {**mo_runs[0], "mpx_per_s": statistics.median(s.mo_mpx),
+            "tiles_per_s": statistics.median(m["tiles_per_s"] for m in mo_runs)}
+    # the reference before the job ran its model as lanes: the best single stream
+    s.mo_single = statistics.median(m["single_stream"]["mpx_per_s"] for m in mo_runs)
+    s.job = jobs[int(np.argsort(s.job_steady)[len(jobs) // 2])]  # the median job
+    s.job_mpx_steady, s.job_mpx_total = statistics.median(s.job_steady), statistics.median(s.job_total)
+    s.steady_s = statistics.median(j["seconds"]["steady"] for j in jobs)
+    s.wall_s = statistics.median(j["wall"] for j in jobs)
+    s.local_steady = [s.mpx / j["seconds"]["steady"] for j in local_jobs]
+    s.local_job = local_jobs[int(np.argsort(s.local_steady)[len(local_jobs) // 2])]
+    s.local_steady_s = statistics.median(j["seconds"]["steady"] for j in local_jobs)
+    s.local_wall_s = statistics.median(j["wall"] for j in local_jobs)
+    return s
+
+
+def batch_numbers(batch_jobs: dict[str, dict], mo: dict) -> dict[str, dict]:
     batch = {}
     for engine, j in batch_jobs.items():
         bmpx = j["pixels"] / 1e6
@@ -420,49 +436,44 @@ def main(argv=None) -> int:
                          "wall": round(j["wall"], 2), "cpu_s": j["cpu_s"],
                          "P1": round(bmpx / j["seconds"]["steady"] / mo["mpx_per_s"], 3),
                          "P1_total": round(bmpx / j["wall"] / mo["mpx_per_s"], 3)}
+    return batch
 
-    # --- memory vs scene size
-    rss = {}
-    for size in args.rss_sizes:
-        log(f"memory: job on {size}² with {args.rss_model}")
-        res = run_job(scenes[size], work / f"job_rss_{size}", rss_bundle, args.batch, sample_memory=True)
-        rss[size] = {"tiles": res["tiles_computed"], "seconds": round(res["wall"], 1), **res["memory"]}
-        log(f"  {rss[size]}")
-    load_end = [round(v, 2) for v in os.getloadavg()]
 
-    sizes = list(rss)
-    growth = lambda key: round(100.0 * (rss[sizes[-1]][key] / rss[sizes[0]][key] - 1.0), 1)  # noqa: E731
-    results = {
-        "P1_pipeline_efficiency": round(job_mpx_steady / mo["mpx_per_s"], 3),
-        "P1_paired_runs": [round(v, 3) for v in paired],
-        "P1_pipeline_efficiency_total": round(job_mpx_total / mo["mpx_per_s"], 3),
+def ratio_results(s: SimpleNamespace, seq: dict, seq_threads: int, batch: dict,
+                  mo_runs: list) -> dict:
+    """P1 / P5 and what they are made of, in the results file's order."""
+    mo, job = s.mo, s.job
+    return {
+        "P1_pipeline_efficiency": round(s.job_mpx_steady / mo["mpx_per_s"], 3),
+        "P1_paired_runs": [round(v, 3) for v in s.paired],
+        "P1_pipeline_efficiency_total": round(s.job_mpx_total / mo["mpx_per_s"], 3),
         "P1_target": 0.90,
-        "P5_vs_sequential_ratio": round(seq["seconds"] / steady_s, 3),
-        "P5_vs_sequential_ratio_total": round(seq["seconds"] / wall_s, 3),
+        "P5_vs_sequential_ratio": round(seq["seconds"] / s.steady_s, 3),
+        "P5_vs_sequential_ratio_total": round(seq["seconds"] / s.wall_s, 3),
         "P5_target": 1.5,
         # against the best *single-stream* model-only run (1 or N torch threads in one stream),
         # the reference used before the lanes: kept for comparison with earlier results
-        "P1_pipeline_efficiency_vs_single_stream": round(job_mpx_steady / mo_single, 3),
-        "P1_pipeline_efficiency_local_vs_single_stream": round(statistics.median(local_steady) / mo_single, 3),
-        "model_only_single_stream_mpx_per_s": round(mo_single, 4),
+        "P1_pipeline_efficiency_vs_single_stream": round(s.job_mpx_steady / s.mo_single, 3),
+        "P1_pipeline_efficiency_local_vs_single_stream": round(statistics.median(s.local_steady) / s.mo_single, 3),
+        "model_only_single_stream_mpx_per_s": round(s.mo_single, 4),
         # the same job with pipeline.engine=local (one process, no Ray): not the default engine
-        "P1_pipeline_efficiency_local": round(statistics.median(local_steady) / mo["mpx_per_s"], 3),
-        "P1_pipeline_efficiency_local_total": round(mpx / local_wall_s / mo["mpx_per_s"], 3),
-        "P5_vs_sequential_ratio_local": round(seq["seconds"] / local_steady_s, 3),
-        "P5_vs_sequential_ratio_local_total": round(seq["seconds"] / local_wall_s, 3),
-        "local_job_mpx_per_s_steady_runs": [round(v, 4) for v in local_steady],
-        "local_job_seconds": local_job["seconds"], "local_job_cpu_s": local_job["cpu_s"],
+        "P1_pipeline_efficiency_local": round(statistics.median(s.local_steady) / mo["mpx_per_s"], 3),
+        "P1_pipeline_efficiency_local_total": round(s.mpx / s.local_wall_s / mo["mpx_per_s"], 3),
+        "P5_vs_sequential_ratio_local": round(seq["seconds"] / s.local_steady_s, 3),
+        "P5_vs_sequential_ratio_local_total": round(seq["seconds"] / s.local_wall_s, 3),
+        "local_job_mpx_per_s_steady_runs": [round(v, 4) for v in s.local_steady],
+        "local_job_seconds": s.local_job["seconds"], "local_job_cpu_s": s.local_job["cpu_s"],
         # the same scene N times in one job, one run per engine (not alternated)
         "batch": batch,
         "P1_pipeline_efficiency_batch": batch.get("ray", {}).get("P1"),
         "P1_pipeline_efficiency_local_batch": batch.get("local", {}).get("P1"),
         "model_only_mpx_per_s": round(mo["mpx_per_s"], 4),
         "model_only_tiles_per_s": round(mo["tiles_per_s"], 3),
-        "model_only_mpx_per_s_runs": [round(v, 4) for v in mo_mpx],
-        "job_mpx_per_s_steady_runs": [round(v, 4) for v in job_steady],
-        "job_mpx_per_s_steady": round(job_mpx_steady, 4),
-        "job_mpx_per_s_total": round(job_mpx_total, 4),
-        "sequential_mpx_per_s": round(mpx / seq["seconds"], 4),
+        "model_only_mpx_per_s_runs": [round(v, 4) for v in s.mo_mpx],
+        "job_mpx_per_s_steady_runs": [round(v, 4) for v in s.job_steady],
+        "job_mpx_per_s_steady": round(s.job_mpx_steady, 4),
+        "job_mpx_per_s_total": round(s.job_mpx_total, 4),
+        "sequential_mpx_per_s": round(s.mpx / seq["seconds"], 4),
         "job_seconds": job["seconds"], "job_wall_seconds": round(job["wall"], 2),
         "job_actors": job["actors"], "job_memory_mb": job["memory"],
         # CPU seconds of the median job by process role, and what the model alone needs for
@@ -472,12 +483,15 @@ def main(argv=None) -> int:
                                   * mo.get("lanes", 1), 1),
         "sequential_seconds": round(seq["seconds"], 2), "sequential_torch_threads": seq_threads,
         "model_only_tiles_per_s_by_threads": [m["by_threads"] for m in mo_runs],
-        "ratio_scene": f"{args.ratio_size}x{args.ratio_size}x3 uint8 COG"
-                       + (" (the demo's synthetic crack scene)" if args.ratio_scene == "crack" else
-                          " (ingest.synthetic pattern)"),
-        "ratio_tiles": mo["tiles"],
-        "ratio_model": ratio_name, "batch_size": args.batch,
-        "rss_model": args.rss_model,
+    }
+
+
+def memory_results(rss: dict[int, dict], rss_model: str) -> dict:
+    """The memory sweep and its growth from the smallest scene to the largest."""
+    sizes = list(rss)
+    growth = lambda key: round(100.0 * (rss[sizes[-1]][key] / rss[sizes[0]][key] - 1.0), 1)  # noqa: E731
+    return {
+        "rss_model": rss_model,
         "rss": {str(k): v for k, v in rss.items()},
         "rss_pss_sum_growth_pct": growth("pss_sum_mb"),
         # the last doubling alone: GDAL's block cache (capped) fills up on the smaller scenes
@@ -485,6 +499,53 @@ def main(argv=None) -> int:
                                                       / rss[sizes[-2]]["pss_sum_mb"] - 1.0), 1)
         if len(sizes) > 1 else 0.0,
         "rss_driver_growth_pct": growth("driver_rss_mb"),
+    }
+
+
+def rebuild_markdown(args, notes: str) -> int:
+    """``--from-json``: the markdown again from the results file, with the current notes."""
+    r = json.loads(Path(args.json).read_text())
+    r["notes"] = notes or r.get("notes", "")
+    Path(args.json).write_text(json.dumps(r, indent=2) + "\n")
+    Path(args.md).write_text(markdown(r))
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    notes = Path(args.notes).read_text() if args.notes and Path(args.notes).exists() else ""
+    if args.from_json:
+        return rebuild_markdown(args, notes)
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    load_start = [round(v, 2) for v in os.getloadavg()]
+
+    if (Path(args.ratio_model) / "bundle.json").exists():
+        ratio_bundle = str(Path(args.ratio_model).resolve())
+    else:
+        ratio_bundle = make_bundle(work / f"bundle_{args.ratio_model}", args.ratio_model)
+    rss_bundle = make_bundle(work / f"bundle_{args.rss_model}", args.rss_model)
+    scenes = {s: make_scene(work / f"scene_{s}.tif", s) for s in sorted({args.ratio_size, *args.rss_sizes})}
+    scene = (make_crack_scene(work / f"crack_{args.ratio_size}.tif", args.ratio_size)
+             if args.ratio_scene == "crack" else scenes[args.ratio_size])
+
+    mo_runs, jobs, local_jobs = run_ratio_runs(args, work, scene, ratio_bundle)
+    batch_jobs = run_batch_jobs(args, work, scene, ratio_bundle)
+    seq, seq_threads = run_sequential_and_last(args, work, scene, ratio_bundle, mo_runs)
+    s = summarise_ratio_runs(mo_runs, jobs, local_jobs)
+    batch = batch_numbers(batch_jobs, s.mo)
+    rss = run_memory_sweep(args, work, scenes, rss_bundle)
+    load_end = [round(v, 2) for v in os.getloadavg()]
+
+    results = {
+        **ratio_results(s, seq, seq_threads, batch, mo_runs),
+        "ratio_scene": f"{args.ratio_size}x{args.ratio_size}x3 uint8 COG"
+                       + (" (the demo's synthetic crack scene)" if args.ratio_scene == "crack" else
+                          " (ingest.synthetic pattern)"),
+        "ratio_tiles": s.mo["tiles"],
+        "ratio_model": Path(ratio_bundle).name, "batch_size": args.batch,
+        **memory_results(rss, args.rss_model),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "load_start": load_start, "load_end": load_end},
         "date": started,
@@ -566,7 +627,7 @@ largest single-process RSS; driver RSS):
 Growth smallest -> largest scene: PSS sum {r['rss_pss_sum_growth_pct']:+.1f} %, driver RSS {r['rss_driver_growth_pct']:+.1f} %;
 last step alone (the fixed caps -- GDAL's 32 MB block cache per process, GDAL's per-block-row
 buffers -- are full by then): PSS sum {r.get('rss_pss_sum_growth_last_pct', 0.0):+.1f} %.
-Numbers in `bench/results_segment.json`.
+Numbers in `bench/results/results_segment.json`.
 {r.get('notes', '')}"""
 
 

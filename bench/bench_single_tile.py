@@ -11,8 +11,8 @@ as the "before" column. Each job runs once (the machine is shared: load averages
 
     .venv/bin/python -m bench.bench_single_tile [--models vit_b vit_tiny] [--no-before]
 
-Writes bench/results_single_tile.json and bench/SINGLE_TILE_RESULTS.md (merge_results), with
-bench/SINGLE_TILE_NOTES.md appended; ``--render`` rebuilds the markdown from the JSON only.
+Writes bench/results/results_single_tile.json and bench/results/SINGLE_TILE_RESULTS.md (merge_results), with
+bench/results/SINGLE_TILE_NOTES.md appended; ``--render`` rebuilds the markdown from the JSON only.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from jobs.crack_sweep.pipeline import boundless_crop
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "geotiff" / "RGB.byte.tif"
 TARGET = 0.8
-NOTES = REPO / "bench" / "SINGLE_TILE_NOTES.md"  # the findings, written by hand
+NOTES = REPO / "bench" / "results" / "SINGLE_TILE_NOTES.md"  # the findings, written by hand
 
 
 def one_tile_scene(path: Path, side: int) -> tuple[str, str]:
@@ -158,7 +158,7 @@ in the official layout, {r['models'].get('vit_b', {}).get('scene', '-')}.
 |---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
-Numbers in `bench/results_single_tile.json`.
+Numbers in `bench/results/results_single_tile.json`.
 """ + (NOTES.read_text() if NOTES.exists() else "")
 
 
@@ -168,12 +168,12 @@ def main(argv=None) -> int:
     ap.add_argument("--no-before", action="store_true", help="skip the torch_threads=1 runs")
     ap.add_argument("--reps", type=int, default=2, help="model-only calls before/after each job")
     ap.add_argument("--work", default=str(REPO / ".bench" / "single_tile"))  # git-ignored
-    ap.add_argument("--json", default=str(REPO / "bench" / "results_single_tile.json"))
+    ap.add_argument("--json", default=str(REPO / "bench" / "results" / "results_single_tile.json"))
     ap.add_argument("--render", action="store_true", help="only rebuild the markdown")
     args = ap.parse_args(argv)
     if args.render:
         r = json.loads(Path(args.json).read_text())
-        (REPO / "bench" / "SINGLE_TILE_RESULTS.md").write_text(markdown(r))
+        (REPO / "bench" / "results" / "SINGLE_TILE_RESULTS.md").write_text(markdown(r))
         return 0
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -191,7 +191,7 @@ def main(argv=None) -> int:
     if "vit_b" in r["models"]:
         r["S1_single_tile_efficiency"] = r["models"]["vit_b"]["jobs"]["ray_auto"]["efficiency"]
     Path(args.json).write_text(json.dumps(r, indent=2) + "\n")
-    (REPO / "bench" / "SINGLE_TILE_RESULTS.md").write_text(markdown(r))
+    (REPO / "bench" / "results" / "SINGLE_TILE_RESULTS.md").write_text(markdown(r))
     log(f"wrote {args.json}")
     return 0
 

@@ -12,7 +12,7 @@
   the peak resident memory of one training step (forward, loss, backward, AdamW step), each mode
   in a fresh process (peak RSS is per process), plus the step time.
 
-Writes ``--md`` (default bench/TRAIN_RESULTS.md) and ``--json`` (bench/results_train.json).
+Writes ``--md`` (default bench/results/TRAIN_RESULTS.md) and ``--json`` (bench/results/results_train.json).
 """
 from __future__ import annotations
 
@@ -188,8 +188,8 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--skip-vit-b", action="store_true")
     ap.add_argument("--skip-throughput", action="store_true")
-    ap.add_argument("--md", default=str(REPO / "bench" / "TRAIN_RESULTS.md"))
-    ap.add_argument("--json", default=str(REPO / "bench" / "results_train.json"))
+    ap.add_argument("--md", default=str(REPO / "bench" / "results" / "TRAIN_RESULTS.md"))
+    ap.add_argument("--json", default=str(REPO / "bench" / "results" / "results_train.json"))
     ap.add_argument("--vit-b-step", choices=("lora", "full"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.vit_b_step:

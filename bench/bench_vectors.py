@@ -13,7 +13,7 @@ area/perimeter, ``to_parquet`` -- what samgeo/Raster Vision do. Whole-array runs
 ``--whole-max`` (16384² would need several GiB on a shared 24 GiB machine).
 V1_rss_growth_pct = streaming peak RSS growth 2048² -> 16384² (target <= 20 %);
 V1_seconds_ratio = streaming / whole-array seconds at 8192² (target <= 1.5).
-Writes bench/results_vectors.json and bench/VECTORS_RESULTS.md.
+Writes bench/results/results_vectors.json and bench/results/VECTORS_RESULTS.md.
 """
 from __future__ import annotations
 
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
     if 8192 in rows and "whole" in rows[8192]:
         results["V1_seconds_ratio"] = round(rows[8192]["streaming"]["seconds"]
                                             / rows[8192]["whole"]["seconds"], 3)
-    (BENCH / "results_vectors.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    (BENCH / "results" / "results_vectors.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     lines = ["## Vectors (V1): streaming vs whole-array polygonisation", "",
              f"`.venv/bin/python -m bench.bench_vectors --sizes {' '.join(map(str, args.sizes))}` "
              f"-- {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
@@ -167,7 +167,7 @@ def main(argv=None) -> int:
                      f"({w.get('import_rss_mib', float('nan')):.0f}) |")
     lines += ["", f"V1_rss_growth_pct = {results['V1_rss_growth_pct']} % (target <= 20 %); "
               f"V1_seconds_ratio = {results.get('V1_seconds_ratio')} (target <= 1.5)", ""]
-    (BENCH / "VECTORS_RESULTS.md").write_text("\n".join(lines))
+    (BENCH / "results" / "VECTORS_RESULTS.md").write_text("\n".join(lines))
     print(json.dumps(results, indent=2))
     return 0
 

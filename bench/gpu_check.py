@@ -2,7 +2,7 @@
 
 CI never has a GPU, so this is the check the first GPU machine runs. Each part runs on its own
 (one failing part is recorded, the others still run) and writes what it measured to
-``bench/results_gpu.json`` (and ``$OUT/results_gpu.json`` when ``OUT`` is set):
+``bench/results/results_gpu.json`` (and ``$OUT/results_gpu.json`` when ``OUT`` is set):
 
 * ``env``: torch/CUDA build, card, compute capability, driver, what ``precision: auto`` picks,
   Ray's device check (``jobs.runtime.devices.worker_device``) passing (issue 19 items 1, 8).
@@ -205,7 +205,7 @@ PARTS = {"env": part_env, "encoder": part_encoder, "syncs": part_syncs, "oom": p
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset")
-    ap.add_argument("--json", default=str(REPO / "bench" / "results_gpu.json"))
+    ap.add_argument("--json", default=str(REPO / "bench" / "results" / "results_gpu.json"))
     args = ap.parse_args(argv)
     import torch
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command, about 5-8 minutes on one GPU: every CUDA path samsp has (bench/gpu_check.py says
-# which), figures to bench/results_gpu.json (and $OUT/results_gpu.json when OUT is set).
+# which), figures to bench/results/results_gpu.json (and $OUT/results_gpu.json when OUT is set).
 #   bench/gpu_check.sh                 # all parts
 #   bench/gpu_check.sh --parts env,encoder
 # Uses .venv (make venv) when present, else the python3 on PATH (a machine with torch already).

@@ -1,7 +1,7 @@
-"""Merge bench/results_<part>.json into bench/results.json and rebuild BENCHMARKS.md.
+"""Merge bench/results/results_<part>.json into bench/results.json and rebuild BENCHMARKS.md.
 
-Each benchmark writes its own results file and markdown section (bench/*_RESULTS.md, with the
-exact command, machine and date), so they can run separately; this keeps the flat headline file
+Each benchmark writes its own results file and markdown section (bench/results/*_RESULTS.md,
+with the exact command, machine and date), so they can run separately; this keeps the flat headline file
 (name -> number) and BENCHMARKS.md in step with them. Run: `python -m bench.merge_results`.
 """
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
+RESULTS = BENCH / "results"  # every part's results_<part>.json and markdown section
 
 # (key, target text, check) for the headline table; None check = no target.
 HEADLINES = [
@@ -66,21 +67,21 @@ HEADLINES = [
 ]
 SECTIONS = ["INGEST_RESULTS.md", "MODEL_RESULTS.md", "SEGMENT_RESULTS.md", "TRAIN_RESULTS.md",
             "QUALITY_RESULTS.md", "ABLATION_DEEPCRACK_RESULTS.md", "ABLATION_EPFL_RESULTS.md",
-            "PRECISION_RESULTS.md", "BF16_RESULTS.md", "RECIPE_RESULTS.md", "ISSUE17_RESULTS.md",
-            "ORACLE_PROMPTS_RESULTS.md",
+            "PRECISION_RESULTS.md", "BF16_RESULTS.md", "RECIPE_RESULTS.md",
+            "RECIPE_BUDGET_RESULTS.md", "ORACLE_PROMPTS_RESULTS.md",
             "NIGHTLY_RESULTS.md",
             "VECTORS_RESULTS.md",
             "SINGLE_TILE_RESULTS.md"]
 
 
-PRECEDENCE = {"results_issue17.json"}
+PRECEDENCE = {"results_recipe_budget.json"}
 
 
 def merge() -> dict:
     merged: dict = {}
-    # Later parts win on a shared key: issue 17's 10-minute arms supersede the 5-minute ablation
-    # figures of the same name (dice_deepcrack_single / _unet / _spsd_best).
-    parts = sorted(BENCH.glob("results_*.json"), key=lambda p: (p.name in PRECEDENCE, p.name))
+    # Later parts win on a shared key: the recipe budget study's 10-minute arms supersede the
+    # 5-minute ablation figures of the same name (dice_deepcrack_single / _unet / _spsd_best).
+    parts = sorted(RESULTS.glob("results_*.json"), key=lambda p: (p.name in PRECEDENCE, p.name))
     for part in parts:
         for key, value in json.loads(part.read_text()).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -94,12 +95,13 @@ def render(results: dict) -> str:
         "# Benchmarks",
         "",
         "Every number here was produced by the command quoted in its section (this file is rebuilt",
-        "by `python -m bench.merge_results` from `bench/*_RESULTS.md` and `bench/results_*.json`;",
-        "`make bench` reruns everything). Headline figures, machine-readable, are in",
-        "`bench/results.json`. Machine unless a section says otherwise: 2-core AMD EPYC VM, 23.5 GiB,",
-        "no GPU, Python 3.11, torch 2.14.1 (CPU). The 2 cores were shared with other work while these",
-        "ran (load averages are quoted per section): ratios from the same run are meaningful,",
-        "absolute seconds are pessimistic. Rerun on a quiet machine before quoting absolutes.",
+        "by `python -m bench.merge_results` from `bench/results/*_RESULTS.md` and",
+        "`bench/results/results_*.json`; `make bench` reruns everything). Headline figures,",
+        "machine-readable, are in `bench/results.json`. Machine unless a section says otherwise:",
+        "2-core AMD EPYC VM, 23.5 GiB, no GPU, Python 3.11, torch 2.14.1 (CPU). The 2 cores were",
+        "shared with other work while these ran (load averages are quoted per section): ratios from",
+        "the same run are meaningful, absolute seconds are pessimistic. Rerun on a quiet machine",
+        "before quoting absolutes.",
         "",
         "| headline | value | target | met |",
         "|---|---|---|---|",
@@ -115,7 +117,7 @@ def render(results: dict) -> str:
             lines.append(f"| `{key}` | not measured yet | {target} | |")
     lines.append("")
     for name in SECTIONS:
-        path = BENCH / name
+        path = RESULTS / name
         if path.exists():
             lines += ["", path.read_text().rstrip(), ""]
     return "\n".join(lines) + "\n"

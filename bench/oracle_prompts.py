@@ -10,8 +10,8 @@ three ways -- by pass 0 (SAM-SP itself), by the ground truth's box (no jitter) a
 ground truth coarsened to SAM's mask-prompt grid (``samsp.prompts.prompt_from_target``, what
 promptable pre-training feeds). If pass 1 gains much from a ground-truth prompt, the model follows
 prompts and the self-prompt is what is missing; if it gains nothing, the model ignores prompts.
-Per-image Dice at each bundle's own threshold. Writes ``bench/results_oracle_prompts.json`` and
-``bench/ORACLE_PROMPTS_RESULTS.md``.
+Per-image Dice at each bundle's own threshold. Writes ``bench/results/results_oracle_prompts.json`` and
+``bench/results/ORACLE_PROMPTS_RESULTS.md``.
 """
 from __future__ import annotations
 
@@ -37,24 +37,25 @@ SOURCES = {"self": None, "gt_box": "box", "gt_mask": "mask"}
 
 
 def oracle_forward(bundle, precision: str = "auto", box_fractions: list | None = None):
-    """A ``jobs.evaluate`` tile forward over 4-band tiles (RGB + ground truth): returns
+    """A ``SlidingWindow`` tile forward over 4-band tiles (RGB + ground truth): returns
     ``[1 + len(SOURCES), B, S, S]`` probabilities -- pass 0, then pass 1 of every source.
     ``box_fractions`` collects, per window holding foreground, the share of the window its
     ground-truth box covers (a box that covers the window tells the decoder nothing)."""
+    # torch and samsp once measuring: the CLI answers --help and argument errors without.
     import torch
 
     from samsp.precision import autocast, resolve_precision
-    from samsp.preprocess import postprocess_logits, prepare_batch, prepare_valid
+    from samsp.preprocess import model_inputs, pass_probabilities
     from samsp.prompts import prompt_from_target
 
     meta, model = bundle.meta, bundle.model.eval()
     precision = resolve_precision(precision, "cpu")
 
-    def forward(tiles: np.ndarray) -> np.ndarray:
+    def forward(tiles: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
         if tiles.shape[-1] != meta.image_size:
             raise SystemExit("oracle prompts need windows of the model's input size")
-        x, size = prepare_batch(tiles[:, :3], meta.image_size, meta.pixel_mean, meta.pixel_std)
-        ok = prepare_valid(len(x), size, meta.image_size)
+        x, ok, size = model_inputs(tiles[:, :3], meta.image_size, meta.pixel_mean,
+                                   meta.pixel_std, valid)
         target = torch.from_numpy(tiles[:, 3:4] > 0)
         probs = []
         if box_fractions is not None:
@@ -67,8 +68,7 @@ def oracle_forward(bundle, precision: str = "auto", box_fractions: list | None =
                 first = None if kind is None else prompt_from_target(kind, target, ok, jitter=0.0)
                 out = model(x, iterations=1, valid=ok, first_prompt=first)
                 passes = out.logits if name == "self" else out.logits[1:]
-                probs += [torch.sigmoid(postprocess_logits(lg.float(), size, meta.image_size))[:, 0]
-                          for lg in passes]
+                probs += pass_probabilities(passes, size, meta.image_size)
         return torch.stack(probs).numpy().astype(np.float32)
 
     return forward
@@ -87,7 +87,8 @@ def measure(uri: str, items: list[dict], overlap: int) -> dict:
     for item in items:
         image, mask, valid = load_item(item)
         stacked = np.concatenate([image, mask[None].astype(np.uint8)], axis=0)
-        rows = score_image(window(stacked), mask, bundle.meta.threshold, valid=valid)
+        # valid=None: every window pixel counts as image, as jobs/evaluate.py windows them
+        rows = score_image(window(stacked, valid=None), mask, bundle.meta.threshold, valid=valid)
         for n, row in zip(names, rows):
             dice[n].append(row["dice"])
     res = {n: round(float(np.mean(v)), 4) for n, v in dice.items()}
@@ -106,8 +107,8 @@ def main(argv=None) -> int:
     ap.add_argument("--test-limit", type=int)
     ap.add_argument("--overlap", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", default=str(REPO / "bench" / "results_oracle_prompts.json"))
-    ap.add_argument("--md", default=str(REPO / "bench" / "ORACLE_PROMPTS_RESULTS.md"))
+    ap.add_argument("--json", default=str(REPO / "bench" / "results" / "results_oracle_prompts.json"))
+    ap.add_argument("--md", default=str(REPO / "bench" / "results" / "ORACLE_PROMPTS_RESULTS.md"))
     args = ap.parse_args(argv)
     if len(args.bundle) != len(args.name):
         ap.error("give one --name per --bundle")

@@ -1,4 +1,4 @@
-"""The per-tile storage costs quoted in bench/SEGMENT_NOTES.md, one process, no Ray, no model.
+"""The per-tile storage costs quoted in bench/results/SEGMENT_NOTES.md, one process, no Ray, no model.
 
     .venv/bin/python -m bench.profile_segment_io [--scene .bench/segment/crack_8192.tif]
 
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
         for direct in (True, False):
             w = MaskWriter(str(work / f"m{direct}.zarr"), like=scene, chunk=224, mode="w")
             if not direct:
-                w._codecs = {n: None for n in ("prob", "mask", "written")}  # zarr's path
+                w.disable_direct_io()  # zarr's path
             tiles = grid[:args.tiles]
             t0 = time.perf_counter()
             for t in tiles:

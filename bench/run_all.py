@@ -1,7 +1,7 @@
 """`make bench`: run every benchmark in its own process, then merge the headline numbers.
 
-Each benchmark prints what it measured and writes bench/results_<part>.json and a markdown section
-(bench/*_RESULTS.md) that BENCHMARKS.md quotes with its command. Long: vit_b on CPU takes minutes.
+Each benchmark prints what it measured and writes bench/results/results_<part>.json and a markdown section
+(bench/results/*_RESULTS.md) that BENCHMARKS.md quotes with its command. Long: vit_b on CPU takes minutes.
 """
 from __future__ import annotations
 

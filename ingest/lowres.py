@@ -33,11 +33,7 @@ def lowres_shape(height: int, width: int, max_pixels: int) -> tuple[int, int]:
 def read_decimated(scene, out_h: int, out_w: int) -> tuple[np.ndarray, np.ndarray]:
     """``(data[count, out_h, out_w], valid[out_h, out_w])`` of the whole scene; see the module."""
     if getattr(scene, "kind", "") == "gdal":
-        with scene._lock:
-            data, mask = scene._source().read_overview(scene.bands, out_h, out_w)
-        if data.dtype != scene.dtype:
-            data = data.astype(scene.dtype)
-        return data, scene._valid(data, mask)
+        return scene.read_overview(out_h, out_w)
     H, W = scene.height, scene.width
     ys = np.minimum((np.arange(out_h) * (H / out_h)).astype(np.int64), H - 1)
     xs = np.minimum((np.arange(out_w) * (W / out_w)).astype(np.int64), W - 1)

@@ -183,6 +183,16 @@ class Scene:
     def _read_inner(self, r0: int, c0: int, r1: int, c1: int):
         with self._lock:
             data, mask = self._source().read(self.bands, r0, c0, r1, c1)
+        return self._typed(data, mask)
+
+    def read_overview(self, out_h: int, out_w: int) -> tuple[np.ndarray, np.ndarray]:
+        """The whole scene resampled to ``out_h x out_w`` by GDAL (its overviews when present):
+        ``(data[count, out_h, out_w], valid[out_h, out_w])``. GDAL-backed scenes only."""
+        with self._lock:
+            data, mask = self._source().read_overview(self.bands, out_h, out_w)
+        return self._typed(data, mask)
+
+    def _typed(self, data: np.ndarray, mask: np.ndarray | None):
         if data.dtype != self.dtype:
             data = data.astype(self.dtype)
         return data, self._valid(data, mask)

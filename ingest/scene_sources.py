@@ -51,7 +51,7 @@ def _classify_s3(uri: str) -> SceneError | None:
                              f"AWS_SECRET_ACCESS_KEY and bucket permissions)")
     except Exception as exc:  # noqa: BLE001 - connection errors etc.
         return S3AccessError(f"{uri}: cannot reach S3 endpoint "
-                             f"{storage._endpoint_url() or 'default AWS'}: {_first_line(exc)}")
+                             f"{storage.s3_endpoint_url() or 'default AWS'}: {_first_line(exc)}")
     return None
 
 

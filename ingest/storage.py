@@ -80,12 +80,49 @@ def join(uri: str | os.PathLike, *parts: str) -> str:
     return posixpath.join(str(uri), *clean)
 
 
-def _endpoint_url() -> str | None:
+def s3_endpoint_url() -> str | None:
+    """The S3 endpoint from the AWS environment (``http://127.0.0.1:8333`` for a local server);
+    None for AWS itself."""
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
-def _region() -> str | None:
+def s3_region() -> str | None:
     return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
+
+
+def s3_credentials() -> dict[str, str]:
+    """``{"key", "secret"[, "token"]}`` from the AWS environment; {} when no key pair is set
+    (the client's default chain -- profile, instance role -- then applies)."""
+    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if not (key and secret):
+        return {}
+    token = os.environ.get("AWS_SESSION_TOKEN")
+    return {"key": key, "secret": secret, **({"token": token} if token else {})}
+
+
+def arrow_filesystem(uri: str):
+    """``(path, pyarrow.fs.S3FileSystem)`` for an s3:// URI, from the same environment as
+    :func:`storage_options` (pyarrow does not read ``AWS_ENDPOINT_URL`` itself). The filesystem
+    pickles with its settings, so processes on other nodes reach the same store."""
+    import pyarrow.fs as pafs  # only Ray Train's checkpoint storage needs pyarrow's S3 client
+
+    path = uri[len("s3://"):].strip("/")
+    kwargs: dict[str, Any] = {}
+    creds = s3_credentials()
+    if creds:
+        kwargs.update(access_key=creds["key"], secret_key=creds["secret"],
+                      session_token=creds.get("token"))
+    region = s3_region()
+    if region:
+        kwargs["region"] = region
+    endpoint = s3_endpoint_url()
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        if not host:
+            scheme, host = "https", endpoint
+        kwargs.update(endpoint_override=host.rstrip("/"), scheme=scheme)
+        kwargs.setdefault("region", "us-east-1")
+    return path, pafs.S3FileSystem(**kwargs)
 
 
 def storage_options(uri: str | None = None, *, listings_cache: bool = False) -> dict[str, Any]:
@@ -96,22 +133,14 @@ def storage_options(uri: str | None = None, *, listings_cache: bool = False) -> 
     """
     if uri is not None and not is_s3(uri):
         return {}
-    opts: dict[str, Any] = {}
-    key = os.environ.get("AWS_ACCESS_KEY_ID")
-    secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
-    if key and secret:
-        opts["key"] = key
-        opts["secret"] = secret
-        token = os.environ.get("AWS_SESSION_TOKEN")
-        if token:
-            opts["token"] = token
-    elif os.environ.get("AWS_NO_SIGN_REQUEST", "").upper() in ("YES", "TRUE", "1"):
+    opts: dict[str, Any] = dict(s3_credentials())
+    if not opts and os.environ.get("AWS_NO_SIGN_REQUEST", "").upper() in ("YES", "TRUE", "1"):
         opts["anon"] = True
     client_kwargs: dict[str, Any] = {}
-    endpoint = _endpoint_url()
+    endpoint = s3_endpoint_url()
     if endpoint:
         client_kwargs["endpoint_url"] = endpoint
-    region = _region()
+    region = s3_region()
     if region:
         client_kwargs["region_name"] = region
     if client_kwargs:
@@ -143,14 +172,14 @@ def _gdal_options(extra: dict[str, Any] | None = None) -> dict[str, Any]:
         **s3_retry.gdal_config(),  # the same retries as s3fs/botocore (ingest/s3_retry.py)
         "CPL_VSIL_USE_TEMP_FILE_FOR_RANDOM_WRITE": "YES",
     }
-    endpoint = _endpoint_url()
+    endpoint = s3_endpoint_url()
     if endpoint and "AWS_S3_ENDPOINT" not in os.environ:
         parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
         opts["AWS_S3_ENDPOINT"] = parsed.netloc + parsed.path.rstrip("/")
         opts["AWS_HTTPS"] = "NO" if parsed.scheme == "http" else "YES"
         # Custom endpoints (MinIO, SeaweedFS, Ceph) use path-style addressing.
         opts["AWS_VIRTUAL_HOSTING"] = os.environ.get("AWS_VIRTUAL_HOSTING", "FALSE")
-    region = _region()
+    region = s3_region()
     if region and "AWS_REGION" not in os.environ:
         opts["AWS_REGION"] = region
     if extra:

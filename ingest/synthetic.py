@@ -13,7 +13,7 @@ from affine import Affine
 from rasterio.windows import Window
 
 from . import storage
-from .writer import _quiet_georef
+from .cog import quiet_georef
 
 UTM_33N = "EPSG:32633"
 
@@ -74,7 +74,7 @@ def make_geotiff(uri: str | os.PathLike, height: int, width: int, count: int = 3
             profile["compress"] = compress
         src = tmp if driver == "GTiff" and not cog else os.path.join(workdir, "stage.tif")
         step = blocksize if tiled else 256
-        with storage.gdal_env(), _quiet_georef(), rasterio.open(src, "w", **profile) as dst:
+        with storage.gdal_env(), quiet_georef(), rasterio.open(src, "w", **profile) as dst:
             for r0 in range(0, height, step):
                 win = Window(0, r0, width, min(step, height - r0))
                 if fill is not None:
@@ -83,11 +83,11 @@ def make_geotiff(uri: str | os.PathLike, height: int, width: int, count: int = 3
                     data = expected(win, count, dtype, seed)
                 dst.write(data, window=win)
         if cog:
-            with storage.gdal_env(), _quiet_georef():
+            with storage.gdal_env(), quiet_georef():
                 rasterio.shutil.copy(src, tmp, driver="COG", COMPRESS=compress or "DEFLATE",
                                      BLOCKSIZE=blocksize, OVERVIEW_RESAMPLING="NEAREST")
         elif driver != "GTiff":
-            with _quiet_georef():
+            with quiet_georef():
                 rasterio.shutil.copy(src, tmp, driver=driver)
         if storage.is_s3(uri):
             storage.put_file(tmp, uri)

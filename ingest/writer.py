@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import uuid
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -32,12 +29,12 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from . import storage
+from .cog import NODATA, write_cog
 from .errors import IncompleteMaskError, WriterError
 from .georef import (crs_to_wkt, data_array_attrs, transform_from_gdal, transform_to_gdal,
                      write_georef)
 from .tiling import TileGrid, window_bounds
 
-NODATA = 255
 PROB_SCALE = 254
 ARRAYS = ("prob", "mask")
 _FORMAT_VERSION = 2  # 2: attrs["samsp"]["ready"] is written last (atomic creation)
@@ -306,6 +303,12 @@ class MaskWriter:
         self._codecs[name] = found
         return found
 
+    def disable_direct_io(self) -> None:
+        """Send every chunk of this writer through zarr-python instead of the direct chunk I/O
+        (what a store in an unknown layout gets; slower): for measuring the difference. A
+        pickled or reopened writer uses direct I/O again."""
+        self._codecs = {name: None for name in (*self.arrays, "written")}
+
     def _chunk_uri(self, name: str, md, i: int, j: int) -> str:
         return f"{self.uri.rstrip('/')}/{name}/{md.encode_chunk_key((i, j))}"
 
@@ -484,7 +487,7 @@ class MaskWriter:
         return counts
 
     # -- export
-    def _strips(self, block: int, max_bytes: int) -> Iterator[tuple[int, int, int, int]]:
+    def strips(self, block: int, max_bytes: int) -> Iterator[tuple[int, int, int, int]]:
         """``(r0, c0, r1, c1)`` windows covering the mask: one ``block``-pixel GTiff tile row high
         (the chunk row when ``block == chunk``), as many tiles wide as ``max_bytes`` allows."""
         cols = max(block, (max_bytes // block) // block * block)
@@ -495,18 +498,9 @@ class MaskWriter:
     def to_cog(self, uri: str | os.PathLike, which: str = "mask", *, blocksize: int = 512,
                compress: str = "DEFLATE", require_complete: bool = True,
                tmp_dir: str | None = None, **creation_options: Any) -> str:
-        """Write ``which`` as a Cloud-Optimized GeoTIFF at ``uri`` (local or s3://).
-
-        Chunk by chunk into a local tiled GTiff (never a whole-scene array), then GDAL's COG
-        driver (nearest overviews) into a hidden temp file, then an atomic rename (local) or a
-        single upload (S3): no half-written file is ever visible at ``uri``. Raises
-        :class:`IncompleteMaskError` before writing anything if chunks are missing and
-        ``require_complete``.
-        """
-        import rasterio
-        import rasterio.shutil
-
-        uri = os.fspath(uri) if not storage.is_s3(uri) else storage.to_s3_uri(str(uri))
+        """Write ``which`` as a Cloud-Optimized GeoTIFF at ``uri`` (local or s3://): see
+        :func:`ingest.cog.write_cog`. Raises :class:`IncompleteMaskError` before writing
+        anything if chunks are missing and ``require_complete``."""
         self._array(which)
         if require_complete:
             missing = self.missing_windows()
@@ -516,66 +510,8 @@ class MaskWriter:
                     f"{self.uri}: {len(missing)} of {rows * cols} chunks not written yet "
                     f"(first at row {int(missing[0].row_off)}, col {int(missing[0].col_off)}); "
                     f"no COG written")
-        workdir = storage.local_tempdir(dir=tmp_dir)
-        dst_tmp: Path | None = None
-        try:
-            src_path = os.path.join(workdir, "src.tif")
-            block = self.chunk if (self.chunk % 16 == 0 and self.chunk <= 4096) else 512
-            profile = dict(driver="GTiff", height=self.height, width=self.width, count=1,
-                           dtype="uint8", nodata=NODATA, tiled=True, blockxsize=block,
-                           blockysize=block, compress="ZSTD", zstd_level=1, bigtiff="IF_SAFER",
-                           transform=self.transform)
-            if self.crs is not None:
-                profile["crs"] = self.crs
-            with storage.gdal_env():
-                with _quiet_georef(), rasterio.open(src_path, "w", **profile) as dst:
-                    # Strips of whole chunks (<= ~8 MB): one call fetches a strip's chunks
-                    # (concurrently on S3) -- per-chunk calls cost more than the decoding.
-                    for r0, c0, r1, c1 in self._strips(block, max_bytes=8 << 20):
-                        win = Window(c0, r0, c1 - c0, r1 - r0)
-                        dst.write(self.read(win, which), 1, window=win)
-                if storage.is_s3(uri):
-                    cog_path = os.path.join(workdir, "cog.tif")
-                else:
-                    final = Path(uri)
-                    final.parent.mkdir(parents=True, exist_ok=True)
-                    dst_tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
-                    cog_path = str(dst_tmp)
-                # NUM_THREADS: compression is most of a COG's time (measured 2.7 s of 3.3 s at
-                # 8192² on one core); GDAL compresses blocks in parallel, same bytes.
-                options = {"COMPRESS": compress, "BLOCKSIZE": blocksize,
-                           "OVERVIEW_RESAMPLING": "NEAREST", "RESAMPLING": "NEAREST",
-                           "BIGTIFF": "IF_SAFER", "NUM_THREADS": "ALL_CPUS"}
-                options.update({k.upper(): v for k, v in creation_options.items()})
-                with _quiet_georef():
-                    rasterio.shutil.copy(src_path, cog_path, driver="COG", **options)
-            if storage.is_s3(uri):
-                storage.put_file(cog_path, uri)
-            else:
-                os.replace(cog_path, uri)
-                dst_tmp = None
-        finally:
-            if dst_tmp is not None and dst_tmp.exists():
-                dst_tmp.unlink()
-            shutil.rmtree(workdir, ignore_errors=True)
-        return uri
-
-
-class _quiet_georef:
-    """Silence NotGeoreferencedWarning for pixel-grid outputs."""
-
-    def __enter__(self):
-        import warnings
-
-        from rasterio.errors import NotGeoreferencedWarning
-
-        self._cm = warnings.catch_warnings()
-        self._cm.__enter__()
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        return self
-
-    def __exit__(self, *exc):
-        return self._cm.__exit__(*exc)
+        return write_cog(self, uri, which, blocksize=blocksize, compress=compress,
+                         tmp_dir=tmp_dir, **creation_options)
 
 
 __all__ = ["MaskWriter", "prob_to_u8", "u8_to_prob", "store_is_ready", "NODATA", "PROB_SCALE"]

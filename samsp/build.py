@@ -37,8 +37,9 @@ def approx_encoder_params(config: SamConfig) -> int:
     return 12 * config.encoder_embed_dim ** 2 * config.encoder_depth
 
 
-def _construct(config: SamConfig) -> Sam:
-    """A randomly initialised Sam laid out exactly like segment_anything's ``_build_sam``."""
+def construct_sam(config: SamConfig) -> Sam:
+    """A randomly initialised Sam laid out exactly like segment_anything's ``_build_sam`` (no
+    weights loaded, no fused attention set; build it under ``torch.device("meta")`` to count FLOP)."""
     grid = config.embedding_size
     return Sam(
         image_encoder=ImageEncoderViT(
@@ -98,7 +99,7 @@ def build_sam_from_config(
     if checkpoint is not None and state_dict is not None:
         raise ValueError("give either checkpoint or state_dict, not both")
     if checkpoint is None and state_dict is None:
-        sam = _construct(config)
+        sam = construct_sam(config)
     else:
         source = f"checkpoint {checkpoint}" if checkpoint is not None else "state dict"
         state = read_state_dict(checkpoint) if checkpoint is not None else state_dict
@@ -109,7 +110,7 @@ def build_sam_from_config(
         # bundle would pay for nothing. So meta only for the big encoders.
         meta = approx_encoder_params(config) >= META_BUILD_MIN_PARAMS
         with torch.device("meta") if meta else contextlib.nullcontext():
-            skeleton = _construct(config)
+            skeleton = construct_sam(config)
         state = fit_state_dict(
             skeleton, state, resample_positions=resample_positions,
             source=source, target=f"{model_type} model",

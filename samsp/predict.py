@@ -9,7 +9,7 @@ import torch
 
 from .bundle import Bundle, load_bundle
 from .precision import autocast, cast_autocast_weights, resolve_precision
-from .preprocess import postprocess_logits, prepare_batch, prepare_valid
+from .preprocess import model_inputs, pass_probabilities
 
 
 class TilePredictor:
@@ -66,16 +66,12 @@ class TilePredictor:
         if self.device.type == "cuda" and images.shape[1] == 3 and self.meta.band_map is None:
             # Pinned uint8 host memory: the upload runs asynchronously, at full bus speed.
             tiles = torch.from_numpy(np.ascontiguousarray(images)).pin_memory()
-        batch, size = prepare_batch(
-            tiles, self.meta.image_size, self.meta.pixel_mean, self.meta.pixel_std,
-            band_map=self.meta.band_map, device=self.device,
-        )
-        frame = prepare_valid(len(images), size, self.meta.image_size, valid, device=self.device)
+        batch, frame, size = model_inputs(tiles, self.meta.image_size, self.meta.pixel_mean,
+                                          self.meta.pixel_std, valid, band_map=self.meta.band_map,
+                                          device=self.device)
         with torch.inference_mode(), autocast(self.precision, self.device):
             output = self.model(batch, iterations=self.iterations, valid=frame)
         with torch.inference_mode():
-            return {
-                name: torch.sigmoid(postprocess_logits(logits.float(), size,
-                                                       self.meta.image_size))[:, 0]
-                for name, logits in (("prob", output.logits[-1]), ("prob_first", output.logits[0]))
-            }
+            last, first = pass_probabilities((output.logits[-1], output.logits[0]), size,
+                                             self.meta.image_size)
+        return {"prob": last, "prob_first": first}

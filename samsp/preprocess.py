@@ -142,3 +142,28 @@ def postprocess_logits(
     if (new_h, new_w) != (height, width):
         logits = F.interpolate(logits, (height, width), mode="bilinear", align_corners=False)
     return logits
+
+
+def model_inputs(
+    tiles: np.ndarray | torch.Tensor,
+    image_size: int,
+    pixel_mean: Sequence[float],
+    pixel_std: Sequence[float],
+    valid: np.ndarray | None = None,
+    band_map: Sequence[int] | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    """What a model call on ``tiles`` takes: ``(x, frame_valid, size)`` -- ``prepare_batch``'s
+    input and tile size, and ``prepare_valid``'s frame for ``valid`` (None = all tile pixels)."""
+    x, size = prepare_batch(tiles, image_size, pixel_mean, pixel_std, band_map=band_map,
+                            device=device)
+    return x, prepare_valid(len(x), size, image_size, valid, device=device), size
+
+
+def pass_probabilities(
+    logits: Sequence[torch.Tensor], original_size: tuple[int, int], image_size: int
+) -> list[torch.Tensor]:
+    """Model-frame logits of some passes (each ``[B,1,S,S]``) -> float32 probabilities
+    ``[B,h,w]`` per pass, on the logits' device."""
+    return [torch.sigmoid(postprocess_logits(lg.float(), original_size, image_size))[:, 0]
+            for lg in logits]

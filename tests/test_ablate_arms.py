@@ -1,10 +1,10 @@
-"""bench/ablate.py's arms: every SAM arm's overrides make a valid training config (a typo in an
+"""bench/ablation/run.py's arms: every SAM arm's overrides make a valid training config (a typo in an
 arm would otherwise surface only after its calibration, minutes into a background grid)."""
 from __future__ import annotations
 
 import pytest
 
-from bench.ablate import _arm_table, arm_overrides, load_cfg
+from bench.ablation.run import _arm_table, arm_overrides, load_cfg
 
 ARMS = _arm_table(0.5)
 

@@ -13,11 +13,12 @@ from PIL import Image
 from jobs import evaluate as ev
 from jobs.evaluation import data as eval_data
 from jobs.evaluation import scoring as eval_scoring
+from jobs.evaluation.run import parse_thresholds, sweep_thresholds
 from jobs.inference import sliding_window
 
 # ----------------------------------------------------------------------------- stitching
 
-def _echo_forward(tiles: np.ndarray) -> np.ndarray:
+def _echo_forward(tiles: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
     """Two 'passes': channel 0 / 255 and channel 1 / 255 of each window."""
     x = tiles.astype(np.float32) / 255.0
     return np.stack([x[:, 0], x[:, 1]])
@@ -39,7 +40,7 @@ def test_sliding_window_reassembles_the_image(stitch, shape):
 def test_mean_stitch_averages_overlapping_windows():
     calls = []
 
-    def forward(tiles):  # every window predicts its own call number
+    def forward(tiles, valid):  # every window predicts its own call number
         out = np.zeros((1, len(tiles), *tiles.shape[-2:]), np.float32)
         for j in range(len(tiles)):
             calls.append(len(calls))
@@ -99,21 +100,21 @@ def test_aggregate_means_and_pooled():
 
 
 def test_parse_thresholds():
-    assert ev.parse_thresholds("0.1:0.5:0.1") == [0.1, 0.2, 0.3, 0.4, 0.5]
-    assert ev.parse_thresholds("0.3,0.7") == [0.3, 0.7]
+    assert parse_thresholds("0.1:0.5:0.1") == [0.1, 0.2, 0.3, 0.4, 0.5]
+    assert parse_thresholds("0.3,0.7") == [0.3, 0.7]
     with pytest.raises(eval_data.EvalError):
-        ev.parse_thresholds("0:1:0.5")
+        parse_thresholds("0:1:0.5")
 
 
 def test_sweep_picks_the_threshold_that_maximises_dice(tmp_path):
     root = _pairs(tmp_path / "val", n=2, size=(24, 40))
 
-    def forward(tiles):  # probability 0.6 on the (dark) crack, 0.4 elsewhere
+    def forward(tiles, valid):  # probability 0.6 on the (dark) crack, 0.4 elsewhere
         return np.where(tiles[:, :1] < 60, 0.6, 0.4).astype(np.float32).transpose(1, 0, 2, 3)
 
     items = eval_data.list_pairs(str(root), "custom")
     window = sliding_window.SlidingWindow(forward, tile=32, overlap=0)
-    sweep = ev.sweep_thresholds(window, items, [0.3, 0.5, 0.7])
+    sweep = sweep_thresholds(window, items, [0.3, 0.5, 0.7])
     assert sweep["best"] == 0.5 and sweep["best_dice"] == pytest.approx(1.0)
     assert [r["threshold"] for r in sweep["table"]] == [0.3, 0.5, 0.7]
     assert sweep["table"][2]["dice"] == 0.0  # nothing predicted, crack present

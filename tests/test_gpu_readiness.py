@@ -175,17 +175,18 @@ def test_gpu_request_on_a_cpu_cluster_waits_for_gpus(tmp_path):
     from ray.util.state import list_actors
 
     from ingest.synthetic import make_geotiff
-    from tests.test_cluster_multinode import Driver, LoopbackCluster, _free_port
+    from jobs.runtime.ports import free_port
+    from tests.test_cluster_multinode import Driver, LoopbackCluster
     from tests.test_segment import make_bundle
 
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     for k in ("RAY_ADDRESS", "RAY_OVERRIDE_RESOURCES"):
         env.pop(k, None)
     cluster = LoopbackCluster(env)
-    dashboard = _free_port()
+    dashboard = free_port()
     try:
         cluster._start("head", ["--head", f"--port={cluster.port}", "--num-cpus=2",
-                                "--num-gpus=0", f"--ray-client-server-port={_free_port()}",
+                                "--num-gpus=0", f"--ray-client-server-port={free_port()}",
                                 "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
                                 "--include-dashboard=true"], head=True)
         cluster.wait_nodes(timeout=60)

@@ -25,7 +25,7 @@ def test_forward_stacks_pass0_and_every_prompt_source(micro_bundle):
     tiles[:, 3] = 0
     tiles[0, 3, 10:20, 5:45] = 1  # a 10 x 40 px ground-truth box in tile 0; tile 1 is empty
     fractions = []
-    out = op.oracle_forward(micro_bundle, precision="fp32", box_fractions=fractions)(tiles)
+    out = op.oracle_forward(micro_bundle, precision="fp32", box_fractions=fractions)(tiles, None)
     assert out.shape == (1 + len(op.SOURCES), 2, s, s)
     assert np.all((out >= 0) & (out <= 1))
     # Only windows holding foreground count, and the share is that box's own area.
@@ -39,4 +39,5 @@ def test_forward_stacks_pass0_and_every_prompt_source(micro_bundle):
 def test_tiles_must_match_the_model_input(micro_bundle):
     s = micro_bundle.meta.image_size
     with pytest.raises(SystemExit, match="input size"):
-        op.oracle_forward(micro_bundle, precision="fp32")(np.zeros((1, 4, s // 2, s // 2), "f4"))
+        op.oracle_forward(micro_bundle, precision="fp32")(np.zeros((1, 4, s // 2, s // 2), "f4"),
+                                                           None)

@@ -151,9 +151,9 @@ def test_result_item_derives_from_the_source_item(nightly):
 
 
 def test_unreachable_api_or_catalog_exits_2_before_any_work(bundle, env, tmp_path):
-    from jobs.local_stack.local_s3 import _free_port
+    from jobs.runtime.ports import free_port
 
-    for source, reason in ((f"http://127.0.0.1:{_free_port()}", "unreachable"),
+    for source, reason in ((f"http://127.0.0.1:{free_port()}", "unreachable"),
                            (str(tmp_path / "missing.json"), "unreadable")):
         out = tmp_path / "out"
         res = run_job(out, bundle, ["--stac", source], env, timeout=120)

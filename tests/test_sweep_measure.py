@@ -6,11 +6,11 @@ import logging
 import numpy as np
 import pytest
 
+from jobs.crack_sweep.config import SweepConfig
 from jobs.crack_sweep.measure import (MeasureConfig, PixelSizes, physical_measurements,
                                       read_pixel_size_csv, remeasure_records, width_class)
 from jobs.crack_sweep.pipeline import crack_measurements
 from jobs.runtime.config import ConfigError, load_config
-from jobs.sweep import SweepConfig
 from tests.test_ingest_centerlines import crack
 
 

@@ -11,8 +11,9 @@ from PIL import Image
 from jobs.runtime.config import ConfigError, load_config
 from jobs.training.augment import augment, crop_window
 from jobs.training.config import TrainConfig
+from jobs.inference.sliding_window import SlidingWindow
 from jobs.training.data import (DataError, ItemLoader, TrainDataset, plan_data, split_items,
-                                synth_item, tile_image, untile)
+                                synth_item)
 from tests.conftest import shared_data
 
 
@@ -127,16 +128,26 @@ def test_joint_augmentation_keeps_image_and_mask_aligned():
     assert all((x == y).all() for x, y in zip(a, b)) and not (a[0] == c[0]).all()
 
 
-def test_tiling_round_trip_and_synthetic():
-    import torch
-
+def test_validation_windows_round_trip_and_synthetic():
     img, mask = synth_item(3, 100, seed=0)
     assert img.shape == (3, 100, 100) and mask.any() and (synth_item(3, 100, 0)[1] == mask).all()
-    t_img, t_mask, t_valid, grid = tile_image(torch.from_numpy(img), torch.from_numpy(mask),
-                                              torch.ones(100, 100, dtype=torch.bool), 48)
-    assert grid == (3, 3) and t_img.shape == (9, 3, 48, 48)
-    assert (untile(t_mask, grid, 100, 100).numpy() == mask).all()
-    assert untile(t_valid, grid, 100, 100).all() and t_valid.float().mean() < 1
+    seen = []
+
+    def echo(tiles, valid):  # pass 0: the mask channel; every window's validity is recorded
+        seen.append(valid)
+        return tiles[None, :, 0].astype(np.float32)
+
+    # Validation's windows: 48 px crops, no overlap, padded past the border (3 x 3 of them).
+    window = SlidingWindow(echo, 48, overlap=0, stitch="core", batch_size=4, edge="pad")
+    full = np.ones((100, 100), bool)
+    out = window(mask[None].astype(np.uint8), valid=full)
+    assert (out[0] == mask).all()
+    tile_valid = np.concatenate(seen)
+    assert tile_valid.shape == (9, 48, 48) and 0 < tile_valid.mean() < 1  # padding is invalid
+    assert tile_valid[0].all() and not tile_valid[-1][4:].any()
+    seen.clear()
+    window(mask[None].astype(np.uint8))  # no mask: the forward is told nothing
+    assert seen == [None, None, None]
 
 
 def test_raster_pairs_through_ingest(tmp_path):

@@ -1,5 +1,6 @@
-"""jobs/train.py, train_model.py and train_worker.py pieces without Ray: checkpoint contents per
-fine-tune mode, the LR schedule, bundle export from a checkpoint directory, storage/Ray helpers."""
+"""The training job's pieces without Ray (jobs/training/driver.py, model.py, step.py): checkpoint
+contents per fine-tune mode, the LR schedule, bundle export from a checkpoint directory,
+storage/Ray helpers, gradient accumulation."""
 from __future__ import annotations
 
 import json
@@ -9,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from jobs import train
 from jobs.runtime.config import load_config
+from jobs.training import driver as train_driver
 from jobs.training import model as train_model
-from jobs.training import worker as train_worker
+from jobs.training import step as train_step
 from jobs.training.config import TrainConfig
 from tests.conftest import REPO
 
@@ -59,7 +60,7 @@ def test_lora_checkpoint_holds_trainable_weights_and_exports_merged_bundle(tmp_p
     # export: LoRA merged, same predictions as the trained model
     facts = {"plan": {"summary": {"source_kind": "synthetic"}}, "trainable_params": 1}
     out = tmp_path / "bundle"
-    meta = train.export_bundle(cfg, str(ckpt), str(out), facts, {"epoch": 1, "val_dice": 0.5})
+    meta = train_driver.export_bundle(cfg, str(ckpt), str(out), facts, {"epoch": 1, "val_dice": 0.5})
     assert meta["iterations"] == 2 and meta["prompt"] == "box+mask"
     bundle = load_bundle(str(out))
     assert bundle.meta.provenance["finetune"] == "lora"
@@ -153,9 +154,9 @@ def test_embedded_ray_workers_inherit_the_environment_and_reuse_prestarted_worke
 
 def test_the_short_last_accumulation_group_is_averaged_over_its_own_size():
     # 10 micro-batches, groups of 4: [4, 4, 2]; each group's weights sum to one step's worth
-    sizes = [train_worker.accumulation_group_size(b, 10, 4) for b in range(10)]
+    sizes = [train_step.accumulation_group_size(b, 10, 4) for b in range(10)]
     assert sizes == [4] * 8 + [2] * 2
     for batches, accum in [(10, 4), (8, 4), (3, 5), (1, 1), (7, 3)]:
-        weights = [1 / train_worker.accumulation_group_size(b, batches, accum) for b in range(batches)]
+        weights = [1 / train_step.accumulation_group_size(b, batches, accum) for b in range(batches)]
         groups = [weights[i:i + accum] for i in range(0, batches, accum)]
         assert all(sum(g) == pytest.approx(1.0) for g in groups)

@@ -7,8 +7,9 @@ from typing import Sequence
 
 import numpy as np
 
+from ingest.storage import fs_for
 from jobs.training.config import PAIR_LAYOUTS, PairsData
-from jobs.training.data import DataError, ItemLoader, _fs, _pairs_items, plan_data
+from jobs.training.data import DataError, ItemLoader, pairs_items, plan_data
 
 LAYOUTS = ("auto", "deepcrack", "deepcrack_test", "epfl", "custom")
 
@@ -19,7 +20,7 @@ class EvalError(ValueError):
 
 def _isdir(uri: str) -> bool:
 
-    fs, path = _fs(uri)
+    fs, path = fs_for(uri)
     try:
         return bool(fs.isdir(path))
     except Exception:  # noqa: BLE001 - unreachable remote = not there
@@ -54,7 +55,7 @@ def list_pairs(root: str, layout: str = "auto", image_dir: str | None = None,
     try:
         src = PairsData(root=root, layout=layout, image_dir=image_dir, mask_dir=mask_dir,
                         threshold=threshold, limit=None)
-        items = _pairs_items(src.model_dump())
+        items = pairs_items(src.model_dump())
     except ValidationError as err:
         raise EvalError(f"data: {err.errors()[0]['msg']}") from None
     except DataError as err:

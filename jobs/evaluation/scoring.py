@@ -1,9 +1,10 @@
 """Scores of one image and of a set: per-image Dice/IoU/precision/recall and tolerance F1 for
 every pass (``samsp.metrics``), their means, and the pooled (dataset-level) metrics the crack
-papers report as F."""
+papers report as F; ``EvalResult`` holds a set's scored rows and summary."""
 from __future__ import annotations
 
-from typing import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -16,6 +17,13 @@ COLUMNS: tuple[str, ...] = ("image", "pass", "is_output", "threshold", *METRICS,
 DEFAULT_TOLERANCE = 2.0
 
 
+@dataclass
+class EvalResult:
+    rows: list[dict]  # one per image and pass (COLUMNS)
+    summary: dict[str, Any]
+    items: list[dict] = field(default_factory=list)
+
+
 def score_image(prob: np.ndarray, target: np.ndarray, threshold: float,
                 tolerance: float = DEFAULT_TOLERANCE,
                 valid: np.ndarray | None = None) -> list[dict[str, float]]:
@@ -23,7 +31,7 @@ def score_image(prob: np.ndarray, target: np.ndarray, threshold: float,
 
     Pixels outside ``valid`` count neither as predicted nor as target.
     """
-    from samsp import metrics
+    from samsp import metrics  # samsp pulls in torch: loaded when scoring, not on import
 
     prob = np.asarray(prob)
     if prob.ndim == 2:

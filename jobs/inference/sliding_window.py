@@ -1,6 +1,14 @@
-"""Whole-image inference for evaluation: a ``TileForward`` (a bundle's model, every pass) run over
-``ingest.TileGrid`` windows and stitched back (cores, as the segment job writes them, or the mean
-of every covering window)."""
+"""The one tiled whole-image forward of the project's evaluations -- ``jobs/evaluate.py``, the
+training job's per-epoch validation (``jobs/training/validation.py``) and the benchmarks: a
+``TileForward`` (a model's every pass on a batch of windows) run over ``ingest.TileGrid`` windows
+and stitched back (cores, as the segment job writes them, or the mean of every covering window).
+
+Validity is one explicit rule, chosen by the caller through ``SlidingWindow.__call__``'s
+``valid``: with a mask, each window's pixels outside the image (zero padding) and the image's
+invalid pixels are passed to the forward as invalid (the model never self-prompts from them);
+without one (``None``), every pixel of every window counts as image, zero padding included.
+Training validation passes its items' masks; ``jobs/evaluate.py`` and the benchmarks pass none,
+as they always have (their published numbers were made that way)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,8 +19,9 @@ import numpy as np
 from ingest.tiling import TileGrid, window_bounds
 from jobs.evaluation.data import EvalError
 
-#: ``forward(tiles uint8 [B,3,t,t]) -> probabilities float32 [P,B,t,t]`` (P passes, 0..K).
-TileForward = Callable[[np.ndarray], np.ndarray]
+#: ``forward(tiles uint8 [B,C,t,t], valid bool [B,t,t] | None) -> probabilities float32
+#: [P,B,t,t]`` (P passes, 0..K); ``valid`` None = every pixel of every tile is image.
+TileForward = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
 
 
 def samsp_forward(model, image_size: int, pixel_mean: Sequence[float],
@@ -20,23 +29,22 @@ def samsp_forward(model, image_size: int, pixel_mean: Sequence[float],
                   band_map: Sequence[int] | None = None, device: str = "cpu",
                   precision: str = "auto") -> TileForward:
     """A ``TileForward`` running a ``SamSP`` (eval mode) and returning every pass."""
+    # torch and samsp on first use: the evaluation CLI answers --help and bad arguments without.
     import torch
 
     from samsp.precision import autocast, resolve_precision
-    from samsp.preprocess import postprocess_logits, prepare_batch, prepare_valid
+    from samsp.preprocess import model_inputs, pass_probabilities
 
     model = model.to(device).eval()
     precision = resolve_precision(precision, device)
 
-    def forward(tiles: np.ndarray) -> np.ndarray:
-        x, size = prepare_batch(tiles, image_size, pixel_mean, pixel_std, band_map=band_map,
-                                device=device)
-        ok = prepare_valid(len(x), size, image_size, device=device)
+    def forward(tiles: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+        x, ok, size = model_inputs(tiles, image_size, pixel_mean, pixel_std, valid,
+                                   band_map=band_map, device=device)
         with torch.inference_mode():
             with autocast(precision, device):
                 out = model(x, iterations=iterations, valid=ok)
-            probs = [torch.sigmoid(postprocess_logits(lg.float(), size, image_size))[:, 0]
-                     for lg in out.logits]
+            probs = pass_probabilities(out.logits, size, image_size)
         return torch.stack(probs).cpu().numpy().astype(np.float32)
 
     return forward
@@ -57,7 +65,10 @@ class SlidingWindow:
 
     ``stitch="core"``: each pixel comes from the one window whose core holds it (the segment
     job's rule). ``stitch="mean"``: the average over every window that covers it.
-    Windows of images smaller than a tile are zero-padded (bottom/right), like training crops.
+    ``edge`` is ``ingest.TileGrid``'s: ``"shift"`` moves border windows inside the image,
+    ``"pad"`` keeps the grid regular and lets windows reach past the bottom/right border.
+    Window pixels outside the image are zero (images smaller than a tile always pad, like
+    training crops); see the module docstring for what the forward is told about them.
     """
 
     forward: TileForward
@@ -65,6 +76,7 @@ class SlidingWindow:
     overlap: int = 0
     stitch: str = "core"
     batch_size: int = 8
+    edge: str = "shift"
 
     def __post_init__(self) -> None:
         if self.stitch not in ("core", "mean"):
@@ -74,43 +86,61 @@ class SlidingWindow:
                             f"overlap={self.overlap}")
         if self.batch_size < 1:
             raise EvalError("batch_size must be >= 1")
+        if self.edge not in ("shift", "pad"):
+            raise EvalError(f"edge must be 'shift' or 'pad', got {self.edge!r}")
 
     def windows(self, height: int, width: int):
+        return list(TileGrid(height, width, self.tile, self.overlap, edge=self.edge))
 
-        return list(TileGrid(height, width, self.tile, self.overlap))
+    def __call__(self, image: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """``image`` ``[C,H,W]`` (uint8) -> probabilities float32 ``[P,H,W]`` (P passes).
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        """``image`` uint8 ``[C,H,W]`` -> probabilities float32 ``[P,H,W]`` (P passes)."""
-
-        channels, height, width = image.shape
+        ``valid`` bool ``[H,W]``: the image's usable pixels; None = every window pixel counts
+        as image, padding included (the module docstring's rule)."""
+        height, width = image.shape[1:]
         tiles = self.windows(height, width)
-        out = acc = count = None
-        t = self.tile
+        out = count = None
         for start in range(0, len(tiles), self.batch_size):
             chunk = tiles[start:start + self.batch_size]
-            batch = np.zeros((len(chunk), channels, t, t), dtype=image.dtype)
-            spans = []
-            for j, tl in enumerate(chunk):
-                r0, c0, r1, c1 = window_bounds(tl.read_window)
-                rs, cs = max(r0, 0), max(c0, 0)
-                re, ce = min(r1, height), min(c1, width)
-                batch[j, :, rs - r0:re - r0, cs - c0:ce - c0] = image[:, rs:re, cs:ce]
-                spans.append((r0, c0, rs, cs, re, ce))
-            probs = np.asarray(self.forward(batch), dtype=np.float32)  # [P,b,t,t]
-            if probs.ndim != 4 or probs.shape[1:] != (len(chunk), t, t):
+            batch, batch_valid, spans = self._cut(image, valid, chunk)
+            probs = np.asarray(self.forward(batch, batch_valid), dtype=np.float32)  # [P,b,t,t]
+            if probs.ndim != 4 or probs.shape[1:] != (len(chunk), self.tile, self.tile):
                 raise EvalError(f"forward returned {probs.shape}, "
-                                f"expected [P,{len(chunk)},{t},{t}]")
+                                f"expected [P,{len(chunk)},{self.tile},{self.tile}]")
             if out is None:
                 out = np.zeros((probs.shape[0], height, width), np.float32)
                 if self.stitch == "mean":
-                    acc, count = out, np.zeros((height, width), np.float32)
-            for j, (tl, (r0, c0, rs, cs, re, ce)) in enumerate(zip(chunk, spans)):
-                if self.stitch == "core":
-                    kr0, kc0, kr1, kc1 = window_bounds(tl.core_window)
-                    out[:, kr0:kr1, kc0:kc1] = probs[:, j, kr0 - r0:kr1 - r0, kc0 - c0:kc1 - c0]
-                else:
-                    acc[:, rs:re, cs:ce] += probs[:, j, rs - r0:re - r0, cs - c0:ce - c0]
-                    count[rs:re, cs:ce] += 1
+                    count = np.zeros((height, width), np.float32)
+            self._paste(out, count, probs, chunk, spans)
         if self.stitch == "mean":
-            out = acc / np.maximum(count, 1)[None]
+            out = out / np.maximum(count, 1)[None]
         return out
+
+    def _cut(self, image: np.ndarray, valid: np.ndarray | None, chunk) -> tuple:
+        """The windows of ``chunk`` (zero outside the image), their validity (None without
+        ``valid``; False outside the image) and each one's ``(r0, c0, rs, cs, re, ce)``."""
+        channels, height, width = image.shape
+        t = self.tile
+        batch = np.zeros((len(chunk), channels, t, t), dtype=image.dtype)
+        batch_valid = None if valid is None else np.zeros((len(chunk), t, t), dtype=bool)
+        spans = []
+        for j, tl in enumerate(chunk):
+            r0, c0, r1, c1 = window_bounds(tl.read_window)
+            rs, cs = max(r0, 0), max(c0, 0)
+            re, ce = min(r1, height), min(c1, width)
+            batch[j, :, rs - r0:re - r0, cs - c0:ce - c0] = image[:, rs:re, cs:ce]
+            if valid is not None:
+                batch_valid[j, rs - r0:re - r0, cs - c0:ce - c0] = valid[rs:re, cs:ce]
+            spans.append((r0, c0, rs, cs, re, ce))
+        return batch, batch_valid, spans
+
+    def _paste(self, out: np.ndarray, count: np.ndarray | None, probs: np.ndarray, chunk,
+               spans) -> None:
+        """Stitch one batch's probabilities into ``out`` (cores, or sums and ``count``)."""
+        for j, (tl, (r0, c0, rs, cs, re, ce)) in enumerate(zip(chunk, spans)):
+            if self.stitch == "core":
+                kr0, kc0, kr1, kc1 = window_bounds(tl.core_window)
+                out[:, kr0:kr1, kc0:kc1] = probs[:, j, kr0 - r0:kr1 - r0, kc0 - c0:kc1 - c0]
+            else:
+                out[:, rs:re, cs:ce] += probs[:, j, rs - r0:re - r0, cs - c0:ce - c0]
+                count[rs:re, cs:ce] += 1

@@ -86,58 +86,10 @@ def expand_inputs(items: Iterable[str], extensions: list[str], exclude: Iterable
             if _depth > 2:
                 raise ValueError(f"{item}: list files nested too deep")
             out.extend(expand_inputs(_read_list(item), extensions, (), _depth + 1, own))
-            continue
-        if storage.is_s3(item):
-            fs, path = storage.fs_for(item)
-            if GLOB_CHARS.search(item):
-                names = fs.glob(path)
-                # a glob may match files inside zarr stores or whole folders; keep scenes only
-                found = _expand_listing(item, [n for n in names], exts, "s3://")
-                out.extend(own.keep(found))
-                continue
-            if has_extension(item, exts):
-                out.append(item.rstrip("/"))  # a single key (or zarr store): kept even if missing
-                continue
-            try:
-                names = fs.find(path.rstrip("/") + "/")
-            except FileNotFoundError:
-                names = []
-            found = own.keep(_expand_listing(item, names, exts, "s3://"))
-            if not found:
-                log.warning("input %s: no scenes under this prefix", item)
-            out.extend(found)
-            continue
-        # local
-        if item.startswith("file://"):
-            item = item[len("file://"):]
-        if GLOB_CHARS.search(item):
-            matches = sorted(glob.glob(item, recursive=True))
-            files = []
-            for m in matches:
-                if os.path.isdir(m) and not m.lower().rstrip("/").endswith(".zarr"):
-                    files.extend(expand_inputs([m], extensions, (), _depth + 1, own))
-                elif _zarr_root(m) is not None or has_extension(m, exts):
-                    files.append(_zarr_root(m) or m)
-            files = own.keep(files)
-            if not files:
-                log.warning("input %s: the glob matched no scenes", item)
-            out.extend(files)
-            continue
-        if os.path.isdir(item) and not item.lower().rstrip("/").endswith(".zarr"):
-            names = []
-            for root, dirs, files in os.walk(item):
-                zdirs = [d for d in dirs if d.lower().endswith(".zarr")]
-                names.extend(os.path.join(root, d) for d in zdirs)
-                # never walk into an output root (its tile records can be many)
-                dirs[:] = sorted(d for d in dirs if not d.lower().endswith(".zarr") and not any(
-                    is_under(normalise_input(os.path.join(root, d)), r) for r in own.roots))
-                names.extend(os.path.join(root, f) for f in files)
-            found = own.keep(_expand_listing(item, names, exts, ""))
-            if not found:
-                log.warning("input %s: no scenes in this folder", item)
-            out.extend(found)
-            continue
-        out.append(item.rstrip("/") if item.lower().rstrip("/").endswith(".zarr") else item)
+        elif storage.is_s3(item):
+            out.extend(_expand_s3(item, exts, own))
+        else:
+            out.extend(_expand_local(item, extensions, exts, own, _depth))
     # normalise (one identity per input), de-duplicate, keep order
     seen: set[str] = set()
     uniq = []
@@ -146,3 +98,52 @@ def expand_inputs(items: Iterable[str], extensions: list[str], exclude: Iterable
             seen.add(u)
             uniq.append(u)
     return uniq
+
+
+def _expand_s3(item: str, exts: list[str], own: OwnOutputs) -> list[str]:
+    """An s3:// glob, key (or Zarr store) or prefix."""
+    fs, path = storage.fs_for(item)
+    if GLOB_CHARS.search(item):
+        # a glob may match files inside zarr stores or whole folders; keep scenes only
+        return own.keep(_expand_listing(item, list(fs.glob(path)), exts, "s3://"))
+    if has_extension(item, exts):
+        return [item.rstrip("/")]  # a single key (or zarr store): kept even if missing
+    try:
+        names = fs.find(path.rstrip("/") + "/")
+    except FileNotFoundError:
+        names = []
+    found = own.keep(_expand_listing(item, names, exts, "s3://"))
+    if not found:
+        log.warning("input %s: no scenes under this prefix", item)
+    return found
+
+
+def _expand_local(item: str, extensions: list[str], exts: list[str], own: OwnOutputs,
+                  depth: int) -> list[str]:
+    """A local glob, folder (walked, never into an output root) or path."""
+    if item.startswith("file://"):
+        item = item[len("file://"):]
+    if GLOB_CHARS.search(item):
+        files = []
+        for m in sorted(glob.glob(item, recursive=True)):
+            if os.path.isdir(m) and not m.lower().rstrip("/").endswith(".zarr"):
+                files.extend(expand_inputs([m], extensions, (), depth + 1, own))
+            elif _zarr_root(m) is not None or has_extension(m, exts):
+                files.append(_zarr_root(m) or m)
+        files = own.keep(files)
+        if not files:
+            log.warning("input %s: the glob matched no scenes", item)
+        return files
+    if os.path.isdir(item) and not item.lower().rstrip("/").endswith(".zarr"):
+        names = []
+        for root, dirs, files in os.walk(item):
+            names.extend(os.path.join(root, d) for d in dirs if d.lower().endswith(".zarr"))
+            # never walk into an output root (its tile records can be many)
+            dirs[:] = sorted(d for d in dirs if not d.lower().endswith(".zarr") and not any(
+                is_under(normalise_input(os.path.join(root, d)), r) for r in own.roots))
+            names.extend(os.path.join(root, f) for f in files)
+        found = own.keep(_expand_listing(item, names, exts, ""))
+        if not found:
+            log.warning("input %s: no scenes in this folder", item)
+        return found
+    return [item.rstrip("/") if item.lower().rstrip("/").endswith(".zarr") else item]

@@ -19,6 +19,7 @@ from typing import Any, Iterable, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from jobs.runtime.errors import ConfigError
 from jobs.runtime.logs import quiet_third_party
 
 T = TypeVar("T", bound=BaseModel)
@@ -38,10 +39,6 @@ def refuse_replaced(data: Any, replaced: dict[str, str]) -> Any:
             if old in data:
                 raise ValueError(f"'{old}' was replaced by {new}")
     return data
-
-
-class ConfigError(ValueError):
-    """A config that does not validate; the message names each bad field."""
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:

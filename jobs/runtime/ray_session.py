@@ -34,7 +34,7 @@ import os
 import sys
 from typing import Literal
 
-from ingest.storage import environ
+from ingest import storage
 from jobs.runtime.ports import free_port
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None,
     # prestarts during ray.init only for jobs without one (checked on Ray 2.60), so each model
     # actor started (and imported Python + ray) from scratch while two prestarted workers idled.
 
-    with environ(env):
+    with storage.environ(env):
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
                  include_dashboard=include_dashboard, **dashboard,
                  _node_ip_address="127.0.0.1", log_to_driver=log_to_driver)
@@ -163,22 +163,4 @@ def storage_filesystem(uri: str):
         if "://" in uri:
             raise ValueError(f"storage path {uri!r}: only local paths and s3:// are supported")
         return os.path.abspath(os.path.expanduser(uri)), None
-    import pyarrow.fs as pafs
-
-    path = uri[len("s3://"):].strip("/")
-    kwargs: dict = {}
-    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
-    if key and secret:
-        kwargs.update(access_key=key, secret_key=secret,
-                      session_token=os.environ.get("AWS_SESSION_TOKEN") or None)
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if region:
-        kwargs["region"] = region
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        scheme, _, host = endpoint.partition("://")
-        if not host:
-            scheme, host = "https", endpoint
-        kwargs.update(endpoint_override=host.rstrip("/"), scheme=scheme)
-        kwargs.setdefault("region", "us-east-1")
-    return path, pafs.S3FileSystem(**kwargs)
+    return storage.arrow_filesystem(uri)

@@ -9,15 +9,11 @@ from typing import Literal, Optional, Union
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
+# tiling/predict/ray are the sections the crack sweep shares; segmentation code names them here
+from jobs.inference.config import PredictConfig, TilingConfig
 from jobs.runtime.config import StrictModel, refuse_replaced
+from jobs.runtime.ray_config import RayConfig
 from jobs.segmentation.stac_config import StacInputConfig
-
-
-class TilingConfig(StrictModel):
-    # Tile side (px) fed to the model; None = the bundle's image_size (what it was trained on).
-    tile: Optional[int] = Field(default=None, ge=16)
-    # Overlap between neighbouring read windows (px); None = tile // 8. Must be even and < tile.
-    overlap: Optional[int] = Field(default=None, ge=0)
 
 
 class RadiometryConfig(StrictModel):
@@ -37,29 +33,6 @@ class RadiometryConfig(StrictModel):
         if not (0 <= lo < hi <= 100):
             raise ValueError("percentiles must satisfy 0 <= low < high <= 100")
         return v
-
-
-class PredictConfig(StrictModel):
-    # Tiles per model call (per actor batch).
-    batch_size: int = Field(default=8, ge=1)
-    # Probability threshold for the binary mask; None = the bundle's threshold.
-    threshold: Optional[float] = Field(default=None, gt=0, lt=1)
-    # Model actors; 0 = auto (one per GPU; CPU-only: one per CPU, or as many as num_cpus allows).
-    num_actors: int = Field(default=0, ge=0)
-    # GPUs per actor; None = 1 when the cluster has GPUs, else 0.
-    num_gpus: Optional[float] = Field(default=None, ge=0)
-    # Logical Ray CPUs per actor. None = auto: with GPUs 1; CPU-only, one single-threaded actor
-    # per CPU sharing the CPUs left after pipeline.read_cpus (reads never starve).
-    num_cpus: Optional[float] = Field(default=None, gt=0)
-    # torch intra-op threads per actor; 0 = auto = int(num_cpus), at least 1 (1 in CPU auto
-    # mode): never more threads than reserved CPUs (oversubscribed OpenMP stalls badly).
-    torch_threads: int = Field(default=0, ge=0)
-    # "auto" = cuda when the actor got a GPU, else cpu.
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    # Model precision (samsp.precision): auto = bf16 on CUDA cards with bf16 and on CPUs with
-    # native bf16 (avx512_bf16/AMX, read from the CPU), fp16 on older CUDA cards, else fp32.
-    # Pre/post-processing and the self-prompts stay float32; stored weights never change.
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
 
 class PipelineConfig(StrictModel):
@@ -136,13 +109,13 @@ class OutputConfig(StrictModel):
     # id of collection.json; None = the output folder's name.
     stac_collection: Optional[str] = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
-
     @model_validator(mode="before")
     @classmethod
     def _replaced_fields(cls, data):
         return refuse_replaced(data, {"polygons": "output.vectors (auto | none | polygons | "
                                                   "centerlines | both; auto = polygons for "
                                                   "georeferenced scenes)"})
+
 
 class InputConfig(StrictModel):
     # Georeferenced inputs (GeoTIFF/COG/Zarr) must carry a CRS; PNG/JPEG never need one.
@@ -153,13 +126,6 @@ class InputConfig(StrictModel):
     # Scenes from a STAC catalog (jobs/segmentation/stac_config.py; --stac and its flags set it);
     # combined with --input when both are given.
     stac: Optional[StacInputConfig] = None
-
-
-class RayConfig(StrictModel):
-    # Ray address; None = $RAY_ADDRESS (cluster / `ray job submit`) or an embedded local Ray.
-    address: Optional[str] = None
-    # CPUs of the embedded local Ray (None = all of this machine).
-    num_cpus: Optional[int] = Field(default=None, ge=1)
 
 
 class StorageConfig(StrictModel):

@@ -1,31 +1,34 @@
 """The two engines that run a planned segmentation: Ray Data (model actors sized to the
 cluster, reads as tasks or inside the actors) and the local engine (lanes in this process, no
-Ray). Both feed every tile's summary row to ``consume_row``, which finalizes a scene when its last
-tile is in. The Ray Data stages themselves are in jobs/segmentation/pipeline.py."""
+Ray). The run hands either one a ``PipelineJob`` (its tile rows, scene states, config and
+``RunTimings``); both feed every tile's summary row to ``consume_row``, which finalizes a scene when
+its last tile is in. The Ray Data stages themselves are in jobs/segmentation/pipeline.py."""
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
+import itertools
 import json
 import logging
 import math
 import os
 import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
 
 from jobs.inference.lanes import actor_threads, cpu_layout
-from jobs.inference.model_preload import import_model_code
+from jobs.inference.model_preload import ModelPreload, import_model_code
 from jobs.runtime.logs import filtered_native_stderr
 from jobs.runtime.messages import one_line
 from jobs.runtime.ray_session import init_ray, is_local_ray
 from jobs.segmentation.config import SegmentConfig
 from jobs.segmentation.pipeline import PredictWriter, read_tiles
-from jobs.segmentation.rows import expand_rows
+from jobs.segmentation.rows import TileRows, expand_rows
+from jobs.segmentation.timings import RunTimings
 
 log = logging.getLogger("samsp.segment")
-
-#: perf_counter marks of the last run (for the summary line and bench/bench_segment.py)
-TIMINGS: dict = {}
-#: this run's jobs.segmentation.progress.Progress (both engines' rows pass consume_row)
-PROGRESS: list = []
 
 #: Restarts of a model actor whose process died (lost node, or a fatal CUDA error: see
 #: ``jobs.runtime.devices.crash_for_restart``); its block is retried on the new one. Bounded, unlike
@@ -33,9 +36,30 @@ PROGRESS: list = []
 ACTOR_MAX_RESTARTS = 8
 
 
+@dataclass
+class PipelineJob:
+    """What either engine needs from the run (jobs/segmentation/run.py makes it)."""
+
+    rows: TileRows  # every tile still to compute
+    states: dict  # scene id -> jobs.segmentation.scene.SceneState, for each planned scene
+    cfg: SegmentConfig
+    model_uri: str
+    threshold: float
+    finish: Callable[[str], None]  # called with a scene's id once its last tile is in
+    output: str
+    timings: RunTimings
+    preload: ModelPreload | None = None  # the local engine's model, read while planning
+
+    def largest_tile(self) -> tuple[int, int]:
+        """``(bytes, pixels)`` of the biggest tile still to compute (defaults with none)."""
+        plans = [st.plan for st in self.states.values() if st.plan.todo]
+        return (max((p.count * p.tile * p.tile for p in plans), default=3 << 20),
+                max((p.tile * p.tile for p in plans), default=1 << 20))
+
+
 def largest_node_cpus(default: float) -> float:
     """CPUs of the biggest alive node (``default`` when Ray's state API is not up)."""
-    import ray
+    import ray  # the driver imports Ray only for the Ray engine (the local one never does)
 
     try:
         nodes = ray.nodes()
@@ -65,7 +89,7 @@ def actor_gpus(requested: float | None, cluster_gpus: float, local: bool) -> flo
 def ray_resources(cfg: SegmentConfig, n_tiles: int, mode: str = "embedded") -> dict:
     """Actor pool size, per-actor CPUs/GPUs and torch threads that leave CPU for reads;
     ``mode`` is ``init_ray``'s (whether the cluster may still grow)."""
-    import ray
+    import ray  # the driver imports Ray only for the Ray engine (the local one never does)
 
 
     res = ray.cluster_resources()
@@ -136,7 +160,7 @@ def actor_block(cfg: SegmentConfig, n_tiles: int, actors: int, bytes_per_tile: i
 def build_dataset(rows, cfg: SegmentConfig, model_uri: str, threshold: float, res: dict):
     """``rows``: a jobs.segmentation.rows.TileRows -- the dataset starts from tile numbers and its
     first stage expands them (the driver never lists every tile's row)."""
-    import ray
+    import ray  # the driver imports Ray only for the Ray engine (the local one never does)
 
 
     pc = cfg.pipeline
@@ -175,12 +199,12 @@ def pipeline_error(err: BaseException) -> str:
     return msg
 
 
-def consume_row(row: dict, states: dict, finish) -> None:
+def consume_row(row: dict, job: PipelineJob) -> None:
     """One tile's summary row (either engine): record or error; finalize the scene when its
     last tile is in."""
-    TIMINGS.setdefault("first_tile", time.perf_counter())
+    job.timings.tile_back()
     sid = row["scene"]
-    st = states[sid]
+    st = job.states[sid]
     st.remaining -= 1
     err = str(row["error"] or "")
     tile = json.loads(row["tile"])
@@ -191,9 +215,9 @@ def consume_row(row: dict, states: dict, finish) -> None:
         st.totals.add(rec["tile"], rec)
         st.computed += 1
     if st.remaining == 0:
-        finish(sid)
-    for progress in PROGRESS:
-        progress.tile(st.remaining == 0)
+        job.finish(sid)
+    if job.timings.progress is not None:
+        job.timings.progress.tile(st.remaining == 0)
 
 
 def local_lanes(cfg: SegmentConfig, device: str, n_tiles: int | None = None) -> tuple[int, int]:
@@ -215,40 +239,75 @@ def local_lanes(cfg: SegmentConfig, device: str, n_tiles: int | None = None) -> 
                             cfg.predict.torch_threads))
 
 
-def run_local(rows, states, cfg, model_uri, threshold, finish, preload=None) -> str:
+def local_device(requested: str) -> str:
+    """``predict.device`` for the local engine: ``auto`` is CUDA when torch sees a GPU."""
+    if requested != "auto":
+        return requested
+    import torch  # heavy: only the local engine resolving device=auto needs it here
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def block_batch(part: list[dict]) -> dict:
+    """A block of tile rows as the column batch the Ray Data stages get."""
+    return {k: np.array([r[k] for r in part], dtype=object) for k in ("scene", "spec", "tile")}
+
+
+def run_one_lane(predictor: PredictWriter, blocks: Iterator[list[dict]],
+                 consume: Callable[[dict], None]) -> None:
+    """One lane (GPU): a reader thread keeps two blocks ahead of the model."""
+    with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="read") as reader:
+        ahead = collections.deque(reader.submit(read_tiles, block_batch(b))
+                                  for b in itertools.islice(blocks, 2))
+        while ahead:
+            batch = ahead.popleft().result()
+            nxt = next(blocks, None)
+            if nxt is not None:
+                ahead.append(reader.submit(read_tiles, block_batch(nxt)))
+            consume(predictor(batch))
+
+
+def run_lanes(predictor: PredictWriter, blocks: Iterator[list[dict]], lanes: int,
+              consume: Callable[[dict], None]) -> None:
+    """``lanes`` threads sharing one model, each reading, predicting and writing its own block."""
+    with cf.ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="lane") as pool:
+        def submit() -> None:
+            b = next(blocks, None)
+            if b is not None:
+                pending.add(pool.submit(predictor, block_batch(b)))
+
+        pending: set[cf.Future] = set()
+        for _ in range(lanes + 1):  # one queued: a lane that finishes starts at once
+            submit()
+        while pending:
+            finished, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for fut in finished:
+                pending.discard(fut)
+                submit()
+                consume(fut.result())
+
+
+def run_local(job: PipelineJob) -> str:
     """The pipeline's stages in this process, no Ray. Returns "" or the error that stopped it.
 
     CPU: ``lanes`` threads share one model; each reads a block, predicts it batch by batch and
     writes each batch itself (torch and GDAL release the GIL, so lanes run in parallel).
     GPU: one lane; a reader thread keeps two blocks ahead and the PredictWriter's writer thread
     stores each batch while the next runs."""
-    import collections
-    import itertools
-
-    import numpy as np
-
-    TIMINGS["ray_ready"] = time.perf_counter()  # "steady" starts when planning ends
+    cfg, rows = job.cfg, job.rows
+    job.timings.ray_ready = time.perf_counter()  # "steady" starts when planning ends
 
     import_model_code()
-
-    plans = [st.plan for st in states.values() if st.plan.todo]
-    tile_bytes = max((p.count * p.tile * p.tile for p in plans), default=3 << 20)
-
-    def as_batch(part: list[dict]) -> dict:
-        return {k: np.array([r[k] for r in part], dtype=object) for k in ("scene", "spec", "tile")}
+    tile_bytes, _ = job.largest_tile()
 
     def consume(out: dict) -> None:
         for i in range(len(out["tile"])):
-            consume_row({k: out[k][i] for k in out}, states, finish)
+            consume_row({k: out[k][i] for k in out}, job)
 
     try:
-        import torch
-
-        device = cfg.predict.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = local_device(cfg.predict.device)
         lanes, threads = local_lanes(cfg, device, len(rows))
-        TIMINGS["actors"] = lanes
+        job.timings.actors = lanes
         # lanes: one model batch per block (no writer thread to overlap; the shortest tail)
         block = (actor_block(cfg, len(rows), lanes, tile_bytes) if lanes == 1
                  or cfg.pipeline.block_tiles else cfg.predict.batch_size)
@@ -258,53 +317,31 @@ def run_local(rows, states, cfg, model_uri, threshold, finish, preload=None) -> 
                  cfg.predict.batch_size)
         # lanes read and write in their own thread; one lane has reader and writer threads
         # the bundle read while planning (jobs.inference.model_preload), else loaded here
-        preloaded = preload.bundle() if preload is not None else None
+        preloaded = job.preload.bundle() if job.preload is not None else None
         # the model is this engine's alone (preloaded or loaded here): the weights may be cast
-        predictor = PredictWriter(preloaded or model_uri, threshold, device, threads,
+        predictor = PredictWriter(preloaded or job.model_uri, job.threshold, device, threads,
                                   cfg.predict.batch_size, write_thread=lanes == 1,
                                   read=lanes > 1, precision=cfg.predict.precision,
                                   own_bundle=True)
         if lanes == 1:
-            with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="read") as reader:
-                ahead = collections.deque(reader.submit(read_tiles, as_batch(b))
-                                          for b in itertools.islice(blocks, 2))
-                while ahead:
-                    batch = ahead.popleft().result()
-                    nxt = next(blocks, None)
-                    if nxt is not None:
-                        ahead.append(reader.submit(read_tiles, as_batch(nxt)))
-                    consume(predictor(batch))
+            run_one_lane(predictor, blocks, consume)
         else:
-            todo = blocks
-            with cf.ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="lane") as pool:
-                def submit() -> None:
-                    b = next(todo, None)
-                    if b is not None:
-                        pending.add(pool.submit(predictor, as_batch(b)))
-
-                pending: set[cf.Future] = set()
-                for _ in range(lanes + 1):  # one queued: a lane that finishes starts at once
-                    submit()
-                while pending:
-                    finished, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-                    for fut in finished:
-                        pending.discard(fut)
-                        submit()
-                        consume(fut.result())
+            run_lanes(predictor, blocks, lanes, consume)
     except Exception as err:  # noqa: BLE001 - e.g. a bundle that cannot load
         return pipeline_error(err)
     finally:
-        TIMINGS["pipeline_done"] = time.perf_counter()
+        job.timings.pipeline_done = time.perf_counter()
     return ""
 
 
-def run_pipeline(rows, states, cfg, model_uri, threshold, finish, output, preload=None) -> str:
+def run_pipeline(job: PipelineJob) -> str:
     """Run the Ray Data pipeline (or the local engine); returns "" or the error that stopped it."""
     if os.environ.get("SAMSP_SEGMENT_KILL_AFTER_TILES"):  # test hook, see segment_pipeline
         os.environ["SAMSP_SEGMENT_DRIVER_PID"] = str(os.getpid())
+    cfg, rows = job.cfg, job.rows
     if cfg.pipeline.engine == "local":
-        return run_local(rows, states, cfg, model_uri, threshold, finish, preload)
-    import ray
+        return run_local(job)
+    import ray  # the Ray engine only: the local engine's driver never imports it
 
     # No dashboard for the embedded cluster: nothing here polls the State API. Its workers
     # inherit this process's environment (AWS_* and all), see init_ray.
@@ -312,7 +349,7 @@ def run_pipeline(rows, states, cfg, model_uri, threshold, finish, output, preloa
     if mode == "cluster":
         # Write tasks run on any node: a local --output (or --model) is only safe on a shared
         # filesystem; on separate machines chunks would land on each worker's own disk.
-        for what, uri in (("--output", output), ("--model", model_uri)):
+        for what, uri in (("--output", job.output), ("--model", job.model_uri)):
             if "://" not in str(uri):
                 log.warning("%s %s is a local path: on a multi-machine cluster every node must "
                             "see it (shared filesystem); use s3:// otherwise", what, uri)
@@ -321,27 +358,25 @@ def run_pipeline(rows, states, cfg, model_uri, threshold, finish, output, preloa
     # are blocks of 7 INFO lines every 10 s
     ctx.enable_progress_bars = False
     res = ray_resources(cfg, len(rows), mode)
-    plans = [st.plan for st in states.values() if st.plan.todo]
-    res["tile_bytes"] = max((p.count * p.tile * p.tile for p in plans), default=3 << 20)
-    res["tile_px"] = max((p.tile * p.tile for p in plans), default=1 << 20)
-    ds = build_dataset(rows, cfg, model_uri, threshold, res)
+    res["tile_bytes"], res["tile_px"] = job.largest_tile()
+    ds = build_dataset(rows, cfg, job.model_uri, job.threshold, res)
     log.info("Ray (%s): %.0f CPU, %.0f GPU; %d tile(s) to compute; %d model actor(s) x "
              "(%.2f CPU, %.2f GPU, %d torch threads), batch %d, blocks of %d; tiles read %s",
              mode, res["cluster_cpus"], res["cluster_gpus"], len(rows), res["actors"],
              res["num_cpus"], res["num_gpus"], res["torch_threads"], cfg.predict.batch_size,
              res["block_tiles"], "in the actors" if res["read_in_actors"] else
              f"by read tasks ({cfg.pipeline.read_cpus:.1f} CPU kept for them)")
-    TIMINGS["ray_ready"] = time.perf_counter()
-    TIMINGS["actors"] = res["actors"]
+    job.timings.ray_ready = time.perf_counter()
+    job.timings.actors = res["actors"]
 
     try:
         with filtered_native_stderr():  # Ray's error-level notice on restartable actors
             for row in ds.iter_rows():
-                consume_row(row, states, finish)
+                consume_row(row, job)
     except Exception as err:  # noqa: BLE001 - e.g. an actor that cannot start
         return pipeline_error(err)
     finally:
-        TIMINGS["pipeline_done"] = time.perf_counter()
+        job.timings.pipeline_done = time.perf_counter()
     if log.isEnabledFor(logging.DEBUG):
         try:
             log.debug("Ray Data stats:\n%s", ds.stats())

@@ -17,12 +17,19 @@ import logging
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 
 import numpy as np
+import rasterio
+from affine import Affine
+from PIL import Image
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
 
 from ingest import MaskWriter, Radiometry, open_scene, storage
 from ingest.crs import crs_label
 from ingest.lowres import read_decimated
+from jobs.segmentation.config import SegmentConfig
 from jobs.segmentation.vectors import write_scene_vectors
 
 log = logging.getLogger("samsp.segment")
@@ -57,7 +64,7 @@ def _put_local_file(local: str, uri: str) -> None:
 
 # --------------------------------------------------------------------------- quicklook
 
-def _decimated_image(scene, out_h: int, out_w: int) -> tuple[np.ndarray, np.ndarray]:
+def decimated_image(scene, out_h: int, out_w: int) -> tuple[np.ndarray, np.ndarray]:
     """``(data[C,out_h,out_w], valid[out_h,out_w])`` without reading the scene whole
     (:func:`ingest.lowres.read_decimated`: overviews for GDAL scenes, else window by window)."""
 
@@ -65,21 +72,15 @@ def _decimated_image(scene, out_h: int, out_w: int) -> tuple[np.ndarray, np.ndar
 
 
 def _decimated_mask(mask_cog: str, out_h: int, out_w: int) -> np.ndarray:
-    import rasterio
-    from rasterio.enums import Resampling
-
-
     with storage.gdal_env(), rasterio.open(storage.gdal_path(mask_cog)) as ds:
         return ds.read(1, out_shape=(out_h, out_w), resampling=Resampling.nearest)
 
 
 def quicklook_png(scene, radiometry, mask_cog: str, max_side: int) -> bytes:
-    from PIL import Image
-
     H, W = scene.height, scene.width
     scale = min(1.0, max_side / max(H, W))
     out_h, out_w = max(1, int(round(H * scale))), max(1, int(round(W * scale)))
-    data, valid = _decimated_image(scene, out_h, out_w)
+    data, valid = decimated_image(scene, out_h, out_w)
     img = radiometry.apply(data, valid)
     if img.shape[0] >= 3:
         rgb = img[:3]
@@ -97,6 +98,15 @@ def quicklook_png(scene, radiometry, mask_cog: str, max_side: int) -> bytes:
 
 # --------------------------------------------------------------------------- finalize
 
+@dataclass(frozen=True)
+class FinalizeContext:
+    """What every scene's finalization in one run shares."""
+
+    cfg: SegmentConfig
+    threshold: float
+    model_uri: str
+
+
 def _to_cog(writer, local: str, which: str, threads) -> None:
 
     with storage.gdal_env():  # GDAL's config is per thread
@@ -112,60 +122,69 @@ def _quicklook(plan, cfg, tmp: str) -> bytes | None:
                          os.path.join(tmp, "mask.tif"), cfg.output.quicklook_size)
 
 
-def finalize_scene(plan, totals, cfg, threshold: float, model_uri: str,
-                   tiles_computed: int, seconds_pipeline: float) -> dict:
-    """Build COGs, quicklook and stats for a fully written scene; returns extra manifest fields.
+def build_rasters(writer, plan, cfg, tmp: str) -> tuple[list[tuple[str, str, bool]], bytes | None]:
+    """The COGs (in ``tmp``) and the quicklook: ``([(name, local path, publish?)], png)``.
 
-    Raises on any failure (the caller marks the scene failed; nothing partial is published,
-    though COGs already moved into place before a later step failed stay -- they are complete).
-    """
+    Both COGs are built locally first and published after: a failure leaves nothing half-done.
+    The prob COG is built in a second thread (GDAL releases the GIL) while the mask COG and the
+    quicklook are made here: the last scene's finalization is on the critical path."""
+    built = []
+    prob_job = None
+    with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cog") as cogs:
+        if cfg.output.prob_cog:
+            local_prob = os.path.join(tmp, "prob.tif")
+            prob_job = cogs.submit(_to_cog, writer, local_prob, "prob", cfg.output.cog_threads)
+        if cfg.output.mask_cog or cfg.output.quicklook_size:
+            local = os.path.join(tmp, "mask.tif")
+            _to_cog(writer, local, "mask", cfg.output.cog_threads)
+            built.append(("mask.tif", local, cfg.output.mask_cog))
+        png = _quicklook(plan, cfg, tmp)
+        if prob_job is not None:
+            prob_job.result()
+            built.append(("prob.tif", local_prob, True))
+    return built, png
 
-    t0 = time.perf_counter()
+
+def publish_rasters(plan, built: list[tuple[str, str, bool]], png: bytes | None) -> list[str]:
+    """Put the built COGs and the quicklook beside the store; returns the names published."""
+    outputs = []
+    for name, local, publish in built:
+        if publish:
+            _put_local_file(local, storage.join(plan.out_dir, name))
+            outputs.append(name)
+    if png is not None:
+        storage.write_bytes(storage.join(plan.out_dir, "quicklook.png"), png)
+        outputs.append("quicklook.png")
+    return outputs
+
+
+def write_outputs(plan, totals, cfg) -> tuple[list[str], dict]:
+    """Every output file but stats.json: ``(names, vectors)`` (``vectors`` as in stats.json)."""
     writer = MaskWriter.open(plan.zarr_uri)
     outputs = ["mask.zarr"]
     with tempfile.TemporaryDirectory(prefix="samsp-finalize-") as tmp, storage.gdal_env():
-        # Build both COGs locally first, then publish them: a failure leaves nothing half-done.
-        # The prob COG is built in a second thread (GDAL releases the GIL) while the mask COG
-        # and the quicklook are made here: the last scene's finalization is on the critical path.
-        built = []
-        prob_job = None
-        with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cog") as cogs:
-            if cfg.output.prob_cog:
-                local_prob = os.path.join(tmp, "prob.tif")
-                prob_job = cogs.submit(_to_cog, writer, local_prob, "prob",
-                                       cfg.output.cog_threads)
-            if cfg.output.mask_cog or cfg.output.quicklook_size:
-                local = os.path.join(tmp, "mask.tif")
-                _to_cog(writer, local, "mask", cfg.output.cog_threads)
-                built.append(("mask.tif", local, cfg.output.mask_cog))
-            png = _quicklook(plan, cfg, tmp)
-            if prob_job is not None:
-                prob_job.result()
-                built.append(("prob.tif", local_prob, True))
-        for name, local, publish in built:
-            if publish:
-                _put_local_file(local, storage.join(plan.out_dir, name))
-                outputs.append(name)
-        if png is not None:
-            storage.write_bytes(storage.join(plan.out_dir, "quicklook.png"), png)
-            outputs.append("quicklook.png")
-
+        built, png = build_rasters(writer, plan, cfg, tmp)
+        outputs.extend(publish_rasters(plan, built, png))
         vectors = write_scene_vectors(writer, plan, cfg, totals.uncertain_tiles())
         outputs.extend(v["file"] for v in vectors.values())
+    return outputs, vectors
 
-    fg, valid = totals.foreground_px, totals.valid_px  # a jobs.segmentation.stats.TileTotals
-    crs = None
-    if plan.crs_wkt:
-        from rasterio.crs import CRS
 
-        crs = CRS.from_wkt(plan.crs_wkt)
-    from affine import Affine
-
+def scene_area(plan) -> tuple[CRS | None, float, str]:
+    """``(crs, pixel area, area units)`` of a planned scene (1 px² when not georeferenced)."""
+    crs = CRS.from_wkt(plan.crs_wkt) if plan.crs_wkt else None
     transform = Affine(*plan.transform[:6]) if plan.transform else Affine.identity()
     area_px = pixel_area(transform) if plan.georeferenced else 1.0
     units = crs_units(crs) if plan.georeferenced else "px"
-    seconds_finalize = time.perf_counter() - t0
-    stats = {
+    return crs, area_px, units
+
+
+def scene_stats(st, run: FinalizeContext, vectors: dict, seconds: dict) -> dict:
+    """stats.json of a finalized scene (``st``: its jobs.segmentation.scene.SceneState)."""
+    plan, totals = st.plan, st.totals
+    fg, valid = totals.foreground_px, totals.valid_px  # a jobs.segmentation.stats.TileTotals
+    crs, area_px, units = scene_area(plan)
+    return {
         "id": plan.id,
         "input": plan.input,
         "height": plan.height,
@@ -177,7 +196,7 @@ def finalize_scene(plan, totals, cfg, threshold: float, model_uri: str,
         "tile": plan.tile,
         "overlap": plan.overlap,
         "tiles": len(plan.tiles),
-        "tiles_computed": tiles_computed,
+        "tiles_computed": st.computed,
         "pixels": plan.pixels,
         "valid_pixels": valid,
         "nodata_pixels": plan.pixels - valid,
@@ -186,8 +205,8 @@ def finalize_scene(plan, totals, cfg, threshold: float, model_uri: str,
         "pixel_area": area_px,
         "area_units": f"{units}^2" if units != "px" else "px",
         "foreground_area": fg * area_px,
-        "threshold": threshold,
-        "model": model_uri,
+        "threshold": run.threshold,
+        "model": run.model_uri,
         "radiometry": plan.radiometry,
         "record": plan.record,  # what this mask was made of (jobs.segmentation.record)
         # exact sums: the same value whatever order the tiles came back in (a resumed run's
@@ -197,9 +216,24 @@ def finalize_scene(plan, totals, cfg, threshold: float, model_uri: str,
         "uncertain_tiles": totals.uncertain_tiles(),
         # {"polygons"|"centerlines": {"file", "format", "features"}} (output.vectors)
         "vectors": vectors,
-        "seconds": {"plan": round(plan.seconds_plan, 3), "pipeline": round(seconds_pipeline, 3),
-                    "finalize": round(seconds_finalize, 3)},
+        "seconds": seconds,
     }
+
+
+def finalize_scene(st, run: FinalizeContext) -> dict:
+    """Build COGs, quicklook and stats for a fully written scene (``st``: its
+    jobs.segmentation.scene.SceneState); returns extra manifest fields.
+
+    Raises on any failure (the caller marks the scene failed; nothing partial is published,
+    though COGs already moved into place before a later step failed stay -- they are complete).
+    """
+    seconds_pipeline = time.perf_counter() - st.t_start
+    t0 = time.perf_counter()
+    plan = st.plan
+    outputs, vectors = write_outputs(plan, st.totals, run.cfg)
+    seconds = {"plan": round(plan.seconds_plan, 3), "pipeline": round(seconds_pipeline, 3),
+               "finalize": round(time.perf_counter() - t0, 3)}
+    stats = scene_stats(st, run, vectors, seconds)
     storage.write_bytes(storage.join(plan.out_dir, "stats.json"),
                         json.dumps(stats, indent=2, sort_keys=True).encode())
     outputs.append("stats.json")

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from ingest import MaskWriter, storage
 from ingest.writer import store_is_ready
+from jobs.runtime.errors import RunChangedError
 
 RECORD_KEY = "samsp_run"
 STAGING = ".recompute"        # a recomputation's outputs, until they replace the old ones
@@ -37,10 +38,6 @@ BUNDLE_FILES = ("bundle.json", "model.safetensors")
 FIELD_NAMES = {"bundle_sha256": "model bundle (sha256)", "threshold": "predict.threshold",
                "radiometry": "radiometry", "bands": "radiometry.bands", "tiling": "tiling",
                "precision": "predict.precision", "input": "input (fingerprint)"}
-
-
-class RunChangedError(Exception):
-    """``pipeline.on_change: fail`` and a scene's existing outputs were made with another record."""
 
 
 # --------------------------------------------------------------------------- the record

@@ -7,7 +7,7 @@ is a plain JSON-able dict handed to every Ray Train worker, so all workers see t
 the same split, and a missing folder or unreadable scene fails before any worker starts.
 
 Workers build ``TrainDataset`` (random augmented crops) and ``ValDataset`` (whole images at native
-resolution; the training loop tiles them like the segment job does) from the plan.
+resolution; validation windows them with ``jobs/inference/sliding_window.py``) from the plan.
 
 Every item loads as ``(image uint8[3,H,W], mask bool[H,W], valid bool[H,W])``.
 """
@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import math
 import os
 from pathlib import PurePosixPath
-from typing import Any
 
 import numpy as np
 
 import ingest
+from ingest.storage import fs_for, join
 from jobs.training.augment import augment
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
@@ -38,38 +37,17 @@ def _is_remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
 
 
-def _fs(uri: str):
-    """(fsspec filesystem, path) for a local path or URI; S3 settings from the AWS environment."""
-    import fsspec
-
-    if uri.startswith("s3://"):
-        opts: dict[str, Any] = {}
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        if endpoint:
-            opts["client_kwargs"] = {"endpoint_url": endpoint}
-        key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
-        if key and secret:
-            opts.update(key=key, secret=secret, token=os.environ.get("AWS_SESSION_TOKEN"))
-        fs, path = fsspec.core.url_to_fs(uri, **opts)
-        return fs, path
-    return fsspec.core.url_to_fs(uri)
-
-
-def _join(root: str, *parts: str) -> str:
-    return "/".join([root.rstrip("/"), *[p.strip("/") for p in parts if p]])
-
-
 def read_bytes(uri: str) -> bytes:
     if not _is_remote(uri):
         with open(uri[7:] if uri.startswith("file://") else uri, "rb") as f:
             return f.read()
-    fs, path = _fs(uri)
+    fs, path = fs_for(uri)
     return fs.cat_file(path)
 
 
 def _list_files(uri: str) -> list[str]:
     """Full URIs/paths of the image files directly inside folder ``uri`` (sorted)."""
-    fs, path = _fs(uri)
+    fs, path = fs_for(uri)
     try:
         if not fs.isdir(path):
             raise DataError(f"data folder not found: {uri}")
@@ -82,7 +60,7 @@ def _list_files(uri: str) -> list[str]:
     for name in names:
         base = PurePosixPath(name).name
         if base.lower().endswith(IMAGE_EXTS) and not base.startswith("."):
-            out.append(_join(uri, base))
+            out.append(join(uri, base))
     return sorted(out)
 
 
@@ -95,12 +73,15 @@ def _abs(uri: str) -> str:
     return os.path.abspath(os.path.expanduser(uri[7:] if uri.startswith("file://") else uri))
 
 
-def _pairs_items(src: dict) -> list[dict]:
+def pairs_items(src: dict) -> list[dict]:
+    """The items of a ``pairs`` source (``PairsData`` as a dict): every image with the mask of
+    the same stem, sorted by image name; ``DataError`` when a folder is missing or empty or an
+    image has no mask."""
     root = _abs(src["root"])
-    images = _list_files(_join(root, src["image_dir"]))
-    masks = _list_files(_join(root, src["mask_dir"]))
+    images = _list_files(join(root, src["image_dir"]))
+    masks = _list_files(join(root, src["mask_dir"]))
     if not images:
-        raise DataError(f"no images ({', '.join(IMAGE_EXTS)}) in {_join(root, src['image_dir'])}")
+        raise DataError(f"no images ({', '.join(IMAGE_EXTS)}) in {join(root, src['image_dir'])}")
     by_stem = {PurePosixPath(m).stem: m for m in masks}
     items, missing = [], []
     for img in images:
@@ -111,8 +92,8 @@ def _pairs_items(src: dict) -> list[dict]:
         else:
             missing.append(stem)
     if missing:
-        raise DataError(f"{len(missing)} image(s) in {_join(root, src['image_dir'])} have no mask "
-                        f"in {_join(root, src['mask_dir'])} (first: {missing[0]!r})")
+        raise DataError(f"{len(missing)} image(s) in {join(root, src['image_dir'])} have no mask "
+                        f"in {join(root, src['mask_dir'])} (first: {missing[0]!r})")
     if src.get("limit"):
         items = items[: src["limit"]]
     return items
@@ -162,7 +143,7 @@ def _synthetic_items(src: dict) -> list[dict]:
 def _source_items(src: dict) -> tuple[list[dict], list[dict]]:
     kind = src["kind"]
     if kind == "pairs":
-        return _pairs_items(src), []
+        return pairs_items(src), []
     if kind == "raster":
         return _raster_items(src)
     if kind == "synthetic":
@@ -403,34 +384,3 @@ class ValDataset:
 
         img, mask, valid = self.loader.load(self.items[i])
         return torch.from_numpy(img), torch.from_numpy(mask), torch.from_numpy(valid)
-
-
-def tile_image(img, mask, valid, crop: int):
-    """Cut ``[3,H,W]`` (and masks) into non-overlapping ``crop`` tiles, padding bottom/right.
-
-    Returns tiles ``[N,3,crop,crop]``, masks/valid ``[N,crop,crop]`` and the grid ``(rows, cols)``.
-    """
-    import torch
-
-    _, h, w = img.shape
-    rows, cols = math.ceil(h / crop), math.ceil(w / crop)
-    ph, pw = rows * crop - h, cols * crop - w
-
-    def pad(t, c):
-        t = t.reshape(c, h, w)
-        if t.dtype == torch.bool:
-            return pad(t.to(torch.uint8), c).bool()
-        t = torch.nn.functional.pad(t, (0, pw, 0, ph))
-        return t.reshape(c, rows, crop, cols, crop).permute(1, 3, 0, 2, 4).reshape(
-            rows * cols, c, crop, crop)
-
-    return pad(img, 3), pad(mask, 1)[:, 0], pad(valid, 1)[:, 0], (rows, cols)
-
-
-def untile(tiles, grid: tuple[int, int], h: int, w: int):
-    """Inverse of ``tile_image`` for ``[N,crop,crop]`` maps -> ``[H,W]``."""
-    rows, cols = grid
-    crop = tiles.shape[-1]
-    full = tiles.reshape(rows, cols, crop, crop).permute(0, 2, 1, 3).reshape(rows * crop,
-                                                                            cols * crop)
-    return full[:h, :w]

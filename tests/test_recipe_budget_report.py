@@ -1,7 +1,7 @@
-"""bench/report_issue17.py: arms chosen on validation, seeds averaged, run records imported."""
+"""bench/recipe_budget_report.py: arms chosen on validation, seeds averaged, run records imported."""
 import json
 
-from bench import report_issue17 as rep
+from bench import recipe_budget_report as rep
 
 
 def _result(arm, seed, dice, val, pooled=0.8, kind="sam"):
@@ -50,5 +50,5 @@ def test_best_arms_are_chosen_on_validation_and_seeds_averaged(tmp_path):
 
 def test_committed_records_rebuild_the_committed_results():
     res, _ = rep.report()
-    committed = json.loads((rep.REPO / "bench" / "results_issue17.json").read_text())
+    committed = json.loads((rep.REPO / "bench" / "results" / "results_recipe_budget.json").read_text())
     assert {k: v for k, v in res.items()} == committed

@@ -1,4 +1,4 @@
-"""bench/ablate.py's report: mean, spread and 95 % t-interval over seeds per arm, the headline
+"""bench/ablation/run.py's report: mean, spread and 95 % t-interval over seeds per arm, the headline
 keys (best prompt type chosen on validation), ABLATION.md and its BENCHMARKS.md section."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def spread(values: list[float]) -> dict:
@@ -102,7 +102,7 @@ def write_md(path: Path, report: dict) -> None:
         lines += [f"- measured training time off the {budget:g} s budget by more than 25 %: "
                   + ", ".join(off) + " (step rates were calibrated back to back before any "
                   "training; other work on the machine and passive OpenMP waits "
-                  "(`bench/run_ablation.sh`) stretch the wall time -- the step counts, fixed "
+                  "(`bench/ablation/run.sh`) stretch the wall time -- the step counts, fixed "
                   "from the calibration, are what is equal between arms)"]
     if any(r.get("data_limit") for rs in report["runs"].values() for r in rs):
         lines += ["- some runs trained on a limited item set (budget < one epoch): see "
@@ -132,12 +132,12 @@ def write_md(path: Path, report: dict) -> None:
 
 def publish(report: dict, md: Path, dataset: str) -> int:
     """The report as a BENCHMARKS.md section (``python -m bench.merge_results`` merges it) and
-    its headline as ``bench/results_ablation_<dataset>.json``; returns how many numbers."""
-    bench = REPO / "bench"
+    its headline as ``bench/results/results_ablation_<dataset>.json``; returns how many numbers."""
+    results = REPO / "bench" / "results"
     text = md.read_text()
     if text.startswith("# "):
         text = "## " + text[2:]
-    (bench / f"ABLATION_{dataset.upper()}_RESULTS.md").write_text(text)
+    (results / f"ABLATION_{dataset.upper()}_RESULTS.md").write_text(text)
     numbers = {k: v for k, v in report["headline"].items() if isinstance(v, (int, float))}
-    (bench / f"results_ablation_{dataset}.json").write_text(json.dumps(numbers, indent=2) + "\n")
+    (results / f"results_ablation_{dataset}.json").write_text(json.dumps(numbers, indent=2) + "\n")
     return len(numbers)

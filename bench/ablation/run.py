@@ -1,13 +1,13 @@
 """SAM-SP ablations on real data with equal wall-clock training budgets per arm.
 
     # the real thing (hours on 2 CPU cores):
-    .venv/bin/python bench/ablate.py --data ../shared/data/deepcrack --budget-s 1800 --seeds 0,1 \\
+    .venv/bin/python bench/ablation/run.py --data ../shared/data/deepcrack --budget-s 1800 --seeds 0,1 \\
         --out out/ablate/deepcrack
     # EPFL roads (fixed train/test split made under --out):
-    .venv/bin/python bench/ablate.py --dataset epfl --data ../shared/data/roads_epfl \\
+    .venv/bin/python bench/ablation/run.py --dataset epfl --data ../shared/data/roads_epfl \\
         --arms single,spsd_box,unet --budget-s 900 --seeds 0,1 --out out/ablate/roads
     # smoke (minutes):
-    .venv/bin/python bench/ablate.py --data ../shared/data/deepcrack --budget-s 20 --seeds 0 \\
+    .venv/bin/python bench/ablation/run.py --data ../shared/data/deepcrack --budget-s 20 --seeds 0 \\
         --arms single,spsd_box,infer_k2,unet --test-limit 6 --val-limit 4 --out out/ablate/smoke
 
 Arms (``--arms``, comma list or ``all``):
@@ -36,7 +36,7 @@ Evaluation (``jobs/evaluate.py`` functions): threshold chosen on the run's valid
 min/max and a 95 % t-interval over seeds. Results: ``<out>/ablation.json`` and
 ``<out>/ABLATION.md``; every run's record under ``<out>/runs/<arm>-s<seed>/`` (a rerun skips
 finished runs, so an interrupted ablation resumes). The in-process training steps (calibration,
-U-Net) are in ``bench/ablate_steps.py``, the report in ``bench/ablate_report.py``.
+U-Net) are in ``bench/ablation/steps.py``, the report in ``bench/ablation/report.py``.
 """
 from __future__ import annotations
 
@@ -52,17 +52,17 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from bench.ablate_report import aggregate, headline, publish, write_md  # noqa: E402
-from bench.ablate_steps import augmented_batches, measure_rate, sam_step_fn, unet_parts  # noqa: E402
+from bench.ablation.report import aggregate, headline, publish, write_md  # noqa: E402
+from bench.ablation.steps import augmented_batches, measure_rate, sam_step_fn, unet_parts  # noqa: E402
 from bench.common import cpu_label
 from bench.common import machine as machine_info
-from jobs import evaluate as ev
+from jobs.evaluation import run as ev
 from jobs.evaluation.data import list_pairs
 from jobs.inference.sliding_window import SlidingWindow, bundle_forward
 from jobs.runtime.config import load_config
@@ -472,8 +472,8 @@ def parse_args(argv=None):
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: aggregate the finished runs of the listed arms/seeds")
     p.add_argument("--publish", action="store_true",
-                   help="also write bench/ABLATION_<DATASET>_RESULTS.md and "
-                        "bench/results_ablation_<dataset>.json (headline) for BENCHMARKS.md")
+                   help="also write bench/results/ABLATION_<DATASET>_RESULTS.md and "
+                        "bench/results/results_ablation_<dataset>.json (headline) for BENCHMARKS.md")
     return p.parse_args(argv)
 
 
@@ -553,7 +553,7 @@ def main(argv=None) -> int:
     arms = aggregate(results)
     report = {
         "smoke": smoke, "date": started, "seconds": round(time.perf_counter() - t0, 1),
-        "command": "python bench/ablate.py " + shlex.join(argv if argv is not None
+        "command": "python bench/ablation/run.py " + shlex.join(argv if argv is not None
                                                            else sys.argv[1:]),
         "machine": f"{info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB, torch "
                    f"{info['torch']}, Python {platform.python_version()}",
@@ -571,7 +571,7 @@ def main(argv=None) -> int:
         + (" (SMOKE: not results)" if smoke else ""))
     if args.publish:
         n = publish(report, ab.out / "ABLATION.md", args.dataset)
-        log(f"published {n} headline number(s) to bench/results_ablation_{args.dataset}.json")
+        log(f"published {n} headline number(s) to bench/results/results_ablation_{args.dataset}.json")
     return 0 if not any("error" in r for rs in results.values() for r in rs) else 1
 
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The ablation schedule behind bench/ABLATION_*_RESULTS.md (issue 7); resumable: finished runs and
+# The ablation schedule behind bench/results/ABLATION_*_RESULTS.md (issue 7); resumable: finished runs and
 # the calibration are reused, so phases can run in separate sittings. BUDGET = training seconds
 # per arm and seed. Usage:
-#   DATA=../shared/data BUDGET=300 [PHASES="calib seed0 roads seed1 report"] bench/run_ablation.sh [out/ablate]
+#   DATA=../shared/data BUDGET=300 [PHASES="calib seed0 roads seed1 report"] bench/ablation/run.sh [out/ablate]
 # calib  every training arm's step rate, measured back to back (same machine conditions)
 # seed0  single pass; K=1 box without distillation; K=1 box/mask/box+mask/points with
 #        self-distillation; trained with K=2 (box + distillation); K=2/K=3 at inference on the
@@ -17,7 +17,7 @@
 #        of the seed0 arms on a quiet machine) optimizer steps for every arm.
 # report aggregate everything finished; publish the BENCHMARKS.md sections and headline numbers
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 DATA=${DATA:-../shared/data}
 BUDGET=${BUDGET:-300}
@@ -30,20 +30,20 @@ RD="--dataset epfl --data $DATA/roads_epfl --budget-s $BUDGET --out $OUT/roads"
 SEED0=single,sp_box,spsd_box,spsd_mask,spsd_boxmask,spsd_points,train_k2,infer_k2,infer_k3,unet
 has() { [[ " $PHASES " == *" $1 "* ]]; }
 if has calib; then
-    $PY bench/ablate.py $DC --arms single,sp_box,spsd_box,spsd_mask,spsd_boxmask,spsd_points,train_k2,unet \
+    $PY bench/ablation/run.py $DC --arms single,sp_box,spsd_box,spsd_mask,spsd_boxmask,spsd_points,train_k2,unet \
         --calib-s 20 --calibrate-only
-    $PY bench/ablate.py $RD --arms single,spsd_box --calib-s 20 --calibrate-only
+    $PY bench/ablation/run.py $RD --arms single,spsd_box --calib-s 20 --calibrate-only
 fi
 if has recipe; then
     RC="--data $DATA/deepcrack --budget-s $BUDGET --seeds 0 --test-limit ${TEST_LIMIT:-80}"
     RC="$RC --steps ${STEPS:-1200}"
     ARMS=${ARMS:-spsd_box,spsd_box_pp,spsd_box_detail,spsd_box_pp_detail,single}
-    $PY bench/ablate.py $RC --out $OUT/recipe --arms $ARMS || true
-    $PY bench/ablate.py $RC --out $OUT/recipe_fp32 --arms spsd_box \
+    $PY bench/ablation/run.py $RC --out $OUT/recipe --arms $ARMS || true
+    $PY bench/ablation/run.py $RC --out $OUT/recipe_fp32 --arms spsd_box \
         --train-set train.precision=fp32 || true
 fi
-has seed0 && { $PY bench/ablate.py $DC --arms $SEED0 --seeds 0 || true; }
-has roads && { $PY bench/ablate.py $RD --arms spsd_box --seeds 0,1 || true; }
+has seed0 && { $PY bench/ablation/run.py $DC --arms $SEED0 --seeds 0 || true; }
+has roads && { $PY bench/ablation/run.py $RD --arms spsd_box --seeds 0,1 || true; }
 if has seed1; then
     BEST=$($PY - "$OUT/deepcrack" <<'PYEOF'
 import json, sys
@@ -56,10 +56,10 @@ PYEOF
     echo "best distilled prompt on validation (seed 0): $BEST"
     SEED1=single,sp_box,spsd_box
     [ "$BEST" != spsd_box ] && SEED1=$SEED1,$BEST
-    $PY bench/ablate.py $DC --arms $SEED1,infer_k2,infer_k3,unet --seeds 1 || true
+    $PY bench/ablation/run.py $DC --arms $SEED1,infer_k2,infer_k3,unet --seeds 1 || true
 fi
 if has report; then
-    $PY bench/ablate.py $DC --arms $SEED0 --seeds 0,1 --report-only --publish
-    $PY bench/ablate.py $RD --arms single,spsd_box --seeds 0,1 --report-only --publish
+    $PY bench/ablation/run.py $DC --arms $SEED0 --seeds 0,1 --report-only --publish
+    $PY bench/ablation/run.py $RD --arms single,spsd_box --seeds 0,1 --report-only --publish
     $PY -m bench.merge_results
 fi

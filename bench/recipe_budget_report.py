@@ -1,14 +1,18 @@
-"""Issue 17's equal-budget arms, from finished ``bench/ablate.py`` runs: tables and headline keys.
+"""The recipe budget study: SAM-SP recipe options (detail branch, promptable pre-training, loss
+options) against single-pass SAM and a U-Net, each trained for an equal wall-clock budget (10 and
+60 minutes) by ``bench/ablation/run.py`` runs (asked for by issue 17); tables and headline
+keys.
 
-    .venv/bin/python -m bench.report_issue17 [--runs out/ablate17]
+    .venv/bin/python -m bench.recipe_budget_report [--runs out/ablate17]
 
-Every finished run is kept as a small record under ``bench/issue17_runs/<study>/<arm>-s<seed>.json``
-(committed, so the tables rebuild without the run folders, which hold the bundles and are not
-committed). ``--runs`` imports the ``result.json`` of runs under ``<runs>/<study>/runs/`` first;
-the studies are ``deepcrack`` and ``roads`` (``bench/ablate.py --budget-s 600``) and
-``deepcrack60`` (``--budget-s 3600``). Writes ``bench/results_issue17.json`` and
-``bench/ISSUE17_RESULTS.md`` (with ``bench/ISSUE17_NOTES.md``, the findings written by hand,
-appended). Seeds are averaged; the seeds run are listed with their spread.
+Every finished run is kept as a small record under
+``bench/results/recipe_budget_runs/<study>/<arm>-s<seed>.json`` (committed, so the tables rebuild
+without the run folders, which hold the bundles and are not committed). ``--runs`` imports the
+``result.json`` of runs under ``<runs>/<study>/runs/`` first; the studies are ``deepcrack`` and
+``roads`` (``bench/ablation/run.py --budget-s 600``) and ``deepcrack60`` (``--budget-s 3600``).
+Writes ``bench/results/results_recipe_budget.json`` and ``bench/results/RECIPE_BUDGET_RESULTS.md`` (with
+``bench/results/RECIPE_BUDGET_NOTES.md``, the findings written by hand, appended). Seeds are
+averaged; the seeds run are listed with their spread.
 """
 from __future__ import annotations
 
@@ -20,8 +24,8 @@ from pathlib import Path
 from bench.common import cpu_label
 
 REPO = Path(__file__).resolve().parents[1]
-NOTES = REPO / "bench" / "ISSUE17_NOTES.md"
-RECORDS = REPO / "bench" / "issue17_runs"
+NOTES = REPO / "bench" / "results" / "RECIPE_BUDGET_NOTES.md"
+RECORDS = REPO / "bench" / "results" / "recipe_budget_runs"
 STUDIES = {"deepcrack": ("DeepCrack test, 10 minutes per arm", 600),
            "roads": ("EPFL roads test, 10 minutes per arm", 600),
            "deepcrack60": ("DeepCrack test, 60 minutes per arm", 3600)}
@@ -98,9 +102,9 @@ def best_by_validation(arms: dict[str, dict]) -> str | None:
 
 
 def headline(deepcrack: dict, roads: dict, deepcrack60: dict) -> dict:
-    """Headline keys. The issue names its 10-minute keys ``dice_deepcrack_{spsd_best,single,unet}``
+    """Headline keys. Issue 17 names the 10-minute keys ``dice_deepcrack_{spsd_best,single,unet}``
     (they supersede the 5-minute figures of the same name); ``i17_10min_*`` are the same numbers
-    under the names the earlier reports used."""
+    under the names the earlier reports used (published in bench/results.json, so kept)."""
     res: dict = {}
     sam = {a: s for a, s in deepcrack.items() if a != "unet" and not a.startswith("single")}
     if sam:
@@ -157,15 +161,16 @@ def report(records: Path = RECORDS) -> tuple[dict, str]:
     """(results JSON, markdown section) from the records."""
     studies = {name: summarise(load_records(records / name)) for name in STUDIES}
     res = headline(studies["deepcrack"], studies["roads"], studies["deepcrack60"])
-    md = ["## Issue 17: equal-budget arms (bench/ablate.py --budget-s 600 / 3600)", "",
+    md = ["## Recipe budget study: equal-budget arms (issue 17; bench/ablation/run.py --budget-s "
+          "600 / 3600)", "",
           "Each arm trains `vit_tiny` from scratch for the optimizer steps its wall-clock budget "
           "buys at its rate calibrated on a quiet 2-core AMD EPYC, where the first runs trained "
           "(`--calib-s 20`; the U-Net in-process); runs on another machine (`trained on`) train "
           "those same step counts, so arms stay comparable across machines and only `train s` "
           "moves. bf16 training, threshold chosen on the validation split, every test image "
           "(DeepCrack 237, EPFL fixed split 16); `±` is half the range over seeds. Commands, "
-          "machines and conditions in the notes below; `python -m bench.report_issue17` rebuilds "
-          "this section from the run records in `bench/issue17_runs/`.", ""]
+          "machines and conditions in the notes below; `python -m bench.recipe_budget_report` rebuilds "
+          "this section from the run records in `bench/results/recipe_budget_runs/`.", ""]
     for name, (title, _) in STUDIES.items():
         if studies[name]:
             md += table(title, studies[name])
@@ -176,8 +181,8 @@ def report(records: Path = RECORDS) -> tuple[dict, str]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", help="an ablate.py output root to import first (<runs>/<study>/runs)")
-    ap.add_argument("--json", default=str(REPO / "bench" / "results_issue17.json"))
-    ap.add_argument("--md", default=str(REPO / "bench" / "ISSUE17_RESULTS.md"))
+    ap.add_argument("--json", default=str(REPO / "bench" / "results" / "results_recipe_budget.json"))
+    ap.add_argument("--md", default=str(REPO / "bench" / "results" / "RECIPE_BUDGET_RESULTS.md"))
     args = ap.parse_args(argv)
     if args.runs:
         print(f"imported {import_runs(Path(args.runs))} run records into {RECORDS}")

@@ -1,13 +1,15 @@
-"""The training steps bench/ablate.py measures and runs in-process: one SAM-SP step exactly as
-jobs/train.py's loop takes it (to calibrate each arm's step rate), the rate measurement itself,
-and the U-Net baseline's model, step and forward."""
+"""The training steps bench/ablation/run.py measures and runs in-process: one SAM-SP step as the
+training job takes it (``jobs/training/step.py``; to calibrate each arm's step rate), the rate
+measurement itself, and the U-Net baseline's model, step and forward."""
 from __future__ import annotations
 
 import time
 
 import numpy as np
 
-from jobs.training.model import build_model, lr_lambda, param_groups, training_loss
+from jobs.training.model import build_model, lr_lambda, param_groups
+from jobs.training.step import apply_gradients, forward_backward, make_optimisation
+from samsp.precision import resolve_precision
 
 # ============================================================================ calibration
 
@@ -27,35 +29,16 @@ def augmented_batches(ds, batch: int, rng: np.random.Generator):
 
 
 def sam_step_fn(cfg):
-    """One training step of jobs/train.py's loop (same model build, loss, optimiser, clipping)."""
-    import torch
-
-    from samsp.precision import autocast, resolve_precision
-    from samsp.preprocess import prepare_batch, prepare_targets
-
+    """One optimisation step of the training job (``jobs/training/step.py``: the same model
+    build, loss, optimiser and clipping), one worker, no accumulation, on the CPU."""
     model = build_model(cfg)
-    size = model.image_size
-    mean = model.sam.pixel_mean.flatten().tolist()
-    std = model.sam.pixel_std.flatten().tolist()
-    opt = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
-                            betas=tuple(cfg.train.betas))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(1000, 10, cfg.train.min_lr_ratio))
-
-    precision = resolve_precision(cfg.train.precision, "cpu")  # as the run will train
+    # The schedule's length does not matter for a rate; the precision is the one the run uses.
+    opt = make_optimisation(cfg, model, "cpu", resolve_precision(cfg.train.precision, "cpu"),
+                            total_steps=1000, warmup_steps=10)
 
     def step(img, mask, valid):
-        x, _ = prepare_batch(img.numpy(), size, mean, std)
-        target, ok = prepare_targets(mask[:, 0].numpy(), size, valid[:, 0].numpy())
-        with autocast(precision, "cpu"):
-            out = model(x, valid=ok)
-        parts = training_loss(cfg, out, target, ok)
-        parts.total.backward()
-        if cfg.train.clip_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                           cfg.train.clip_grad_norm)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        forward_backward(opt, img, mask, valid)
+        apply_gradients(opt)
     return step
 
 
@@ -123,7 +106,7 @@ def unet_parts(args, cfg):
         return model, step
 
     def forward_fn(model):
-        def forward(tiles):
+        def forward(tiles, valid):  # no prompts: nothing to tell the U-Net about validity
             with torch.inference_mode():
                 prob = torch.sigmoid(model(prep(torch.from_numpy(tiles))))[:, 0]
             return prob[None].numpy().astype(np.float32)

@@ -1,0 +1,201 @@
+"""What an input may point at, and what of a URI may be written down.
+
+Inputs named on the command line are the operator's own; hrefs found in a STAC catalog are not:
+a catalog can name an absolute local path, a ``../../..`` path outside itself, an instance
+metadata endpoint or a VRT that reads a private file. :class:`InputPolicy` says which schemes,
+S3 buckets/prefixes, http(s) hosts and local roots an input may reach; :func:`check_uri` applies
+it to a URI, :func:`resolve_href` to an href read from a catalog (relative hrefs must stay
+inside the catalog's own folder). Hosts that resolve to loopback, link-local, private or other
+non-public addresses are refused unless listed by name (tests list ``127.0.0.1``).
+
+:func:`redact_uri` is the one place that decides what of a URI is written to a log or an
+output: no userinfo (``s3://KEY:SECRET@bucket``) and no signature or credential query
+parameters (presigned S3/GCS/Azure URLs). :func:`uri_identity` is what names a scene: the
+redacted URI without the volatile query parameters a re-signed URL changes every night.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import posixpath
+import socket
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from .errors import SceneError
+
+# Query parameters that carry a secret (signature, credential, token) in presigned URLs.
+SECRET_PARAMS = frozenset(p.lower() for p in (
+    "X-Amz-Signature", "X-Amz-Credential", "X-Amz-Security-Token", "Signature", "AWSAccessKeyId",
+    "x-amz-security-token", "X-Goog-Signature", "X-Goog-Credential", "GoogleAccessId", "sig",
+    "token", "access_token", "api_key", "apikey", "key", "password", "secret"))
+# Query parameters that change when the same object is signed again (not part of its identity).
+VOLATILE_PARAMS = SECRET_PARAMS | frozenset(p.lower() for p in (
+    "X-Amz-Date", "X-Amz-Expires", "X-Amz-SignedHeaders", "X-Amz-Algorithm", "Expires",
+    "X-Goog-Date", "X-Goog-Expires", "X-Goog-SignedHeaders", "X-Goog-Algorithm", "se", "st",
+    "sp", "sv", "sr", "spr", "skoid", "sktid", "skt", "ske", "sks", "skv"))
+# GDAL raster drivers an href from a catalog may open as: plain raster formats only. VRT and the
+# XML family can name other files (and so read anything the worker can reach).
+REMOTE_DRIVERS = ("GTiff", "COG", "PNG", "JPEG", "JP2OpenJPEG", "WEBP", "Zarr", "netCDF", "HDF5")
+
+
+class UntrustedInputError(SceneError):
+    """The input points somewhere the input policy does not allow."""
+
+
+@dataclass(frozen=True)
+class InputPolicy:
+    """Where inputs may come from. An empty tuple means "any" for ``s3`` and ``hosts``; local
+    paths are allowed anywhere for inputs given by the operator, and for catalog hrefs only
+    inside the catalog's folder or a listed ``local_roots`` entry."""
+
+    schemes: tuple[str, ...] = ("file", "s3", "http", "https")
+    s3: tuple[str, ...] = ()            # "bucket" or "bucket/prefix"
+    hosts: tuple[str, ...] = ()         # "host" or "host:port"; listed hosts skip address checks
+    local_roots: tuple[str, ...] = ()   # folders catalog hrefs may name
+
+    def allows_scheme(self, scheme: str) -> bool:
+        return scheme in self.schemes
+
+
+def split_scheme(uri: str) -> tuple[str, str]:
+    """``("s3", "bucket/key")``, ``("https", "host/path")``, ``("file", "/abs/path")``; GDAL's
+    ``/vsis3/`` and ``/vsicurl/`` prefixes are read as the schemes they stand for."""
+    if uri.startswith("/vsis3/"):
+        return "s3", uri[len("/vsis3/"):]
+    if uri.startswith("/vsicurl/"):
+        return split_scheme(uri[len("/vsicurl/"):])
+    parts = urlsplit(uri)
+    if parts.scheme and len(parts.scheme) > 1:  # "C:" is a drive, not a scheme
+        return parts.scheme.lower(), uri.split("://", 1)[-1]
+    return "file", uri
+
+
+def check_uri(uri: str, policy: InputPolicy, *, catalog: str | None = None) -> str:
+    """``uri`` when the policy allows it, else :class:`UntrustedInputError` (one line, the URI
+    redacted). ``catalog``: the URI of the catalog the href came from (None: an operator's
+    input), which makes local paths outside the catalog's folder and ``local_roots`` refused."""
+    scheme, rest = split_scheme(uri)
+    shown = redact_uri(uri)
+    if not policy.allows_scheme(scheme):
+        raise UntrustedInputError(f"{shown}: scheme {scheme!r} is not allowed "
+                                  f"(input.allow.schemes: {', '.join(policy.schemes)})")
+    if scheme == "s3":
+        _check_s3(rest, policy, shown)
+    elif scheme in ("http", "https"):
+        _check_host(uri.split("/vsicurl/", 1)[-1], policy, shown)
+    elif scheme == "file" and catalog is not None:
+        _check_local(rest, catalog, policy, shown)
+    return uri
+
+
+def _check_s3(rest: str, policy: InputPolicy, shown: str) -> None:
+    if not policy.s3:
+        return
+    path = rest.strip("/")
+    if not any(path == p.strip("/") or path.startswith(p.strip("/") + "/") for p in policy.s3):
+        raise UntrustedInputError(f"{shown}: S3 location not in input.allow.s3")
+
+
+def _check_host(url: str, policy: InputPolicy, shown: str) -> None:
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    named = {h.lower() for h in policy.hosts}
+    if host in named or (parts.port and f"{host}:{parts.port}" in named):
+        return
+    if policy.hosts:
+        raise UntrustedInputError(f"{shown}: host {host!r} not in input.allow.hosts")
+    for address in resolve_host(host):
+        if not address.is_global:
+            raise UntrustedInputError(
+                f"{shown}: host {host!r} is a non-public address ({address}); "
+                f"list it in input.allow.hosts to allow it")
+
+
+def resolve_host(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """Every address ``host`` resolves to (a literal address is itself); [] when it does not
+    resolve (the read then fails on its own, with its own error)."""
+    try:
+        return [ipaddress.ip_address(host.strip("[]"))]
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError):
+        return []
+    return [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+
+
+def _check_local(path: str, catalog: str, policy: InputPolicy, shown: str) -> None:
+    cat_scheme, cat_rest = split_scheme(catalog)
+    if cat_scheme != "file":
+        raise UntrustedInputError(f"{shown}: a remote catalog may not name a local path")
+    real = os.path.realpath(path)
+    roots = [os.path.dirname(os.path.realpath(cat_rest)), *map(os.path.realpath, policy.local_roots)]
+    if not any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in roots):
+        raise UntrustedInputError(f"{shown}: local path outside the catalog's folder "
+                                  f"and input.allow.local_roots")
+
+
+def resolve_href(href: str, catalog: str, policy: InputPolicy) -> str:
+    """An href read from the catalog at ``catalog``, made absolute against it and checked.
+
+    A relative href must stay inside the catalog's folder (``../`` out of it is refused) and
+    takes the catalog's scheme; an absolute one is checked as it is."""
+    scheme, _ = split_scheme(href)
+    if scheme == "file" and not href.startswith(("/", "file://")) and "://" not in href:
+        base = catalog.rsplit("/", 1)[0] if "/" in catalog else "."
+        joined = posixpath.normpath(posixpath.join(_path_part(base), href))
+        if not (joined + "/").startswith(_path_part(base).rstrip("/") + "/"):
+            raise UntrustedInputError(f"{redact_uri(href)}: relative href leaves the catalog's "
+                                      f"folder")
+        href = _with_path(base, joined)
+    elif href.startswith("file://"):
+        href = href[len("file://"):]
+    return check_uri(href, policy, catalog=catalog)
+
+
+def _path_part(uri: str) -> str:
+    parts = urlsplit(uri)
+    return parts.path if parts.scheme and len(parts.scheme) > 1 else uri
+
+
+def _with_path(base: str, path: str) -> str:
+    parts = urlsplit(base)
+    if parts.scheme and len(parts.scheme) > 1:
+        return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+    return path
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` as it may be logged or stored: without userinfo and without secret query
+    parameters (their names are kept out too, so a log shows nothing was signed)."""
+    if not isinstance(uri, str) or ("@" not in uri and "?" not in uri):
+        return uri
+    prefix = ""
+    for vsi in ("/vsicurl/", "/vsis3/"):
+        if uri.startswith(vsi):
+            prefix, uri = vsi, uri[len(vsi):]
+    parts = urlsplit(uri)
+    if not (parts.scheme and len(parts.scheme) > 1):
+        return prefix + uri
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                       if k.lower() not in SECRET_PARAMS])
+    return prefix + urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def uri_identity(uri: str) -> str:
+    """What names an input across runs: :func:`redact_uri` without volatile query parameters,
+    so the same object signed again tomorrow is the same scene."""
+    clean = redact_uri(uri)
+    if "?" not in clean:
+        return clean
+    parts = urlsplit(clean)
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                       if k.lower() not in VOLATILE_PARAMS])
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
+
+
+__all__ = ["InputPolicy", "UntrustedInputError", "REMOTE_DRIVERS", "check_uri", "resolve_href",
+           "redact_uri", "uri_identity", "resolve_host", "split_scheme"]

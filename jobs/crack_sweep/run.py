@@ -1,0 +1,278 @@
+"""One crack sweep run on the driver (``jobs/sweep.py`` parses the command line and calls ``run``).
+
+The Ray Data stages: ``from_items`` (one row per photo) -> ``read_photos`` (CPU tasks: decode,
+radiometry, tiles) -> the model stage's ``Predictor`` (actor pool) -> ``keep_mask_cores`` (CPU
+tasks). The driver stitches each photo's cores; a complete photo is finalized in a driver thread
+(mask PNG, overlay thumbnail, centre-lines, record). At the end the report covers every record
+under the output."""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ingest import Radiometry, open_scene, storage
+from ingest.tiling import Tile
+from jobs.crack_sweep.config import SweepConfig
+from jobs.crack_sweep.features import write_photo_features, write_sweep_features
+from jobs.crack_sweep.measure import PixelSizes, physical_measurements, remeasure_records
+from jobs.crack_sweep.outputs import photo_record_uri, record_json
+from jobs.crack_sweep.pipeline import crack_measurements, keep_mask_cores, read_photos
+from jobs.crack_sweep.report import mask_png, overlay_thumb, write_report
+from jobs.inference.predictor import Predictor
+from jobs.inputs.expand import expand_inputs
+from jobs.inputs.scene_ids import assign_scene_ids
+from jobs.runtime.config import ConfigError, load_config, new_run_id, output_root
+from jobs.runtime.messages import one_line
+from jobs.runtime.ray_session import init_ray, stop_ray
+from jobs.runtime.records import read_json_records
+from jobs.segmentation.engines import ACTOR_MAX_RESTARTS, ray_resources
+from jobs.segmentation.scene import read_bundle_meta, tile_geometry
+
+log = logging.getLogger("samsp.sweep")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+@dataclass
+class SweepRun:
+    """What every stage of one sweep run shares: its config, model, output and geometry."""
+
+    cfg: SweepConfig
+    sizes: PixelSizes
+    model_uri: str
+    output: str
+    run_id: str
+    inputs: list[str] = field(default_factory=list)
+    threshold: float = 0.5
+    tile: int = 0
+    overlap: int = 0
+    t0: float = field(default_factory=time.perf_counter)
+
+
+# --------------------------------------------------------------------------- records
+
+def read_records(output: str) -> dict[str, dict]:
+
+    return read_json_records(storage.join(output, "records"), lambda rec: rec["id"])
+
+
+class Photo:
+    def __init__(self, sid: str, uri: str):
+        self.id, self.input = sid, uri
+        self.mask: np.ndarray | None = None
+        self.remaining: int | None = None
+        self.errors: list[str] = []
+        self.disagreement: list[float] = []
+        self.spec: dict = {}
+        self.t0 = time.perf_counter()
+
+    def add_tile(self, row: dict) -> bool:
+        """Stitch one tile row (its mask core, or its error) in; True when it was the last."""
+        if self.remaining is None:
+            self.spec = json.loads(row["spec"])
+            self.remaining = int(self.spec["tiles"])
+            if self.spec.get("height"):
+                self.mask = np.full((self.spec["height"], self.spec["width"]), 255, np.uint8)
+        self.remaining -= 1
+        err = str(row["error"] or "")
+        if err:
+            self.errors.append(err)
+        else:
+            t = Tile.from_dict(json.loads(row["tile"]))
+            r0, c0 = int(t.core_window.row_off), int(t.core_window.col_off)
+            core = np.asarray(row["core"])
+            self.mask[r0:r0 + core.shape[0], c0:c0 + core.shape[1]] = core
+            stats = json.loads(row["stats"])
+            self.disagreement.append(float(stats.get("disagreement", 0.0)))
+        return self.remaining == 0
+
+
+def finalize_photo(ph: Photo, job: SweepRun) -> dict:
+
+    cfg, output = job.cfg, job.output
+    mask = ph.mask
+    valid = mask != 255
+    metrics, lines = crack_measurements(mask == 1, valid)
+    mm, source = job.sizes.lookup(ph.id, ph.input)
+    metrics.update(physical_measurements(metrics, [ln.line().length for ln in lines],
+                                         [ln.width_max for ln in lines], mm, source, cfg.measure))
+    write_photo_features(output, ph.id, lines)  # before the record: a done photo has them
+    mask_rel, thumb_rel = f"masks/{ph.id}.png", f"thumbs/{ph.id}.jpg"
+    storage.write_bytes(storage.join(output, mask_rel), mask_png(mask))
+    with storage.gdal_env():
+        scene = open_scene(ph.input, bands=cfg.input.bands, check_empty=False)
+        thumb = overlay_thumb(scene, Radiometry.from_dict(ph.spec["radiometry"]), mask,
+                              cfg.report.thumb_size, ph.spec.get("orientation", 1))
+    storage.write_bytes(storage.join(output, thumb_rel), thumb)
+    rec = {"id": ph.id, "input": ph.input, "status": "ok", "error": "", **metrics,
+           "width": ph.spec["width"], "height": ph.spec["height"], "tiles": ph.spec["tiles"],
+           "orientation": ph.spec.get("orientation", 1),
+           "mean_disagreement": float(np.mean(ph.disagreement)) if ph.disagreement else 0.0,
+           "seconds": round(time.perf_counter() - ph.t0, 3), "mask": mask_rel, "thumb": thumb_rel,
+           "run_id": job.run_id}
+    storage.write_bytes(photo_record_uri(output, ph.id), record_json(rec))  # last
+    return rec
+
+
+def failed_record(ph: Photo, run_id: str) -> dict:
+    msg = ph.errors[0] + (f" (+{len(ph.errors) - 1} more)" if len(ph.errors) > 1 else "")
+    return {"id": ph.id, "input": ph.input, "status": "failed", "error": one_line(msg, 400),
+            "width": ph.spec.get("width") or None, "height": ph.spec.get("height") or None,
+            "seconds": round(time.perf_counter() - ph.t0, 3), "run_id": run_id}
+
+
+# --------------------------------------------------------------------------- run
+
+def prepare(args: argparse.Namespace) -> SweepRun | None:
+    """The run's config, model geometry and photos; None (the error logged) on a usage error."""
+    try:
+        cfg = load_config(SweepConfig, args.config, args.overrides)
+        sizes = PixelSizes(cfg.measure)  # a malformed CSV stops the job before any work
+    except ConfigError as err:
+        log.error("%s", err)
+        return None
+    job = SweepRun(cfg, sizes, args.model, output_root(args.output), new_run_id())
+    try:
+        meta = read_bundle_meta(args.model)
+        job.tile, job.overlap = tile_geometry(cfg, meta.image_size)  # type: ignore[arg-type]
+        # never the sweep's own masks/thumbs/contact sheet (output inside the inputs)
+        job.inputs = expand_inputs(args.input, cfg.input.extensions, exclude=[job.output])
+    except Exception as err:  # noqa: BLE001
+        log.error("%s", one_line(err))
+        return None
+    if not job.inputs:
+        log.error("no photos found in %s", args.input)
+        return None
+    job.threshold = cfg.predict.threshold if cfg.predict.threshold is not None else meta.threshold
+    return job
+
+
+def run(args: argparse.Namespace) -> int:
+    job = prepare(args)
+    if job is None:
+        return EXIT_USAGE
+    inputs, output = job.inputs, job.output
+    previous = read_records(output)
+    ids = assign_scene_ids(inputs, previous)
+    todo = [u for u in inputs if previous.get(ids[u], {}).get("status") != "ok"]
+    log.info("sweep %s: %d photo(s), %d already done, %d to segment (tile %d, overlap %d) -> %s",
+             job.run_id, len(inputs), len(inputs) - len(todo), len(todo), job.tile, job.overlap,
+             output)
+    failed = n_tiles = 0
+    if todo:
+        failed, n_tiles = segment_photos(job, {ids[u]: Photo(ids[u], u) for u in todo})
+    summary = write_sweep_report(job)
+    log.info("sweep %s done in %.1fs: %d photo(s) segmented, %d failed; report %s (%d images, "
+             "%d ok)", job.run_id, time.perf_counter() - job.t0, len(todo) - failed, failed,
+             storage.join(output, "report.html"), summary["images"], summary["ok"])
+
+    stop_ray()
+    print(json.dumps({"run_id": job.run_id, "segmented": len(todo) - failed,
+                      "skipped": len(inputs) - len(todo), "failed": failed, "tiles": n_tiles}),
+          flush=True)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def segment_photos(job: SweepRun, photos: dict[str, Photo]) -> tuple[int, int]:
+    """Run the pipeline over ``photos``, finalizing each as it completes; write a failed record
+    for each that did not. Returns (failed photos, tiles of the ok ones)."""
+    pool = cf.ThreadPoolExecutor(max_workers=job.cfg.pipeline.finalize_workers,
+                                 thread_name_prefix="sweep-finalize")
+    futures: dict[cf.Future, str] = {}
+    error = run_pipeline(job, photos, pool, futures)
+    for fut in cf.as_completed(list(futures)):
+        ph = photos[futures[fut]]
+        try:
+            rec = fut.result()
+            log.debug("photo %s: %d crack px, skeleton %d px, max width %.1f px", ph.id,
+                      rec["crack_px"], rec["skeleton_length_px"], rec["max_width_px"])
+        except Exception as err:  # noqa: BLE001
+            ph.errors.append(f"finalize {type(err).__name__}: {one_line(err, 300)}")
+    pool.shutdown(wait=True)
+    submitted = set(futures.values())
+    failed = n_tiles = 0
+    for ph in photos.values():
+        if ph.id not in submitted and not ph.errors:
+            ph.errors.append(error or "no result came back")
+        if ph.errors:
+            failed += 1
+            rec = failed_record(ph, job.run_id)
+            storage.write_bytes(photo_record_uri(job.output, ph.id), json.dumps(rec).encode())
+            log.error("photo %s: FAILED: %s", ph.id, rec["error"])
+        n_tiles += ph.spec.get("tiles", 0) if not ph.errors else 0
+    return failed, n_tiles
+
+
+def write_sweep_report(job: SweepRun) -> dict:
+    """Report and cracks.parquet over every record under the output; returns the report summary."""
+    cfg, output = job.cfg, job.output
+    # records measured with another pixel size or other classes (an earlier run) are redone
+    records = remeasure_records(output, read_records(output), job.sizes, cfg.measure)
+    summary = write_report(output, list(records.values()), cfg.report.top_n,
+                           {"model": job.model_uri, "threshold": job.threshold,
+                            "run_id": job.run_id},
+                           columns=cfg.report.columns, cell=cfg.report.thumb_size,
+                           class_names=cfg.measure.class_names)
+    write_sweep_features(output, list(records.values()), cfg.measure)
+    return summary
+
+
+def run_pipeline(job: SweepRun, photos: dict[str, Photo], pool: cf.ThreadPoolExecutor,
+                 futures: dict[cf.Future, str]) -> str:
+    """Stream every photo's tiles through Ray Data; each complete photo goes to ``pool``
+    (``futures`` maps its future to the photo id). Returns "" or the error that stopped it."""
+    import ray  # only a run with photos to segment starts (and imports) Ray
+
+    cfg = job.cfg
+    mode = init_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus, include_dashboard=False)
+    ray.data.DataContext.get_current().enable_progress_bars = True
+    res = ray_resources(cfg, len(photos) * 4, mode)
+    log.info("Ray (%s): %d model actor(s) x (%.2f CPU, %.2f GPU, %d torch threads), batch %d",
+             mode, res["actors"], res["num_cpus"], res["num_gpus"], res["torch_threads"],
+             cfg.predict.batch_size)
+    ds = photo_dataset(job, photos, res)
+    try:
+        for row in ds.iter_rows():
+            ph = photos[row["scene"]]
+            if ph.add_tile(row):
+                if ph.errors:
+                    ph.mask = None
+                else:
+                    futures[pool.submit(finalize_photo, ph, job)] = ph.id
+    except Exception as err:  # noqa: BLE001
+        msg = f"pipeline: {type(err).__name__}: {one_line(err, 300)}"
+        log.error("%s", msg)
+        return msg
+    return ""
+
+
+def photo_dataset(job: SweepRun, photos: dict[str, Photo], res: dict):
+    """The Ray Data stages, read -> model actors (sized by ``res``) -> mask cores."""
+    import ray  # only a run with photos to segment starts (and imports) Ray
+
+    cfg, pc = job.cfg, job.cfg.pipeline
+    items = [{"scene": ph.id, "input": ph.input} for ph in photos.values()]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 200)))
+    ds = ds.map_batches(read_photos, batch_size=pc.read_batch_size, num_cpus=pc.read_task_cpus,
+                        batch_format="numpy",
+                        fn_kwargs={"tile": job.tile, "overlap": job.overlap,
+                                   "percentiles": list(cfg.input.percentiles),
+                                   "bands": cfg.input.bands})
+    kwargs = dict(fn_constructor_kwargs={"model_uri": job.model_uri, "threshold": job.threshold,
+                                         "device": cfg.predict.device,
+                                         "torch_threads": res["torch_threads"],
+                                         "precision": cfg.predict.precision},
+                  compute=ray.data.ActorPoolStrategy(size=res["actors"]),
+                  max_restarts=ACTOR_MAX_RESTARTS,
+                  batch_size=cfg.predict.batch_size, num_cpus=res["num_cpus"], batch_format="numpy")
+    if res["num_gpus"] > 0:
+        kwargs["num_gpus"] = res["num_gpus"]
+    ds = ds.map_batches(Predictor, **kwargs)
+    return ds.map_batches(keep_mask_cores, batch_size=16, num_cpus=pc.crop_task_cpus,
+                          batch_format="numpy")

@@ -1,0 +1,294 @@
+"""The training job's driver (``jobs/train.py`` is its command line): pre-flight checks that need
+no Ray, the ``TorchTrainer`` run of ``jobs/training/loop.py``'s worker, the run summary and the
+best checkpoint's bundle export.
+
+Ray is imported inside the functions that start and use it: ``--check`` and the pre-flight
+errors answer without loading it."""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs
+import torch
+from safetensors.torch import load_file
+
+from ingest.storage import fs_for
+from jobs.runtime.ray_session import init_ray, is_local_ray, storage_filesystem, worker_env_vars
+from jobs.training.backend import GpuCheckedTorchConfig
+from jobs.training.config import TrainConfig
+from jobs.training.data import check_item, plan_data
+from jobs.training.loop import train_loop_per_worker
+from jobs.training.model import (META_FILE, MODEL_FILE, STATE_FILE, TrainError, build_model,
+                                 checkpoint_dir, load_model_state)
+from samsp import CheckpointError, save_bundle
+
+log = logging.getLogger("samsp.train")
+
+SUMMARY_FILE = "summary.json"
+
+
+def _git_commit() -> dict:
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=repo, capture_output=True, text=True, timeout=5).stdout.strip()
+        return {"git_commit": sha or None, "git_dirty": bool(dirty)} if sha else {}
+    except (OSError, subprocess.SubprocessError):
+        return {}
+
+
+def _run_dir_uri(cfg: TrainConfig) -> str:
+    sp = cfg.run.storage_path
+    if sp.startswith("s3://"):
+        return sp.rstrip("/") + "/" + cfg.run.name
+    return os.path.join(os.path.abspath(os.path.expanduser(sp)), cfg.run.name)
+
+
+def _ckpt_uri(checkpoint) -> str | None:
+    if checkpoint is None:
+        return None
+    if isinstance(checkpoint.filesystem, pyarrow.fs.S3FileSystem):
+        return "s3://" + checkpoint.path.lstrip("/")
+    return checkpoint.path
+
+
+def _export_uri(cfg: TrainConfig) -> str | None:
+    if cfg.export.uri == "":
+        return None
+    if cfg.export.uri:
+        return cfg.export.uri if "://" in cfg.export.uri else os.path.abspath(cfg.export.uri)
+    return _run_dir_uri(cfg).rstrip("/") + "/bundle"
+
+
+def _check_bucket(uri: str, what: str) -> None:
+    bucket = uri[len("s3://"):].split("/", 1)[0]
+    fs, _ = fs_for(uri)
+    try:
+        ok = fs.exists(bucket)
+    except Exception as err:  # botocore/s3fs errors: credentials, endpoint, network
+        raise TrainError(f"{what} {uri}: cannot reach S3 bucket {bucket!r} "
+                         f"({type(err).__name__}: {err})") from None
+    if not ok:
+        raise TrainError(f"{what} {uri}: S3 bucket {bucket!r} does not exist")
+
+
+def preflight(cfg: TrainConfig) -> dict:
+    """Every check that can fail without Ray; returns the data plan and model facts."""
+    t0 = time.perf_counter()
+    try:
+        model = build_model(cfg)
+    except CheckpointError as err:
+        raise TrainError(f"model.checkpoint: {err}") from None
+    except ValueError as err:
+        raise TrainError(f"model: {err}") from None
+    n_params = sum(p.numel() for p in model.parameters())
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    image_size = model.image_size
+    del model
+    crop = cfg.augment.crop or image_size
+    plan = plan_data(cfg.data.model_dump(mode="json"))
+    check_item(plan, plan["train"][0])
+    check_item(plan, plan["val"][0])
+    if len(plan["train"]) * cfg.train.samples_per_item < cfg.scaling.num_workers:
+        raise TrainError(f"{len(plan['train'])} training items cannot feed "
+                         f"{cfg.scaling.num_workers} workers")
+    for uri, what in ((cfg.run.storage_path, "run.storage_path"), (_export_uri(cfg), "export.uri")):
+        if uri and uri.startswith("s3://"):
+            _check_bucket(uri, what)
+        elif uri and "://" in uri:
+            raise TrainError(f"{what} {uri}: only local paths and s3:// are supported")
+    log.info("pre-flight ok in %.1fs", time.perf_counter() - t0)
+    return {"plan": plan, "params": n_params, "trainable_params": n_train,
+            "image_size": image_size, "crop": crop}
+
+
+def _check_resources(cfg: TrainConfig, mode: str) -> None:
+    import ray  # Ray once the run starts (module docstring)
+
+    need_cpu = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
+    need_gpu = cfg.scaling.num_workers if cfg.scaling.use_gpu else 0
+    have = ray.cluster_resources()
+    short = []
+    if have.get("CPU", 0) < need_cpu:
+        short.append(f"{need_cpu:g} CPU (cluster has {have.get('CPU', 0):g})")
+    if have.get("GPU", 0) < need_gpu:
+        short.append(f"{need_gpu} GPU (cluster has {have.get('GPU', 0):g})")
+    if short:
+        msg = (f"{cfg.scaling.num_workers} workers need " + " and ".join(short)
+               + "; lower scaling.num_workers / cpus_per_worker or set use_gpu: false")
+        if not is_local_ray(mode):  # a cluster may still add the nodes
+            log.warning("%s (waiting for the autoscaler)", msg)
+        else:
+            raise TrainError(msg)
+
+
+def _write_json(uri: str, obj: Any) -> None:
+    fs, path = fs_for(uri)
+    parent = path.rsplit("/", 1)[0]
+    with contextlib.suppress(Exception):
+        fs.makedirs(parent, exist_ok=True)
+    with fs.open(path, "w") as f:
+        f.write(json.dumps(obj, indent=1, default=str))
+
+
+def export_bundle(cfg: TrainConfig, ckpt_dir: str, uri: str, facts: dict, best: dict) -> dict:
+    """Rebuild the model from ``ckpt_dir`` and write a bundle to ``uri`` (local or s3://)."""
+    import ray  # its version goes into the provenance; imported by the run already
+
+    model = build_model(cfg)
+    load_model_state(model, load_file(os.path.join(ckpt_dir, MODEL_FILE)))
+    train_state = torch.load(os.path.join(ckpt_dir, STATE_FILE), map_location="cpu",
+                             weights_only=True)
+    provenance = {
+        "run": cfg.run.name, "run_dir": _run_dir_uri(cfg), "created": _dt.datetime.now(
+            _dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": socket.gethostname(), "best_epoch": best.get("epoch"),
+        "epochs": cfg.train.epochs, "val_metrics": {k: v for k, v in best.items()
+                                                    if k.startswith("val_")},
+        "history": json.loads(train_state["history"]), "data": facts["plan"]["summary"],
+        "config": cfg.model_dump(mode="json"), "base_checkpoint": cfg.model.checkpoint,
+        "finetune": cfg.model.finetune, "trainable_params": facts["trainable_params"],
+        "versions": {"torch": torch.__version__, "ray": ray.__version__},
+        **_git_commit(),
+    }
+    meta = {"threshold": cfg.model.threshold, "band_map": None, "provenance": provenance}
+    if cfg.train.tune_threshold and best.get("val_best_threshold") is not None:
+        # The output threshold the best epoch scored best with on validation; self-prompts keep
+        # the threshold they were trained with.
+        meta.update(threshold=best["val_best_threshold"], prompt_threshold=cfg.model.threshold)
+    model.eval()
+    if "://" not in uri:
+        return save_bundle(model, uri, meta).model_dump(mode="json")
+
+    with tempfile.TemporaryDirectory(prefix="samsp-bundle-") as tmp:
+        written = save_bundle(model, tmp, meta)
+        fs, path = fs_for(uri)
+        # bundle.json last: a folder without it is an unfinished bundle.
+        names = sorted(os.listdir(tmp), key=lambda n: n == "bundle.json")
+        for name in names:
+            fs.put_file(os.path.join(tmp, name), path.rstrip("/") + "/" + name)
+    return written.model_dump(mode="json")
+
+
+def start_ray(cfg: TrainConfig) -> str:
+    """Join the cluster or start the embedded Ray; checks the workers fit. Returns the mode."""
+    need_cpus = math.ceil(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)
+    # Embedded runs are short and local: poll the workers more often than Ray Train's defaults
+    # (2 s health checks, 5 s preemption polls add ~5 s to every launch). Set them to override.
+    fast_polls = {k: v for k, v in (("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"),
+                                    ("RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S", "1"))
+                  if k not in os.environ}
+    mode = init_ray(cfg.run.ray_address, num_cpus=max(os.cpu_count() or 1, need_cpus),
+                    extra_env=fast_polls)
+    _check_resources(cfg, mode)
+    if mode == "cluster" and "://" not in cfg.run.storage_path \
+            and not os.path.isabs(cfg.run.storage_path):
+        log.warning("run.storage_path %r is relative: on a cluster use an absolute shared path "
+                    "or s3://", cfg.run.storage_path)
+    return mode
+
+
+def make_trainer(cfg: TrainConfig, plan: dict, mode: str):
+    """The ``TorchTrainer`` of ``train_loop_per_worker`` for this config."""
+    import ray.train  # Ray once the run starts (module docstring)
+    from ray.train.torch import TorchTrainer
+
+    storage_path, storage_fs = storage_filesystem(cfg.run.storage_path)
+    env = worker_env_vars(mode)
+    run_config = ray.train.RunConfig(
+        name=cfg.run.name, storage_path=storage_path, storage_filesystem=storage_fs,
+        checkpoint_config=ray.train.CheckpointConfig(
+            num_to_keep=cfg.run.num_to_keep, checkpoint_score_attribute="val_dice",
+            checkpoint_score_order="max"),
+        failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+        worker_runtime_env={"env_vars": env} if env else None,
+        logging_config=ray.train.LoggingConfig(log_level=cfg.run.log_level),
+    )
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "plan": plan},
+        torch_config=GpuCheckedTorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker,
+                                  **({"GPU": 1} if cfg.scaling.use_gpu else {})}),
+        run_config=run_config,
+    )
+
+
+def best_checkpoint(result) -> tuple[Any, dict]:
+    """The kept checkpoint with the best val Dice (the later epoch on a tie) and its metrics."""
+    ranked = [(c, m) for c, m in (result.best_checkpoints or []) if "val_dice" in m]
+    if not ranked:
+        return None, {}
+    return max(ranked, key=lambda cm: (cm[1]["val_dice"], cm[1]["epoch"]))
+
+
+def latest_progress(latest) -> tuple[int, list]:
+    """Epochs done and the per-epoch history of the run's latest checkpoint."""
+    if latest is None:
+        return 0, []
+    with checkpoint_dir(latest) as d:
+        with open(os.path.join(d, META_FILE)) as f:
+            done_epochs = int(json.load(f)["epoch"])
+        history = json.loads(torch.load(os.path.join(d, STATE_FILE), map_location="cpu",
+                                        weights_only=True)["history"])
+    return done_epochs, history
+
+
+def run_summary(cfg: TrainConfig, facts: dict, result, fit_s: float) -> tuple[dict, Any, dict]:
+    """The run's summary (bundle not written yet), its best checkpoint and that one's metrics."""
+    best_ckpt, best_metrics = best_checkpoint(result)
+    done_epochs, history = latest_progress(result.checkpoint)
+    summary: dict[str, Any] = {
+        "run": cfg.run.name, "run_dir": _run_dir_uri(cfg), "epochs_done": done_epochs,
+        "epochs": cfg.train.epochs, "complete": done_epochs >= cfg.train.epochs,
+        "fit_s": round(fit_s, 2),
+        "best_epoch": best_metrics.get("epoch"), "best_val_dice": best_metrics.get("val_dice"),
+        "best_checkpoint": _ckpt_uri(best_ckpt), "latest_checkpoint": _ckpt_uri(result.checkpoint),
+        "history": history, "data": facts["plan"]["summary"],
+        "trainable_params": facts["trainable_params"], "params": facts["params"],
+        "bundle": None,
+    }
+    return summary, best_ckpt, best_metrics
+
+
+def run(cfg: TrainConfig) -> dict:
+    """Pre-flight, train (or resume), export; returns the summary (also written to the run dir)."""
+    facts = preflight(cfg)
+    log.info("model %s (%s): %d params, %d trainable; data: %s", cfg.model.type,
+             cfg.model.finetune, facts["params"], facts["trainable_params"],
+             json.dumps(facts["plan"]["summary"]))
+    trainer = make_trainer(cfg, facts["plan"], start_ray(cfg))
+    t0 = time.perf_counter()
+    result = trainer.fit()
+    fit_s = time.perf_counter() - t0
+    if result.error:
+        raise result.error
+    summary, best_ckpt, best_metrics = run_summary(cfg, facts, result, fit_s)
+    export_to = _export_uri(cfg)
+    if best_ckpt is not None and export_to and (summary["complete"]
+                                                or not cfg.export.only_when_complete):
+        with checkpoint_dir(best_ckpt) as d:
+            export_bundle(cfg, d, export_to, facts, best_metrics)
+        summary["bundle"] = export_to
+        log.info("bundle (best epoch %s, val dice %.4f) written to %s", best_metrics.get("epoch"),
+                 best_metrics.get("val_dice", float("nan")), export_to)
+    elif not summary["complete"]:
+        log.info("stopped after epoch %d of %d; relaunch the same run to resume",
+                 summary["epochs_done"], cfg.train.epochs)
+    _write_json(_run_dir_uri(cfg).rstrip("/") + "/" + SUMMARY_FILE, summary)
+    return summary
