@@ -50,7 +50,6 @@ def _proc_status_mb(field: str) -> float:
 def _child_pipeline(scene_path: str, workdir: str) -> dict:
     import numpy as np
 
-
     rss_after_import = _proc_status_mb("VmRSS")
     t0 = time.perf_counter()
     scene = ingest.open_scene(scene_path, require_crs=True)

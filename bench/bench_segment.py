@@ -71,7 +71,6 @@ def make_crack_scene(path: Path, size: int) -> str:
     probabilities), which a random model on a random scene does not."""
     import rasterio.shutil
 
-
     if not path.exists():
         tmp = Path(storage.local_tempdir(prefix="samsp-bench-"))
         try:

@@ -41,7 +41,6 @@ def make_store(uri: str, size: int, seed: int = 0) -> None:
     from affine import Affine
     from scipy import ndimage
 
-
     rng = np.random.default_rng(seed)
     grid = rng.random((size // CELL + 2, size // CELL + 2)).astype(np.float32)
     w = MaskWriter(uri, chunk=CHUNK, height=size, width=size, crs="EPSG:32633",
@@ -74,7 +73,6 @@ def run_whole(store: str, out: str) -> dict:
     import geopandas as gpd
     from rasterio import features
     from shapely.geometry import shape
-
 
     t0 = time.perf_counter()
     w = MaskWriter.open(store, mode="r")

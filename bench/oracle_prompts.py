@@ -114,7 +114,6 @@ def main(argv=None) -> int:
         ap.error("give one --name per --bundle")
     import torch
 
-
     torch.set_num_threads(args.threads)
     items = list_pairs(args.data, "deepcrack_test", limit=args.test_limit)
     rows = {name: measure(uri, items, args.overlap) for name, uri in zip(args.name, args.bundle)}

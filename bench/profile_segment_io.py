@@ -35,7 +35,6 @@ def main(argv=None) -> int:
 
     import rasterio
 
-
     scene = open_scene(args.scene, check_empty=False)
     grid = list(TileGrid(scene.height, scene.width, 256, 32))
     out: dict = {"scene": args.scene, "tiles": len(grid)}

@@ -208,7 +208,6 @@ def geozarr_attrs(crs: CRS | None, transform: Affine, height: int, width: int,
     """GeoZarr ``proj:``/``spatial:`` attributes of a ``[.., y, x]`` grid (see module docstring)."""
     from rasterio.transform import array_bounds
 
-
     conventions = [SPATIAL_CONVENTION]
     attrs: dict[str, Any] = {
         "spatial:dimensions": list(dims),

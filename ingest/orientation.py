@@ -39,7 +39,6 @@ def read_orientation(uri: str) -> int:
     """EXIF orientation of a photo (local or s3://, in the caller's GDAL environment)."""
     import rasterio
 
-
     with rasterio.open(gdal_path(uri)) as ds:
         return orientation_from_tags(ds.tags())
 

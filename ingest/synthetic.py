@@ -56,7 +56,6 @@ def make_geotiff(uri: str | os.PathLike, height: int, width: int, count: int = 3
     import rasterio
     import rasterio.shutil
 
-
     uri = os.fspath(uri)
     workdir = storage.local_tempdir(prefix="samsp-synth-")
     try:

@@ -103,7 +103,7 @@ def test_train_on_a_gpu_node_without_cuda_names_the_cause(tmp_path):
 # --------------------------------------------------------------------------- 2. GPUs not up yet
 
 def test_actor_gpus_kept_on_a_cluster_downgraded_only_locally():
-    from jobs.segmentation.engines import actor_gpus
+    from jobs.inference.actors import actor_gpus
 
     assert actor_gpus(1.0, 0.0, local=False) == 1.0   # autoscaled GPU nodes: not up yet
     assert actor_gpus(0.5, 0.0, local=False) == 0.5
@@ -119,7 +119,7 @@ def test_ray_resources_on_a_cluster_without_gpus_yet(monkeypatch):
 
     from jobs.runtime.config import load_config
     from jobs.segmentation.config import SegmentConfig
-    from jobs.segmentation.engines import ray_resources
+    from jobs.inference.actors import ray_resources
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0})
     cfg = load_config(SegmentConfig, None, ["predict.num_gpus=1", "predict.num_actors=3"])
@@ -147,6 +147,7 @@ def test_model_actor_pool_restarts_dead_actors(ray_local, tmp_path):
     import ray
 
     import jobs.segmentation.engines as segment
+    from jobs.inference.actors import ACTOR_MAX_RESTARTS
     from jobs.segmentation.config import SegmentConfig
 
     seen: dict = {}
@@ -161,7 +162,7 @@ def test_model_actor_pool_restarts_dead_actors(ray_local, tmp_path):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ray.data.Dataset, "map_batches", spy)
         segment.build_dataset(rows, cfg, "unused", 0.5, res)
-    assert seen["PredictWriter"]["max_restarts"] == segment.ACTOR_MAX_RESTARTS > 0
+    assert seen["PredictWriter"]["max_restarts"] == ACTOR_MAX_RESTARTS > 0
     assert seen["PredictWriter"]["num_gpus"] == 1.0
 
 

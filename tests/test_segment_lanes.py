@@ -71,10 +71,10 @@ def test_ray_actors_take_the_idle_cores_when_tiles_are_few(monkeypatch):
 
     from jobs.runtime.config import load_config
     from jobs.segmentation.config import SegmentConfig
-    from jobs.segmentation.engines import ray_resources
+    from jobs.inference.actors import ray_resources
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
-    monkeypatch.setattr("jobs.segmentation.engines.largest_node_cpus", lambda default: 2.0)
+    monkeypatch.setattr("jobs.inference.actors.largest_node_cpus", lambda default: 2.0)
     cfg = load_config(SegmentConfig, None, [])
     one = ray_resources(cfg, 1)
     assert one["actors"] == 1 and one["torch_threads"] == 2 and one["num_cpus"] <= 1.0

@@ -166,13 +166,13 @@ def test_config_defaults_yaml_and_errors():
 
 
 def test_tile_geometry_defaults_to_bundle_size():
-    from jobs.segmentation.scene import tile_geometry
+    from jobs.inference.config import tile_geometry
 
-    assert tile_geometry(SegmentConfig(), 1024) == (1024, 128)
+    assert tile_geometry(SegmentConfig().tiling, 1024) == (1024, 128)
     cfg = load_config(SegmentConfig, None, ["tiling.tile=256", "tiling.overlap=64"])
-    assert tile_geometry(cfg, 1024) == (256, 64)
+    assert tile_geometry(cfg.tiling, 1024) == (256, 64)
     with pytest.raises(ConfigError):
-        tile_geometry(load_config(SegmentConfig, None, ["tiling.overlap=128"]), 128)
+        tile_geometry(load_config(SegmentConfig, None, ["tiling.overlap=128"]).tiling, 128)
 
 
 def test_usage_errors_exit_2(tmp_path, capsys):
@@ -301,7 +301,7 @@ def test_pipeline_stages_in_process(tmp_path):
 def test_actor_pool_sizing_leaves_cpus_for_reads(monkeypatch):
     import ray
 
-    from jobs.segmentation.engines import ray_resources
+    from jobs.inference.actors import ray_resources
 
     def sized(resources, *overrides, tiles=1000):
         monkeypatch.setattr(ray, "cluster_resources", lambda: resources)

@@ -88,28 +88,28 @@ def test_full_mode_checkpoints_everything_and_lr_schedule(tmp_path):
 
 
 def test_storage_and_ray_helpers(monkeypatch, tmp_path):
-    from jobs.runtime import ray_session as ray_utils
+    from jobs.runtime import ray_session
 
-    path, fs = ray_utils.storage_filesystem(str(tmp_path / "x"))
+    path, fs = ray_session.storage_filesystem(str(tmp_path / "x"))
     assert fs is None and os.path.isabs(path)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-    path, fs = ray_utils.storage_filesystem("s3://bucket/runs/")
+    path, fs = ray_session.storage_filesystem("s3://bucket/runs/")
     assert path == "bucket/runs" and type(fs).__name__ == "S3FileSystem"
     with pytest.raises(ValueError, match="only local paths and s3://"):
-        ray_utils.storage_filesystem("gs://b/x")
+        ray_session.storage_filesystem("gs://b/x")
     monkeypatch.setenv("SAMSP_S3_RETRY_MODE", "standard")  # the job's S3 retry policy too
-    env = ray_utils.forwarded_env()
+    env = ray_session.forwarded_env()
     assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9" and "PATH" not in env
     assert env["SAMSP_S3_RETRY_MODE"] == "standard"
-    assert ray_utils.worker_env_vars("existing")["AWS_ACCESS_KEY_ID"] == "k"
-    assert ray_utils.worker_env_vars("cluster") == {} == ray_utils.worker_env_vars("embedded")
+    assert ray_session.worker_env_vars("existing")["AWS_ACCESS_KEY_ID"] == "k"
+    assert ray_session.worker_env_vars("cluster") == {} == ray_session.worker_env_vars("embedded")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    assert ray_utils.resolve_address(None) is None and ray_utils.resolve_address("auto") == "auto"
+    assert ray_session.resolve_address(None) is None and ray_session.resolve_address("auto") == "auto"
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
-    assert ray_utils.resolve_address(None) == "127.0.0.1:6379"
-    assert ray_utils.resolve_address("local") is None
+    assert ray_session.resolve_address(None) == "127.0.0.1:6379"
+    assert ray_session.resolve_address("local") is None
 
 
 def test_embedded_ray_workers_inherit_the_environment_and_reuse_prestarted_workers(tmp_path):

@@ -276,7 +276,6 @@ class Ablation:
             return self.calib[arm_name]
         import torch
 
-
         torch.set_num_threads(self.args.threads)
         arm = self.arms[arm_name]
         cfg = load_cfg(base_overrides(self.args, self.spec, 0)
@@ -389,7 +388,6 @@ class Ablation:
 
     def run_unet(self, name: str, seed: int) -> dict:
         import torch
-
 
         args = self.args
         torch.set_num_threads(args.threads)
@@ -542,7 +540,6 @@ def main(argv=None) -> int:
                     f"steps {rec.get('steps')}, "
                     f"train {rec.get('train_s')}s")
     import platform
-
 
     info = machine_info()
     # Smoke = data subsets (the numbers say nothing about the method). A short budget or a single

@@ -34,7 +34,6 @@ def _with_mm(table, mm, classes):
     """The line table plus its mm columns and width class (nulls without a pixel size)."""
     import pyarrow as pa
 
-
     for name, px in MM_FIELDS:
         values = [None if mm is None else v * mm for v in table[px].to_pylist()]
         table = table.append_column(name, pa.array(values, pa.float64()))
@@ -46,7 +45,6 @@ def _with_mm(table, mm, classes):
 def _image_batches(output: str, records: list[dict], schema, classes):
     import pyarrow as pa
     import pyarrow.parquet as pq
-
 
     for rec in records:
         photo_id = rec["id"]
@@ -66,7 +64,6 @@ def write_sweep_features(output: str, records: list[dict], measure=None) -> int:
     """``cracks.parquet`` of every ok image (sorted by id); returns the number of lines.
     ``measure`` (``MeasureConfig``) names the width classes of the lines."""
     import pyarrow as pa
-
 
     base = centerline_schema()
     at = base.get_field_index("max_width") + 1

@@ -184,7 +184,6 @@ def remeasure_records(output: str, records: dict[str, dict], sizes: PixelSizes,
     are written back; records without a features file are left as they are."""
     import pyarrow.parquet as pq
 
-
     for rid, rec in records.items():
         if rec.get("status") != "ok":
             continue

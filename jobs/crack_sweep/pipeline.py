@@ -97,7 +97,6 @@ def read_photos(batch: dict, tile: int, overlap: int, percentiles=(2.0, 98.0),
     """One input row per photo -> one output row per tile (or one error row per bad photo)."""
     from rasterio.windows import Window
 
-
     ids, uris = list(batch["scene"]), list(batch["input"])
     out = {"scene": [], "spec": [], "tile": [], "image": [], "valid": [], "error": []}
     with storage.gdal_env():

@@ -26,9 +26,9 @@ import math
 import numpy as np
 
 from ingest import storage
+from ingest.lowres import read_decimated
 from ingest.orientation import orient, oriented_shape
 from jobs.crack_sweep.measure import class_columns
-from jobs.segmentation.finalize import decimated_image
 
 OVERLAY = np.array([255, 30, 30], np.float32)
 COLUMNS = ["rank", "id", "input", "status", "crack_px", "crack_fraction", "skeleton_length_px",
@@ -70,11 +70,10 @@ def overlay_thumb(scene, radiometry, mask_u8: np.ndarray, size: int,
     and turned by its EXIF ``orientation`` (the mask is already in that frame)."""
     from PIL import Image
 
-
     H, W = scene.height, scene.width
     scale = min(1.0, size / max(H, W))
     stored_h, stored_w = max(1, int(round(H * scale))), max(1, int(round(W * scale)))
-    data, valid = decimated_image(scene, stored_h, stored_w)
+    data, valid = read_decimated(scene, stored_h, stored_w)
     img = orient(radiometry.apply(data, valid), orientation)
     out_h, out_w = oriented_shape(stored_h, stored_w, orientation)
     rgb = np.repeat(img[:1], 3, axis=0) if img.shape[0] < 3 else img[:3]

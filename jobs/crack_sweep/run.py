@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ingest import Radiometry, open_scene, storage
+from ingest.cog import NODATA
 from ingest.tiling import Tile
 from jobs.crack_sweep.config import SweepConfig
 from jobs.crack_sweep.features import write_photo_features, write_sweep_features
@@ -24,6 +25,9 @@ from jobs.crack_sweep.measure import PixelSizes, physical_measurements, remeasur
 from jobs.crack_sweep.outputs import photo_record_uri, record_json
 from jobs.crack_sweep.pipeline import crack_measurements, keep_mask_cores, read_photos
 from jobs.crack_sweep.report import mask_png, overlay_thumb, write_report
+from jobs.inference.actors import ACTOR_MAX_RESTARTS, ray_resources
+from jobs.inference.bundle_meta import read_bundle_meta
+from jobs.inference.config import tile_geometry
 from jobs.inference.predictor import Predictor
 from jobs.inputs.expand import expand_inputs
 from jobs.inputs.scene_ids import assign_scene_ids
@@ -31,8 +35,6 @@ from jobs.runtime.config import ConfigError, load_config, new_run_id, output_roo
 from jobs.runtime.messages import one_line
 from jobs.runtime.ray_session import init_ray, stop_ray
 from jobs.runtime.records import read_json_records
-from jobs.segmentation.engines import ACTOR_MAX_RESTARTS, ray_resources
-from jobs.segmentation.scene import read_bundle_meta, tile_geometry
 
 log = logging.getLogger("samsp.sweep")
 
@@ -78,7 +80,7 @@ class Photo:
             self.spec = json.loads(row["spec"])
             self.remaining = int(self.spec["tiles"])
             if self.spec.get("height"):
-                self.mask = np.full((self.spec["height"], self.spec["width"]), 255, np.uint8)
+                self.mask = np.full((self.spec["height"], self.spec["width"]), NODATA, np.uint8)
         self.remaining -= 1
         err = str(row["error"] or "")
         if err:
@@ -97,7 +99,7 @@ def finalize_photo(ph: Photo, job: SweepRun) -> dict:
 
     cfg, output = job.cfg, job.output
     mask = ph.mask
-    valid = mask != 255
+    valid = mask != NODATA
     metrics, lines = crack_measurements(mask == 1, valid)
     mm, source = job.sizes.lookup(ph.id, ph.input)
     metrics.update(physical_measurements(metrics, [ln.line().length for ln in lines],
@@ -140,7 +142,7 @@ def prepare(args: argparse.Namespace) -> SweepRun | None:
     job = SweepRun(cfg, sizes, args.model, output_root(args.output), new_run_id())
     try:
         meta = read_bundle_meta(args.model)
-        job.tile, job.overlap = tile_geometry(cfg, meta.image_size)  # type: ignore[arg-type]
+        job.tile, job.overlap = tile_geometry(cfg.tiling, meta.image_size)
         # never the sweep's own masks/thumbs/contact sheet (output inside the inputs)
         job.inputs = expand_inputs(args.input, cfg.input.extensions, exclude=[job.output])
     except Exception as err:  # noqa: BLE001

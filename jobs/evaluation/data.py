@@ -8,14 +8,11 @@ from typing import Sequence
 import numpy as np
 
 from ingest.storage import fs_for
+from jobs.runtime.errors import EvalError
 from jobs.training.config import PAIR_LAYOUTS, PairsData
 from jobs.training.data import DataError, ItemLoader, pairs_items, plan_data
 
 LAYOUTS = ("auto", "deepcrack", "deepcrack_test", "epfl", "custom")
-
-
-class EvalError(ValueError):
-    """Bad arguments, data or bundle (one-line message)."""
 
 
 def _isdir(uri: str) -> bool:
@@ -48,7 +45,6 @@ def list_pairs(root: str, layout: str = "auto", image_dir: str | None = None,
     The same listing (and mask binarisation) as the training job's ``pairs`` source.
     """
     from pydantic import ValidationError
-
 
     if layout == "auto":
         layout = detect_layout(root)

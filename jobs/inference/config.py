@@ -8,6 +8,7 @@ from typing import Literal, Optional
 from pydantic import Field
 
 from jobs.runtime.config import StrictModel
+from jobs.runtime.errors import ConfigError
 
 
 class TilingConfig(StrictModel):
@@ -38,3 +39,12 @@ class PredictConfig(StrictModel):
     # native bf16 (avx512_bf16/AMX, read from the CPU), fp16 on older CUDA cards, else fp32.
     # Pre/post-processing and the self-prompts stay float32; stored weights never change.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
+
+def tile_geometry(tiling: TilingConfig, image_size: int) -> tuple[int, int]:
+    """``(tile, overlap)``: the configured tile or the model's frame, overlap tile/8 by default."""
+    tile = tiling.tile or image_size
+    overlap = tiling.overlap if tiling.overlap is not None else tile // 8
+    if overlap >= tile:
+        raise ConfigError(f"tiling.overlap ({overlap}) must be smaller than the tile ({tile})")
+    return tile, overlap

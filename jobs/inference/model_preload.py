@@ -3,7 +3,7 @@
 Planning is I/O (headers, radiometry samples, resume listings); importing torch and samsp and
 reading the bundle are ~3 s of mostly single-threaded work on a 2-core machine. Done one after the
 other they are a fixed cost every job pays before its first tile -- on a scene of one vit_b tile,
-about as long as the model itself (bench/SINGLE_TILE_RESULTS.md). Here they overlap: a thread
+about as long as the model itself (bench/results/SINGLE_TILE_RESULTS.md). Here they overlap: a thread
 loads the bundle while the driver plans, and the local engine takes the loaded bundle when it
 starts (or waits for the rest of the load).
 

@@ -89,7 +89,6 @@ class Predictor:
         """The uint8 outputs and statistics of one model batch, computed on the device."""
         import torch
 
-
         ok = torch.from_numpy(valid).to(result["prob"].device, non_blocking=False)
         cores = [Tile.from_dict(json.loads(tiles[i])).core_slices for i in idx]
         pu8, mu8, st = encode_tiles(result["prob"], result["prob_first"], ok, cores,

@@ -1,6 +1,6 @@
 """Per-tile outputs computed where the probabilities are: on the GPU.
 
-The numpy path (``segment_pipeline.tile_statistics`` + ``encode_prob``) copies two float32
+The numpy path (``jobs.inference.predictor.tile_statistics`` + ``ingest.writer.prob_to_u8``) copies two float32
 probability maps per tile back to the host and works on them in series with the model, on one
 thread. On CUDA the same outputs are computed on the device instead -- the uint8 probability
 and mask with their nodata, and the tile statistics -- and one copy brings back uint8 arrays and

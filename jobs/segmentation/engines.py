@@ -18,23 +18,18 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from jobs.inference.lanes import actor_threads, cpu_layout
+from jobs.inference.actors import ACTOR_MAX_RESTARTS, ray_resources
+from jobs.inference.lanes import cpu_layout
 from jobs.inference.model_preload import ModelPreload, import_model_code
 from jobs.runtime.logs import filtered_native_stderr
 from jobs.runtime.messages import one_line
-from jobs.runtime.ray_session import init_ray, is_local_ray
+from jobs.runtime.ray_session import init_ray
 from jobs.segmentation.config import SegmentConfig
 from jobs.segmentation.pipeline import PredictWriter, read_tiles
 from jobs.segmentation.rows import TileRows, expand_rows
 from jobs.segmentation.timings import RunTimings
 
 log = logging.getLogger("samsp.segment")
-
-#: Restarts of a model actor whose process died (lost node, or a fatal CUDA error: see
-#: ``jobs.runtime.devices.crash_for_restart``); its block is retried on the new one. Bounded, unlike
-#: Ray Data's default (-1), so a GPU that fails every time ends the job instead of looping.
-ACTOR_MAX_RESTARTS = 8
-
 
 @dataclass
 class PipelineJob:
@@ -55,87 +50,6 @@ class PipelineJob:
         plans = [st.plan for st in self.states.values() if st.plan.todo]
         return (max((p.count * p.tile * p.tile for p in plans), default=3 << 20),
                 max((p.tile * p.tile for p in plans), default=1 << 20))
-
-
-def largest_node_cpus(default: float) -> float:
-    """CPUs of the biggest alive node (``default`` when Ray's state API is not up)."""
-    import ray  # the driver imports Ray only for the Ray engine (the local one never does)
-
-    try:
-        nodes = ray.nodes()
-    except ray.exceptions.RaySystemError:
-        return default
-    return max((float(nd["Resources"].get("CPU", 0)) for nd in nodes if nd.get("Alive")),
-               default=default)
-
-
-def actor_gpus(requested: float | None, cluster_gpus: float, local: bool) -> float:
-    """GPUs per model actor. ``None`` (auto): one when the cluster has a GPU now, else none. An
-    explicit request stands on a cluster that shows no GPU yet: GPU nodes scaled from zero join
-    only once actors ask for them. Only a ``local`` Ray (started by this process: what it has
-    now is all it will ever have) turns the request into CPU actors."""
-    if requested is None:
-        return 1.0 if cluster_gpus >= 1 else 0.0
-    if requested > 0 and cluster_gpus <= 0:
-        if local:
-            log.warning("predict.num_gpus=%s but this local Ray has no GPU: running on CPU",
-                        requested)
-            return 0.0
-        log.info("predict.num_gpus=%s: no GPU in the cluster yet; the model actors wait for "
-                 "the autoscaler to add GPU nodes", requested)
-    return float(requested)
-
-
-def ray_resources(cfg: SegmentConfig, n_tiles: int, mode: str = "embedded") -> dict:
-    """Actor pool size, per-actor CPUs/GPUs and torch threads that leave CPU for reads;
-    ``mode`` is ``init_ray``'s (whether the cluster may still grow)."""
-    import ray  # the driver imports Ray only for the Ray engine (the local one never does)
-
-
-    res = ray.cluster_resources()
-    cpus, gpus = float(res.get("CPU", 0)), float(res.get("GPU", 0))
-    p = cfg.predict
-    num_gpus = actor_gpus(p.num_gpus, gpus, local=is_local_ray(mode))
-    spare = max(cpus - cfg.pipeline.read_cpus, 0.0)
-    batches = max(1, math.ceil(n_tiles / p.batch_size))
-    if num_gpus == 0 and p.num_cpus is None:
-        # CPU-only, auto: one single-threaded actor per CPU (reads/writes are light next to the
-        # model); their logical share is shrunk so `pipeline.read_cpus` stay schedulable for
-        # reads -- actors holding every logical CPU would starve the read tasks (hang).
-        n = p.num_actors or max(1, int(cpus))
-        n = max(1, min(n, batches))
-        actor_cpus = max(0.05, math.floor(100 * (spare if spare > 0 else cpus) / n) / 100)
-        # An actor lives on one node: never ask for more CPUs than the biggest node has
-        # (4 one-CPU nodes, 2 actors -> 1.5 each would be unschedulable and hang).
-        node_cpus = largest_node_cpus(default=cpus)
-        actor_cpus = min(actor_cpus, node_cpus) if node_cpus > 0 else actor_cpus
-        # Fewer batches than CPUs: fewer actors, each with the idle cores as torch threads
-        # (the logical share stays as it is, so reads stay schedulable).
-        threads = actor_threads(cpus, node_cpus, n, p.torch_threads)
-    else:
-        actor_cpus = p.num_cpus if p.num_cpus is not None else 1.0
-        if num_gpus == 0 and actor_cpus > spare:  # tiny cluster: never take the reads' CPUs
-            actor_cpus = max(0.05, round(spare, 2)) if spare > 0 else 0.05
-            log.info("predict.num_cpus lowered to %.2f so %.1f CPU stay free for reads",
-                     actor_cpus, cfg.pipeline.read_cpus)
-        if p.num_actors:
-            n = p.num_actors
-        elif num_gpus > 0:
-            n = max(1, int(gpus // num_gpus))
-        else:
-            n = max(1, int(spare // actor_cpus)) if spare > 0 else 1
-        n = max(1, min(n, batches))
-        if num_gpus == 0 and n * actor_cpus > spare > 0:
-            n = max(1, int(spare // actor_cpus))
-        # torch threads = the actor's CPU share: more threads than reserved CPUs oversubscribe
-        # the cores reads/writes use, and OpenMP barriers then stall (measured here: 2 threads
-        # on a busy 2-core node ran 5x slower than 1). Scale CPU inference with actors.
-        threads = p.torch_threads or max(1, int(actor_cpus))
-    read_cpus_task = getattr(cfg.pipeline, "read_task_cpus", None)
-    if read_cpus_task is not None and abs(actor_cpus - read_cpus_task) < 1e-6 and num_gpus == 0:
-        actor_cpus = round(actor_cpus - 0.01, 2)  # equal resources would let Ray fuse reads into actors
-    return {"actors": n, "num_gpus": num_gpus, "num_cpus": actor_cpus, "torch_threads": threads,
-            "cluster_cpus": cpus, "cluster_gpus": gpus}
 
 
 def auto_batch(bytes_per_tile: int, target: int = 8 << 20) -> int:
@@ -161,7 +75,6 @@ def build_dataset(rows, cfg: SegmentConfig, model_uri: str, threshold: float, re
     """``rows``: a jobs.segmentation.rows.TileRows -- the dataset starts from tile numbers and its
     first stage expands them (the driver never lists every tile's row)."""
     import ray  # the driver imports Ray only for the Ray engine (the local one never does)
-
 
     pc = cfg.pipeline
     read_in_actors = pc.read_in_actors if pc.read_in_actors is not None else res["num_gpus"] == 0
@@ -336,7 +249,7 @@ def run_local(job: PipelineJob) -> str:
 
 def run_pipeline(job: PipelineJob) -> str:
     """Run the Ray Data pipeline (or the local engine); returns "" or the error that stopped it."""
-    if os.environ.get("SAMSP_SEGMENT_KILL_AFTER_TILES"):  # test hook, see segment_pipeline
+    if os.environ.get("SAMSP_SEGMENT_KILL_AFTER_TILES"):  # test hook, see jobs/segmentation/pipeline.py
         os.environ["SAMSP_SEGMENT_DRIVER_PID"] = str(os.getpid())
     cfg, rows = job.cfg, job.rows
     if cfg.pipeline.engine == "local":

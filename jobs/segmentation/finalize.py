@@ -27,6 +27,7 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 
 from ingest import MaskWriter, Radiometry, open_scene, storage
+from ingest.cog import NODATA
 from ingest.crs import crs_label
 from ingest.lowres import read_decimated
 from jobs.segmentation.config import SegmentConfig
@@ -64,13 +65,6 @@ def _put_local_file(local: str, uri: str) -> None:
 
 # --------------------------------------------------------------------------- quicklook
 
-def decimated_image(scene, out_h: int, out_w: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(data[C,out_h,out_w], valid[out_h,out_w])`` without reading the scene whole
-    (:func:`ingest.lowres.read_decimated`: overviews for GDAL scenes, else window by window)."""
-
-    return read_decimated(scene, out_h, out_w)
-
-
 def _decimated_mask(mask_cog: str, out_h: int, out_w: int) -> np.ndarray:
     with storage.gdal_env(), rasterio.open(storage.gdal_path(mask_cog)) as ds:
         return ds.read(1, out_shape=(out_h, out_w), resampling=Resampling.nearest)
@@ -80,7 +74,8 @@ def quicklook_png(scene, radiometry, mask_cog: str, max_side: int) -> bytes:
     H, W = scene.height, scene.width
     scale = min(1.0, max_side / max(H, W))
     out_h, out_w = max(1, int(round(H * scale))), max(1, int(round(W * scale)))
-    data, valid = decimated_image(scene, out_h, out_w)
+    # never the scene whole: overviews for GDAL scenes, else window by window
+    data, valid = read_decimated(scene, out_h, out_w)
     img = radiometry.apply(data, valid)
     if img.shape[0] >= 3:
         rgb = img[:3]
@@ -90,7 +85,7 @@ def quicklook_png(scene, radiometry, mask_cog: str, max_side: int) -> bytes:
     mask = _decimated_mask(mask_cog, out_h, out_w)
     fg = mask == 1
     rgb[fg] = (1 - OVERLAY_ALPHA) * rgb[fg] + OVERLAY_ALPHA * np.asarray(OVERLAY_RGB, np.float32)
-    rgb[~valid | (mask == 255)] *= 0.35  # nodata shown dimmed
+    rgb[~valid | (mask == NODATA)] *= 0.35  # nodata shown dimmed
     buf = io.BytesIO()
     Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8)).save(buf, format="PNG", compress_level=6)
     return buf.getvalue()

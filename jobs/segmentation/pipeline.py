@@ -189,7 +189,6 @@ def write_cores(batch: dict) -> dict:
     batch (a JSON list); returns per-tile summaries (no arrays)."""
     from rasterio.windows import Window
 
-
     specs, tiles = column(batch, "spec"), column(batch, "tile")
     errors = [str(e) for e in column(batch, "error")]
     stats = column(batch, "stats")

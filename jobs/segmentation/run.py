@@ -21,6 +21,8 @@ import time
 
 from ingest import s3_retry, storage
 from ingest.errors import StacSearchError
+from jobs.inference.bundle_meta import read_bundle_meta
+from jobs.inference.config import tile_geometry
 from jobs.inference.model_preload import ModelPreload
 from jobs.inputs.expand import expand_inputs
 from jobs.inputs.scene_ids import assign_scene_ids
@@ -36,8 +38,7 @@ from jobs.segmentation.progress import Progress
 from jobs.segmentation.record import promote
 from jobs.segmentation.report import write_report
 from jobs.segmentation.rows import TileRows, plan_in_parallel
-from jobs.segmentation.scene import (SceneState, plan_scene, read_bundle_meta, scene_records,
-                                     scene_row, scene_tiles, tile_geometry)
+from jobs.segmentation.scene import SceneState, plan_scene, scene_records, scene_row, scene_tiles
 from jobs.segmentation.stac_input import open_stac_input
 from jobs.segmentation.status import StatusBoard
 from jobs.segmentation.timings import RunTimings
@@ -103,7 +104,7 @@ class SegmentRun:
         self.threshold = (cfg.predict.threshold if cfg.predict.threshold is not None
                           else self.meta.threshold)
         try:
-            self.tile, self.overlap = tile_geometry(cfg, self.meta.image_size)
+            self.tile, self.overlap = tile_geometry(cfg.tiling, self.meta.image_size)
         except USAGE_ERRORS as err:
             log.error("%s", one_line(err))
             return EXIT_USAGE

@@ -6,58 +6,14 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import time
-from dataclasses import dataclass
 
 from ingest import MaskWriter, Radiometry, TileGrid, open_scene, storage
-from jobs.runtime.config import ConfigError
 from jobs.segmentation.config import SegmentConfig
 from jobs.segmentation.plan import ScenePlan, is_geospatial_uri, read_tile_records
-from jobs.segmentation.record import (RECORD_KEY, bundle_sha256, choose_store, input_fingerprint,
-                                      run_record)
+from jobs.segmentation.record import (RECORD_KEY, bundle_sha256, choose_store,
+                                      input_fingerprint, run_record)
 from jobs.segmentation.rows import TileRows
 from jobs.segmentation.stats import TileTotals
-
-
-@dataclass(frozen=True)
-class BundleInfo:
-    """What the driver needs from ``bundle.json`` (the actors load and validate the full bundle)."""
-
-    model_type: str
-    image_size: int
-    threshold: float
-    band_map: tuple | None = None  # 0-based bands the model uses as R, G, B (None: samsp default)
-
-
-def read_bundle_meta(uri: str) -> BundleInfo:
-    """Read ``bundle.json`` only (with the Ray engine the driver never loads the weights, nor
-    even imports torch: ~0.5 GB of driver RSS and seconds of start-up; ``samsp.load_bundle`` in
-    each actor does the full validation. The local engine loads them in this process, in
-    jobs/inference/model_preload.py)."""
-
-    meta_uri = uri.rstrip("/") + "/bundle.json"
-    try:
-        raw = storage.read_bytes(meta_uri)
-    except FileNotFoundError:
-        raise ValueError(f"no model bundle at {uri}: bundle.json is missing") from None
-    try:
-        meta = json.loads(raw)
-        info = BundleInfo(model_type=str(meta["model_type"]), image_size=int(meta["image_size"]),
-                          threshold=float(meta.get("threshold", 0.5)),
-                          band_map=tuple(int(b) for b in meta["band_map"]) if meta.get("band_map") else None)
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"invalid bundle.json in {uri}: {type(err).__name__}: {err}") from None
-    if info.image_size <= 0 or not 0 < info.threshold < 1:
-        raise ValueError(f"invalid bundle.json in {uri}: image_size {info.image_size}, "
-                         f"threshold {info.threshold}")
-    return info
-
-
-def tile_geometry(cfg: SegmentConfig, image_size: int) -> tuple[int, int]:
-    tile = cfg.tiling.tile or image_size
-    overlap = cfg.tiling.overlap if cfg.tiling.overlap is not None else tile // 8
-    if overlap >= tile:
-        raise ConfigError(f"tiling.overlap ({overlap}) must be smaller than the tile ({tile})")
-    return tile, overlap
 
 
 def plan_scene(sid: str, uri: str, output: str, cfg: SegmentConfig, tile: int, overlap: int,
@@ -68,7 +24,6 @@ def plan_scene(sid: str, uri: str, output: str, cfg: SegmentConfig, tile: int, o
     same record; otherwise (or with ``force``) it is recomputed into a fresh store beside the
     old outputs (``plan.replaces``), or fails (``pipeline.on_change: fail``)."""
     import numpy as np
-
 
     t0 = time.perf_counter()
     plan = ScenePlan(id=sid, input=uri, out_dir=storage.join(output, sid), record=record or {})

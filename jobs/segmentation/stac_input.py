@@ -82,7 +82,6 @@ def last_window_end(output: str) -> dt.datetime | None:
     """Where the last successful since-last-run window ended (None: no run recorded yet)."""
     import pystac
 
-
     uri = window_uri(output)
     if not storage.exists(uri):
         return None

@@ -42,7 +42,6 @@ def write_scene_item(plan, stats: dict, outputs: list[str], model_uri: str,
     from affine import Affine
     from rasterio.crs import CRS
 
-
     live_dir = plan.replaces or plan.out_dir  # a promoted recomputation lives in the old place
     scene = SceneResult(
         id=plan.id, out_dir=live_dir, height=plan.height, width=plan.width,

@@ -23,7 +23,7 @@ PAIR_LAYOUTS: dict[str, tuple[str, str, int]] = {
 }
 
 
-class RunSection(StrictModel):
+class TrainRunConfig(StrictModel):
     # Run name: checkpoints live under <storage_path>/<name>/. Relaunching the same name and
     # storage path resumes from the run's latest checkpoint.
     name: str = Field(default="samsp-train", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
@@ -41,7 +41,7 @@ class RunSection(StrictModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
 
-class ModelSection(StrictModel):
+class ModelConfig(StrictModel):
     # vit_b | vit_l | vit_h (official layouts) | vit_tiny (256 px) | vit_micro (128 px, tests).
     type: str = "vit_micro"
     # Base weights: local path or fsspec URI (s3://...); None = random init (use finetune: full).
@@ -75,7 +75,7 @@ class ModelSection(StrictModel):
         return self
 
 
-class LossSection(StrictModel):
+class LossConfig(StrictModel):
     # Weight of the self-distillation term (final pass -> earlier passes); 0 disables it.
     distill_weight: float = Field(default=0.5, ge=0)
     # Softening temperature of the distillation target.
@@ -157,24 +157,24 @@ class SyntheticData(StrictModel):
 DataSource = Annotated[Union[PairsData, RasterData, SyntheticData], Field(discriminator="kind")]
 
 
-class SplitSection(StrictModel):
+class SplitConfig(StrictModel):
     # Fraction of items held out for validation (deterministic: seeded shuffle of sorted keys).
     val_fraction: float = Field(default=0.15, gt=0, lt=1)
     seed: int = 0
 
 
-class DataSection(StrictModel):
+class DataConfig(StrictModel):
     source: DataSource = Field(default_factory=lambda: SyntheticData())
     # Optional separate validation source (then split.val_fraction is ignored).
     val_source: Optional[DataSource] = None
-    split: SplitSection = Field(default_factory=SplitSection)
+    split: SplitConfig = Field(default_factory=SplitConfig)
     # Keep decoded items in worker memory after first use (small sets, remote data).
     cache: bool = True
     # DataLoader worker processes per training worker (0 = load in the training process).
     loader_workers: int = Field(default=0, ge=0)
 
 
-class AugmentSection(StrictModel):
+class AugmentConfig(StrictModel):
     # Training crop side (px) fed to the model (None = model image size). Validation uses the
     # same side, tiling each image like the segment job does.
     crop: Optional[int] = Field(default=None, ge=32)
@@ -200,7 +200,7 @@ class AugmentSection(StrictModel):
         return v
 
 
-class TrainSection(StrictModel):
+class OptimisationConfig(StrictModel):
     epochs: int = Field(default=4, ge=1)
     # Per-worker batch size (global batch = batch_size * num_workers * grad_accum).
     batch_size: int = Field(default=4, ge=1)
@@ -237,14 +237,13 @@ class TrainSection(StrictModel):
     # Log training progress every N optimizer steps (rank 0); 0 = epoch summaries only.
     log_every: int = Field(default=10, ge=0)
 
-
     @model_validator(mode="before")
     @classmethod
     def _replaced_fields(cls, data):
         return refuse_replaced(data, {"bf16": "train.precision (auto | fp32 | bf16 | fp16)"})
 
 
-class ScalingSection(StrictModel):
+class WorkersConfig(StrictModel):
     num_workers: int = Field(default=2, ge=1)
     use_gpu: bool = False
     # CPUs reserved per training worker.
@@ -253,7 +252,7 @@ class ScalingSection(StrictModel):
     torch_threads: int = Field(default=0, ge=0)
 
 
-class ExportSection(StrictModel):
+class ExportConfig(StrictModel):
     # Where the best checkpoint's bundle goes (local dir or s3://); None =
     # <storage_path>/<run name>/bundle. "" disables the export.
     uri: Optional[str] = None
@@ -262,14 +261,14 @@ class ExportSection(StrictModel):
 
 
 class TrainConfig(StrictModel):
-    run: RunSection = Field(default_factory=RunSection)
-    model: ModelSection = Field(default_factory=ModelSection)
-    loss: LossSection = Field(default_factory=LossSection)
-    data: DataSection = Field(default_factory=DataSection)
-    augment: AugmentSection = Field(default_factory=AugmentSection)
-    train: TrainSection = Field(default_factory=TrainSection)
-    scaling: ScalingSection = Field(default_factory=ScalingSection)
-    export: ExportSection = Field(default_factory=ExportSection)
+    run: TrainRunConfig = Field(default_factory=TrainRunConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    train: OptimisationConfig = Field(default_factory=OptimisationConfig)
+    scaling: WorkersConfig = Field(default_factory=WorkersConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
 
     @model_validator(mode="after")
     def _pretraining_needs_a_prompted_pass(self):

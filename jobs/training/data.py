@@ -22,13 +22,10 @@ import numpy as np
 
 import ingest
 from ingest.storage import fs_for, join
+from jobs.runtime.errors import DataError
 from jobs.training.augment import augment
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
-
-
-class DataError(ValueError):
-    """Training data that is missing, empty or inconsistent (one-line message)."""
 
 
 # ----------------------------------------------------------------------------- storage helpers

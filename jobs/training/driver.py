@@ -29,8 +29,8 @@ from jobs.training.backend import GpuCheckedTorchConfig
 from jobs.training.config import TrainConfig
 from jobs.training.data import check_item, plan_data
 from jobs.training.loop import train_loop_per_worker
-from jobs.training.model import (META_FILE, MODEL_FILE, STATE_FILE, TrainError, build_model,
-                                 checkpoint_dir, load_model_state)
+from jobs.training.model import (META_FILE, MODEL_FILE, STATE_FILE, TrainError,
+                                 build_model, checkpoint_dir, load_model_state)
 from samsp import CheckpointError, save_bundle
 
 log = logging.getLogger("samsp.train")

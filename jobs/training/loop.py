@@ -24,13 +24,15 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from jobs.training.config import TrainConfig
 from jobs.training.data import TrainDataset, ValDataset
-from jobs.training.model import (META_FILE, MODEL_FILE, STATE_FILE, build_model, checkpoint_dir,
-                                 checkpoint_state, load_model_state, saves_full_state,
-                                 weights_fingerprint)
-from jobs.training.step import (Optimisation, accumulation_group_size, apply_gradients,
-                                forward_backward, make_optimisation, pretraining_prompt_seed)
-from jobs.training.validation import (THRESHOLD_SWEEP, all_reduce_sum, train_loss_means,
-                                      val_scores, validate, validation_window)
+from jobs.training.model import (META_FILE, MODEL_FILE, STATE_FILE, build_model,
+                                 checkpoint_dir, checkpoint_state, load_model_state,
+                                 saves_full_state, weights_fingerprint)
+from jobs.training.step import (Optimisation, accumulation_group_size,
+                                apply_gradients, forward_backward, make_optimisation,
+                                pretraining_prompt_seed)
+from jobs.training.validation import (THRESHOLD_SWEEP, all_reduce_sum,
+                                      train_loss_means, val_scores, validate,
+                                      validation_window)
 from samsp.precision import resolve_precision
 
 

@@ -8,17 +8,13 @@ import hashlib
 import math
 import tempfile
 
+from jobs.runtime.errors import TrainError
 from jobs.training.config import TrainConfig
 
 # Files of one training checkpoint.
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.pt"
 META_FILE = "checkpoint.json"
-
-
-class TrainError(RuntimeError):
-    """A problem found before training starts, or a checkpoint that does not fit the model
-    (one-line message)."""
 
 
 def build_model(cfg: TrainConfig):

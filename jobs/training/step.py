@@ -1,5 +1,5 @@
 """One optimisation step of SAM-SP training, shared by the Ray Train worker loop
-(``jobs/training/loop.py``) and the benchmarks that time it (``bench/ablate_steps.py``):
+(``jobs/training/loop.py``) and the benchmarks that time it (``bench/ablation/steps.py``):
 the optimiser and its schedule, a micro-batch's forward, loss and backward (gradient accumulation,
 promptable pre-training prompts) and the step that applies the accumulated gradient."""
 from __future__ import annotations
