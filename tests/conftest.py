@@ -52,3 +52,16 @@ def ray_local():
                    runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
     yield ctx
     ray.shutdown()
+
+
+def save_random_bundle(path, model_type: str = "vit_tiny", iterations: int = 1,
+                       threshold: float = 0.5) -> str:
+    """A SAM-SP bundle with random weights (seed 0) at ``path``: no real weights exist here."""
+    import torch  # only the tests that build models pay for torch
+
+    from samsp import SamSP, build_sam, save_bundle
+
+    torch.manual_seed(0)
+    model = SamSP(build_sam(model_type), iterations=iterations, prompt="box")
+    save_bundle(model, str(path), {"threshold": threshold})
+    return str(path)

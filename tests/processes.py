@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 
 
@@ -35,3 +36,13 @@ def kill_session(sid: int, rounds: int = 5, pause: float = 0.2) -> None:
             except ProcessLookupError:
                 pass
         time.sleep(pause)
+
+
+def stop_process(proc, timeout: float = 10) -> None:
+    """Kill a ``subprocess.Popen`` started in its own session, with everything it started, and
+    reap it (a process that will not die within ``timeout`` is left to the OS)."""
+    kill_session(proc.pid)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass

@@ -45,7 +45,7 @@ from jobs.runtime.ports import free_port
 
 # vit_micro tiles (128 px, segment's default overlap tile // 8), the same tiny bundle and the same
 # tile-by-tile reference as the single-node segment tests
-from tests.processes import kill_session, session_pids
+from tests.processes import session_pids, stop_process
 from tests.test_segment import OVERLAP, TILE, make_bundle
 from tests.test_segment import reference as segment_reference
 
@@ -85,11 +85,7 @@ class Node:
         return any(needle in _cmdline(pid) for pid in session_pids(self.proc.pid))
 
     def kill(self) -> None:
-        kill_session(self.proc.pid)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
+        stop_process(self.proc)
 
 
 class LoopbackCluster:
@@ -232,11 +228,7 @@ class Driver:
                         + self.output()[-4000:])
 
     def close(self) -> None:
-        kill_session(self.proc.pid)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
+        stop_process(self.proc)
 
 
 def kill_node_hosting(cluster: LoopbackCluster, needles: list[str], deadline: float):

@@ -8,15 +8,12 @@ import torch
 from samsp import SamSP, build_sam, save_bundle
 from samsp import precision as prec
 from samsp.predict import TilePredictor
+from tests.conftest import save_random_bundle
 
 
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    model = SamSP(build_sam("vit_tiny"), iterations=1, prompt="box")
-    path = tmp_path_factory.mktemp("bundle") / "tiny"
-    save_bundle(model, str(path), {"threshold": 0.5})
-    return str(path)
+    return save_random_bundle(tmp_path_factory.mktemp("bundle") / "tiny", "vit_tiny", iterations=1)
 
 
 @pytest.fixture

@@ -5,17 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from samsp import SamSP, build_sam, save_bundle
 from samsp.predict import TilePredictor
+from tests.conftest import save_random_bundle
 
 
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    model = SamSP(build_sam("vit_micro"), iterations=2, prompt="box")
-    path = tmp_path_factory.mktemp("bundle") / "micro"
-    save_bundle(model, str(path), {"threshold": 0.5})
-    return str(path)
+    return save_random_bundle(tmp_path_factory.mktemp("bundle") / "micro", "vit_micro", iterations=2)
 
 
 @pytest.mark.parametrize("bands", [1, 3, 4])

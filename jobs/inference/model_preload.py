@@ -51,6 +51,7 @@ class ModelPreload:
     def _load(self) -> None:
         try:
             import_model_code()
+            # samsp imports torch: in this loading thread, beside planning
             from samsp import load_bundle
 
             self._bundle = load_bundle(self.uri)

@@ -60,6 +60,8 @@ class Predictor:
             # every parallel region (see jobs/inference/model_preload.py import_model_code); only works
             # before torch is first imported in this worker
             os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        # torch and samsp load here, in the actor: the driver that builds the pipeline never
+        # imports them (and OMP_WAIT_POLICY above must be set before the first torch import)
         import torch
 
         from samsp.gpu import HalvingBatches
@@ -87,7 +89,7 @@ class Predictor:
 
     def _encode_on_gpu(self, result, valid, idx, tiles, prob_out, mask_out, stats) -> None:
         """The uint8 outputs and statistics of one model batch, computed on the device."""
-        import torch
+        import torch  # torch loads in the actor; the driver never imports it
 
         ok = torch.from_numpy(valid).to(result["prob"].device, non_blocking=False)
         cores = [Tile.from_dict(json.loads(tiles[i])).core_slices for i in idx]
@@ -100,6 +102,7 @@ class Predictor:
     def predict(self, batch: dict) -> dict:
         """One model call over ``batch`` (tiles of other band counts are run in their own group);
         adds ``prob``/``mask``/``stats``/``predict_s``, drops ``image``/``valid``."""
+        # torch loads in the actor; the driver never imports it
         from samsp.gpu import is_fatal_cuda_error
 
         tiles, errors = column(batch, "tile"), [str(e) for e in column(batch, "error")]

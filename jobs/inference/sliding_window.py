@@ -32,6 +32,7 @@ def samsp_forward(model, image_size: int, pixel_mean: Sequence[float],
     # torch and samsp on first use: the evaluation CLI answers --help and bad arguments without.
     import torch
 
+    # samsp imports torch: only once a forward is built
     from samsp.precision import autocast, resolve_precision
     from samsp.preprocess import model_inputs, pass_probabilities
 

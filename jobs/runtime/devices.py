@@ -50,6 +50,7 @@ def worker_device(requested: str = "auto") -> str:
     if ids:
         if requested == "cpu":
             return "cpu"
+        # samsp imports torch: only on a worker checking its device
         from samsp.gpu import require_cuda
 
         require_cuda(ids)

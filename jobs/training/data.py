@@ -319,6 +319,7 @@ class ItemLoader:
     def _load_raster(self, item):
         from rasterio.windows import Window
 
+        # samsp imports torch: the driver checks data without it
         from samsp.preprocess import to_three_bands
 
         scene, label, radiometry = self._scene(item["scene"])

@@ -19,6 +19,7 @@ META_FILE = "checkpoint.json"
 
 def build_model(cfg: TrainConfig):
     """``SamSP`` for the config, fine-tune mode applied (requires_grad set). CPU, train mode."""
+    # samsp imports torch: the driver reads this module's names only
     from samsp import SamSP, build_sam, configure_finetune
     from samsp.detail import detail_branch_for
     from samsp.model import logit_of
@@ -118,7 +119,7 @@ def param_groups(model, weight_decay: float):
 
 def training_loss(cfg: TrainConfig, out, target, valid):
     """The configured objective (``loss.*``) of one forward's output."""
-    from samsp import samsp_loss
+    from samsp import samsp_loss  # samsp imports torch: the driver reads this module's names only
 
     c = cfg.loss
     return samsp_loss(out, target, distill_weight=c.distill_weight, temperature=c.temperature,
