@@ -7,15 +7,18 @@ manifest row as ``f"{type(exc).__name__}: {exc}"``.
 from __future__ import annotations
 
 
+def one_line(message: object, limit: int = 500) -> str:
+    """``message`` on one line (white space folded), cut to ``limit`` characters with ``...``:
+    GDAL/S3 messages can be multi-line XML."""
+    text = " ".join(str(message).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class SceneError(Exception):
     """Base class: the scene cannot be used."""
 
     def __init__(self, message: str):
-        # One line, bounded length: GDAL/S3 messages can be multi-line XML.
-        line = " ".join(str(message).split())
-        if len(line) > 400:
-            line = line[:397] + "..."
-        super().__init__(line)
+        super().__init__(one_line(message, 400))
 
 
 class MissingSceneError(SceneError, FileNotFoundError):
@@ -42,6 +45,11 @@ class S3AccessError(SceneError, PermissionError):
 
 class NoCRSError(SceneError):
     """A georeferenced input was required but the scene has no CRS/geotransform."""
+
+
+class SceneTooLargeError(SceneError):
+    """The header declares more pixels than the job allows (a decompression bomb, or a header
+    that lies): refused before any pixel is read."""
 
 
 class EmptySceneError(SceneError):

@@ -27,10 +27,12 @@ from rasterio.windows import Window
 
 from . import storage
 from .crs import crs_code
-from .errors import BandError, EmptySceneError, MissingSceneError, NoCRSError
+from .errors import (BandError, EmptySceneError, MissingSceneError, NoCRSError,
+                     SceneTooLargeError)
 from .lowres import lowres_shape, read_decimated
 from .scene_sources import GdalSource, ZarrSource, is_s3_zarr_prefix, looks_like_zarr
 from .tiling import window_bounds
+from .trust import redact_uri
 
 #: default bound on the pixels (per band) read to check emptiness and fit the radiometry.
 DEFAULT_SAMPLE_PIXELS = 1 << 22  # 4.2 Mpx: a 2048x2048 scene is read whole; larger ones sampled
@@ -258,14 +260,17 @@ def _representable(value: float | int, dtype: np.dtype) -> bool:
 
 def open_scene(uri: str | os.PathLike, bands: Sequence[int] | int | None = None, *,
                require_crs: bool = False, check_empty: bool = True,
-               sample_pixels: int = DEFAULT_SAMPLE_PIXELS) -> Scene:
+               sample_pixels: int = DEFAULT_SAMPLE_PIXELS,
+               max_pixels: int | None = None) -> Scene:
     """Open a GeoTIFF/COG, Zarr or plain image (local path or s3:// URI).
 
     Raises a :class:`~ingest.SceneError` subclass with a one-line message: missing file/key
     (:class:`MissingSceneError`), refused credentials (:class:`S3AccessError`), truncated/corrupt
     raster (:class:`CorruptSceneError`), not a raster (:class:`UnsupportedFormatError`), bad band
     index (:class:`BandError`), no CRS with ``require_crs=True`` (:class:`NoCRSError`) and, with
-    ``check_empty=True``, a scene whose sample is entirely nodata (:class:`EmptySceneError`).
+    ``check_empty=True``, a scene whose sample is entirely nodata (:class:`EmptySceneError`),
+    and a header declaring more than ``max_pixels`` pixels (:class:`SceneTooLargeError`, before
+    any pixel is read or any sample taken).
     The emptiness check reads the whole scene at no more than ``sample_pixels`` pixels per band
     (overviews when present; bounded memory).
     """
@@ -291,6 +296,10 @@ def open_scene(uri: str | os.PathLike, bands: Sequence[int] | int | None = None,
         else:
             what = "a geotransform but no CRS" if scene.has_geotransform else "no CRS and no geotransform"
         raise NoCRSError(f"{uri}: georeferenced input required, but the scene has {what}")
+    if max_pixels is not None and scene.height * scene.width > max_pixels:
+        raise SceneTooLargeError(f"{redact_uri(uri)}: declares {scene.width}x{scene.height} = "
+                                 f"{scene.height * scene.width:,} pixels, over the limit of "
+                                 f"{max_pixels:,}")
     scene.check_readable()
     if check_empty:
         scene.check_not_empty(sample_pixels)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import posixpath
+import re
 import socket
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -128,13 +129,17 @@ def resolve_host(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Addres
 
 def _check_local(path: str, catalog: str, policy: InputPolicy, shown: str) -> None:
     cat_scheme, cat_rest = split_scheme(catalog)
-    if cat_scheme != "file":
-        raise UntrustedInputError(f"{shown}: a remote catalog may not name a local path")
     real = os.path.realpath(path)
-    roots = [os.path.dirname(os.path.realpath(cat_rest)), *map(os.path.realpath, policy.local_roots)]
-    if not any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in roots):
-        raise UntrustedInputError(f"{shown}: local path outside the catalog's folder "
-                                  f"and input.allow.local_roots")
+    roots = [os.path.realpath(r) for r in policy.local_roots]
+    if cat_scheme == "file":
+        roots.append(os.path.dirname(os.path.realpath(cat_rest)))
+    if any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in roots):
+        return
+    if cat_scheme != "file":
+        raise UntrustedInputError(f"{shown}: a remote catalog may not name a local path "
+                                  f"(outside input.allow.local_roots)")
+    raise UntrustedInputError(f"{shown}: local path outside the catalog's folder "
+                              f"and input.allow.local_roots")
 
 
 def resolve_href(href: str, catalog: str, policy: InputPolicy) -> str:
@@ -185,6 +190,16 @@ def redact_uri(uri: str) -> str:
     return prefix + urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+URL_IN_TEXT = re.compile(r"(?:/vsi(?:curl|s3)/)?[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def redact_text(text: str) -> str:
+    """Every URL in ``text`` (a log line, an error message) passed through :func:`redact_uri`."""
+    if "://" not in text:
+        return text
+    return URL_IN_TEXT.sub(lambda m: redact_uri(m.group(0)), text)
+
+
 def uri_identity(uri: str) -> str:
     """What names an input across runs: :func:`redact_uri` without volatile query parameters,
     so the same object signed again tomorrow is the same scene."""
@@ -198,4 +213,4 @@ def uri_identity(uri: str) -> str:
 
 
 __all__ = ["InputPolicy", "UntrustedInputError", "REMOTE_DRIVERS", "check_uri", "resolve_href",
-           "redact_uri", "uri_identity", "resolve_host", "split_scheme"]
+           "redact_uri", "redact_text", "uri_identity", "resolve_host", "split_scheme"]

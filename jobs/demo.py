@@ -23,6 +23,7 @@ import rasterio.shutil
 
 from jobs.local_stack.demo_scene import CrackScene, write_scene
 from jobs.local_stack.local_s3 import start_s3_server
+from jobs.runtime.logs import configure_logging
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "models" / "samsp-crack-tiny"
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(REPO / "out" / "demo"), help="local folder for results")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure_logging(logging.INFO, "%(asctime)s %(name)s %(message)s")
     logging.getLogger("botocore").setLevel(logging.WARNING)  # one "found credentials" per client
 
     out = Path(args.out)

@@ -39,6 +39,7 @@ from jobs.evaluation.data import LAYOUTS, EvalError  # noqa: E402
 from jobs.evaluation.outputs import format_table  # noqa: E402
 from jobs.evaluation.run import run  # noqa: E402
 from jobs.evaluation.scoring import DEFAULT_TOLERANCE  # noqa: E402
+from jobs.runtime.logs import configure_logging  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    configure_logging(logging.INFO, "%(asctime)s %(levelname)s %(message)s")
     try:
         summary = run(args)
     except EvalError as err:

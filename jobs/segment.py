@@ -26,7 +26,8 @@ under it), ``s3://`` globs, single keys, Zarr stores, and ``.txt``/``.csv`` list
    gets no new COG/PNG/stats (old good ones stay untouched).
 
 Exit code: 0 when every scene is ok/skipped, 1 when any scene failed (after all others finished),
-2 for a usage/config/model error before any scene ran.
+2 for a usage/config/model error before any scene ran, 3 when no scene failed but some are still
+being computed by other live runs (their leases: jobs/segmentation/status.py).
 
 Ray: embedded local Ray by default; ``RAY_ADDRESS`` (or ``ray.address``) joins a cluster, and
 ``ray job submit --working-dir . -- python jobs/segment.py ...`` works as is.
@@ -46,7 +47,13 @@ if __package__ in (None, ""):  # run as a script: make `jobs`, `ingest`, `samsp`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs.runtime.config import job_epilog, parse_job_args  # noqa: E402
-from jobs.segmentation.run import EXIT_FAILED, EXIT_OK, EXIT_USAGE, SegmentRun  # noqa: E402
+from jobs.segmentation.run import (  # noqa: E402
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_RUNNING_ELSEWHERE,
+    EXIT_USAGE,
+    SegmentRun,
+)
 from jobs.segmentation.stac_input import add_stac_args, stac_overrides  # noqa: E402
 
 
@@ -69,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
                               "jobs/segmentation/config.py, README.md 'Segmentation job'",
                               {EXIT_OK: "every scene ok or skipped",
                                EXIT_FAILED: "a scene failed (all the others finished)",
-                               EXIT_USAGE: "usage, config or model error before any scene ran"}),
+                               EXIT_USAGE: "usage, config or model error before any scene ran",
+                               EXIT_RUNNING_ELSEWHERE: "some scenes are still computed by "
+                                                       "other live runs"}),
                           flags={"--force": "recompute every scene (outputs replaced only once "
                                             "each scene succeeded)"},
                           add_args=add_stac_args, input_required=False)

@@ -43,6 +43,7 @@ if __package__ in (None, ""):  # `python jobs/train.py`: make `import jobs` reso
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs.runtime.config import ConfigError, add_config_args, job_epilog, load_config  # noqa: E402
+from jobs.runtime.logs import configure_logging  # noqa: E402
 from jobs.training.config import TrainConfig  # noqa: E402
 from jobs.training.data import DataError  # noqa: E402
 from jobs.training.driver import preflight, run  # noqa: E402
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true",
                         help="validate config, model, data and storage, then exit (no Ray)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    configure_logging(logging.INFO, "%(asctime)s %(levelname)s %(message)s")
     try:
         cfg = load_config(TrainConfig, args.config, args.overrides)
         if args.check:

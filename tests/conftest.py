@@ -65,3 +65,17 @@ def save_random_bundle(path, model_type: str = "vit_tiny", iterations: int = 1,
     model = SamSP(build_sam(model_type), iterations=iterations, prompt="box")
     save_bundle(model, str(path), {"threshold": threshold})
     return str(path)
+
+
+def png_bomb(path, side: int = 60_000) -> str:
+    """A PNG whose header declares ``side`` x ``side`` grey pixels (no pixel data follows)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * (side + 1))) + chunk(b"IEND", b""))
+    return str(path)

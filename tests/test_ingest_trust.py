@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from ingest.trust import (InputPolicy, UntrustedInputError, check_uri, redact_uri,
+from ingest.trust import (InputPolicy, UntrustedInputError, check_uri, redact_text, redact_uri,
                           resolve_href, uri_identity)
 
 SIGNED = ("https://bucket.s3.amazonaws.com/scenes/a.tif?X-Amz-Algorithm=AWS4-HMAC-SHA256"
@@ -76,6 +76,7 @@ def test_catalog_hrefs_stay_inside_the_catalog(tmp_path):
         resolve_href("/etc/passwd", remote, InputPolicy())
     with pytest.raises(UntrustedInputError, match="leaves the catalog"):
         resolve_href("../../secret.tif", remote, InputPolicy())
+    assert resolve_href("/etc/hostname", remote, InputPolicy(local_roots=("/etc",)))
     assert resolve_href("b.tif", remote, InputPolicy(hosts=("stac.example",))) == \
         "https://stac.example/cat/items/b.tif"
     # the operator's own inputs may be anywhere on disk
@@ -87,3 +88,12 @@ def test_refusals_are_one_line_and_redacted():
         check_uri("http://KEY:SECRET@127.0.0.1/x.tif?X-Amz-Signature=zzz", InputPolicy())
     text = str(info.value)
     assert "\n" not in text and "SECRET" not in text and "zzz" not in text
+
+
+def test_redact_text_finds_every_url_in_a_line():
+    line = (f"scene a: reading {SIGNED} failed; retry s3://AKIA:SECRET@b/k.tif "
+            f"or '/vsicurl/{SIGNED}' (see https://docs.example/x)")
+    red = redact_text(line)
+    assert "abcdef0123456789" not in red and "SECRET" not in red and "AKIA" not in red
+    assert "s3://b/k.tif" in red and "https://docs.example/x" in red and red.startswith("scene a:")
+    assert redact_text("no url here") == "no url here"

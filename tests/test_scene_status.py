@@ -4,6 +4,7 @@ decisions, and an index rebuilt from the status objects that keeps older rows.""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -124,3 +125,23 @@ def test_rebuild_command(tmp_path):
     assert json.loads(res.stdout)["status"] == {"running": 1}
     assert set(read_manifest(out)) == {"s"}
     assert sorted(p.name for p in Path(out).iterdir()) == ["manifest.jsonl", "s"]  # no lock files
+
+
+def test_a_lease_whose_process_is_gone_is_taken_over_at_once(output):
+    a = StatusBoard(output, "run-a", lease_timeout_s=600.0)
+    _, got = a.claim("s", "/in/s.tif", REC, force=False)
+    assert got.kind == "claimed" and a.held == {"s"}
+    lease = read_statuses(output, ["s"])["s"]
+    assert lease["holder"]["pid"] == os.getpid() and lease["holder"]["pid_start"]
+    b = StatusBoard(output, "run-b", lease_timeout_s=600.0)
+    # the holder (this very process) is alive: a fresh heartbeat keeps the lease
+    assert b.claim("s", "/in/s.tif", REC, force=False)[1].kind == "running"
+    # the same lease held by a process that has exited: taken over without waiting
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead = dict(lease, holder=dict(lease["holder"], pid=int(gone.stdout)))
+    storage.write_bytes(status_uri(output, "s"), json.dumps(dead).encode())
+    _, taken = b.claim("s", "/in/s.tif", REC, force=False)
+    assert taken.kind == "claimed" and taken.owner == "run-a"
+    assert taken.reason == "its process is gone"
+    assert b.interval == 200.0 and StatusBoard(output, "c", 45.0, heartbeat_s=10).interval == 10

@@ -55,7 +55,7 @@ def env(tmp_path_factory):
 
 def _run(env, out, model, *extra, inputs=None, job_env=None):
     res = run_job(inputs or [env.scene], str(out), model, job_env or env.env, extra=[*LOCAL, *extra])
-    summary = json.loads(res.out.strip().splitlines()[-1]) if res.rc in (0, 1) else {}
+    summary = json.loads(res.out.strip().splitlines()[-1]) if res.rc in (0, 1, 3) else {}
     return SimpleNamespace(rc=res.rc, out=res.out, summary=summary)
 
 

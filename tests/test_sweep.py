@@ -12,6 +12,7 @@ import pytest
 
 from jobs.crack_sweep.pipeline import boundless_crop, crack_metrics, zhang_suen_thinning
 from jobs.crack_sweep.report import downsample_any, ranked_table
+from tests.conftest import png_bomb
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,6 +92,8 @@ def _photos(folder: Path) -> dict[str, Path]:
     Image.fromarray(rng.integers(0, 255, (120, 140), dtype=np.uint8)).save(out["gray"])
     out["broken"] = folder / "broken.jpg"
     out["broken"].write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    # a decompression bomb: a tiny PNG whose header declares 60000 x 60000 pixels
+    out["bomb"] = Path(png_bomb(folder / "bomb.png"))
     (folder / "notes.txt").write_text("not a photo")
     return out
 
@@ -176,9 +179,9 @@ def test_sweep_end_to_end_and_rerun(tmp_path):
         return proc.returncode, text
 
     rc, text = sweep([str(tmp_path / "photos")])
-    assert rc == 1, text[-4000:]  # the broken JPEG fails (after the others finished)
+    assert rc == 1, text[-4000:]  # the broken JPEG and the bomb fail (the others finish)
     summary = json.loads(text.strip().splitlines()[-1])
-    assert summary["segmented"] == 4 and summary["failed"] == 1 and summary["skipped"] == 0
+    assert summary["segmented"] == 4 and summary["failed"] == 2 and summary["skipped"] == 0
 
     table = pd.read_csv(out / "report.csv")
     parquet = pd.read_parquet(out / "report.parquet")
@@ -187,8 +190,9 @@ def test_sweep_end_to_end_and_rerun(tmp_path):
     assert set(ok["id"]) == {"wide", "tall", "tiny", "gray"}
     assert list(ok["crack_px"]) == sorted(ok["crack_px"], reverse=True)
     assert list(ok["rank"]) == [1, 2, 3, 4]
-    bad = table[table["status"] == "failed"].iloc[0]
-    assert bad["id"] == "broken" and "CorruptSceneError" in bad["error"]
+    bad = table[table["status"] == "failed"].set_index("id")["error"]
+    assert set(bad.index) == {"broken", "bomb"} and "CorruptSceneError" in bad["broken"]
+    assert "SceneTooLargeError" in bad["bomb"] and "60000x60000" in bad["bomb"]
 
     for rec in ok.to_dict("records"):
         mask = np.asarray(Image.open(out / rec["mask"]))
@@ -212,7 +216,7 @@ def test_sweep_end_to_end_and_rerun(tmp_path):
 
     # rerun over the good photos: nothing recomputed (Ray not even started), the report still
     # covers every image under the output, including the earlier failure
-    rc, text = sweep([str(p) for k, p in photos.items() if k != "broken"])
+    rc, text = sweep([str(p) for k, p in photos.items() if k not in ("broken", "bomb")])
     assert rc == 0, text[-3000:]
     assert json.loads(text.strip().splitlines()[-1])["skipped"] == 4
     assert "Started a local Ray" not in text

@@ -18,6 +18,8 @@ import pystac
 
 from .. import storage
 from ..errors import StacItemError
+from ..trust import (REMOTE_DRIVERS, InputPolicy, UntrustedInputError, check_uri,
+                     redact_uri, resolve_href)
 
 
 @dataclass(frozen=True)
@@ -48,16 +50,28 @@ def gdal_href(href: str) -> str:
     return storage.gdal_path(href)
 
 
-def select_assets(item: pystac.Item, wanted: tuple[str, ...]) -> ItemAssets:
-    """The assets ``wanted`` (keys or common band names) of ``item``, or StacItemError."""
+def select_assets(item: pystac.Item, wanted: tuple[str, ...], policy: InputPolicy | None = None,
+                  catalog: str | None = None) -> ItemAssets:
+    """The assets ``wanted`` (keys or common band names) of ``item``, or StacItemError.
+
+    With a ``policy``, every href is resolved against the item (or ``catalog``, where the item
+    came from) and checked before anything opens it; a refused href fails the item."""
     keys, hrefs = [], []
+    base = item.get_self_href() or catalog
     for name in wanted:
         key = name if name in item.assets else next(
             (k for k, a in item.assets.items() if name.lower() in _common_names(a)), None)
         if key is None:
             raise StacItemError(f"item {item.id}: no asset {name!r} (has {', '.join(sorted(item.assets))})")
         keys.append(key)
-        hrefs.append(gdal_href(item.assets[key].get_absolute_href() or item.assets[key].href))
+        href = item.assets[key].get_absolute_href() or item.assets[key].href
+        if policy is not None:
+            try:
+                href = resolve_href(item.assets[key].href, base, policy) if base else \
+                    check_uri(href, policy, catalog="stac:unknown")
+            except UntrustedInputError as err:
+                raise StacItemError(f"item {item.id}: asset {key!r} refused: {err}") from None
+        hrefs.append(gdal_href(href))
     return ItemAssets(item.id, tuple(keys), tuple(hrefs))
 
 
@@ -74,19 +88,30 @@ class _Source:
 
 
 def _open(item_id: str, key: str, href: str) -> _Source:
-    import rasterio
     from rasterio.errors import NotGeoreferencedWarning
 
     try:
         with storage.gdal_env(), warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(href) as ds:
+            # plain raster formats only: a VRT (or another XML format) behind an asset href
+            # could read any file or URL the worker reaches
+            with open_plain_raster(href) as ds:
                 return _Source(href, ds.width, ds.height, ds.count, ds.dtypes[0], ds.crs,
                                ds.transform, ds.nodata)
     except Exception as err:  # noqa: BLE001 - 404, not a raster, refused
         line = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise StacItemError(f"item {item_id}: asset {key!r} ({href}) is not a readable raster: "
+        raise StacItemError(f"item {item_id}: asset {key!r} ({redact_uri(href)}) is not a readable raster: "
                             f"{line}") from None
+
+
+def open_plain_raster(href: str):
+    """``href`` opened by GDAL with only :data:`ingest.trust.REMOTE_DRIVERS` allowed (inside a
+    ``rasterio.Env``). ``rasterio.open`` takes one driver name only; its reader class takes the
+    list GDAL's ``GDALOpenEx`` restricts itself to (rasterio is pinned: constraints.txt)."""
+    from rasterio._path import _parse_path  # the parsed-path form the reader class expects
+    from rasterio.io import DatasetReader
+
+    return DatasetReader(_parse_path(href), driver=list(REMOTE_DRIVERS))
 
 
 def stack_vrt(assets: ItemAssets, resampling: str = "bilinear") -> str | None:

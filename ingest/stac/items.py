@@ -22,6 +22,7 @@ from rasterio.crs import CRS
 
 from .. import storage
 from ..crs import crs_identity
+from ..trust import redact_uri
 from .io import file_checksum
 
 #: processing extension (pystac has no class for it): the schema the fields below follow
@@ -150,7 +151,7 @@ def result_item(scene: SceneResult) -> pystac.Item:
             file_ext.size, file_ext.checksum = size, checksum
         asset.href = f"./{name}"  # relative to item.json: copy the prefix and it still resolves
     if scene.source is not None:
-        item.add_derived_from(scene.source.href)
+        item.add_derived_from(redact_uri(scene.source.href))
         if scene.source.collection:
             item.properties["samsp:source_collection"] = scene.source.collection
     return item

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import pystac
 
-from ..errors import StacSearchError
+from ..errors import StacSearchError, one_line
+from ..trust import InputPolicy, check_uri, redact_uri
 from .io import StorageStacIO
 
 log = logging.getLogger("samsp.stac")
@@ -46,9 +47,10 @@ def is_api(source: str) -> bool:
     return source.startswith(("http://", "https://"))
 
 
-def find_items(source: str, query: StacQuery) -> list[pystac.Item]:
-    """The items of ``source`` matching ``query`` (sorted by id), or StacSearchError."""
-    items = _search_api(source, query) if is_api(source) else _walk_static(source, query)
+def find_items(source: str, query: StacQuery, policy: InputPolicy | None = None) -> list[pystac.Item]:
+    """The items of ``source`` matching ``query`` (sorted by id), or StacSearchError. With a
+    ``policy``, a static catalog's links are checked before they are followed."""
+    items = _search_api(source, query) if is_api(source) else _walk_static(source, query, policy)
     return sorted(items, key=lambda it: it.id)
 
 
@@ -87,8 +89,24 @@ def _search_api(url: str, query: StacQuery) -> list[pystac.Item]:
 
 # --------------------------------------------------------------------------- static
 
-def _walk_static(uri: str, query: StacQuery) -> list[pystac.Item]:
-    io = StorageStacIO()
+class _CheckedStacIO(StorageStacIO):
+    """Reads the catalog at ``root``, and any document it links to only where the policy
+    allows (child catalogs on other schemes, ``../`` out of the catalog's folder: refused)."""
+
+    def __init__(self, root: str, policy: InputPolicy | None) -> None:
+        super().__init__()
+        self.root, self.policy = root, policy
+
+    def read_text(self, source, *args, **kwargs) -> str:
+        href = str(getattr(source, "href", source))
+        if self.policy is not None and href != self.root:
+            check_uri(href[len("file://"):] if href.startswith("file://") else href,
+                      self.policy, catalog=self.root)
+        return super().read_text(source, *args, **kwargs)
+
+
+def _walk_static(uri: str, query: StacQuery, policy: InputPolicy | None = None) -> list[pystac.Item]:
+    io = _CheckedStacIO(uri, policy)
     try:
         doc = io.read_json(uri)
         # an ItemCollection is a FeatureCollection, which pystac.read_file does not take
@@ -104,7 +122,11 @@ def _walk_static(uri: str, query: StacQuery) -> list[pystac.Item]:
     if isinstance(obj, pystac.ItemCollection):
         items = list(obj.items)
     elif isinstance(obj, pystac.Catalog):
-        items = list(obj.get_items(recursive=True))
+        try:
+            items = list(obj.get_items(recursive=True))
+        except Exception as err:  # noqa: BLE001 - a broken or refused link: one line, exit 2
+            raise StacSearchError(f"STAC catalog {redact_uri(uri)}: a link cannot be followed: "
+                                  f"{type(err).__name__}: {one_line(err, 300)}") from None
     elif isinstance(obj, pystac.Item):
         items = [obj]
     else:

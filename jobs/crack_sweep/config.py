@@ -32,6 +32,9 @@ class SweepInputConfig(StrictModel):
     bands: Optional[list[int]] = None
     # Per-image stretch for non-uint8 photos (16-bit TIFFs).
     percentiles: tuple[float, float] = (2.0, 98.0)
+    # A photo whose header declares more pixels than this fails alone, in seconds, before it is
+    # decoded (a 3.5 MB PNG can declare 60000 x 60000). 150 MP: any inspection camera.
+    max_photo_pixels: int = Field(default=150_000_000, ge=1)
 
 
 class ReportConfig(StrictModel):

@@ -93,7 +93,7 @@ def boundless_crop(arr: np.ndarray, valid: np.ndarray, window) -> tuple[np.ndarr
 
 
 def read_photos(batch: dict, tile: int, overlap: int, percentiles=(2.0, 98.0),
-                bands=None) -> dict:
+                bands=None, max_pixels: int | None = None) -> dict:
     """One input row per photo -> one output row per tile (or one error row per bad photo)."""
     from rasterio.windows import Window
 
@@ -102,7 +102,7 @@ def read_photos(batch: dict, tile: int, overlap: int, percentiles=(2.0, 98.0),
     with storage.gdal_env():
         for sid, uri in zip(ids, uris):
             try:
-                scene = open_scene(uri, bands=bands, check_empty=False)
+                scene = open_scene(uri, bands=bands, check_empty=False, max_pixels=max_pixels)
                 data, valid = scene.read(Window(0, 0, scene.width, scene.height))
                 if scene.dtype == np.uint8:
                     rad = Radiometry.identity(scene.count)

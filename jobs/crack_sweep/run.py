@@ -25,7 +25,7 @@ from jobs.crack_sweep.measure import PixelSizes, physical_measurements, remeasur
 from jobs.crack_sweep.outputs import photo_record_uri, record_json
 from jobs.crack_sweep.pipeline import crack_measurements, keep_mask_cores, read_photos
 from jobs.crack_sweep.report import mask_png, overlay_thumb, write_report
-from jobs.inference.actors import ACTOR_MAX_RESTARTS, ray_resources
+from jobs.inference.actors import ACTOR_MAX_RESTARTS, TASK_MAX_RETRIES, ray_resources
 from jobs.inference.bundle_meta import read_bundle_meta
 from jobs.inference.config import tile_geometry
 from jobs.inference.predictor import Predictor
@@ -265,7 +265,9 @@ def photo_dataset(job: SweepRun, photos: dict[str, Photo], res: dict):
                         batch_format="numpy",
                         fn_kwargs={"tile": job.tile, "overlap": job.overlap,
                                    "percentiles": list(cfg.input.percentiles),
-                                   "bands": cfg.input.bands})
+                                   "bands": cfg.input.bands,
+                                   "max_pixels": cfg.input.max_photo_pixels},
+                        max_retries=TASK_MAX_RETRIES)
     kwargs = dict(fn_constructor_kwargs={"model_uri": job.model_uri, "threshold": job.threshold,
                                          "device": cfg.predict.device,
                                          "torch_threads": res["torch_threads"],
@@ -277,4 +279,4 @@ def photo_dataset(job: SweepRun, photos: dict[str, Photo], res: dict):
         kwargs["num_gpus"] = res["num_gpus"]
     ds = ds.map_batches(Predictor, **kwargs)
     return ds.map_batches(keep_mask_cores, batch_size=16, num_cpus=pc.crop_task_cpus,
-                          batch_format="numpy")
+                          batch_format="numpy", max_retries=TASK_MAX_RETRIES)

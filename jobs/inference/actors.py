@@ -14,6 +14,10 @@ log = logging.getLogger("samsp.segment")
 #: ``jobs.runtime.devices.crash_for_restart``); its block is retried on the new one. Bounded, unlike
 #: Ray Data's default (-1), so a GPU that fails every time ends the job instead of looping.
 ACTOR_MAX_RESTARTS = 8
+#: Retries of a Ray Data task (reads, crops) whose process died: bounded, so an input that
+#: kills its reader every time (out of memory) ends as that input's failure instead of a retry
+#: loop that never lets the run finish.
+TASK_MAX_RETRIES = 2
 
 
 def largest_node_cpus(default: float) -> float:

@@ -29,10 +29,10 @@ MASK_STORE = "mask.zarr"
 
 
 def normalise_input(uri: str) -> str:
-    """Input identity: s3:// URIs as given, local paths absolute and normalised (``./a.tif``
-    and ``/abs/a.tif`` are one scene; ``file://`` dropped); no trailing slash."""
+    """Input identity: s3:// and other URLs as given, local paths absolute and normalised
+    (``./a.tif`` and ``/abs/a.tif`` are one scene; ``file://`` dropped); no trailing slash."""
     uri = uri.strip()
-    if uri.startswith("s3://"):
+    if uri.startswith("/vsi") or ("://" in uri and not uri.startswith("file://")):
         return uri.rstrip("/")
     if uri.startswith("file://"):
         uri = uri[len("file://"):]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import logging
 import os
 import time
 import uuid
@@ -20,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from jobs.runtime.errors import ConfigError
-from jobs.runtime.logs import quiet_third_party
+from jobs.runtime.logs import configure_logging, quiet_third_party
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -162,8 +161,7 @@ def parse_job_args(argv, *, prog: str, description: str, input_help: str, set_ex
     if add_args is not None:
         add_args(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)
 
     quiet_third_party()  # botocore's credentials line once, no library profiling at INFO
     return args

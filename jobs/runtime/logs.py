@@ -21,6 +21,8 @@ import re
 import sys
 import threading
 
+from ingest.trust import redact_text
+
 log = logging.getLogger("samsp.logs")
 
 #: (pattern of a native line, the one INFO line said instead, once per run)
@@ -48,6 +50,31 @@ class OncePerMessage(logging.Filter):
                 return False
             self.seen.add(msg)
         return True
+
+
+class RedactSecrets(logging.Filter):
+    """Every URL in a log line without userinfo or signature/credential query parameters
+    (``ingest.trust.redact_text``): presigned hrefs and ``s3://KEY:SECRET@`` never reach a log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        clean = redact_text(msg)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_text(record.exc_text)
+        if clean != msg:
+            record.msg, record.args = clean, None
+        return True
+
+
+def configure_logging(level: str | int = logging.INFO,
+                      fmt: str = "%(asctime)s %(levelname)s %(name)s: %(message)s") -> None:
+    """The jobs' logging: ``fmt`` lines on stderr at ``level``, secrets in URLs redacted."""
+    logging.basicConfig(level=level.upper() if isinstance(level, str) else level, format=fmt)
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactSecrets) for f in handler.filters):
+            handler.addFilter(RedactSecrets())
 
 
 def quiet_third_party() -> None:

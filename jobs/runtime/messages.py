@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import time
 
-from ingest.errors import SceneError
-
-
-def one_line(msg: object, limit: int = 500) -> str:
-    """``msg`` on one line (white space folded), cut to ``limit`` characters with ``...``."""
-    text = " ".join(str(msg).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+from ingest.errors import SceneError, one_line
 
 
 def error_line(exc: BaseException, limit: int = 400) -> str:

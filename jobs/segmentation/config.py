@@ -10,6 +10,7 @@ from typing import Literal, Optional, Union
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
 # tiling/predict/ray are the sections the crack sweep shares; segmentation code names them here
+from ingest.trust import InputPolicy
 from jobs.inference.config import PredictConfig, TilingConfig
 from jobs.runtime.config import StrictModel, refuse_replaced
 from jobs.runtime.ray_config import RayConfig
@@ -63,10 +64,13 @@ class PipelineConfig(StrictModel):
     # it whole into a fresh store, replacing the old outputs only once it succeeded; "fail"
     # the scene with an error naming the difference (old outputs untouched). Never mixed.
     on_change: Literal["recompute", "fail"] = "recompute"
-    # A scene another run is computing (status.json "running", heartbeat refreshed every third
-    # of this) is skipped; one whose heartbeat is older than this belongs to a run that died
-    # and is taken over (resumed from its written tiles).
-    lease_timeout_s: float = Field(default=600.0, gt=0)
+    # A scene another live run is computing (status.json "running") is left to it. A lease
+    # whose process is gone (same host) is taken over at once; one of another host whose
+    # heartbeat is older than this belongs to a run that died (lost node) and is taken over
+    # too (resumed from its written tiles).
+    lease_timeout_s: float = Field(default=45.0, gt=0)
+    # How often a running scene's lease is refreshed (at most a third of lease_timeout_s).
+    lease_heartbeat_s: float = Field(default=10.0, gt=0)
 
 
 class OutputConfig(StrictModel):
@@ -117,6 +121,26 @@ class OutputConfig(StrictModel):
                                                   "georeferenced scenes)"})
 
 
+class InputAllowConfig(StrictModel):
+    """What inputs may reach (README "Security model"). Catalog hrefs are checked against it
+    before anything opens them; a refused href fails its scene alone, with the reason."""
+
+    # URI schemes any input may use.
+    schemes: list[str] = Field(default_factory=lambda: ["file", "s3", "http", "https"])
+    # S3 locations inputs may read, as "bucket" or "bucket/prefix"; empty = any bucket.
+    s3: list[str] = Field(default_factory=list)
+    # http(s) hosts ("host" or "host:port"). Empty = any public host; a host resolving to a
+    # loopback, link-local or private address is refused unless listed here by name.
+    hosts: list[str] = Field(default_factory=list)
+    # Local folders a catalog's hrefs may name besides the catalog's own folder (a remote
+    # catalog may name none by default).
+    local_roots: list[str] = Field(default_factory=list)
+
+    def policy(self) -> InputPolicy:
+        return InputPolicy(schemes=tuple(self.schemes), s3=tuple(self.s3),
+                           hosts=tuple(self.hosts), local_roots=tuple(self.local_roots))
+
+
 class InputConfig(StrictModel):
     # Georeferenced inputs (GeoTIFF/COG/Zarr) must carry a CRS; PNG/JPEG never need one.
     require_crs: bool = True
@@ -126,6 +150,11 @@ class InputConfig(StrictModel):
     # Scenes from a STAC catalog (jobs/segmentation/stac_config.py; --stac and its flags set it);
     # combined with --input when both are given.
     stac: Optional[StacInputConfig] = None
+    # The trust policy for inputs and catalog hrefs.
+    allow: InputAllowConfig = Field(default_factory=InputAllowConfig)
+    # A scene whose header declares more pixels than this fails alone, before planning reads
+    # anything (a lying header would otherwise plan hours of tiles). 1e10 = 100,000 x 100,000.
+    max_pixels: int = Field(default=10_000_000_000, ge=1)
 
 
 class StorageConfig(StrictModel):

@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from jobs.inference.actors import ACTOR_MAX_RESTARTS, ray_resources
+from jobs.inference.actors import ACTOR_MAX_RESTARTS, TASK_MAX_RETRIES, ray_resources
 from jobs.inference.lanes import cpu_layout
 from jobs.inference.model_preload import ModelPreload, import_model_code
 from jobs.runtime.logs import filtered_native_stderr
@@ -83,12 +83,12 @@ def build_dataset(rows, cfg: SegmentConfig, model_uri: str, threshold: float, re
     res["block_tiles"] = block
     ds = ray.data.range(len(rows), override_num_blocks=max(1, min(math.ceil(len(rows) / block), 500)))
     ds = ds.map_batches(expand_rows, fn_kwargs={"rows_ref": ray.put(rows)}, batch_size=block,
-                        batch_format="numpy")
+                        batch_format="numpy", max_retries=TASK_MAX_RETRIES)
     if not read_in_actors:
         # Different num_cpus than the actor stage on purpose: Ray Data would otherwise fuse the
         # reads into the actors, and reads must overlap inference, not run inside it.
         ds = ds.map_batches(read_tiles, batch_size=block, num_cpus=pc.read_task_cpus,
-                            batch_format="numpy")
+                            batch_format="numpy", max_retries=TASK_MAX_RETRIES)
     kwargs = dict(fn_constructor_kwargs={"model_uri": model_uri, "threshold": threshold,
                                          "device": cfg.predict.device,
                                          "torch_threads": res["torch_threads"],

@@ -30,6 +30,7 @@ from ingest import MaskWriter, Radiometry, open_scene, storage
 from ingest.cog import NODATA
 from ingest.crs import crs_label
 from ingest.lowres import read_decimated
+from ingest.trust import redact_uri
 from jobs.segmentation.config import SegmentConfig
 from jobs.segmentation.vectors import write_scene_vectors
 
@@ -181,7 +182,7 @@ def scene_stats(st, run: FinalizeContext, vectors: dict, seconds: dict) -> dict:
     crs, area_px, units = scene_area(plan)
     return {
         "id": plan.id,
-        "input": plan.input,
+        "input": redact_uri(plan.input),
         "height": plan.height,
         "width": plan.width,
         "bands": plan.count,
@@ -201,7 +202,7 @@ def scene_stats(st, run: FinalizeContext, vectors: dict, seconds: dict) -> dict:
         "area_units": f"{units}^2" if units != "px" else "px",
         "foreground_area": fg * area_px,
         "threshold": run.threshold,
-        "model": run.model_uri,
+        "model": redact_uri(run.model_uri),
         "radiometry": plan.radiometry,
         "record": plan.record,  # what this mask was made of (jobs.segmentation.record)
         # exact sums: the same value whatever order the tiles came back in (a resumed run's

@@ -24,6 +24,7 @@ import json
 import time
 
 from ingest import storage, versioned
+from jobs.inputs.scene_ids import is_safe_id
 from jobs.segmentation.status import read_statuses
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -41,7 +42,7 @@ def parse_index(data: bytes | None) -> dict[str, dict]:
             row = json.loads(line)
         except ValueError:
             continue  # a torn line: the status objects are the state anyway
-        if isinstance(row, dict) and "id" in row:
+        if isinstance(row, dict) and is_safe_id(row.get("id")):  # ids become paths
             rows[row["id"]] = row
     return rows
 

@@ -15,6 +15,7 @@ import logging
 from collections import Counter
 
 from ingest import TileGrid, storage
+from ingest.trust import redact_text
 from jobs.runtime.messages import one_line
 
 log = logging.getLogger("samsp.segment")
@@ -40,7 +41,8 @@ figcaption{font-size:12px;color:#444}
 
 
 def _esc(value) -> str:
-    return html.escape(str(value), quote=True)
+    """Text as HTML, every URL in it redacted (the report is published next to the outputs)."""
+    return html.escape(redact_text(str(value)), quote=True)
 
 
 def _crop(quicklook: bytes, window, height: int, width: int) -> str | None:
@@ -92,6 +94,8 @@ def _reason(row: dict) -> str:
         return row.get("error") or ""
     if row.get("status") == "skipped":
         return row.get("reason") or f"done in run {row.get('done_run_id', '?')}"
+    if row.get("status") == "running_elsewhere":
+        return row.get("reason") or "running in another run"
     return ""
 
 
@@ -106,11 +110,13 @@ def render(run: dict, rows: list[dict], queue: list[dict]) -> str:
            f"{_esc(run.get('output', ''))}</div>",
            "<p class='counts'>" + "".join(
                f"<span class='{k}'>{counts.get(k, 0)} {k}</span>" for k in ("ok", "failed", "skipped"))
+           + (f"<span class='running'>{counts['running_elsewhere']} running in other runs</span>"
+              if counts.get("running_elsewhere") else "")
            + f"<span>{int(run.get('tiles_computed', 0))} tiles computed</span></p>",
            "<h2>Scenes</h2><table><thead><tr><th>scene</th><th>status</th><th>reason</th>"
            "<th>seconds</th><th>tiles (computed)</th><th>foreground</th><th>outputs</th>"
            "</tr></thead><tbody>"]
-    order = {"failed": 0, "ok": 1, "skipped": 2}
+    order = {"failed": 0, "running_elsewhere": 1, "ok": 2, "skipped": 3}
     for r in sorted(rows, key=lambda r: (order.get(r.get("status"), 3), r["id"])):
         sid, status = r["id"], r.get("status", "?")
         fg = r.get("foreground_fraction")

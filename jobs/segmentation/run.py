@@ -45,7 +45,8 @@ from jobs.segmentation.timings import RunTimings
 
 log = logging.getLogger("samsp.segment")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# 3: every scene this run could take is done, but some are still computed by other live runs
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_RUNNING_ELSEWHERE = 0, 1, 2, 3
 
 #: what a bad config, input list or STAC search raises before any scene ran (exit 2)
 USAGE_ERRORS = (ConfigError, ValueError, OSError, StacSearchError)
@@ -131,7 +132,8 @@ class SegmentRun:
                                                             cfg.pipeline.plan_workers)
         self.records = scene_records(self.inputs, cfg, model, self.threshold, self.tile,
                                      self.overlap)
-        self.board = StatusBoard(self.output, self.run_id, cfg.pipeline.lease_timeout_s)
+        self.board = StatusBoard(self.output, self.run_id, cfg.pipeline.lease_timeout_s,
+                                 cfg.pipeline.lease_heartbeat_s)
         if self.stac_in is not None:
             self.stac_in.annotate(self.board)  # an item's rows keep its collection and self href
         self.board.start_heartbeat()
@@ -185,9 +187,10 @@ class SegmentRun:
             self.results[sid] = plan.row
             log.info("scene %s: skipped (done in run %s)", sid, plan.row["done_run_id"])
         elif skip == "running":
-            self.results[sid] = {"id": sid, "input": uri, "status": "skipped", "tiles_computed": 0,
-                                 "error": "", "reason": f"running in run {plan.owner}"}
-            log.info("scene %s: skipped (running in run %s)", sid, plan.owner)
+            self.results[sid] = {"id": sid, "input": uri, "status": "running_elsewhere",
+                                 "tiles_computed": 0, "error": "",
+                                 "reason": f"running in run {plan.owner}"}
+            log.info("scene %s: left to run %s (running there)", sid, plan.owner)
         elif err is not None:
             msg = error_line(err, 300)
             self.results[sid] = {"id": sid, "input": uri, "status": "failed",
@@ -321,16 +324,21 @@ class SegmentRun:
         """The last log line, Ray stopped, the JSON summary line on stdout; the exit code."""
         ok = sum(1 for r in self.results.values() if r.get("status") == "ok")
         skipped = sum(1 for r in self.results.values() if r.get("status") == "skipped")
-        log.info("run %s done in %.1fs: %d ok, %d skipped, %d failed of %d; %d tile(s) computed; "
-                 "manifest %s, report %s", self.run_id, time.perf_counter() - self.timings.started,
-                 ok, skipped, self.failed, len(self.inputs), self.n_done,
+        elsewhere = sum(1 for r in self.results.values() if r.get("status") == "running_elsewhere")
+        log.info("run %s done in %.1fs: %d ok, %d skipped, %d failed, %d running in other runs "
+                 "of %d; %d tile(s) computed; manifest %s, report %s", self.run_id,
+                 time.perf_counter() - self.timings.started,
+                 ok, skipped, self.failed, elsewhere, len(self.inputs), self.n_done,
                  storage.join(self.output, "manifest.jsonl"),
                  storage.join(self.output, "report.html"))
         secs = self.timings.seconds(time.perf_counter())
         stop_ray()
         print(json.dumps({"run_id": self.run_id, "ok": ok, "skipped": skipped,
-                          "failed": self.failed, "tiles_computed": self.n_done,
+                          "failed": self.failed, "running_elsewhere": elsewhere,
+                          "tiles_computed": self.n_done,
                           "pixels": sum(st.plan.pixels for st in self.states.values()),
                           "actors": self.timings.actors,
                           "seconds": {k: round(v, 3) for k, v in secs.items()}}), flush=True)
-        return EXIT_FAILED if self.failed or self.stac_error else EXIT_OK
+        if self.failed or self.stac_error:
+            return EXIT_FAILED
+        return EXIT_RUNNING_ELSEWHERE if elsewhere else EXIT_OK

@@ -30,7 +30,8 @@ def plan_scene(sid: str, uri: str, output: str, cfg: SegmentConfig, tile: int, o
     require_crs = cfg.input.require_crs and is_geospatial_uri(uri)
     with storage.gdal_env():
         scene = open_scene(uri, bands=cfg.radiometry.bands, require_crs=require_crs,
-                           sample_pixels=cfg.radiometry.max_pixels)
+                           sample_pixels=cfg.radiometry.max_pixels,
+                           max_pixels=cfg.input.max_pixels)
         if scene.dtype == np.uint8 and cfg.radiometry.uint8_passthrough:
             radiometry = Radiometry.identity(scene.count)
         else:

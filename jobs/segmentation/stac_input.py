@@ -25,6 +25,7 @@ from ingest.errors import StacItemError
 from ingest.stac.assets import item_scene_uri, select_assets
 from ingest.stac.items import SourceItem
 from ingest.stac.search import StacQuery, find_items
+from ingest.trust import InputPolicy
 from jobs.inputs.scene_ids import short_hash
 from jobs.runtime.config import ConfigError
 from jobs.segmentation.stac_config import SINCE_LAST_RUN
@@ -147,7 +148,8 @@ def open_stac_input(cfg, has_inputs: bool, output: str, now: dt.datetime) -> "St
                       intersects=_geometry(stac.intersects) if stac.intersects is not None else None,
                       datetime=when, filter=stac.filter,
                       max_items=None if nightly else stac.max_items)
-    items = find_items(stac.source, query)
+    policy = cfg.input.allow.policy()
+    items = find_items(stac.source, query, policy)
     window_end = when.split("/")[1] if nightly else None
     if nightly and stac.max_items and len(items) > stac.max_items:
         from pystac.utils import datetime_to_str
@@ -162,7 +164,7 @@ def open_stac_input(cfg, has_inputs: bool, output: str, now: dt.datetime) -> "St
              ",".join(stac.collections) or "all",
              f"bbox {list(stac.bbox)}" if stac.bbox else
              ("intersects" if stac.intersects is not None else "anywhere"), when or "any")
-    return StacInput(stac, output, items, when, window_end)
+    return StacInput(stac, output, items, when, window_end, policy)
 
 
 def _item_time(item) -> dt.datetime:
@@ -181,8 +183,9 @@ class StacInput:
     identity: the status board may still rename an id that another input holds)."""
 
     def __init__(self, cfg, output: str, items: list, datetime_used: str | None,
-                 window_end: str | None = None):
+                 window_end: str | None = None, policy: InputPolicy | None = None):
         self.cfg = cfg
+        self.policy = policy  # every asset href is checked against it before it is opened
         self.output = output
         self.items = items
         self.datetime_used = datetime_used
@@ -201,6 +204,9 @@ class StacInput:
         taken.add(sid)
         return sid
 
+    def _assets(self, item):
+        return select_assets(item, tuple(self.cfg.assets), self.policy, catalog=self.cfg.source)
+
     def _scene_input(self, item, sid: str) -> str:
         """The scene's URI: the VRT's place when several assets are stacked, else the one
         asset's href -- decided before any asset is opened, so a scene keeps its input (its
@@ -209,7 +215,7 @@ class StacInput:
         if len(self.cfg.assets) > 1:
             return storage.join(self.output, sid, VRT_NAME)
         try:
-            href = select_assets(item, tuple(self.cfg.assets)).hrefs[0]
+            href = self._assets(item).hrefs[0]
         except StacItemError:
             return item.get_self_href() or f"{item.collection_id}/{item.id}"
         return storage.to_s3_uri(href) if href.startswith("/vsis3/") else href
@@ -218,7 +224,7 @@ class StacInput:
         """Open the item's assets (headers) and write its VRT; the StacItemError, if any."""
 
         try:
-            item_scene_uri(select_assets(item, tuple(self.cfg.assets)),
+            item_scene_uri(self._assets(item),
                            storage.join(self.output, sid, VRT_NAME), self.cfg.resampling)
         except StacItemError as err:
             return err

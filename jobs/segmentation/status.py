@@ -9,11 +9,15 @@ A status row holds the manifest fields (``id, input, status, error, tiles, tiles
 pixels, seconds, uncertain_tiles, outputs, foreground_fraction, record, run_id, updated``) plus
 ``started``/``heartbeat`` (epoch seconds) while ``running``.
 
-Lease: a run that is to compute a scene first turns its status into ``running`` with its run id;
-a heartbeat thread refreshes ``heartbeat`` while the scene is computed. Another run finding a
-fresh lease skips the scene ("running in run X"); one whose heartbeat is older than
-``pipeline.lease_timeout_s`` belongs to a run that died (kill -9, lost node), and is taken over --
-the scene then resumes from its written tiles like any interrupted scene.
+Lease: a run that is to compute a scene first turns its status into ``running`` with its run id
+and its ``holder`` (host, boot id, pid and the pid's start time: jobs.runtime.holder); a
+heartbeat thread refreshes ``heartbeat`` every ``pipeline.lease_heartbeat_s`` while the scene is
+computed. Another run finding a lease whose holder is gone -- same host, process no longer
+there (kill -9, OOM, a CronJob retry right after) -- takes it over at once; a lease of another
+host is live until its heartbeat is older than ``pipeline.lease_timeout_s`` (a lost node). A
+live lease of another run is left alone ("running in run X"), and the run says so in its
+summary and exit code. A scene taken over resumes from its written tiles like any interrupted
+scene.
 """
 from __future__ import annotations
 
@@ -26,7 +30,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ingest import storage, versioned
+from ingest.trust import redact_text, redact_uri, uri_identity
 from jobs.inputs.scene_ids import safe_stem, short_hash
+from jobs.runtime.holder import holder_is_dead, this_process
 from jobs.runtime.messages import one_line, utc_now
 
 DONE = ("ok", "skipped")  # statuses a later run counts as done
@@ -65,8 +71,11 @@ def read_statuses(output: str, sids: list[str]) -> dict[str, dict]:
 
 def live_lease_owner(row: Optional[dict], run_id: str, timeout_s: float,
                      now: Optional[float] = None) -> Optional[str]:
-    """The run id holding a live lease on the scene, when it is another run's."""
+    """The run id holding a live lease on the scene, when it is another run's: its holder is
+    not known to be gone and its heartbeat is younger than ``timeout_s``."""
     if not row or row.get("status") != RUNNING or row.get("run_id") == run_id:
+        return None
+    if holder_is_dead(row.get("holder")):
         return None
     age = (now if now is not None else time.time()) - float(row.get("heartbeat") or 0)
     return None if age > timeout_s else str(row.get("run_id") or "?")
@@ -82,13 +91,19 @@ class Decision:
     kind: str
     row: Optional[dict] = None  # claimed: the previous state; skipped: the row written
     owner: str = ""             # running: the run holding the lease; claimed: the one taken over
+    reason: str = ""            # claimed from another run: why its lease was dead
 
 
 class StatusBoard:
     """This run's view of its scenes' status objects: claim, heartbeat, finish."""
 
-    def __init__(self, output: str, run_id: str, lease_timeout_s: float):
+    def __init__(self, output: str, run_id: str, lease_timeout_s: float,
+                 heartbeat_s: float | None = None):
         self.output, self.run_id, self.timeout = output, run_id, float(lease_timeout_s)
+        # at least three beats per timeout: one slow or failed write never lets a live lease
+        # expire
+        self.interval = max(0.2, min(self.timeout / 3, heartbeat_s or self.timeout / 3))
+        self.holder = this_process()
         self.held: set[str] = set()
         self.lost: dict[str, str] = {}  # sid -> run that took the lease over from this one
         self._lock = threading.Lock()
@@ -96,9 +111,12 @@ class StatusBoard:
         self._thread: Optional[threading.Thread] = None
 
     def _stamp(self, row: dict) -> dict:
+        """The row as stored: run id, time, a one-line error, and no secret of any URL in it."""
         row = dict(row)
         err = row.get("error") or ""
-        row["error"] = one_line(err) if err else ""
+        row["error"] = one_line(redact_text(str(err))) if err else ""
+        if row.get("input"):
+            row["input"] = redact_uri(row["input"])
         row["run_id"] = self.run_id
         row["updated"] = utc_now()
         return row
@@ -112,7 +130,9 @@ class StatusBoard:
 
         def change(data):
             cur = parse_status(data)
-            if cur is not None and cur.get("input") not in (None, "", uri):
+            # one scene per input identity: the same object signed again is the same scene
+            if cur is not None and cur.get("input") and \
+                    uri_identity(cur["input"]) != uri_identity(uri):
                 return None, Decision("other-input", cur)
             prev = cur if cur is not None else legacy
             owner = live_lease_owner(cur, self.run_id, self.timeout)
@@ -122,23 +142,26 @@ class StatusBoard:
                 done_in = prev.get("done_run_id") or prev.get("run_id", "?")
                 row = dict(prev, id=sid, input=uri, status="skipped", tiles_computed=0,
                            seconds=0.0, error="", done_run_id=done_in)
-                for k in ("started", "heartbeat"):
+                for k in ("started", "heartbeat", "holder"):
                     row.pop(k, None)
                 row = self._stamp(row)
                 return _encode(row), Decision("skipped", row)
             now = time.time()
             lease = self._stamp({"id": sid, "input": uri, "status": RUNNING, "error": "",
-                                 "record": record, "started": now, "heartbeat": now})
+                                 "record": record, "started": now, "heartbeat": now,
+                                 "holder": self.holder})
             taken = str(cur.get("run_id") or "") if cur and cur.get("status") == RUNNING else ""
-            return _encode(lease), Decision("claimed", prev, taken)
+            why = ("its process is gone" if taken and holder_is_dead(cur.get("holder"))
+                   else f"no heartbeat for over {self.timeout:.0f}s")
+            return _encode(lease), Decision("claimed", prev, taken, why if taken else "")
 
         got = versioned.update(status_uri(self.output, sid), change)
         if got.kind == "claimed":
             with self._lock:
                 self.held.add(sid)
             if got.owner:
-                log.warning("scene %s: taking over the lease of run %s (no heartbeat for over "
-                            "%.0fs)", sid, got.owner, self.timeout)
+                log.warning("scene %s: taking over the lease of run %s (%s)", sid, got.owner,
+                            got.reason)
         return got
 
     def claim(self, sid: str, uri: str, record: dict, force: bool,
@@ -149,7 +172,7 @@ class StatusBoard:
         decision = self.decide(sid, uri, record, force, legacy)
         if decision.kind == "other-input":
 
-            sid = f"{safe_stem(uri)}-{short_hash(uri)}"
+            sid = f"{safe_stem(uri)}-{short_hash(uri_identity(uri))}"
             decision = self.decide(sid, uri, record, force, None)
             if decision.kind == "other-input":
                 raise ValueError(f"scene ids {sid!r}: status.json names another input "
@@ -185,11 +208,8 @@ class StatusBoard:
                     log.warning("lease heartbeat: %s", one_line(err, 200))
 
     def start_heartbeat(self) -> None:
-        # three beats per timeout: one slow or failed write never lets a live lease expire
-        interval = max(0.2, self.timeout / 3)
-
         def loop():
-            while not self._stop.wait(interval):
+            while not self._stop.wait(self.interval):
                 self.heartbeat_once()
 
         self._thread = threading.Thread(target=loop, name="lease-heartbeat", daemon=True)
