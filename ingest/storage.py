@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import re
 import tempfile
 import uuid
 from pathlib import Path
@@ -35,6 +36,9 @@ from ingest import s3_retry
 DEFAULT_GDAL_CACHEMAX_MB = 32
 os.environ.setdefault("GDAL_CACHEMAX", str(DEFAULT_GDAL_CACHEMAX_MB))
 
+
+#: The hidden temp files of atomic local writes (``write_bytes``, ``put_file``, COGs).
+TEMP_NAME = re.compile(r"^\..+\.tmp-[0-9a-f]{8}$")
 
 def is_s3(uri: str | os.PathLike) -> bool:
     """True for ``s3://bucket/key`` (and GDAL's ``/vsis3/bucket/key``)."""
@@ -260,6 +264,33 @@ def write_many(items: dict[str, bytes]) -> None:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+
+
+def check_writable(uri: str) -> None:
+    """Write and delete a small probe object under ``uri`` (local folder or s3:// prefix):
+    OSError/PermissionError here, before any work, instead of a failure halfway through."""
+    probe = join(uri, f".samsp-write-probe-{uuid.uuid4().hex[:8]}")
+    write_bytes(probe, b"probe")
+    fs, path = fs_for(probe)
+    fs.rm(path)
+
+
+def remove_stale_temp_files(folder: str) -> list[str]:
+    """Delete the temp files a killed writer left in a local ``folder`` (``.NAME.tmp-XXXXXXXX``,
+    never visible under NAME). Call only while holding the folder's lease: a live writer's temp
+    file would be deleted too. S3 writes are single PUTs and leave none."""
+    if is_s3(folder) or not os.path.isdir(gdal_path(folder)):
+        return []
+    root = gdal_path(folder)
+    gone = []
+    for name in os.listdir(root):
+        if TEMP_NAME.match(name):
+            try:
+                os.unlink(os.path.join(root, name))
+                gone.append(name)
+            except OSError:
+                pass
+    return gone
 
 
 def read_many(uris: list[str]) -> dict[str, bytes | None]:

@@ -4,6 +4,7 @@ the job with the engine's own message."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -41,14 +42,19 @@ def test_job_with_unloadable_weights_fails_with_the_bundle_error(tmp_path):
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
     scene = make_geotiff(str(tmp_path / "a.tif"), 64, 64, seed=1)
-    res = run_job([scene], str(tmp_path / "out"), str(uri), job_env(SimpleNamespace(env=dict)),
-                  extra=["--set", "pipeline.engine=local"])
-    assert res.rc != 0
-    assert "does not match its sha256" in res.out, res.out[-2000:]
-    rows = [json.loads(line) for line in
-            (tmp_path / "out" / "manifest.jsonl").read_text().splitlines() if line.strip()]
-    assert [(r["id"], r["status"]) for r in rows] == [("a", "failed")]  # failed, not done
-    assert "does not match its sha256" in rows[0]["error"]
+    for engine in ("local", "ray"):
+        out = tmp_path / f"out-{engine}"
+        res = run_job([scene], str(out), str(uri), job_env(SimpleNamespace(env=dict)),
+                      extra=["--set", f"pipeline.engine={engine}"])
+        assert res.rc == 2, res.out[-2000:]  # a model error on either engine
+        ours = [ln for ln in res.out.splitlines() if re.match(r"\d{4}-\d\d-\d\d .* samsp\.", ln)]
+        assert ours and not [ln for ln in ours if "\x1b[" in ln]  # no colour codes in our lines
+        rows = [json.loads(line) for line in
+                (out / "manifest.jsonl").read_text().splitlines() if line.strip()]
+        assert [(r["id"], r["status"]) for r in rows] == [("a", "failed")]  # failed, not done
+        # the cause itself, not Ray's ActorDiedError around it
+        assert rows[0]["error"].startswith("pipeline: BundleError: ") and \
+            "does not match its sha256" in rows[0]["error"], rows[0]["error"]
 
 
 def test_a_predictor_casts_a_bundle_passed_in_only_when_told_it_owns_it(tmp_path):

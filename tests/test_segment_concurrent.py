@@ -156,11 +156,14 @@ def test_killed_run_is_finished_by_an_immediate_rerun(setup):
     assert killed.rc == -signal.SIGKILL, killed.out[-2000:]
     status = json.loads(Path(out, "s0", "status.json").read_text())
     assert status["status"] == "running" and status["holder"]["pid"] > 0
+    stale = Path(out, "s0", ".quicklook.png.tmp-0badf00d")  # what a killed writer leaves
+    stale.write_bytes(b"half a png")
     late = finish_job(start_job(scene, out, setup.model, env))  # default lease timeout (45 s)
     assert late.rc == 0 and late.summary["ok"] == 1, late.out[-2000:]
     assert late.summary["running_elsewhere"] == 0 and late.summary["skipped"] == 0
     assert f"taking over the lease of run {status['run_id']} (its process is gone)" in late.out
     assert 0 < late.summary["tiles_computed"] < 6  # resumed from the killed run's tiles
+    assert not stale.exists()
     full = finish_job(start_job(scene, ref, setup.model, env))
     assert full.rc == 0, full.out[-2000:]
     for name in ("mask.tif", "prob.tif"):

@@ -141,3 +141,34 @@ def test_a_png_bomb_is_refused_from_its_header(tmp_path):
     bomb = png_bomb(tmp_path / "bomb.png")
     with pytest.raises(ingest.SceneTooLargeError, match="60000x60000"):
         ingest.open_scene(bomb, max_pixels=150_000_000, check_empty=False)
+
+
+def test_a_presigned_input_leaves_no_secret_in_outputs_or_logs(s3_env, bundle, env, tmp_path):  # noqa: F811
+    """A presigned GET URL as --input: the scene is read through it, and neither its signature
+    nor its credential reaches status.json, the index, stats.json, the report or the log."""
+    import boto3
+    from botocore.config import Config
+    from urllib.parse import parse_qs, urlsplit
+
+    from ingest import storage
+
+    rgb = np.random.default_rng(4).integers(0, 255, (3, H, W), dtype=np.uint8)
+    storage.put_file(_cog(tmp_path / "signed.tif", rgb), f"s3://{s3_env.bucket}/signed/scene.tif")
+    client = boto3.client("s3", endpoint_url=s3_env.endpoint, region_name="us-east-1",
+                          aws_access_key_id=s3_env.key,
+                          aws_secret_access_key=s3_env.secret,
+                          config=Config(signature_version="s3v4"))
+    url = client.generate_presigned_url("get_object", ExpiresIn=3600, Params={
+        "Bucket": s3_env.bucket, "Key": "signed/scene.tif"})
+    signature = parse_qs(urlsplit(url).query)["X-Amz-Signature"][0]
+    out = tmp_path / "out"
+    res = run_job(out, bundle, ["--input", url, "--set", "output.stac=true"], env)
+    assert res.rc == 0 and res.summary["ok"] == 1, res.out[-3000:]
+    assert rows(out)["scene"]["input"] == url.split("?")[0] + "?" + "&".join(
+        p for p in urlsplit(url).query.split("&") if p.split("=")[0] in
+        ("X-Amz-Algorithm", "X-Amz-Date", "X-Amz-Expires", "X-Amz-SignedHeaders"))
+    secrets = (signature, "X-Amz-Signature", "X-Amz-Credential", s3_env.key)
+    assert not [s for s in secrets if s in res.out]
+    leaks = [(str(p), s) for p in out.rglob("*") if p.is_file()
+             for s in secrets if s.encode() in p.read_bytes()]
+    assert not leaks, leaks

@@ -88,6 +88,8 @@ def expand_inputs(items: Iterable[str], extensions: list[str], exclude: Iterable
             out.extend(expand_inputs(_read_list(item), extensions, (), _depth + 1, own))
         elif storage.is_s3(item):
             out.extend(_expand_s3(item, exts, own))
+        elif item.startswith(("http://", "https://", "/vsicurl/")):
+            out.append(item)  # one object; "?" starts its query (a signature), not a glob
         else:
             out.extend(_expand_local(item, extensions, exts, own, _depth))
     # normalise (one identity per input), de-duplicate, keep order

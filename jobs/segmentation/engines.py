@@ -22,7 +22,7 @@ from jobs.inference.actors import ACTOR_MAX_RESTARTS, TASK_MAX_RETRIES, ray_reso
 from jobs.inference.lanes import cpu_layout
 from jobs.inference.model_preload import ModelPreload, import_model_code
 from jobs.runtime.logs import filtered_native_stderr
-from jobs.runtime.messages import one_line
+from jobs.runtime.messages import ANSI, model_error_line, one_line
 from jobs.runtime.ray_session import init_ray
 from jobs.segmentation.config import SegmentConfig
 from jobs.segmentation.pipeline import PredictWriter, read_tiles
@@ -106,8 +106,12 @@ def build_dataset(rows, cfg: SegmentConfig, model_uri: str, threshold: float, re
 
 
 def pipeline_error(err: BaseException) -> str:
-    """The one-line reason every unfinished scene gets when the pipeline itself stops."""
-    msg = f"pipeline: {type(err).__name__}: {one_line(err, 300)}"
+    """The one-line reason every unfinished scene gets when the pipeline itself stops; a model
+    that cannot load reads as its own error (``pipeline: BundleError: ...``), not as Ray's
+    wrapper around it."""
+    model = model_error_line(err)
+    msg = f"pipeline: {model}" if model else \
+        f"pipeline: {type(err).__name__}: {one_line(ANSI.sub('', str(err)), 300)}"
     log.error("%s", msg)
     return msg
 

@@ -27,7 +27,7 @@ from jobs.inference.model_preload import ModelPreload
 from jobs.inputs.expand import expand_inputs
 from jobs.inputs.scene_ids import assign_scene_ids
 from jobs.runtime.config import ConfigError, load_config, new_run_id, output_root
-from jobs.runtime.messages import error_line, one_line
+from jobs.runtime.messages import MODEL_ERRORS, error_line, one_line
 from jobs.runtime.ray_session import stop_ray
 from jobs.segmentation import stac_output
 from jobs.segmentation.config import SegmentConfig
@@ -67,6 +67,7 @@ class SegmentRun:
         self.futures: dict[cf.Future, str] = {}  # finalizations, to their scene id
         self.n_done = 0  # tiles computed this run
         self.stac_error = ""
+        self.model_error = False  # the model could not load or run (exit 2)
 
     def run(self) -> int:
         code = self.prepare()
@@ -74,10 +75,33 @@ class SegmentRun:
             code = self.plan()
         if code is not None:
             return code
-        self.execute()
-        self.collect()
-        self.publish()
+        try:
+            self.execute()
+            self.collect()
+            self.publish()
+        except OSError as err:  # a full or read-only output (status, index, outputs)
+            return self.write_failed(err)
         return self.summary()
+
+    def write_failed(self, err: OSError) -> int:
+        """The output stopped taking writes mid-run: one line, the leases this run holds
+        released as failed where the store still allows it (a rerun recomputes those scenes:
+        and from this host a dead run's lease is taken over at once anyway), exit 1."""
+        log.error("output %s: a write failed, the run stops: %s", self.output,
+                  error_line(err, 300))
+        self.board.stop()
+        reason = f"output write failed: {error_line(err, 200)}"
+        for sid in sorted(self.board.held):
+            try:
+                self.board.finish(sid, {"id": sid, "input": self.states[sid].plan.input
+                                        if sid in self.states else "", "status": "failed",
+                                        "error": reason})
+            except OSError:
+                pass  # the lease stays, but names this process: it is known dead once we exit
+        stop_ray()
+        print(json.dumps({"run_id": self.run_id, "ok": 0, "failed": len(self.states),
+                          "error": reason}), flush=True)
+        return EXIT_FAILED
 
     # ------------------------------------------------------------------ prepare
 
@@ -93,6 +117,11 @@ class SegmentRun:
         s3_retry.configure(cfg.storage.max_retries, cfg.storage.retry_delay_s,  # workers inherit it
                            cfg.storage.retry_mode)
         self.output = output_root(args.output)
+        try:  # a read-only or full output fails here, before any lease is taken
+            storage.check_writable(self.output)
+        except OSError as err:
+            log.error("output %s is not writable: %s", self.output, error_line(err, 300))
+            return EXIT_USAGE
         self.run_id = new_run_id()
         # an item's datetime without a source
         self.run_started = datetime.datetime.now(datetime.timezone.utc)
@@ -172,6 +201,8 @@ class SegmentRun:
             ids[uri] = sid
             if decision.kind != "claimed":
                 return decision, None
+            # the lease is ours: temp files in the scene folder are a dead writer's
+            storage.remove_stale_temp_files(storage.join(self.output, sid))
             if self.stac_in is not None:
                 self.stac_in.check(uri)  # an item that could not become a scene fails alone
             return plan_scene(sid, uri, self.output, self.cfg, self.tile, self.overlap,
@@ -231,6 +262,10 @@ class SegmentRun:
                 rows, states, cfg, self.args.model, self.threshold, self._finish, self.output,
                 self.timings, self.preload))
             self.n_done = sum(st.computed for st in states.values())
+        # the model could not load or run: every scene fails with that line, and the run ends
+        # as a model error (exit 2) on either engine
+        self.model_error = pipeline_error.startswith(
+            tuple(f"pipeline: {name}:" for name in MODEL_ERRORS))
         for st in states.values():
             if not st.submitted:
                 st.errors.append(pipeline_error or f"{st.remaining} tile(s) never came back")
@@ -339,6 +374,8 @@ class SegmentRun:
                           "pixels": sum(st.plan.pixels for st in self.states.values()),
                           "actors": self.timings.actors,
                           "seconds": {k: round(v, 3) for k, v in secs.items()}}), flush=True)
+        if self.model_error:
+            return EXIT_USAGE
         if self.failed or self.stac_error:
             return EXIT_FAILED
         return EXIT_RUNNING_ELSEWHERE if elsewhere else EXIT_OK
