@@ -61,6 +61,13 @@ class ModelPreload:
         finally:
             self._done.set()
 
+    def settle(self, timeout: float = 120.0) -> None:
+        """Wait for the load to end (and drop what it loaded): a process must not exit while this
+        thread is inside torch's C++ import or load -- the runtime then aborts at exit
+        ("terminate called without an active exception") instead of returning the exit code."""
+        self._done.wait(timeout)
+        self._bundle = None
+
     def bundle(self):
         """The loaded ``samsp.Bundle`` (waits for the load), or None when it failed. Once: the
         model is handed to one predictor, this object keeps no reference to it."""

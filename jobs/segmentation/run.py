@@ -71,11 +71,12 @@ class SegmentRun:
 
     def run(self) -> int:
         code = self.prepare()
-        if code is None:
-            code = self.plan()
         if code is not None:
             return code
         try:
+            code = self.plan()
+            if code is not None:
+                return code
             self.execute()
             self.collect()
             self.publish()
@@ -89,13 +90,17 @@ class SegmentRun:
         and from this host a dead run's lease is taken over at once anyway), exit 1."""
         log.error("output %s: a write failed, the run stops: %s", self.output,
                   error_line(err, 300))
-        self.board.stop()
+        board = getattr(self, "board", None)  # None: it failed before any lease was taken
+        if board is not None:
+            board.stop()
+        if self.preload is not None:
+            self.preload.settle()
         reason = f"output write failed: {error_line(err, 200)}"
-        for sid in sorted(self.board.held):
+        for sid in sorted(board.held if board is not None else ()):
             try:
-                self.board.finish(sid, {"id": sid, "input": self.states[sid].plan.input
-                                        if sid in self.states else "", "status": "failed",
-                                        "error": reason})
+                plan = self.states[sid].plan if sid in self.states else None
+                board.finish(sid, {"id": sid, "input": plan.input if plan else "",
+                                   "status": "failed", "error": reason})
             except OSError:
                 pass  # the lease stays, but names this process: it is known dead once we exit
         stop_ray()
@@ -357,13 +362,16 @@ class SegmentRun:
 
     def summary(self) -> int:
         """The last log line, Ray stopped, the JSON summary line on stdout; the exit code."""
+        if self.preload is not None:  # a run that computed nothing may end before the load
+            self.preload.settle()
         ok = sum(1 for r in self.results.values() if r.get("status") == "ok")
         skipped = sum(1 for r in self.results.values() if r.get("status") == "skipped")
         elsewhere = sum(1 for r in self.results.values() if r.get("status") == "running_elsewhere")
-        log.info("run %s done in %.1fs: %d ok, %d skipped, %d failed, %d running in other runs "
-                 "of %d; %d tile(s) computed; manifest %s, report %s", self.run_id,
-                 time.perf_counter() - self.timings.started,
-                 ok, skipped, self.failed, elsewhere, len(self.inputs), self.n_done,
+        log.info("run %s done in %.1fs: %d ok, %d skipped, %d failed of %d%s; %d tile(s) "
+                 "computed; manifest %s, report %s", self.run_id,
+                 time.perf_counter() - self.timings.started, ok, skipped, self.failed,
+                 len(self.inputs),
+                 f" ({elsewhere} left to other live runs)" if elsewhere else "", self.n_done,
                  storage.join(self.output, "manifest.jsonl"),
                  storage.join(self.output, "report.html"))
         secs = self.timings.seconds(time.perf_counter())
