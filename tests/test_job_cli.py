@@ -47,3 +47,14 @@ def test_suggestions_come_from_the_jobs_own_model():
     with pytest.raises(ConfigError) as err:  # a wrong value is not a wrong key: no suggestion
         load_config(SegmentConfig, None, ["predict.batch_size=0"])
     assert "did you mean" not in str(err.value)
+
+
+def test_negative_numbers_are_values_as_users_type_them():
+    from jobs.runtime.config import attach_negative_values
+
+    assert attach_negative_values(["--bbox", "-80,20,-70,30", "--output", "o"]) == [
+        "--bbox=-80,20,-70,30", "--output", "o"]
+    assert attach_negative_values(["--bbox", "-80.5,-20,70,-3e1"]) == ["--bbox=-80.5,-20,70,-3e1"]
+    # options stay options; values after "=" and positionals are left alone
+    for argv in (["--force", "--output", "o"], ["--bbox=-1,2,3,4"], ["-v", "-1"]):
+        assert attach_negative_values(argv) == argv

@@ -172,3 +172,18 @@ def test_a_presigned_input_leaves_no_secret_in_outputs_or_logs(s3_env, bundle, e
     leaks = [(str(p), s) for p in out.rglob("*") if p.is_file()
              for s in secrets if s.encode() in p.read_bytes()]
     assert not leaks, leaks
+
+
+def test_a_broken_or_outside_link_in_a_static_catalog_exits_2_with_one_line(bundle, env, tmp_path):  # noqa: F811
+    for child in ("./missing/catalog.json", "../../elsewhere/catalog.json"):
+        root = pystac.Catalog("root", "a catalog with one bad child link")
+        root.add_link(pystac.Link("child", child, media_type="application/json"))
+        cat = tmp_path / "cat" / "catalog.json"
+        cat.parent.mkdir(exist_ok=True)
+        cat.write_text(json.dumps(root.to_dict(include_self_link=False)))
+        out = tmp_path / "out"
+        res = run_job(out, bundle, ["--stac", cat], env, timeout=120)
+        assert res.rc == 2, res.out[-2000:]
+        errors = [ln for ln in res.out.splitlines() if " ERROR " in ln]
+        assert len(errors) == 1 and "a link cannot be followed" in errors[0], res.out[-2000:]
+        assert "Traceback" not in res.out

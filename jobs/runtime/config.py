@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
+import re
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -140,6 +142,23 @@ def job_epilog(examples: Iterable[str], reference: str, exit_codes: dict[int, st
     return "\n".join(lines)
 
 
+#: A value that starts like an option but is numbers (``--bbox -80,20,-70,30``: every western
+#: or southern bbox): argparse would read it as an unknown option.
+NUMBERS = re.compile(r"^-\d[\d.eE+-]*(,-?[\d.eE+-]+)*$")
+
+
+def attach_negative_values(argv: list[str]) -> list[str]:
+    """``["--bbox", "-80,20,-70,30"]`` -> ``["--bbox=-80,20,-70,30"]``: option values that are
+    negative numbers, as users type them, reach argparse as values."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and NUMBERS.match(arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def parse_job_args(argv, *, prog: str, description: str, input_help: str, set_example: str,
                    epilog: str, flags: dict[str, str] | None = None,
                    add_args=None, input_required: bool = True) -> argparse.Namespace:
@@ -160,7 +179,7 @@ def parse_job_args(argv, *, prog: str, description: str, input_help: str, set_ex
         parser.add_argument(flag, action="store_true", help=help_text)
     if add_args is not None:
         add_args(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(attach_negative_values(sys.argv[1:] if argv is None else list(argv)))
     configure_logging(args.log_level)
 
     quiet_third_party()  # botocore's credentials line once, no library profiling at INFO

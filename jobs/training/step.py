@@ -14,7 +14,7 @@ import torch
 from jobs.training.config import TrainConfig
 from jobs.training.model import lr_lambda, param_groups, training_loss
 from samsp.precision import autocast
-from samsp.preprocess import prepare_batch, prepare_targets
+from samsp.preprocess import blank_invalid, prepare_batch, prepare_targets
 from samsp.prompts import prompt_from_target
 
 
@@ -83,6 +83,7 @@ def forward_backward(opt: Optimisation, img, mask, valid, group: int = 1,
     # The loader's (pinned, on GPU) uint8/bool tensors go to the device as they are.
     x, _ = prepare_batch(img, opt.image_size, opt.pixel_mean, opt.pixel_std, device=opt.device)
     target, ok = prepare_targets(mask[:, 0], opt.image_size, valid[:, 0], device=opt.device)
+    x = blank_invalid(x, ok)  # crop padding as evaluation and segmentation see it
     first_prompt = None
     if prompt_seed is not None:
         net = opt.net
