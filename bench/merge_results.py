@@ -64,6 +64,7 @@ HEADLINES = [
     ("S1_single_tile_efficiency_vit_b_local", ">= 0.8 (vit_b, local engine)", lambda v: v >= 0.8),
     ("S1_single_tile_efficiency_vit_tiny", ">= 0.8 (vit_tiny, Ray)", lambda v: v >= 0.8),
     ("S1_single_tile_efficiency_vit_tiny_local", ">= 0.8 (vit_tiny, local engine)", lambda v: v >= 0.8),
+    ("small_image_gap", "<= 0.02 (DeepCrack Dice, whole - 3x3 crops)", lambda v: v <= 0.02),
 ]
 SECTIONS = ["INGEST_RESULTS.md", "MODEL_RESULTS.md", "SEGMENT_RESULTS.md", "TRAIN_RESULTS.md",
             "QUALITY_RESULTS.md", "ABLATION_DEEPCRACK_RESULTS.md", "ABLATION_EPFL_RESULTS.md",
@@ -71,7 +72,8 @@ SECTIONS = ["INGEST_RESULTS.md", "MODEL_RESULTS.md", "SEGMENT_RESULTS.md", "TRAI
             "RECIPE_BUDGET_RESULTS.md", "ORACLE_PROMPTS_RESULTS.md",
             "NIGHTLY_RESULTS.md",
             "VECTORS_RESULTS.md",
-            "SINGLE_TILE_RESULTS.md"]
+            "SINGLE_TILE_RESULTS.md",
+            "SMALL_IMAGES_RESULTS.md"]
 
 
 PRECEDENCE = {"results_recipe_budget.json"}

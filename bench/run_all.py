@@ -22,6 +22,7 @@ COMMANDS = [
     [sys.executable, "-m", "bench.bench_bf16"],
     [sys.executable, "-m", "bench.bench_nightly"],
     [sys.executable, "-m", "bench.bench_vectors"],
+    [sys.executable, "-m", "bench.small_images"],
 ]
 
 

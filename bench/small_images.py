@@ -68,11 +68,14 @@ def main(argv=None) -> int:
         whole.append(w), cut.append(c), crops.extend(per)
         if (i + 1) % 50 == 0:
             log(f"{i + 1}/{len(names)} images", "small_images")
-    result = {"images": len(names), "model": Path(args.model).name, "machine": cpu_label(),
-              "dice_whole": round(float(np.mean(whole)), 4),
-              "dice_crops_stitched": round(float(np.mean(cut)), 4),
-              "dice_per_crop": round(float(np.mean(crops)), 4)}
-    result["small_image_gap"] = round(result["dice_whole"] - result["dice_crops_stitched"], 4)
+    # keys are merged into bench/results.json with every other part's: all prefixed
+    result = {"small_images_n": len(names), "model": Path(args.model).name,
+              "machine": cpu_label(),
+              "small_dice_whole": round(float(np.mean(whole)), 4),
+              "small_dice_crops_stitched": round(float(np.mean(cut)), 4),
+              "small_dice_per_crop": round(float(np.mean(crops)), 4)}
+    result["small_image_gap"] = round(result["small_dice_whole"]
+                                      - result["small_dice_crops_stitched"], 4)
     (RESULTS / "results_small_images.json").write_text(json.dumps(result, indent=1) + "\n")
     (RESULTS / "SMALL_IMAGES_RESULTS.md").write_text(
         "# Images smaller than the model window\n\n"
@@ -80,8 +83,13 @@ def main(argv=None) -> int:
         f"per-image Dice of {result['model']} on {len(names)} DeepCrack test images.\n\n"
         "| whole images | 3x3 crops stitched back | each crop | gap (whole - crops) |\n"
         "|---|---|---|---|\n"
-        f"| {result['dice_whole']} | {result['dice_crops_stitched']} | {result['dice_per_crop']} "
-        f"| {result['small_image_gap']} |\n")
+        f"| {result['small_dice_whole']} | {result['small_dice_crops_stitched']} "
+        f"| {result['small_dice_per_crop']} | {result['small_image_gap']} |\n\n"
+        "Before windows padded SAM's way (the same model, padding with uint8 zeros before "
+        "normalising, counted as image): 0.7928 whole, 0.4836 crops stitched back, 0.5309 "
+        "per crop (gap 0.309), measured the same way (same images, crops and model) on the "
+        "commit before the padding rule. The "
+        "issue's aim, a gap of at most 0.02, is not reached by this model.\n")
     print(json.dumps(result))
     return 0
 
