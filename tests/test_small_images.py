@@ -6,6 +6,8 @@ invalid pixels to 0 in normalised units (``samsp.preprocess.blank_invalid``) and
 self-prompts from them."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -60,7 +62,7 @@ def test_deepcrack_whole_and_cut_into_crops_agree():
     from PIL import Image
 
     root = shared_data("deepcrack")
-    model = load_bundle("models/samsp-crack-tiny")
+    model = load_bundle(str(Path(__file__).resolve().parents[1] / "models" / "samsp-crack-tiny"))
     window = SlidingWindow(bundle_forward(model, precision="fp32"), tile=256, overlap=32)
     names = sorted(p.name for p in (root / "test_img").iterdir())[:8]
     whole, cut = [], []
