@@ -165,8 +165,9 @@ def blank_invalid(x: torch.Tensor, frame_valid: torch.Tensor) -> torch.Tensor:
     """Model input ``[B,3,S,S]`` with every invalid pixel set to 0 in normalised units: what
     ``Sam.preprocess`` pads with. Padding of a window larger than its image, nodata and the
     frame's own padding then all look alike to the model whatever their raw values (uint8
-    zeros padded *before* normalising read as near-black, far from SAM's padding: measured on
-    DeepCrack, 3x3 crops of a test image lost 0.27 of their Dice that way)."""
+    zeros padded *before* normalising read as near-black, far from SAM's padding: on DeepCrack
+    test images cut into 3x3 crops, Dice fell from 0.79 whole to 0.48 that way, to 0.76 with
+    this rule -- ``python -m bench.small_images``)."""
     return x.masked_fill(~frame_valid.bool(), 0.0)
 
 

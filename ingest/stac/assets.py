@@ -18,8 +18,7 @@ import pystac
 
 from .. import storage
 from ..errors import StacItemError
-from ..trust import (REMOTE_DRIVERS, InputPolicy, UntrustedInputError, check_uri,
-                     redact_uri, resolve_href)
+from ..trust import REMOTE_DRIVERS, InputPolicy, UntrustedInputError, redact_uri, resolve_href
 
 
 @dataclass(frozen=True)
@@ -66,9 +65,10 @@ def select_assets(item: pystac.Item, wanted: tuple[str, ...], policy: InputPolic
         keys.append(key)
         href = item.assets[key].get_absolute_href() or item.assets[key].href
         if policy is not None:
+            if not base:
+                raise StacItemError(f"item {item.id}: no catalog to resolve its hrefs against")
             try:
-                href = resolve_href(item.assets[key].href, base, policy) if base else \
-                    check_uri(href, policy, catalog="stac:unknown")
+                href = resolve_href(item.assets[key].href, base, policy)
             except UntrustedInputError as err:
                 raise StacItemError(f"item {item.id}: asset {key!r} refused: {err}") from None
         hrefs.append(gdal_href(href))

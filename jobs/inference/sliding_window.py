@@ -9,7 +9,8 @@ forward. The model input is 0 there in normalised units, as SAM pads (``samsp.pr
 blank_invalid``), and the self-prompts never come from them -- so an image smaller than the
 window is seen as the same pixels inside a bigger one are. (Until this rule, evaluation padded
 small images with uint8 zeros, near-black after normalising, and counted them as image: 3x3
-crops of DeepCrack test images lost 0.27 Dice against the whole images.)"""
+crops of DeepCrack test images scored 0.48 Dice against 0.79 whole; ``python -m
+bench.small_images`` measures both ways.)"""
 from __future__ import annotations
 
 from dataclasses import dataclass

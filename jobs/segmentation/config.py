@@ -122,15 +122,16 @@ class OutputConfig(StrictModel):
 
 
 class InputAllowConfig(StrictModel):
-    """What inputs may reach (README "Security model"). Catalog hrefs are checked against it
-    before anything opens them; a refused href fails its scene alone, with the reason."""
+    """What a STAC catalog's hrefs and links may reach (README "Security model"): checked
+    before anything opens them; a refused href fails its scene alone, with the reason. The
+    operator's own --input values are trusted and not checked."""
 
-    # URI schemes any input may use.
+    # URI schemes catalog hrefs may use.
     schemes: list[str] = Field(default_factory=lambda: ["file", "s3", "http", "https"])
-    # S3 locations inputs may read, as "bucket" or "bucket/prefix"; empty = any bucket.
+    # S3 locations catalog hrefs may name, as "bucket" or "bucket/prefix"; empty = any bucket.
     s3: list[str] = Field(default_factory=list)
-    # http(s) hosts ("host" or "host:port"). Empty = any public host; a host resolving to a
-    # loopback, link-local or private address is refused unless listed here by name.
+    # http(s) hosts ("host" or "host:port"). Empty = any public host (loopback, link-local and
+    # private addresses refused); listed = only these hosts, whatever they resolve to.
     hosts: list[str] = Field(default_factory=list)
     # Local folders a catalog's hrefs may name besides the catalog's own folder (a remote
     # catalog may name none by default).

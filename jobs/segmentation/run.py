@@ -68,6 +68,7 @@ class SegmentRun:
         self.n_done = 0  # tiles computed this run
         self.stac_error = ""
         self.model_error = False  # the model could not load or run (exit 2)
+        self.board: StatusBoard | None = None  # leases and status.json, from plan() on
 
     def run(self) -> int:
         code = self.prepare()
@@ -90,7 +91,7 @@ class SegmentRun:
         and from this host a dead run's lease is taken over at once anyway), exit 1."""
         log.error("output %s: a write failed, the run stops: %s", self.output,
                   error_line(err, 300))
-        board = getattr(self, "board", None)  # None: it failed before any lease was taken
+        board = self.board  # None: it failed before any lease was taken
         if board is not None:
             board.stop()
         if self.preload is not None:

@@ -21,6 +21,7 @@ from pathlib import PurePosixPath
 import numpy as np
 
 import ingest
+from ingest import storage
 from ingest.storage import fs_for, join
 from jobs.runtime.errors import DataError
 from jobs.training.augment import augment
@@ -32,14 +33,6 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 
 def _is_remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
-
-
-def read_bytes(uri: str) -> bytes:
-    if not _is_remote(uri):
-        with open(uri[7:] if uri.startswith("file://") else uri, "rb") as f:
-            return f.read()
-    fs, path = fs_for(uri)
-    return fs.cat_file(path)
 
 
 def _list_files(uri: str) -> list[str]:
@@ -296,8 +289,8 @@ class ItemLoader:
             img, mask = synth_item(item["index"], item["size"], item["seed"], tuple(item["width"]))
             return img, mask, np.ones_like(mask)
         if kind == "pairs":
-            img = _decode_image(read_bytes(item["image"]), item["image"])
-            mask = _decode_mask(read_bytes(item["mask"]), item["mask"], item["threshold"])
+            img = _decode_image(storage.read_bytes(item["image"]), item["image"])
+            mask = _decode_mask(storage.read_bytes(item["mask"]), item["mask"], item["threshold"])
             if mask.shape != img.shape[1:]:
                 raise DataError(f"mask {item['mask']} is {mask.shape[0]}x{mask.shape[1]} but "
                                 f"image {item['image']} is {img.shape[1]}x{img.shape[2]}")
