@@ -43,16 +43,25 @@ def refuse_replaced(data: Any, replaced: dict[str, str]) -> Any:
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in ``tree``; a number steps into a list (``data.source.members.1.weight``)."""
     keys = dotted.split(".")
-    node = tree
-    for key in keys[:-1]:
-        child = node.get(key)
+    node: Any = tree
+    for i, key in enumerate(keys):
+        last = i == len(keys) - 1
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise ConfigError(f"{dotted}: '{key}' is not an index of a list of {len(node)}")
+            key = int(key)
+        elif not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: cannot set a field inside '{keys[i - 1]}', which is "
+                              "not a section")
+        if last:
+            node[key] = value
+            return
+        child = node[key] if isinstance(node, list) else node.get(key)
         if child is None:
             child = node[key] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"{dotted}: cannot set a field inside '{key}', which is not a section")
         node = child
-    node[keys[-1]] = value
 
 
 def parse_overrides(items: Iterable[str]) -> list[tuple[str, Any]]:

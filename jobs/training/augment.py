@@ -1,5 +1,5 @@
 """Joint augmentation of training crops: random rescale + crop (boundless, padding invalid),
-flips and 90-degree rotations, colour jitter. Image, mask and valid move together, and labels
+flips and 90-degree rotations, colour jitter, grey crops and cast shadows. Image, mask and valid move together, and labels
 survive downscaling wherever the structure stays visible (``label_keep_threshold``).
 
 Arrays are ``image uint8[C,h,w]``, ``mask bool[h,w]``, ``valid bool[h,w]`` (``_resize`` works on
@@ -100,6 +100,29 @@ def color_jitter(img: np.ndarray, valid: np.ndarray, aug: dict, rng: np.random.G
     return x.astype(np.uint8)
 
 
+def grey_and_shadow(img: np.ndarray, valid: np.ndarray, aug: dict, rng: np.random.Generator):
+    """Other cameras and light: with ``aug["grayscale"]`` probability the crop turns grey; with
+    ``aug["shadow"]`` a random half-plane is darkened to 35-75 % with a soft edge (a cast
+    shadow across the pavement, as in ShadowCrack)."""
+    grey = aug.get("grayscale", 0) > 0 and rng.random() < aug["grayscale"]
+    shadow = aug.get("shadow", 0) > 0 and rng.random() < aug["shadow"]
+    if not (grey or shadow):
+        return img
+    x = img.astype(np.float32)
+    if grey:
+        x[:] = x.mean(axis=0, keepdims=True)
+    if shadow:
+        _, h, w = x.shape
+        ang = rng.uniform(0, 2 * np.pi)
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        side = (np.cos(ang) * (xx - rng.uniform(0, w)) + np.sin(ang) * (yy - rng.uniform(0, h)))
+        edge = max(1.0, rng.uniform(0.01, 0.1) * max(h, w))
+        inside = 1.0 / (1.0 + np.exp(-np.clip(side / edge, -30, 30)))
+        x *= 1.0 - (1.0 - rng.uniform(0.35, 0.75)) * inside
+    x[:, ~valid] = 0
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
 def geometric(img, mask, valid, aug: dict, rng: np.random.Generator):
     """Joint flips and 90-degree rotations (same transform on image, mask and valid)."""
     if aug["hflip"] and rng.random() < 0.5:
@@ -129,4 +152,5 @@ def augment(img, mask, valid, crop: int, aug: dict, rng: np.random.Generator):
     ci, cm, cv = best[1]
     ci, cm, cv = geometric(ci, cm, cv, aug, rng)
     ci = color_jitter(ci, cv, aug, rng)
+    ci = grey_and_shadow(ci, cv, aug, rng)
     return ci, cm, cv

@@ -157,6 +157,45 @@ class SyntheticData(StrictModel):
 DataSource = Annotated[Union[PairsData, RasterData, SyntheticData], Field(discriminator="kind")]
 
 
+class MixtureMember(StrictModel):
+    """One data set of a mixture: its training source, its own validation (a separate source, or
+    ``split.val_fraction`` of its items) and its share of the training samples."""
+
+    # Short name: metric keys (val_dice_<name>) and item keys (<name>/<key>).
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$", max_length=40)
+    source: DataSource
+    val_source: Optional[DataSource] = None
+    # Sampling weight: each training sample comes from this member with probability
+    # weight / sum(weights), whatever its size (a big set does not drown a small one).
+    weight: float = Field(default=1.0, gt=0)
+    # Use at most this many of its validation images (a seeded spread over the set; None = all).
+    val_limit: Optional[int] = Field(default=None, ge=1)
+
+
+class MixtureData(StrictModel):
+    """Several data sets trained together with per-set sampling weights. Validation scores each
+    member on its own validation images; ``val_dice`` (checkpoint selection, threshold tuning)
+    is the mean of the members' Dice, so every set counts the same."""
+
+    kind: Literal["mixture"] = "mixture"
+    members: list[MixtureMember] = Field(min_length=1)
+    # Training samples per epoch, all members together (None = their training items summed);
+    # train.samples_per_item multiplies it.
+    samples_per_epoch: Optional[int] = Field(default=None, ge=1)
+
+    @field_validator("members")
+    @classmethod
+    def _unique_names(cls, members):
+        names = [m.name for m in members]
+        if len(set(names)) != len(names):
+            raise ValueError(f"mixture member names must be unique, got {names}")
+        return members
+
+
+TrainSource = Annotated[Union[PairsData, RasterData, SyntheticData, MixtureData],
+                        Field(discriminator="kind")]
+
+
 class SplitConfig(StrictModel):
     # Fraction of items held out for validation (deterministic: seeded shuffle of sorted keys).
     val_fraction: float = Field(default=0.15, gt=0, lt=1)
@@ -164,14 +203,23 @@ class SplitConfig(StrictModel):
 
 
 class DataConfig(StrictModel):
-    source: DataSource = Field(default_factory=lambda: SyntheticData())
-    # Optional separate validation source (then split.val_fraction is ignored).
+    # pairs | raster | synthetic | mixture (several of those, each with its own validation).
+    source: TrainSource = Field(default_factory=lambda: SyntheticData())
+    # Optional separate validation source (then split.val_fraction is ignored); a mixture
+    # names its members' own.
     val_source: Optional[DataSource] = None
     split: SplitConfig = Field(default_factory=SplitConfig)
     # Keep decoded items in worker memory after first use (small sets, remote data).
     cache: bool = True
     # DataLoader worker processes per training worker (0 = load in the training process).
     loader_workers: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _mixture_has_its_own_validation(self):
+        if self.source.kind == "mixture" and self.val_source is not None:
+            raise ValueError("data.val_source does not apply to a mixture: give each member "
+                             "its own val_source (or let split.val_fraction hold out its items)")
+        return self
 
 
 class AugmentConfig(StrictModel):
@@ -189,6 +237,10 @@ class AugmentConfig(StrictModel):
     contrast: float = Field(default=0.2, ge=0, le=1)
     saturation: float = Field(default=0.2, ge=0, le=1)
     gamma: float = Field(default=0.2, ge=0, le=1)
+    # Probability of turning a crop grey (other cameras: grey sensors, desaturated archives).
+    grayscale: float = Field(default=0.0, ge=0, le=1)
+    # Probability of a cast shadow: a random half-plane darkened to 35-75 %, soft-edged.
+    shadow: float = Field(default=0.0, ge=0, le=1)
     # Crops are redrawn (up to 5 times) until at least this fraction is positive, when possible.
     min_positive: float = Field(default=0.0, ge=0, le=1)
 

@@ -25,6 +25,8 @@ from ingest import storage
 from ingest.storage import fs_for, join
 from jobs.runtime.errors import DataError
 from jobs.training.augment import augment
+from jobs.training.mixture import group_index, merge_members, pick_item, spread_subset
+from jobs.training.synthetic import synth_item
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 
@@ -130,7 +132,7 @@ def _synthetic_items(src: dict) -> list[dict]:
              "seed": src["seed"], "width": list(src["width"])} for i in range(src["count"])]
 
 
-def _source_items(src: dict) -> tuple[list[dict], list[dict]]:
+def source_items(src: dict) -> tuple[list[dict], list[dict]]:
     kind = src["kind"]
     if kind == "pairs":
         return pairs_items(src), []
@@ -159,32 +161,61 @@ def split_items(items: list[dict], val_fraction: float, seed: int) -> tuple[list
     return train, val
 
 
+def _plan_members(mixture: dict, split: dict) -> tuple[list, list, list, list]:
+    """``(train, val, scenes, groups)`` of a mixture: every member split (or validated) on its
+    own, then merged (``jobs/training/mixture.py``)."""
+    parts = []
+    for m in mixture["members"]:
+        try:
+            train, val, scenes = _train_val(m["source"], m.get("val_source"), split)
+        except DataError as err:
+            raise DataError(f"mixture member {m['name']!r}: {err}") from None
+        val = spread_subset(val, m.get("val_limit"), split["seed"])
+        parts.append({"name": m["name"], "weight": m["weight"], "train": train, "val": val,
+                      "scenes": scenes})
+    return merge_members(parts)
+
+
 def plan_data(data_cfg: dict) -> dict:
-    """Resolve the data section into ``{"train": [...], "val": [...], "scenes": [...], "summary"}``.
+    """Resolve the data section into ``{"train": [...], "val": [...], "scenes": [...],
+    "groups": [...], "summary"}``; ``groups`` lists the mixture's members (one ``all`` group
+    for a single source), and items carry their group's index.
 
     Raises ``DataError`` (one line) when a source is missing, empty or inconsistent.
     """
-    items, scenes = _source_items(data_cfg["source"])
-    if data_cfg.get("val_source"):
-        val_items, val_scenes = _source_items(data_cfg["val_source"])
-        for it in val_items:  # scene indexes of the val source follow the train source's
-            if it["kind"] == "raster":
-                it["scene"] += len(scenes)
-            it["key"] = "val/" + it["key"]
-        train, val = items, val_items
-        scenes = scenes + val_scenes
+    src = data_cfg["source"]
+    if src["kind"] == "mixture":
+        train, val, scenes, groups = _plan_members(src, data_cfg["split"])
     else:
-        split = data_cfg["split"]
-        train, val = split_items(items, split["val_fraction"], split["seed"])
-    summary = {"source_kind": data_cfg["source"]["kind"], "train_items": len(train),
+        train, val, scenes = _train_val(src, data_cfg.get("val_source"), data_cfg["split"])
+        groups = [{"name": "all", "weight": 1.0, "train_items": len(train),
+                   "val_items": len(val)}]
+    summary = {"source_kind": src["kind"], "train_items": len(train),
                "val_items": len(val), "val_keys_sha1": hashlib.sha1(
                    "\n".join(sorted(it["key"] for it in val)).encode()).hexdigest()[:12]}
-    src = data_cfg["source"]
     if src["kind"] == "pairs":
         summary["root"] = src["root"]
     elif src["kind"] == "raster":
         summary["scenes"] = [p["image"] for p in src["pairs"]]
-    return {"train": train, "val": val, "scenes": scenes, "summary": summary}
+    elif src["kind"] == "mixture":
+        summary["groups"] = groups
+    return {"train": train, "val": val, "scenes": scenes, "groups": groups,
+            "samples_per_epoch": src.get("samples_per_epoch"), "summary": summary}
+
+
+def _train_val(source: dict, val_source: dict | None, split: dict
+               ) -> tuple[list[dict], list[dict], list[dict]]:
+    """``(train, val, scenes)`` of one source: a separate validation source, else the split."""
+    items, scenes = source_items(source)
+    if val_source:
+        val_items, val_scenes = source_items(val_source)
+        for it in val_items:  # scene indexes of the val source follow the train source's
+            if it["kind"] == "raster":
+                it["scene"] += len(scenes)
+            it["key"] = "val/" + it["key"]
+        return items, val_items, scenes + val_scenes
+    train, val = split_items(items, split["val_fraction"], split["seed"])
+    return train, val, scenes
 
 
 def check_item(plan: dict, item: dict) -> None:
@@ -218,51 +249,6 @@ def _decode_mask(data: bytes, uri: str, threshold: float) -> np.ndarray:
     if arr.ndim == 3:
         arr = arr[..., :3].max(axis=-1)
     return arr > threshold
-
-
-def synth_item(index: int, size: int, seed: int, width: tuple[int, int] = (1, 4)
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """A procedural crack image: textured background, 1-3 dark random-walk cracks.
-
-    Returns ``(image uint8[3,size,size], mask bool[size,size])``; deterministic in (seed, index).
-    """
-    from scipy.ndimage import gaussian_filter
-
-    rng = np.random.default_rng([seed, index])
-    s = size
-    # Texture: low-frequency blotches + fine grain, slightly tinted.
-    low = gaussian_filter(rng.normal(0, 1, (s, s)), sigma=s / 16)
-    low = low / (np.abs(low).max() + 1e-6)
-    grain = gaussian_filter(rng.normal(0, 1, (s, s)), sigma=0.8)
-    base = rng.uniform(110, 190)
-    grey = base + 25 * low + 10 * grain
-    tint = rng.uniform(-12, 12, size=3)
-    mask = np.zeros((s, s), dtype=bool)
-    yy, xx = np.mgrid[0:s, 0:s]
-    for _ in range(int(rng.integers(1, 4))):
-        w = rng.uniform(width[0], width[1])
-        y, x = rng.uniform(0.15 * s, 0.85 * s, size=2)
-        ang = rng.uniform(0, 2 * np.pi)
-        length = rng.uniform(0.5, 1.3) * s
-        step = 1.0
-        for _ in range(int(length / step)):
-            ang += rng.normal(0, 0.12)
-            y += step * np.sin(ang)
-            x += step * np.cos(ang)
-            if not (-w <= y < s + w and -w <= x < s + w):
-                break
-            r = w / 2
-            y0, y1 = max(0, int(y - r - 1)), min(s, int(y + r + 2))
-            x0, x1 = max(0, int(x - r - 1)), min(s, int(x + r + 2))
-            if y0 >= y1 or x0 >= x1:
-                continue
-            d2 = (yy[y0:y1, x0:x1] - y) ** 2 + (xx[y0:y1, x0:x1] - x) ** 2
-            mask[y0:y1, x0:x1] |= d2 <= max(r * r, 0.5)
-    dark = rng.uniform(0.25, 0.5)
-    img = np.stack([grey + t for t in tint])
-    img = np.where(mask[None], img * dark, img)
-    img = img + rng.normal(0, 4, img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8), mask
 
 
 class ItemLoader:
@@ -342,19 +328,28 @@ class TrainDataset:
         self.crop, self.aug, self.seed = crop, aug, seed
         self.samples_per_item = samples_per_item
         self.epoch = 0
+        # A mixture draws each sample's item by the members' weights; one source cycles its
+        # items, as it always has.
+        groups = plan.get("groups") or []
+        self.weights = [g["weight"] for g in groups] if len(groups) > 1 else None
+        self.by_group = group_index(self.items, len(groups)) if self.weights else None
+        self.per_epoch = plan.get("samples_per_epoch") or len(self.items)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.items) * self.samples_per_item
+        return self.per_epoch * self.samples_per_item
 
     def __getitem__(self, i: int):
         import torch
 
-        item = self.items[i % len(self.items)]
-        img, mask, valid = self.loader.load(item)
         rng = np.random.default_rng([self.seed, self.epoch, i])
+        if self.weights:
+            item = self.items[pick_item(self.by_group, self.weights, rng)]
+        else:
+            item = self.items[i % len(self.items)]
+        img, mask, valid = self.loader.load(item)
         ci, cm, cv = augment(img, mask, valid, self.crop, self.aug, rng)
         return (torch.from_numpy(ci), torch.from_numpy(cm[None].astype(np.float32)),
                 torch.from_numpy(cv[None].astype(np.float32)))
@@ -366,6 +361,11 @@ class ValDataset:
     def __init__(self, plan: dict, cache: bool = True):
         self.items = plan["val"]
         self.loader = ItemLoader(plan["scenes"], cache=cache)
+        # Validation scores each group (mixture member) on its own.
+        self.group_names = [g["name"] for g in plan.get("groups") or [{"name": "all"}]]
+
+    def group(self, i: int) -> int:
+        return self.items[i].get("group", 0)
 
     def __len__(self) -> int:
         return len(self.items)

@@ -288,16 +288,16 @@ def run_epoch(run: Run, epoch: int) -> dict:
     sweep = THRESHOLD_SWEEP if cfg.train.tune_threshold else ()
     window = validation_window(net, run.crop, max(1, cfg.train.batch_size), worker.device,
                                worker.precision)
-    val_sums, val_n = validate(net, run.data.val_ds, run.data.val_indices, window,
-                               cfg.model.threshold, sweep)
-    reduced = all_reduce_sum(parts_sum.tolist() + [n_batches, n_samples] + val_sums + [val_n],
+    val_rows = validate(net, run.data.val_ds, run.data.val_indices, window, cfg.model.threshold,
+                        sweep)
+    reduced = all_reduce_sum(parts_sum.tolist() + [n_batches, n_samples] + val_rows,
                              worker.device)
     metrics = {
         "epoch": epoch + 1, "epochs": cfg.train.epochs, "global_step": run.progress.global_step,
         **train_loss_means(reduced), "lr": float(run.opt.scheduler.get_last_lr()[0]),
         "train_samples": int(reduced[5]), "train_s": train_s,
         "samples_per_s_per_worker": n_samples / max(train_s, 1e-9),
-        **val_scores(reduced[6:-1], reduced[-1], net.iterations + 1, sweep),
+        **val_scores(reduced[6:], run.data.val_ds.group_names, net.iterations + 1, sweep),
     }
     metrics["epoch_s"] = time.perf_counter() - t0
     if epoch == run.start_epoch:
@@ -312,7 +312,10 @@ def log_epoch(run: Run, metrics: dict) -> None:
          f"(dice {metrics['train_dice_loss']:.4f} bce {metrics['train_bce']:.4f} "
          f"distill {metrics['train_distill']:.4f}) val dice "
          + " ".join(f"p{k}={metrics[f'val_dice_p{k}']:.3f}" for k in range(passes))
-         + f" iou {metrics['val_iou']:.3f} ({metrics['epoch_s']:.1f}s)")
+         + f" iou {metrics['val_iou']:.3f}"
+         + "".join(f" {g}={metrics[f'val_dice_{g}']:.3f}" for g in run.data.val_ds.group_names
+                   if f"val_dice_{g}" in metrics)
+         + f" ({metrics['epoch_s']:.1f}s)")
 
 
 def write_checkpoint(run: Run, epoch: int, metrics: dict, folder: str) -> None:

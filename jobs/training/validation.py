@@ -24,28 +24,32 @@ def validation_window(model, crop: int, batch_size: int, device, precision: str)
 
 
 def validate(model, val_ds, indices, window: SlidingWindow, threshold: float,
-             sweep: tuple[float, ...] = ()) -> tuple[list[float], int]:
-    """Per-image Dice/IoU of every pass over the val images ``indices``.
+             sweep: tuple[float, ...] = ()) -> list[float]:
+    """Per-image Dice/IoU of every pass over the val images ``indices``, summed per group
+    (mixture member; one group for a single source).
 
-    Returns ``(sums, count)`` with sums = [dice_p0, iou_p0, dice_p1, iou_p1, ...] followed by
-    the final pass's Dice at each threshold of ``sweep``. ``model`` (``window``'s) is left in
+    Returns one row per group, flattened: [dice_p0, iou_p0, dice_p1, iou_p1, ..., the final
+    pass's Dice at each threshold of ``sweep``, images]. ``model`` (``window``'s) is left in
     train mode.
     """
     passes = model.iterations + 1
-    sums = [0.0] * (2 * passes + len(sweep))
+    width = 2 * passes + len(sweep) + 1
+    rows = [[0.0] * width for _ in val_ds.group_names]
     for i in indices:
         img, mask, valid = val_ds[i]
+        row = rows[val_ds.group(i)]
         probs = torch.from_numpy(window(img.numpy(), valid=valid.numpy()))
         target = (mask & valid)[None]
         for k in range(passes):
             pred = (probs[k] > threshold) & valid
-            sums[2 * k] += float(metrics.dice(pred[None], target)[0])
-            sums[2 * k + 1] += float(metrics.iou(pred[None], target)[0])
+            row[2 * k] += float(metrics.dice(pred[None], target)[0])
+            row[2 * k + 1] += float(metrics.iou(pred[None], target)[0])
         for j, t in enumerate(sweep):
-            sums[2 * passes + j] += float(metrics.dice(((probs[-1] > t) & valid)[None],
-                                                       target)[0])
+            row[2 * passes + j] += float(metrics.dice(((probs[-1] > t) & valid)[None],
+                                                      target)[0])
+        row[-1] += 1
     model.train()
-    return sums, len(indices)
+    return [v for row in rows for v in row]
 
 
 def all_reduce_sum(values: list[float], device) -> list[float]:
@@ -65,20 +69,39 @@ def train_loss_means(reduced: list[float]) -> dict:
             "train_bce": reduced[2] / nb, "train_distill": reduced[3] / nb}
 
 
-def val_scores(val_sums: list[float], val_images: float, passes: int,
-               sweep: tuple[float, ...]) -> dict:
-    """Mean Dice/IoU of every pass (``val_dice``/``val_iou``: the output pass's) and, with a
-    ``sweep``, the threshold the output pass scored best at, from every worker's summed
-    ``validate`` sums."""
-    vn = max(1.0, val_images)
-    out = {"val_images": int(val_images)}
+def _group_means(row: list[float], passes: int, sweep: tuple[float, ...]) -> dict:
+    n = max(1.0, row[-1])
+    out = {"val_images": int(row[-1])}
     for k in range(passes):
-        out[f"val_dice_p{k}"] = val_sums[2 * k] / vn
-        out[f"val_iou_p{k}"] = val_sums[2 * k + 1] / vn
+        out[f"val_dice_p{k}"] = row[2 * k] / n
+        out[f"val_iou_p{k}"] = row[2 * k + 1] / n
+    out["swept"] = [v / n for v in row[2 * passes:2 * passes + len(sweep)]]
+    return out
+
+
+def val_scores(rows: list[float], groups: list[str], passes: int,
+               sweep: tuple[float, ...]) -> dict:
+    """Mean Dice/IoU of every pass (``val_dice``/``val_iou``: the output pass's) from every
+    worker's summed ``validate`` rows. With several groups (a mixture) each group's mean counts
+    once, whatever its size -- the score checkpoint selection and threshold tuning use -- and
+    ``val_dice_<group>``/``val_images_<group>`` report each. With a ``sweep``, the threshold
+    the output pass scored best at."""
+    width = len(rows) // len(groups)
+    per = [_group_means(rows[g * width:(g + 1) * width], passes, sweep)
+           for g in range(len(groups))]
+    scored = [p for p in per if p["val_images"] > 0] or per
+    out = {"val_images": sum(p["val_images"] for p in per)}
+    for k in range(passes):
+        for name in (f"val_dice_p{k}", f"val_iou_p{k}"):
+            out[name] = sum(p[name] for p in scored) / len(scored)
     out["val_dice"] = out[f"val_dice_p{passes - 1}"]
     out["val_iou"] = out[f"val_iou_p{passes - 1}"]
+    if len(groups) > 1:
+        for name, p in zip(groups, per):
+            out[f"val_dice_{name}"] = p[f"val_dice_p{passes - 1}"]
+            out[f"val_images_{name}"] = p["val_images"]
     if sweep:
-        swept = [v / vn for v in val_sums[2 * passes:]]
+        swept = [sum(p["swept"][j] for p in scored) / len(scored) for j in range(len(sweep))]
         best_j = max(range(len(sweep)), key=lambda j: swept[j])
         out["val_best_threshold"] = sweep[best_j]
         out["val_dice_best_threshold"] = swept[best_j]
