@@ -8,7 +8,7 @@ from __future__ import annotations
 from . import storage
 from .errors import (BandError, CorruptSceneError, EmptySceneError, IncompleteMaskError,
                      MissingSceneError, NoCRSError, S3AccessError, SceneError,
-                     SceneTooLargeError, UnsupportedFormatError, WriterError)
+                     SceneTooLargeError, SceneTimeoutError, UnsupportedFormatError, WriterError)
 from .radiometry import Radiometry
 from .scene import DEFAULT_SAMPLE_PIXELS, Scene, open_scene
 from .tiling import Tile, TileGrid, window_bounds
@@ -19,5 +19,5 @@ __all__ = [
     "prob_to_u8", "u8_to_prob", "NODATA", "DEFAULT_SAMPLE_PIXELS", "storage",
     "SceneError", "MissingSceneError", "CorruptSceneError", "UnsupportedFormatError",
     "S3AccessError", "NoCRSError", "EmptySceneError", "BandError", "WriterError",
-    "IncompleteMaskError", "SceneTooLargeError",
+    "IncompleteMaskError", "SceneTooLargeError", "SceneTimeoutError",
 ]

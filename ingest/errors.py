@@ -52,6 +52,11 @@ class SceneTooLargeError(SceneError):
     that lies): refused before any pixel is read."""
 
 
+class SceneTimeoutError(SceneError):
+    """Reading the scene's low-resolution pass (emptiness check, radiometry sample) took longer
+    than its budget: a huge store without overviews must not hold up the other scenes."""
+
+
 class EmptySceneError(SceneError):
     """Every sampled pixel is nodata (or masked): nothing to segment."""
 

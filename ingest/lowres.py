@@ -15,9 +15,13 @@ it -- and memory stays ~ the output plus one window:
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 from rasterio.windows import Window
+
+from .errors import SceneTimeoutError
+from .trust import redact_uri
 
 WINDOW = 1024  # window side of the window-by-window path: bounded memory per read
 
@@ -30,8 +34,13 @@ def lowres_shape(height: int, width: int, max_pixels: int) -> tuple[int, int]:
     return max(1, int(height / f)), max(1, int(width / f))
 
 
-def read_decimated(scene, out_h: int, out_w: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(data[count, out_h, out_w], valid[out_h, out_w])`` of the whole scene; see the module."""
+def read_decimated(scene, out_h: int, out_w: int, deadline: float | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """``(data[count, out_h, out_w], valid[out_h, out_w])`` of the whole scene; see the module.
+
+    ``deadline`` (``time.monotonic()`` seconds): the window-by-window path stops with
+    ``SceneTimeoutError`` once it is passed (a 10^10-pixel Zarr store takes hours to walk).
+    """
     if getattr(scene, "kind", "") == "gdal":
         return scene.read_overview(out_h, out_w)
     H, W = scene.height, scene.width
@@ -47,6 +56,11 @@ def read_decimated(scene, out_h: int, out_w: int) -> tuple[np.ndarray, np.ndarra
             csel = np.nonzero((xs >= c0) & (xs < c0 + WINDOW))[0]
             if csel.size == 0:
                 continue
+            if deadline is not None and time.monotonic() > deadline:
+                raise SceneTimeoutError(
+                    f"{redact_uri(getattr(scene, 'uri', 'scene'))}: the low-resolution pass "
+                    f"over {W}x{H} pixels ran out of its time budget at row {r0} (no overviews "
+                    "to read from)")
             h, w = min(WINDOW, H - r0), min(WINDOW, W - c0)
             d, v = scene.read(Window(c0, r0, w, h))
             rr, cc = ys[rsel] - r0, xs[csel] - c0

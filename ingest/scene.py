@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 from typing import Sequence
 
 import numpy as np
@@ -73,6 +74,8 @@ class Scene:
         # why a Zarr store's x/y coordinates gave no transform (named by NoCRSError)
         self.georef_problem: str | None = getattr(src, "georef_problem", None)
         self._lowres = None  # (max_pixels, (data, valid)) of the last lowres() call
+        # time.monotonic() after which the low-resolution pass gives up (open_scene's budget)
+        self.deadline: float | None = None
 
     # -- pickling: ship the description, reopen in the receiving process
     def __getstate__(self) -> dict:
@@ -214,7 +217,7 @@ class Scene:
         if H * W <= max_pixels:
             out = self.read(Window(0, 0, W, H))
         else:
-            out = read_decimated(self, *lowres_shape(H, W, max_pixels))
+            out = read_decimated(self, *lowres_shape(H, W, max_pixels), deadline=self.deadline)
         self._lowres = (max_pixels, out)
         return out
 
@@ -261,7 +264,7 @@ def _representable(value: float | int, dtype: np.dtype) -> bool:
 def open_scene(uri: str | os.PathLike, bands: Sequence[int] | int | None = None, *,
                require_crs: bool = False, check_empty: bool = True,
                sample_pixels: int = DEFAULT_SAMPLE_PIXELS,
-               max_pixels: int | None = None) -> Scene:
+               max_pixels: int | None = None, time_budget_s: float | None = None) -> Scene:
     """Open a GeoTIFF/COG, Zarr or plain image (local path or s3:// URI).
 
     Raises a :class:`~ingest.SceneError` subclass with a one-line message: missing file/key
@@ -270,7 +273,9 @@ def open_scene(uri: str | os.PathLike, bands: Sequence[int] | int | None = None,
     index (:class:`BandError`), no CRS with ``require_crs=True`` (:class:`NoCRSError`) and, with
     ``check_empty=True``, a scene whose sample is entirely nodata (:class:`EmptySceneError`),
     and a header declaring more than ``max_pixels`` pixels (:class:`SceneTooLargeError`, before
-    any pixel is read or any sample taken).
+    any pixel is read or any sample taken). With ``time_budget_s``, the scene's
+    low-resolution pass (the emptiness check here, a later radiometry fit on the same scene)
+    stops with :class:`SceneTimeoutError` after that many seconds from this call.
     The emptiness check reads the whole scene at no more than ``sample_pixels`` pixels per band
     (overviews when present; bounded memory).
     """
@@ -300,6 +305,8 @@ def open_scene(uri: str | os.PathLike, bands: Sequence[int] | int | None = None,
         raise SceneTooLargeError(f"{redact_uri(uri)}: declares {scene.width}x{scene.height} = "
                                  f"{scene.height * scene.width:,} pixels, over the limit of "
                                  f"{max_pixels:,}")
+    if time_budget_s is not None:
+        scene.deadline = time.monotonic() + time_budget_s
     scene.check_readable()
     if check_empty:
         scene.check_not_empty(sample_pixels)

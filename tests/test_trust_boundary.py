@@ -135,6 +135,33 @@ def test_a_lying_header_fails_alone_before_any_read(tmp_path):
     assert ingest.open_scene(str(path), max_pixels=None, check_empty=False).width == 200_000
 
 
+def test_planning_a_store_without_overviews_has_a_time_budget(tmp_path):
+    """A 16-KB Zarr store declaring 40,000 x 40,000 px (no chunk written, no overviews): its
+    low-resolution pass walks every window. The budget stops it with a reason, in about the
+    budget, and planning a normal scene under the same settings still works."""
+    import time
+
+    import zarr
+
+    import ingest
+    from ingest.synthetic import make_geotiff
+    from jobs.segmentation.config import SegmentConfig
+    from jobs.segmentation.scene import plan_scene
+
+    store = tmp_path / "huge.zarr"
+    zarr.open_group(str(store), mode="w").create_array(
+        "band_data", shape=(1, 40_000, 40_000), dtype="uint8", fill_value=7, chunks=(1, 4096, 4096),
+        dimension_names=("band", "y", "x"))
+    cfg = SegmentConfig.model_validate({"pipeline": {"plan_timeout_s": 0.3},
+                                        "input": {"require_crs": False}})
+    t0 = time.monotonic()
+    with pytest.raises(ingest.SceneTimeoutError, match="ran out of its time budget"):
+        plan_scene("huge", str(store), str(tmp_path / "out"), cfg, tile=256, overlap=32)
+    assert time.monotonic() - t0 < 10  # the whole walk would take minutes
+    good = make_geotiff(str(tmp_path / "good.tif"), 300, 300)
+    assert len(plan_scene("good", good, str(tmp_path / "out"), cfg, tile=256, overlap=32).tiles)
+
+
 def test_a_png_bomb_is_refused_from_its_header(tmp_path):
     import ingest
 

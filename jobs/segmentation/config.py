@@ -57,6 +57,10 @@ class PipelineConfig(StrictModel):
     read_in_actors: Optional[bool] = None
     # Scenes planned in parallel on the driver (header, radiometry sample, resume listing: I/O).
     plan_workers: int = Field(default=8, ge=1)
+    # Seconds one scene's planning reads (emptiness check and radiometry sample) may take; a
+    # store without overviews too big to walk in time fails alone with a reason, and the
+    # planning threads go on with the other scenes. Add overviews (or raise this) for huge scenes.
+    plan_timeout_s: float = Field(default=300.0, gt=0)
     # Parallel scene finalizations (COG, quicklook, stats) on the driver, overlapping the pipeline.
     finalize_workers: int = Field(default=2, ge=1)
     # A done or partial scene whose run record (model bundle sha256, threshold, radiometry,

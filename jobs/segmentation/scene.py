@@ -31,7 +31,8 @@ def plan_scene(sid: str, uri: str, output: str, cfg: SegmentConfig, tile: int, o
     with storage.gdal_env():
         scene = open_scene(uri, bands=cfg.radiometry.bands, require_crs=require_crs,
                            sample_pixels=cfg.radiometry.max_pixels,
-                           max_pixels=cfg.input.max_pixels)
+                           max_pixels=cfg.input.max_pixels,
+                           time_budget_s=cfg.pipeline.plan_timeout_s)
         if scene.dtype == np.uint8 and cfg.radiometry.uint8_passthrough:
             radiometry = Radiometry.identity(scene.count)
         else:
