@@ -1,0 +1,213 @@
+"""Crack models on every crack data set (issue 31): per-set test Dice, the false-positive rate on
+crack-free regions, and the runs behind them -- the mixture model, leave-one-set-out and the
+self-prompting arms.
+
+    # score bundles on the four test sets (DeepCrack whole images, the cracks/ crops):
+    python -m bench.crack_sets score --model models/samsp-crack-tiny --name committed
+    # train + score: leave-one-set-out and same-budget arms on the mixture (hours on 2 cores):
+    python -m bench.crack_sets runs --runs loo,arms --steps 1500 --out out/crack_sets
+
+Training goes through ``jobs/train.py`` with ``configs/train_cracks_mixture_cpu.yaml`` and
+``--set`` overrides, each run under ``<out>/runs/<name>`` (a finished run is not retrained: an
+interrupted study resumes). Every model is scored by the same code (``score_model``): mean
+per-image Dice of every pass at the bundle's threshold, tile = the model input, overlap 1/8,
+and the crack-free false-positive rate. Results merge into ``bench/results/
+results_crack_sets.json`` (one entry per model name) and CRACK_SETS_RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+
+from bench.common import cpu_label, log  # noqa: E402
+
+RESULTS = REPO / "bench" / "results"
+DATA = REPO.parent / "shared" / "data"
+CONFIG = REPO / "configs" / "train_cracks_mixture_cpu.yaml"
+# name -> (root under DATA, layout, image_dir, mask_dir, threshold): the test split of each set.
+TEST_SETS = {
+    "deepcrack": ("deepcrack", "deepcrack_test", None, None, None),
+    "crack500": ("cracks/Crack500", "custom", "test", "test_lab", 127),
+    "gaps384": ("cracks/GAPs384", "custom", "test", "test_lab", 127),
+    "shadowcrack": ("cracks/ShadowCrack", "custom", "test", "test_lab", 127),
+}
+# A block of the image is crack-free when the ground truth, grown by MARGIN px, has no pixel in
+# it: predictions there are false alarms an inspector would see on a clean pavement.
+BLOCK, MARGIN = 64, 8
+# Same-budget arms on the mixture: --set overrides of the mixture config.
+ARMS = {
+    "single": ["model.iterations=0", "train.prompt_pretraining=0"],
+    "sp_box": ["model.prompt=box"],
+    "sp_boxmask": ["model.prompt=box+mask"],
+}
+
+
+def crack_free_fp(pred: np.ndarray, target: np.ndarray, valid: np.ndarray) -> tuple[int, int]:
+    """``(false-positive px, px)`` over the crack-free ``BLOCK`` blocks of one image."""
+    from scipy.ndimage import binary_dilation
+
+    grown = binary_dilation(target, iterations=MARGIN) if target.any() else target
+    h, w = target.shape
+    fp = n = 0
+    for r in range(0, h - BLOCK + 1, BLOCK):
+        for c in range(0, w - BLOCK + 1, BLOCK):
+            if grown[r:r + BLOCK, c:c + BLOCK].any():
+                continue
+            ok = valid[r:r + BLOCK, c:c + BLOCK]
+            fp += int(np.count_nonzero(pred[r:r + BLOCK, c:c + BLOCK] & ok))
+            n += int(ok.sum())
+    return fp, n
+
+
+def score_set(window, items, threshold: float) -> dict:
+    """Mean per-image Dice of every pass, the output pass's recall/precision, and the
+    crack-free false-positive rate of one test set."""
+    from jobs.evaluation.data import load_item
+    from jobs.evaluation.scoring import score_image
+
+    dice, prec, rec, fp, px = [], [], [], 0, 0
+    for item in items:
+        image, mask, valid = load_item(item)
+        prob = window(image)
+        rows = score_image(prob, mask, threshold, valid=valid)
+        dice.append([r["dice"] for r in rows])
+        prec.append(rows[-1]["precision"])
+        rec.append(rows[-1]["recall"])
+        f, n = crack_free_fp(prob[-1] > threshold, mask & valid, valid)
+        fp, px = fp + f, px + n
+    d = np.mean(dice, axis=0)
+    return {"images": len(items), "dice": float(d[-1]),
+            "dice_per_pass": [round(float(v), 4) for v in d],
+            "precision": float(np.mean(prec)), "recall": float(np.mean(rec)),
+            "crack_free_fp_rate": fp / max(px, 1), "crack_free_px": px}
+
+
+def score_model(model: str, sets: list[str], limit: int, threads: int) -> dict:
+    """Every set in ``sets`` scored with the bundle at ``model`` (see ``score_set``)."""
+    import torch
+
+    from jobs.evaluation.data import list_pairs
+    from jobs.inference.sliding_window import SlidingWindow, bundle_forward
+    from samsp import load_bundle
+
+    if threads:
+        torch.set_num_threads(threads)
+    bundle = load_bundle(model)
+    tile = bundle.meta.image_size
+    window = SlidingWindow(bundle_forward(bundle), tile, tile // 8, "core", 4)
+    out = {"model": model, "threshold": bundle.meta.threshold, "sets": {}}
+    for name in sets:
+        root, layout, image_dir, mask_dir, thr = TEST_SETS[name]
+        items = list_pairs(str(DATA / root), layout, image_dir, mask_dir, thr, limit or None)
+        t0 = time.perf_counter()
+        out["sets"][name] = score_set(window, items, bundle.meta.threshold)
+        log(f"{model}: {name} Dice {out['sets'][name]['dice']:.4f} "
+            f"({len(items)} images, {time.perf_counter() - t0:.0f} s)")
+    scores = [out["sets"][s]["dice"] for s in sets]
+    out["mean_dice"] = float(np.mean(scores))
+    out["min_dice"] = float(np.min(scores))
+    return out
+
+
+def run_config(name: str, steps: int, epochs: int, held_out: str | None, sets: list[str],
+               out: Path) -> Path:
+    """The mixture config of one run (a held-out set removed; ``steps`` optimiser steps over
+    ``epochs`` epochs), written under ``out``."""
+    cfg = yaml.safe_load(CONFIG.read_text())
+    members = cfg["data"]["source"]["members"]
+    for m in members:  # absolute roots: the run does not depend on the working directory
+        for key in ("source", "val_source"):
+            if m.get(key):
+                m[key]["root"] = str((REPO / m[key]["root"]).resolve())
+    cfg["data"]["source"]["members"] = [m for m in members
+                                        if m["name"] != held_out and m["name"] in sets]
+    batch = cfg["train"]["batch_size"]
+    cfg["train"]["epochs"] = epochs
+    cfg["data"]["source"]["samples_per_epoch"] = max(1, steps * batch // epochs)
+    cfg["run"].update(name=name, storage_path=str(out / "runs"))
+    path = out / "configs" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def train(name: str, config: Path, overrides: list[str], out: Path) -> Path:
+    """``jobs/train.py`` for one run; a run whose bundle exists is not trained again."""
+    bundle = out / "runs" / name / "bundle"
+    if (bundle / "bundle.json").exists():
+        log(f"{name}: bundle exists, not retrained")
+        return bundle
+    cmd = [sys.executable, str(REPO / "jobs" / "train.py"), "--config", str(config),
+           "--summary", str(out / "runs" / f"{name}.summary.json")]
+    for kv in overrides:
+        cmd += ["--set", kv]
+    log(f"{name}: training ({' '.join(overrides) or 'mixture recipe'})")
+    t0 = time.perf_counter()
+    with open(out / "runs" / f"{name}.log", "w") as f:
+        subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
+    log(f"{name}: trained in {time.perf_counter() - t0:.0f} s")
+    return bundle
+
+
+def planned_runs(kinds: list[str], sets: list[str]) -> list[tuple[str, str | None, list[str]]]:
+    """``(name, held-out set, overrides)`` of every run the study asks for."""
+    runs = []
+    if "loo" in kinds:
+        runs += [(f"loo-{s}", s, []) for s in sets]
+    if "arms" in kinds:
+        runs += [(f"arm-{a}", None, o) for a, o in ARMS.items()]
+    return runs
+
+
+def merge(entries: dict) -> dict:
+    """Merge scored models into results_crack_sets.json (by name) and return the whole file."""
+    path = RESULTS / "results_crack_sets.json"
+    data = json.loads(path.read_text()) if path.exists() else {"models": {}}
+    data["models"].update(entries)
+    data["machine"] = cpu_label()
+    data["block_px"], data["margin_px"] = BLOCK, MARGIN
+    path.write_text(json.dumps(data, indent=1, sort_keys=True))
+    return data
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("mode", choices=["score", "runs"])
+    p.add_argument("--model", help="bundle to score (score mode)")
+    p.add_argument("--name", help="its name in the results (score mode)")
+    p.add_argument("--runs", default="loo,arms", help="loo, arms (runs mode)")
+    p.add_argument("--steps", type=int, default=1500, help="optimiser steps per run")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--sets", default=",".join(TEST_SETS))
+    p.add_argument("--limit", type=int, default=300, help="test images per set (0 = all)")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--out", default="out/crack_sets")
+    args = p.parse_args(argv)
+    sets = args.sets.split(",")
+    if args.mode == "score":
+        entry = score_model(args.model, sets, args.limit, args.threads)
+        merge({args.name or Path(args.model).name: entry})
+        return 0
+    out = Path(args.out).resolve()
+    for name, held, overrides in planned_runs(args.runs.split(","), sets):
+        config = run_config(name, args.steps, args.epochs, held, sets, out)
+        bundle = train(name, config, overrides, out)
+        entry = score_model(str(bundle), [held] if held else sets, args.limit, args.threads)
+        entry.update(held_out=held, steps=args.steps, overrides=overrides)
+        merge({name: entry})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

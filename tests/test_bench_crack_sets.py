@@ -1,0 +1,35 @@
+"""bench/crack_sets.py: the crack-free false-positive rate counts only blocks far from any crack,
+and the study's run list and configs are what its docstring says."""
+from __future__ import annotations
+
+import numpy as np
+import yaml
+
+from bench.crack_sets import BLOCK, MARGIN, crack_free_fp, planned_runs, run_config
+
+
+def test_crack_free_blocks_exclude_the_crack_and_its_margin():
+    h, w = 2 * BLOCK, 3 * BLOCK
+    target = np.zeros((h, w), bool)
+    target[10, 10] = True  # block (0, 0) holds a crack
+    target[20, 2 * BLOCK - 1] = True  # in block (0, 1), within MARGIN of block (0, 2)
+    valid = np.ones((h, w), bool)
+    valid[BLOCK:, :BLOCK] = False  # block (1, 0) is padding: no pixels count
+    pred = np.zeros((h, w), bool)
+    pred[:BLOCK, :BLOCK] = True  # over the crack's block: not a crack-free false alarm
+    pred[BLOCK + 5, BLOCK + 5] = True  # one false alarm in crack-free block (1, 1)
+    fp, n = crack_free_fp(pred, target, valid)
+    # crack-free: (1, 1) and (1, 2); (0, 1) holds a crack, (0, 2) is near it, (1, 0) is invalid
+    assert (fp, n) == (1, 2 * BLOCK * BLOCK)
+    assert crack_free_fp(pred, np.zeros_like(target), valid)[1] == 5 * BLOCK * BLOCK
+
+
+def test_leave_one_out_configs_drop_the_held_set(tmp_path):
+    sets = ["deepcrack", "crack500", "gaps384", "shadowcrack"]
+    names = [r[0] for r in planned_runs(["loo", "arms"], sets)]
+    assert names[:4] == [f"loo-{s}" for s in sets] and "arm-single" in names
+    cfg = yaml.safe_load(run_config("loo-gaps384", 600, 3, "gaps384", sets, tmp_path).read_text())
+    assert [m["name"] for m in cfg["data"]["source"]["members"]] == [
+        "deepcrack", "crack500", "shadowcrack"]
+    assert cfg["train"]["epochs"] * cfg["data"]["source"]["samples_per_epoch"] == 600 * 4
+    assert all(m["source"]["root"].startswith("/") for m in cfg["data"]["source"]["members"])
