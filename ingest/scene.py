@@ -30,6 +30,7 @@ from . import storage
 from .crs import crs_code
 from .errors import (BandError, EmptySceneError, MissingSceneError, NoCRSError,
                      SceneTooLargeError)
+from .bands import rgb_bands
 from .lowres import lowres_shape, read_decimated
 from .scene_sources import GdalSource, ZarrSource, is_s3_zarr_prefix, looks_like_zarr
 from .tiling import window_bounds
@@ -51,7 +52,8 @@ class Scene:
     ``nodata``, ``is_georeferenced``, ``driver``, ``block_shape``, ``has_overviews``.
     """
 
-    def __init__(self, uri: str, kind: str, bands: Sequence[int] | int | None = None):
+    def __init__(self, uri: str, kind: str, bands: Sequence[int] | int | None = None,
+                 rgb_by_name: bool = False):
         self.uri = uri
         self.kind = kind  # "gdal" | "zarr"
         self._lock = threading.Lock()
@@ -59,6 +61,10 @@ class Scene:
         src = self._source()
         self.height, self.width, self.band_count = src.height, src.width, src.band_count
         self.bands = self._resolve_bands(bands, src)
+        # how the bands were chosen when the file's band names picked them (logged by jobs)
+        self.band_choice: str | None = None
+        if bands is None and rgb_by_name and len(self.bands) > 3:
+            self._pick_rgb(src)
         dtypes = {src.dtypes[b - 1] for b in self.bands}
         self.dtype = np.dtype(np.result_type(*dtypes)) if len(dtypes) > 1 else np.dtype(dtypes.pop())
         self.count = len(self.bands)
@@ -110,6 +116,13 @@ class Scene:
         if self._src is None:
             self._src = GdalSource(self.uri) if self.kind == "gdal" else ZarrSource(self.uri)
         return self._src
+
+    def _pick_rgb(self, src) -> None:
+        """Red, green, blue by the file's band names or colour interpretation (ingest.bands)."""
+        found = rgb_bands(getattr(src, "descriptions", ()), getattr(src, "colorinterp", None))
+        if found:
+            self.bands = tuple(found[0])
+            self.band_choice = f"bands {list(found[0])} as red, green, blue ({found[1]})"
 
     def _resolve_bands(self, bands, src) -> tuple[int, ...]:
         if bands is None:
@@ -264,7 +277,8 @@ def _representable(value: float | int, dtype: np.dtype) -> bool:
 def open_scene(uri: str | os.PathLike, bands: Sequence[int] | int | None = None, *,
                require_crs: bool = False, check_empty: bool = True,
                sample_pixels: int = DEFAULT_SAMPLE_PIXELS,
-               max_pixels: int | None = None, time_budget_s: float | None = None) -> Scene:
+               max_pixels: int | None = None, time_budget_s: float | None = None,
+               rgb_by_name: bool = False) -> Scene:
     """Open a GeoTIFF/COG, Zarr or plain image (local path or s3:// URI).
 
     Raises a :class:`~ingest.SceneError` subclass with a one-line message: missing file/key
@@ -275,7 +289,10 @@ def open_scene(uri: str | os.PathLike, bands: Sequence[int] | int | None = None,
     and a header declaring more than ``max_pixels`` pixels (:class:`SceneTooLargeError`, before
     any pixel is read or any sample taken). With ``time_budget_s``, the scene's
     low-resolution pass (the emptiness check here, a later radiometry fit on the same scene)
-    stops with :class:`SceneTimeoutError` after that many seconds from this call.
+    stops with :class:`SceneTimeoutError` after that many seconds from this call. With
+    ``rgb_by_name`` and no ``bands``, a scene of more than three bands whose band names or colour
+    interpretation say which are red, green and blue gives those three (``scene.band_choice``
+    says how; :mod:`ingest.bands`), else all its bands as before.
     The emptiness check reads the whole scene at no more than ``sample_pixels`` pixels per band
     (overviews when present; bounded memory).
     """
@@ -283,13 +300,13 @@ def open_scene(uri: str | os.PathLike, bands: Sequence[int] | int | None = None,
     if uri.startswith("/vsis3/"):
         uri = storage.to_s3_uri(uri)
     if looks_like_zarr(uri):
-        scene = Scene(uri, "zarr", bands)
+        scene = Scene(uri, "zarr", bands, rgb_by_name)
     else:
         try:
-            scene = Scene(uri, "gdal", bands)
+            scene = Scene(uri, "gdal", bands, rgb_by_name)
         except MissingSceneError:
             if storage.is_s3(uri) and is_s3_zarr_prefix(uri):
-                scene = Scene(uri, "zarr", bands)
+                scene = Scene(uri, "zarr", bands, rgb_by_name)
             else:
                 raise
     if require_crs and not scene.is_georeferenced:

@@ -117,6 +117,9 @@ class GdalSource:
         self.dtypes = tuple(ds.dtypes)
         self.alpha_band = next((i + 1 for i, ci in enumerate(ds.colorinterp)
                                 if ci == ColorInterp.alpha), None)
+        # what the file says each band is (ingest.bands finds red/green/blue from them)
+        self.descriptions = tuple(ds.descriptions)
+        self.colorinterp = tuple(ci.name for ci in ds.colorinterp)
         flags = ds.mask_flag_enums[0] if ds.count else ()
         self.per_dataset_mask = (MaskFlags.per_dataset in flags and MaskFlags.nodata not in flags
                                  and MaskFlags.all_valid not in flags)
