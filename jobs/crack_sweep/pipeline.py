@@ -1,11 +1,15 @@
 """Crack sweep: Ray Data read stage for photo archives and the per-image crack measurements.
 
-Rows in: ``scene`` (image id), ``input`` (URI). ``read_photos`` (CPU tasks) decodes each photo
-once, applies its radiometry (uint8 passes through, other dtypes get a per-image percentile
-stretch), cuts it into ``TileGrid`` tiles and emits one row per tile with the columns the segment
-job's ``Predictor`` takes (``scene``, ``spec``, ``tile``, ``image``, ``valid``, ``error``), so the
-model stage is exactly the segmentation job's. ``spec`` carries the image size and tile count the
-driver needs to know when an image is complete.
+Rows in: ``scene`` (image id), ``input`` (URI). ``read_photo_batches`` (CPU tasks, a generator
+UDF) cuts each photo into ``TileGrid`` tiles of the frame the viewer sees (EXIF orientation) and
+reads it tile by tile: each tile's window of the stored grid (``ingest.orientation.stored_window``)
+is read boundless, gets the photo's radiometry (uint8 passes through, other dtypes get a per-image
+percentile stretch fitted on a decimated sample) and is turned, so memory stays ~ one output batch
+whatever the photo's size. It emits one row per tile, in batches of at most ``READ_BATCH_TILES``,
+with the columns the segment job's ``Predictor`` takes (``scene``, ``spec``, ``tile``, ``image``,
+``valid``, ``error``), so the model stage is exactly the segmentation job's. ``spec`` carries the
+image size and tile count the driver needs to know when an image is complete; a photo's tiles
+may arrive in several batches and any order.
 
 Measurements (``crack_metrics``) on a binary mask:
 * ``crack_px``: foreground pixels; ``crack_fraction``: over valid pixels;
@@ -20,11 +24,13 @@ The lines themselves go to the sweep's ``cracks.parquet`` (``jobs/crack_sweep/fe
 from __future__ import annotations
 
 import json
+from typing import Iterator
 
 import numpy as np
+from rasterio.windows import Window
 
 from ingest import Radiometry, TileGrid, open_scene, storage
-from ingest.orientation import orient, read_orientation
+from ingest.orientation import orient, oriented_shape, read_orientation, stored_window
 from ingest.tiling import Tile
 from ingest.vectors import ArraySource, iter_centerlines
 from ingest.vectors.skeleton import skeletonize, width_px, zhang_suen_thinning  # noqa: F401
@@ -78,6 +84,11 @@ def crack_metrics(mask: np.ndarray, valid: np.ndarray | None = None) -> dict:
 
 # --------------------------------------------------------------------------- read stage
 
+#: Most tile rows in one output batch of the read stage (~1 MB a tile at 512 px RGB): the read
+#: task's own buffer stays this small whatever the photo's size.
+READ_BATCH_TILES = 16
+
+
 def boundless_crop(arr: np.ndarray, valid: np.ndarray, window) -> tuple[np.ndarray, np.ndarray]:
     """Crop ``[C,H,W]`` (and ``[H,W]`` validity) to an integer window, zero/False padded."""
     r0, c0 = int(window.row_off), int(window.col_off)
@@ -92,56 +103,114 @@ def boundless_crop(arr: np.ndarray, valid: np.ndarray, window) -> tuple[np.ndarr
     return out, ok
 
 
-def read_photos(batch: dict, tile: int, overlap: int, percentiles=(2.0, 98.0),
-                bands=None, max_pixels: int | None = None) -> dict:
-    """One input row per photo -> one output row per tile (or one error row per bad photo)."""
-    from rasterio.windows import Window
+def photo_radiometry(scene, percentiles) -> Radiometry:
+    """uint8 passes through; other dtypes get a stretch fitted on the scene's bounded sample
+    (``Scene.sample``: a big photo decimated -- overviews when present -- never read whole)."""
+    if scene.dtype == np.uint8:
+        return Radiometry.identity(scene.count)
+    return Radiometry.fit(scene, percentiles=tuple(percentiles))
 
-    ids, uris = list(batch["scene"]), list(batch["input"])
-    out = {"scene": [], "spec": [], "tile": [], "image": [], "valid": [], "error": []}
-    with storage.gdal_env():
-        for sid, uri in zip(ids, uris):
-            try:
-                scene = open_scene(uri, bands=bands, check_empty=False, max_pixels=max_pixels)
-                data, valid = scene.read(Window(0, 0, scene.width, scene.height))
-                if scene.dtype == np.uint8:
-                    rad = Radiometry.identity(scene.count)
-                else:
-                    rad = Radiometry.fit(scene, percentiles=tuple(percentiles))
-                # Masks are made in the frame the inspector sees (EXIF orientation applied).
-                orientation = read_orientation(uri)
-                img, valid = orient(rad.apply(data, valid), orientation), orient(valid, orientation)
-                del data
-                height, width = valid.shape
-                grid = TileGrid(height, width, tile, overlap)
-                spec = json.dumps({"input": uri, "height": height, "width": width,
-                                   "orientation": orientation, "tiles": len(grid),
-                                   "radiometry": rad.to_dict()})
-                for t in grid:
-                    crop, ok = boundless_crop(img, valid, t.read_window)
-                    out["scene"].append(sid)
-                    out["spec"].append(spec)
-                    out["tile"].append(json.dumps(t.to_dict()))
-                    out["image"].append(crop)
-                    out["valid"].append(ok)
-                    out["error"].append("")
-            except Exception as exc:  # noqa: BLE001 - a bad photo is a failed row, not a crash
-                out["scene"].append(sid)
-                out["spec"].append(json.dumps({"input": uri, "height": 0, "width": 0, "tiles": 1}))
-                out["tile"].append(json.dumps({"row": 0, "col": 0, "read": [0, 0, tile, tile],
-                                               "core": [0, 0, tile, tile]}))
-                out["image"].append(np.zeros((1, tile, tile), np.uint8))
-                out["valid"].append(np.zeros((tile, tile), bool))
-                out["error"].append(f"read {error_line(exc)}")
-    images = out["image"]
+
+def tiles_in_read_order(grid: TileGrid, orientation: int, height: int,
+                        width: int) -> list[tuple[Tile, Window]]:
+    """Each tile of the viewer's frame with its window in the stored ``height x width`` grid,
+    sorted top-to-bottom in the *stored* grid: JPEG and PNG decode scanlines in that order (going
+    back restarts the decoder), so a rotated photo is still decoded once, not once per tile row."""
+    pairs = [(t, stored_window(t.read_window, orientation, height, width)) for t in grid]
+    pairs.sort(key=lambda p: (int(p[1].row_off), int(p[1].col_off)))
+    return pairs
+
+
+def read_tile(scene, rad: Radiometry, orientation: int, window) -> tuple[np.ndarray, np.ndarray]:
+    """One tile of the viewer's frame from its stored ``window``: a boundless read (padding is 0
+    and invalid, as a crop of the whole photo pads), the radiometry, then turned."""
+    data, valid = scene.read(window)
+    return orient(rad.apply(data, valid), orientation), orient(valid, orientation)
+
+
+def photo_tile_rows(sid: str, uri: str, tile: int, overlap: int, percentiles, bands,
+                    max_pixels: int | None) -> Iterator[dict]:
+    """One row per tile of one photo, read window by window (memory ~ one tile, whatever the
+    photo's size); raises on a bad photo, possibly after some rows were yielded."""
+    with storage.gdal_env():  # no yield inside: the Env must not outlive a suspended generator
+        scene = open_scene(uri, bands=bands, check_empty=False, max_pixels=max_pixels)
+    try:
+        with storage.gdal_env():
+            rad = photo_radiometry(scene, percentiles)
+            # Masks are made in the frame the inspector sees (EXIF orientation applied).
+            orientation = read_orientation(uri)
+        height, width = oriented_shape(scene.height, scene.width, orientation)
+        grid = TileGrid(height, width, tile, overlap)
+        spec = json.dumps({"input": uri, "height": height, "width": width,
+                           "orientation": orientation, "tiles": len(grid),
+                           "radiometry": rad.to_dict()})
+        for t, window in tiles_in_read_order(grid, orientation, scene.height, scene.width):
+            crop, ok = read_tile(scene, rad, orientation, window)  # reads in their own GDAL Env
+            yield {"scene": sid, "spec": spec, "tile": json.dumps(t.to_dict()), "image": crop,
+                   "valid": ok, "error": ""}
+    finally:
+        scene.close()
+
+
+def error_row(sid: str, uri: str, tile: int, error: str) -> dict:
+    """The one row a bad photo becomes (the model stage passes it through untouched)."""
+    return {"scene": sid, "spec": json.dumps({"input": uri, "height": 0, "width": 0, "tiles": 1}),
+            "tile": json.dumps({"row": 0, "col": 0, "read": [0, 0, tile, tile],
+                                "core": [0, 0, tile, tile]}),
+            "image": np.zeros((1, tile, tile), np.uint8), "valid": np.zeros((tile, tile), bool),
+            "error": error}
+
+
+def photo_rows(batch: dict, tile: int, overlap: int, percentiles=(2.0, 98.0), bands=None,
+               max_pixels: int | None = None) -> Iterator[dict]:
+    """Every photo of an input batch as tile rows; a bad photo ends with one error row -- also
+    after some of its tiles went out (the driver then fails the whole photo: jobs/crack_sweep/run.py
+    ``Photo.add_tile``)."""
+    for sid, uri in zip(list(batch["scene"]), list(batch["input"])):
+        sent = 0
+        try:
+            for row in photo_tile_rows(sid, uri, tile, overlap, percentiles, bands, max_pixels):
+                sent += 1
+                yield row
+        except Exception as exc:  # noqa: BLE001 - a bad photo is a failed row, not a crash
+            after = f" (after {sent} tile(s))" if sent else ""
+            yield error_row(sid, uri, tile, f"read {error_line(exc)}{after}")
+
+
+def tile_batch(rows: list[dict]) -> dict:
+    """Rows -> one numpy batch (the columns ``Predictor`` takes)."""
+    images = [r["image"] for r in rows]
     if len({im.shape for im in images}) == 1:
         image_col = np.stack(images)
-    else:  # grayscale and RGB photos in one batch: a ragged column
+    else:  # grayscale and RGB photos (or an error row) in one batch: a ragged column
         image_col = np.empty(len(images), dtype=object)
         image_col[:] = images
-    return {"scene": np.array(out["scene"], dtype=object), "spec": np.array(out["spec"], dtype=object),
-            "tile": np.array(out["tile"], dtype=object), "image": image_col,
-            "valid": np.stack(out["valid"]), "error": np.array(out["error"], dtype=object)}
+    return {**{k: np.array([r[k] for r in rows], dtype=object)
+               for k in ("scene", "spec", "tile", "error")},
+            "image": image_col, "valid": np.stack([r["valid"] for r in rows])}
+
+
+def read_photo_batches(batch: dict, tile: int, overlap: int, percentiles=(2.0, 98.0), bands=None,
+                       max_pixels: int | None = None,
+                       batch_tiles: int = READ_BATCH_TILES) -> Iterator[dict]:
+    """The read stage (a generator ``map_batches`` UDF): one input row per photo -> output batches
+    of at most ``batch_tiles`` tile rows, so a 100 MP photo streams downstream in small batches
+    instead of being one batch of all its tiles. A photo's tiles may span several batches."""
+    rows: list[dict] = []
+    for row in photo_rows(batch, tile, overlap, percentiles, bands, max_pixels):
+        rows.append(row)
+        if len(rows) >= batch_tiles:
+            yield tile_batch(rows)
+            rows = []
+    if rows:
+        yield tile_batch(rows)
+
+
+def read_photos(batch: dict, tile: int, overlap: int, percentiles=(2.0, 98.0), bands=None,
+                max_pixels: int | None = None) -> dict:
+    """Every tile of the batch's photos in one batch: for tests and small scripts (memory grows
+    with the photos); the sweep's pipeline streams ``read_photo_batches``."""
+    return tile_batch(list(photo_rows(batch, tile, overlap, percentiles, bands, max_pixels)))
 
 
 def keep_mask_cores(batch: dict) -> dict:

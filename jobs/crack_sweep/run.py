@@ -1,8 +1,9 @@
 """One crack sweep run on the driver (``jobs/sweep.py`` parses the command line and calls ``run``).
 
-The Ray Data stages: ``from_items`` (one row per photo) -> ``read_photos`` (CPU tasks: decode,
-radiometry, tiles) -> the model stage's ``Predictor`` (actor pool) -> ``keep_mask_cores`` (CPU
-tasks). The driver stitches each photo's cores; a complete photo is finalized in a driver thread
+The Ray Data stages: ``from_items`` (one row per photo) -> ``read_photo_batches`` (CPU tasks:
+tile-by-tile reads, radiometry; small output batches) -> the model stage's ``Predictor`` (actor
+pool) -> ``keep_mask_cores`` (CPU tasks). The driver stitches each photo's cores (they arrive in
+any order and batches); a complete photo is finalized in a driver thread
 (mask PNG, overlay thumbnail, centre-lines, record). At the end the report covers every record
 under the output."""
 from __future__ import annotations
@@ -23,7 +24,8 @@ from jobs.crack_sweep.config import SweepConfig
 from jobs.crack_sweep.features import write_photo_features, write_sweep_features
 from jobs.crack_sweep.measure import PixelSizes, physical_measurements, remeasure_records
 from jobs.crack_sweep.outputs import photo_record_uri, record_json
-from jobs.crack_sweep.pipeline import crack_measurements, keep_mask_cores, read_photos
+from jobs.crack_sweep.pipeline import (READ_BATCH_TILES, crack_measurements, keep_mask_cores,
+                                       read_photo_batches)
 from jobs.crack_sweep.report import mask_png, overlay_thumb, write_report
 from jobs.inference.actors import ACTOR_MAX_RESTARTS, TASK_MAX_RETRIES, ray_resources
 from jobs.inference.bundle_meta import read_bundle_meta
@@ -65,34 +67,56 @@ def read_records(output: str) -> dict[str, dict]:
 
 
 class Photo:
+    """One photo on the driver: its mask stitched from tile rows that arrive in any order and in
+    any number of batches (the read stage streams a photo's tiles)."""
+
     def __init__(self, sid: str, uri: str):
         self.id, self.input = sid, uri
         self.mask: np.ndarray | None = None
-        self.remaining: int | None = None
+        self.stitched: set[tuple[int, int]] = set()  # tile indices in the mask
+        self.complete = self.failed = False
         self.errors: list[str] = []
         self.disagreement: list[float] = []
         self.spec: dict = {}
         self.t0 = time.perf_counter()
 
     def add_tile(self, row: dict) -> bool:
-        """Stitch one tile row (its mask core, or its error) in; True when it was the last."""
-        if self.remaining is None:
-            self.spec = json.loads(row["spec"])
-            self.remaining = int(self.spec["tiles"])
-            if self.spec.get("height"):
-                self.mask = np.full((self.spec["height"], self.spec["width"]), NODATA, np.uint8)
-        self.remaining -= 1
+        """Take one row of this photo (its mask core, or its error). True exactly once: when its
+        last tile is stitched in (complete) or its first error arrives (failed).
+
+        A photo whose read fails mid-way sends the tiles read before the failure, then one error
+        row: whichever comes first, it fails -- never a partial success. Rows after that are not
+        stitched (errors still count for the message); a complete photo ignores later rows."""
+        if self.complete:
+            return False
         err = str(row["error"] or "")
         if err:
-            self.errors.append(err)
-        else:
-            t = Tile.from_dict(json.loads(row["tile"]))
-            r0, c0 = int(t.core_window.row_off), int(t.core_window.col_off)
-            core = np.asarray(row["core"])
-            self.mask[r0:r0 + core.shape[0], c0:c0 + core.shape[1]] = core
-            stats = json.loads(row["stats"])
-            self.disagreement.append(float(stats.get("disagreement", 0.0)))
-        return self.remaining == 0
+            return self._fail(row, err)
+        return False if self.failed else self._stitch(row)
+
+    def _fail(self, row: dict, err: str) -> bool:
+        self.errors.append(err)
+        if not self.spec:  # keep a tile's spec when one came first: the record gets the size
+            self.spec = json.loads(row["spec"])
+        first = not self.failed
+        self.failed, self.mask = True, None  # a failed photo is never finalized: free it now
+        return first
+
+    def _stitch(self, row: dict) -> bool:
+        t = Tile.from_dict(json.loads(row["tile"]))
+        if t.index in self.stitched:  # a retried read task's duplicate: stitched once, counted once
+            return False
+        if self.mask is None:
+            self.spec = json.loads(row["spec"])
+            self.mask = np.full((self.spec["height"], self.spec["width"]), NODATA, np.uint8)
+        r0, c0 = int(t.core_window.row_off), int(t.core_window.col_off)
+        core = np.asarray(row["core"])
+        self.mask[r0:r0 + core.shape[0], c0:c0 + core.shape[1]] = core
+        self.stitched.add(t.index)
+        stats = json.loads(row["stats"])
+        self.disagreement.append(float(stats.get("disagreement", 0.0)))
+        self.complete = len(self.stitched) == int(self.spec["tiles"])
+        return self.complete
 
 
 def finalize_photo(ph: Photo, job: SweepRun) -> dict:
@@ -242,11 +266,8 @@ def run_pipeline(job: SweepRun, photos: dict[str, Photo], pool: cf.ThreadPoolExe
     try:
         for row in ds.iter_rows():
             ph = photos[row["scene"]]
-            if ph.add_tile(row):
-                if ph.errors:
-                    ph.mask = None
-                else:
-                    futures[pool.submit(finalize_photo, ph, job)] = ph.id
+            if ph.add_tile(row) and ph.complete:  # a failed one is written after the run
+                futures[pool.submit(finalize_photo, ph, job)] = ph.id
     except Exception as err:  # noqa: BLE001
         msg = f"pipeline: {type(err).__name__}: {one_line(err, 300)}"
         log.error("%s", msg)
@@ -261,12 +282,14 @@ def photo_dataset(job: SweepRun, photos: dict[str, Photo], res: dict):
     cfg, pc = job.cfg, job.cfg.pipeline
     items = [{"scene": ph.id, "input": ph.input} for ph in photos.values()]
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 200)))
-    ds = ds.map_batches(read_photos, batch_size=pc.read_batch_size, num_cpus=pc.read_task_cpus,
-                        batch_format="numpy",
+    # a generator UDF: each photo's tiles leave in batches of <= READ_BATCH_TILES as they are read
+    ds = ds.map_batches(read_photo_batches, batch_size=pc.read_batch_size,
+                        num_cpus=pc.read_task_cpus, batch_format="numpy",
                         fn_kwargs={"tile": job.tile, "overlap": job.overlap,
                                    "percentiles": list(cfg.input.percentiles),
                                    "bands": cfg.input.bands,
-                                   "max_pixels": cfg.input.max_photo_pixels},
+                                   "max_pixels": cfg.input.max_photo_pixels,
+                                   "batch_tiles": READ_BATCH_TILES},
                         max_retries=TASK_MAX_RETRIES)
     kwargs = dict(fn_constructor_kwargs={"model_uri": job.model_uri, "threshold": job.threshold,
                                          "device": cfg.predict.device,
