@@ -6,6 +6,8 @@ manifest row as ``f"{type(exc).__name__}: {exc}"``.
 """
 from __future__ import annotations
 
+from .redact import redact_text
+
 
 def one_line(message: object, limit: int = 500) -> str:
     """``message`` on one line (white space folded), cut to ``limit`` characters with ``...``:
@@ -18,7 +20,9 @@ class SceneError(Exception):
     """Base class: the scene cannot be used."""
 
     def __init__(self, message: str):
-        super().__init__(one_line(message, 400))
+        # redacted before the cut: an input that is an in-memory VRT (its XML) is then its short
+        # name, and the reason after it is kept
+        super().__init__(one_line(redact_text(str(message)), 400))
 
 
 class MissingSceneError(SceneError, FileNotFoundError):
@@ -101,8 +105,17 @@ class VectorFormatError(VectorError):
     """An unknown vector format / file extension, or a format that cannot hold the data."""
 
 
+class LabelSourceError(Exception):
+    """A vector label source (``ingest.labels``) cannot be used: unreadable, no CRS, no feature
+    inside the scene, a missing attribute. One line naming the file, like :class:`SceneError`;
+    not a ``SceneError``: the scene itself may be fine."""
+
+    def __init__(self, message: str):
+        super().__init__(one_line(message, 400))
+
+
 __all__ = [
     "SceneError", "MissingSceneError", "CorruptSceneError", "UnsupportedFormatError",
     "S3AccessError", "NoCRSError", "EmptySceneError", "BandError", "WriterError",
-    "IncompleteMaskError", "VectorError", "VectorFormatError",
+    "IncompleteMaskError", "VectorError", "VectorFormatError", "LabelSourceError",
 ]

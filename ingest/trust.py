@@ -12,29 +12,24 @@ non-public addresses are refused unless listed by name (tests list ``127.0.0.1``
 output: no userinfo (``s3://KEY:SECRET@bucket``) and no signature or credential query
 parameters (presigned S3/GCS/Azure URLs). :func:`uri_identity` is what names a scene: the
 redacted URI without the volatile query parameters a re-signed URL changes every night.
+
+An input may also be an in-memory VRT -- the VRT XML itself as GDAL's dataset name -- when the
+hrefs it stacks are signed (``ingest.stac.assets.item_scene_uri``): such an input is written
+down as the file its XML names (:func:`vrt_name_element`), never as the XML.
 """
 from __future__ import annotations
 
 import ipaddress
 import os
 import posixpath
-import re
 import socket
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from .errors import SceneError
+from .redact import (has_secret, in_memory_vrt_name, is_in_memory_vrt, redact_text,  # noqa: F401
+                     redact_uri, uri_identity, vrt_name_element)
 
-# Query parameters that carry a secret (signature, credential, token) in presigned URLs.
-SECRET_PARAMS = frozenset(p.lower() for p in (
-    "X-Amz-Signature", "X-Amz-Credential", "X-Amz-Security-Token", "Signature", "AWSAccessKeyId",
-    "x-amz-security-token", "X-Goog-Signature", "X-Goog-Credential", "GoogleAccessId", "sig",
-    "token", "access_token", "api_key", "apikey", "key", "password", "secret"))
-# Query parameters that change when the same object is signed again (not part of its identity).
-VOLATILE_PARAMS = SECRET_PARAMS | frozenset(p.lower() for p in (
-    "X-Amz-Date", "X-Amz-Expires", "X-Amz-SignedHeaders", "X-Amz-Algorithm", "Expires",
-    "X-Goog-Date", "X-Goog-Expires", "X-Goog-SignedHeaders", "X-Goog-Algorithm", "se", "st",
-    "sp", "sv", "sr", "spr", "skoid", "sktid", "skt", "ske", "sks", "skv"))
 # GDAL raster drivers an href from a catalog may open as: plain raster formats only. VRT and the
 # XML family can name other files (and so read anything the worker can reach).
 REMOTE_DRIVERS = ("GTiff", "COG", "PNG", "JPEG", "JP2OpenJPEG", "WEBP", "Zarr", "netCDF", "HDF5")
@@ -172,45 +167,6 @@ def _with_path(base: str, path: str) -> str:
     return path
 
 
-def redact_uri(uri: str) -> str:
-    """``uri`` as it may be logged or stored: without userinfo and without secret query
-    parameters (their names are kept out too, so a log shows nothing was signed)."""
-    if not isinstance(uri, str) or ("@" not in uri and "?" not in uri):
-        return uri
-    prefix = ""
-    for vsi in ("/vsicurl/", "/vsis3/"):
-        if uri.startswith(vsi):
-            prefix, uri = vsi, uri[len(vsi):]
-    parts = urlsplit(uri)
-    if not (parts.scheme and len(parts.scheme) > 1):
-        return prefix + uri
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-                       if k.lower() not in SECRET_PARAMS])
-    return prefix + urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-URL_IN_TEXT = re.compile(r"(?:/vsi(?:curl|s3)/)?[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
-
-
-def redact_text(text: str) -> str:
-    """Every URL in ``text`` (a log line, an error message) passed through :func:`redact_uri`."""
-    if "://" not in text:
-        return text
-    return URL_IN_TEXT.sub(lambda m: redact_uri(m.group(0)), text)
-
-
-def uri_identity(uri: str) -> str:
-    """What names an input across runs: :func:`redact_uri` without volatile query parameters,
-    so the same object signed again tomorrow is the same scene."""
-    clean = redact_uri(uri)
-    if "?" not in clean:
-        return clean
-    parts = urlsplit(clean)
-    query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-                       if k.lower() not in VOLATILE_PARAMS])
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
-
-
 __all__ = ["InputPolicy", "UntrustedInputError", "REMOTE_DRIVERS", "check_uri", "resolve_href",
-           "redact_uri", "redact_text", "uri_identity", "resolve_host", "split_scheme"]
+           "redact_uri", "redact_text", "uri_identity", "resolve_host", "split_scheme",
+           "has_secret", "is_in_memory_vrt", "vrt_name_element", "in_memory_vrt_name"]

@@ -1,12 +1,26 @@
 """The run record: what a scene's mask was computed from, so a rerun never mixes two of them.
 
 A record holds the model bundle's sha256, the threshold, the radiometry settings, the bands, the
-tiling, the model precision and the input's fingerprint (size + mtime locally, ETag + size on
-S3). It is stored in the mask store's attrs (``attrs["samsp_run"]``), in ``stats.json`` and in
+tiling, the model precision and the input's fingerprint (:func:`input_fingerprint`), which
+tells one version of an input from another without reading its pixels:
+
+- a local file: size, mtime_ns, ctime_ns and inode -- a file rewritten to the same size with
+  its mtime put back still has a new ctime (and a new inode when written as new + rename); a
+  local folder (Zarr store): its file count, total size, newest mtime_ns and newest ctime_ns;
+- an S3 key: ETag + size; an S3 prefix: object count, total size, a sha1 over the ETags;
+- an http(s) URL (or ``/vsicurl/`` one): ETag, Last-Modified and size from one HEAD request
+  (:func:`http_fingerprint`); none when the server does not answer;
+- a STAC item stacked into a VRT: each asset's own fingerprint with the asset's identity, and
+  the resampling (:func:`stacked_fingerprint`, jobs.segmentation.stac_input) -- not the VRT's.
+
+A local fingerprint stored by an earlier version (no ctime_ns/inode) still matches when the
+keys it has are equal (:func:`records_match`): an upgrade does not recompute every scene.
+
+The record is stored in the mask store's attrs (``attrs["samsp_run"]``), in ``stats.json`` and in
 the scene's manifest row (``record``). On a rerun:
 
-- a done scene is skipped only when its manifest row's record equals this run's;
-- a scene is resumed (only missing chunks computed) only into a store whose record equals
+- a done scene is skipped only when its manifest row's record matches this run's;
+- a scene is resumed (only missing chunks computed) only into a store whose record matches
   this run's;
 - otherwise -- another threshold, bundle or input version, or ``--force`` -- the scene is
   recomputed whole into a fresh store under ``<id>/.recompute/`` and its outputs replace the old
@@ -18,26 +32,38 @@ The fitted stretch is not part of the record: it is a function of the input and 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
+import logging
 import os
+import urllib.error
+import urllib.request
 import uuid
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from ingest import MaskWriter, storage
+from ingest.errors import one_line
+from ingest.trust import redact_text, redact_uri, uri_identity
 from ingest.writer import store_is_ready
 from jobs.runtime.errors import RunChangedError
+
+log = logging.getLogger("samsp.segment")
 
 RECORD_KEY = "samsp_run"
 STAGING = ".recompute"        # a recomputation's outputs, until they replace the old ones
 STORE = "mask.zarr"
 FILES = ("mask.tif", "prob.tif", "quicklook.png",  # + output.vectors' files (segment_vectors)
          *(f"{k}{e}" for k in ("polygons", "centerlines") for e in (".parquet", ".geojson", ".fgb")))
-STORE_METADATA = ("zarr.json", ".zgroup", ".zattrs")   # a store's root metadata: moved last
+STORE_METADATA = ("zarr.json", ".zgroup", ".zattrs", ".zmetadata")  # root metadata: moved last
 BUNDLE_FILES = ("bundle.json", "model.safetensors")
 #: record field -> how an error message names it (the config field a user would change)
 FIELD_NAMES = {"bundle_sha256": "model bundle (sha256)", "threshold": "predict.threshold",
                "radiometry": "radiometry", "bands": "radiometry.bands", "tiling": "tiling",
                "precision": "predict.precision", "input": "input (fingerprint)"}
+HTTP_TIMEOUT_S = 10.0  # the fingerprint request of an http(s) input
+#: local fingerprint keys added after records were first kept (see records_match)
+ADDED_INPUT_KEYS = frozenset({"ctime_ns", "inode"})
 
 
 # --------------------------------------------------------------------------- the record
@@ -59,35 +85,114 @@ def bundle_sha256(uri: str) -> str:
 
 
 def input_fingerprint(uri: str) -> dict | None:
-    """What tells one version of an input from another without reading its pixels: size and
-    mtime (local file), ETag and size (S3 key); for a Zarr store, the same over all its files.
-    None when the input does not exist (planning then reports it)."""
+    """What tells one version of an input from another without reading its pixels (see the
+    module). None when the input does not exist or an http(s) server does not say (planning
+    then reports an input it cannot read)."""
 
     if storage.is_s3(uri):
-        fs, path = storage.fs_for(uri)
-        try:
-            info = fs.info(path)
-        except FileNotFoundError:
-            return None
-        if info.get("type") != "directory":
-            return {"etag": str(info.get("ETag", "")).strip('"'), "size": int(info.get("size", 0))}
-        fs.invalidate_cache(path)
-        found = fs.find(path, detail=True)
-        keys = sorted((k, str(v.get("ETag", "")).strip('"'), int(v.get("size", 0)))
-                      for k, v in found.items())
-        return {"objects": len(keys), "size": sum(k[2] for k in keys),
-                "etags_sha1": hashlib.sha1(json.dumps(keys).encode()).hexdigest()}
+        return _s3_fingerprint(uri)
+    if is_http(uri):
+        return http_fingerprint(uri)
     if not os.path.exists(uri):
         return None
     if not os.path.isdir(uri):
         st = os.stat(uri)
-        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    sizes, mtime, n = 0, 0, 0
-    for root, _, files in os.walk(uri):
+        # ctime and inode: a file rewritten to the same size with its mtime put back (touch -r,
+        # rsync -t, cp -p over it) still gets a new ctime (and, written as new + rename, a new
+        # inode) -- nothing can set ctime back
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+                "inode": st.st_ino}
+    sizes, mtime, ctime, n = 0, 0, 0, 0
+    for root, _, files in os.walk(uri):  # a Zarr store: its files' total size, newest times
         for name in files:
             st = os.stat(os.path.join(root, name))
-            sizes, mtime, n = sizes + st.st_size, max(mtime, st.st_mtime_ns), n + 1
-    return {"files": n, "size": sizes, "mtime_ns": mtime}
+            sizes, n = sizes + st.st_size, n + 1
+            mtime, ctime = max(mtime, st.st_mtime_ns), max(ctime, st.st_ctime_ns)
+    return {"files": n, "size": sizes, "mtime_ns": mtime, "ctime_ns": ctime}
+
+
+def _s3_fingerprint(uri: str) -> dict | None:
+    """ETag + size of a key; for a prefix (a Zarr store), a sha1 over its keys' ETags."""
+
+    fs, path = storage.fs_for(uri)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        return None
+    if info.get("type") != "directory":
+        return {"etag": str(info.get("ETag", "")).strip('"'), "size": int(info.get("size", 0))}
+    fs.invalidate_cache(path)
+    found = fs.find(path, detail=True)
+    keys = sorted((k, str(v.get("ETag", "")).strip('"'), int(v.get("size", 0)))
+                  for k, v in found.items())
+    return {"objects": len(keys), "size": sum(k[2] for k in keys),
+            "etags_sha1": hashlib.sha1(json.dumps(keys).encode()).hexdigest()}
+
+
+def is_http(uri: str) -> bool:
+    """A plain http(s) URL or GDAL's ``/vsicurl/`` form of one."""
+    return uri.removeprefix("/vsicurl/").startswith(("http://", "https://"))
+
+
+def http_fingerprint(uri: str, timeout: float = HTTP_TIMEOUT_S) -> dict | None:
+    """ETag, Last-Modified and size (Content-Length) of one HEAD request. A server that refuses
+    HEAD (403/405/501: a presigned URL is signed for GET only) is asked for its first byte
+    instead (the body is never read). None when neither answers, or the answer names no
+    version: the record's input is then null, as it was for every http input before (an
+    input that cannot be read fails at planning, with its own reason).
+
+    Only for inputs the job opens anyway (the operator's own, or asset hrefs that
+    ``input.allow`` passed): the caller decides -- see StacInput.fingerprint."""
+
+    url = uri.removeprefix("/vsicurl/")
+    if urlsplit(url).username is not None:  # urllib would send neither them nor a valid host
+        _no_fingerprint(uri, "credentials in the URL")
+        return None
+    try:
+        try:
+            headers = _response_headers(url, "HEAD", timeout)
+        except urllib.error.HTTPError as err:
+            if err.code not in (403, 405, 501):
+                raise
+            headers = _response_headers(url, "GET", timeout)
+    except (OSError, ValueError, http.client.HTTPException) as err:
+        _no_fingerprint(uri, f"{type(err).__name__}: {err}")
+        return None
+    found = {"etag": (headers.get("ETag") or "").strip('"') or None,
+             "last_modified": headers.get("Last-Modified") or None,
+             "size": _http_size(headers)}
+    return found if any(v is not None for v in found.values()) else None
+
+
+def _response_headers(url: str, method: str, timeout: float):
+    headers = {"User-Agent": "samsp-fingerprint"}
+    if method == "GET":
+        headers["Range"] = "bytes=0-0"
+    request = urllib.request.Request(url, method=method, headers=headers)
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.headers  # closed unread: a server ignoring Range sends no more
+
+
+def _http_size(headers) -> int | None:
+    """The object's size: Content-Range's total for a ranged answer, else Content-Length."""
+    total = (headers.get("Content-Range") or "").rpartition("/")[2]
+    length = total if total.isdigit() else headers.get("Content-Length")
+    return int(length) if length and str(length).isdigit() else None
+
+
+def _no_fingerprint(uri: str, reason: str) -> None:
+    # the URL and the reason may carry a signature: both redacted, one line
+    log.warning("input %s: no fingerprint (%s); a rerun cannot tell whether it changed",
+                redact_uri(uri), one_line(redact_text(reason)))
+
+
+def stacked_fingerprint(hrefs, resampling: str, fingerprint=input_fingerprint) -> dict:
+    """A scene that stacks several assets (a VRT): every asset's own fingerprint, in band order,
+    with its identity (redacted, without the parameters a re-signed URL changes), and the
+    resampling the VRT names. Not the VRT file's: it only points at the assets, and one replaced
+    in place leaves it as it was. ``hrefs`` must be ones the input policy passed."""
+    return {"assets": [{"href": uri_identity(h), "input": fingerprint(h)} for h in hrefs],
+            "resampling": resampling}
 
 
 def run_record(cfg, bundle_sha: str, threshold: float, tile: int, overlap: int,
@@ -122,6 +227,29 @@ def record_difference(old: dict | None, new: dict) -> str:
     return "; ".join(parts)
 
 
+def records_match(stored: dict | None, record: dict) -> bool:
+    """Whether a stored record names what this run's ``record`` would make: equal, or equal but
+    for an input fingerprint stored by an earlier version (:func:`legacy_input_matches`)."""
+    if stored == record:
+        return True
+    if not isinstance(stored, dict) or set(stored) != set(record):
+        return False
+    return all(stored[k] == record[k] for k in record if k != "input") and \
+        legacy_input_matches(stored["input"], record["input"])
+
+
+def legacy_input_matches(stored, current) -> bool:
+    """A local fingerprint stored before ``ctime_ns``/``inode`` were kept (size + mtime_ns,
+    files for a store) names the same input when every key it has is equal and it lacks only
+    those: outputs of the earlier version are not all recomputed after an upgrade. Such a
+    scene is told apart by size and mtime only, as before, until it is recomputed for another
+    reason (its new record then has every key). Anything else must be equal."""
+    if not isinstance(stored, dict) or not isinstance(current, dict):
+        return False
+    return set(stored) < set(current) and set(current) - set(stored) <= ADDED_INPUT_KEYS and \
+        all(stored[k] == current[k] for k in stored)
+
+
 # --------------------------------------------------------------------------- where to write
 
 @dataclass(frozen=True)
@@ -151,13 +279,13 @@ def choose_store(live_dir: str, record: dict, force: bool, on_change: str) -> St
     staging = storage.join(live_dir, STAGING)
     live_ok, live_rec = stored_record(storage.join(live_dir, STORE))
     if not force:
-        if live_ok and live_rec == record:
+        if live_ok and records_match(live_rec, record):
             return StoreChoice(live_dir, "a")
         if live_ok and on_change == "fail":
             raise RunChangedError(f"outputs were made with other settings: "
                                   f"{record_difference(live_rec, record)} (pipeline.on_change=fail)")
         staged_ok, staged_rec = stored_record(storage.join(staging, STORE))
-        if staged_ok and staged_rec == record:  # an earlier recomputation to resume
+        if staged_ok and records_match(staged_rec, record):  # an earlier recomputation to resume
             return StoreChoice(staging, "a", live_dir, "resuming a recomputation")
     if not live_ok:
         # nothing usable in place (no store, or one whose creation was killed): start there;

@@ -166,7 +166,8 @@ class SegmentRun:
             self.inputs, self.ids = self.stac_in.add_scenes(self.inputs, self.ids, self.previous,
                                                             cfg.pipeline.plan_workers)
         self.records = scene_records(self.inputs, cfg, model, self.threshold, self.tile,
-                                     self.overlap)
+                                     self.overlap,
+                                     getattr(self.stac_in, "fingerprint", None))  # --stac items
         self.board = StatusBoard(self.output, self.run_id, cfg.pipeline.lease_timeout_s,
                                  cfg.pipeline.lease_heartbeat_s)
         if self.stac_in is not None:

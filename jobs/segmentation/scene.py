@@ -121,17 +121,20 @@ def scene_row(st: SceneState, status: str, error: str, uncertain: list, outputs:
 
 
 def scene_records(inputs: list[str], cfg: SegmentConfig, model_uri: str, threshold: float,
-                  tile: int, overlap: int) -> dict[str, dict]:
-    """Each input's run record (jobs.segmentation.record); fingerprints are I/O: a few threads."""
+                  tile: int, overlap: int, fingerprint=None) -> dict[str, dict]:
+    """Each input's run record (jobs.segmentation.record); fingerprints are I/O: a few threads.
+    ``fingerprint``: one input's fingerprint (default ``input_fingerprint``; with --stac,
+    StacInput.fingerprint: stacked items, and no request for an item that is no scene)."""
 
     sha = bundle_sha256(model_uri)
+    of_input = fingerprint or input_fingerprint
 
-    def fingerprint(uri: str):
+    def safe_fingerprint(uri: str):
         try:
-            return input_fingerprint(uri)
+            return of_input(uri)
         except Exception:  # noqa: BLE001 - unreadable: planning reports it for this scene
             return None
 
     with cf.ThreadPoolExecutor(max_workers=cfg.pipeline.plan_workers) as pool:
-        prints = list(pool.map(fingerprint, inputs))
+        prints = list(pool.map(safe_fingerprint, inputs))
     return {uri: run_record(cfg, sha, threshold, tile, overlap, fp) for uri, fp in zip(inputs, prints)}

@@ -5,11 +5,14 @@ CronJob can pass the same fields in one YAML file and pydantic names the field o
 :func:`open_stac_input` searches before any work (an unreachable API or a rejected search is a
 :class:`ingest.errors.StacSearchError`: exit 2); :meth:`StacInput.add_scenes` turns each item
 into a scene -- id = the item id made safe, input = its one asset or a VRT stacking several at
-``<output>/<id>/source.vrt`` (under the output, so every worker reads it) -- and an item that
-cannot become one fails alone with its one-line reason (:meth:`StacInput.check` raises it at
-planning). ``--datetime since-last-run`` searches from the end of the last *successful* run's
-window (``<output>/stac_window.json``) to this run's start; only a run without a failure moves
-it (:meth:`StacInput.record_window`), so the next night covers a failed one.
+``<output>/<id>/source.vrt`` (under the output, so every worker reads it; its run record's
+fingerprint covers the assets it stacks: :meth:`StacInput.fingerprint`; with signed hrefs, the
+VRT's XML itself, written down as that path: ``ingest.stac.assets.item_scene_uri``) -- and an
+item that cannot become one fails alone with its one-line reason (:meth:`StacInput.check`
+raises it at planning). ``--datetime since-last-run`` searches from the end of the last
+*successful* run's window (``<output>/stac_window.json``) to this run's start; only a run
+without a failure moves it (:meth:`StacInput.record_window`), so the next night covers a
+failed one.
 """
 from __future__ import annotations
 
@@ -25,9 +28,10 @@ from ingest.errors import StacItemError
 from ingest.stac.assets import item_scene_uri, select_assets
 from ingest.stac.items import SourceItem
 from ingest.stac.search import StacQuery, find_items
-from ingest.trust import InputPolicy
+from ingest.trust import InputPolicy, is_in_memory_vrt
 from jobs.inputs.scene_ids import short_hash
 from jobs.runtime.config import ConfigError
+from jobs.segmentation.record import input_fingerprint, stacked_fingerprint
 from jobs.segmentation.stac_config import SINCE_LAST_RUN
 
 log = logging.getLogger("samsp.segment")
@@ -191,6 +195,10 @@ class StacInput:
         self.datetime_used = datetime_used
         self.window_end = window_end  # since-last-run: where the next window starts
         self.errors: dict[str, Exception] = {}     # input -> why the item is no scene
+        self.stacked: dict[str, tuple] = {}        # VRT input -> the checked hrefs it stacks
+        # scene id -> its VRT's XML, the scene's input when the hrefs it stacks carry a secret
+        # (ingest.stac.assets.item_scene_uri: written down as the VRT's place, never as XML)
+        self.in_memory: dict[str, str] = {}
         self.sources: dict[str, object] = {}       # input -> ingest.stac.items.SourceItem
         self.fields: dict[str, dict] = {}          # input -> extra columns of its rows
 
@@ -208,27 +216,32 @@ class StacInput:
         return select_assets(item, tuple(self.cfg.assets), self.policy, catalog=self.cfg.source)
 
     def _scene_input(self, item, sid: str) -> str:
-        """The scene's URI: the VRT's place when several assets are stacked, else the one
-        asset's href -- decided before any asset is opened, so a scene keeps its input (its
-        identity in status.json) whether this night's attempt fails or not."""
+        """The scene's URI: the VRT's place when several assets are stacked (or the VRT's XML,
+        which is written down as that place, when their hrefs are signed), else the one asset's
+        href -- so a scene keeps its input (its identity in status.json) whether this night's
+        attempt fails or not."""
 
         if len(self.cfg.assets) > 1:
-            return storage.join(self.output, sid, VRT_NAME)
+            return self.in_memory.get(sid) or storage.join(self.output, sid, VRT_NAME)
         try:
             href = self._assets(item).hrefs[0]
         except StacItemError:
             return item.get_self_href() or f"{item.collection_id}/{item.id}"
         return storage.to_s3_uri(href) if href.startswith("/vsis3/") else href
 
-    def _resolve(self, item, sid: str) -> Exception | None:
-        """Open the item's assets (headers) and write its VRT; the StacItemError, if any."""
+    def _resolve(self, item, sid: str) -> tuple[tuple, Exception | None]:
+        """Open the item's assets (headers) and write its VRT: ``(hrefs, StacItemError or
+        None)``, the hrefs ones the input policy passed (() when the item has no scene)."""
 
         try:
-            item_scene_uri(self._assets(item),
-                           storage.join(self.output, sid, VRT_NAME), self.cfg.resampling)
+            assets = self._assets(item)
+            scene = item_scene_uri(assets, storage.join(self.output, sid, VRT_NAME),
+                                   self.cfg.resampling)
+            if is_in_memory_vrt(scene):  # signed hrefs: the XML is the input (one key a thread)
+                self.in_memory[sid] = scene
         except StacItemError as err:
-            return err
-        return None
+            return (), err
+        return assets.hrefs, None
 
     def add_scenes(self, inputs: list[str], ids: dict[str, str], previous: dict[str, dict],
                    workers: int) -> tuple[list[str], dict[str, str]]:
@@ -238,9 +251,9 @@ class StacInput:
         sids = [self._scene_id(item, taken, previous) for item in self.items]
         # assets are opened (headers only) to stack them: I/O, a few threads
         with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stac") as pool:
-            errors = list(pool.map(self._resolve, self.items, sids))
+            resolved = list(pool.map(self._resolve, self.items, sids))
         inputs, ids = list(inputs), dict(ids)
-        for item, sid, err in zip(self.items, sids, errors):
+        for item, sid, (hrefs, err) in zip(self.items, sids, resolved):
             uri = self._scene_input(item, sid)
             href = item.get_self_href() or f"{item.collection_id}/{item.id}"
             if uri in ids:  # two items with one asset href (or an --input too): one scene
@@ -249,6 +262,8 @@ class StacInput:
                 continue
             if err is not None:
                 self.errors[uri] = err
+            elif len(self.cfg.assets) > 1:  # its input is the VRT stacking these
+                self.stacked[uri] = hrefs
             inputs.append(uri)
             ids[uri] = sid
             self.fields[uri] = {"stac_item": href, "stac_collection": item.collection_id}
@@ -267,6 +282,17 @@ class StacInput:
             return finish(sid, {**row, **self.fields.get(row.get("input"), {})})
 
         board.finish = finish_with_item
+
+    def fingerprint(self, uri: str) -> dict | None:
+        """An input's fingerprint (jobs.segmentation.record): a stacked item's covers the
+        assets its VRT reads, not the VRT. An item that is no scene gets none: nothing is
+        requested for it -- its hrefs may be ones the input policy refused, and its input may
+        be the item's own link."""
+        if uri in self.errors:
+            return None
+        if uri in self.stacked:
+            return stacked_fingerprint(self.stacked[uri], self.cfg.resampling)
+        return input_fingerprint(uri)  # --input, or an item's one asset the policy passed
 
     def check(self, uri: str) -> None:
         """Raise why this input's item could not become a scene (planning fails it alone)."""
