@@ -233,7 +233,10 @@ def write_georef(group, crs: CRS | None, transform: Affine, height: int, width: 
         if arr.attrs.get("grid_mapping") == "spatial_ref" or (
                 arr.ndim >= 2 and tuple(arr.shape[-2:]) == (height, width)):
             arr.attrs.update(geo)
-    sr = group.create_array("spatial_ref", shape=(), dtype="int32", fill_value=0,
+    # v2: no fill value -- xarray takes a v2 fill_value for _FillValue and would decode the
+    # grid mapping's 0 as NaN (v3 needs one, and xarray reads v3's _FillValue from the attrs)
+    v3 = group.metadata.zarr_format == 3
+    sr = group.create_array("spatial_ref", shape=(), dtype="int32", fill_value=0 if v3 else None,
                             attributes=spatial_ref_attrs(crs, transform), overwrite=True,
                             **_dims_kw(group, ()))
     sr[...] = 0

@@ -3,10 +3,18 @@
 Store layout (``<uri>`` is a local directory or ``s3://bucket/prefix.zarr``)::
 
     zarr.json            group (Zarr v3; ``zarr_format=2`` for GDAL < 3.11); attrs["samsp"] = {height, width, chunk, nodata, prob_encoding, ...}
-    prob/                uint8 [y, x], chunk = core size; 0..254 = round(p * 254), 255 = nodata
-    mask/                uint8 [y, x], chunk = core size; 0/1, 255 = nodata
-    written/             uint8 [chunk_row, chunk_col], 1x1 chunks: 1 once a chunk's data is stored
+    prob/                uint8 [y, x], chunk = core size; 0..254 = round(p * 254), 255 = nodata;
+                         CF scale_factor 1/254, add_offset 0, _FillValue 255 (xarray decodes p, NaN)
+    mask/                uint8 [y, x], chunk = core size; 0/1, 255 = nodata (CF _FillValue, flags)
+    _samsp/written/      uint8 [chunk_row, chunk_col], 1x1 chunks: 1 once a chunk's data is stored
+                         (a sub-group: xarray lists no sub-group's arrays as data variables)
     spatial_ref, x, y    CF georeferencing (see ``ingest.georef``), read by rioxarray and GDAL
+
+Stores made before format version 3 keep their markers in a top-level ``written/`` array; they are
+read and resumed as they are (``attrs["samsp"]["markers"]`` names the array, absent = ``written``).
+:meth:`MaskWriter.finish` (run when every chunk is written) brings the data arrays' CF attributes
+up to date and consolidates the metadata, so ``xr.open_zarr(uri, decode_coords="all")`` opens the
+store in one read, with no warning, as probabilities and with the scene CRS and transform.
 
 Each core window of a :class:`ingest.TileGrid` with ``tile - overlap == chunk`` is exactly one
 chunk (edge chunks are partial), so any number of processes can ``write`` different tiles with no
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import Any, Iterator
 
 import numpy as np
@@ -37,8 +46,11 @@ from .tiling import TileGrid, window_bounds
 
 PROB_SCALE = 254
 ARRAYS = ("prob", "mask")
-_FORMAT_VERSION = 2  # 2: attrs["samsp"]["ready"] is written last (atomic creation)
+# 2: attrs["samsp"]["ready"] is written last (atomic creation); 3: markers in a sub-group
+_FORMAT_VERSION = 3
 READY_KEY = "ready"
+MARKERS = "_samsp/written"       # where this version keeps the chunk markers
+LEGACY_MARKERS = "written"       # where versions 1 and 2 kept them (a top-level array)
 
 
 def prob_to_u8(prob: np.ndarray) -> np.ndarray:
@@ -56,6 +68,27 @@ def u8_to_prob(code: np.ndarray) -> np.ndarray:
     out = c.astype(np.float32) / PROB_SCALE
     out[c == NODATA] = np.nan
     return out
+
+
+def cf_attrs(name: str) -> dict:
+    """CF attributes that make xarray decode array ``name`` to what it means, not to its code.
+
+    ``prob``: ``code * scale_factor + add_offset`` is ``code / 254``, the inverse of
+    :func:`prob_to_u8` (:func:`u8_to_prob` in float64); the nodata code is the ``_FillValue``
+    (``data_array_attrs`` writes it in v3, v2 readers take the array's fill_value), so it decodes
+    to NaN. ``mask``: 0/1 categories (CF flags), no scaling -- xarray still masks its nodata.
+    ``coordinates`` makes ``spatial_ref`` a coordinate even with the default ``decode_coords``
+    (as xarray's own ``to_zarr`` writes it), so rioxarray finds the CRS either way."""
+    common = {"coordinates": "spatial_ref"}
+    if name == "prob":
+        # a float scale and offset of one type: CF packing, and xarray's cue to decode to float
+        return {**common, "long_name": "foreground probability", "units": "1",
+                "scale_factor": 1.0 / PROB_SCALE, "add_offset": 0.0,
+                "comment": f"stored as round(p*{PROB_SCALE}) in uint8, {NODATA} = nodata"}
+    if name == "mask":
+        return {**common, "long_name": "binary mask", "flag_values": [0, 1],
+                "flag_meanings": "background foreground"}
+    raise WriterError(f"no CF attributes for {name!r}")
 
 
 def _open_group(uri: str, mode: str, zarr_format: int | None = None):
@@ -87,7 +120,7 @@ def store_is_ready(uri: str) -> bool:
             return False
         # a version-1 store has no marker: it is whole when every array is there
         return int(meta.get("version", 0)) != 1 or all(
-            name in group for name in (*meta.get("arrays", ARRAYS), "written"))
+            name in group for name in (*meta.get("arrays", ARRAYS), LEGACY_MARKERS))
     except Exception:  # noqa: BLE001 - missing or unreadable group: not a usable store
         return False
 
@@ -111,6 +144,7 @@ class MaskWriter:
         self._group = None
         self._arrays: dict[str, Any] = {}
         self._codecs: dict[str, Any] = {}
+        self._markers = MARKERS  # a store made by an older version says otherwise (_load)
         exists = mode in ("r", "r+") or any(storage.exists(storage.join(self.uri, m))
                                              for m in ("zarr.json", ".zgroup"))
         if mode == "a" and exists and not store_is_ready(self.uri):
@@ -161,7 +195,12 @@ class MaskWriter:
             "prob_encoding": f"round(p*{PROB_SCALE}); {NODATA}=nodata",
             "mask_encoding": f"0 background, 1 foreground, {NODATA}=nodata",
             "crs_wkt": crs_to_wkt(self.crs), "GeoTransform": transform_to_gdal(self.transform),
+            "markers": self._markers,
         }
+
+    def _data_attrs(self, name: str) -> dict:
+        """Attributes of data array ``name``: georeferencing (``ingest.georef``) and CF decoding."""
+        return data_array_attrs(self.crs, ("y", "x"), NODATA, self.zarr_format) | cf_attrs(name)
 
     def _create(self, extra_attrs: dict) -> None:
         # Atomic creation: the group's attrs go first *without* the ready marker, the marker
@@ -172,12 +211,13 @@ class MaskWriter:
         v3 = self.zarr_format == 3
         for name in self.arrays:
             group.create_array(name, shape=shape, chunks=chunks, dtype="uint8", fill_value=NODATA,
-                               attributes=data_array_attrs(self.crs, ("y", "x"), NODATA, self.zarr_format)
-                               | {"long_name": {"prob": "probability code (p*254)",
-                                                "mask": "binary mask"}[name]},
+                               attributes=self._data_attrs(name),
                                config={"write_empty_chunks": True},
                                **({"dimension_names": ("y", "x")} if v3 else {}))
-        group.create_array("written", shape=self.grid_shape, chunks=(1, 1), dtype="uint8",
+        # The markers are bookkeeping, not data: in a sub-group, which xarray does not list
+        group.create_group(self._markers.rsplit("/", 1)[0],
+                           attributes={"description": "samsp's resume bookkeeping"})
+        group.create_array(self._markers, shape=self.grid_shape, chunks=(1, 1), dtype="uint8",
                            fill_value=0, attributes={"_ARRAY_DIMENSIONS": ["chunk_row", "chunk_col"],
                                                      "description": "1 = chunk written (marker, set last)"},
                            **({"dimension_names": ("chunk_row", "chunk_col")} if v3 else {}))
@@ -206,6 +246,7 @@ class MaskWriter:
         self.crs = CRS.from_wkt(meta["crs_wkt"]) if meta.get("crs_wkt") else None
         self.transform = transform_from_gdal(meta["GeoTransform"])
         self.zarr_format = int(group.metadata.zarr_format)
+        self._markers = str(meta.get("markers", LEGACY_MARKERS))  # versions 1, 2: top-level
         self._group = group
         self._mode = mode
 
@@ -239,6 +280,7 @@ class MaskWriter:
 
     def __setstate__(self, state: dict) -> None:
         state.setdefault("_codecs", {})
+        state.setdefault("_markers", LEGACY_MARKERS)
         self.__dict__.update(state)
 
     @property
@@ -252,6 +294,10 @@ class MaskWriter:
         return (f"MaskWriter({self.uri!r}, {self.width}x{self.height}, chunk={self.chunk}, "
                 f"arrays={list(self.arrays)})")
 
+    def _path(self, name: str) -> str:
+        """Path in the store of array ``name`` ("written" = the chunk markers, wherever kept)."""
+        return self._markers if name == "written" else name
+
     def _array(self, name: str):
         if name not in self.arrays and name != "written":
             raise WriterError(f"{self.uri}: no {name!r} array (has {list(self.arrays)})")
@@ -259,7 +305,7 @@ class MaskWriter:
         if arr is None:
             if self._group is None:
                 self._group = _open_group(self.uri, "r" if self._mode == "r" else "r+")
-            arr = self._group[name]
+            arr = self._group[self._path(name)]
             if name != "written":
                 arr = arr.with_config({"write_empty_chunks": True})
             self._arrays[name] = arr
@@ -310,7 +356,7 @@ class MaskWriter:
         self._codecs = {name: None for name in (*self.arrays, "written")}
 
     def _chunk_uri(self, name: str, md, i: int, j: int) -> str:
-        return f"{self.uri.rstrip('/')}/{name}/{md.encode_chunk_key((i, j))}"
+        return f"{self.uri.rstrip('/')}/{self._path(name)}/{md.encode_chunk_key((i, j))}"
 
     def _encode_window(self, name: str, r0: int, c0: int, data: np.ndarray) -> dict[str, bytes]:
         """``{chunk uri: encoded bytes}`` for a chunk-aligned window of array ``name``."""
@@ -427,7 +473,7 @@ class MaskWriter:
     # -- resume / reading
     def written_chunks(self) -> set[tuple[int, int]]:
         """``{(row, col)}`` of chunks whose marker exists (one listing of ``written/``)."""
-        fs, path = storage.fs_for(storage.join(self.uri, "written"))
+        fs, path = storage.fs_for(storage.join(self.uri, self._markers))
         try:
             if hasattr(fs, "invalidate_cache"):
                 fs.invalidate_cache(path)
@@ -485,6 +531,37 @@ class MaskWriter:
         for _, data in self.iter_chunks(which):
             counts += np.bincount(data.ravel(), minlength=256)
         return counts
+
+    # -- finishing
+    def finish(self) -> None:
+        """Make the store cheap and exact to open with xarray: bring the data arrays' CF
+        attributes up to date (a store made by an older version gets them too), then
+        consolidate the metadata (xarray reads one document, and warns when there is none).
+
+        Run once every chunk is written (``jobs.segmentation.finalize``), and again at the end
+        of any later run that wrote more. Writing chunks changes no metadata, so a consolidated
+        store stays exact, and resumable, while a rerun adds chunks; the only other metadata
+        writes, at creation, start from an empty store (``mode="w"`` clears the old
+        consolidation with everything else). Idempotent."""
+        import zarr
+
+        if self._mode == "r":
+            raise WriterError(f"{self.uri}: opened read-only")
+        # a fresh handle: a cached one may hold the metadata read before another process's change
+        group = _open_group(self.uri, "r+")
+        for name in self.arrays:
+            arr = group[name]
+            want = self._data_attrs(name)
+            if any(arr.attrs.get(k) != v for k, v in want.items()):
+                arr.attrs.update(want)
+        with warnings.catch_warnings():
+            # zarr-python notes that consolidated metadata is its own extension of Zarr v3:
+            # known, and what xarray reads first -- readers without it read the per-array files
+            warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+            zarr.consolidate_metadata(group.store_path, zarr_format=self.zarr_format)
+        self._group = None
+        self._arrays = {}
+        self._codecs = {}
 
     # -- export
     def strips(self, block: int, max_bytes: int) -> Iterator[tuple[int, int, int, int]]:

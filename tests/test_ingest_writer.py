@@ -311,8 +311,8 @@ def test_direct_chunk_io_matches_zarr_byte_for_byte(geotiff, tmp_path, zarr_form
             theirs._array(name)[sl] = data[sl]
         i, j = r0 // 224, c0 // 224
         theirs._array("written")[i:i + 1, j:j + 1] = 1
-    for name in ("prob", "mask", "written"):
-        a, b = tmp_path / "ours.zarr" / name, tmp_path / "theirs.zarr" / name
+    for name in ("prob", "mask", "written"):  # "written": the markers, in their sub-group
+        a, b = (tmp_path / f"{s}.zarr" / ours._path(name) for s in ("ours", "theirs"))
         files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
         assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
         assert len(files) > 20

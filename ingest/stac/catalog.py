@@ -14,6 +14,8 @@ is then a STAC API over the results.
 from __future__ import annotations
 
 import datetime as dt
+import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -22,6 +24,9 @@ import pystac
 
 from .. import storage
 from .io import StorageStacIO
+from .items import PROCESSING_SCHEMA
+
+log = logging.getLogger("samsp.stac")
 
 ITEM_FILE = "item.json"
 COLLECTION_FILE = "collection.json"
@@ -86,6 +91,7 @@ def build_collection(output: str, items: list[pystac.Item], collection_id: str,
         for uri in item.stac_extensions:
             if uri not in collection.stac_extensions:
                 collection.stac_extensions.append(uri)
+    summarize_processing(collection, items)
     return collection
 
 
@@ -107,17 +113,41 @@ def write_parquet(items: list[pystac.Item], uri: str) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def summarize_processing(collection: pystac.Collection, items: list[pystac.Item]) -> None:
+    """Give a collection that declares the processing extension the field its schema requires:
+    ``summaries["processing:software"]``, the distinct values of the items' (a set of values, as
+    STAC summaries allow). With no item carrying one, the declaration goes instead."""
+    if PROCESSING_SCHEMA not in collection.stac_extensions:
+        return
+    distinct: dict[str, dict] = {}
+    for item in items:
+        value = item.properties.get("processing:software")
+        if value:  # keyed by canonical JSON: dicts are not hashable, order must not matter
+            distinct.setdefault(json.dumps(value, sort_keys=True), value)
+    if not distinct:
+        collection.stac_extensions.remove(PROCESSING_SCHEMA)
+        return
+    collection.summaries.add("processing:software", [distinct[k] for k in sorted(distinct)])
+
+
 def publish_catalog(output: str, collection_id: str, description: str = "samsp segmentation results",
                     *, parquet: bool = True) -> PublishedCatalog:
-    """Rewrite ``<output>/collection.json`` (and ``items.parquet``) from the items present."""
+    """Rewrite ``<output>/collection.json`` (and ``items.parquet``) from the items present: the
+    items first, the collection last (a reader never sees it name a missing item)."""
     io = StorageStacIO()
     items = read_items(output, io)
     collection = build_collection(output, items, collection_id, description)
     collection.save(catalog_type=pystac.CatalogType.SELF_CONTAINED, stac_io=io)
+    # stac-geoparquet cannot write a null geometry (a plain PNG/JPEG scene's item): such items
+    # stay in collection.json only, rather than failing the whole catalog (and the run)
+    located = [it for it in collection.get_items() if it.geometry is not None]
+    if len(located) < len(items):
+        log.info("STAC: %d item(s) without geometry left out of %s", len(items) - len(located),
+                 PARQUET_FILE)
     parquet_href = None
-    if parquet and items:
+    if parquet and located:
         parquet_href = storage.join(output, PARQUET_FILE)
-        write_parquet(list(collection.get_items()), parquet_href)
+        write_parquet(located, parquet_href)
     return PublishedCatalog(collection_href=collection.get_self_href(), parquet_href=parquet_href,
                             item_ids=tuple(it.id for it in items))
 
@@ -129,5 +159,5 @@ def write_item(item: pystac.Item) -> str:
     return href
 
 
-__all__ = ["publish_catalog", "build_collection", "read_items", "write_item", "write_parquet",
+__all__ = ["publish_catalog", "build_collection", "summarize_processing", "read_items", "write_item", "write_parquet",
            "PublishedCatalog", "ITEM_FILE", "COLLECTION_FILE", "PARQUET_FILE"]

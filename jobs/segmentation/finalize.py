@@ -1,6 +1,7 @@
 """Per-scene finalization (driver side, after every tile of the scene succeeded).
 
-Writes, in this order, each one atomically (temp + replace locally, one PUT/upload on S3):
+First consolidates ``mask.zarr``'s metadata (``MaskWriter.finish``: one read for xarray). Then
+writes, in this order, each one atomically (temp + replace locally, one PUT/upload on S3):
 ``mask.tif`` / ``prob.tif`` (COGs with nearest overviews, built window by window from
 ``mask.zarr`` by ``MaskWriter.to_cog``), ``quicklook.png`` (decimated image with the mask
 overlaid -- the image is read through overviews or per-window decimation, never whole at full
@@ -157,6 +158,9 @@ def publish_rasters(plan, built: list[tuple[str, str, bool]], png: bytes | None)
 def write_outputs(plan, totals, cfg) -> tuple[list[str], dict]:
     """Every output file but stats.json: ``(names, vectors)`` (``vectors`` as in stats.json)."""
     writer = MaskWriter.open(plan.zarr_uri)
+    # every chunk is written: consolidate the store's metadata (and refresh its CF attrs) so
+    # xarray opens it in one read, as probabilities -- again after a rerun that added chunks
+    writer.finish()
     outputs = ["mask.zarr"]
     with tempfile.TemporaryDirectory(prefix="samsp-finalize-") as tmp, storage.gdal_env():
         built, png = build_rasters(writer, plan, cfg, tmp)

@@ -4,6 +4,10 @@ Per ``ok`` scene, after its outputs are final (promoted, when it was a recomputa
 ``<id>/item.json``. At the end of a run that wrote any item (or when there is no catalog yet):
 ``<output>/collection.json`` and ``<output>/items.parquet`` over every item under the output.
 A run that only skipped scenes leaves the catalog untouched (it would be the same documents).
+
+The collection (``ingest.stac.catalog``) declares the extensions its items use and summarises
+their ``processing:software``; ``tests/test_stac_schemas.py`` validates items and collection
+offline against the schemas.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import datetime as dt
 import logging
 import os
 from importlib import metadata
+
 
 from ingest import storage
 from ingest.stac.catalog import COLLECTION_FILE, publish_catalog, write_item
@@ -68,5 +73,5 @@ def publish(output: str, collection_id: str | None, items_written: int) -> str:
         log.error("%s", msg)
         return msg
     log.info("STAC: %s (%d item(s)), %s", published.collection_href, len(published.item_ids),
-             published.parquet_href or "no items.parquet (no items)")
+             published.parquet_href or "no items.parquet (no item with a geometry)")
     return ""
