@@ -39,13 +39,15 @@ from jobs.evaluation.data import LAYOUTS, EvalError  # noqa: E402
 from jobs.evaluation.outputs import format_table  # noqa: E402
 from jobs.evaluation.run import run  # noqa: E402
 from jobs.evaluation.scoring import DEFAULT_TOLERANCE  # noqa: E402
+from jobs.inference.bundle_meta import BundleNotFoundError, resolve_bundle  # noqa: E402
 from jobs.runtime.logs import configure_logging  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="bundle folder or URI (s3://...)")
+    p.add_argument("--model", required=True,
+                   help="bundle folder, URI (s3://...) or name (models/, $SAMSP_MODELS)")
     p.add_argument("--data", required=True, help="pair-folder root (local or s3://)")
     p.add_argument("--layout", default="auto", choices=LAYOUTS,
                    help="folder layout (auto: test_img/test_lab, train_img/train_lab, "
@@ -86,8 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(logging.INFO, "%(asctime)s %(levelname)s %(message)s")
     try:
+        args.model = resolve_bundle(args.model)  # a name (models/, $SAMSP_MODELS) -> its folder
         summary = run(args)
-    except EvalError as err:
+    except (EvalError, BundleNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_table(summary))

@@ -1,6 +1,6 @@
 """Distributed SAM-SP segmentation of big scenes on Ray Data (the nightly job).
 
-    python jobs/segment.py --input URI_OR_GLOB [...] --output URI --model BUNDLE \
+    python jobs/segment.py --input URI_OR_GLOB [...] --output URI --model BUNDLE_OR_NAME \
         [--config configs/segment.yaml] [--set predict.batch_size=16 ...]
 
 Inputs: local files, globs (``scenes/**/*.tif``), folders, ``s3://bucket/prefix/`` (every scene
@@ -40,12 +40,14 @@ jobs/segmentation/pipeline.py, a scene's outputs in jobs/segmentation/finalize.p
 """
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make `jobs`, `ingest`, `samsp` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jobs.inference.bundle_meta import BundleNotFoundError, resolve_bundle  # noqa: E402
 from jobs.runtime.config import job_epilog, parse_job_args  # noqa: E402
 from jobs.segmentation.run import (  # noqa: E402
     EXIT_FAILED,
@@ -83,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
                                             "each scene succeeded)"},
                           add_args=add_stac_args, input_required=False)
     args.overrides = stac_overrides(args) + args.overrides  # --set wins over the flags
+    try:  # a bundle name (models/, $SAMSP_MODELS) -> its folder or URI
+        args.model = resolve_bundle(args.model)
+    except BundleNotFoundError as err:
+        logging.getLogger("samsp.segment").error("model: %s", err)
+        return EXIT_USAGE
     return SegmentRun(args).run()
 
 

@@ -1,6 +1,6 @@
 """Crack sweep over inspection photo archives (JPEG/PNG/TIFF of any size) on Ray Data.
 
-    python jobs/sweep.py --input PREFIX_OR_GLOB [...] --output URI --model BUNDLE \
+    python jobs/sweep.py --input PREFIX_OR_GLOB [...] --output URI --model BUNDLE_OR_NAME \
         [--config configs/sweep.yaml] [--set report.top_n=48 ...]
 
 The segmentation job's pipeline, shaped for many ordinary photos instead of a few huge scenes:
@@ -20,6 +20,7 @@ usage/config/model error.
 """
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -27,6 +28,7 @@ if __package__ in (None, ""):  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs.crack_sweep.run import EXIT_FAILED, EXIT_OK, EXIT_USAGE, run  # noqa: E402
+from jobs.inference.bundle_meta import BundleNotFoundError, resolve_bundle  # noqa: E402
 from jobs.runtime.config import job_epilog, parse_job_args  # noqa: E402
 
 
@@ -44,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
             "jobs/crack_sweep/config.py (SweepConfig), README.md 'Crack sweep'",
             {EXIT_OK: "every photo ok or skipped", EXIT_FAILED: "a photo failed (the others "
              "finished)", EXIT_USAGE: "usage, config or model error (nothing ran)"}))
+    try:  # a bundle name (models/, $SAMSP_MODELS) -> its folder or URI
+        args.model = resolve_bundle(args.model)
+    except BundleNotFoundError as err:
+        logging.getLogger("samsp.sweep").error("model: %s", err)
+        return EXIT_USAGE
     return run(args)
 
 

@@ -12,6 +12,7 @@ from .build import build_sam, build_sam_from_config
 from .bundle import Bundle, BundleMeta, load_bundle, save_bundle
 from .checkpoint import read_state_dict
 from .config import SAM_CONFIGS, SamConfig, get_config
+from .contract import InputContract
 from .errors import BundleError, CheckpointError, SamspError
 from .lora import FINETUNE_MODES, apply_lora, configure_finetune, has_lora, merge_lora
 from .loss import LossParts, samsp_loss
@@ -21,8 +22,8 @@ from .prompts import PROMPT_KINDS, mask_to_box, mask_to_points
 __all__ = [
     "metrics", "predict", "preprocess",
     "SAM_CONFIGS", "FINETUNE_MODES", "PROMPT_KINDS",
-    "Bundle", "BundleError", "BundleMeta", "CheckpointError", "LossParts", "SamConfig", "SamSP",
-    "SamSPOutput", "SamspError",
+    "Bundle", "BundleError", "BundleMeta", "CheckpointError", "InputContract", "LossParts",
+    "SamConfig", "SamSP", "SamSPOutput", "SamspError",
     "apply_lora", "build_sam", "build_sam_from_config", "configure_finetune", "get_config",
     "has_lora", "load_bundle", "logit_of", "mask_to_box", "mask_to_points", "merge_lora", "read_state_dict",
     "samsp_loss", "save_bundle",

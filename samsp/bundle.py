@@ -3,8 +3,9 @@
 A bundle is a folder (local or any fsspec URI, e.g. ``s3://bucket/models/crack-v1``) with
 ``model.safetensors`` -- the SAM weights in the official layout, LoRA adapters merged so no peft
 is needed to load -- and ``bundle.json`` (``BundleMeta``): how to build the model, normalise its
-input and threshold its output, plus training provenance. ``bundle.json`` is written last, so a
-folder without it is an unfinished bundle.
+input and threshold its output, training provenance and the input contract (``input``,
+samsp/contract.py; absent from older bundles). ``bundle.json`` is written last, so a folder
+without it is an unfinished bundle.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from safetensors.torch import save as save_safetensors
 
 from .build import build_sam_from_config
 from .config import get_config
+from .contract import InputContract
 from .errors import BundleError, CheckpointError
 from .lora import has_lora, merge_lora
 from .detail import detail_branch_for
@@ -61,6 +63,9 @@ class BundleMeta(BaseModel):
     # The optional detail branch (samsp.detail): its spec ({"width", "output_stride"}); its
     # weights are the "detail.*" keys of model.safetensors. None: SAM's decoder as is.
     detail: Optional[dict[str, int]] = None
+    # What the model was trained on (samsp.contract): bands, dtype, radiometry, GSD, what 1
+    # means. None: unknown -- bundles written before the contract existed load unchanged.
+    input: Optional[InputContract] = None
 
 
 @dataclass
@@ -105,8 +110,8 @@ def save_bundle(
 ) -> BundleMeta:
     """Write ``model`` (LoRA merged) and its metadata to the folder ``uri``; returns the meta.
 
-    ``meta`` supplies threshold, band_map, provenance (and model_type for a Sam not built by
-    ``build_sam``); fields that describe the model are taken from it and must not contradict it.
+    ``meta`` supplies threshold, band_map, input, provenance (and model_type for a Sam not built
+    by ``build_sam``); fields that describe the model are taken from it and must not contradict it.
     ``weights_dtype="float16"`` halves the file (for models committed to a repo); the default
     float32 round-trips bit for bit.
     """

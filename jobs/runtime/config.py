@@ -181,7 +181,8 @@ def parse_job_args(argv, *, prog: str, description: str, input_help: str, set_ex
     parser.add_argument("--input", nargs="+", action="extend", required=input_required,
                         metavar="URI_OR_GLOB", help=input_help)
     parser.add_argument("--output", required=True, help="output root (local folder or s3://bucket/prefix)")
-    parser.add_argument("--model", required=True, help="model bundle (folder or s3:// prefix)")
+    parser.add_argument("--model", required=True,
+                        help="model bundle: folder, s3:// prefix or name (models/, $SAMSP_MODELS)")
     add_config_args(parser, set_example)
     parser.add_argument("--log-level", default=os.environ.get("SAMSP_LOG_LEVEL", "INFO"))
     for flag, help_text in (flags or {}).items():

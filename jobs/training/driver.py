@@ -1,6 +1,6 @@
 """The training job's driver (``jobs/train.py`` is its command line): pre-flight checks that need
 no Ray, the ``TorchTrainer`` run of ``jobs/training/loop.py``'s worker, the run summary and the
-best checkpoint's bundle export.
+best checkpoint's bundle export (with the input contract of ``jobs/training/contract.py``).
 
 Ray is imported inside the functions that start and use it: ``--check`` and the pre-flight
 errors answer without loading it."""
@@ -27,10 +27,11 @@ from ingest.storage import fs_for
 from jobs.runtime.ray_session import init_ray, is_local_ray, storage_filesystem, worker_env_vars
 from jobs.training.backend import GpuCheckedTorchConfig
 from jobs.training.config import TrainConfig
+from jobs.training.contract import input_contract
 from jobs.training.data import check_item, plan_data
 from jobs.training.loop import train_loop_per_worker
 from jobs.training.model import (META_FILE, MODEL_FILE, STATE_FILE, TrainError,
-                                 build_model, checkpoint_dir, load_model_state)
+                                 build_model, checkpoint_dir, load_model_state, settle_model)
 from samsp import CheckpointError, save_bundle
 
 log = logging.getLogger("samsp.train")
@@ -86,8 +87,12 @@ def _check_bucket(uri: str, what: str) -> None:
 
 
 def preflight(cfg: TrainConfig) -> dict:
-    """Every check that can fail without Ray; returns the data plan and model facts."""
+    """Every check that can fail without Ray; returns the data plan, model facts, the input
+    contract and the config to run (``cfg`` fitted to a base bundle: ``settle_model``)."""
     t0 = time.perf_counter()
+    cfg, base = settle_model(cfg)
+    if base is not None:
+        log.info("%s", kept_line(base))
     try:
         model = build_model(cfg)
     except CheckpointError as err:
@@ -110,9 +115,39 @@ def preflight(cfg: TrainConfig) -> dict:
             _check_bucket(uri, what)
         elif uri and "://" in uri:
             raise TrainError(f"{what} {uri}: only local paths and s3:// are supported")
+    contract = input_contract(cfg)
+    if base is not None and base["input"]:
+        changed = contract_changes(base["input"], contract)
+        if changed:
+            log.info("input contract: this data differs from the base bundle's (%s)", changed)
     log.info("pre-flight ok in %.1fs", time.perf_counter() - t0)
     return {"plan": plan, "params": n_params, "trainable_params": n_train,
-            "image_size": image_size, "crop": crop}
+            "image_size": image_size, "crop": crop, "cfg": cfg, "base": base, "input": contract}
+
+
+def kept_line(base: dict) -> str:
+    """The one log line of a fine-tune from a bundle: what the run took from it."""
+    kept = dict(base["kept"])
+    parts = [f"{k} {kept.pop(k)}" for k in ("type", "image_size", "iterations", "prompt")
+             if k in kept]
+    if kept.pop("detail_branch", False):
+        parts.append(f"detail branch (width {kept.pop('detail_width')}, "
+                     f"stride {kept.pop('detail_stride')})")
+    if base["threshold"] is not None:
+        parts.append(f"output threshold {base['threshold']:g}")
+    if "threshold" in kept:
+        parts.append(f"self-prompt threshold {kept.pop('threshold'):g}")
+    if "labels" in kept:
+        parts.append(f"labels {kept.pop('labels')!r}")
+    return (f"model.checkpoint: fine-tuning the bundle {base['uri']}: kept its weights, "
+            + ", ".join(parts) + ("" if base["input"] else "; it has no input contract"))
+
+
+def contract_changes(old: dict, new: dict) -> str:
+    """``dtype uint8 -> uint16, ...`` for the contract fields (labels aside) that differ."""
+    keys = ("dtype", "channels", "bands", "band_names", "gsd_m", "radiometry")
+    return ", ".join(f"{k} {old.get(k)} -> {new.get(k)}" for k in keys
+                     if old.get(k) != new.get(k))
 
 
 def _check_resources(cfg: TrainConfig, mode: str) -> None:
@@ -164,7 +199,13 @@ def export_bundle(cfg: TrainConfig, ckpt_dir: str, uri: str, facts: dict, best: 
         "versions": {"torch": torch.__version__, "ray": ray.__version__},
         **_git_commit(),
     }
-    meta = {"threshold": cfg.model.threshold, "band_map": None, "provenance": provenance}
+    meta = {"threshold": cfg.model.threshold, "band_map": None, "provenance": provenance,
+            "input": facts.get("input") or input_contract(cfg)}
+    base = facts.get("base")
+    if base and base.get("threshold") is not None:
+        # Fine-tuned from a bundle: its output threshold stays (tuned after its training), the
+        # self-prompts keep the threshold they were trained with.
+        meta.update(threshold=base["threshold"], prompt_threshold=cfg.model.threshold)
     if cfg.train.tune_threshold and best.get("val_best_threshold") is not None:
         # The output threshold the best epoch scored best with on validation; self-prompts keep
         # the threshold they were trained with.
@@ -269,6 +310,7 @@ def run_summary(cfg: TrainConfig, facts: dict, result, fit_s: float) -> tuple[di
 def run(cfg: TrainConfig) -> dict:
     """Pre-flight, train (or resume), export; returns the summary (also written to the run dir)."""
     facts = preflight(cfg)
+    cfg = facts["cfg"]  # fitted to a base bundle, if model.checkpoint names one
     log.info("model %s (%s): %d params, %d trainable; data: %s", cfg.model.type,
              cfg.model.finetune, facts["params"], facts["trainable_params"],
              json.dumps(facts["plan"]["summary"]))

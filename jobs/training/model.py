@@ -6,33 +6,128 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import os
 import tempfile
 
 from jobs.runtime.errors import TrainError
 from jobs.training.config import TrainConfig
 
-# Files of one training checkpoint.
+# Files of one training checkpoint (MODEL_FILE is also a bundle's weights file).
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.pt"
 META_FILE = "checkpoint.json"
 
 
 def build_model(cfg: TrainConfig):
-    """``SamSP`` for the config, fine-tune mode applied (requires_grad set). CPU, train mode."""
+    """``SamSP`` for the config, fine-tune mode applied (requires_grad set). CPU, train mode.
+
+    A bundle as ``model.checkpoint`` gives every weight -- its detail branch included -- and its
+    pixel normalisation and point counts (``settle_model`` fills the config from it first)."""
     # samsp imports torch: the driver reads this module's names only
-    from samsp import SamSP, build_sam, configure_finetune
+    from samsp import SamSP, build_sam, configure_finetune, load_bundle
     from samsp.detail import detail_branch_for
     from samsp.model import logit_of
 
+    cfg, base = settle_model(cfg)
     m = cfg.model
-    sam = build_sam(m.type, m.checkpoint, m.image_size)
-    detail = (detail_branch_for(sam, m.detail_width, m.detail_stride) if m.detail_branch
-              else None)
+    if base is not None:
+        loaded = load_bundle(base["uri"]).model
+        sam, detail = loaded.sam, loaded.detail
+        points = {"n_points": loaded.n_points, "n_negative": loaded.n_negative}
+    else:
+        sam = build_sam(m.type, m.checkpoint, m.image_size)
+        detail = (detail_branch_for(sam, m.detail_width, m.detail_stride) if m.detail_branch
+                  else None)
+        points = {}
     # Self-prompts outline the foreground of the output threshold the bundle will carry.
     model = SamSP(sam, iterations=m.iterations, prompt=m.prompt, threshold=logit_of(m.threshold),
-                  detail=detail)
+                  detail=detail, **points)
     configure_finetune(model, m.finetune, rank=m.lora_rank, alpha=m.lora_alpha)
     return model.train()
+
+
+def base_bundle(checkpoint: str | None) -> str | None:
+    """The bundle folder/URI ``model.checkpoint`` names -- the folder, its ``model.safetensors``
+    or a bundle name (``jobs.inference.bundle_meta.resolve_bundle``) -- made absolute (Ray Train
+    workers run elsewhere); None for an official checkpoint file or no checkpoint."""
+    from jobs.inference.bundle_meta import is_bare_name, is_bundle, resolve_bundle
+
+    if checkpoint is None:
+        return None
+    ref = checkpoint.rstrip("/")
+    # A bundle's weights file is the bundle: its detail.* keys and normalisation live beside it.
+    if ref == MODEL_FILE or ref.endswith("/" + MODEL_FILE):
+        parent = ref[: -len(MODEL_FILE)].rstrip("/") or "."
+        ref = parent if _bundle_at(parent, is_bundle) else ref
+    if is_bare_name(ref):
+        try:
+            ref = resolve_bundle(ref)
+        except ValueError as err:
+            raise TrainError(f"model.checkpoint: {err}") from None
+    elif not _bundle_at(ref, is_bundle):
+        return None
+    return ref if "://" in ref else os.path.abspath(os.path.expanduser(ref))
+
+
+def _bundle_at(ref: str, is_bundle) -> bool:
+    try:
+        return is_bundle(ref)
+    except Exception:  # noqa: BLE001 - unreachable: build_sam reports the checkpoint itself
+        return False
+
+
+def settle_model(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
+    """``cfg`` fitted to a base bundle (``model.checkpoint`` naming one) and what was taken
+    from it: ``{"uri", "kept", "threshold", "prompt_threshold", "input"}``; ``(cfg, None)``
+    without one. The bundle fixes the model type, image size and detail branch (set to
+    something else: ``TrainError``); iterations, prompt, the self-prompt threshold and labels
+    come from it unless the config sets them. ``threshold`` is the bundle's output threshold to
+    carry into the new bundle (None when ``model.threshold`` overrides it). Idempotent."""
+    from jobs.inference.bundle_meta import read_bundle_json
+
+    uri = base_bundle(cfg.model.checkpoint)
+    if uri is None:
+        return cfg, None
+    try:
+        meta = read_bundle_json(uri)
+        fixed, carried = bundle_model_fields(meta)
+    except (ValueError, KeyError, TypeError) as err:
+        raise TrainError(f"model.checkpoint {uri}: {err}") from None
+    m, given = cfg.model, cfg.model.model_fields_set
+    for field, value in fixed.items():
+        mine = getattr(m, field)
+        if field in given and mine is not None and mine != value:
+            raise TrainError(f"model.{field}={mine} does not fit the base bundle {uri} "
+                             f"(its {field} is {value}): set model.{field}={value} or leave "
+                             "it out to take the bundle's")
+    kept = {**fixed, **{k: v for k, v in carried.items() if k not in given and v is not None}}
+    tree = cfg.model_dump(mode="json")
+    tree["model"].update(kept, checkpoint=uri)
+    try:
+        settled = TrainConfig.model_validate(tree)
+    except ValueError as err:
+        raise TrainError(f"model.checkpoint {uri}: {err}") from None
+    carry_threshold = "threshold" not in given
+    return settled, {"uri": uri, "kept": kept, "input": meta.get("input"),
+                     "threshold": float(meta["threshold"]) if carry_threshold else None,
+                     "prompt_threshold": settled.model.threshold}
+
+
+def bundle_model_fields(meta: dict) -> tuple[dict, dict]:
+    """``(fixed, carried)`` model.* values of a ``bundle.json``: those its weights need (type,
+    image size, detail branch) and those it carries over unless the config sets them (passes,
+    prompt, the self-prompt threshold, labels)."""
+    detail = meta.get("detail")
+    fixed = {"type": meta["model_type"], "image_size": int(meta["image_size"]),
+             "detail_branch": detail is not None}
+    if detail:
+        fixed.update(detail_width=int(detail["width"]), detail_stride=int(detail["output_stride"]))
+    prompt_threshold = meta.get("prompt_threshold")
+    carried = {"iterations": meta["iterations"], "prompt": meta["prompt"],
+               "threshold": float(prompt_threshold if prompt_threshold is not None
+                                  else meta["threshold"]),
+               "labels": (meta.get("input") or {}).get("labels")}
+    return fixed, carried
 
 
 def saves_full_state(cfg: TrainConfig) -> bool:
