@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import yaml
 
-from bench.crack_sets import BLOCK, MARGIN, crack_free_fp, planned_runs, run_config
+from bench.crack_sets import BLOCK, crack_free_fp, planned_runs, run_config
 
 
 def test_crack_free_blocks_exclude_the_crack_and_its_margin():

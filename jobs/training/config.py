@@ -44,7 +44,10 @@ class TrainRunConfig(StrictModel):
 class ModelConfig(StrictModel):
     # vit_b | vit_l | vit_h (official layouts) | vit_tiny (256 px) | vit_micro (128 px, tests).
     type: str = "vit_micro"
-    # Base weights: local path or fsspec URI (s3://...); None = random init (use finetune: full).
+    # Base weights: an official SAM checkpoint (local path or s3://...), or a samsp bundle to
+    # fine-tune (its folder, its model.safetensors, a URI or a bundle name as for --model: its
+    # type, image size, detail branch, threshold and labels are then taken unless set here);
+    # None = random init (use finetune: full).
     checkpoint: Optional[str] = None
     # Model input side (px); None = the model type's default (1024 official, 256 tiny, 128 micro).
     image_size: Optional[int] = Field(default=None, ge=32)
@@ -59,6 +62,8 @@ class ModelConfig(StrictModel):
     prompt: Literal["box", "mask", "box+mask", "points"] = "box"
     # Probability threshold written into the bundle (segment's default for the binary mask).
     threshold: float = Field(default=0.5, gt=0, lt=1)
+    # What a foreground (1) pixel means ("crack", "road"): the bundle's input contract states it.
+    labels: str = Field(default="foreground", min_length=1)
     # Detail branch (samsp.detail): a small conv stem on the full-resolution input whose
     # features join the mask decoder's before the hypernetwork product; trains in every
     # fine-tune mode, saved in the bundle. Off: SAM's decoder as is (official checkpoints).
@@ -121,13 +126,54 @@ class PairsData(StrictModel):
 
 
 class RasterPair(StrictModel):
-    # Image raster (GeoTIFF/COG/Zarr, local or s3://) and its label raster (same grid).
+    # Image raster (GeoTIFF/COG/Zarr, local or s3://).
     image: str
+    # Its labels: a label raster on the same grid, or a vector layer decided by the extension
+    # (.geojson/.json, .parquet/.geoparquet, .fgb, .gpkg; ingest/labels) rasterised window by
+    # window onto the image's grid, reprojected from the layer's CRS (the image needs a CRS).
     label: str
+    # -- vector labels only (refused with a label raster):
+    # Value burnt inside every feature (1..255) ...
+    burn: int = Field(default=1, ge=1, le=255)
+    # ... or each feature's value of this attribute (integers 0..255; where features overlap
+    # the highest value wins). A pixel is positive when its value > data.source.threshold.
+    class_field: Optional[str] = None
+    # Lines and points are buffered by this many metres (each side: a road centre-line of a
+    # 6 m wide road takes 3); 0 = burn the 1-px line. Metres in a projected image CRS (its
+    # unit converted), else in the UTM zone of the scene's centre.
+    line_buffer_m: float = Field(default=0.0, ge=0)
+    # Features whose ignore_field equals ignore_value (no ignore_value: is truthy) are "don't
+    # know" areas: their pixels are invalid, never supervised. ignore_value without an
+    # ignore_field compares class_field (e.g. 255 = ignore, as in semantic segmentation sets).
+    ignore_field: Optional[str] = None
+    ignore_value: Optional[Union[bool, int, float, str]] = None
+    # Area of interest (a vector file, any of the formats above): pixels outside it are
+    # invalid (unlabelled land is not background); windows mostly outside it are not used.
+    aoi: Optional[str] = None
+    # Burn every pixel a feature touches (thin features), not only those whose centre is inside.
+    all_touched: bool = False
+    # Layer of a multi-layer file (GeoPackage); None = the first.
+    layer: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _vector_options_need_a_vector_label(self):
+        from ingest.labels import is_vector_label  # no torch/Ray: cheap
+
+        if not is_vector_label(self.label):
+            used = sorted(self.model_fields_set - {"image", "label"})
+            if used:
+                raise ValueError(f"{', '.join(used)}: only for vector labels (.geojson, "
+                                 f".parquet, .fgb, .gpkg); {self.label} is a label raster")
+        if self.class_field and "burn" in self.model_fields_set:
+            raise ValueError("give burn or class_field, not both")
+        if self.ignore_value is not None and not (self.ignore_field or self.class_field):
+            raise ValueError("ignore_value needs ignore_field (or class_field) to compare with")
+        return self
 
 
 class RasterData(StrictModel):
-    """GeoTIFF/Zarr scenes with label rasters, cut into tiles through ``ingest``."""
+    """GeoTIFF/Zarr scenes with label rasters or vector labels, cut into tiles through
+    ``ingest`` (jobs/training/raster_source.py)."""
 
     kind: Literal["raster"] = "raster"
     pairs: list[RasterPair] = Field(min_length=1)
@@ -196,10 +242,32 @@ TrainSource = Annotated[Union[PairsData, RasterData, SyntheticData, MixtureData]
                         Field(discriminator="kind")]
 
 
+class SpatialSplit(StrictModel):
+    """Validation from square blocks of the scenes, ``val_fraction`` of them (seeded hash rank);
+    training windows keep ``buffer_windows`` away from them (jobs/training/geo_split.py)."""
+
+    # Block side in metres of the image CRS (projected scenes) or in pixels; one of them, or
+    # neither: 4 windows (4 * data.source.tile px).
+    block_m: Optional[float] = Field(default=None, gt=0)
+    block_px: Optional[int] = Field(default=None, ge=1)
+    # Gap between validation blocks and training windows, in windows (data.source.tile px).
+    buffer_windows: int = Field(default=1, ge=0)
+
+    @model_validator(mode="after")
+    def _one_block_size(self):
+        if self.block_m is not None and self.block_px is not None:
+            raise ValueError("give block_m or block_px, not both")
+        return self
+
+
 class SplitConfig(StrictModel):
-    # Fraction of items held out for validation (deterministic: seeded shuffle of sorted keys).
+    # Fraction of items held out for validation (deterministic: seeded shuffle of sorted keys);
+    # with a spatial split, the fraction of blocks.
     val_fraction: float = Field(default=0.15, gt=0, lt=1)
     seed: int = 0
+    # Raster sources: hold out spatial blocks, not random windows (recommended: random windows
+    # sit next to training windows and flatter the model); None = random. Not for pairs/synthetic.
+    spatial: Optional[SpatialSplit] = None
 
 
 class DataConfig(StrictModel):
@@ -219,6 +287,9 @@ class DataConfig(StrictModel):
         if self.source.kind == "mixture" and self.val_source is not None:
             raise ValueError("data.val_source does not apply to a mixture: give each member "
                              "its own val_source (or let split.val_fraction hold out its items)")
+        if self.split.spatial is not None and self.source.kind in ("pairs", "synthetic"):
+            raise ValueError(f"data.split.spatial applies to raster sources, not "
+                             f"{self.source.kind!r} (its items have no place on a map)")
         return self
 
 

@@ -1,10 +1,12 @@
 """Training data: sources, a deterministic split, per-worker datasets (augmentation:
 jobs/training/augment.py).
 
-The driver calls ``plan_data(cfg.data)`` once: it lists the pair folders / opens the rasters /
-fixes the synthetic set, checks that the data is there, and splits it deterministically. The plan
-is a plain JSON-able dict handed to every Ray Train worker, so all workers see the same items and
-the same split, and a missing folder or unreadable scene fails before any worker starts.
+The driver calls ``plan_data(cfg.data)`` once: it lists the pair folders / opens the rasters and
+checks their labels (jobs/training/raster_source.py) / fixes the synthetic set, checks that the
+data is there, and splits it deterministically (at random, or by spatial blocks:
+jobs/training/geo_split.py). The plan is a plain JSON-able dict handed to every Ray Train
+worker, so all workers see the same items and the same split, and a missing folder or unreadable
+scene fails before any worker starts.
 
 Workers build ``TrainDataset`` (random augmented crops) and ``ValDataset`` (whole images at native
 resolution; validation windows them with ``jobs/inference/sliding_window.py``) from the plan.
@@ -20,12 +22,13 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
-import ingest
 from ingest import storage
 from ingest.storage import fs_for, join
 from jobs.runtime.errors import DataError
 from jobs.training.augment import augment
+from jobs.training.geo_split import block_sides, spatial_split
 from jobs.training.mixture import group_index, merge_members, pick_item, spread_subset
+from jobs.training.raster_source import load_window, open_raster, raster_items
 from jobs.training.synthetic import synth_item
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
@@ -92,39 +95,11 @@ def pairs_items(src: dict) -> list[dict]:
 
 
 def _raster_items(src: dict) -> tuple[list[dict], list[dict]]:
-
-    scenes, items = [], []
-    for idx, pair in enumerate(src["pairs"]):
-        pair = {"image": _abs(pair["image"]), "label": _abs(pair["label"])}
-        try:
-            scene = ingest.open_scene(pair["image"], bands=src.get("bands"))
-            # A label raster may declare nodata=0 (= background): its validity is not used.
-            label = ingest.open_scene(pair["label"], check_empty=False)
-        except Exception as err:  # ingest.SceneError and friends carry one-line messages
-            raise DataError(f"raster pair {idx}: {err}") from None
-        if (scene.height, scene.width) != (label.height, label.width):
-            raise DataError(f"raster pair {idx}: label {pair['label']} is "
-                            f"{label.height}x{label.width} but image {pair['image']} is "
-                            f"{scene.height}x{scene.width}")
-        # Same policy as the segment job: uint8 passes through, other dtypes get the
-        # scene-wide percentile stretch.
-        radiometry = ingest.Radiometry.for_scene(scene, percentiles=tuple(src["percentiles"]))
-        scenes.append({"image": pair["image"], "label": pair["label"], "bands": src.get("bands"),
-                       "radiometry": radiometry.to_dict(), "threshold": src["threshold"]})
-        tile = src["tile"]
-        grid = ingest.TileGrid(scene.height, scene.width, tile, 0)
-        for t in grid:
-            w = t.read_window
-            col0, row0 = int(w.col_off), int(w.row_off)
-            inside_h = max(0, min(scene.height, row0 + int(w.height)) - max(0, row0))
-            inside_w = max(0, min(scene.width, col0 + int(w.width)) - max(0, col0))
-            if inside_h * inside_w < src["min_valid"] * int(w.height) * int(w.width):
-                continue
-            items.append({"kind": "raster", "key": f"{idx}:{t.index[0]}:{t.index[1]}",
-                          "scene": idx, "window": [col0, row0, int(w.width), int(w.height)]})
-    if not items:
-        raise DataError("raster sources gave no tiles (scenes smaller than min_valid allows?)")
-    return items, scenes
+    """A ``raster`` source's windows and scenes (``jobs/training/raster_source.py``), its local
+    paths made absolute first (workers run elsewhere)."""
+    pairs = [dict(p, image=_abs(p["image"]), label=_abs(p["label"]),
+                  aoi=_abs(p["aoi"]) if p.get("aoi") else None) for p in src["pairs"]]
+    return raster_items(dict(src, pairs=pairs))
 
 
 def _synthetic_items(src: dict) -> list[dict]:
@@ -161,42 +136,47 @@ def split_items(items: list[dict], val_fraction: float, seed: int) -> tuple[list
     return train, val
 
 
-def _plan_members(mixture: dict, split: dict) -> tuple[list, list, list, list]:
-    """``(train, val, scenes, groups)`` of a mixture: every member split (or validated) on its
-    own, then merged (``jobs/training/mixture.py``)."""
-    parts = []
+def _plan_members(mixture: dict, split: dict) -> tuple[list, list, list, list, dict]:
+    """``(train, val, scenes, groups, splits)`` of a mixture: every member split (or validated)
+    on its own, then merged (``jobs/training/mixture.py``); ``splits``: each member's split."""
+    parts, splits = [], {}
     for m in mixture["members"]:
         try:
-            train, val, scenes = _train_val(m["source"], m.get("val_source"), split)
+            train, val, scenes, splits[m["name"]] = _train_val(m["source"], m.get("val_source"),
+                                                               split)
         except DataError as err:
             raise DataError(f"mixture member {m['name']!r}: {err}") from None
         val = spread_subset(val, m.get("val_limit"), split["seed"])
         parts.append({"name": m["name"], "weight": m["weight"], "train": train, "val": val,
                       "scenes": scenes})
-    return merge_members(parts)
+    return (*merge_members(parts), splits)
 
 
 def plan_data(data_cfg: dict) -> dict:
     """Resolve the data section into ``{"train": [...], "val": [...], "scenes": [...],
     "groups": [...], "summary"}``; ``groups`` lists the mixture's members (one ``all`` group
-    for a single source), and items carry their group's index.
+    for a single source), and items carry their group's index. ``summary`` (the bundle's data
+    provenance) records the split: its kind, block size and counts.
 
     Raises ``DataError`` (one line) when a source is missing, empty or inconsistent.
     """
     src = data_cfg["source"]
     if src["kind"] == "mixture":
-        train, val, scenes, groups = _plan_members(src, data_cfg["split"])
+        train, val, scenes, groups, split = _plan_members(src, data_cfg["split"])
     else:
-        train, val, scenes = _train_val(src, data_cfg.get("val_source"), data_cfg["split"])
+        train, val, scenes, split = _train_val(src, data_cfg.get("val_source"),
+                                               data_cfg["split"])
         groups = [{"name": "all", "weight": 1.0, "train_items": len(train),
                    "val_items": len(val)}]
     summary = {"source_kind": src["kind"], "train_items": len(train),
                "val_items": len(val), "val_keys_sha1": hashlib.sha1(
-                   "\n".join(sorted(it["key"] for it in val)).encode()).hexdigest()[:12]}
+                   "\n".join(sorted(it["key"] for it in val)).encode()).hexdigest()[:12],
+               "split": split}
     if src["kind"] == "pairs":
         summary["root"] = src["root"]
     elif src["kind"] == "raster":
         summary["scenes"] = [p["image"] for p in src["pairs"]]
+        summary["labels"] = [sc["label_facts"] for sc in scenes if "label_facts" in sc]
     elif src["kind"] == "mixture":
         summary["groups"] = groups
     return {"train": train, "val": val, "scenes": scenes, "groups": groups,
@@ -204,8 +184,9 @@ def plan_data(data_cfg: dict) -> dict:
 
 
 def _train_val(source: dict, val_source: dict | None, split: dict
-               ) -> tuple[list[dict], list[dict], list[dict]]:
-    """``(train, val, scenes)`` of one source: a separate validation source, else the split."""
+               ) -> tuple[list[dict], list[dict], list[dict], dict]:
+    """``(train, val, scenes, split facts)`` of one source: a separate validation source, else
+    the spatial split (raster sources that ask for it), else the random split."""
     items, scenes = source_items(source)
     if val_source:
         val_items, val_scenes = source_items(val_source)
@@ -213,9 +194,18 @@ def _train_val(source: dict, val_source: dict | None, split: dict
             if it["kind"] == "raster":
                 it["scene"] += len(scenes)
             it["key"] = "val/" + it["key"]
-        return items, val_items, scenes + val_scenes
+        return items, val_items, scenes + val_scenes, {"kind": "val_source"}
+    spatial = split.get("spatial")
+    if spatial is not None and source["kind"] == "raster":
+        tile = source["tile"]
+        train, val, facts = spatial_split(items, block_sides(scenes, spatial, tile),
+                                          split["val_fraction"], split["seed"],
+                                          spatial.get("buffer_windows", 1) * tile)
+        facts.update({k: spatial.get(k) for k in ("block_m", "buffer_windows")})
+        return train, val, scenes, facts
     train, val = split_items(items, split["val_fraction"], split["seed"])
-    return train, val, scenes
+    return train, val, scenes, {"kind": "random", "val_fraction": split["val_fraction"],
+                                "seed": split["seed"]}
 
 
 def check_item(plan: dict, item: dict) -> None:
@@ -286,30 +276,14 @@ class ItemLoader:
         raise DataError(f"unknown item kind {kind!r}")
 
     def _scene(self, idx: int):
+        # Opened once per process: the image, its label raster or vector label reader (which
+        # keeps the layers' metadata, never their features) and the radiometry.
         if idx not in self._open:
-
-            meta = self.scenes[idx]
-            self._open[idx] = (ingest.open_scene(meta["image"], bands=meta.get("bands"),
-                                                 check_empty=False),
-                               ingest.open_scene(meta["label"], check_empty=False),
-                               ingest.Radiometry.from_dict(meta["radiometry"]))
+            self._open[idx] = open_raster(self.scenes[idx])
         return self._open[idx]
 
     def _load_raster(self, item):
-        from rasterio.windows import Window
-
-        # samsp imports torch: the driver checks data without it
-        from samsp.preprocess import to_three_bands
-
-        scene, label, radiometry = self._scene(item["scene"])
-        window = Window(*item["window"])
-        data, valid = scene.read(window)
-        img = radiometry.apply(data, valid)
-        img = to_three_bands(img[None])[0]
-        lab, _ = label.read(window)  # same grid: the image's validity covers padding
-        thr = self.scenes[item["scene"]]["threshold"]
-        mask = (lab[0] > thr) & valid
-        return np.ascontiguousarray(img, dtype=np.uint8), mask, valid
+        return load_window(self._scene(item["scene"]), self.scenes[item["scene"]], item)
 
 
 # ----------------------------------------------------------------------------- torch datasets

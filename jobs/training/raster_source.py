@@ -1,0 +1,148 @@
+"""Raster training sources: scenes (GeoTIFF/COG/Zarr through ``ingest``) with a label raster on
+the same grid or a vector layer rasterised onto it (``ingest.labels``), cut into windows.
+
+Planning (driver, once): open every image, check its labels once -- a label raster's size, or a
+vector source's readability, CRS, attributes and features inside the scene -- fit the scene-wide
+radiometry, and list the windows worth training on (enough of them inside the scene and the
+AOI). Every failure is a one-line ``DataError`` naming the pair, before any worker starts.
+
+Loading (workers): the opened scene, its label reader and radiometry are kept per process; a
+window reads the image, then the label raster's same window or the vector labels rasterised on
+the window's transform. Validity = the image's (nodata, padding) and the labels' (ignore areas,
+outside the AOI).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import ingest
+from ingest.labels import LabelOptions, LabelSourceError, VectorLabels, is_vector_label
+from jobs.runtime.errors import DataError
+
+
+def _grid_facts(scene) -> dict:
+    """What the spatial split needs to know of a scene's grid (JSON-able)."""
+    crs = scene.crs
+    per_unit = None
+    if crs is not None and scene.has_geotransform and not crs.is_geographic:
+        try:
+            per_unit = float(crs.linear_units_factor[1])
+        except Exception:  # noqa: BLE001 - a CRS without a linear unit: block_m refused later
+            per_unit = None
+    t = scene.transform
+    return {"height": scene.height, "width": scene.width,
+            "pixel_size": [abs(t.a), abs(t.e)], "metres_per_unit": per_unit}
+
+
+def vector_labels(meta: dict, scene) -> VectorLabels:
+    """The vector label reader of a planned scene (``meta``) on the image ``scene``'s grid."""
+    return VectorLabels(meta["label"], LabelOptions.from_dict(meta["labels"]), scene.crs,
+                        scene.transform, scene.height, scene.width)
+
+
+def _check_labels(idx: int, pair: dict, scene) -> tuple[dict | None, dict, VectorLabels | None]:
+    """``(label options or None, facts for the summary, vector reader or None)``."""
+    if not is_vector_label(pair["label"]):
+        # A label raster may declare nodata=0 (= background): its validity is not used.
+        label = ingest.open_scene(pair["label"], check_empty=False)
+        if (scene.height, scene.width) != (label.height, label.width):
+            raise DataError(f"raster pair {idx}: label {pair['label']} is "
+                            f"{label.height}x{label.width} but image {pair['image']} is "
+                            f"{scene.height}x{scene.width}")
+        return None, {"labels": pair["label"], "format": "raster"}, None
+    if not scene.is_georeferenced:
+        raise DataError(f"raster pair {idx}: image {pair['image']} has no CRS, so vector labels "
+                        f"{pair['label']} cannot be placed on it")
+    options = LabelOptions.from_dict(pair)
+    reader = VectorLabels(pair["label"], options, scene.crs, scene.transform, scene.height,
+                          scene.width)
+    return options.to_dict(), reader.check(), reader
+
+
+def _windows(scene, src: dict, reader: VectorLabels | None) -> list[tuple[tuple, list[int]]]:
+    """``(tile index, [col, row, w, h])`` of the windows with at least ``min_valid`` of their
+    pixels inside the scene (and inside the AOI, when there is one)."""
+    from rasterio.windows import Window
+
+    tile = src["tile"]
+    out = []
+    for t in ingest.TileGrid(scene.height, scene.width, tile, 0):
+        w = t.read_window
+        col0, row0 = int(w.col_off), int(w.row_off)
+        inside_h = max(0, min(scene.height, row0 + int(w.height)) - max(0, row0))
+        inside_w = max(0, min(scene.width, col0 + int(w.width)) - max(0, col0))
+        if inside_h * inside_w >= src["min_valid"] * int(w.height) * int(w.width):
+            out.append((t.index, [col0, row0, int(w.width), int(w.height)]))
+    if reader is not None and reader.aoi is not None and out:
+        cover = reader.aoi_coverage([Window(*win) for _, win in out])
+        out = [o for o, c in zip(out, cover) if c >= src["min_valid"]]
+    return out
+
+
+def raster_items(src: dict) -> tuple[list[dict], list[dict]]:
+    """``(items, scenes)`` of a ``raster`` source (``RasterData`` as a dict, paths absolute)."""
+    scenes, items = [], []
+    for idx, pair in enumerate(src["pairs"]):
+        try:
+            scene = ingest.open_scene(pair["image"], bands=src.get("bands"))
+            options, facts, reader = _check_labels(idx, pair, scene)
+        except DataError:
+            raise
+        except Exception as err:  # SceneError / LabelSourceError and friends: one line
+            raise DataError(f"raster pair {idx}: {err}") from None
+        # Same policy as the segment job: uint8 passes through, other dtypes get the
+        # scene-wide percentile stretch.
+        radiometry = ingest.Radiometry.for_scene(scene, percentiles=tuple(src["percentiles"]))
+        scenes.append({"image": pair["image"], "label": pair["label"], "labels": options,
+                       "bands": src.get("bands"), "radiometry": radiometry.to_dict(),
+                       "threshold": src["threshold"], "label_facts": facts,
+                       **_grid_facts(scene)})
+        try:
+            windows = _windows(scene, src, reader)
+        except LabelSourceError as err:
+            raise DataError(f"raster pair {idx}: {err}") from None
+        items += [{"kind": "raster", "key": f"{idx}:{ti[0]}:{ti[1]}", "scene": idx,
+                   "window": win} for ti, win in windows]
+    if not items:
+        raise DataError("raster sources gave no tiles (scenes smaller than min_valid allows, "
+                        "or outside their AOI?)")
+    return items, scenes
+
+
+def open_raster(meta: dict) -> tuple:
+    """``(image scene, label reader, radiometry)`` of a planned scene, opened in this process;
+    the label reader is a label raster ``Scene`` or a :class:`VectorLabels`."""
+    scene = ingest.open_scene(meta["image"], bands=meta.get("bands"), check_empty=False)
+    if meta.get("labels") is not None:
+        label = vector_labels(meta, scene)
+    else:
+        label = ingest.open_scene(meta["label"], check_empty=False)
+    return scene, label, ingest.Radiometry.from_dict(meta["radiometry"])
+
+
+def load_window(opened: tuple, meta: dict, item: dict) -> tuple[np.ndarray, np.ndarray,
+                                                                   np.ndarray]:
+    """``(image uint8[3,h,w], mask bool[h,w], valid bool[h,w])`` of a raster item."""
+    from rasterio.windows import Window
+
+    # samsp imports torch: the driver checks data without it
+    from samsp.preprocess import to_three_bands
+
+    scene, label, radiometry = opened
+    window = Window(*item["window"])
+    data, valid = scene.read(window)
+    img = radiometry.apply(data, valid)
+    img = to_three_bands(img[None])[0]
+    if isinstance(label, VectorLabels):
+        try:
+            lab, label_valid = label.read(window)
+        except LabelSourceError as err:
+            raise DataError(str(err)) from None
+        valid = valid & label_valid
+    else:
+        lab = label.read(window)[0][0]  # same grid: the image's validity covers padding
+    mask = (lab > meta["threshold"]) & valid
+    return np.ascontiguousarray(img, dtype=np.uint8), mask, valid
+
+
+__all__ = ["load_window", "open_raster", "raster_items", "vector_labels"]

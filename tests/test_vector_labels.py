@@ -1,0 +1,369 @@
+"""Labels from vector layers (ingest/labels): window-by-window rasterisation equals one
+rasterisation of the whole layer, across CRSs and formats; lines buffered in metres; ignore
+areas and the AOI invalid; bbox reads; one-line errors naming the file; the training planner
+and loader on a GeoJSON label; the SpaceNet tile against its provided mask."""
+from __future__ import annotations
+
+import json
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from rasterio.features import rasterize
+from rasterio.transform import from_origin
+from rasterio.windows import Window
+
+import ingest
+from ingest.labels import LabelOptions, LabelSourceError, VectorLabels, is_vector_label
+from jobs.training.config import TrainConfig
+from jobs.training.data import DataError, ItemLoader, plan_data
+from tests.conftest import shared_data
+
+UTM = "EPSG:32633"  # the image's CRS; labels come in EPSG:4326
+ORIGIN = (500_000.0, 5_000_300.0)
+H, W, RES = 260, 300, 0.5
+
+
+def _transform():
+    return from_origin(*ORIGIN, RES, RES)
+
+
+def _write_image(path, crs=UTM, transform=None):
+    rng = np.random.default_rng(0)
+    with rasterio.open(path, "w", driver="GTiff", height=H, width=W, count=3, dtype="uint8",
+                       crs=crs, transform=transform or _transform()) as dst:
+        dst.write(rng.integers(1, 255, (3, H, W), dtype=np.uint8))
+    return str(path)
+
+
+def _features_utm() -> gpd.GeoDataFrame:
+    """Buildings (class 1/2), centre-lines, an ignore patch, in the image's CRS (metres)."""
+    x0, y1 = ORIGIN
+    rng = np.random.default_rng(1)
+    geoms, cls, ign = [], [], []
+    for _ in range(14):
+        cx, cy = x0 + rng.uniform(5, 145), y1 - rng.uniform(5, 125)
+        w, h = rng.uniform(3, 14, 2)
+        geoms.append(shapely.affinity.rotate(shapely.box(cx - w, cy - h, cx + w, cy + h),
+                                             rng.uniform(0, 90)))
+        cls.append(int(rng.integers(1, 3)))
+        ign.append(0)
+    geoms += [shapely.LineString([(x0 + 2, y1 - 20), (x0 + 90, y1 - 60), (x0 + 149, y1 - 61)]),
+              shapely.LineString([(x0 + 70, y1 - 1), (x0 + 75, y1 - 129)])]
+    cls += [3, 3]
+    ign += [0, 0]
+    geoms.append(shapely.box(x0 + 100, y1 - 110, x0 + 130, y1 - 80))  # "unsure" area
+    cls.append(1)
+    ign.append(1)
+    return gpd.GeoDataFrame({"cls": cls, "unsure": ign}, geometry=geoms, crs=UTM)
+
+
+def _write_labels(gdf, path, **kw):
+    path = str(path)
+    if path.endswith(".parquet"):
+        gdf.to_parquet(path, **kw)
+    else:
+        gdf.to_file(path)
+    return path
+
+
+def _expected(gdf_utm, *, buffer_m=0.0, class_field=None, ignore=False, aoi=None):
+    """Hand rasterisation of the whole layer on the whole scene (the reference)."""
+    g = gdf_utm.copy()
+    lines = g.geom_type.isin(["LineString", "MultiLineString"])
+    if buffer_m:
+        g.loc[lines, "geometry"] = g.loc[lines].buffer(buffer_m)
+    keep = g[g["unsure"] == 0] if ignore else g
+    vals = keep[class_field].to_numpy() if class_field else np.ones(len(keep), int)
+    order = np.argsort(vals, kind="stable")
+    label = rasterize(zip(keep.geometry.values[order], vals[order].tolist()), out_shape=(H, W),
+                      transform=_transform(), dtype="uint8")
+    valid = np.ones((H, W), bool)
+    if ignore:
+        valid &= rasterize(((geom, 1) for geom in g[g["unsure"] == 1].geometry),
+                           out_shape=(H, W), transform=_transform(), dtype="uint8") == 0
+    if aoi is not None:
+        valid &= rasterize(((geom, 1) for geom in aoi.geometry), out_shape=(H, W),
+                           transform=_transform(), dtype="uint8") == 1
+    label[~valid] = 0
+    return label, valid
+
+
+def _mosaic(labels: VectorLabels, tile: int = 64):
+    """Read the scene window by window (shifted edge tiles overlap: must agree too)."""
+    label = np.full((H, W), 99, np.uint8)
+    valid = np.zeros((H, W), bool)
+    for t in ingest.TileGrid(H, W, tile, 0):
+        lab, val = labels.read(t.read_window)
+        r0, c0 = int(t.read_window.row_off), int(t.read_window.col_off)
+        seen = label[r0:r0 + tile, c0:c0 + tile]
+        assert ((seen == 99) | (seen == lab)).all()
+        label[r0:r0 + tile, c0:c0 + tile] = lab
+        valid[r0:r0 + tile, c0:c0 + tile] = val
+    return label, valid
+
+
+@pytest.mark.parametrize("ext", [".geojson", ".parquet", ".fgb", ".gpkg"])
+def test_windows_equal_the_whole_layer_across_crs_and_formats(tmp_path, ext):
+    utm = _features_utm()
+    path = _write_labels(utm.to_crs("EPSG:4326"), tmp_path / f"labels{ext}")
+    assert is_vector_label(path)
+    # the reference reprojects what the file holds (4326 coordinates) back to the image CRS
+    back = gpd.read_file(path).to_crs(UTM) if ext != ".parquet" else \
+        gpd.read_parquet(path).to_crs(UTM)
+    opts = LabelOptions(class_field="cls", line_buffer_m=2.5)
+    labels = VectorLabels(path, opts, UTM, _transform(), H, W)
+    assert labels.check()["features_in_scene"] == len(utm)
+    label, valid = _mosaic(labels)
+    exp_label, _ = _expected(back, buffer_m=2.5, class_field="cls")
+    assert valid.all() and (exp_label == 3).sum() > 500  # buffered roads are there
+    np.testing.assert_array_equal(label, exp_label)
+    # burn value, no buffer: the 1-px lines GDAL draws
+    labels = VectorLabels(path, LabelOptions(burn=7), UTM, _transform(), H, W)
+    label, _ = _mosaic(labels, tile=100)
+    np.testing.assert_array_equal(label, _expected(back)[0] * 7)
+
+
+def test_ignore_areas_and_aoi_are_invalid(tmp_path):
+    utm = _features_utm()
+    path = _write_labels(utm.to_crs("EPSG:4326"), tmp_path / "labels.fgb")
+    back = gpd.read_file(path).to_crs(UTM)
+    x0, y1 = ORIGIN
+    aoi = gpd.GeoDataFrame(geometry=[shapely.Polygon([(x0 - 5, y1 + 5), (x0 + 120, y1 + 5),
+                                                      (x0 + 60, y1 - 140), (x0 - 5, y1 - 140)])],
+                           crs=UTM)
+    aoi_path = _write_labels(aoi.to_crs("EPSG:3857"), tmp_path / "aoi.gpkg")  # a third CRS
+    aoi_back = gpd.read_file(aoi_path).to_crs(UTM)
+    labels = VectorLabels(path, LabelOptions(ignore_field="unsure", line_buffer_m=1.0,
+                                             aoi=aoi_path), UTM, _transform(), H, W)
+    facts = labels.check()
+    assert facts["aoi"] == aoi_path
+    label, valid = _mosaic(labels)
+    exp_label, exp_valid = _expected(back, buffer_m=1.0, ignore=True, aoi=aoi_back)
+    np.testing.assert_array_equal(valid, exp_valid)
+    np.testing.assert_array_equal(label, exp_label)
+    assert not valid[:, -20:].any() and not label[~valid].any()
+    # the ignore patch (x 100..130 m, y 80..110 m down) is invalid inside the AOI too
+    assert not valid[170:210, 210:250].any()
+    # ignore_value without ignore_field compares the class: class 3 (roads) = ignore
+    labels = VectorLabels(path, LabelOptions(class_field="cls", ignore_value=3), UTM,
+                          _transform(), H, W)
+    label, valid = labels.read(Window(0, 0, W, H))
+    roads = rasterize(back[back["cls"] == 3].geometry, out_shape=(H, W), transform=_transform())
+    assert not valid[roads == 1].any() and valid[roads == 0].mean() > 0.99
+    # AOI coverage of windows: planning drops what lies outside
+    cover = VectorLabels(path, LabelOptions(aoi=aoi_path), UTM, _transform(), H, W)
+    frac = cover.aoi_coverage([Window(0, 0, 64, 64), Window(W - 64, H - 64, 64, 64)])
+    assert frac[0] == pytest.approx(1.0) and frac[1] == pytest.approx(0.0)
+
+
+def test_lines_buffer_in_metres_on_a_geographic_image(tmp_path):
+    """An image in EPSG:4326: buffering happens in the scene centre's UTM zone."""
+    utm = _features_utm()
+    lines = utm[utm.geom_type == "LineString"]
+    path = _write_labels(lines.to_crs("EPSG:4326"), tmp_path / "roads.geojson")
+    b = lines.to_crs("EPSG:4326").total_bounds
+    transform = from_origin(b[0] - 1e-4, b[3] + 1e-4, 5e-6, 5e-6)
+    labels = VectorLabels(path, LabelOptions(line_buffer_m=3.0), "EPSG:4326", transform, H, W)
+    label, _ = labels.read(Window(0, 0, W, H))
+    wide = lines.buffer(3.0).to_crs("EPSG:4326")  # 33N is the centre's zone too
+    exp = rasterize(wide, out_shape=(H, W), transform=transform, dtype="uint8")
+    assert (label == exp).mean() > 0.999 and exp.sum() > 1000
+
+
+def test_reads_use_a_bbox_per_window(tmp_path, monkeypatch):
+    import pyogrio
+
+    utm = _features_utm()
+    gj = _write_labels(utm.to_crs("EPSG:4326"), tmp_path / "labels.geojson")
+    calls = []
+    real = pyogrio.read_dataframe
+
+    def spy(path, **kw):
+        out = real(path, **kw)
+        calls.append((kw.get("bbox"), len(out)))
+        return out
+
+    monkeypatch.setattr(pyogrio, "read_dataframe", spy)
+    labels = VectorLabels(gj, LabelOptions(), UTM, _transform(), H, W)
+    _mosaic(labels)
+    assert len(calls) == 25 and all(bbox is not None for bbox, _ in calls)
+    assert max(n for _, n in calls) < len(utm) and min(n for _, n in calls) < 5
+
+    import geopandas
+
+    seen = []
+    real_pq = geopandas.read_parquet
+
+    def spy_pq(path, **kw):
+        out = real_pq(path, **kw)
+        seen.append((kw.get("bbox"), len(out)))
+        return out
+
+    monkeypatch.setattr(geopandas, "read_parquet", spy_pq)
+    for covering in (True, False):  # with a bbox covering column / scanned in batches
+        pq = _write_labels(utm.to_crs("EPSG:4326"), tmp_path / f"c{covering}.parquet",
+                           write_covering_bbox=covering)
+        labels = VectorLabels(pq, LabelOptions(), UTM, _transform(), H, W)
+        assert labels.layer.info().indexed is covering
+        counts = [len(labels.features(rasterio.windows.bounds(t.read_window, _transform()))[0])
+                  for t in ingest.TileGrid(H, W, 64, 0)]
+        assert max(counts) < len(utm)
+    assert seen and all(bbox is not None for bbox, _ in seen)  # only the covering file
+
+
+def _one_line_naming(err, path):
+    text = str(err.value)
+    assert "\n" not in text and str(path) in text, text
+    return text
+
+
+def test_errors_are_one_line_and_name_the_file(tmp_path):
+    utm = _features_utm()
+
+    def make(path, crs=UTM):
+        return VectorLabels(str(path), LabelOptions(), crs, _transform(), H, W)
+
+    missing = tmp_path / "absent.fgb"
+    with pytest.raises(LabelSourceError) as err:
+        make(missing).check()
+    assert "not found" in _one_line_naming(err, missing)
+    broken = tmp_path / "broken.geojson"
+    broken.write_text('{"type": "FeatureCollection", "features": [\n{"broken\n')
+    with pytest.raises(LabelSourceError) as err:
+        make(broken).check()
+    assert "cannot read" in _one_line_naming(err, broken)
+    no_crs = _write_labels(utm.set_crs(None, allow_override=True), tmp_path / "nocrs.fgb")
+    with pytest.raises(LabelSourceError) as err:
+        make(no_crs).check()
+    assert "no CRS" in _one_line_naming(err, no_crs)
+    far = utm.copy()
+    far["geometry"] = far.translate(50_000, 0)
+    far_path = _write_labels(far.to_crs("EPSG:4326"), tmp_path / "far.gpkg")
+    with pytest.raises(LabelSourceError) as err:
+        make(far_path).check()
+    assert "no feature inside the scene" in _one_line_naming(err, far_path)
+    plain = tmp_path / "plain.parquet"
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.table({"a": [1]}), plain)
+    with pytest.raises(LabelSourceError) as err:
+        make(plain).check()
+    assert "not GeoParquet" in _one_line_naming(err, plain)
+    good = _write_labels(utm, tmp_path / "good.fgb")
+    with pytest.raises(LabelSourceError) as err:
+        VectorLabels(good, LabelOptions(class_field="kind"), UTM, _transform(), H, W).check()
+    assert "no attribute 'kind'" in _one_line_naming(err, good)
+    with pytest.raises(LabelSourceError, match="image has no CRS"):
+        make(good, crs=None)
+
+
+def _raster_cfg(image, label, **pair):
+    return TrainConfig.model_validate({"data": {"source": {
+        "kind": "raster", "tile": 64, "pairs": [dict(image=image, label=label, **pair)]},
+        "split": {"val_fraction": 0.2}}}).data.model_dump(mode="json")
+
+
+def test_planning_and_loading_a_geojson_label(tmp_path):
+    image = _write_image(tmp_path / "scene.tif")
+    utm = _features_utm()
+    path = _write_labels(utm.to_crs("EPSG:4326"), tmp_path / "labels.geojson")
+    back = gpd.read_file(path).to_crs(UTM)
+    plan = plan_data(_raster_cfg(image, path, line_buffer_m=2.0, ignore_field="unsure"))
+    summary = plan["summary"]
+    assert summary["labels"][0]["features_in_scene"] == len(utm)
+    assert summary["split"]["kind"] == "random"
+    exp_label, exp_valid = _expected(back, buffer_m=2.0, ignore=True)
+    loader = ItemLoader(plan["scenes"])
+    for item in plan["train"] + plan["val"]:
+        img, mask, valid = loader.load(item)
+        col, row, w, h = item["window"]
+        np.testing.assert_array_equal(mask, exp_label[row:row + h, col:col + w] > 0)
+        np.testing.assert_array_equal(valid, exp_valid[row:row + h, col:col + w])
+        assert img.shape == (3, h, w)
+    json.dumps(plan)  # the plan travels to the workers as JSON
+    # the same through a plan with a label raster still works as before (raster burnt here)
+    lab_tif = tmp_path / "labels.tif"
+    with rasterio.open(lab_tif, "w", driver="GTiff", height=H, width=W, count=1, dtype="uint8",
+                       crs=UTM, transform=_transform()) as dst:
+        dst.write(exp_label[None])
+    plan = plan_data(_raster_cfg(image, str(lab_tif)))
+    assert plan["scenes"][0]["labels"] is None
+    item = plan["train"][0]
+    _, mask, _ = ItemLoader(plan["scenes"]).load(item)
+    col, row, w, h = item["window"]
+    np.testing.assert_array_equal(mask, exp_label[row:row + h, col:col + w] > 0)
+
+
+def test_planning_errors_name_the_pair_and_file(tmp_path):
+    image = _write_image(tmp_path / "scene.tif")
+    far = _features_utm()
+    far["geometry"] = far.translate(0, 90_000)
+    path = _write_labels(far, tmp_path / "elsewhere.geojson")
+    with pytest.raises(DataError, match=r"raster pair 0: labels .*elsewhere.geojson: no feature"):
+        plan_data(_raster_cfg(image, path))
+    with rasterio.open(tmp_path / "plain.tif", "w", driver="GTiff", height=H, width=W, count=1,
+                       dtype="uint8") as dst:
+        dst.write(np.ones((1, H, W), np.uint8))
+    with pytest.raises(DataError, match="has no CRS, so vector labels"):
+        plan_data(_raster_cfg(str(tmp_path / "plain.tif"), path))
+    with pytest.raises(Exception, match="only for vector labels"):
+        _raster_cfg(image, str(tmp_path / "plain.tif"), burn=3)
+
+
+def test_labels_from_s3(tmp_path, s3_env):
+    import fsspec
+
+    utm = _features_utm()
+    fs = fsspec.filesystem("s3", **s3_env.storage_options())
+    for name in ("labels.fgb", "labels.parquet"):
+        local = _write_labels(utm.to_crs("EPSG:4326"), tmp_path / name,
+                              **({"write_covering_bbox": True} if name.endswith("parquet") else {}))
+        fs.put(local, f"{s3_env.bucket}/labels/{name}")
+        labels = VectorLabels(f"s3://{s3_env.bucket}/labels/{name}", LabelOptions(), UTM,
+                              _transform(), H, W)
+        assert labels.check()["features_in_scene"] == len(utm)
+        label, _ = labels.read(Window(0, 0, W, H))
+        here = VectorLabels(local, LabelOptions(), UTM, _transform(), H, W)
+        np.testing.assert_array_equal(label, here.read(Window(0, 0, W, H))[0])
+        assert label.sum() > 1000
+
+
+def test_spacenet_footprints_match_the_provided_mask():
+    base = shared_data("spacenet", "buildings_SN4_Atlanta")
+    with rasterio.open(base / "sample_geotiff.tif") as src:
+        crs, transform, h, w = src.crs, src.transform, src.height, src.width
+    with rasterio.open(base / "sample_fp_mask_from_geojson.tif") as src:
+        provided = src.read(1) > 0
+    labels = VectorLabels(str(base / "geotiff_labels.geojson"), LabelOptions(), crs, transform,
+                          h, w)
+    assert labels.check()["features_in_scene"] == 43
+    label = np.zeros((h, w), bool)
+    for t in ingest.TileGrid(h, w, 256, 0):
+        r0, c0 = int(t.read_window.row_off), int(t.read_window.col_off)
+        label[r0:r0 + 256, c0:c0 + 256] = labels.read(t.read_window)[0] > 0
+    assert (label == provided).mean() >= 0.99
+
+
+def test_scenes_config_checks(capsys):
+    shared_data("spacenet", "buildings_SN4_Atlanta")
+    from jobs import train
+
+    assert train.main(["--config", "configs/train_scenes_cpu.yaml", "--check"]) == 0
+    data = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["data"]
+    assert data["split"]["kind"] == "spatial" and data["split"]["val_windows"] > 0
+    assert data["labels"][0]["features_in_scene"] == 43
+
+
+def test_ingest_labels_imports_no_torch_or_ray():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, ingest.labels; "
+            "bad = [m for m in ('torch', 'ray', 'samsp', 'jobs') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True,
+                   cwd=Path(__file__).resolve().parents[1])
