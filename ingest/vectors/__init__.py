@@ -47,7 +47,8 @@ def write_polygons(source: RasterSource, uri: str | os.PathLike, *, value: int =
                    connectivity: int = 4, block: int | None = None, simplify: float = 0.0,
                    review: Sequence[ReviewTile] = (), transform=None, crs=None) -> VectorFile:
     """One polygon per connected component of ``mask == value`` -> ``uri`` (format from the
-    extension: .parquet, .geojson, .fgb). Attributes: ``pixels``, ``area``, ``perimeter``,
+    extension: .parquet, .geojson, .fgb). Attributes: ``pixels``, ``area``, ``perimeter`` (map
+    units), ``area_m2``, ``perimeter_m`` (metres, geodesic for geographic CRSs),
     ``prob_mean``/``prob_max`` (when the store has ``prob``) and ``review_disagreement``."""
     uri = os.fspath(uri)
     fmt = format_of(uri)
@@ -55,7 +56,7 @@ def write_polygons(source: RasterSource, uri: str | os.PathLike, *, value: int =
     stats = StreamStats()
     comps = iter_components(source, value=value, connectivity=connectivity, block=block,
                             review=review, stats=stats)
-    n = write_batches(polygon_batches(comps, transform, simplify=simplify), uri,
+    n = write_batches(polygon_batches(comps, transform, simplify=simplify, crs=crs), uri,
                       polygon_schema(), crs)
     return VectorFile(uri, fmt, n, stats)
 
@@ -70,7 +71,8 @@ def write_centerlines(source: RasterSource, uri: str | os.PathLike, *, value: in
     transform, crs = _georef(source, transform, crs)
     stats = StreamStats()
     lines = iter_centerlines(source, value=value, block=block, halo=halo, stats=stats)
-    n = write_batches(centerline_batches(lines, transform), uri, centerline_schema(), crs)
+    n = write_batches(centerline_batches(lines, transform, crs=crs), uri, centerline_schema(),
+                      crs)
     return VectorFile(uri, fmt, n, stats)
 
 

@@ -15,6 +15,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .measure import metric_measures, unit_metadata
 from .polygons import Component
 
 #: rows per record batch = per Parquet row group: a batch of components is what the writer
@@ -140,22 +141,27 @@ def _scaled(codes: list, scale) -> list | np.ndarray:
 
 
 def polygon_batches(components: Iterable[Component], transform, *, simplify: float = 0.0,
-                    rows: int = BATCH_ROWS) -> Iterator:
+                    rows: int = BATCH_ROWS, crs=None) -> Iterator:
     """Record batches of polygon features (attributes: see the README's output table).
 
-    ``area`` (map units²; m² in a projected metre CRS) and ``perimeter`` are measured before the
-    optional topology-preserving ``simplify`` (tolerance in map units)."""
+    ``area`` (map units²; m² in a projected metre CRS) and ``perimeter`` and their metric
+    ``area_m2``/``perimeter_m`` (geodesic in a geographic ``crs``: :mod:`.measure`) are measured
+    before the optional topology-preserving ``simplify`` (tolerance in map units)."""
     import shapely
 
     schema = polygon_schema()
+    metric = metric_measures(crs)
     first = 1
     for batch in _batches(components, rows):
         geoms = to_map(np.asarray([c.geometry for c in batch], dtype=object), transform)
         pixels = np.array([c.pixels for c in batch], np.int64)
+        area_m2, perimeter_m = metric(geoms)
         cols = {
             "pixels": pixels,
             "area": shapely.area(geoms),
             "perimeter": shapely.length(geoms),
+            "area_m2": area_m2,
+            "perimeter_m": perimeter_m,
             "prob_mean": _scaled([c.prob_sum for c in batch], 254.0 * pixels),
             "prob_max": _scaled([c.prob_max for c in batch], 254.0),
             "review_disagreement": [c.review for c in batch],
@@ -166,19 +172,23 @@ def polygon_batches(components: Iterable[Component], transform, *, simplify: flo
         first += len(batch)
 
 
-def centerline_batches(lines: Iterable, transform, *, rows: int = BATCH_ROWS) -> Iterator:
-    """Record batches of centre-lines: ``length`` (map units), ``mean_width``/``max_width``
-    (map units: px × the pixel side) and ``skeleton_px`` (skeleton pixels)."""
+def centerline_batches(lines: Iterable, transform, *, rows: int = BATCH_ROWS,
+                       crs=None) -> Iterator:
+    """Record batches of centre-lines: ``length`` (map units) and ``length_m`` (metres, geodesic
+    in a geographic ``crs``), ``mean_width``/``max_width`` (map units: px × the pixel side) and
+    ``skeleton_px`` (skeleton pixels)."""
     import shapely
 
     side = pixel_size(transform)
     schema = centerline_schema()
+    metric = metric_measures(crs)
     first = 1
     for batch in _batches(lines, rows):
         geoms = to_map(np.asarray([ln.line() for ln in batch], dtype=object), transform)
         cols = {
             "skeleton_px": np.array([ln.skeleton_px for ln in batch], np.int64),
             "length": shapely.length(geoms),
+            "length_m": metric(geoms)[1],
             "mean_width": np.array([ln.mean_width for ln in batch], np.float64) * side,
             "max_width": np.array([ln.width_max for ln in batch], np.float64) * side,
         }
@@ -190,13 +200,15 @@ def centerline_schema():
     import pyarrow as pa
 
     return _schema([("skeleton_px", pa.int64()), ("length", pa.float64()),
-                    ("mean_width", pa.float64()), ("max_width", pa.float64())])
+                    ("length_m", pa.float64()), ("mean_width", pa.float64()),
+                    ("max_width", pa.float64())])
 
 
 def polygon_schema():
     import pyarrow as pa
 
     return _schema([("pixels", pa.int64()), ("area", pa.float64()), ("perimeter", pa.float64()),
+                    ("area_m2", pa.float64()), ("perimeter_m", pa.float64()),
                     ("prob_mean", pa.float64()), ("prob_max", pa.float64()),
                     ("review_disagreement", pa.float64())])
 
@@ -205,7 +217,8 @@ def _schema(attrs: Sequence[tuple]):
     import pyarrow as pa
 
     bbox = pa.struct([(k, pa.float64()) for k in BBOX_FIELDS])
-    return pa.schema([("id", pa.int64()), *attrs, ("geometry", pa.binary()), ("bbox", bbox)])
+    fields = [pa.field(name, typ, metadata=unit_metadata(name)) for name, typ in attrs]
+    return pa.schema([("id", pa.int64()), *fields, ("geometry", pa.binary()), ("bbox", bbox)])
 
 
 __all__ = ["BATCH_ROWS", "arrow_array", "centerline_batches", "centerline_schema", "crs_projjson", "crs_wkt2", "geometry_batch", "pixel_size",
