@@ -18,7 +18,8 @@ Auth: Ray 2.60 turns token auth on by default for a new local cluster (token fro
 ``RAY_AUTH_TOKEN``/``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``, generated when missing), and a
 client joins in token mode whenever a token is available. ``init_ray`` never overrides that: an
 explicit ``RAY_AUTH_MODE`` (``token`` or ``disabled``) is respected and forwarded to the embedded
-workers; unset, Ray's secure default applies. Even with ``_node_ip_address=127.0.0.1`` the
+workers; unset, the embedded cluster gets a random token that lives in this process's
+environment only (:func:`ephemeral_token`: no ``~/.ray/auth_token`` written, no warning). Even with ``_node_ip_address=127.0.0.1`` the
 embedded cluster's GCS listens on all interfaces, so ``disabled`` is only for tests and isolated
 machines (the test fixtures and ``make demo`` set it). For ``ray job submit`` to a local head, use
 the same mode on both sides (STACK.md): ``RAY_AUTH_MODE=disabled`` for ``ray start`` and the client,
@@ -32,6 +33,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Literal
 
 from ingest import storage
@@ -60,6 +62,28 @@ def resolve_address(address: str | None = None) -> str | None:
     return address
 
 
+def ephemeral_token() -> None:
+    """Token auth for the embedded cluster without Ray's default side effects: with neither
+    ``RAY_AUTH_MODE`` nor a token given, Ray 2.60 generates ``~/.ray/auth_token`` (a file left
+    in the user's home by a batch job) and logs a warning on every start. A random token for
+    this process and its workers only keeps the cluster closed to others, writes nothing and is
+    quiet (an explicit mode is Ray's no-warning path). A user's own mode or token wins."""
+    import secrets
+
+    if any(os.environ.get(n) for n in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
+        return
+    if (Path.home() / ".ray" / "auth_token").exists():
+        return  # the user's own token: Ray uses it (and `ray` CLI calls keep working)
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    try:  # `import ray` cached the auth mode it saw: refresh it, as Ray's own enabling does
+        from ray._raylet import Config
+
+        Config.initialize("")
+    except (ImportError, AttributeError):  # another Ray: it reads the environment at init
+        pass
+
+
 def init_ray(address: str | None = None, *, num_cpus: int | None = None,
              num_gpus: int | None = None, log_to_driver: bool = True,
              include_dashboard: bool = True,
@@ -83,8 +107,9 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None,
         return "cluster"
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ephemeral_token()
     env = forwarded_env()
-    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN"):
         if os.environ.get(name):
             env[name] = os.environ[name]
     dashboard: dict = {}

@@ -1,0 +1,38 @@
+"""The embedded Ray cluster starts closed (token auth) but quiet: no token-auth warning and no
+~/.ray/auth_token left in the user's home (issue 33); a user's own mode still wins."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = ("import logging, ray; logging.basicConfig(level=logging.INFO);"
+          "from jobs.runtime.ray_session import init_ray;"
+          "print(init_ray(num_cpus=1, include_dashboard=False));"
+          "print('mode', ray.get(ray.remote(lambda: __import__('os').environ.get('RAY_AUTH_MODE'))"
+          ".remote())); ray.shutdown()")
+
+
+@pytest.mark.slow
+def test_embedded_ray_is_token_protected_without_noise_or_files(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env.update(HOME=str(tmp_path), PYTHONPATH=str(REPO))
+    run = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=300, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "embedded" in run.stdout and "mode token" in run.stdout  # workers run in token mode
+    assert "Token authentication" not in run.stderr + run.stdout
+    assert not (tmp_path / ".ray" / "auth_token").exists()
+
+
+def test_a_users_own_auth_mode_is_kept(monkeypatch):
+    from jobs.runtime.ray_session import ephemeral_token
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    ephemeral_token()
+    assert os.environ["RAY_AUTH_MODE"] == "disabled" and "RAY_AUTH_TOKEN" not in os.environ
