@@ -36,3 +36,21 @@ def test_a_users_own_auth_mode_is_kept(monkeypatch):
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     ephemeral_token()
     assert os.environ["RAY_AUTH_MODE"] == "disabled" and "RAY_AUTH_TOKEN" not in os.environ
+
+
+def test_rays_deprecation_of_our_remote_args_is_not_shown_but_others_are():
+    import warnings
+
+    from jobs.runtime.logs import quiet_third_party
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        quiet_third_party()
+        msg = "`ray_remote_args` is deprecated and will be removed in Ray 2.64."
+        warnings.warn_explicit(msg, DeprecationWarning, "engines.py", 1,
+                               module="jobs.segmentation.engines")
+        warnings.warn_explicit(msg, DeprecationWarning, "x.py", 1, module="someone.else")
+        warnings.warn_explicit("another deprecation", DeprecationWarning, "engines.py", 2,
+                               module="jobs.segmentation.engines")
+    assert [(str(w.message)[:20], w.filename) for w in seen] == [
+        (msg[:20], "x.py"), ("another deprecation", "engines.py")]
