@@ -180,9 +180,10 @@ def load_window(args: argparse.Namespace, n_items: int) -> tuple[Any, SlidingWin
                            tile, overlap,
                            args.stitch, args.batch_size)
     iterations = meta.iterations if args.iterations is None else args.iterations
+    source = args.data or "scenes"  # scene mode (--image/--blocks) has no pair folder
     log.info("model %s (%s, K=%d, prompt %s, %s) on %d images from %s; tile %d overlap %d (%s)",
              args.model, meta.model_type, iterations, meta.prompt,
-             precision, n_items, args.data, tile, overlap,
+             precision, n_items, source, tile, overlap,
              args.stitch)
     return meta, window, device, iterations
 
@@ -201,7 +202,7 @@ def choose_threshold(args: argparse.Namespace, window: SlidingWindow, meta,
         sweep_items = list_pairs(args.sweep_data, args.sweep_layout, limit=None)
         sweep_scenes = []
         sweep_from = args.sweep_data
-        if os.path.abspath(args.sweep_data) == os.path.abspath(args.data) and \
+        if args.data and os.path.abspath(args.sweep_data) == os.path.abspath(args.data) and \
                 args.sweep_layout == args.layout:
             log.warning("sweeping thresholds on the evaluated images: the result is optimistic")
     if args.sweep_limit:
