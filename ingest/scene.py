@@ -47,7 +47,8 @@ class Scene:
     """A raster scene opened lazily; see the module docstring for the validity rules.
 
     Attributes: ``uri``, ``height``, ``width``, ``count`` (selected bands), ``bands`` (1-based
-    indices into the source), ``band_count`` (all source bands), ``dtype`` (numpy dtype),
+    indices into the source), ``band_names`` (their descriptions, None where a band has none),
+    ``band_count`` (all source bands), ``dtype`` (numpy dtype),
     ``crs`` (rasterio CRS or None), ``transform`` (Affine; identity for plain images),
     ``nodata``, ``is_georeferenced``, ``driver``, ``block_shape``, ``has_overviews``.
     """
@@ -65,6 +66,11 @@ class Scene:
         self.band_choice: str | None = None
         if bands is None and rgb_by_name and len(self.bands) > 3:
             self._pick_rgb(src)
+        # the selected bands' descriptions (None where a band has none): jobs compare them with
+        # what a model was trained on (its bundle's input contract)
+        names = tuple(getattr(src, "descriptions", ()) or ())
+        self.band_names: tuple[str | None, ...] = tuple(
+            (names[b - 1] or None) if b <= len(names) else None for b in self.bands)
         dtypes = {src.dtypes[b - 1] for b in self.bands}
         self.dtype = np.dtype(np.result_type(*dtypes)) if len(dtypes) > 1 else np.dtype(dtypes.pop())
         self.count = len(self.bands)

@@ -26,11 +26,20 @@ class TilePredictor:
       own_bundle: the predictor may cast the model's weights to the reduced precision once
         (``samsp.precision.cast_autocast_weights``: same outputs, faster). Default: only when it
         loaded the bundle itself (a URI); a ``Bundle`` passed in is left as it is unless True.
+      radiometry: how tiles that are not uint8 (uint16, float scenes) become the uint8 the
+        model takes: anything with ``apply(data, valid) -> uint8`` (``ingest.Radiometry``, e.g.
+        ``Radiometry.fit(scene)``). Without it such tiles are refused: scaling them silently
+        (raw uint16 counts read as 0..255 values) would give a wrong mask, not an error.
+      downscale: tiles larger than the model's frame (``image_size``) are shrunk into it when
+        True (the segment job and the sweep, whose ``tiling.tile`` says so). Default False: they
+        are refused -- a model sees objects at the scale it was trained on only in tiles of
+        its frame; cut big images with the tiled API instead.
     """
 
     def __init__(self, bundle: Bundle | str, device: str | torch.device = "cpu",
                  iterations: int | None = None, precision: str = "auto",
-                 threshold: float | None = None, own_bundle: bool | None = None) -> None:
+                 threshold: float | None = None, own_bundle: bool | None = None,
+                 radiometry=None, downscale: bool = False) -> None:
         if own_bundle is None:
             own_bundle = isinstance(bundle, str)
         self.bundle = load_bundle(bundle) if isinstance(bundle, str) else bundle
@@ -42,6 +51,8 @@ class TilePredictor:
             cast_autocast_weights(self.model, self.precision)
         self.iterations = iterations
         self._threshold = self.meta.threshold if threshold is None else float(threshold)
+        self.radiometry = radiometry
+        self.downscale = bool(downscale)
 
     @property
     def threshold(self) -> float:
@@ -62,6 +73,7 @@ class TilePredictor:
         work that continues there, e.g. ``jobs/inference/tile_encoding.py`` on CUDA)."""
         if images.ndim != 4:
             raise ValueError(f"expected tiles [B,C,h,w], got shape {images.shape}")
+        images = self._checked(images, valid)
         tiles = images
         if self.device.type == "cuda" and images.shape[1] == 3 and self.meta.band_map is None:
             # Pinned uint8 host memory: the upload runs asynchronously, at full bus speed.
@@ -75,3 +87,25 @@ class TilePredictor:
             last, first = pass_probabilities((output.logits[-1], output.logits[0]), size,
                                              self.meta.image_size)
         return {"prob": last, "prob_first": first}
+
+    def _checked(self, images: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+        """uint8 tiles the model's frame holds: others through ``radiometry``, else an error
+        saying what to do (both were silent before: raw counts scaled, big images shrunk)."""
+        if images.dtype != np.uint8:
+            if self.radiometry is None:
+                raise ValueError(
+                    f"TilePredictor takes uint8 tiles; got {images.dtype}: give it a "
+                    f"radiometry (TilePredictor(..., radiometry=ingest.Radiometry.fit(scene)), "
+                    f"the percentile stretch the segment job applies) or convert the tiles "
+                    f"to uint8 first")
+            images = np.asarray(self.radiometry.apply(images, valid))
+        size = self.meta.image_size
+        height, width = images.shape[-2:]
+        if max(height, width) > size and not self.downscale:
+            raise ValueError(
+                f"tiles of {height}x{width} px are larger than the model's {size}-px frame and "
+                f"would be shrunk {max(height, width) / size:.3g}x, to a scale the model was "
+                f"not trained on: cut the image into {size}-px windows with the tiled API "
+                f"(jobs.inference.sliding_window.SlidingWindow(bundle_forward(bundle), "
+                f"tile={size}), or jobs/segment.py and jobs/sweep.py), or pass downscale=True")
+        return images

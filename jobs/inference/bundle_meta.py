@@ -41,6 +41,9 @@ class BundleInfo:
     image_size: int
     threshold: float
     band_map: tuple | None = None  # 0-based bands the model uses as R, G, B (None: samsp default)
+    # the input contract (``bundle.json`` ``input``, samsp/contract.py) as a plain dict; None for
+    # bundles written before it (unknown, never guessed): jobs/inference/contract_check.py
+    input: dict | None = None
 
 
 def read_bundle_meta(uri: str) -> BundleInfo:
@@ -58,7 +61,8 @@ def read_bundle_meta(uri: str) -> BundleInfo:
         meta = json.loads(raw)
         info = BundleInfo(model_type=str(meta["model_type"]), image_size=int(meta["image_size"]),
                           threshold=float(meta.get("threshold", 0.5)),
-                          band_map=tuple(int(b) for b in meta["band_map"]) if meta.get("band_map") else None)
+                          band_map=tuple(int(b) for b in meta["band_map"]) if meta.get("band_map") else None,
+                          input=meta["input"] if isinstance(meta.get("input"), dict) else None)
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"invalid bundle.json in {uri}: {type(err).__name__}: {err}") from None
     if info.image_size <= 0 or not 0 < info.threshold < 1:

@@ -3,12 +3,15 @@
 threshold, device, precision). Reference: ``configs/segment.yaml`` and ``configs/sweep.yaml``."""
 from __future__ import annotations
 
+import logging
 from typing import Literal, Optional
 
 from pydantic import Field
 
 from jobs.runtime.config import StrictModel
 from jobs.runtime.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 class TilingConfig(StrictModel):
@@ -47,4 +50,8 @@ def tile_geometry(tiling: TilingConfig, image_size: int) -> tuple[int, int]:
     overlap = tiling.overlap if tiling.overlap is not None else tile // 8
     if overlap >= tile:
         raise ConfigError(f"tiling.overlap ({overlap}) must be smaller than the tile ({tile})")
+    if tile > image_size:  # the model stage shrinks such tiles into its frame (as asked)
+        log.warning("tiling.tile %d is larger than the model's %d-px frame: each tile is shrunk "
+                    "%.3gx before the model, objects at a scale it was not trained on",
+                    tile, image_size, tile / image_size)
     return tile, overlap

@@ -73,8 +73,11 @@ class Predictor:
         if device == "cpu" and torch_threads > 0:
             torch.set_num_threads(torch_threads)
         self.device = device
+        # downscale: tiles are tiling.tile, which the operator may set above the model's frame
+        # (jobs.inference.config.tile_geometry warns once when they do)
         self.predictor = TilePredictor(model_uri, device=device, precision=precision,
-                                       threshold=threshold, own_bundle=own_bundle)
+                                       threshold=threshold, own_bundle=own_bundle,
+                                       downscale=True)
         self.threshold = self.predictor.threshold
         self.calls = 0
         # Model calls split in halves on CUDA out-of-memory; the smaller size then sticks.

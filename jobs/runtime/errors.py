@@ -32,4 +32,10 @@ class RunChangedError(JobError):
     """``pipeline.on_change: fail`` and a scene's existing outputs were made with another record."""
 
 
-__all__ = ["JobError", "ConfigError", "DataError", "EvalError", "TrainError", "RunChangedError"]
+class ContractError(JobError, ValueError):
+    """A scene or image the model would read wrongly: it does not fit the bundle's input
+    contract (jobs/inference/contract_check.py); the message names the bands and the fix."""
+
+
+__all__ = ["JobError", "ConfigError", "DataError", "EvalError", "TrainError", "RunChangedError",
+           "ContractError"]

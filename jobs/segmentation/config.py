@@ -18,7 +18,9 @@ from jobs.segmentation.stac_config import StacInputConfig
 
 
 class RadiometryConfig(StrictModel):
-    # 1-based band indexes to read (None = all bands; the bundle's band_map then picks 3).
+    # 1-based band indexes to read (None = all bands; the bundle's band_map then picks 3; without
+    # a band_map, a scene of more than three bands whose band names or colour interpretation
+    # say which are red, green and blue gives those three: ingest/bands.py).
     bands: Optional[list[int]] = None
     # Scene-wide percentile stretch (low, high), fitted once per scene on the driver.
     percentiles: tuple[float, float] = (2.0, 98.0)
@@ -160,6 +162,14 @@ class InputConfig(StrictModel):
     # A scene whose header declares more pixels than this fails alone, before planning reads
     # anything (a lying header would otherwise plan hours of tiles). 1e10 = 100,000 x 100,000.
     max_pixels: int = Field(default=10_000_000_000, ge=1)
+    # The model's input contract (bundle.json "input") checked against each scene at planning
+    # (jobs/inference/contract_check.py): "error" fails a scene the model would read wrongly
+    # (fewer bands than it was trained on, a band_map past the scene's bands) and warns about
+    # the rest; "warn" only warns (the scene runs); "off" checks nothing.
+    contract_check: Literal["error", "warn", "off"] = "error"
+    # A scene whose GSD is more than this many times finer or coarser than the model's (both
+    # known, metres) gets a warning (status.json "warnings", report.html). No resampling.
+    gsd_tolerance: float = Field(default=2.0, gt=1)
 
 
 class StorageConfig(StrictModel):

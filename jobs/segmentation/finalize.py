@@ -114,7 +114,7 @@ def _quicklook(plan, cfg, tmp: str) -> bytes | None:
 
     if not cfg.output.quicklook_size:
         return None
-    scene = open_scene(plan.input, bands=cfg.radiometry.bands, check_empty=False)
+    scene = open_scene(plan.input, bands=plan.bands, check_empty=False)  # as planned (a pick)
     return quicklook_png(scene, Radiometry.from_dict(plan.radiometry),
                          os.path.join(tmp, "mask.tif"), cfg.output.quicklook_size)
 
@@ -208,6 +208,8 @@ def scene_stats(st, run: FinalizeContext, vectors: dict, seconds: dict) -> dict:
         "threshold": run.threshold,
         "model": redact_uri(run.model_uri),
         "radiometry": plan.radiometry,
+        "model_input": plan.model_input,  # bands (and how chosen), dtype, radiometry, GSD
+        "warnings": list(plan.warnings),  # where the scene departs from the input contract
         "record": plan.record,  # what this mask was made of (jobs.segmentation.record)
         # exact sums: the same value whatever order the tiles came back in (a resumed run's
         # records arrive in another order than an uninterrupted run's)

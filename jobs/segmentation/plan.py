@@ -38,6 +38,14 @@ class ScenePlan:
     record: dict = field(default_factory=dict)         # jobs.segmentation.record: what the mask is made of
     replaces: str = ""     # out_dir is a recomputation whose outputs replace these on success
     recompute_reason: str = ""
+    # the bands every reader of the scene opens (tiles, finalize): radiometry.bands, or the
+    # red/green/blue a band-name pick chose (None: all bands, as open_scene gives them)
+    bands: list | None = None
+    band_choice: str = ""  # how the pick chose them ("" = no pick), logged once per scene
+    # what the model is fed from this scene (status.json "model_input"): source bands read, how
+    # they were chosen, dtype, radiometry, GSD; and the input contract's warnings
+    model_input: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
 
     @property
     def zarr_uri(self) -> str:

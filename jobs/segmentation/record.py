@@ -28,6 +28,15 @@ the scene's manifest row (``record``). On a rerun:
   scene fails instead with :class:`RunChangedError` naming what differs.
 
 The fitted stretch is not part of the record: it is a function of the input and the settings.
+
+A band-name pick (no ``radiometry.bands``, no bundle band map, a scene of more than three bands
+whose names say which are red, green and blue: ``ingest.bands``) puts the picked bands in the
+record's ``bands`` and how they were found in ``band_pick`` (:func:`with_band_pick`); without a
+pick the record is what it was, so scenes done before picks existed are not recomputed. A
+rerun decides to skip before it opens the scene, so a record with a pick matches this run's
+``bands: null`` there (:func:`done_record_matches`); resuming compares the planned record.
+Outputs made before picks existed of a scene that would now be picked are skipped as done
+(nothing says otherwise without opening it): ``--force`` recomputes them.
 """
 from __future__ import annotations
 
@@ -60,7 +69,10 @@ BUNDLE_FILES = ("bundle.json", "model.safetensors")
 #: record field -> how an error message names it (the config field a user would change)
 FIELD_NAMES = {"bundle_sha256": "model bundle (sha256)", "threshold": "predict.threshold",
                "radiometry": "radiometry", "bands": "radiometry.bands", "tiling": "tiling",
-               "precision": "predict.precision", "input": "input (fingerprint)"}
+               "precision": "predict.precision", "input": "input (fingerprint)",
+               "band_pick": "band pick (band names)"}
+#: the record key of a band-name pick (how ``bands`` were chosen): informational, never compared
+PICK_KEY = "band_pick"
 HTTP_TIMEOUT_S = 10.0  # the fingerprint request of an http(s) input
 #: local fingerprint keys added after records were first kept (see records_match)
 ADDED_INPUT_KEYS = frozenset({"ctime_ns", "inode"})
@@ -227,9 +239,39 @@ def record_difference(old: dict | None, new: dict) -> str:
     return "; ".join(parts)
 
 
+def with_band_pick(record: dict | None, bands, choice: str) -> dict | None:
+    """The record of a scene whose bands a band-name pick chose (``ingest.bands``): ``bands``
+    the picked ones -- they make the output -- and ``band_pick`` how. Unchanged without a pick,
+    so scenes done before picks existed keep matching."""
+    if record is None or not choice:
+        return record
+    return json.loads(json.dumps({**record, "bands": list(bands), PICK_KEY: choice},
+                                 sort_keys=True))
+
+
+def _without_pick(record):
+    return {k: v for k, v in record.items() if k != PICK_KEY} if isinstance(record, dict) \
+        else record
+
+
+def done_record_matches(stored: dict | None, record: dict) -> bool:
+    """Whether a done scene may be skipped: :func:`records_match`, or, before the scene is
+    opened (a pick is not known yet), a stored record whose bands a band-name pick chose
+    against this run's ``bands`` null (left to the pick) with all else equal. The pick is a
+    function of the input (fingerprinted) and of the bundle (a band_map turns it off; its
+    sha256 is in the record)."""
+    if records_match(stored, record):
+        return True
+    if not isinstance(stored, dict) or not stored.get(PICK_KEY) or record.get("bands") is not None:
+        return False
+    return records_match({**stored, "bands": None}, record)
+
+
 def records_match(stored: dict | None, record: dict) -> bool:
     """Whether a stored record names what this run's ``record`` would make: equal, or equal but
-    for an input fingerprint stored by an earlier version (:func:`legacy_input_matches`)."""
+    for an input fingerprint stored by an earlier version (:func:`legacy_input_matches`). How
+    the bands were chosen (``band_pick``) is not compared: the bands themselves are."""
+    stored, record = _without_pick(stored), _without_pick(record)
     if stored == record:
         return True
     if not isinstance(stored, dict) or set(stored) != set(record):

@@ -1,6 +1,7 @@
 """``<output>/report.html``: the morning report of a segment run, one self-contained page.
 
-Scenes ok / failed / skipped with the reason, seconds and foreground fraction per scene, links
+Scenes ok / failed / skipped with the reason, seconds and foreground fraction per scene, notes
+(a band-name pick, the input contract's warnings: GSD, bands, radiometry), links
 to each scene's outputs (relative: they resolve wherever the output prefix is copied), and the
 review queue -- the most uncertain tiles of the run with a crop of each from the scene's
 quick-look, inline as base64 PNG. No script, no stylesheet or font from the network: it opens
@@ -36,7 +37,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 .counts span{display:inline-block;margin-right:16px;font-size:16px}
 .queue{display:flex;flex-wrap:wrap;gap:12px} .queue figure{margin:0;width:170px}
 .queue img{width:160px;height:160px;object-fit:contain;background:#eee;image-rendering:pixelated}
-figcaption{font-size:12px;color:#444}
+figcaption{font-size:12px;color:#444} td.notes{color:#8a5a00;font-size:13px}
 """
 
 
@@ -99,6 +100,14 @@ def _reason(row: dict) -> str:
     return ""
 
 
+def _notes(row: dict) -> str:
+    """What the model was fed where it is worth a look: a band-name pick and the input
+    contract's warnings (GSD, bands, radiometry), one per line."""
+    chosen = (row.get("model_input") or {}).get("band_choice")
+    lines = ([str(chosen)] if chosen else []) + [str(w) for w in row.get("warnings") or []]
+    return "<br>".join(_esc(line) for line in lines)
+
+
 def render(run: dict, rows: list[dict], queue: list[dict]) -> str:
     """The page: ``run`` (run_id, started, seconds, output, model), this run's scene rows."""
     counts = Counter(r.get("status", "?") for r in rows)
@@ -114,8 +123,8 @@ def render(run: dict, rows: list[dict], queue: list[dict]) -> str:
               if counts.get("running_elsewhere") else "")
            + f"<span>{int(run.get('tiles_computed', 0))} tiles computed</span></p>",
            "<h2>Scenes</h2><table><thead><tr><th>scene</th><th>status</th><th>reason</th>"
-           "<th>seconds</th><th>tiles (computed)</th><th>foreground</th><th>outputs</th>"
-           "</tr></thead><tbody>"]
+           "<th>seconds</th><th>tiles (computed)</th><th>foreground</th><th>notes</th>"
+           "<th>outputs</th></tr></thead><tbody>"]
     order = {"failed": 0, "running_elsewhere": 1, "ok": 2, "skipped": 3}
     for r in sorted(rows, key=lambda r: (order.get(r.get("status"), 3), r["id"])):
         sid, status = r["id"], r.get("status", "?")
@@ -126,7 +135,8 @@ def render(run: dict, rows: list[dict], queue: list[dict]) -> str:
             f"<tr><td>{_esc(sid)}</td><td class='{_esc(status)}'>{_esc(status)}</td>"
             f"<td>{_esc(_reason(r))}</td><td class='num'>{float(r.get('seconds') or 0):.1f}</td>"
             f"<td class='num'>{int(r.get('tiles') or 0)} ({int(r.get('tiles_computed') or 0)})</td>"
-            f"<td class='num'>{'' if fg is None else f'{float(fg):.4f}'}</td><td>{links}</td></tr>")
+            f"<td class='num'>{'' if fg is None else f'{float(fg):.4f}'}</td>"
+            f"<td class='notes'>{_notes(r)}</td><td>{links}</td></tr>")
     out.append("</tbody></table>")
     out.append(f"<h2>Review queue: the {len(queue)} most uncertain tiles</h2>")
     if not queue:

@@ -213,7 +213,7 @@ class SegmentRun:
             if self.stac_in is not None:
                 self.stac_in.check(uri)  # an item that could not become a scene fails alone
             return plan_scene(sid, uri, self.output, self.cfg, self.tile, self.overlap,
-                              records[uri], self.force), None
+                              records[uri], self.force, bundle=self.meta), None
         except Exception as err:  # noqa: BLE001 - one bad scene never stops the others
             return None, err
 
@@ -246,6 +246,10 @@ class SegmentRun:
             log.info("scene %s: %dx%d, %d band(s) %s, %d tiles (%d to compute, %d done before)",
                      sid, plan.width, plan.height, plan.count, plan.dtype, len(plan.tiles),
                      len(plan.todo), len(plan.tiles) - len(plan.todo))
+            if plan.band_choice:  # e.g. "bands [4, 3, 2] as red, green, blue (Sentinel-2 ...)"
+                log.info("scene %s: %s", sid, plan.band_choice)
+            for warning in plan.warnings:  # the input contract's (also status.json, report)
+                log.warning("scene %s: %s", sid, warning)
 
     # ------------------------------------------------------------------ execute
 

@@ -10,41 +10,33 @@ import time
 from ingest import MaskWriter, Radiometry, TileGrid, open_scene, storage
 from jobs.segmentation.config import SegmentConfig
 from jobs.segmentation.plan import ScenePlan, is_geospatial_uri, read_tile_records
+from jobs.inference.contract_check import SceneFacts, check_scene, scene_gsd_m, split
+from jobs.runtime.errors import ContractError
 from jobs.segmentation.record import (RECORD_KEY, bundle_sha256, choose_store,
-                                      input_fingerprint, run_record)
+                                      input_fingerprint, run_record, with_band_pick)
 from jobs.segmentation.rows import TileRows
 from jobs.segmentation.stats import TileTotals
 
 
 def plan_scene(sid: str, uri: str, output: str, cfg: SegmentConfig, tile: int, overlap: int,
-               record: dict | None = None, force: bool = False) -> ScenePlan:
+               record: dict | None = None, force: bool = False, bundle=None) -> ScenePlan:
     """Header + radiometry + grid + resume state of one scene (raises SceneError & co).
 
     With a run ``record`` (jobs.segmentation.record), the scene resumes only a store made with the
     same record; otherwise (or with ``force``) it is recomputed into a fresh store beside the
-    old outputs (``plan.replaces``), or fails (``pipeline.on_change: fail``)."""
-    import numpy as np
-
+    old outputs (``plan.replaces``), or fails (``pipeline.on_change: fail``). ``bundle``: the
+    model's jobs.inference.bundle_meta.BundleInfo -- its band map and input contract, checked
+    against the scene (a scene the model would read wrongly raises ContractError)."""
     t0 = time.perf_counter()
     plan = ScenePlan(id=sid, input=uri, out_dir=storage.join(output, sid), record=record or {})
-    require_crs = cfg.input.require_crs and is_geospatial_uri(uri)
+    band_map = bundle.band_map if bundle is not None else None
     with storage.gdal_env():
-        scene = open_scene(uri, bands=cfg.radiometry.bands, require_crs=require_crs,
-                           sample_pixels=cfg.radiometry.max_pixels,
-                           max_pixels=cfg.input.max_pixels,
-                           time_budget_s=cfg.pipeline.plan_timeout_s)
-        if scene.dtype == np.uint8 and cfg.radiometry.uint8_passthrough:
-            radiometry = Radiometry.identity(scene.count)
-        else:
-            radiometry = Radiometry.fit(scene, percentiles=tuple(cfg.radiometry.percentiles),
-                                        max_pixels=cfg.radiometry.max_pixels)
+        scene, radiometry = open_planned(uri, cfg, band_map)
+    describe_plan(plan, scene, radiometry, cfg)
+    plan.warnings = contract_warnings(plan, scene, cfg, bundle)
+    record = with_band_pick(record, scene.bands, plan.band_choice)
+    plan.record = record or {}
     grid = TileGrid(scene.height, scene.width, tile, overlap)
-    plan.height, plan.width, plan.count = scene.height, scene.width, scene.count
-    plan.dtype = str(scene.dtype)
-    plan.georeferenced = bool(scene.is_georeferenced)
-    plan.crs_wkt = scene.crs.to_wkt() if scene.crs is not None else ""
-    plan.transform = tuple(float(v) for v in tuple(scene.transform)[:6])
-    plan.radiometry = radiometry.to_dict()
     plan.tile, plan.overlap = tile, overlap
     plan.tiles = grid  # a sequence computed on access: no per-tile objects kept
     mode, attrs = "a", None
@@ -68,6 +60,66 @@ def plan_scene(sid: str, uri: str, output: str, cfg: SegmentConfig, tile: int, o
     return plan
 
 
+def open_planned(uri: str, cfg: SegmentConfig, band_map=None):
+    """``(scene, radiometry)``: the scene's header, emptiness check and fitted radiometry.
+
+    With neither ``radiometry.bands`` nor a bundle band map, a scene of more than three bands
+    whose band names say which are red, green and blue is read as those three (``ingest.bands``;
+    ``scene.band_choice`` says how): its first three would be a false colour the model never
+    saw (B01 coastal, B02 blue, B03 green of a Sentinel-2 stack)."""
+    import numpy as np
+
+    require_crs = cfg.input.require_crs and is_geospatial_uri(uri)
+    scene = open_scene(uri, bands=cfg.radiometry.bands, require_crs=require_crs,
+                       sample_pixels=cfg.radiometry.max_pixels,
+                       max_pixels=cfg.input.max_pixels,
+                       time_budget_s=cfg.pipeline.plan_timeout_s,
+                       rgb_by_name=not cfg.radiometry.bands and not band_map)
+    if scene.dtype == np.uint8 and cfg.radiometry.uint8_passthrough:
+        radiometry = Radiometry.identity(scene.count)
+    else:
+        radiometry = Radiometry.fit(scene, percentiles=tuple(cfg.radiometry.percentiles),
+                                    max_pixels=cfg.radiometry.max_pixels)
+    return scene, radiometry
+
+
+def describe_plan(plan: ScenePlan, scene, radiometry, cfg: SegmentConfig) -> None:
+    """The scene's header, bands and radiometry into its plan."""
+    plan.height, plan.width, plan.count = scene.height, scene.width, scene.count
+    plan.dtype = str(scene.dtype)
+    plan.georeferenced = bool(scene.is_georeferenced)
+    plan.crs_wkt = scene.crs.to_wkt() if scene.crs is not None else ""
+    plan.transform = tuple(float(v) for v in tuple(scene.transform)[:6])
+    plan.radiometry = radiometry.to_dict()
+    plan.band_choice = scene.band_choice or ""
+    # a pick's bands travel to every later reader (tile readers, finalize): read as planned
+    plan.bands = list(scene.bands) if plan.band_choice else cfg.radiometry.bands
+    pct = radiometry.percentiles
+    plan.model_input = {
+        "bands": [int(b) for b in scene.bands], "band_choice": plan.band_choice or None,
+        "dtype": plan.dtype,
+        "radiometry": f"stretch {pct[0]:g}-{pct[1]:g} %" if radiometry.mode == "stretch" and pct
+        else radiometry.mode,
+        "gsd_m": scene_gsd_m(scene.crs, scene.transform, plan.georeferenced)}
+
+
+def contract_warnings(plan: ScenePlan, scene, cfg: SegmentConfig, bundle) -> list[str]:
+    """The scene against the model's input contract (jobs.inference.contract_check): raises
+    ContractError with every error's reason, returns the warnings (status.json, report)."""
+    if bundle is None:
+        return []
+    rad = plan.radiometry
+    facts = SceneFacts(count=scene.count, dtype=plan.dtype, band_names=scene.band_names,
+                       gsd_m=plan.model_input.get("gsd_m"),
+                       radiometry={"mode": rad["mode"], "percentiles": rad.get("percentiles")},
+                       chosen=bool(cfg.radiometry.bands))
+    problems = check_scene(bundle.input, facts, bundle.band_map, cfg.input.gsd_tolerance)
+    errors, warnings = split(problems, cfg.input.contract_check)
+    if errors:
+        raise ContractError("; ".join(errors))
+    return warnings
+
+
 def keep_bands(count: int, band_map) -> int | None:
     """Leading bands the model can use (rows stay small for many-band scenes): samsp maps more
     than 3 bands to the first three, or to ``band_map``; None = keep all."""
@@ -80,7 +132,7 @@ def scene_tiles(plan: ScenePlan, cfg: SegmentConfig, band_map=None) -> tuple:
     """``(id, spec, grid, todo)``: one scene's entry of jobs.segmentation.rows.TileRows (its rows
     share the spec; tiles are made from the grid when a row is)."""
     spec = json.dumps({
-        "input": plan.input, "bands": cfg.radiometry.bands, "radiometry": plan.radiometry,
+        "input": plan.input, "bands": plan.bands, "radiometry": plan.radiometry,
         "writer": plan.zarr_uri, "tiles_uri": plan.tiles_uri,
         "keep_bands": keep_bands(plan.count, band_map),
     }, sort_keys=True)
@@ -117,7 +169,10 @@ def scene_row(st: SceneState, status: str, error: str, uncertain: list, outputs:
             "width": p.width, "height": p.height,
             "seconds": round(time.perf_counter() - st.t_start + p.seconds_plan, 3),
             "uncertain_tiles": uncertain, "outputs": outputs,
-            "foreground_fraction": fg_fraction, "record": p.record}
+            "foreground_fraction": fg_fraction, "record": p.record,
+            # what the model was fed (bands and how they were chosen, dtype, radiometry, GSD)
+            # and where that departs from its input contract
+            "model_input": p.model_input, "warnings": list(p.warnings)}
 
 
 def scene_records(inputs: list[str], cfg: SegmentConfig, model_uri: str, threshold: float,

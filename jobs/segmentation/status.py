@@ -34,7 +34,7 @@ from ingest.trust import redact_text, redact_uri, uri_identity
 from jobs.inputs.scene_ids import safe_stem, short_hash
 from jobs.runtime.holder import holder_is_dead, this_process
 from jobs.runtime.messages import one_line, utc_now
-from jobs.segmentation.record import records_match
+from jobs.segmentation.record import done_record_matches
 
 DONE = ("ok", "skipped")  # statuses a later run counts as done
 
@@ -140,7 +140,7 @@ class StatusBoard:
             if owner:
                 return None, Decision("running", cur, owner)
             if prev and prev.get("status") in DONE and not force and \
-                    records_match(prev.get("record"), record):
+                    done_record_matches(prev.get("record"), record):
                 done_in = prev.get("done_run_id") or prev.get("run_id", "?")
                 row = dict(prev, id=sid, input=uri, status="skipped", tiles_computed=0,
                            seconds=0.0, error="", done_run_id=done_in)
