@@ -66,3 +66,28 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     bad.write_text("<html><body><img src='missing.png'><script>console.error('boom')</script>"
                    "</body></html>")
     assert any("boom" in line for line in render(bad, tmp_path / "bad.png"))
+
+
+def test_a_rerun_that_only_skips_keeps_the_review_queue_page(tmp_path):
+    """report.html is the latest run that computed (or failed) something; every run has its
+    own page under reports/, and the pages link each other (issue 33)."""
+    from jobs.segmentation.report import write_report
+
+    out = str(tmp_path)
+    first = {"run_id": "20261206T010000-aaaaaa", "tiles_computed": 12, "model": "m", "output": out}
+    rows = [{"id": "s1", "status": "ok", "tiles": 12, "tiles_computed": 12,
+             "outputs": ["mask.tif"], "foreground_fraction": 0.1}]
+    assert write_report(out, first, rows, 64, 8) == f"{out}/report.html"
+    page = (tmp_path / "report.html").read_text()
+    own = (tmp_path / "reports" / f"{first['run_id']}.html").read_text()
+    assert "href='s1/mask.tif'" in page and "href='../s1/mask.tif'" in own  # both resolve
+    second = dict(first, run_id="20261207T010000-bbbbbb", tiles_computed=0)
+    skipped = [dict(rows[0], status="skipped", tiles_computed=0)]
+    got = write_report(out, second, skipped, 64, 8)
+    assert got.endswith(f"reports/{second['run_id']}.html")
+    assert (tmp_path / "report.html").read_text() == page  # yesterday's queue stays
+    newest = (tmp_path / "reports" / f"{second['run_id']}.html").read_text()
+    assert f"../reports/{first['run_id']}.html" in newest and "../report.html" in newest
+    third = dict(first, run_id="20261208T010000-cccccc", tiles_computed=0)
+    write_report(out, third, [dict(rows[0], status="failed", error="boom")], 64, 8)
+    assert third["run_id"] in (tmp_path / "report.html").read_text()  # a failure is news

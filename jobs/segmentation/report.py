@@ -1,4 +1,9 @@
-"""``<output>/report.html``: the morning report of a segment run, one self-contained page.
+"""``<output>/reports/<run_id>.html`` (every run) and ``<output>/report.html`` (the latest run that
+computed or failed something): the morning report of a segment run, one self-contained page.
+
+A rerun that only skips done scenes keeps ``report.html`` -- yesterday's review queue stays the
+page people open -- and still leaves its own page under ``reports/``; each page links the other
+and the last runs' pages.
 
 Scenes ok / failed / skipped with the reason, seconds and foreground fraction per scene, notes
 (a band-name pick, the input contract's warnings: GSD, bands, radiometry), links
@@ -22,6 +27,9 @@ from jobs.runtime.messages import one_line
 log = logging.getLogger("samsp.segment")
 
 REPORT_NAME = "report.html"
+RUN_REPORTS = "reports"  # <output>/reports/<run_id>.html, one per run
+#: earlier runs' pages linked from a report
+LINKED_RUNS = 10
 #: tiles in the review queue (the run's most uncertain, over all its scenes)
 REVIEW_TILES = 12
 CROP_PX = 160  # shown size of a quick-look crop
@@ -108,8 +116,20 @@ def _notes(row: dict) -> str:
     return "<br>".join(_esc(line) for line in lines)
 
 
-def render(run: dict, rows: list[dict], queue: list[dict]) -> str:
-    """The page: ``run`` (run_id, started, seconds, output, model), this run's scene rows."""
+def _runs_line(run: dict, base: str, earlier: list[str]) -> str:
+    """Links to the latest report, this run's own page and the last runs' pages."""
+    own = f"{base}{RUN_REPORTS}/{run['run_id']}.html"
+    links = [f"<a href='{base}{REPORT_NAME}'>latest report</a>",
+             f"<a href='{_esc(own)}'>this run's page</a>"]
+    links += [f"<a href='{base}{RUN_REPORTS}/{_esc(r)}.html'>{_esc(r)}</a>" for r in earlier]
+    return "<div class='meta'>runs: " + " · ".join(links) + "</div>"
+
+
+def render(run: dict, rows: list[dict], queue: list[dict], base: str = "",
+           earlier: list[str] = ()) -> str:
+    """The page: ``run`` (run_id, started, seconds, output, model), this run's scene rows;
+    ``base`` is the way from the page to the output root ("" or "../"), ``earlier`` the run ids
+    of earlier pages to link."""
     counts = Counter(r.get("status", "?") for r in rows)
     out = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
            f"<title>samsp segment run {_esc(run['run_id'])}</title><style>{CSS}</style></head><body>",
@@ -117,6 +137,7 @@ def render(run: dict, rows: list[dict], queue: list[dict]) -> str:
            f"<div class='meta'>started {_esc(run.get('started', ''))} · "
            f"{float(run.get('seconds', 0)):.1f} s · model {_esc(run.get('model', ''))} · output "
            f"{_esc(run.get('output', ''))}</div>",
+           _runs_line(run, base, list(earlier)),
            "<p class='counts'>" + "".join(
                f"<span class='{k}'>{counts.get(k, 0)} {k}</span>" for k in ("ok", "failed", "skipped"))
            + (f"<span class='running'>{counts['running_elsewhere']} running in other runs</span>"
@@ -129,7 +150,7 @@ def render(run: dict, rows: list[dict], queue: list[dict]) -> str:
     for r in sorted(rows, key=lambda r: (order.get(r.get("status"), 3), r["id"])):
         sid, status = r["id"], r.get("status", "?")
         fg = r.get("foreground_fraction")
-        links = " ".join(f"<a href='{_esc(sid)}/{_esc(name)}'>{_esc(name)}</a>"
+        links = " ".join(f"<a href='{base}{_esc(sid)}/{_esc(name)}'>{_esc(name)}</a>"
                          for name in (r.get("outputs") or []))
         out.append(
             f"<tr><td>{_esc(sid)}</td><td class='{_esc(status)}'>{_esc(status)}</td>"
@@ -145,17 +166,35 @@ def render(run: dict, rows: list[dict], queue: list[dict]) -> str:
     for q in queue:
         img = (f"<img alt='scene {_esc(q['scene'])} tile {_esc(q['tile'])}' src='{q['crop']}'>"
                if q.get("crop") else "<div class='nocrop'>no quick-look</div>")
-        out.append(f"<figure>{img}<figcaption><a href='{_esc(q['scene'])}/quicklook.png'>"
+        out.append(f"<figure>{img}<figcaption><a href='{base}{_esc(q['scene'])}/quicklook.png'>"
                    f"{_esc(q['scene'])}</a> tile ({q['tile'][0]},{q['tile'][1]})<br>"
                    f"disagreement {float(q['disagreement']):.4f}</figcaption></figure>")
     out.append("</div></body></html>\n")
     return "\n".join(out)
 
 
-def write_report(output: str, run: dict, rows: list[dict], tile: int, overlap: int) -> str:
-    """Render and write ``<output>/report.html`` (atomically); returns its URI."""
+def earlier_runs(output: str, run_id: str) -> list[str]:
+    """Run ids of the last pages under ``reports/`` before ``run_id`` (newest first; ids sort
+    by time)."""
+    try:
+        names = [u.rsplit("/", 1)[-1] for u in storage.listdir(storage.join(output, RUN_REPORTS))]
+    except (FileNotFoundError, OSError):
+        return []
+    ids = sorted((n[:-5] for n in names if n.endswith(".html") and n[:-5] < run_id), reverse=True)
+    return ids[:LINKED_RUNS]
 
-    uri = storage.join(output, REPORT_NAME)
-    page = render(run, rows, review_queue(rows, output, tile, overlap))
-    storage.write_bytes(uri, page.encode("utf-8"))
-    return uri
+
+def write_report(output: str, run: dict, rows: list[dict], tile: int, overlap: int) -> str:
+    """Write this run's page under ``reports/`` and, when the run computed or failed something
+    (or there is no report yet), ``report.html`` (atomically); returns the URI of the page
+    people should open: ``report.html`` when this run wrote it, else the run's own page."""
+    queue = review_queue(rows, output, tile, overlap)
+    earlier = earlier_runs(output, run["run_id"])
+    own = storage.join(output, RUN_REPORTS, f"{run['run_id']}.html")
+    storage.write_bytes(own, render(run, rows, queue, "../", earlier).encode("utf-8"))
+    latest = storage.join(output, REPORT_NAME)
+    did_something = run.get("tiles_computed") or any(r.get("status") == "failed" for r in rows)
+    if did_something or not storage.exists(latest):
+        storage.write_bytes(latest, render(run, rows, queue, "", earlier).encode("utf-8"))
+        return latest
+    return own

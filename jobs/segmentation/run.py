@@ -67,6 +67,7 @@ class SegmentRun:
         self.futures: dict[cf.Future, str] = {}  # finalizations, to their scene id
         self.n_done = 0  # tiles computed this run
         self.stac_error = ""
+        self.report_uri = ""  # the page to open: report.html, or this run's own when it skipped all
         self.model_error = False  # the model could not load or run (exit 2)
         self.board: StatusBoard | None = None  # leases and status.json, from plan() on
 
@@ -354,13 +355,11 @@ class SegmentRun:
         if self.stac_in is not None:
             self.stac_in.record_window(success=not self.failed and not self.stac_error)
         try:  # the morning report; a report that cannot be written is no failed scene
-            write_report(self.output,
-                         {"run_id": self.run_id,
-                          "started": self.run_started.isoformat(timespec="seconds"),
-                          "seconds": time.perf_counter() - self.timings.started,
-                          "model": self.args.model, "output": self.output,
-                          "tiles_computed": self.n_done},
-                         list(self.results.values()), self.tile, self.overlap)
+            run = {"run_id": self.run_id, "started": self.run_started.isoformat(timespec="seconds"),
+                   "seconds": time.perf_counter() - self.timings.started,
+                   "model": self.args.model, "output": self.output, "tiles_computed": self.n_done}
+            self.report_uri = write_report(self.output, run, list(self.results.values()),
+                                           self.tile, self.overlap)
         except Exception as err:  # noqa: BLE001
             log.warning("report.html: %s", one_line(err, 300))
 
@@ -379,7 +378,7 @@ class SegmentRun:
                  len(self.inputs),
                  f" ({elsewhere} left to other live runs)" if elsewhere else "", self.n_done,
                  storage.join(self.output, "manifest.jsonl"),
-                 storage.join(self.output, "report.html"))
+                 self.report_uri or "not written")
         secs = self.timings.seconds(time.perf_counter())
         stop_ray()
         print(json.dumps({"run_id": self.run_id, "ok": ok, "skipped": skipped,
