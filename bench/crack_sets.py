@@ -6,6 +6,9 @@ self-prompting arms.
     python -m bench.crack_sets score --model models/samsp-crack-tiny --name committed
     # train + score: leave-one-set-out and same-budget arms on the mixture (hours on 2 cores):
     python -m bench.crack_sets runs --runs loo,arms --steps 1500 --out out/crack_sets
+    # the same as fine-tunes of a bundle (leave out only sets the bundle never saw):
+    python -m bench.crack_sets runs --runs loo --init samsp-crack-tiny \
+        --loo-sets crack500,gaps384,shadowcrack --steps 800
 
 Training goes through ``jobs/train.py`` with ``configs/train_cracks_mixture_cpu.yaml`` and
 ``--set`` overrides, each run under ``<out>/runs/<name>`` (a finished run is not retrained: an
@@ -160,13 +163,22 @@ def train(name: str, config: Path, overrides: list[str], out: Path) -> Path:
     return bundle
 
 
-def planned_runs(kinds: list[str], sets: list[str]) -> list[tuple[str, str | None, list[str]]]:
-    """``(name, held-out set, overrides)`` of every run the study asks for."""
+#: --set overrides of a run that fine-tunes a bundle instead of training from scratch
+FINE_TUNE = ["train.prompt_pretraining=0", "train.lr=0.0002"]
+
+
+def planned_runs(kinds: list[str], sets: list[str], init: str | None = None,
+                 loo_sets: list[str] | None = None) -> list[tuple[str, str | None, list[str]]]:
+    """``(name, held-out set, overrides)`` of every run the study asks for; with ``init`` (a
+    bundle) every run fine-tunes it, named ``ft-...``."""
     runs = []
     if "loo" in kinds:
-        runs += [(f"loo-{s}", s, []) for s in sets]
+        runs += [(f"loo-{s}", s, []) for s in (loo_sets or sets)]
     if "arms" in kinds:
         runs += [(f"arm-{a}", None, o) for a, o in ARMS.items()]
+    if init:
+        runs = [(f"ft-{n}", held, [f"model.checkpoint={init}", *FINE_TUNE, *o])
+                for n, held, o in runs]
     return runs
 
 
@@ -190,6 +202,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=1500, help="optimiser steps per run")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--sets", default=",".join(TEST_SETS))
+    p.add_argument("--init", help="fine-tune this bundle (path or name) in every run")
+    p.add_argument("--loo-sets", help="sets to leave out one at a time (default: --sets)")
     p.add_argument("--limit", type=int, default=300, help="test images per set (0 = all)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", default="out/crack_sets")
@@ -200,11 +214,12 @@ def main(argv=None) -> int:
         merge({args.name or Path(args.model).name: entry})
         return 0
     out = Path(args.out).resolve()
-    for name, held, overrides in planned_runs(args.runs.split(","), sets):
+    loo_sets = args.loo_sets.split(",") if args.loo_sets else None
+    for name, held, overrides in planned_runs(args.runs.split(","), sets, args.init, loo_sets):
         config = run_config(name, args.steps, args.epochs, held, sets, out)
         bundle = train(name, config, overrides, out)
         entry = score_model(str(bundle), [held] if held else sets, args.limit, args.threads)
-        entry.update(held_out=held, steps=args.steps, overrides=overrides)
+        entry.update(held_out=held, steps=args.steps, overrides=overrides, init=args.init)
         merge({name: entry})
     return 0
 

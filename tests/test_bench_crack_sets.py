@@ -33,3 +33,11 @@ def test_leave_one_out_configs_drop_the_held_set(tmp_path):
         "deepcrack", "crack500", "shadowcrack"]
     assert cfg["train"]["epochs"] * cfg["data"]["source"]["samples_per_epoch"] == 600 * 4
     assert all(m["source"]["root"].startswith("/") for m in cfg["data"]["source"]["members"])
+
+
+def test_fine_tune_runs_start_from_the_bundle_and_leave_out_only_unseen_sets():
+    runs = planned_runs(["loo"], ["deepcrack", "crack500", "gaps384"], init="samsp-crack-tiny",
+                        loo_sets=["crack500", "gaps384"])
+    assert [(n, held) for n, held, _ in runs] == [("ft-loo-crack500", "crack500"),
+                                                 ("ft-loo-gaps384", "gaps384")]
+    assert "model.checkpoint=samsp-crack-tiny" in runs[0][2]
