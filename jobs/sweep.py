@@ -1,18 +1,24 @@
-"""Crack sweep over inspection photo archives (JPEG/PNG/TIFF of any size) on Ray Data.
+"""Crack sweep over inspection photo archives (JPEG/PNG/TIFF of any size) on Ray Data, or in-process.
 
     python jobs/sweep.py --input PREFIX_OR_GLOB [...] --output URI --model BUNDLE_OR_NAME \
         [--config configs/sweep.yaml] [--set report.top_n=48 ...]
 
 The segmentation job's pipeline, shaped for many ordinary photos instead of a few huge scenes:
-``from_items(one row per photo)`` -> ``read_photos`` (CPU tasks: decode once, radiometry, cut into
-``TileGrid`` tiles, one row per tile) -> the segment job's ``Predictor`` (actor pool, bundle
+``from_items(one row per photo)`` -> ``read_photo_batches`` (CPU tasks: radiometry, read tile by
+tile on a ``TileGrid``, one row per tile) -> the segment job's ``Predictor`` (actor pool, bundle
 loaded once per actor, ``num_gpus`` when GPUs exist) -> ``keep_mask_cores`` (CPU tasks) -> the
 driver stitches each photo's cores; as soon as a photo is complete a driver thread writes its mask
-PNG, overlay thumbnail and record (``crack_metrics``: crack pixels, skeleton length, max/mean
-width, crack count; its centre-lines in ``features/<id>.parquet``). At the end:
-``report.csv``/``report.parquet`` ranked by crack pixels, ``contact_sheet.png``, ``report.html``
-of the top findings and ``cracks.parquet`` (every image's centre-lines, ``jobs/crack_sweep/features.py``). Layout: see ``jobs/crack_sweep/report.py``.
-The run itself: ``jobs/crack_sweep/run.py``; its config: ``jobs/crack_sweep/config.py``.
+PNG, overlay thumbnail and record (``crack_metrics``: crack pixels, skeleton length, max width
+along the centre-line away from junctions and ends (and the raw maximum), mean width, fragments
+and crack networks; its centre-lines in ``features/<id>.parquet``; ``seconds``: the photo's own
+read + model + finalize time). ``--set pipeline.engine=local`` runs the same stages in this
+process without Ray (``jobs/crack_sweep/local_engine.py``; same outputs). At the end:
+``report.csv``/``report.parquet`` ranked by ``report.sort_by`` (pixels, length, max_width or
+severity = width class rank x length), ``contact_sheet.png``, ``report.html`` of the top findings
+and ``cracks.parquet`` (every image's centre-lines, ``jobs/crack_sweep/features.py``). Layout:
+see ``jobs/crack_sweep/report.py``; measurements: ``jobs/crack_sweep/cracks.py`` and
+``measure.py``. The run itself: ``jobs/crack_sweep/run.py``; its config:
+``jobs/crack_sweep/config.py``.
 
 Rerun = skip photos whose record says ok (failed ones are retried); the report always covers every
 record under the output. Exit code 1 if any photo failed in this run (after all others), 2 for a

@@ -42,7 +42,8 @@ def test_diagonal_crack_and_components():
     assert skel[idx, idx].all()      # a 1-px line is its own skeleton
     assert crack_metrics(np.zeros((5, 5), bool)) == {
         "crack_px": 0, "crack_fraction": 0.0, "skeleton_length_px": 0, "max_width_px": 0.0,
-        "mean_width_px": 0.0, "cracks": 0, "valid_px": 25}
+        "max_width_raw_px": 0.0, "mean_width_px": 0.0, "cracks": 0, "networks": 0,
+        "network_gap_px": 6, "valid_px": 25, "width_method": "centerline-p95"}
     valid = np.ones((100, 100), bool)
     valid[:50] = False
     assert crack_metrics(m, valid)["crack_fraction"] == pytest.approx(m.sum() / 5000)

@@ -5,7 +5,7 @@ jobs/runtime/ray_config.py); ``measure:`` is jobs/crack_sweep/measure.py's. Ever
 default, so ``jobs/sweep.py`` runs without a config file."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import Field
 
@@ -16,7 +16,11 @@ from jobs.runtime.ray_config import RayConfig
 
 
 class SweepPipelineConfig(StrictModel):
-    # Logical CPUs the model actors may never take (decoding/tiling runs there).
+    # ray = Ray Data (an embedded local Ray, or a cluster); local = read -> model -> stitch in
+    # this process, no Ray start-up (jobs/crack_sweep/local_engine.py); the outputs are the same.
+    engine: Literal["ray", "local"] = "ray"
+    # Logical CPUs the model actors may never take (decoding/tiling runs there); the local
+    # engine reads in read_cpus / read_task_cpus threads.
     read_cpus: float = Field(default=1.0, gt=0)
     # Photos per read task batch.
     read_batch_size: int = Field(default=2, ge=1)
@@ -38,6 +42,11 @@ class SweepInputConfig(StrictModel):
 
 
 class ReportConfig(StrictModel):
+    # What ranks the images (report.csv/parquet, contact sheet, report.html): pixels = crack
+    # pixels; length = total centre-line length; max_width = the widest crack's centre-line
+    # width (length and max_width: in mm when every ok image has a pixel size, else in px);
+    # severity = sum of width class rank x length (jobs/crack_sweep/measure.py).
+    sort_by: Literal["pixels", "length", "max_width", "severity"] = "pixels"
     # Images in the contact sheet / HTML top table.
     top_n: int = Field(default=24, ge=1)
     # Longest side of the overlay thumbnails (px).

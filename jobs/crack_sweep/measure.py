@@ -12,7 +12,17 @@ thresholds; a width ``w`` gets the first class whose threshold is above it (``w 
 hairline, ``0.3 <= w < 1.0`` -> fine, else wide). A crack line (one centre-line of
 ``ingest.vectors.centerlines``) is classed by its **max** width: inspection guidelines class a
 crack by its widest opening, and a mean would under-rate a crack that opens at one end. An
-image's ``width_class`` is the class of its widest line.
+image's ``width_class`` is the class of its widest line. A line's width is its centre-line width
+away from junctions and ends (jobs/crack_sweep/cracks.py), not the raw maximum there.
+
+Severity (``report.sort_by: severity``): the sum over an image's crack lines of
+``class rank × length``, the rank 1 for the first class (hairline), 2 for the next, ...: a
+metre of hairline weighs as much as half a metre of fine crack. With a pixel size the lines are
+classed by ``width_classes_mm`` and their lengths counted in mm (``severity_basis: mm``);
+without one by ``width_classes_px`` (unset: ``width_classes_mm`` at ``NOMINAL_MM_PER_PX``,
+0.1 mm per px: [3, 10] px) and in px (``severity_basis: px``) -- so in an archive where
+only some photos have a pixel size, the two kinds of score do not compare (the report says which
+each image got).
 """
 from __future__ import annotations
 
@@ -27,12 +37,17 @@ from typing import Optional
 from pydantic import Field, field_validator
 
 from ingest import storage
+from jobs.crack_sweep.cracks import NETWORK_GAP_PX, WIDTH_METHOD
 from jobs.crack_sweep.outputs import photo_features_uri, photo_record_uri, record_json
 from jobs.runtime.config import ConfigError, StrictModel
 
 log = logging.getLogger("samsp.sweep")
 
 CSV_COLUMNS = ("image", "pixel_size_mm")
+#: the pixel size the px width classes assume when ``width_classes_px`` is not set (0.3 mm is
+#: then 3 px): a round guess for close-range photos, not a measurement -- an archive with a known
+#: scale sets ``pixel_size_mm``/``pixel_size_csv`` (or its own ``width_classes_px``)
+NOMINAL_MM_PER_PX = 0.1
 
 
 class MeasureConfig(StrictModel):
@@ -45,6 +60,13 @@ class MeasureConfig(StrictModel):
     # (validate_default: changing only the thresholds must still be checked against the names)
     class_names: list[str] = Field(default_factory=lambda: ["hairline", "fine", "wide"],
                                    validate_default=True)
+
+    # Class thresholds (px, ascending) for the severity of photos without a pixel size, one per
+    # width_classes_mm; None = width_classes_mm read at NOMINAL_MM_PER_PX ([3, 10] px).
+    width_classes_px: Optional[list[float]] = None
+    # Crack pieces at most this many px apart are one crack network (the mask dilated by a
+    # disk of radius network_gap_px // 2 before counting: jobs/crack_sweep/cracks.py).
+    network_gap_px: int = Field(default=NETWORK_GAP_PX, ge=0)
 
     @field_validator("width_classes_mm")
     @classmethod
@@ -65,6 +87,25 @@ class MeasureConfig(StrictModel):
             raise ValueError(f"names must be distinct words (letters, digits, _ or -; they "
                              f"become report columns), got {v}")
         return v
+
+    @field_validator("width_classes_px")
+    @classmethod
+    def _as_many_px(cls, v: Optional[list[float]], info) -> Optional[list[float]]:
+        if v is None:
+            return v
+        cls._ascending(v)
+        thresholds = info.data.get("width_classes_mm")
+        if thresholds is not None and len(v) != len(thresholds):
+            raise ValueError(f"needs {len(thresholds)} threshold(s), one per "
+                             f"measure.width_classes_mm {thresholds}, got {v}")
+        return v
+
+    @property
+    def px_thresholds(self) -> list[float]:
+        """The px class thresholds of photos without a pixel size (``width_classes_px``)."""
+        if self.width_classes_px is not None:
+            return list(self.width_classes_px)
+        return [round(t / NOMINAL_MM_PER_PX, 6) for t in self.width_classes_mm]
 
 
 # --------------------------------------------------------------------------- pixel sizes
@@ -143,16 +184,32 @@ def class_columns(names: list[str]) -> list[str]:
 
 
 def measured_with(mm: Optional[float], cfg: MeasureConfig) -> list:
-    """What a record's mm columns depend on: a rerun with other settings measures again."""
-    return [mm, list(cfg.width_classes_mm), list(cfg.class_names)]
+    """What a record's mm and severity columns depend on: a rerun with other settings (or a
+    record from before the centre-line width or the severity) measures again."""
+    return [mm, list(cfg.width_classes_mm), list(cfg.class_names), cfg.px_thresholds,
+            WIDTH_METHOD]
+
+
+def severity(line_lengths_px, line_max_widths_px, mm: Optional[float],
+             cfg: MeasureConfig) -> tuple[float, str]:
+    """``(score, basis)``: the sum over the lines of class rank (1 = the first class) × length,
+    in mm with a pixel size, else in px with the px classes (module docstring)."""
+    thresholds, scale, basis = ((cfg.px_thresholds, 1.0, "px") if mm is None
+                                else (cfg.width_classes_mm, float(mm), "mm"))
+    score = sum((bisect.bisect_right(thresholds, float(w) * scale) + 1) * float(length) * scale
+                for length, w in zip(line_lengths_px, line_max_widths_px))
+    return round(score, 3), basis
 
 
 def physical_measurements(metrics: dict, line_lengths_px, line_max_widths_px,
                           mm: Optional[float], source: str, cfg: MeasureConfig) -> dict:
-    """The mm columns of one photo's record from its pixel ``metrics`` and its centre-lines
-    (length and max width in px, one entry per line); all None without a pixel size."""
+    """The mm and severity columns of one photo's record from its pixel ``metrics`` and its
+    centre-lines (length and max width in px, one entry per line); the mm ones all None
+    without a pixel size."""
+    score, basis = severity(line_lengths_px, line_max_widths_px, mm, cfg)
     out: dict = {"pixel_size_mm": mm, "pixel_size_source": source,
-                 "measured_with": measured_with(mm, cfg)}
+                 "measured_with": measured_with(mm, cfg), "severity": score,
+                 "severity_basis": basis}
     keys = ["skeleton_length_mm", "max_width_mm", "mean_width_mm", "width_class",
             *class_columns(cfg.class_names)]
     if mm is None:
@@ -202,4 +259,4 @@ def remeasure_records(output: str, records: dict[str, dict], sizes: PixelSizes,
 
 
 __all__ = ["remeasure_records", "MeasureConfig", "PixelSizes", "class_columns", "physical_measurements",
-           "read_pixel_size_csv", "width_class"]
+           "read_pixel_size_csv", "severity", "width_class"]

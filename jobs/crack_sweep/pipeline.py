@@ -1,4 +1,4 @@
-"""Crack sweep: Ray Data read stage for photo archives and the per-image crack measurements.
+"""Crack sweep: the read stage for photo archives (Ray Data tasks, or threads of the local engine).
 
 Rows in: ``scene`` (image id), ``input`` (URI). ``read_photo_batches`` (CPU tasks, a generator
 UDF) cuts each photo into ``TileGrid`` tiles of the frame the viewer sees (EXIF orientation) and
@@ -11,19 +11,18 @@ with the columns the segment job's ``Predictor`` takes (``scene``, ``spec``, ``t
 image size and tile count the driver needs to know when an image is complete; a photo's tiles
 may arrive in several batches and any order.
 
-Measurements (``crack_metrics``) on a binary mask:
-* ``crack_px``: foreground pixels; ``crack_fraction``: over valid pixels;
-* the measurements of the crack centre-lines a segmentation job writes (``ingest.vectors``:
-  Zhang-Suen skeleton without staircases, merged into lines): ``skeleton_length_px`` = their
-  total length (px, rounded), ``max_width_px``/``mean_width_px`` = max/mean over the skeleton
-  pixels of the local width 2·d − 1, d the Euclidean distance transform (distance to the
-  nearest background pixel centre): exact for straight cracks of odd width;
-* ``cracks``: 8-connected components of the mask.
-The lines themselves go to the sweep's ``cracks.parquet`` (``jobs/crack_sweep/features.py``).
+The crack measurements themselves (``crack_metrics``) are in jobs/crack_sweep/cracks.py (re-exported
+here for older callers).
+
+Each tile row's ``spec`` JSON also carries ``read_s``: the seconds that tile's read took (the
+photo's opening and radiometry fit count in its first tile; a ``spec`` key because the model
+stage passes only ``scene``/``spec``/``tile`` through), so the driver can add up a photo's own
+time (``seconds`` in the report) whatever else ran beside it.
 """
 from __future__ import annotations
 
 import json
+import time
 from typing import Iterator
 
 import numpy as np
@@ -32,55 +31,9 @@ from rasterio.windows import Window
 from ingest import Radiometry, TileGrid, open_scene, storage
 from ingest.orientation import orient, oriented_shape, read_orientation, stored_window
 from ingest.tiling import Tile
-from ingest.vectors import ArraySource, iter_centerlines
 from ingest.vectors.skeleton import skeletonize, width_px, zhang_suen_thinning  # noqa: F401
+from jobs.crack_sweep.cracks import crack_lines, crack_measurements, crack_metrics  # noqa: F401
 from jobs.runtime.messages import error_line
-
-# --------------------------------------------------------------------------- measurements
-
-def crack_lines(mask: np.ndarray) -> list:
-    """The photo's crack centre-lines (``ingest.vectors.Centerline``, pixel coordinates): the
-    same skeleton, merge and widths as a segmentation job's ``centerlines`` output. A photo
-    is in memory already, so it is one block (no halo needed)."""
-
-    m = np.asarray(mask, dtype=np.uint8)
-    return list(iter_centerlines(ArraySource(m, chunk=max(m.shape))))
-
-
-def crack_measurements(mask: np.ndarray, valid: np.ndarray | None = None) -> tuple[dict, list]:
-    """``(crack_metrics, crack_lines)`` of a binary mask (see the module docstring)."""
-    from scipy import ndimage
-
-    m = np.asarray(mask, dtype=bool)
-    nvalid = int(m.size if valid is None else np.count_nonzero(valid))
-    crack_px = int(np.count_nonzero(m))
-    if crack_px == 0:
-        return ({"crack_px": 0, "crack_fraction": 0.0, "skeleton_length_px": 0,
-                 "max_width_px": 0.0, "mean_width_px": 0.0, "cracks": 0, "valid_px": nvalid}, [])
-    lines = crack_lines(m)
-    length = float(sum(ln.line().length for ln in lines))
-    skel_px = sum(ln.skeleton_px for ln in lines)
-    if lines:
-        max_width = max(ln.width_max for ln in lines)
-        mean_width = sum(ln.width_sum for ln in lines) / skel_px
-    else:  # specks whose skeleton is a single pixel: no line to measure along
-        max_width, mean_width = float(width_px(m).max()), float(crack_px)
-    _, cracks = ndimage.label(m, structure=np.ones((3, 3), bool))
-    return ({
-        "crack_px": crack_px,
-        "crack_fraction": crack_px / nvalid if nvalid else 0.0,
-        "skeleton_length_px": int(round(length)),
-        "max_width_px": round(float(max_width), 3),
-        "mean_width_px": round(float(mean_width), 3),
-        "cracks": int(cracks),
-        "valid_px": nvalid,
-    }, lines)
-
-
-def crack_metrics(mask: np.ndarray, valid: np.ndarray | None = None) -> dict:
-    """Crack measurements of a binary mask (see the module docstring)."""
-    return crack_measurements(mask, valid)[0]
-
 
 # --------------------------------------------------------------------------- read stage
 
@@ -132,6 +85,7 @@ def photo_tile_rows(sid: str, uri: str, tile: int, overlap: int, percentiles, ba
                     max_pixels: int | None) -> Iterator[dict]:
     """One row per tile of one photo, read window by window (memory ~ one tile, whatever the
     photo's size); raises on a bad photo, possibly after some rows were yielded."""
+    t0 = time.perf_counter()
     with storage.gdal_env():  # no yield inside: the Env must not outlive a suspended generator
         scene = open_scene(uri, bands=bands, check_empty=False, max_pixels=max_pixels)
     try:
@@ -141,20 +95,25 @@ def photo_tile_rows(sid: str, uri: str, tile: int, overlap: int, percentiles, ba
             orientation = read_orientation(uri)
         height, width = oriented_shape(scene.height, scene.width, orientation)
         grid = TileGrid(height, width, tile, overlap)
-        spec = json.dumps({"input": uri, "height": height, "width": width,
-                           "orientation": orientation, "tiles": len(grid),
-                           "radiometry": rad.to_dict()})
+        spec = {"input": uri, "height": height, "width": width, "orientation": orientation,
+                "tiles": len(grid), "radiometry": rad.to_dict()}
         for t, window in tiles_in_read_order(grid, orientation, scene.height, scene.width):
             crop, ok = read_tile(scene, rad, orientation, window)  # reads in their own GDAL Env
-            yield {"scene": sid, "spec": spec, "tile": json.dumps(t.to_dict()), "image": crop,
-                   "valid": ok, "error": ""}
+            # this tile's read (the first also opened the photo), not the time spent suspended
+            # at the yield while the consumer works: the driver adds these up per photo
+            spec_json = json.dumps({**spec, "read_s": round(time.perf_counter() - t0, 6)})
+            yield {"scene": sid, "spec": spec_json, "tile": json.dumps(t.to_dict()),
+                   "image": crop, "valid": ok, "error": ""}
+            t0 = time.perf_counter()
     finally:
         scene.close()
 
 
-def error_row(sid: str, uri: str, tile: int, error: str) -> dict:
-    """The one row a bad photo becomes (the model stage passes it through untouched)."""
-    return {"scene": sid, "spec": json.dumps({"input": uri, "height": 0, "width": 0, "tiles": 1}),
+def error_row(sid: str, uri: str, tile: int, error: str, read_s: float = 0.0) -> dict:
+    """The one row a bad photo becomes (the model stage passes it through untouched);
+    ``read_s``: the seconds spent on the photo before it failed."""
+    return {"scene": sid, "spec": json.dumps({"input": uri, "height": 0, "width": 0, "tiles": 1,
+                                              "read_s": round(read_s, 6)}),
             "tile": json.dumps({"row": 0, "col": 0, "read": [0, 0, tile, tile],
                                 "core": [0, 0, tile, tile]}),
             "image": np.zeros((1, tile, tile), np.uint8), "valid": np.zeros((tile, tile), bool),
@@ -167,14 +126,16 @@ def photo_rows(batch: dict, tile: int, overlap: int, percentiles=(2.0, 98.0), ba
     after some of its tiles went out (the driver then fails the whole photo: jobs/crack_sweep/run.py
     ``Photo.add_tile``)."""
     for sid, uri in zip(list(batch["scene"]), list(batch["input"])):
-        sent = 0
+        sent, t0 = 0, time.perf_counter()
         try:
             for row in photo_tile_rows(sid, uri, tile, overlap, percentiles, bands, max_pixels):
                 sent += 1
                 yield row
+                t0 = time.perf_counter()
         except Exception as exc:  # noqa: BLE001 - a bad photo is a failed row, not a crash
             after = f" (after {sent} tile(s))" if sent else ""
-            yield error_row(sid, uri, tile, f"read {error_line(exc)}{after}")
+            yield error_row(sid, uri, tile, f"read {error_line(exc)}{after}",
+                            time.perf_counter() - t0)
 
 
 def tile_batch(rows: list[dict]) -> dict:
@@ -215,7 +176,6 @@ def read_photos(batch: dict, tile: int, overlap: int, percentiles=(2.0, 98.0), b
 
 def keep_mask_cores(batch: dict) -> dict:
     """After the model: keep only each tile's core of the mask (smaller rows to the driver)."""
-
     cores = []
     for tile_json, mask in zip(batch["tile"], batch["mask"]):
         t = Tile.from_dict(json.loads(tile_json))
@@ -225,5 +185,8 @@ def keep_mask_cores(batch: dict) -> dict:
     col[:] = cores
     if len({c.shape for c in cores}) == 1:
         col = np.stack(cores)
+    # the model's seconds per tile (its share of the model batch) travel on to the driver
+    seconds = batch["predict_s"] if "predict_s" in batch else np.zeros(len(cores))
     return {"scene": batch["scene"], "spec": batch["spec"], "tile": batch["tile"],
-            "error": batch["error"], "stats": batch["stats"], "core": col}
+            "error": batch["error"], "stats": batch["stats"], "core": col,
+            "predict_s": np.asarray(seconds, np.float64)}

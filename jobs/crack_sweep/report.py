@@ -8,7 +8,11 @@ Layout under ``<output>``::
     thumbs/<id>.jpg       downsampled photo with the cracks in red (contact sheet, HTML)
     records/<id>.json     one record per image (status ok|failed, measurements); written last,
                           so a record means the image is finished -- a rerun skips ok records
-    report.csv            every image, ranked: crack_px, then skeleton length, then max width;
+    report.csv            every image, ranked by ``report.sort_by`` (``rank_columns``; failed
+                          images last): crack_px, skeleton length, max width (centre-line,
+                          away from junctions; max_width_raw_px the plain maximum), cracks
+                          (pieces), networks, severity, seconds (the photo's own work: its
+                          tile reads + its share of the model batches + its finalize);
                           with a pixel size (``measure:``, jobs/crack_sweep/measure.py) also the
                           lengths/widths in mm, the width class and per class counts/lengths
     report.parquet        the same table
@@ -32,8 +36,26 @@ from jobs.crack_sweep.measure import class_columns
 
 OVERLAY = np.array([255, 30, 30], np.float32)
 COLUMNS = ["rank", "id", "input", "status", "crack_px", "crack_fraction", "skeleton_length_px",
-           "max_width_px", "mean_width_px", "cracks", "width", "height", "orientation", "tiles",
-           "mean_disagreement", "seconds", "mask", "thumb", "error", "run_id"]
+           "max_width_px", "max_width_raw_px", "mean_width_px", "cracks", "networks", "severity",
+           "severity_basis", "width", "height", "orientation", "tiles", "mean_disagreement",
+           "seconds", "mask", "thumb", "error", "run_id"]
+INT_COLUMNS = ("crack_px", "skeleton_length_px", "cracks", "networks", "width", "height",
+               "orientation", "tiles")
+FLOAT_COLUMNS = ("crack_fraction", "max_width_px", "max_width_raw_px", "mean_width_px",
+                 "severity", "mean_disagreement", "seconds", "pixel_size_mm",
+                 "skeleton_length_mm", "max_width_mm", "mean_width_mm")
+TEXT_COLUMNS = ("id", "input", "status", "mask", "thumb", "error", "run_id", "pixel_size_source",
+                "width_class", "severity_basis")
+#: ``report.sort_by`` -> (its column when every ok image has a pixel size, its column otherwise)
+SORT_COLUMNS = {"pixels": ("crack_px", "crack_px"),
+                "length": ("skeleton_length_mm", "skeleton_length_px"),
+                "max_width": ("max_width_mm", "max_width_px"),
+                "severity": ("severity", "severity")}
+SORT_LABELS = {"crack_px": "crack pixels", "skeleton_length_mm": "centre-line length (mm)",
+               "skeleton_length_px": "centre-line length (px)",
+               "max_width_mm": "max crack width (mm, centre-line)",
+               "max_width_px": "max crack width (px, centre-line)",
+               "severity": "severity (sum of width class rank x length)"}
 #: the physical columns, after the pixel ones they convert (``cracks_<class>``,
 #: ``length_mm_<class>`` follow them, in class order)
 MM_COLUMNS = ["pixel_size_mm", "pixel_size_source", "skeleton_length_mm", "max_width_mm",
@@ -42,7 +64,7 @@ MM_COLUMNS = ["pixel_size_mm", "pixel_size_source", "skeleton_length_mm", "max_w
 
 def table_columns(class_names=()) -> list[str]:
 
-    at = COLUMNS.index("cracks") + 1
+    at = COLUMNS.index("severity_basis") + 1
     return COLUMNS[:at] + MM_COLUMNS + class_columns(list(class_names)) + COLUMNS[at:]
 
 
@@ -85,8 +107,32 @@ def overlay_thumb(scene, radiometry, mask_u8: np.ndarray, size: int,
     return buf.getvalue()
 
 
-def ranked_table(records: list[dict], class_names=()):
-    """DataFrame of all records: ok images ranked by crack_px, skeleton length, max width."""
+def rank_columns(ok, sort_by: str = "pixels") -> list[str]:
+    """The columns ok images are ranked by, each descending (then by id): ``report.sort_by``'s
+    column first -- its mm column when every ok image has a pixel size (a px ranking of photos
+    shot at different distances would mislead), else its px one -- then crack pixels, length
+    and max width px break ties. ``pixels`` is the ranking of every earlier sweep."""
+    sized, plain = SORT_COLUMNS[sort_by]
+    first = sized if len(ok) and ok["pixel_size_mm"].notna().all() else plain
+    return [first, *(c for c in ("crack_px", "skeleton_length_px", "max_width_px") if c != first)]
+
+
+def typed_table(df, class_names=()):
+    """Every report column with one dtype (records of earlier runs may lack some: null)."""
+    import pandas as pd
+
+    for col in (*INT_COLUMNS, *(f"cracks_{n}" for n in class_names)):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
+    for col in (*FLOAT_COLUMNS, *(f"length_mm_{n}" for n in class_names)):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+    for col in TEXT_COLUMNS:
+        df[col] = df[col].astype(object).fillna("").astype(str)  # all-null columns are float
+    return df
+
+
+def ranked_table(records: list[dict], class_names=(), sort_by: str = "pixels"):
+    """DataFrame of all records: ok images ranked by ``rank_columns`` (``report.sort_by``),
+    then the failed ones by id (no rank)."""
     import pandas as pd
 
     columns = table_columns(class_names)
@@ -94,26 +140,17 @@ def ranked_table(records: list[dict], class_names=()):
     for col in columns:
         if col not in df.columns:
             df[col] = None
-    ok = df[df["status"] == "ok"].sort_values(
-        ["crack_px", "skeleton_length_px", "max_width_px", "id"],
-        ascending=[False, False, False, True], kind="mergesort").copy()
+    df = typed_table(df[columns].copy(), class_names)
+    ok = df[df["status"] == "ok"]
+    by = rank_columns(ok, sort_by)
+    ok = ok.sort_values([*by, "id"], ascending=[False] * len(by) + [True], kind="mergesort",
+                        na_position="last").copy()
     ok["rank"] = np.arange(1, len(ok) + 1)
     bad = df[df["status"] != "ok"].sort_values("id").copy()
     bad["rank"] = None
     table = pd.concat([ok, bad], ignore_index=True)[columns]
     table["rank"] = table["rank"].astype("Int64")
-    for col in ("crack_px", "skeleton_length_px", "cracks", "width", "height", "orientation",
-                "tiles"):
-        table[col] = pd.to_numeric(table[col], errors="coerce").astype("Int64")
-    for col in ("crack_fraction", "max_width_px", "mean_width_px", "mean_disagreement", "seconds",
-                "pixel_size_mm", "skeleton_length_mm", "max_width_mm", "mean_width_mm",
-                *(f"length_mm_{n}" for n in class_names)):
-        table[col] = pd.to_numeric(table[col], errors="coerce").astype("float64")
-    for col in (f"cracks_{n}" for n in class_names):
-        table[col] = pd.to_numeric(table[col], errors="coerce").astype("Int64")
-    for col in ("id", "input", "status", "mask", "thumb", "error", "run_id", "pixel_size_source",
-                "width_class"):
-        table[col] = table[col].fillna("").astype(str)
+    table.attrs["ranked_by"] = by[0]
     return table
 
 
@@ -168,26 +205,44 @@ def classes_note(ok, class_names) -> str:
             f"{html.escape(', '.join(class_names))}.")
 
 
-def report_html(table, top_n: int, run_info: dict, class_names=()) -> str:
-    ok = table[table["status"] == "ok"]
-    failed = table[table["status"] != "ok"]
+def _num(value, digits: int = 0) -> str:
+    """A number cell: the number, or a dash where the record has none (an earlier run's)."""
+    import pandas as pd
+
+    return "&ndash;" if value is None or pd.isna(value) else f"{value:.{digits}f}"
+
+
+def top_rows(ok, top_n: int, class_names=()) -> str:
+    """The HTML rows of the top findings."""
     rows = []
     for rec in ok.head(top_n).to_dict("records"):
+        basis = f" <small>{html.escape(rec['severity_basis'])}</small>" if rec.get(
+            "severity_basis") else ""
         rows.append(
             "<tr><td>{rank}</td><td><a href='{mask}'><img src='{thumb}' width=160></a></td>"
             "<td>{id}<br><small>{input}</small></td><td>{crack_px}</td><td>{frac:.4f}</td>"
-            "<td>{length}</td><td>{width:.1f}</td><td>{length_mm}</td><td>{width_mm}</td>"
-            "<td>{cls}</td><td>{cracks}</td></tr>".format(
+            "<td>{length}</td><td>{width}</td><td>{length_mm}</td><td>{width_mm}</td>"
+            "<td>{cls}</td><td>{severity}{basis}</td><td>{networks}</td><td>{cracks}</td>"
+            "</tr>".format(
                 rank=rec["rank"], mask=html.escape(rec["mask"]), thumb=html.escape(rec["thumb"]),
                 id=html.escape(rec["id"]), input=html.escape(rec["input"]),
                 crack_px=rec["crack_px"], frac=rec["crack_fraction"] or 0.0,
-                length=rec["skeleton_length_px"], width=rec["max_width_px"] or 0.0,
+                length=rec["skeleton_length_px"], width=_num(rec["max_width_px"], 1),
                 length_mm=_mm(rec.get("skeleton_length_mm"), 1),
                 width_mm=_mm(rec.get("max_width_mm"), 2), cls=class_cell(rec, class_names),
-                cracks=rec["cracks"]))
+                severity=_num(rec.get("severity"), 1), basis=basis,
+                networks=_num(rec.get("networks")), cracks=_num(rec.get("cracks"))))
+    return "".join(rows)
+
+
+def report_html(table, top_n: int, run_info: dict, class_names=(),
+                ranked_by: str = "crack_px") -> str:
+    ok = table[table["status"] == "ok"]
+    failed = table[table["status"] != "ok"]
     fails = "".join(f"<li>{html.escape(r['id'])}: {html.escape(r['error'])}</li>"
                     for r in failed.to_dict("records"))
     turned = int((ok["orientation"].fillna(1) != 1).sum())
+    label = html.escape(SORT_LABELS.get(ranked_by, ranked_by))
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Crack sweep report</title>
 <style>body{{font-family:sans-serif;margin:1.5em}} td,th{{padding:4px 8px;border-bottom:1px solid #ddd}}
@@ -195,15 +250,19 @@ th{{text-align:left}}</style></head><body>
 <h1>Crack sweep</h1>
 <p>{len(table)} images: {len(ok)} ok, {len(failed)} failed. Model {html.escape(str(run_info.get('model')))};
 threshold {run_info.get('threshold')}; run {html.escape(str(run_info.get('run_id')))}.
+Ranked by <b>{label}</b> (<code>report.sort_by</code>: {html.escape(str(run_info.get('sort_by', 'pixels')))};
+column <code>{html.escape(ranked_by)}</code>).
 Full table: <a href="report.csv">report.csv</a> / report.parquet. <a href="contact_sheet.png">Contact sheet</a>.
 Photos are measured and shown as photo viewers display them: EXIF orientation applied
 ({turned} of {len(ok)} turned; width/height are the displayed ones).
+Max width: the crack's width along its centre-line away from junctions and ends (95th
+percentile), not the bulges where cracks meet; networks: crack pieces joined across small gaps.
 {classes_note(ok, class_names)}</p>
-<h2>Top {min(top_n, len(ok))} by crack pixels</h2>
+<h2>Top {min(top_n, len(ok))} by {label}</h2>
 <table><tr><th>#</th><th>overlay (links to mask)</th><th>image</th><th>crack px</th><th>fraction</th>
 <th>skeleton length px</th><th>max width px</th><th>length mm</th><th>max width mm</th>
-<th>class (lines per class)</th><th>cracks</th></tr>
-{''.join(rows)}
+<th>class (lines per class)</th><th>severity</th><th>networks</th><th>cracks (pieces)</th></tr>
+{top_rows(ok, top_n, class_names)}
 </table>
 {'<h2>Failed</h2><ul>' + fails + '</ul>' if fails else ''}
 </body></html>
@@ -211,10 +270,12 @@ Photos are measured and shown as photo viewers display them: EXIF orientation ap
 
 
 def write_report(output: str, records: list[dict], top_n: int, run_info: dict,
-                 columns: int = 6, cell: int = 256, class_names=()) -> dict:
-    """report.csv, report.parquet, contact_sheet.png, report.html (each written atomically)."""
-
-    table = ranked_table(records, class_names)
+                 columns: int = 6, cell: int = 256, class_names=(), sort_by: str = "pixels") -> dict:
+    """report.csv, report.parquet, contact_sheet.png, report.html (each written atomically),
+    ranked by ``sort_by`` (``report.sort_by``)."""
+    table = ranked_table(records, class_names, sort_by)
+    ranked_by = table.attrs["ranked_by"]
+    run_info = {**run_info, "sort_by": sort_by}
     storage.write_bytes(storage.join(output, "report.csv"), table.to_csv(index=False).encode())
     buf = io.BytesIO()
     table.to_parquet(buf, index=False)
@@ -228,8 +289,9 @@ def write_report(output: str, records: list[dict], top_n: int, run_info: dict,
         except FileNotFoundError:
             pass
     storage.write_bytes(storage.join(output, "contact_sheet.png"), contact_sheet(top, thumbs, cell=cell, cols=columns))
-    storage.write_bytes(storage.join(output, "report.html"), report_html(table, top_n, run_info, class_names).encode())
+    storage.write_bytes(storage.join(output, "report.html"), report_html(table, top_n, run_info, class_names, ranked_by).encode())
     return {"images": len(table), "ok": int((table["status"] == "ok").sum()),
-            "failed": int((table["status"] != "ok").sum()), "top": [r["id"] for r in top]}
+            "failed": int((table["status"] != "ok").sum()), "top": [r["id"] for r in top],
+            "ranked_by": ranked_by}
 
 

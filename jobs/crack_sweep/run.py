@@ -1,11 +1,18 @@
 """One crack sweep run on the driver (``jobs/sweep.py`` parses the command line and calls ``run``).
 
-The Ray Data stages: ``from_items`` (one row per photo) -> ``read_photo_batches`` (CPU tasks:
-tile-by-tile reads, radiometry; small output batches) -> the model stage's ``Predictor`` (actor
-pool) -> ``keep_mask_cores`` (CPU tasks). The driver stitches each photo's cores (they arrive in
-any order and batches); a complete photo is finalized in a driver thread
-(mask PNG, overlay thumbnail, centre-lines, record). At the end the report covers every record
-under the output."""
+Two engines (``pipeline.engine``) feed the driver the same rows. ``ray``: the Ray Data stages
+``from_items`` (one row per photo) -> ``read_photo_batches`` (CPU tasks: tile-by-tile reads,
+radiometry; small output batches) -> the model stage's ``Predictor`` (actor pool) ->
+``keep_mask_cores`` (CPU tasks). ``local``: the same functions in this process
+(jobs/crack_sweep/local_engine.py). The driver stitches each photo's cores (they arrive in any
+order and batches); a complete photo is finalized in a driver thread (mask PNG, overlay
+thumbnail, centre-lines, record). At the end the report covers every record under the output
+(earlier runs' records measured again where the measurements changed: jobs/crack_sweep/records.py).
+
+A photo's ``seconds`` is its own work, the sum of its stages: its tile reads (``read_s``, the
+first with the photo's opening), its tiles' share of the model batches (``predict_s``) and its
+finalize (``finalize_s``: measurements, mask PNG, thumbnail, features) -- not the time since the
+run started, which grew with a photo's place in the queue."""
 from __future__ import annotations
 
 import argparse
@@ -21,11 +28,13 @@ from ingest import Radiometry, open_scene, storage
 from ingest.cog import NODATA
 from ingest.tiling import Tile
 from jobs.crack_sweep.config import SweepConfig
+from jobs.crack_sweep.cracks import crack_measurements
 from jobs.crack_sweep.features import write_photo_features, write_sweep_features
+from jobs.crack_sweep.local_engine import run_local
 from jobs.crack_sweep.measure import PixelSizes, physical_measurements, remeasure_records
 from jobs.crack_sweep.outputs import photo_record_uri, record_json
-from jobs.crack_sweep.pipeline import (READ_BATCH_TILES, crack_measurements, keep_mask_cores,
-                                       read_photo_batches)
+from jobs.crack_sweep.pipeline import READ_BATCH_TILES, keep_mask_cores, read_photo_batches
+from jobs.crack_sweep.records import read_records, upgrade_records
 from jobs.crack_sweep.report import mask_png, overlay_thumb, write_report
 from jobs.inference.actors import ACTOR_MAX_RESTARTS, TASK_MAX_RETRIES, ray_resources
 from jobs.inference.bundle_meta import read_bundle_meta
@@ -36,7 +45,6 @@ from jobs.inputs.scene_ids import assign_scene_ids
 from jobs.runtime.config import ConfigError, load_config, new_run_id, output_root
 from jobs.runtime.messages import one_line
 from jobs.runtime.ray_session import init_ray, stop_ray
-from jobs.runtime.records import read_json_records
 
 log = logging.getLogger("samsp.sweep")
 
@@ -59,13 +67,6 @@ class SweepRun:
     t0: float = field(default_factory=time.perf_counter)
 
 
-# --------------------------------------------------------------------------- records
-
-def read_records(output: str) -> dict[str, dict]:
-
-    return read_json_records(storage.join(output, "records"), lambda rec: rec["id"])
-
-
 class Photo:
     """One photo on the driver: its mask stitched from tile rows that arrive in any order and in
     any number of batches (the read stage streams a photo's tiles)."""
@@ -78,7 +79,8 @@ class Photo:
         self.errors: list[str] = []
         self.disagreement: list[float] = []
         self.spec: dict = {}
-        self.t0 = time.perf_counter()
+        # this photo's own seconds in the read and model stages (module docstring)
+        self.read_s = self.predict_s = 0.0
 
     def add_tile(self, row: dict) -> bool:
         """Take one row of this photo (its mask core, or its error). True exactly once: when its
@@ -94,8 +96,14 @@ class Photo:
             return self._fail(row, err)
         return False if self.failed else self._stitch(row)
 
+    def _add_seconds(self, row, spec: dict) -> None:
+        """A row's read and model seconds (rows of older read stages have none)."""
+        self.read_s += float(spec.get("read_s", 0.0))
+        self.predict_s += float(row["predict_s"]) if "predict_s" in row else 0.0
+
     def _fail(self, row: dict, err: str) -> bool:
         self.errors.append(err)
+        self._add_seconds(row, json.loads(row["spec"]))
         if not self.spec:  # keep a tile's spec when one came first: the record gets the size
             self.spec = json.loads(row["spec"])
         first = not self.failed
@@ -106,8 +114,10 @@ class Photo:
         t = Tile.from_dict(json.loads(row["tile"]))
         if t.index in self.stitched:  # a retried read task's duplicate: stitched once, counted once
             return False
+        spec = json.loads(row["spec"])
+        self._add_seconds(row, spec)
         if self.mask is None:
-            self.spec = json.loads(row["spec"])
+            self.spec = spec
             self.mask = np.full((self.spec["height"], self.spec["width"]), NODATA, np.uint8)
         r0, c0 = int(t.core_window.row_off), int(t.core_window.col_off)
         core = np.asarray(row["core"])
@@ -120,11 +130,12 @@ class Photo:
 
 
 def finalize_photo(ph: Photo, job: SweepRun) -> dict:
-
+    """Measure a complete photo and write its outputs, the record last."""
+    t0 = time.perf_counter()
     cfg, output = job.cfg, job.output
     mask = ph.mask
     valid = mask != NODATA
-    metrics, lines = crack_measurements(mask == 1, valid)
+    metrics, lines = crack_measurements(mask == 1, valid, cfg.measure.network_gap_px)
     mm, source = job.sizes.lookup(ph.id, ph.input)
     metrics.update(physical_measurements(metrics, [ln.line().length for ln in lines],
                                          [ln.width_max for ln in lines], mm, source, cfg.measure))
@@ -136,11 +147,14 @@ def finalize_photo(ph: Photo, job: SweepRun) -> dict:
         thumb = overlay_thumb(scene, Radiometry.from_dict(ph.spec["radiometry"]), mask,
                               cfg.report.thumb_size, ph.spec.get("orientation", 1))
     storage.write_bytes(storage.join(output, thumb_rel), thumb)
+    finalize_s = time.perf_counter() - t0
     rec = {"id": ph.id, "input": ph.input, "status": "ok", "error": "", **metrics,
            "width": ph.spec["width"], "height": ph.spec["height"], "tiles": ph.spec["tiles"],
            "orientation": ph.spec.get("orientation", 1),
            "mean_disagreement": float(np.mean(ph.disagreement)) if ph.disagreement else 0.0,
-           "seconds": round(time.perf_counter() - ph.t0, 3), "mask": mask_rel, "thumb": thumb_rel,
+           "seconds": round(ph.read_s + ph.predict_s + finalize_s, 3),
+           "read_s": round(ph.read_s, 3), "predict_s": round(ph.predict_s, 3),
+           "finalize_s": round(finalize_s, 3), "mask": mask_rel, "thumb": thumb_rel,
            "run_id": job.run_id}
     storage.write_bytes(photo_record_uri(output, ph.id), record_json(rec))  # last
     return rec
@@ -150,7 +164,8 @@ def failed_record(ph: Photo, run_id: str) -> dict:
     msg = ph.errors[0] + (f" (+{len(ph.errors) - 1} more)" if len(ph.errors) > 1 else "")
     return {"id": ph.id, "input": ph.input, "status": "failed", "error": one_line(msg, 400),
             "width": ph.spec.get("width") or None, "height": ph.spec.get("height") or None,
-            "seconds": round(time.perf_counter() - ph.t0, 3), "run_id": run_id}
+            "seconds": round(ph.read_s + ph.predict_s, 3), "read_s": round(ph.read_s, 3),
+            "predict_s": round(ph.predict_s, 3), "run_id": run_id}
 
 
 # --------------------------------------------------------------------------- run
@@ -187,9 +202,9 @@ def run(args: argparse.Namespace) -> int:
     previous = read_records(output)
     ids = assign_scene_ids(inputs, previous)
     todo = [u for u in inputs if previous.get(ids[u], {}).get("status") != "ok"]
-    log.info("sweep %s: %d photo(s), %d already done, %d to segment (tile %d, overlap %d) -> %s",
-             job.run_id, len(inputs), len(inputs) - len(todo), len(todo), job.tile, job.overlap,
-             output)
+    log.info("sweep %s: %d photo(s), %d already done, %d to segment (tile %d, overlap %d, "
+             "engine %s) -> %s", job.run_id, len(inputs), len(inputs) - len(todo), len(todo),
+             job.tile, job.overlap, job.cfg.pipeline.engine, output)
     failed = n_tiles = 0
     if todo:
         failed, n_tiles = segment_photos(job, {ids[u]: Photo(ids[u], u) for u in todo})
@@ -211,7 +226,16 @@ def segment_photos(job: SweepRun, photos: dict[str, Photo]) -> tuple[int, int]:
     pool = cf.ThreadPoolExecutor(max_workers=job.cfg.pipeline.finalize_workers,
                                  thread_name_prefix="sweep-finalize")
     futures: dict[cf.Future, str] = {}
-    error = run_pipeline(job, photos, pool, futures)
+
+    def consume(row) -> None:  # either engine's rows, on this thread
+        ph = photos[row["scene"]]
+        if ph.add_tile(row) and ph.complete:  # a failed one is written after the run
+            futures[pool.submit(finalize_photo, ph, job)] = ph.id
+
+    if job.cfg.pipeline.engine == "local":
+        error = run_local(job, photos, consume)
+    else:
+        error = run_pipeline(job, photos, consume)
     for fut in cf.as_completed(list(futures)):
         ph = photos[futures[fut]]
         try:
@@ -238,21 +262,22 @@ def segment_photos(job: SweepRun, photos: dict[str, Photo]) -> tuple[int, int]:
 def write_sweep_report(job: SweepRun) -> dict:
     """Report and cracks.parquet over every record under the output; returns the report summary."""
     cfg, output = job.cfg, job.output
-    # records measured with another pixel size or other classes (an earlier run) are redone
-    records = remeasure_records(output, read_records(output), job.sizes, cfg.measure)
+    # records of earlier runs: lines measured by an earlier method again from their masks,
+    # then mm/classes/severity again where the pixel size or the classes changed
+    records = upgrade_records(output, read_records(output), cfg.measure.network_gap_px)
+    records = remeasure_records(output, records, job.sizes, cfg.measure)
     summary = write_report(output, list(records.values()), cfg.report.top_n,
                            {"model": job.model_uri, "threshold": job.threshold,
                             "run_id": job.run_id},
                            columns=cfg.report.columns, cell=cfg.report.thumb_size,
-                           class_names=cfg.measure.class_names)
+                           class_names=cfg.measure.class_names, sort_by=cfg.report.sort_by)
     write_sweep_features(output, list(records.values()), cfg.measure)
     return summary
 
 
-def run_pipeline(job: SweepRun, photos: dict[str, Photo], pool: cf.ThreadPoolExecutor,
-                 futures: dict[cf.Future, str]) -> str:
-    """Stream every photo's tiles through Ray Data; each complete photo goes to ``pool``
-    (``futures`` maps its future to the photo id). Returns "" or the error that stopped it."""
+def run_pipeline(job: SweepRun, photos: dict[str, Photo], consume) -> str:
+    """Stream every photo's tiles through Ray Data, each row to ``consume``. Returns "" or the
+    error that stopped it."""
     import ray  # only a run with photos to segment starts (and imports) Ray
 
     cfg = job.cfg
@@ -265,9 +290,7 @@ def run_pipeline(job: SweepRun, photos: dict[str, Photo], pool: cf.ThreadPoolExe
     ds = photo_dataset(job, photos, res)
     try:
         for row in ds.iter_rows():
-            ph = photos[row["scene"]]
-            if ph.add_tile(row) and ph.complete:  # a failed one is written after the run
-                futures[pool.submit(finalize_photo, ph, job)] = ph.id
+            consume(row)
     except Exception as err:  # noqa: BLE001
         msg = f"pipeline: {type(err).__name__}: {one_line(err, 300)}"
         log.error("%s", msg)
