@@ -221,3 +221,23 @@ def test_promote_replaces_the_old_outputs_whole(where, tmp_path, request):
     assert [n.rsplit("/", 1)[-1] for n in fs.find(path)] == ["0_0-y.json"]
     assert not storage.exists(f"{live}/{STAGING}/mask.zarr/zarr.json")
     assert choose_store(live, new, False, "recompute") == choice.__class__(live, "a")
+
+
+def test_a_changed_output_setting_remakes_outputs_from_the_stored_mask(env, fresh):
+    """A done scene rerun with another output-only setting (issue 33): no tile recomputed, the
+    new output written, the mask kept, and the status says which run made the mask."""
+    out = env.tmp / "outputs-only"
+    first = _run(env, out, env.model_a)
+    assert first.rc == 0
+    mask = (out / "a" / "mask.tif").read_bytes()
+    res = _run(env, out, env.model_a, "--set", "output.vector_format=flatgeobuf")
+    assert res.rc == 0 and res.summary["ok"] == 1, res.out[-3000:]
+    assert res.summary["tiles_computed"] == 0 and "made again from the stored mask" in res.out
+    assert (out / "a" / "polygons.fgb").exists()
+    assert (out / "a" / "mask.tif").read_bytes() == mask
+    status = json.loads((out / "a" / "status.json").read_text())
+    assert status["mask_run_id"] == first.summary["run_id"]
+    assert status["done_run_id"] == res.summary["run_id"]
+    assert status["output_settings"]["vector_format"] == "flatgeobuf"
+    again = _run(env, out, env.model_a, "--set", "output.vector_format=flatgeobuf")
+    assert again.summary["skipped"] == 1 and again.summary["tiles_computed"] == 0

@@ -40,7 +40,7 @@ from jobs.segmentation.report import write_report
 from jobs.segmentation.rows import TileRows, plan_in_parallel
 from jobs.segmentation.scene import SceneState, plan_scene, scene_records, scene_row, scene_tiles
 from jobs.segmentation.stac_input import open_stac_input
-from jobs.segmentation.status import StatusBoard
+from jobs.segmentation.status import OUTPUTS_ONLY, StatusBoard
 from jobs.segmentation.timings import RunTimings
 
 log = logging.getLogger("samsp.segment")
@@ -67,6 +67,7 @@ class SegmentRun:
         self.futures: dict[cf.Future, str] = {}  # finalizations, to their scene id
         self.n_done = 0  # tiles computed this run
         self.stac_error = ""
+        self.mask_runs: dict[str, str] = {}  # sid -> run whose mask an outputs-only rerun reuses
         self.report_uri = ""  # the page to open: report.html, or this run's own when it skipped all
         self.model_error = False  # the model could not load or run (exit 2)
         self.board: StatusBoard | None = None  # leases and status.json, from plan() on
@@ -170,7 +171,8 @@ class SegmentRun:
                                      self.overlap,
                                      getattr(self.stac_in, "fingerprint", None))  # --stac items
         self.board = StatusBoard(self.output, self.run_id, cfg.pipeline.lease_timeout_s,
-                                 cfg.pipeline.lease_heartbeat_s)
+                                 cfg.pipeline.lease_heartbeat_s,
+                                 output_settings=cfg.output.model_dump(mode="json"))
         if self.stac_in is not None:
             self.stac_in.annotate(self.board)  # an item's rows keep its collection and self href
         self.board.start_heartbeat()
@@ -209,6 +211,12 @@ class SegmentRun:
             ids[uri] = sid
             if decision.kind != "claimed":
                 return decision, None
+            if decision.reason == OUTPUTS_ONLY:  # its mask stays: only outputs are made again
+                prev = decision.row or {}
+                self.mask_runs[sid] = (prev.get("mask_run_id") or prev.get("done_run_id")
+                                       or prev.get("run_id", "?"))
+                log.info("scene %s: done in run %s; output settings changed, its outputs are made "
+                         "again from the stored mask", sid, self.mask_runs[sid])
             # the lease is ours: temp files in the scene folder are a dead writer's
             storage.remove_stale_temp_files(storage.join(self.output, sid))
             if self.stac_in is not None:
@@ -336,6 +344,8 @@ class SegmentRun:
         row = scene_row(st, "ok", "", stats["uncertain_tiles"], extra["outputs"],
                         stats["foreground_fraction"])
         row["done_run_id"] = self.run_id
+        # which run computed the mask (an earlier one when only the outputs were made now)
+        row["mask_run_id"] = self.mask_runs.get(sid, self.run_id)
         self.results[sid] = row
         self.board.finish(sid, row)
         log.info("scene %s: ok  %d tiles (%d computed), foreground %.4f, %.1fs", sid,

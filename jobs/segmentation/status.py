@@ -95,12 +95,27 @@ class Decision:
     reason: str = ""            # claimed from another run: why its lease was dead
 
 
+#: a claimed scene's reason when only its outputs are to be made again (its mask is done)
+OUTPUTS_ONLY = "outputs"
+
+
+def same_output_settings(prev: dict, settings: dict | None) -> bool:
+    """Whether a done scene's outputs were made with ``settings`` (this run's ``output:``
+    section). A row from before output settings were recorded counts as the same: an upgrade
+    does not re-derive every scene's outputs."""
+    stored = prev.get("output_settings")
+    return settings is None or stored is None or stored == settings
+
+
 class StatusBoard:
     """This run's view of its scenes' status objects: claim, heartbeat, finish."""
 
     def __init__(self, output: str, run_id: str, lease_timeout_s: float,
-                 heartbeat_s: float | None = None):
+                 heartbeat_s: float | None = None, output_settings: dict | None = None):
         self.output, self.run_id, self.timeout = output, run_id, float(lease_timeout_s)
+        # the run's `output:` section: a done scene whose outputs were made with other settings
+        # is claimed again, and its outputs re-derived from the stored mask (no tile recomputed)
+        self.output_settings = output_settings
         # at least three beats per timeout: one slow or failed write never lets a live lease
         # expire
         self.interval = max(0.2, min(self.timeout / 3, heartbeat_s or self.timeout / 3))
@@ -140,7 +155,8 @@ class StatusBoard:
             if owner:
                 return None, Decision("running", cur, owner)
             if prev and prev.get("status") in DONE and not force and \
-                    done_record_matches(prev.get("record"), record):
+                    done_record_matches(prev.get("record"), record) and \
+                    same_output_settings(prev, self.output_settings):
                 done_in = prev.get("done_run_id") or prev.get("run_id", "?")
                 row = dict(prev, id=sid, input=uri, status="skipped", tiles_computed=0,
                            seconds=0.0, error="", done_run_id=done_in)
@@ -154,8 +170,11 @@ class StatusBoard:
                                  "holder": self.holder})
             taken = str(cur.get("run_id") or "") if cur and cur.get("status") == RUNNING else ""
             why = ("its process is gone" if taken and holder_is_dead(cur.get("holder"))
-                   else f"no heartbeat for over {self.timeout:.0f}s")
-            return _encode(lease), Decision("claimed", prev, taken, why if taken else "")
+                   else f"no heartbeat for over {self.timeout:.0f}s") if taken else ""
+            if not taken and prev and prev.get("status") in DONE and not force and \
+                    done_record_matches(prev.get("record"), record):
+                why = OUTPUTS_ONLY  # the mask is done: only the output settings changed
+            return _encode(lease), Decision("claimed", prev, taken, why)
 
         got = versioned.update(status_uri(self.output, sid), change)
         if got.kind == "claimed":
@@ -225,8 +244,11 @@ class StatusBoard:
     # ---------------------------------------------------------------- finish
 
     def finish(self, sid: str, row: dict) -> bool:
-        """Write the scene's final row (ok / failed) if this run still holds its lease."""
+        """Write the scene's final row (ok / failed) if this run still holds its lease; an ok
+        row records the output settings its files were made with."""
         row = self._stamp(row)
+        if row.get("status") == "ok" and self.output_settings is not None:
+            row["output_settings"] = self.output_settings
 
         def change(data):
             cur = parse_status(data)
