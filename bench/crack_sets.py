@@ -193,9 +193,59 @@ def merge(entries: dict) -> dict:
     return data
 
 
+def headlines(data: dict, committed: str, before: str | None) -> dict:
+    """Flat keys for bench/results.json: the committed model's per-set test Dice, mean, min and
+    crack-free false-positive rates, the leave-one-set-out Dice of each held-out set (and their
+    mean), and the model it replaced (``crack_before_*``)."""
+    models, out = data["models"], {}
+    for prefix, name in (("crack", committed), ("crack_before", before)):
+        m = models.get(name) if name else None
+        if not m:
+            continue
+        for s, v in m["sets"].items():
+            out[f"{prefix}_test_dice_{s}"] = round(v["dice"], 4)
+            out[f"{prefix}_fp_rate_crack_free_{s}"] = round(v["crack_free_fp_rate"], 6)
+        out[f"{prefix}_test_dice_mean"] = round(m["mean_dice"], 4)
+        out[f"{prefix}_test_dice_min"] = round(m["min_dice"], 4)
+    loo = {m["held_out"]: m["sets"][m["held_out"]]["dice"] for m in models.values()
+           if m.get("held_out") and m["held_out"] in m["sets"]}
+    for s, v in loo.items():
+        out[f"crack_loo_dice_{s}"] = round(v, 4)
+    if loo:
+        out["crack_loo_dice_mean"] = round(float(np.mean(list(loo.values()))), 4)
+    return out
+
+
+def markdown(data: dict, keys: dict) -> str:
+    """The CRACK_SETS_RESULTS.md section: one row per scored model, per-set Dice and FP rate."""
+    sets = list(TEST_SETS)
+    lines = ["## Crack models on four crack data sets (issue 31)", "",
+             "Mean per-image Dice of the output pass at the bundle's threshold (DeepCrack: 237 whole",
+             "test images; Crack500/GAPs384: the first 300 test crops; ShadowCrack: all 125), and",
+             f"the false-positive rate on crack-free {BLOCK} px blocks (no ground-truth crack within",
+             f"{MARGIN} px). Machine: {data.get('machine', '?')}. Command per row: "
+             "`python -m bench.crack_sets score --model M --name N`; leave-one-set-out rows: "
+             "`python -m bench.crack_sets runs --runs loo ...` (settings in the row).", "",
+             "| model | " + " | ".join(sets) + " | mean | FP rate (crack-free) |",
+             "|---|" + "---|" * (len(sets) + 2)]
+    for name, m in sorted(data["models"].items()):
+        cells = [f"{m['sets'][s]['dice']:.3f}" if s in m["sets"] else "" for s in sets]
+        fp = " / ".join(f"{m['sets'][s]['crack_free_fp_rate']:.4f}" for s in sets
+                        if s in m["sets"])
+        mean = f"{m['mean_dice']:.3f}" if len(m["sets"]) == len(sets) else "(held-out set only)"
+        how = f" (held out: {m['held_out']}, {m.get('steps')} steps" + (
+            f", fine-tuned from {m['init']}" if m.get("init") else "") + ")" if m.get(
+            "held_out") else ""
+        lines.append(f"| {name}{how} | " + " | ".join(cells) + f" | {mean} | {fp} |")
+    lines += ["", "Headline keys: " + ", ".join(f"`{k}` = {v}" for k, v in sorted(keys.items()))]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("mode", choices=["score", "runs"])
+    p.add_argument("mode", choices=["score", "runs", "report"])
+    p.add_argument("--committed", help="report: the model name whose numbers are the headlines")
+    p.add_argument("--before", help="report: the model it replaced")
     p.add_argument("--model", help="bundle to score (score mode)")
     p.add_argument("--name", help="its name in the results (score mode)")
     p.add_argument("--runs", default="loo,arms", help="loo, arms (runs mode)")
@@ -209,6 +259,14 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="out/crack_sets")
     args = p.parse_args(argv)
     sets = args.sets.split(",")
+    if args.mode == "report":
+        path = RESULTS / "results_crack_sets.json"
+        data = json.loads(path.read_text())
+        keys = headlines(data, args.committed, args.before)
+        data = {k: v for k, v in data.items() if not k.startswith("crack_")} | keys
+        path.write_text(json.dumps(data, indent=1, sort_keys=True))
+        (RESULTS / "CRACK_SETS_RESULTS.md").write_text(markdown(data, keys))
+        return 0
     if args.mode == "score":
         entry = score_model(args.model, sets, args.limit, args.threads)
         merge({args.name or Path(args.model).name: entry})

@@ -55,6 +55,11 @@ HEADLINES = [
     ("P1_pipeline_efficiency_bf16_local", ">= 0.90 (bf16 model, local engine)", lambda v: v >= 0.90),
     ("P1_pipeline_efficiency_bf16_batch_local", ">= 0.85 (bf16, 4 scenes, local)",
      lambda v: v >= 0.85),
+    ("crack_test_dice_mean", ">= 0.62 (4 crack sets, issue 31)", lambda v: v >= 0.62),
+    ("crack_test_dice_min", ">= 0.45 (every set)", lambda v: v >= 0.45),
+    ("crack_test_dice_deepcrack", ">= 0.78 (DeepCrack whole images kept)", lambda v: v >= 0.78),
+    ("crack_loo_dice_mean", ">= 0.45 (leave one set out)", lambda v: v >= 0.45),
+    ("crack_before_test_dice_mean", "(the model it replaced)", None),
     ("N1_driver_rss_growth_pct", "<= 10 % (100 -> 1,000 scenes)", lambda v: v <= 10.0),
     ("N1_plan_s_per_scene_ratio", "<= 1.2 (1,000 vs 100 scenes)", lambda v: v <= 1.2),
     ("N1_scenes_per_min", "", None),
@@ -73,7 +78,8 @@ SECTIONS = ["INGEST_RESULTS.md", "MODEL_RESULTS.md", "SEGMENT_RESULTS.md", "TRAI
             "NIGHTLY_RESULTS.md",
             "VECTORS_RESULTS.md",
             "SINGLE_TILE_RESULTS.md",
-            "SMALL_IMAGES_RESULTS.md"]
+            "SMALL_IMAGES_RESULTS.md",
+            "CRACK_SETS_RESULTS.md"]
 
 
 PRECEDENCE = {"results_recipe_budget.json"}
