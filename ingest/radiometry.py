@@ -58,10 +58,16 @@ class Radiometry:
     def fit(cls, scene: Scene, percentiles: tuple[float, float] = (2, 98),
             max_pixels: int = DEFAULT_SAMPLE_PIXELS) -> "Radiometry":
         """Scene-wide per-band percentiles over valid pixels of a bounded sample."""
+        return cls.fit_pixels(*scene.sample(max_pixels), percentiles=percentiles)
+
+    @classmethod
+    def fit_pixels(cls, data: np.ndarray, valid: np.ndarray,
+                   percentiles: tuple[float, float] = (2, 98)) -> "Radiometry":
+        """Per-band percentiles over the valid pixels given: ``data[C, N]``, ``valid bool[N]``
+        (a scene's sample, or pixels already in memory: ``samsp.segment_file``'s arrays)."""
         p_lo, p_hi = float(percentiles[0]), float(percentiles[1])
         if not 0 <= p_lo < p_hi <= 100:
             raise ValueError(f"percentiles must satisfy 0 <= lo < hi <= 100, got {percentiles}")
-        data, valid = scene.sample(max_pixels)
         lo, hi = [], []
         for band in data:
             vals = band[valid]

@@ -17,3 +17,17 @@ class BundleError(SamspError, ValueError):
 class CudaUnavailableError(SamspError, RuntimeError):
     """A worker that was given a GPU, yet torch sees no CUDA device (the node's NVIDIA driver is
     missing or older than the torch build needs, or the device never reached the container)."""
+
+
+class SegmentError(SamspError, ValueError):
+    """A whole-image segmentation (``segment_file``, ``SlidingWindow``) that cannot run as asked:
+    bad tiling, an image over the size limit, an array of no known layout."""
+
+
+class ContractError(SegmentError):
+    """An image the model would read wrongly: it does not fit the bundle's input contract
+    (samsp/contract_check.py); the message names the bands and the fix."""
+
+
+class BundleNotFoundError(BundleError):
+    """A bundle name found in none of the model roots (the message lists where it looked)."""

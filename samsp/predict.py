@@ -105,7 +105,8 @@ class TilePredictor:
             raise ValueError(
                 f"tiles of {height}x{width} px are larger than the model's {size}-px frame and "
                 f"would be shrunk {max(height, width) / size:.3g}x, to a scale the model was "
-                f"not trained on: cut the image into {size}-px windows with the tiled API "
-                f"(jobs.inference.sliding_window.SlidingWindow(bundle_forward(bundle), "
-                f"tile={size}), or jobs/segment.py and jobs/sweep.py), or pass downscale=True")
+                f"not trained on: cut the image into {size}-px windows -- samsp.segment_file("
+                f"image, bundle), the tiled API (samsp.sliding_window.SlidingWindow("
+                f"bundle_forward(bundle), tile={size})), jobs/segment.py or jobs/sweep.py -- "
+                f"or pass downscale=True")
         return images

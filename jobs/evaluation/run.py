@@ -161,7 +161,7 @@ def load_window(args: argparse.Namespace, n_items: int) -> tuple[Any, SlidingWin
     """The bundle's meta, its ``SlidingWindow`` as the options ask, the device it runs on and
     the self-prompting passes K it runs."""
     # samsp pulls in torch: loaded only once the arguments and the pair folder are checked
-    from samsp import BundleError, load_bundle
+    from samsp import BundleError, SegmentError, load_bundle
     from samsp.precision import PrecisionError, resolve_precision
 
     try:
@@ -176,9 +176,11 @@ def load_window(args: argparse.Namespace, n_items: int) -> tuple[Any, SlidingWin
         raise EvalError(str(err)) from None
     tile = args.tile or meta.image_size
     overlap = args.overlap if args.overlap is not None else tile // 8
-    window = SlidingWindow(bundle_forward(bundle, args.iterations, device, args.precision),
-                           tile, overlap,
-                           args.stitch, args.batch_size)
+    try:
+        window = SlidingWindow(bundle_forward(bundle, args.iterations, device, args.precision),
+                               tile, overlap, args.stitch, args.batch_size)
+    except SegmentError as err:  # --tile/--overlap/--batch-size it cannot run: a usage error
+        raise EvalError(str(err)) from None
     iterations = meta.iterations if args.iterations is None else args.iterations
     source = args.data or "scenes"  # scene mode (--image/--blocks) has no pair folder
     log.info("model %s (%s, K=%d, prompt %s, %s) on %d images from %s; tile %d overlap %d (%s)",

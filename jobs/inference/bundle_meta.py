@@ -1,36 +1,20 @@
 """Bundles as the jobs see them, without torch: where ``--model NAME`` points
-(``resolve_bundle``: one resolver for segment, sweep, evaluate and training's
-``model.checkpoint``), the bundles that can be found (``find_bundles``, ``python -m jobs.models``),
-and what a driver needs from a ``bundle.json`` (``read_bundle_meta``: frame size, threshold, band
-map; the actors load and validate the full bundle).
-
-Names: a bare name (no slash, not an existing path) is looked up as ``<repo>/models/NAME``, then
-as ``ROOT/NAME`` for every root of ``$SAMSP_MODELS`` (local folders or ``s3://`` prefixes,
-separated by ``:`` or ``,``); the first folder holding a ``bundle.json`` wins. The repository's
-own folder comes from this file's location, so a name resolves the same from any working
-directory. samsp knows nothing of S3 or names: it is given the resolved folder/URI.
+(``resolve_bundle``, samsp/bundle_names.py: one resolver for segment, sweep, evaluate,
+training's ``model.checkpoint`` and ``samsp.segment_file``), the bundles that can be found
+(``find_bundles``, ``python -m jobs.models``), and what a driver needs from a ``bundle.json``
+(``read_bundle_meta``: frame size, threshold, band map; the actors load and validate the full
+bundle). Names: samsp/bundle_names.py's docstring.
 """
 from __future__ import annotations
 
 import json
-import os
-import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from ingest import storage
+from samsp.bundle_names import (META_FILE, MODELS_ENV, REPO_MODELS, BundleNotFoundError,
+                                is_bare_name, is_bundle, model_roots, resolve_bundle)
 
-META_FILE = "bundle.json"
 CARD_FILE = "MODEL_CARD.md"
-MODELS_ENV = "SAMSP_MODELS"
-# The committed bundles (models/ at the repository root).
-REPO_MODELS = str(Path(__file__).resolve().parents[2] / "models")
-# SAMSP_MODELS separators: commas, and colons that do not start a scheme's "://".
-_ROOT_SEPARATOR = re.compile(r",|:(?!//)")
-
-
-class BundleNotFoundError(ValueError):
-    """A bundle name found in none of the model roots (the message lists where it looked)."""
 
 
 @dataclass(frozen=True)
@@ -69,49 +53,6 @@ def read_bundle_meta(uri: str) -> BundleInfo:
         raise ValueError(f"invalid bundle.json in {uri}: image_size {info.image_size}, "
                          f"threshold {info.threshold}")
     return info
-
-
-def model_roots() -> list[str]:
-    """Where bundle names are looked up, in order: ``<repo>/models``, then ``$SAMSP_MODELS``
-    (relative local roots taken from the working directory)."""
-    roots = [REPO_MODELS]
-    for part in _ROOT_SEPARATOR.split(os.environ.get(MODELS_ENV, "")):
-        part = part.strip()
-        if part:
-            roots.append(part.rstrip("/") if "://" in part
-                         else os.path.abspath(os.path.expanduser(part)))
-    return roots
-
-
-def is_bundle(uri: str) -> bool:
-    """Whether the folder ``uri`` (local or s3://) holds a ``bundle.json``."""
-    return storage.exists(storage.join(uri, META_FILE))
-
-
-def is_bare_name(ref: str) -> bool:
-    """A model reference that is a name: no scheme, no path separator, not an existing path."""
-    return ("://" not in ref and "/" not in ref and os.sep not in ref
-            and ref not in ("", ".", "..") and not os.path.exists(ref))
-
-
-def resolve_bundle(ref: str) -> str:
-    """The bundle folder/URI that ``--model ref`` means: a path or URI as given, a bare name
-    through the model roots (module docstring). ``BundleNotFoundError`` (one line, naming every
-    place looked at) when a name is in none of them."""
-    if not is_bare_name(ref):
-        return ref
-    looked = []
-    for root in model_roots():
-        candidate = storage.join(root, ref)
-        try:
-            if is_bundle(candidate):
-                return candidate
-            looked.append(root)
-        except Exception as err:  # noqa: BLE001 - an unreachable S3 root: say so, go on
-            looked.append(f"{root} ({type(err).__name__})")
-    raise BundleNotFoundError(
-        f"no bundle named {ref!r} (not a path either); looked in {', '.join(looked)} "
-        f"(add folders or s3:// prefixes to ${MODELS_ENV})")
 
 
 def find_bundles() -> list[dict]:
@@ -170,3 +111,8 @@ def _describe_data(contract: dict) -> str:
     parts += [str(radiometry), "no GSD" if gsd is None else
               (f"GSD {gsd:g} m" if isinstance(gsd, (int, float)) else f"GSD {gsd}")]
     return ", ".join(parts)
+
+
+__all__ = ["CARD_FILE", "META_FILE", "MODELS_ENV", "REPO_MODELS", "BundleInfo",
+           "BundleNotFoundError", "describe_input", "find_bundles", "is_bare_name", "is_bundle",
+           "model_roots", "read_bundle_json", "read_bundle_meta", "resolve_bundle"]
