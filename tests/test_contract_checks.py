@@ -329,3 +329,22 @@ def test_a_rerun_skips_the_picked_scene(segmented):
     s2 = _status(env, "s2")
     assert s2["status"] == "skipped" and s2["record"]["bands"] == [4, 3, 2]
     assert s2["model_input"]["band_choice"]  # the skipped row keeps what the model was fed
+
+
+def test_the_sweep_notes_a_photo_outside_the_contract_without_dropping_it():
+    """Crack sweeps report the contract's problems beside a photo's measurements (warnings
+    only: crack models train on grey crops too), and nothing for an old bundle."""
+    from types import SimpleNamespace
+
+    from jobs.crack_sweep.run import contract_notes
+
+    contract = {"channels": 3, "dtype": "uint8", "band_names": ["red", "green", "blue"],
+                "radiometry": {"mode": "identity"}, "labels": "crack"}
+    scene = SimpleNamespace(count=1, dtype="uint16", band_names=(None,))
+    photo = SimpleNamespace(spec={"radiometry": {"mode": "stretch", "percentiles": [2, 98]}})
+    cfg = SimpleNamespace(input=SimpleNamespace(bands=None))
+    job = SimpleNamespace(meta=SimpleNamespace(input=contract, band_map=None), cfg=cfg)
+    notes = contract_notes(scene, photo, job)
+    assert notes and "1 band" in notes[0]
+    job.meta = SimpleNamespace(input=None, band_map=None)
+    assert contract_notes(scene, photo, job) == []

@@ -38,13 +38,14 @@ OVERLAY = np.array([255, 30, 30], np.float32)
 COLUMNS = ["rank", "id", "input", "status", "crack_px", "crack_fraction", "skeleton_length_px",
            "max_width_px", "max_width_raw_px", "mean_width_px", "cracks", "networks", "severity",
            "severity_basis", "width", "height", "orientation", "tiles", "mean_disagreement",
-           "seconds", "mask", "thumb", "error", "run_id"]
+           "seconds", "mask", "thumb", "error", "notes", "run_id"]
 INT_COLUMNS = ("crack_px", "skeleton_length_px", "cracks", "networks", "width", "height",
                "orientation", "tiles")
 FLOAT_COLUMNS = ("crack_fraction", "max_width_px", "max_width_raw_px", "mean_width_px",
                  "severity", "mean_disagreement", "seconds", "pixel_size_mm",
                  "skeleton_length_mm", "max_width_mm", "mean_width_mm")
-TEXT_COLUMNS = ("id", "input", "status", "mask", "thumb", "error", "run_id", "pixel_size_source",
+TEXT_COLUMNS = ("id", "input", "status", "mask", "thumb", "error", "notes", "run_id",
+                "pixel_size_source",
                 "width_class", "severity_basis")
 #: ``report.sort_by`` -> (its column when every ok image has a pixel size, its column otherwise)
 SORT_COLUMNS = {"pixels": ("crack_px", "crack_px"),

@@ -39,6 +39,7 @@ from jobs.crack_sweep.report import mask_png, overlay_thumb, write_report
 from jobs.inference.actors import ACTOR_MAX_RESTARTS, TASK_MAX_RETRIES, ray_resources
 from jobs.inference.bundle_meta import read_bundle_meta
 from jobs.inference.config import tile_geometry
+from jobs.inference.contract_check import SceneFacts, check_scene
 from jobs.inference.predictor import Predictor
 from jobs.inputs.expand import expand_inputs
 from jobs.inputs.scene_ids import assign_scene_ids
@@ -62,6 +63,7 @@ class SweepRun:
     run_id: str
     inputs: list[str] = field(default_factory=list)
     threshold: float = 0.5
+    meta: object = None  # the bundle's BundleInfo: band map and input contract
     tile: int = 0
     overlap: int = 0
     t0: float = field(default_factory=time.perf_counter)
@@ -129,6 +131,21 @@ class Photo:
         return self.complete
 
 
+def contract_notes(scene, ph: Photo, job: SweepRun) -> list[str]:
+    """The photo against the model's input contract (samsp.contract_check), as warnings only:
+    a sweep over an archive reports a camera the model was not trained for beside its
+    measurements instead of dropping the photo (crack models train on grey crops too)."""
+    meta = job.meta
+    if meta is None or not (getattr(meta, "input", None) or getattr(meta, "band_map", None)):
+        return []
+    facts = SceneFacts(count=scene.count, dtype=str(scene.dtype),
+                       band_names=tuple(getattr(scene, "band_names", ()) or ()),
+                       radiometry=ph.spec.get("radiometry"),
+                       chosen=job.cfg.input.bands is not None)
+    problems = check_scene(meta.input, facts, meta.band_map)
+    return [p.reason for p in problems]
+
+
 def finalize_photo(ph: Photo, job: SweepRun) -> dict:
     """Measure a complete photo and write its outputs, the record last."""
     t0 = time.perf_counter()
@@ -144,6 +161,7 @@ def finalize_photo(ph: Photo, job: SweepRun) -> dict:
     storage.write_bytes(storage.join(output, mask_rel), mask_png(mask))
     with storage.gdal_env():
         scene = open_scene(ph.input, bands=cfg.input.bands, check_empty=False)
+        warnings = contract_notes(scene, ph, job)
         thumb = overlay_thumb(scene, Radiometry.from_dict(ph.spec["radiometry"]), mask,
                               cfg.report.thumb_size, ph.spec.get("orientation", 1))
     storage.write_bytes(storage.join(output, thumb_rel), thumb)
@@ -155,7 +173,7 @@ def finalize_photo(ph: Photo, job: SweepRun) -> dict:
            "seconds": round(ph.read_s + ph.predict_s + finalize_s, 3),
            "read_s": round(ph.read_s, 3), "predict_s": round(ph.predict_s, 3),
            "finalize_s": round(finalize_s, 3), "mask": mask_rel, "thumb": thumb_rel,
-           "run_id": job.run_id}
+           "notes": "; ".join(warnings), "run_id": job.run_id}
     storage.write_bytes(photo_record_uri(output, ph.id), record_json(rec))  # last
     return rec
 
@@ -180,7 +198,7 @@ def prepare(args: argparse.Namespace) -> SweepRun | None:
         return None
     job = SweepRun(cfg, sizes, args.model, output_root(args.output), new_run_id())
     try:
-        meta = read_bundle_meta(args.model)
+        meta = job.meta = read_bundle_meta(args.model)
         job.tile, job.overlap = tile_geometry(cfg.tiling, meta.image_size)
         # never the sweep's own masks/thumbs/contact sheet (output inside the inputs)
         job.inputs = expand_inputs(args.input, cfg.input.extensions, exclude=[job.output])
