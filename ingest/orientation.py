@@ -41,10 +41,15 @@ def orientation_from_tags(tags: dict) -> int:
 
 def read_orientation(uri: str) -> int:
     """EXIF orientation of a photo (local or s3://, in the caller's GDAL environment)."""
-    import rasterio
+    import warnings
 
-    with rasterio.open(gdal_path(uri)) as ds:
-        return orientation_from_tags(ds.tags())
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():  # a photo has no geotransform by nature
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(gdal_path(uri)) as ds:
+            return orientation_from_tags(ds.tags())
 
 
 def oriented_shape(height: int, width: int, orientation: int) -> tuple[int, int]:

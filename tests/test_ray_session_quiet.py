@@ -54,3 +54,18 @@ def test_rays_deprecation_of_our_remote_args_is_not_shown_but_others_are():
                                module="jobs.segmentation.engines")
     assert [(str(w.message)[:20], w.filename) for w in seen] == [
         (msg[:20], "x.py"), ("another deprecation", "engines.py")]
+
+
+def test_reading_a_photos_orientation_raises_no_georeferencing_warning(tmp_path):
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+
+    from ingest.orientation import read_orientation
+
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_orientation(str(path)) == 1

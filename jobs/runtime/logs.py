@@ -90,6 +90,11 @@ def quiet_third_party() -> None:
     # them), its warning about our own call is noise on every healthy run.
     warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated",
                             module=r"jobs\.")
+    # Photos (PNG/JPEG) have no geotransform by nature, and georeferencing is checked where it
+    # matters (input.require_crs names the scene): rasterio's warning on every open is noise.
+    from rasterio.errors import NotGeoreferencedWarning
+
+    warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
 
 
 @contextlib.contextmanager
