@@ -55,6 +55,9 @@ HEADLINES = [
     ("P1_pipeline_efficiency_bf16_local", ">= 0.90 (bf16 model, local engine)", lambda v: v >= 0.90),
     ("P1_pipeline_efficiency_bf16_batch_local", ">= 0.85 (bf16, 4 scenes, local)",
      lambda v: v >= 0.85),
+    ("geo_train_s3_over_local", ">= 0.8 (windows/s, S3 COG + GeoParquet / local PNG)",
+     lambda v: v >= 0.8),
+    ("geo_train_worker_rss_growth_pct", "<= 10 % (2,000² -> 16,000² scene)", lambda v: v <= 10.0),
     ("crack_test_dice_mean", ">= 0.62 (4 crack sets, issue 31)", lambda v: v >= 0.62),
     ("crack_test_dice_min", ">= 0.45 (every set)", lambda v: v >= 0.45),
     ("crack_test_dice_deepcrack", ">= 0.78 (DeepCrack whole images kept)", lambda v: v >= 0.78),
@@ -79,7 +82,8 @@ SECTIONS = ["INGEST_RESULTS.md", "MODEL_RESULTS.md", "SEGMENT_RESULTS.md", "TRAI
             "VECTORS_RESULTS.md",
             "SINGLE_TILE_RESULTS.md",
             "SMALL_IMAGES_RESULTS.md",
-            "CRACK_SETS_RESULTS.md"]
+            "CRACK_SETS_RESULTS.md",
+            "GEO_TRAIN_RESULTS.md"]
 
 
 PRECEDENCE = {"results_recipe_budget.json"}

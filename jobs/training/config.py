@@ -281,6 +281,9 @@ class DataConfig(StrictModel):
     cache: bool = True
     # DataLoader worker processes per training worker (0 = load in the training process).
     loader_workers: int = Field(default=0, ge=0)
+    # Stream training samples through Ray Data tasks (jobs/training/streaming.py; the same
+    # samples, no training set in worker memory; validation as before). Needs a spare CPU.
+    streaming: bool = False
 
     @model_validator(mode="after")
     def _mixture_has_its_own_validation(self):

@@ -9,7 +9,9 @@ worker, so all workers see the same items and the same split, and a missing fold
 scene fails before any worker starts.
 
 Workers build ``TrainDataset`` (random augmented crops) and ``ValDataset`` (whole images at native
-resolution; validation windows them with ``jobs/inference/sliding_window.py``) from the plan.
+resolution; validation windows them with ``jobs/inference/sliding_window.py``) from the plan. With
+``data.streaming``, Ray Data tasks draw, load and augment the training samples through the same
+``TrainDataset`` instead (``jobs/training/streaming.py``).
 
 Every item loads as ``(image uint8[3,H,W], mask bool[H,W], valid bool[H,W])``.
 """
@@ -315,16 +317,26 @@ class TrainDataset:
     def __len__(self) -> int:
         return self.per_epoch * self.samples_per_item
 
+    def draw(self, epoch: int, i: int) -> tuple[int, np.random.Generator]:
+        """Sample ``i`` of ``epoch``: its item's position in ``items`` and the generator its
+        augmentation continues with -- a function of (seed, epoch, i) alone (the streaming
+        path, jobs/training/streaming.py, draws its samples with it too)."""
+        rng = np.random.default_rng([self.seed, epoch, i])
+        if self.weights:
+            return pick_item(self.by_group, self.weights, rng), rng
+        return i % len(self.items), rng
+
+    def augmented(self, item: dict, rng: np.random.Generator):
+        """``(image uint8[3,c,c], mask bool[c,c], valid bool[c,c])``: ``item`` loaded and
+        augmented with ``rng``."""
+        img, mask, valid = self.loader.load(item)
+        return augment(img, mask, valid, self.crop, self.aug, rng)
+
     def __getitem__(self, i: int):
         import torch
 
-        rng = np.random.default_rng([self.seed, self.epoch, i])
-        if self.weights:
-            item = self.items[pick_item(self.by_group, self.weights, rng)]
-        else:
-            item = self.items[i % len(self.items)]
-        img, mask, valid = self.loader.load(item)
-        ci, cm, cv = augment(img, mask, valid, self.crop, self.aug, rng)
+        pos, rng = self.draw(self.epoch, i)
+        ci, cm, cv = self.augmented(self.items[pos], rng)
         return (torch.from_numpy(ci), torch.from_numpy(cm[None].astype(np.float32)),
                 torch.from_numpy(cv[None].astype(np.float32)))
 

@@ -150,15 +150,23 @@ def contract_changes(old: dict, new: dict) -> str:
                      if old.get(k) != new.get(k))
 
 
+def streaming_cpus(cfg: TrainConfig) -> int:
+    """CPUs a run needs beside its workers': one for ``data.streaming``'s loading tasks (Ray
+    Data tasks get no CPU of the workers' reservation; with none left they never start)."""
+    return 1 if cfg.data.streaming else 0
+
+
 def _check_resources(cfg: TrainConfig, mode: str) -> None:
     import ray  # Ray once the run starts (module docstring)
 
-    need_cpu = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
+    need_cpu = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + streaming_cpus(cfg)
     need_gpu = cfg.scaling.num_workers if cfg.scaling.use_gpu else 0
     have = ray.cluster_resources()
     short = []
     if have.get("CPU", 0) < need_cpu:
-        short.append(f"{need_cpu:g} CPU (cluster has {have.get('CPU', 0):g})")
+        short.append(f"{need_cpu:g} CPU (cluster has {have.get('CPU', 0):g}"
+                     + (", 1 of them for data.streaming's loading tasks)"
+                        if streaming_cpus(cfg) else ")"))
     if have.get("GPU", 0) < need_gpu:
         short.append(f"{need_gpu} GPU (cluster has {have.get('GPU', 0):g})")
     if short:
@@ -226,7 +234,8 @@ def export_bundle(cfg: TrainConfig, ckpt_dir: str, uri: str, facts: dict, best: 
 
 def start_ray(cfg: TrainConfig) -> str:
     """Join the cluster or start the embedded Ray; checks the workers fit. Returns the mode."""
-    need_cpus = math.ceil(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)
+    need_cpus = math.ceil(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
+                          + streaming_cpus(cfg))
     # Embedded runs are short and local: poll the workers more often than Ray Train's defaults
     # (2 s health checks, 5 s preemption polls add ~5 s to every launch). Set them to override.
     fast_polls = {k: v for k, v in (("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"),
@@ -242,10 +251,21 @@ def start_ray(cfg: TrainConfig) -> str:
     return mode
 
 
-def make_trainer(cfg: TrainConfig, plan: dict, mode: str):
-    """The ``TorchTrainer`` of ``train_loop_per_worker`` for this config."""
+def make_trainer(cfg: TrainConfig, plan: dict, mode: str, crop: int | None = None):
+    """The ``TorchTrainer`` of ``train_loop_per_worker`` for this config; with
+    ``data.streaming``, with the Ray Data dataset of its training samples (``crop`` px)."""
     import ray.train  # Ray once the run starts (module docstring)
     from ray.train.torch import TorchTrainer
+
+    loop_config: dict[str, Any] = {"cfg": cfg.model_dump(mode="json"), "plan": plan}
+    datasets = None
+    if cfg.data.streaming:
+        from jobs.training.stream_dataset import streaming_datasets  # imports Ray Data
+
+        if crop is None:
+            raise TrainError("data.streaming: make_trainer needs the crop size (preflight's)")
+
+        datasets, loop_config["stream"] = streaming_datasets(plan, cfg, crop)
 
     storage_path, storage_fs = storage_filesystem(cfg.run.storage_path)
     env = worker_env_vars(mode)
@@ -260,7 +280,7 @@ def make_trainer(cfg: TrainConfig, plan: dict, mode: str):
     )
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "plan": plan},
+        train_loop_config=loop_config, datasets=datasets,
         torch_config=GpuCheckedTorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
@@ -314,7 +334,7 @@ def run(cfg: TrainConfig) -> dict:
     log.info("model %s (%s): %d params, %d trainable; data: %s", cfg.model.type,
              cfg.model.finetune, facts["params"], facts["trainable_params"],
              json.dumps(facts["plan"]["summary"]))
-    trainer = make_trainer(cfg, facts["plan"], start_ray(cfg))
+    trainer = make_trainer(cfg, facts["plan"], start_ray(cfg), facts["crop"])
     t0 = time.perf_counter()
     result = trainer.fit()
     fit_s = time.perf_counter() - t0

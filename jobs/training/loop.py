@@ -1,5 +1,6 @@
 """The Ray Train worker of the training job: ``train_loop_per_worker`` and its stages -- the
-worker's device and precision, loaders with epoch-keyed sampling, the optimiser, resuming from
+worker's device and precision, loaders with epoch-keyed sampling (or, with ``data.streaming``,
+its shard of the Ray Data samples: ``jobs/training/streaming.py``), the optimiser, resuming from
 Ray's checkpoint, each epoch (micro-batches, gradient accumulation and promptable pre-training:
 ``jobs/training/step.py``; validation of every pass with an optional threshold sweep:
 ``jobs/training/validation.py``), the epoch's metrics and the checkpoint it reports.
@@ -30,6 +31,7 @@ from jobs.training.model import (META_FILE, MODEL_FILE, STATE_FILE, build_model,
 from jobs.training.step import (Optimisation, accumulation_group_size,
                                 apply_gradients, forward_backward, make_optimisation,
                                 pretraining_prompt_seed)
+from jobs.training.streaming import StreamingLoader
 from jobs.training.validation import (THRESHOLD_SWEEP, all_reduce_sum,
                                       train_loss_means, val_scores, validate,
                                       validation_window)
@@ -101,10 +103,13 @@ class Worker:
 
 @dataclass
 class Loaders:
+    """``sampler.set_epoch`` then iterate ``loader``: a ``DataLoader`` with its ``EpochSampler``
+    in memory; with ``data.streaming`` a ``StreamingLoader``, both."""
+
     train_ds: TrainDataset
     val_ds: ValDataset
-    sampler: EpochSampler
-    loader: DataLoader
+    sampler: EpochSampler | StreamingLoader
+    loader: DataLoader | StreamingLoader
     val_indices: list[int]
 
 
@@ -144,12 +149,20 @@ def start_worker(cfg: TrainConfig) -> Worker:
                   resolve_precision(cfg.train.precision, device))
 
 
-def make_loaders(cfg: TrainConfig, plan: dict, worker: Worker, crop: int) -> Loaders:
+def make_loaders(cfg: TrainConfig, plan: dict, worker: Worker, crop: int,
+                 stream: dict | None = None) -> Loaders:
     """This worker's shard of the training samples (reshuffled every epoch) and of the
-    validation images."""
+    validation images. ``stream`` (the driver's, with ``data.streaming``): training samples
+    come from the Ray Data shard (jobs/training/streaming.py), never loaded here."""
     train_ds = TrainDataset(plan, crop, cfg.augment.model_dump(), cfg.train.seed,
-                            cfg.train.samples_per_item, cache=cfg.data.cache)
+                            cfg.train.samples_per_item,
+                            cache=cfg.data.cache and stream is None)
     val_ds = ValDataset(plan, cache=cfg.data.cache)
+    val_indices = list(range(worker.rank, len(val_ds), worker.world))
+    if stream is not None:
+        streamed = StreamingLoader(stream["board"], stream["samples"], worker.world, worker.rank,
+                                   cfg.train.batch_size)
+        return Loaders(train_ds, val_ds, streamed, streamed, val_indices)
     sampler = EpochSampler(DistributedSampler(train_ds, num_replicas=worker.world,
                                               rank=worker.rank, shuffle=True,
                                               seed=cfg.train.seed))
@@ -157,8 +170,7 @@ def make_loaders(cfg: TrainConfig, plan: dict, worker: Worker, crop: int) -> Loa
     loader = DataLoader(EpochDataset(train_ds), batch_size=cfg.train.batch_size, sampler=sampler,
                         num_workers=nw, persistent_workers=nw > 0,
                         pin_memory=worker.device.type == "cuda")
-    return Loaders(train_ds, val_ds, sampler, loader,
-                   list(range(worker.rank, len(val_ds), worker.world)))
+    return Loaders(train_ds, val_ds, sampler, loader, val_indices)
 
 
 def resume(cfg: TrainConfig, model, opt: Optimisation, worker: Worker) -> Progress:
@@ -200,13 +212,13 @@ def wrap_ddp(cfg: TrainConfig, model):
         parallel_strategy_kwargs={"find_unused_parameters": find_unused})
 
 
-def set_up(cfg: TrainConfig, plan: dict) -> Run:
+def set_up(cfg: TrainConfig, plan: dict, stream: dict | None = None) -> Run:
     """Everything before the first epoch: model, data, optimiser, resumed state, DDP."""
     worker = start_worker(cfg)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg)
     crop = cfg.augment.crop or model.image_size
-    data = make_loaders(cfg, plan, worker, crop)
+    data = make_loaders(cfg, plan, worker, crop, stream)
     total_steps = cfg.train.epochs * math.ceil(len(data.loader) / cfg.train.grad_accum)
     model.to(worker.device)
     opt = make_optimisation(cfg, model, worker.device, worker.precision, total_steps,
@@ -221,7 +233,7 @@ def train_loop_per_worker(config: dict) -> None:
     """Ray Train worker: see the module docstring."""
     cfg = TrainConfig.model_validate(config["cfg"])
     quiet_report_log(cfg.run.log_level)
-    run = set_up(cfg, config["plan"])
+    run = set_up(cfg, config["plan"], config.get("stream"))
     rank, start = run.worker.rank, run.start_epoch
     end_epoch = cfg.train.epochs
     if cfg.train.stop_after_epochs is not None:
@@ -230,7 +242,8 @@ def train_loop_per_worker(config: dict) -> None:
         log0(rank, f"nothing to train: epoch {start} of {cfg.train.epochs} already done")
         return
     log0(rank, f"rank 0/{run.worker.world} on {run.worker.device} ({run.worker.precision}): "
-               f"{len(run.data.train_ds)} train samples/epoch, {len(run.data.val_ds)} val "
+               f"{len(run.data.train_ds)} train samples/epoch"
+               f"{' (streamed)' if cfg.data.streaming else ''}, {len(run.data.val_ds)} val "
                f"images, {len(run.data.loader)} batches/worker/epoch, "
                f"epochs {start + 1}..{end_epoch} of {cfg.train.epochs}")
     if run.pretrain_steps > run.progress.global_step:
