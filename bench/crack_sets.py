@@ -155,6 +155,7 @@ def train(name: str, config: Path, overrides: list[str], out: Path) -> Path:
            "--summary", str(out / "runs" / f"{name}.summary.json")]
     for kv in overrides:
         cmd += ["--set", kv]
+    (out / "runs").mkdir(parents=True, exist_ok=True)
     log(f"{name}: training ({' '.join(overrides) or 'mixture recipe'})")
     t0 = time.perf_counter()
     with open(out / "runs" / f"{name}.log", "w") as f:

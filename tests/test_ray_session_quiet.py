@@ -69,3 +69,18 @@ def test_reading_a_photos_orientation_raises_no_georeferencing_warning(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert read_orientation(str(path)) == 1
+
+
+def test_a_users_token_file_is_used_in_token_mode(monkeypatch, tmp_path):
+    from jobs.runtime.ray_session import ephemeral_token
+
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("mine")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    from jobs.runtime import ray_session  # this test process's Ray keeps the suite's auth mode
+
+    monkeypatch.setattr(ray_session, "refresh_ray_config", lambda: None)
+    ephemeral_token()
+    assert os.environ["RAY_AUTH_MODE"] == "token" and "RAY_AUTH_TOKEN" not in os.environ

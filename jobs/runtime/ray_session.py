@@ -72,11 +72,16 @@ def ephemeral_token() -> None:
 
     if any(os.environ.get(n) for n in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
         return
-    if (Path.home() / ".ray" / "auth_token").exists():
-        return  # the user's own token: Ray uses it (and `ray` CLI calls keep working)
-    os.environ["RAY_AUTH_MODE"] = "token"
-    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-    try:  # `import ray` cached the auth mode it saw: refresh it, as Ray's own enabling does
+    os.environ["RAY_AUTH_MODE"] = "token"  # explicit: Ray's quiet path
+    if not (Path.home() / ".ray" / "auth_token").exists():
+        # (a user's own token file is used as it is, and `ray` CLI calls keep working)
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    refresh_ray_config()
+
+
+def refresh_ray_config() -> None:
+    """`import ray` cached the auth mode it saw: refresh it, as Ray's own enabling does."""
+    try:
         from ray._raylet import Config
 
         Config.initialize("")
