@@ -93,8 +93,9 @@ def test_raster_and_mixture_contracts(tmp_path):
 def test_old_bundle_loads_with_an_unknown_contract():
     from samsp import load_bundle
 
-    assert "input" not in json.loads((CRACK / "bundle.json").read_text())  # committed as is
-    bundle = load_bundle(str(CRACK))
+    # the road model was committed before contracts (the crack model was retrained with one)
+    assert "input" not in json.loads((ROADS / "bundle.json").read_text())
+    bundle = load_bundle(str(ROADS))
     assert bundle.meta.input is None
     assert describe_input(None) == "contract unknown"
 
@@ -205,7 +206,9 @@ def test_finetune_starts_from_the_bundle(ref, monkeypatch):
     m = settled.model
     assert (m.type, m.image_size, m.detail_branch, m.detail_width, m.detail_stride) == \
         ("vit_tiny", 256, True, 32, 2)
-    assert m.checkpoint == str(CRACK) and base["threshold"] == 0.65 and m.threshold == 0.5
+    meta = json.loads((CRACK / "bundle.json").read_text())
+    assert m.checkpoint == str(CRACK) and base["threshold"] == meta["threshold"]
+    assert m.threshold == meta["prompt_threshold"] == 0.5  # self-prompts keep theirs
     model, bundle = build_model(cfg), load_bundle(str(CRACK)).model
     mine, theirs = model.state_dict(), bundle.state_dict()
     assert set(mine) == set(theirs) and any(k.startswith("detail.") for k in mine)
@@ -270,10 +273,12 @@ def test_models_lists_the_committed_bundles(tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = {line.split(" | ")[0]: line for line in proc.stdout.splitlines()}
     assert {"samsp-crack-tiny", "samsp-roads-tiny", "roads-copy"} <= set(lines)
-    crack = lines["samsp-crack-tiny"]
-    for part in ("vit_tiny 256px", "K=1 box", "threshold 0.65", "contract unknown",
+    crack, roads = lines["samsp-crack-tiny"], lines["samsp-roads-tiny"]
+    threshold = json.loads((CRACK / "bundle.json").read_text())["threshold"]
+    for part in ("vit_tiny 256px", "K=1 box", f"threshold {threshold:g}", "crack",
                  "the demo's crack model", str(CRACK)):
         assert part in crack, crack
+    assert "contract unknown" in roads and "contract unknown" not in crack
 
 
 def test_models_prints_one_bundle(capsys):
