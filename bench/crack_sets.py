@@ -238,6 +238,11 @@ def markdown(data: dict, keys: dict) -> str:
             f", fine-tuned from {m['init']}" if m.get("init") else "") + ")" if m.get(
             "held_out") else ""
         lines.append(f"| {name}{how} | " + " | ".join(cells) + f" | {mean} | {fp} |")
+    held = sorted(m["held_out"] for m in data["models"].values() if m.get("held_out"))
+    if held:
+        lines += ["", f"Leave-one-set-out: {len(held)} held-out set(s) measured ({', '.join(held)});"
+                  " `crack_loo_dice_mean` is their mean. Rows fine-tuned from a bundle cannot leave"
+                  " out a set the bundle was trained on."]
     lines += ["", "Headline keys: " + ", ".join(f"`{k}` = {v}" for k, v in sorted(keys.items()))]
     return "\n".join(lines) + "\n"
 
