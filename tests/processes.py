@@ -46,3 +46,15 @@ def stop_process(proc, timeout: float = 10) -> None:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         pass
+
+
+def run_in_session(cmd: list[str], env: dict, cwd, timeout: float = 400) -> tuple[int, str]:
+    """Run a job driver in its own session (stdout and stderr together) and kill whatever it
+    left behind; ``(returncode, output)``."""
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        text, _ = proc.communicate(timeout=timeout)
+    finally:
+        kill_session(proc.pid)
+    return proc.returncode, text

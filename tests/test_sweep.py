@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -158,7 +157,7 @@ def test_sweep_end_to_end_and_rerun(tmp_path):
     import pandas as pd
     from PIL import Image
 
-    from tests.processes import kill_session
+    from tests.processes import run_in_session
     from tests.test_segment import job_env, make_bundle
 
     bundle = make_bundle(str(tmp_path / "bundle"))
@@ -171,13 +170,7 @@ def test_sweep_end_to_end_and_rerun(tmp_path):
                str(out), "--model", bundle, "--set", "ray.num_cpus=2", "--set",
                "predict.batch_size=4", "--set", "predict.torch_threads=1", "--set", "report.top_n=3",
                "--set", "measure.pixel_size_mm=0.5"]
-        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        try:
-            text, _ = proc.communicate(timeout=400)
-        finally:
-            kill_session(proc.pid)
-        return proc.returncode, text
+        return run_in_session(cmd, env, REPO)
 
     rc, text = sweep([str(tmp_path / "photos")])
     assert rc == 1, text[-4000:]  # the broken JPEG and the bomb fail (the others finish)

@@ -3,9 +3,7 @@ width away from junctions and blobs, crack networks, each photo's own ``seconds`
 engine (``pipeline.engine: local``) writing what the Ray engine writes."""
 from __future__ import annotations
 
-import io
 import json
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -393,7 +391,8 @@ def test_local_engine_fails_every_photo_when_the_model_does_not_load(tmp_path):
 
 
 def test_readers_hand_over_every_row_once(tmp_path):
-    from jobs.crack_sweep.local_engine import PhotoReader, model_batches, read_threads
+    from jobs.crack_sweep.local_engine import PhotoReader, read_threads
+    from jobs.crack_sweep.pipeline import grouped_batches
     from jobs.crack_sweep.pipeline import photo_rows
     from tests.test_sweep_windowed_reads import _photo
 
@@ -402,7 +401,7 @@ def test_readers_hand_over_every_row_once(tmp_path):
     kwargs = {"tile": 64, "overlap": 8}
     reader = PhotoReader(photos, kwargs, threads=3, depth=2)  # a queue shorter than a photo
     try:
-        got = sorted((r["scene"], r["tile"]) for b in model_batches(reader.rows(), 3)
+        got = sorted((r["scene"], r["tile"]) for b in grouped_batches(reader.rows(), 3)
                      for r in [{"scene": s, "tile": t} for s, t in zip(b["scene"], b["tile"])])
     finally:
         reader.close()
@@ -427,7 +426,7 @@ def test_local_and_ray_engines_write_the_same_bytes(tmp_path):
     import pandas as pd
     from PIL import Image
 
-    from tests.processes import kill_session
+    from tests.processes import run_in_session
     from tests.test_segment import job_env, make_bundle
 
     bundle = make_bundle(str(tmp_path / "bundle"))
@@ -445,14 +444,8 @@ def test_local_and_ray_engines_write_the_same_bytes(tmp_path):
                "--output", str(out), "--model", bundle, "--set", f"pipeline.engine={engine}",
                "--set", "ray.num_cpus=2", "--set", "predict.batch_size=4", "--set",
                "predict.torch_threads=1", "--set", "report.sort_by=severity"]
-        proc = subprocess.Popen(cmd, env=job_env(SimpleNamespace(env=dict)), cwd=REPO,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
-        try:
-            text, _ = proc.communicate(timeout=400)
-        finally:
-            kill_session(proc.pid)
-        assert proc.returncode == 1, text[-4000:]  # the broken JPEG
+        rc, text = run_in_session(cmd, job_env(SimpleNamespace(env=dict)), REPO)
+        assert rc == 1, text[-4000:]  # the broken JPEG
         assert json.loads(text.strip().splitlines()[-1])["segmented"] == 3
         return out, text
 

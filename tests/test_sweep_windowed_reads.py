@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
 import sys
 import tracemalloc
 from pathlib import Path
@@ -428,7 +427,7 @@ def test_sweep_streams_a_many_tile_photo_and_a_rotated_one(tmp_path):
     from PIL import Image
 
     from samsp.predict import TilePredictor
-    from tests.processes import kill_session
+    from tests.processes import run_in_session
     from tests.test_segment import job_env, make_bundle
 
     bundle = make_bundle(str(tmp_path / "bundle"))
@@ -441,14 +440,8 @@ def test_sweep_streams_a_many_tile_photo_and_a_rotated_one(tmp_path):
     cmd = [sys.executable, str(REPO / "jobs" / "sweep.py"), "--input", str(folder), "--output",
            str(out), "--model", bundle, "--set", "ray.num_cpus=2", "--set", "predict.batch_size=4",
            "--set", "predict.torch_threads=1"]
-    proc = subprocess.Popen(cmd, env=job_env(SimpleNamespace(env=dict)), cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        text, _ = proc.communicate(timeout=400)
-    finally:
-        kill_session(proc.pid)
-    assert proc.returncode == 1, text[-4000:]
+    rc, text = run_in_session(cmd, job_env(SimpleNamespace(env=dict)), REPO)
+    assert rc == 1, text[-4000:]
     summary = json.loads(text.strip().splitlines()[-1])
     assert (summary["segmented"], summary["failed"]) == (2, 1), summary
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from jobs.training.data import TrainDataset, plan_data
 from jobs.training.streaming import (SAMPLE_LOG_ENV, batches_per_worker, epoch_order,
                                      load_block, load_row, padded, read_blocks, sample_rows,
                                      stream_spec, training_part)
+from tests.test_train import _train  # the same jobs/train.py launcher
 
 REPO = Path(__file__).resolve().parents[1]
 UTM = "EPSG:32633"
@@ -164,17 +163,6 @@ def test_streaming_is_off_by_default():
 
 # ----------------------------------------------------------------------------- with Ray
 
-def _train(args: list[str], env: dict, timeout: float = 420) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "jobs/train.py", "--config", "configs/train_tiny.yaml"]
-    for a in args:
-        cmd += ["--set", a] if "=" in a and not a.startswith("--") else [a]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    assert proc.returncode == 0, f"train.py failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n" \
-                                 f"{proc.stderr[-4000:]}"
-    return proc
-
-
 def _logged(folder: Path) -> dict[int, dict[int, list[int]]]:
     """``{rank: {epoch: [sample index, ...]}}`` of the workers' sample logs."""
     out: dict[int, dict[int, list[int]]] = {}
@@ -209,7 +197,7 @@ def test_two_workers_stream_disjoint_shards_stop_and_resume(tmp_path):
     common = [f"run.storage_path={tmp_path / 'runs'}", "run.name=stream", "data.streaming=true",
               "data.source.count=15", "train.samples_per_item=1", "train.epochs=2",
               "train.batch_size=4", "--summary"]
-    _train(common + [str(tmp_path / "s1.json"), "train.stop_after_epochs=1"], env)
+    _train(common + [str(tmp_path / "s1.json"), "train.stop_after_epochs=1"], env, timeout=420)
     s1 = json.loads((tmp_path / "s1.json").read_text())
     assert (s1["epochs_done"], s1["complete"], s1["bundle"]) == (1, False, None)
     assert s1["history"][0]["train_samples"] == n
@@ -217,7 +205,7 @@ def test_two_workers_stream_disjoint_shards_stop_and_resume(tmp_path):
     assert {e for r in logged.values() for e in r} == {0}
     _assert_disjoint_cover(logged, 0, n)
 
-    _train(common + [str(tmp_path / "s2.json")], env)
+    _train(common + [str(tmp_path / "s2.json")], env, timeout=420)
     s2 = json.loads((tmp_path / "s2.json").read_text())
     assert s2["complete"] and s2["epochs_done"] == 2 and s2["bundle"]
     second = s2["history"][1]
@@ -247,7 +235,7 @@ def test_streams_scene_windows_and_geoparquet_labels_from_s3(tmp_path, s3_env):
             f"data.source={json.dumps(source)}", "data.split.val_fraction=0.25",
             "train.samples_per_item=1", "train.epochs=1", "augment.crop=64",
             "augment.min_positive=0", "--summary", str(tmp_path / "s.json")]
-    _train(args, env)
+    _train(args, env, timeout=420)
     s = json.loads((tmp_path / "s.json").read_text())
     assert s["complete"] and s["data"]["source_kind"] == "raster" and s["bundle"]
     assert s["data"]["scenes"] == [source["pairs"][0]["image"]]

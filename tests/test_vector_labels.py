@@ -173,20 +173,25 @@ def test_lines_buffer_in_metres_on_a_geographic_image(tmp_path):
     assert (label == exp).mean() > 0.999 and exp.sum() > 1000
 
 
-def test_reads_use_a_bbox_per_window(tmp_path, monkeypatch):
-    import pyogrio
-
-    utm = _features_utm()
-    gj = _write_labels(utm.to_crs("EPSG:4326"), tmp_path / "labels.geojson")
-    calls = []
-    real = pyogrio.read_dataframe
+def _spy_reads(monkeypatch, module, name: str) -> list:
+    """Replace ``module.name`` (a layer reader) by one that logs ``(bbox, features read)``."""
+    calls, real = [], getattr(module, name)
 
     def spy(path, **kw):
         out = real(path, **kw)
         calls.append((kw.get("bbox"), len(out)))
         return out
 
-    monkeypatch.setattr(pyogrio, "read_dataframe", spy)
+    monkeypatch.setattr(module, name, spy)
+    return calls
+
+
+def test_reads_use_a_bbox_per_window(tmp_path, monkeypatch):
+    import pyogrio
+
+    utm = _features_utm()
+    gj = _write_labels(utm.to_crs("EPSG:4326"), tmp_path / "labels.geojson")
+    calls = _spy_reads(monkeypatch, pyogrio, "read_dataframe")
     labels = VectorLabels(gj, LabelOptions(), UTM, _transform(), H, W)
     _mosaic(labels)
     assert len(calls) == 25 and all(bbox is not None for bbox, _ in calls)
@@ -194,15 +199,7 @@ def test_reads_use_a_bbox_per_window(tmp_path, monkeypatch):
 
     import geopandas
 
-    seen = []
-    real_pq = geopandas.read_parquet
-
-    def spy_pq(path, **kw):
-        out = real_pq(path, **kw)
-        seen.append((kw.get("bbox"), len(out)))
-        return out
-
-    monkeypatch.setattr(geopandas, "read_parquet", spy_pq)
+    seen = _spy_reads(monkeypatch, geopandas, "read_parquet")
     for covering in (True, False):  # with a bbox covering column / scanned in batches
         pq = _write_labels(utm.to_crs("EPSG:4326"), tmp_path / f"c{covering}.parquet",
                            write_covering_bbox=covering)

@@ -19,7 +19,6 @@ model is read (torch import, bundle load: seconds) in a thread while the first p
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
 import logging
 import math
 import os
@@ -27,8 +26,8 @@ import queue
 import threading
 from typing import Callable, Iterator
 
-from jobs.crack_sweep.pipeline import keep_mask_cores, photo_rows, tile_batch
-from jobs.inference.lanes import cpu_layout
+from jobs.crack_sweep.pipeline import grouped_batches, keep_mask_cores, photo_rows
+from jobs.inference.lanes import cpu_layout, run_lanes
 from jobs.inference.model_preload import ModelPreload, import_model_code
 from jobs.inference.predictor import Predictor  # imports torch only when one is made
 from jobs.runtime.devices import worker_device
@@ -115,40 +114,12 @@ class PhotoReader:
             t.join(timeout=30)
 
 
-def model_batches(rows: Iterator[dict], batch_size: int) -> Iterator[dict]:
-    """Rows -> model batches of at most ``batch_size`` tiles (the Predictor groups shapes)."""
-    part: list[dict] = []
-    for row in rows:
-        part.append(row)
-        if len(part) >= batch_size:
-            yield tile_batch(part)
-            part = []
-    if part:
-        yield tile_batch(part)
-
-
-def run_lanes(predict: Callable[[dict], dict], batches: Iterator[dict], lanes: int,
-              consume: Callable[[dict], None]) -> None:
-    """``lanes`` threads calling ``predict`` on the batches; every output row to ``consume``
-    on this thread (the driver's stitching is not thread-safe)."""
-    with cf.ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="sweep-lane") as pool:
-        pending: set[cf.Future] = set()
-
-        def submit() -> None:
-            batch = next(batches, None)
-            if batch is not None:
-                pending.add(pool.submit(predict, batch))
-
-        for _ in range(lanes + 1):  # one queued: a lane that finishes starts at once
-            submit()
-        while pending:
-            finished, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-            for fut in finished:
-                pending.discard(fut)
-                submit()
-                out = fut.result()
-                for i in range(len(out["tile"])):
-                    consume({k: out[k][i] for k in out})
+def each_row(consume: Callable[[dict], None]) -> Callable[[dict], None]:
+    """A model output batch -> ``consume`` of each of its rows."""
+    def rows(out: dict) -> None:
+        for i in range(len(out["tile"])):
+            consume({k: out[k][i] for k in out})
+    return rows
 
 
 def run_local(job, photos: dict, consume: Callable[[dict], None]) -> str:
@@ -173,7 +144,8 @@ def run_local(job, photos: dict, consume: Callable[[dict], None]) -> str:
         predictor = Predictor(preload.bundle() or job.model_uri, job.threshold, device, threads,
                               cfg.predict.precision, own_bundle=True)
         run_lanes(lambda batch: keep_mask_cores(predictor(batch)),
-                  model_batches(reader.rows(), cfg.predict.batch_size), lanes, consume)
+                  grouped_batches(reader.rows(), cfg.predict.batch_size), lanes, each_row(consume),
+                  name="sweep-lane")
     except Exception as err:  # noqa: BLE001 - e.g. a bundle that cannot load
         model = model_error_line(err)
         msg = f"pipeline: {model}" if model else \
@@ -186,4 +158,4 @@ def run_local(job, photos: dict, consume: Callable[[dict], None]) -> str:
     return ""
 
 
-__all__ = ["PhotoReader", "lane_layout", "model_batches", "read_threads", "run_lanes", "run_local"]
+__all__ = ["PhotoReader", "lane_layout", "read_threads", "run_local"]

@@ -157,14 +157,21 @@ def read_photo_batches(batch: dict, tile: int, overlap: int, percentiles=(2.0, 9
     """The read stage (a generator ``map_batches`` UDF): one input row per photo -> output batches
     of at most ``batch_tiles`` tile rows, so a 100 MP photo streams downstream in small batches
     instead of being one batch of all its tiles. A photo's tiles may span several batches."""
-    rows: list[dict] = []
-    for row in photo_rows(batch, tile, overlap, percentiles, bands, max_pixels):
-        rows.append(row)
-        if len(rows) >= batch_tiles:
-            yield tile_batch(rows)
-            rows = []
-    if rows:
-        yield tile_batch(rows)
+    yield from grouped_batches(photo_rows(batch, tile, overlap, percentiles, bands, max_pixels),
+                               batch_tiles)
+
+
+def grouped_batches(rows: Iterator[dict], size: int) -> Iterator[dict]:
+    """Tile rows -> ``tile_batch`` batches of at most ``size`` rows (the read stage's output,
+    the local engine's model batches)."""
+    part: list[dict] = []
+    for row in rows:
+        part.append(row)
+        if len(part) >= size:
+            yield tile_batch(part)
+            part = []
+    if part:
+        yield tile_batch(part)
 
 
 def read_photos(batch: dict, tile: int, overlap: int, percentiles=(2.0, 98.0), bands=None,

@@ -11,8 +11,9 @@ results can move by an ulp with the thread count, see README "Threads and reprod
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 import math
-from typing import NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 
 class Layout(NamedTuple):
@@ -54,3 +55,26 @@ def actor_threads(cluster_cpus: float, node_cpus: float, actors: int, requested:
 
 
 __all__ = ["Layout", "actor_threads", "cpu_layout", "model_batches", "spread_threads"]
+
+
+def run_lanes(work: Callable, items: Iterator, lanes: int, consume: Callable,
+              name: str = "lane") -> None:
+    """``lanes`` threads calling ``work`` on the items, one more queued so a lane that finishes
+    starts at once; every result to ``consume`` on this thread (the callers' stitching and
+    bookkeeping are not thread-safe). Used by both jobs' local engines."""
+    with cf.ThreadPoolExecutor(max_workers=lanes, thread_name_prefix=name) as pool:
+        pending: set[cf.Future] = set()
+
+        def submit() -> None:
+            item = next(items, None)
+            if item is not None:
+                pending.add(pool.submit(work, item))
+
+        for _ in range(lanes + 1):
+            submit()
+        while pending:
+            finished, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for fut in finished:
+                pending.discard(fut)
+                submit()
+                consume(fut.result())

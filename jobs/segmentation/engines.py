@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from jobs.inference.actors import ACTOR_MAX_RESTARTS, TASK_MAX_RETRIES, ray_resources
-from jobs.inference.lanes import cpu_layout
+from jobs.inference.lanes import cpu_layout, run_lanes
 from jobs.inference.model_preload import ModelPreload, import_model_code
 from jobs.runtime.logs import filtered_native_stderr
 from jobs.runtime.messages import ANSI, model_error_line, one_line
@@ -184,26 +184,6 @@ def run_one_lane(predictor: PredictWriter, blocks: Iterator[list[dict]],
             consume(predictor(batch))
 
 
-def run_lanes(predictor: PredictWriter, blocks: Iterator[list[dict]], lanes: int,
-              consume: Callable[[dict], None]) -> None:
-    """``lanes`` threads sharing one model, each reading, predicting and writing its own block."""
-    with cf.ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="lane") as pool:
-        def submit() -> None:
-            b = next(blocks, None)
-            if b is not None:
-                pending.add(pool.submit(predictor, block_batch(b)))
-
-        pending: set[cf.Future] = set()
-        for _ in range(lanes + 1):  # one queued: a lane that finishes starts at once
-            submit()
-        while pending:
-            finished, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-            for fut in finished:
-                pending.discard(fut)
-                submit()
-                consume(fut.result())
-
-
 def run_local(job: PipelineJob) -> str:
     """The pipeline's stages in this process, no Ray. Returns "" or the error that stopped it.
 
@@ -243,7 +223,7 @@ def run_local(job: PipelineJob) -> str:
         if lanes == 1:
             run_one_lane(predictor, blocks, consume)
         else:
-            run_lanes(predictor, blocks, lanes, consume)
+            run_lanes(lambda b: predictor(block_batch(b)), blocks, lanes, consume)
     except Exception as err:  # noqa: BLE001 - e.g. a bundle that cannot load
         return pipeline_error(err)
     finally:
