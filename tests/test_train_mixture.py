@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
-from jobs.training.augment import grey_and_shadow
+from jobs.training.augment import augment, grey_and_shadow, small_image
 from jobs.training.config import TrainConfig
 from jobs.training.data import TrainDataset, ValDataset, plan_data
 from jobs.training.mixture import pick_item, spread_subset
@@ -158,6 +158,36 @@ def test_grey_and_shadow_augmentation():
     assert (shaded <= img).all() and (shaded[:, valid] < img[:, valid]).any()
     assert shaded[0][valid].min() < 200 * 0.8  # a real shadow (35-75 %) somewhere
     assert (shaded[:, ~valid] == 0).all()
+
+
+def test_small_image_padding_is_the_inference_frame():
+    """A crop cut to a small image keeps a top-left part and pads bottom/right with invalid
+    zeros: what an image smaller than the window looks like to the model at inference."""
+    rng = np.random.default_rng(1)
+    img = np.full((3, 40, 40), 90, np.uint8)
+    mask = np.ones((40, 40), bool)
+    valid = np.ones((40, 40), bool)
+    off = small_image(img, mask, valid, {"small_image": 0.0}, rng)
+    assert off[0] is img
+    sizes = set()
+    for _ in range(20):
+        ci, cm, cv = small_image(img, mask, valid, {"small_image": 1.0, "small_image_min": 0.5},
+                                 rng)
+        h, w = int(cv[:, 0].sum()), int(cv[0].sum())
+        assert 20 <= h <= 40 and 20 <= w <= 40
+        assert cv[:h, :w].all() and cv.sum() == h * w  # one top-left block
+        assert (ci[:, ~cv] == 0).all() and (ci[:, cv] == 90).all()
+        assert (cm == cv).all()  # labels only where there is image
+        sizes.add((h, w))
+    assert len(sizes) > 5
+    # through the whole augmentation, a config with small_image: 1 always pads
+    aug = {"scale": (1.0, 1.0), "hflip": False, "vflip": False, "rot90": False, "brightness": 0,
+           "contrast": 0, "saturation": 0, "gamma": 0, "small_image": 1.0,
+           "small_image_min": 0.3}
+    for _ in range(5):
+        _, _, cv = augment(img, mask, valid, 32, aug, rng)
+        h, w = int(cv[:, 0].sum()), int(cv[0].sum())
+        assert cv[0, 0] and cv.sum() == h * w and min(h, w) >= 10
 
 
 def test_set_reaches_into_a_members_list(tmp_path):

@@ -317,6 +317,10 @@ class AugmentConfig(StrictModel):
     shadow: float = Field(default=0.0, ge=0, le=1)
     # Crops are redrawn (up to 5 times) until at least this fraction is positive, when possible.
     min_positive: float = Field(default=0.0, ge=0, le=1)
+    # Probability that a crop keeps only a random top-left part (each side small_image_min..1 of
+    # the crop), the rest padding: images smaller than the model window, as inference pads them.
+    small_image: float = Field(default=0.0, ge=0, le=1)
+    small_image_min: float = Field(default=0.35, gt=0, le=1)
 
     @field_validator("scale")
     @classmethod
