@@ -241,3 +241,98 @@ def test_a_changed_output_setting_remakes_outputs_from_the_stored_mask(env, fres
     assert status["output_settings"]["vector_format"] == "flatgeobuf"
     again = _run(env, out, env.model_a, "--set", "output.vector_format=flatgeobuf")
     assert again.summary["skipped"] == 1 and again.summary["tiles_computed"] == 0
+
+
+def test_a_list_of_vector_formats_writes_each_from_one_pass(tmp_path):
+    """``output.vector_format`` as a list (``--set output.vector_format=[parquet,flatgeobuf]``
+    or YAML): every format of every kind, byte for byte what a single-format write gives;
+    stats.json's entry names each file; a repeated format or an empty list is refused."""
+    import geopandas as gpd
+    from affine import Affine
+
+    from ingest import MaskWriter
+    from jobs.runtime.config import load_config
+    from jobs.runtime.errors import ConfigError
+    from jobs.segmentation.config import SegmentConfig
+    from jobs.segmentation.vectors import scene_vector_files, write_scene_vectors
+
+    cfg = load_config(SegmentConfig, None, ["output.vector_format=[parquet,flatgeobuf]",
+                                            "output.vectors=both"])
+    assert cfg.output.vector_formats == ("parquet", "flatgeobuf")
+    one = load_config(SegmentConfig, None, ["output.vector_format=[geojson]"]).output
+    assert one.vector_format == "geojson"  # the same setting as the plain string
+    for bad in ("[parquet,parquet]", "[]", "[parquet,shp]"):
+        with pytest.raises(ConfigError, match="vector_format"):
+            load_config(SegmentConfig, None, [f"output.vector_format={bad}"])
+    mask = np.zeros((90, 100), np.uint8)
+    mask[10:20, 5:90] = 1  # a crack-like bar, two blobs and a dot
+    mask[40:60, 30:50] = mask[70:85, 60:95] = mask[5, 95] = 1
+    writer = MaskWriter(tmp_path / "m.zarr", chunk=32, height=90, width=100, crs="EPSG:32633",
+                        transform=Affine(2, 0, 500000, 0, -2, 0))
+    for win in writer.chunk_windows():
+        sl = np.s_[int(win.row_off):int(win.row_off + win.height),
+                   int(win.col_off):int(win.col_off + win.width)]
+        writer.write(win, prob=mask[sl] * 0.9, mask=mask[sl])
+    plan = SimpleNamespace(out_dir=str(tmp_path / "both"), georeferenced=True)
+    got = write_scene_vectors(writer, plan, cfg, [])
+    assert got["polygons"] == {"file": "polygons.parquet", "format": "parquet", "features": 4,
+                               "files": {"parquet": "polygons.parquet",
+                                         "flatgeobuf": "polygons.fgb"}}
+    assert sorted(scene_vector_files(got)) == ["centerlines.fgb", "centerlines.parquet",
+                                               "polygons.fgb", "polygons.parquet"]
+    for kind in ("polygons", "centerlines"):
+        pq_ = gpd.read_parquet(tmp_path / "both" / f"{kind}.parquet")
+        fgb = gpd.read_file(tmp_path / "both" / f"{kind}.fgb")
+        assert len(pq_) == len(fgb) == got[kind]["features"] > 0
+        assert pq_.crs == fgb.crs and pq_.crs.to_epsg() == 32633
+        for fmt, name in got[kind]["files"].items():  # the same bytes as a one-format run
+            single = SimpleNamespace(out_dir=str(tmp_path / fmt), georeferenced=True)
+            write_scene_vectors(writer, single, load_config(SegmentConfig, None, [
+                f"output.vector_format={fmt}", "output.vectors=both"]), [])
+            assert (tmp_path / fmt / name).read_bytes() == (tmp_path / "both" / name).read_bytes()
+    # STAC: two published formats of one kind are two assets (the first keeps its key)
+    import datetime as dt
+
+    from ingest.stac.items import SceneResult, result_item
+
+    (tmp_path / "both" / "polygons.geojson").write_text("{}")
+    item = result_item(SceneResult(
+        id="s", out_dir=str(tmp_path / "both"), height=90, width=100, crs=writer.crs,
+        transform=writer.transform, outputs=("polygons.parquet", "polygons.geojson"),
+        run_datetime=dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc)))
+    assert item.assets["vectors"].href == "./polygons.parquet"
+    assert item.assets["vectors-geojson"].href == "./polygons.geojson"
+
+
+def test_a_changed_list_of_vector_formats_is_an_output_only_rerun(env):
+    """[parquet] -> [parquet, flatgeobuf]: no tile computed, the .fgb added beside the kept
+    parquet, both listed (stats.json, status, index); -> geojson: the others removed."""
+    import geopandas as gpd
+
+    out = env.tmp / "outputs-list"
+    first = _run(env, out, env.model_a, "--set", "output.vector_format=[parquet]")
+    assert first.rc == 0 and first.summary["ok"] == 1, first.out[-3000:]
+    scene = out / "a"
+    assert not (scene / "polygons.fgb").exists()
+    res = _run(env, out, env.model_a, "--set", "output.vector_format=[parquet,flatgeobuf]")
+    assert res.rc == 0 and res.summary["ok"] == 1, res.out[-3000:]
+    assert res.summary["tiles_computed"] == 0 and "made again from the stored mask" in res.out
+    polygons = gpd.read_parquet(scene / "polygons.parquet")
+    assert len(polygons) == len(gpd.read_file(scene / "polygons.fgb")) > 0
+    stats = json.loads((scene / "stats.json").read_text())
+    assert stats["vectors"]["polygons"]["files"] == {"parquet": "polygons.parquet",
+                                                     "flatgeobuf": "polygons.fgb"}
+    assert stats["vectors"]["polygons"]["features"] == len(polygons)
+    status = json.loads((scene / "status.json").read_text())
+    assert status["output_settings"]["vector_format"] == ["parquet", "flatgeobuf"]
+    index = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    for row in (status, index[0]):
+        assert {"polygons.parquet", "polygons.fgb"} <= set(row["outputs"]), row["outputs"]
+    back = _run(env, out, env.model_a, "--set", "output.vector_format=geojson")
+    assert back.rc == 0 and back.summary["ok"] == 1, back.out[-3000:]
+    assert back.summary["tiles_computed"] == 0
+    assert len(gpd.read_file(scene / "polygons.geojson")) == len(polygons)
+    assert not (scene / "polygons.parquet").exists() and not (scene / "polygons.fgb").exists()
+    status = json.loads((scene / "status.json").read_text())
+    assert "polygons.parquet" not in status["outputs"] and "polygons.geojson" in status["outputs"]
+    assert status["mask_run_id"] == first.summary["run_id"]

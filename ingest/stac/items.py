@@ -144,7 +144,9 @@ def result_item(scene: SceneResult) -> pystac.Item:
         uri = storage.join(scene.out_dir, name)
         asset = pystac.Asset(href=uri, title=spec.title, media_type=spec.media_type,
                              roles=list(spec.roles))
-        item.add_asset(spec.key, asset)
+        # several formats of one kind (output.vector_format a list): the first keeps the key
+        key = spec.key if spec.key not in item.assets else f"{spec.key}-{name.rsplit('.', 1)[-1]}"
+        item.add_asset(key, asset)
         if name != "mask.zarr":  # a store is a folder: no single size/checksum
             size, checksum = file_checksum(uri)
             file_ext = FileExtension.ext(asset)

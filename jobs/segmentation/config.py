@@ -79,6 +79,9 @@ class PipelineConfig(StrictModel):
     lease_heartbeat_s: float = Field(default=10.0, gt=0)
 
 
+VectorFormat = Literal["parquet", "geojson", "flatgeobuf"]
+
+
 class OutputConfig(StrictModel):
     # COG of the binary mask (mask.tif) and of the probability (prob.tif).
     mask_cog: bool = True
@@ -94,8 +97,10 @@ class OutputConfig(StrictModel):
     # auto = polygons for georeferenced scenes, none for plain images (PNG/JPEG).
     vectors: Literal["auto", "none", "polygons", "centerlines", "both"] = "auto"
     # parquet = GeoParquet 1.1 (CRS as PROJJSON); geojson = RFC 7946, reprojected to WGS 84
-    # (georeferenced scenes only); flatgeobuf = .fgb with a spatial index.
-    vector_format: Literal["parquet", "geojson", "flatgeobuf"] = "parquet"
+    # (georeferenced scenes only); flatgeobuf = .fgb with a spatial index. A list of distinct
+    # formats ([parquet, flatgeobuf]) writes each of them for every kind (a one-item list is
+    # that format).
+    vector_format: Union[VectorFormat, list[VectorFormat]] = "parquet"
     # Pixel connectivity of a polygon: 4 (edges; every feature a Polygon) or 8 (corners too;
     # a component joined only at a corner is one valid MultiPolygon).
     vector_connectivity: Literal[4, 8] = 4
@@ -118,6 +123,24 @@ class OutputConfig(StrictModel):
     stac: bool = True
     # id of collection.json; None = the output folder's name.
     stac_collection: Optional[str] = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+    @field_validator("vector_format")
+    @classmethod
+    def _distinct_formats(cls, v):
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("name at least one format")
+            if len(set(v)) != len(v):
+                raise ValueError(f"{v} names a format twice")
+            if len(v) == 1:
+                return v[0]  # the same setting as the plain string (no output-only rerun)
+        return v
+
+    @property
+    def vector_formats(self) -> tuple[str, ...]:
+        """``vector_format`` as a tuple of formats, in the order asked."""
+        v = self.vector_format
+        return (v,) if isinstance(v, str) else tuple(v)
 
     @model_validator(mode="before")
     @classmethod

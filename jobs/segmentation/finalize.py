@@ -33,7 +33,7 @@ from ingest.crs import crs_label
 from ingest.lowres import read_decimated
 from ingest.trust import redact_uri
 from jobs.segmentation.config import SegmentConfig
-from jobs.segmentation.vectors import write_scene_vectors
+from jobs.segmentation.vectors import scene_vector_files, write_scene_vectors
 
 log = logging.getLogger("samsp.segment")
 
@@ -166,7 +166,7 @@ def write_outputs(plan, totals, cfg) -> tuple[list[str], dict]:
         built, png = build_rasters(writer, plan, cfg, tmp)
         outputs.extend(publish_rasters(plan, built, png))
         vectors = write_scene_vectors(writer, plan, cfg, totals.uncertain_tiles())
-        outputs.extend(v["file"] for v in vectors.values())
+        outputs.extend(scene_vector_files(vectors))  # every format's file
     return outputs, vectors
 
 
@@ -216,7 +216,8 @@ def scene_stats(st, run: FinalizeContext, vectors: dict, seconds: dict) -> dict:
         "mean_disagreement": totals.mean_disagreement,
         "mean_margin": totals.mean_margin,
         "uncertain_tiles": totals.uncertain_tiles(),
-        # {"polygons"|"centerlines": {"file", "format", "features"}} (output.vectors)
+        # {"polygons"|"centerlines": {"file", "format", "features"}} (output.vectors), plus
+        # "files" ({format: file}) when output.vector_format lists several
         "vectors": vectors,
         "seconds": seconds,
     }
