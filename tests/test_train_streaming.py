@@ -93,13 +93,15 @@ def sources(tmp_path) -> dict[str, dict]:
         "synthetic": synthetic,
         "pairs": {"kind": "pairs", "root": write_pairs(tmp_path / "pairs")},
         "raster": raster_source(image, labels),
+        # windows drawn by their positive flags (jobs/training/window_sampling.py)
+        "raster_positive": dict(raster_source(image, labels), positive_fraction=0.5),
         "mixture": {"kind": "mixture", "samples_per_epoch": 9, "members": [
             {"name": "syn", "source": synthetic, "weight": 1.0},
             {"name": "geo", "source": raster_source(image, labels), "weight": 3.0}]},
     }
 
 
-@pytest.mark.parametrize("kind", ["synthetic", "pairs", "raster", "mixture"])
+@pytest.mark.parametrize("kind", ["synthetic", "pairs", "raster", "raster_positive", "mixture"])
 def test_streamed_samples_equal_the_in_memory_samples(sources, kind):
     plan = plan_data(data_cfg(sources[kind]))
     aug = TrainConfig().augment.model_dump()
@@ -125,6 +127,10 @@ def test_streamed_samples_equal_the_in_memory_samples(sources, kind):
         np.testing.assert_array_equal(out["image"], np.stack([e[0].numpy() for e in expected]))
         np.testing.assert_array_equal(out["mask"], np.stack([e[1][0].numpy() for e in expected]))
         np.testing.assert_array_equal(out["index"], order[:4])
+    if kind == "raster_positive":  # half the epoch's rows from windows with a building
+        flags = [json.loads(r["item"])["positive"] for r in sample_rows(
+            spec, 0, list(range(len(ds))))]
+        assert plan["summary"]["sampling"]["applied"] and sum(flags) == round(len(ds) / 2)
     if kind == "mixture":  # the items are drawn by the members' weights, per (seed, epoch, i)
         groups = Counter(json.loads(r["item"])["group"] for r in sample_rows(
             spec, 0, list(range(len(ds)))))

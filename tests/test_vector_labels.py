@@ -310,6 +310,79 @@ def test_planning_errors_name_the_pair_and_file(tmp_path):
         _raster_cfg(image, str(tmp_path / "plain.tif"), burn=3)
 
 
+def _drawn_windows(plan, epochs=3, per_item=4) -> list[dict]:
+    """The training windows a run's samples come from over ``epochs`` (TrainDataset.draw)."""
+    from jobs.training.data import TrainDataset
+
+    ds = TrainDataset(plan, 32, TrainConfig().augment.model_dump(), 0, per_item, cache=False)
+    return [plan["train"][ds.draw(e, i)[0]] for e in range(epochs) for i in range(len(ds))]
+
+
+def test_positive_fraction_draws_windows_with_labels(tmp_path):
+    """data.source.positive_fraction: 1 -> every window drawn holds a positive pixel; off ->
+    some do not; 0.5 -> half the samples; the flags agree with the loaded masks, for a GeoJSON
+    and for the same labels as a label raster; the plan's summary records the setting."""
+    image = _write_image(tmp_path / "scene.tif")
+    x0, y1 = ORIGIN  # two buildings, top-left: most 64 px windows hold none
+    gdf = gpd.GeoDataFrame({"cls": [1, 1]}, crs=UTM, geometry=[
+        shapely.box(x0 + 8, y1 - 30, x0 + 20, y1 - 10),
+        shapely.box(x0 + 40, y1 - 50, x0 + 52, y1 - 38)])
+    path = _write_labels(gdf.to_crs("EPSG:4326"), tmp_path / "few.geojson")
+    lab_tif = tmp_path / "few.tif"
+    with rasterio.open(lab_tif, "w", driver="GTiff", height=H, width=W, count=1, dtype="uint8",
+                       crs=UTM, transform=_transform()) as dst:
+        dst.write(_expected(gpd.read_file(path).to_crs(UTM).assign(unsure=0))[0][None])
+
+    def cfg(label, fraction):
+        return TrainConfig.model_validate({"data": {"source": {
+            "kind": "raster", "tile": 64, "positive_fraction": fraction,
+            "pairs": [{"image": image, "label": label}]},
+            "split": {"val_fraction": 0.2, "seed": 3}}}).data.model_dump(mode="json")
+
+    def has_positive(loader, item) -> bool:
+        return bool(loader.load(item)[1].any())
+
+    off = plan_data(cfg(path, None))
+    assert "sampling" not in off["summary"] and off["positive_fraction"] is None
+    assert all("positive" not in it for it in off["train"])  # the plan is as it was
+    loader = ItemLoader(off["scenes"])
+    drawn_off = [has_positive(loader, it) for it in _drawn_windows(off)]
+    assert not all(drawn_off) and any(drawn_off)
+
+    for label in (path, str(lab_tif)):
+        plan = plan_data(cfg(label, 1.0))
+        loader = ItemLoader(plan["scenes"])
+        flags = [it["positive"] for it in plan["train"]]
+        assert flags == [has_positive(loader, it) for it in plan["train"]]
+        assert 0 < sum(flags) < len(flags)
+        assert plan["summary"]["sampling"] == {
+            "positive_fraction": 1.0, "train_windows": len(flags),
+            "positive_windows": sum(flags), "applied": True, "fallback": None}
+        assert all(has_positive(loader, it) for it in _drawn_windows(plan))
+        json.dumps(plan)
+    half = plan_data(cfg(path, 0.5))
+    drawn = [it["positive"] for it in _drawn_windows(half, epochs=1)]
+    assert sum(drawn) == round(len(drawn) / 2)
+
+
+def test_positive_fraction_without_positive_windows_falls_back(tmp_path, caplog):
+    image = _write_image(tmp_path / "scene.tif")
+    x0, y1 = ORIGIN  # an "unsure" patch only: features in the scene, no positive pixel
+    gdf = gpd.GeoDataFrame({"unsure": [1]}, crs=UTM,
+                           geometry=[shapely.box(x0 + 8, y1 - 30, x0 + 20, y1 - 10)])
+    path = _write_labels(gdf, tmp_path / "unsure.geojson")
+    data = _raster_cfg(image, path, ignore_field="unsure")
+    data["source"]["positive_fraction"] = 0.7
+    with caplog.at_level("WARNING", logger="samsp.train"):
+        plan = plan_data(data)
+    facts = plan["summary"]["sampling"]
+    assert facts["positive_windows"] == 0 and not facts["applied"]
+    assert "is not applied" in facts["fallback"] and facts["fallback"] in caplog.text
+    n = len(plan["train"])
+    assert [it["key"] for it in _drawn_windows(plan, epochs=1, per_item=2)] == \
+        [plan["train"][i % n]["key"] for i in range(2 * n)]
+
+
 def test_labels_from_s3(tmp_path, s3_env):
     import fsspec
 

@@ -154,6 +154,10 @@ class RasterPair(StrictModel):
     all_touched: bool = False
     # Layer of a multi-layer file (GeoPackage); None = the first.
     layer: Optional[str] = None
+    # The AOI's layer (None = the first) and an OGR SQL filter on its features: a review
+    # package (jobs/review.py) trains on `aoi_layer: tiles`, `aoi_where: "reviewed = 1"`.
+    aoi_layer: Optional[str] = None
+    aoi_where: Optional[str] = None
 
     @model_validator(mode="after")
     def _vector_options_need_a_vector_label(self):
@@ -166,6 +170,8 @@ class RasterPair(StrictModel):
                                  f".parquet, .fgb, .gpkg); {self.label} is a label raster")
         if self.class_field and "burn" in self.model_fields_set:
             raise ValueError("give burn or class_field, not both")
+        if (self.aoi_layer or self.aoi_where) and not self.aoi:
+            raise ValueError("aoi_layer and aoi_where need an aoi file")
         if self.ignore_value is not None and not (self.ignore_field or self.class_field):
             raise ValueError("ignore_value needs ignore_field (or class_field) to compare with")
         return self
@@ -187,6 +193,11 @@ class RasterData(StrictModel):
     threshold: float = 0.0
     # Scene-wide percentile stretch to uint8 (uint8 scenes pass through unchanged).
     percentiles: tuple[float, float] = (2.0, 98.0)
+    # Share of each epoch's training samples drawn from windows holding at least one positive
+    # label pixel (the rest from windows without); None = windows cycle evenly, positives or
+    # not. Planning reads each training window's labels once for its flag
+    # (jobs/training/window_sampling.py). Training source only; not in a mixture.
+    positive_fraction: Optional[float] = Field(default=None, ge=0, le=1)
 
 
 class SyntheticData(StrictModel):
@@ -293,6 +304,21 @@ class DataConfig(StrictModel):
         if self.split.spatial is not None and self.source.kind in ("pairs", "synthetic"):
             raise ValueError(f"data.split.spatial applies to raster sources, not "
                              f"{self.source.kind!r} (its items have no place on a map)")
+        return self
+
+    @model_validator(mode="after")
+    def _positive_fraction_on_the_training_source(self):
+        def sets_it(src) -> bool:
+            return getattr(src, "positive_fraction", None) is not None
+
+        if sets_it(self.val_source):
+            raise ValueError("data.val_source.positive_fraction: applies to the training "
+                             "source only (validation windows are all scored)")
+        if self.source.kind == "mixture":
+            for m in self.source.members:
+                if sets_it(m.source) or sets_it(m.val_source):
+                    raise ValueError(f"mixture member {m.name!r}: positive_fraction is not "
+                                     "supported in a mixture (members are drawn by weight)")
         return self
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 from pathlib import PurePosixPath
 
@@ -30,8 +31,9 @@ from jobs.runtime.errors import DataError
 from jobs.training.augment import augment
 from jobs.training.geo_split import block_sides, spatial_split
 from jobs.training.mixture import group_index, merge_members, pick_item, spread_subset
-from jobs.training.raster_source import load_window, open_raster, raster_items
+from jobs.training.raster_source import load_window, open_raster, positive_windows, raster_items
 from jobs.training.synthetic import synth_item
+from jobs.training.window_sampling import epoch_positions, sampling_facts
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 
@@ -181,8 +183,18 @@ def plan_data(data_cfg: dict) -> dict:
         summary["labels"] = [sc["label_facts"] for sc in scenes if "label_facts" in sc]
     elif src["kind"] == "mixture":
         summary["groups"] = groups
+    fraction = src.get("positive_fraction") if src["kind"] == "raster" else None
+    if fraction is not None:
+        # one bool per training window (jobs/training/window_sampling.py)
+        for it, flag in zip(train, positive_windows(train, scenes)):
+            it["positive"] = flag
+        summary["sampling"] = sampling_facts([it["positive"] for it in train], fraction)
+        if summary["sampling"]["fallback"]:
+            logging.getLogger("samsp.train").warning("data.source.positive_fraction: %s",
+                                                     summary["sampling"]["fallback"])
     return {"train": train, "val": val, "scenes": scenes, "groups": groups,
-            "samples_per_epoch": src.get("samples_per_epoch"), "summary": summary}
+            "samples_per_epoch": src.get("samples_per_epoch"), "positive_fraction": fraction,
+            "summary": summary}
 
 
 def _train_val(source: dict, val_source: dict | None, split: dict
@@ -310,6 +322,10 @@ class TrainDataset:
         self.weights = [g["weight"] for g in groups] if len(groups) > 1 else None
         self.by_group = group_index(self.items, len(groups)) if self.weights else None
         self.per_epoch = plan.get("samples_per_epoch") or len(self.items)
+        # data.source.positive_fraction: each epoch's windows drawn by their positive flags
+        # (jobs/training/window_sampling.py); None: they cycle
+        self.positive_fraction = None if self.weights else plan.get("positive_fraction")
+        self._positions: tuple[int, np.ndarray] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -324,7 +340,18 @@ class TrainDataset:
         rng = np.random.default_rng([self.seed, epoch, i])
         if self.weights:
             return pick_item(self.by_group, self.weights, rng), rng
+        if self.positive_fraction is not None:
+            return int(self.positions(epoch)[i]), rng
         return i % len(self.items), rng
+
+    def positions(self, epoch: int) -> np.ndarray:
+        """The window of each sample of ``epoch`` with a positive fraction (the last epoch's
+        kept: one int per sample)."""
+        if self._positions is None or self._positions[0] != epoch:
+            flags = [bool(it.get("positive")) for it in self.items]
+            self._positions = (epoch, epoch_positions(flags, len(self), self.positive_fraction,
+                                                      self.seed, epoch))
+        return self._positions[1]
 
     def augmented(self, item: dict, rng: np.random.Generator):
         """``(image uint8[3,c,c], mask bool[c,c], valid bool[c,c])``: ``item`` loaded and

@@ -145,4 +145,40 @@ def load_window(opened: tuple, meta: dict, item: dict) -> tuple[np.ndarray, np.n
     return np.ascontiguousarray(img, dtype=np.uint8), mask, valid
 
 
-__all__ = ["load_window", "open_raster", "raster_items", "vector_labels"]
+def positive_windows(items: list[dict], scenes: list[dict]) -> list[bool]:
+    """One bool per raster item: does its window hold at least one positive label pixel
+    (label > threshold, inside the scene, where the labels are valid)? Planning's input to
+    ``data.source.positive_fraction`` (jobs/training/window_sampling.py): each window's labels
+    are read once -- a label raster's window, or the vector features meeting the window
+    rasterised on it (one bbox read, as an epoch's first load does) -- and only the bool is
+    kept. The image is not read: a positive pixel on image nodata still counts."""
+    from rasterio.windows import Window
+
+    opened: dict[int, tuple] = {}
+    out = []
+    for item in items:
+        idx = item["scene"]
+        meta = scenes[idx]
+        if idx not in opened:
+            opened[idx] = open_raster(meta)
+        scene, label, _ = opened[idx]
+        col, row, w, h = item["window"]
+        window = Window(col, row, w, h)
+        if isinstance(label, VectorLabels):
+            try:
+                lab, valid = label.read(window)
+            except LabelSourceError as err:
+                raise DataError(f"raster pair {idx}: {err}") from None
+        else:
+            lab, valid = label.read(window)[0][0], None  # its nodata is not used (as loading)
+        hit = lab > meta["threshold"]
+        if valid is not None:
+            hit &= valid
+        # only the part inside the scene (loading's image validity drops the padding)
+        r0, c0 = max(0, -row), max(0, -col)
+        r1, c1 = min(h, scene.height - row), min(w, scene.width - col)
+        out.append(bool(r1 > r0 and c1 > c0 and hit[r0:r1, c0:c1].any()))
+    return out
+
+
+__all__ = ["load_window", "open_raster", "positive_windows", "raster_items", "vector_labels"]

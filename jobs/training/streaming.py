@@ -200,8 +200,10 @@ class StreamingLoader:
 
 
 def training_part(plan: dict) -> dict:
-    """What sampling and loading training samples need of a plan (no validation items)."""
-    return {k: plan.get(k) for k in ("train", "scenes", "groups", "samples_per_epoch")}
+    """What sampling and loading training samples need of a plan (no validation items; with
+    ``positive_fraction`` each window's flag rides on its item: ``TrainDataset.draw``)."""
+    return {k: plan.get(k) for k in ("train", "scenes", "groups", "samples_per_epoch",
+                                     "positive_fraction")}
 
 
 def stream_spec(plan: Any, crop: int, aug: dict, seed: int, samples_per_item: int) -> dict:
