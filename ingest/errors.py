@@ -114,8 +114,15 @@ class LabelSourceError(Exception):
         super().__init__(one_line(message, 400))
 
 
+class ReviewPackageError(WriterError):
+    """A review package (``ingest.review``) cannot be written or read (one line)."""
+
+    def __init__(self, message: str):
+        super().__init__(one_line(message, 400))
+
+
 __all__ = [
-    "SceneError", "MissingSceneError", "CorruptSceneError", "UnsupportedFormatError",
+    "ReviewPackageError", "SceneError", "MissingSceneError", "CorruptSceneError", "UnsupportedFormatError",
     "S3AccessError", "NoCRSError", "EmptySceneError", "BandError", "WriterError",
     "IncompleteMaskError", "VectorError", "VectorFormatError", "LabelSourceError",
 ]

@@ -32,7 +32,7 @@ def test_help_lists_every_command():
     res = run(samsp_script(), "--help")
     assert res.returncode == 0, res.stderr
     listed = [line.split()[0] for line in res.stdout.split("commands:\n")[1].splitlines()]
-    assert listed == ["segment", "train", "sweep", "evaluate", "demo", "models"]
+    assert listed == ["segment", "train", "sweep", "evaluate", "review", "demo", "models"]
 
 
 def test_segment_help_is_the_jobs_own():

@@ -59,13 +59,18 @@ def _local(uri: str) -> str:
 class VectorLayer:
     """A vector file read by bounding box; see the module docstring."""
 
-    def __init__(self, uri: str, layer: str | None = None):
+    def __init__(self, uri: str, layer: str | None = None, where: str | None = None):
         self.uri = str(uri)
         self.format = label_format(self.uri)
         if self.format is None:
             raise LabelSourceError(f"labels {self.uri}: unknown vector format (use "
                                    f"{', '.join(sorted(FORMATS))})")
+        if where and self.format == "parquet":
+            raise LabelSourceError(f"labels {self.uri}: an attribute filter (where) needs a "
+                                   "GeoPackage, FlatGeobuf or GeoJSON layer")
         self.layer = layer
+        # OGR SQL attribute filter on the features read (e.g. "reviewed = 1"); None = all
+        self.where = where or None
         self._info: LayerInfo | None = None
 
     def __repr__(self) -> str:
@@ -156,7 +161,8 @@ class VectorLayer:
                 import pyogrio
 
                 gdf = pyogrio.read_dataframe(self._ogr_path(), layer=self.layer,
-                                             columns=columns, bbox=tuple(bbox))
+                                             columns=columns, bbox=tuple(bbox),
+                                             where=self.where)
         except Exception as err:
             raise LabelSourceError(f"labels {self.uri}: cannot read features: {err}") from None
         return gdf.set_crs(info.crs_wkt, allow_override=True)
@@ -203,7 +209,7 @@ class VectorLayer:
             self.info()
             try:
                 fids, _ = pyogrio.read_bounds(self._ogr_path(), layer=self.layer,
-                                              bbox=tuple(bbox))
+                                              bbox=tuple(bbox), where=self.where)
             except Exception as err:
                 raise LabelSourceError(f"labels {self.uri}: cannot read: {err}") from None
             return len(fids)

@@ -47,6 +47,10 @@ class LabelOptions:
     aoi: str | None = None
     all_touched: bool = False
     layer: str | None = None
+    # the AOI's layer in a multi-layer file, and an attribute filter on its features (OGR SQL,
+    # e.g. "reviewed = 1": a review package's corrected tiles only)
+    aoi_layer: str | None = None
+    aoi_where: str | None = None
 
     def __post_init__(self):
         if not 0 < int(self.burn) <= 255:
@@ -94,7 +98,8 @@ class VectorLabels:
         self.transform = Affine(*transform[:6])
         self.height, self.width = int(height), int(width)
         self.layer = VectorLayer(self.uri, options.layer)
-        self.aoi = VectorLayer(options.aoi) if options.aoi else None
+        self.aoi = (VectorLayer(options.aoi, options.aoi_layer, options.aoi_where)
+                    if options.aoi else None)
         self._buffer = None  # (work CRS, distance in its units), worked out on first use
 
     # -- geometry helpers
@@ -241,7 +246,13 @@ class VectorLabels:
                                    f"{', '.join(info.fields[:12]) or 'none'})")
         scene = self.scene_bounds()
         n = self.layer.count(self._bbox_in(self.layer, scene))
-        if n == 0:
+        aoi_n = (self.aoi.count(self._bbox_in(self.aoi, scene, grow=False))
+                 if self.aoi is not None else 0)
+        if self.aoi is not None and aoi_n == 0:
+            raise LabelSourceError(f"labels aoi {self.aoi.uri}: no feature inside the scene")
+        # No feature at all is a CRS or file mix-up -- unless an AOI says where labelling was
+        # done: then it is an all-background area (a reviewed tile with nothing in it).
+        if n == 0 and self.aoi is None:
             raise LabelSourceError(
                 f"labels {self.uri}: no feature inside the scene (scene bounds "
                 f"{_fmt(self._bbox_in(self.layer, scene))} in the layer's CRS; layer bounds "
@@ -249,10 +260,7 @@ class VectorLabels:
         facts = {"labels": self.uri, "format": info.format, "features_in_scene": n,
                  "indexed": info.indexed}
         if self.aoi is not None:
-            self.aoi.info()
-            if self.aoi.count(self._bbox_in(self.aoi, scene, grow=False)) == 0:
-                raise LabelSourceError(f"labels aoi {self.aoi.uri}: no feature inside the scene")
-            facts["aoi"] = self.aoi.uri
+            facts.update(aoi=self.aoi.uri, aoi_features_in_scene=aoi_n)
         return facts
 
     def aoi_coverage(self, windows) -> list[float]:
