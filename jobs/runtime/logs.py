@@ -5,7 +5,8 @@
   run) -- let through once; stac_geoparquet logs its profiling (CPU %, RSS) at INFO -- WARNING.
 * Ray's core worker prints, at error level and from C++ straight to the driver's stderr,
   "Actor ... has constructor arguments in the object store and max_restarts > 0" for every Ray
-  Data actor that may restart (ray-project/ray#53727): Ray Data itself always passes the
+  Data actor that may restart and for Ray Train's own ``PreemptionWatcher``
+  (ray-project/ray#53727): Ray Data itself always passes the
   actors' data context and map transformer as object refs, and our bounded ``max_restarts``
   (lost nodes, fatal CUDA errors) is what makes it print. Those objects are owned and kept
   alive by the driver for the whole dataset, so a restarted actor finds them; the line is
@@ -30,9 +31,9 @@ log = logging.getLogger("samsp.logs")
 HARMLESS_NATIVE_LINES = [
     (re.compile(rb"core_worker\.cc:\d+: Actor with class name: .* has constructor arguments in "
                 rb"the object store and max_restarts > 0"),
-     "ray: model actors are restartable and their Ray Data constructor arguments live in the "
-     "object store, owned by this driver for the whole run (Ray's error-level notice about "
-     "it, ray-project/ray#53727, is not shown)"),
+     "ray: restartable actors (Ray Data's model actors, Ray Train's controller helpers) keep "
+     "their constructor arguments in the object store, owned by this driver for the whole run "
+     "(Ray's error-level notice about it, ray-project/ray#53727, is not shown)"),
 ]
 
 

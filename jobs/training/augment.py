@@ -1,6 +1,7 @@
 """Joint augmentation of training crops: random rescale + crop (boundless, padding invalid),
-flips and 90-degree rotations, colour jitter, grey crops, cast shadows and small-image padding. Image, mask and valid move together, and labels
-survive downscaling wherever the structure stays visible (``label_keep_threshold``).
+flips and 90-degree rotations, colour jitter, grey crops, cast shadows and small-image padding.
+Image, mask and valid move together, and labels survive downscaling wherever the structure
+stays visible (``label_keep_threshold``).
 
 Arrays are ``image uint8[C,h,w]``, ``mask bool[h,w]``, ``valid bool[h,w]`` (``_resize`` works on
 any ``[C,h,w]``); randomness comes from the caller's generator, so a crop is reproducible.

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from ingest.storage import fs_for
+from jobs.runtime.logs import filtered_native_stderr
 from jobs.runtime.ray_session import init_ray, is_local_ray, storage_filesystem, worker_env_vars
 from jobs.training.backend import GpuCheckedTorchConfig
 from jobs.training.config import TrainConfig
@@ -336,7 +337,8 @@ def run(cfg: TrainConfig) -> dict:
              json.dumps(facts["plan"]["summary"]))
     trainer = make_trainer(cfg, facts["plan"], start_ray(cfg), facts["crop"])
     t0 = time.perf_counter()
-    result = trainer.fit()
+    with filtered_native_stderr():  # Ray Train's error-level notice on its restartable actors
+        result = trainer.fit()
     fit_s = time.perf_counter() - t0
     if result.error:
         raise result.error
