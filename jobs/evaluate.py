@@ -23,7 +23,15 @@ by mean Dice of the final pass -- never on the evaluated set unless you point it
 Writes under ``--out``: ``per_image.csv`` (one row per image and pass), ``summary.json``
 (means, std, pooled metrics per pass, the output, the sweep), ``sweep.csv`` when swept and
 ``overlays/{best,worst}_NN_<image>.png`` (image | prediction over it: true positive green,
-false positive red, missed blue). Exit codes: 0 done, 2 bad arguments/data/bundle.
+false positive red, missed blue). Exit codes: 0 done, 1 some scene failed the bundle's input
+contract (the others scored), 2 bad arguments/data/bundle.
+
+The bundle's input contract (``bundle.json`` ``input``) is checked as the segment job checks it
+(jobs/inference/contract_check.py; ``--contract-check error|warn|off`` is its
+``input.contract_check``, ``--gsd-tolerance`` its ``input.gsd_tolerance``): pair folders once
+per run (photos decoded to 8-bit RGB; no GSD), an error ending the run before the model loads;
+scenes one by one, a scene the model cannot read failing alone. Warnings go to ``summary.json``
+(``warnings``; per scene in scene mode).
 
 Scenes instead of pair folders (jobs/evaluation/scene_run.py, scenes.py, error_map.py,
 blocks.py)::
@@ -55,6 +63,7 @@ from jobs.evaluation.scene_run import format_scene_table, run_scenes  # noqa: E4
 from jobs.evaluation.scenes import SAMPLE_PIXELS  # noqa: E402
 from jobs.evaluation.scoring import DEFAULT_TOLERANCE  # noqa: E402
 from jobs.inference.bundle_meta import BundleNotFoundError, resolve_bundle  # noqa: E402
+from jobs.inference.contract_check import DEFAULT_GSD_TOLERANCE  # noqa: E402
 from jobs.runtime.logs import configure_logging  # noqa: E402
 
 
@@ -93,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep-thresholds", default="0.1:0.9:0.05",
                    help="start:stop:step or a,b,c (default 0.1:0.9:0.05)")
     p.add_argument("--overlays", type=int, default=3, help="best and worst N overlay PNGs")
+    p.add_argument("--contract-check", default="error", choices=("error", "warn", "off"),
+                   help="the bundle's input contract against the data (as segment's "
+                        "input.contract_check): error = a scene the model would read wrongly "
+                        "fails (pair folders: the run), warn = it is scored with a warning, "
+                        "off = not checked")
+    p.add_argument("--gsd-tolerance", type=float, default=DEFAULT_GSD_TOLERANCE,
+                   help="warn when a scene's GSD is more than this many times finer or coarser "
+                        "than the training scenes' (default %(default)g, as segment)")
     add_scene_args(p)
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
@@ -168,7 +185,7 @@ def _report(args: argparse.Namespace, summary: dict, scenes: bool) -> None:
         print(format_scene_table(summary))
         if args.out:
             print(f"wrote {args.out}/per_scene.csv, summary.json, "
-                  f"{len(summary['scenes'])} errors.tif")
+                  f"{len(summary['scenes']) - summary.get('failed', 0)} errors.tif")
         return
     print(format_table(summary))
     if args.out:
@@ -189,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     _report(args, summary, scenes)
-    return 0
+    return 1 if summary.get("failed") else 0
 
 
 if __name__ == "__main__":

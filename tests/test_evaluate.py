@@ -202,6 +202,43 @@ def test_cli_bad_inputs_fail_with_one_line(tmp_path, micro_bundle, capsys):
     assert "bundle" in capsys.readouterr().err
 
 
+def test_pair_folders_are_checked_once_against_the_input_contract(tmp_path, micro_bundle,
+                                                                   capsys):
+    """Photos decoded to 8-bit RGB against a bundle trained on stretched uint16 scenes: a
+    4-band model fails the run before it loads (one line), a 3-band one warns in summary.json
+    (the GSD is not checked: photos have none); --contract-check off checks nothing."""
+    import shutil
+
+    data = _pairs(tmp_path / "data", n=1)
+    bundle = tmp_path / "scenes_bundle"
+    shutil.copytree(micro_bundle, bundle)
+    meta = json.loads((bundle / "bundle.json").read_text())
+    contract = {"labels": "road", "dtype": "uint16", "channels": 3, "bands": [1, 2, 3],
+                "radiometry": {"mode": "stretch", "percentiles": [2.0, 98.0]},
+                "band_names": None, "gsd_m": 0.5}
+
+    def evaluate(contract: dict, out: str, *extra) -> int:
+        (bundle / "bundle.json").write_text(json.dumps({**meta, "input": contract}))
+        return ev.main(["--model", str(bundle), "--data", str(data), "--out",
+                        str(tmp_path / out), "--tile", "64", "--iterations", "0",
+                        "--overlays", "0", *extra])
+
+    assert evaluate(contract, "three") == 0
+    summary = json.loads((tmp_path / "three" / "summary.json").read_text())
+    [warning] = summary["warnings"]
+    assert warning.startswith("model was trained on uint16 scenes stretched 2-98 %; this uint8 "
+                              "scene goes to it unchanged")
+    four = dict(contract, channels=4, bands=[1, 2, 3, 4])
+    assert evaluate(four, "four") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    assert "model expects 4 bands of uint16 scenes; scene has 3 bands uint8" in err
+    assert not (tmp_path / "four").exists()
+    assert evaluate(four, "off", "--contract-check", "off") == 0
+    summary = json.loads((tmp_path / "off" / "summary.json").read_text())
+    assert summary["warnings"] == [] and summary["contract_check"] == "off"
+
+
 def test_deepcrack_layout_is_detected():
     from tests.conftest import shared_data
 

@@ -255,6 +255,93 @@ def test_spacenet_sample_tile(tmp_path, bundle):
     assert o["tp"] + o["fp"] + o["fn"] + o["tn"] > 0 and o["tp"] + o["fn"] > 0
 
 
+# ------------------------------------------------------------------ the input contract (issue 30)
+
+@pytest.fixture(scope="module")
+def contract_scenes(tmp_path_factory):
+    """A bundle whose contract says 3-band uint8 at 0.5 m (tests/test_contract_checks.py) and
+    three scenes with labels: good (RGB at 0.5 m), pan (1-band uint16 at 0.5 m), coarse (RGB
+    at 5 m: 10x the contract's GSD)."""
+    from ingest.synthetic import default_transform
+    from tests.test_contract_checks import _contract_bundle
+
+    root = tmp_path_factory.mktemp("contract")
+    kinds = {"good": dict(transform=default_transform(0.5), seed=1),
+             "pan": dict(count=1, dtype="uint16", transform=default_transform(0.5), seed=3),
+             "coarse": dict(transform=default_transform(5.0), seed=2)}
+    scenes = {}
+    for name, kw in kinds.items():
+        scene = make_geotiff(root / f"{name}.tif", H, W, **kw)
+        scenes[name] = (scene, _footprints(root / f"{name}.geojson", scene))
+    return {"bundle": _contract_bundle(root / "bundle"), "scenes": scenes}
+
+
+def _scene_args(c: dict, *names) -> list[str]:
+    return [a for n in names for a in ("--image", c["scenes"][n][0], "--labels",
+                                       c["scenes"][n][1])]
+
+
+def test_a_scene_the_model_cannot_read_fails_alone(tmp_path, contract_scenes, capsys):
+    c, out = contract_scenes, tmp_path / "eval"
+    rc = _evaluate(c["bundle"], out, *_scene_args(c, "pan", "good"), "--threshold", "0.5")
+    printed = capsys.readouterr().out
+    assert rc == 1, printed
+    summary = json.loads((out / "summary.json").read_text())
+    pan, good = summary["scenes"]
+    assert summary["failed"] == 1 and summary["contract_check"] == "error"
+    assert pan["scene"] == "pan" and pan["status"] == "failed" and pan["output"] is None
+    assert pan["error"].startswith("model expects 3 bands (red, green, blue) of uint8 scenes; "
+                                   "scene has 1 band uint16: give radiometry.bands")
+    assert "--bands" in pan["error"] and "\n" not in pan["error"]
+    assert good["status"] == "ok" and good["error"] is None and good["warnings"] == []
+    assert good["gsd_m"] == 0.5 and good["output"]["tp"] + good["output"]["tn"] > 0
+    assert summary["output"]["scenes"] == 1  # pooled over the scored scene only
+    with open(out / "per_scene.csv") as f:
+        assert {r["scene"] for r in csv.DictReader(f)} == {"good"}
+    assert (out / "good" / "errors.tif").exists() and not (out / "pan").exists()
+    assert "pan" in printed and "failed: model expects 3 bands" in printed
+    # no scene the model can read: nothing to score, one line
+    assert _evaluate(c["bundle"], tmp_path / "none", *_scene_args(c, "pan")) == 2
+    err = _one_line_error(capsys)
+    assert "no scene can be evaluated: scene pan: model expects 3 bands" in err
+
+
+def test_a_scene_far_from_the_model_gsd_is_scored_with_a_warning(tmp_path, contract_scenes,
+                                                                 capsys):
+    c, out = contract_scenes, tmp_path / "eval"
+    assert _evaluate(c["bundle"], out, *_scene_args(c, "coarse"), "--threshold", "0.5") == 0, \
+        capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    [coarse] = summary["scenes"]
+    assert coarse["status"] == "ok" and coarse["gsd_m"] == 5.0 and summary["failed"] == 0
+    [warning] = coarse["warnings"]
+    assert warning.startswith("scene GSD 5 m, model trained at 0.5 m (10x coarser, over "
+                              "input.gsd_tolerance 2x)")
+    # a wider tolerance accepts it
+    assert _evaluate(c["bundle"], tmp_path / "wide", *_scene_args(c, "coarse"), "--threshold",
+                     "0.5", "--gsd-tolerance", "20") == 0
+    summary = json.loads((tmp_path / "wide" / "summary.json").read_text())
+    assert summary["scenes"][0]["warnings"] == [] and summary["gsd_tolerance"] == 20
+    assert _evaluate(c["bundle"], tmp_path / "bad", *_scene_args(c, "coarse"),
+                     "--gsd-tolerance", "1") == 2
+    assert "--gsd-tolerance must be > 1" in _one_line_error(capsys)
+
+
+def test_contract_check_off_skips_and_warn_scores_with_the_reason(tmp_path, contract_scenes):
+    c = contract_scenes
+    scenes = _scene_args(c, "pan", "coarse")
+    assert _evaluate(c["bundle"], tmp_path / "off", *scenes, "--threshold", "0.5",
+                     "--contract-check", "off") == 0
+    summary = json.loads((tmp_path / "off" / "summary.json").read_text())
+    assert summary["contract_check"] == "off" and summary["failed"] == 0
+    assert [(s["status"], s["warnings"]) for s in summary["scenes"]] == [("ok", []), ("ok", [])]
+    assert _evaluate(c["bundle"], tmp_path / "warn", *scenes, "--threshold", "0.5",
+                     "--contract-check", "warn") == 0
+    pan, coarse = json.loads((tmp_path / "warn" / "summary.json").read_text())["scenes"]
+    assert pan["status"] == "ok" and pan["warnings"][0].startswith("model expects 3 bands")
+    assert coarse["warnings"][0].startswith("scene GSD 5 m")
+
+
 def _echo_forward(tiles, valid):
     """One 'pass': the first band / 255 (numpy only: the loop's own memory is measured)."""
     return (tiles[:, :1].astype(np.float32) / 255.0).transpose(1, 0, 2, 3)

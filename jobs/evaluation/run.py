@@ -18,6 +18,8 @@ import numpy as np
 from jobs.evaluation.data import EvalError, detect_layout, list_pairs, load_item, validation_items
 from jobs.evaluation.outputs import write_csv, write_overlays
 from jobs.evaluation.scoring import DEFAULT_TOLERANCE, EvalResult, aggregate, score_image
+from jobs.inference.contract_check import (DEFAULT_GSD_TOLERANCE, SceneFacts, check_scene,
+                                           split)
 from jobs.inference.sliding_window import SlidingWindow, bundle_forward
 
 log = logging.getLogger("samsp.evaluate")
@@ -153,6 +155,8 @@ def check_args(args: argparse.Namespace) -> list[float]:
         raise EvalError(f"--threshold must lie in (0, 1), got {args.threshold}")
     if args.iterations is not None and args.iterations < 0:
         raise EvalError("--iterations must be >= 0")
+    if getattr(args, "gsd_tolerance", None) is not None and not args.gsd_tolerance > 1:
+        raise EvalError(f"--gsd-tolerance must be > 1, got {args.gsd_tolerance:g}")
     sweeping = bool(args.sweep_on or args.sweep_data)
     return parse_thresholds(args.sweep_thresholds) if sweeping else []
 
@@ -216,6 +220,36 @@ def choose_threshold(args: argparse.Namespace, window: SlidingWindow, meta,
     return sweep["best"], "sweep", sweep
 
 
+#: what the pair-folder evaluation feeds the model: photos decoded to 8-bit RGB, as the training
+#: job's ``pairs`` source decodes them (jobs/training/data.py), no GSD
+PHOTO_FACTS = SceneFacts(count=3, dtype="uint8", band_names=(None, None, None), gsd_m=None,
+                         radiometry={"mode": "identity", "percentiles": None})
+
+
+def check_photo_contract(args: argparse.Namespace) -> list[str]:
+    """The pair folder against the bundle's input contract, once per run (what photos decoded to
+    RGB can be checked for: channels, dtype, radiometry; no GSD): ``EvalError`` with every
+    error's reason under ``--contract-check error``, else its warnings (logged, summary.json)."""
+    from jobs.inference.bundle_meta import read_bundle_meta
+
+    mode = getattr(args, "contract_check", None) or "error"
+    if mode == "off":
+        return []
+    try:
+        info = read_bundle_meta(args.model)
+    except ValueError as err:
+        raise EvalError(str(err)) from None
+    tolerance = getattr(args, "gsd_tolerance", None) or DEFAULT_GSD_TOLERANCE
+    errors, warnings = split(check_scene(info.input, PHOTO_FACTS, info.band_map, tolerance), mode)
+    if errors:
+        raise EvalError(f"{args.data}: " + "; ".join(errors)
+                        + " (the images are decoded to 8-bit RGB; --contract-check warn "
+                          "evaluates them anyway)")
+    for warning in warnings:
+        log.warning("%s: %s", args.data, warning)
+    return warnings
+
+
 def write_outputs(out: Path, result: EvalResult, window: SlidingWindow, overlays: int) -> None:
     """per_image.csv, sweep.csv (when swept), the overlays, then summary.json (which lists them)."""
     summary = result.summary
@@ -236,6 +270,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     thresholds = check_args(args)
     items = list_pairs(args.data, args.layout, args.image_dir, args.mask_dir,
                        args.mask_threshold, args.limit)
+    warnings = check_photo_contract(args)
     meta, window, device, iterations = load_window(args, len(items))
     threshold, source, sweep = choose_threshold(args, window, meta, thresholds)
     result = evaluate_items(window, items, threshold, args.tolerance,
@@ -247,6 +282,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "data": args.data,
         "layout": args.layout if args.layout != "auto" else detect_layout(args.data),
         "device": device, **result.summary, "sweep": sweep,
+        "contract_check": getattr(args, "contract_check", None) or "error",
+        "warnings": warnings,
     }
     if args.out:
         write_outputs(Path(args.out), result, window, args.overlays)

@@ -15,6 +15,13 @@ Metrics are pooled over a scene's pixels (per-scene rows) and over all scenes' p
 (``passes``, ``output``): the per-image mean of the pair-folder mode has no meaning for a few
 scenes of different sizes. The tolerance F1 is not computed here: it needs distances across
 window borders.
+
+Each scene is checked against the bundle's input contract when planned (``--contract-check``,
+``--gsd-tolerance``: the segment job's ``input.contract_check`` and ``input.gsd_tolerance``): a
+scene the model cannot read (a 1-band uint16 scene for a 3-band RGB model) fails alone with the
+reason, naming the bands, in its ``summary.json`` entry (``status: failed``, ``error``) and the
+run exits 1 once the others are scored; a warning (a GSD far from the training scenes') is logged
+once and kept in the scene's ``warnings``.
 """
 from __future__ import annotations
 
@@ -33,8 +40,8 @@ from jobs.evaluation.blocks import SceneBlocks, blocks_of, validation_blocks
 from jobs.evaluation.error_map import NOT_SCORED, ErrorMap, error_classes
 from jobs.evaluation.outputs import write_csv
 from jobs.evaluation.run import check_args, choose_threshold, load_window
-from jobs.evaluation.scenes import (OpenedScene, ScenePlan, label_options, open_plan,
-                                    plan_scene, scene_pairs)
+from jobs.evaluation.scenes import (OpenedScene, ScenePlan, check_contract, label_options,
+                                    open_plan, plan_scene, scene_pairs)
 from jobs.evaluation.scoring import pooled
 from jobs.inference.bundle_meta import read_bundle_json, read_bundle_meta
 from jobs.inference.sliding_window import SlidingWindow
@@ -223,21 +230,35 @@ def _pairs_and_blocks(args: argparse.Namespace) -> tuple[list, dict | None]:
 
 
 def plan_scenes(args: argparse.Namespace) -> tuple[list[ScenePlan], list]:
-    """Every pair checked and planned before any model is loaded: ``(plans, regions)``."""
+    """Every pair checked and planned before any model is loaded: ``(plans, regions)``; a plan
+    whose scene fails the bundle's input contract carries the reason (``plan.error``)."""
     try:
-        band_map = read_bundle_meta(args.model).band_map
+        info = read_bundle_meta(args.model)
     except ValueError as err:
         raise EvalError(str(err)) from None
+    mode, tolerance = contract_options(args)
     pairs, blocks = _pairs_and_blocks(args)
     plans, regions = [], []
     for pair, options in pairs:
-        plans.append(plan_scene(pair, options, args.bands, args.percentiles or (2.0, 98.0),
-                                args.sample_pixels, band_map))
+        plan = plan_scene(pair, options, args.bands, args.percentiles or (2.0, 98.0),
+                          args.sample_pixels, info.band_map)
+        plans.append(check_contract(plan, info.input, info.band_map, mode, tolerance))
         regions.append(blocks_of(blocks, pair.image) if blocks is not None else None)
         log.info("scene %s: %s, %dx%d, labels %s (%s)", pair.name, pair.image,
-                 plans[-1].grid["width"], plans[-1].grid["height"], pair.labels,
-                 plans[-1].label_kind)
+                 plan.grid["width"], plan.grid["height"], pair.labels, plan.label_kind)
+        for warning in plan.warnings:  # once per scene
+            log.warning("scene %s: %s", pair.name, warning)
+        if plan.error:
+            log.error("scene %s failed: %s", pair.name, plan.error)
     return plans, regions
+
+
+def contract_options(args: argparse.Namespace) -> tuple[str, float]:
+    """``(--contract-check, --gsd-tolerance)`` (the segment job's defaults when absent)."""
+    from jobs.inference.contract_check import DEFAULT_GSD_TOLERANCE
+
+    tolerance = getattr(args, "gsd_tolerance", None) or DEFAULT_GSD_TOLERANCE
+    return getattr(args, "contract_check", None) or "error", tolerance
 
 
 def _evaluate_one(args, window, plan: ScenePlan, region, opts: ScoreOptions) -> tuple:
@@ -261,12 +282,23 @@ def _evaluate_one(args, window, plan: ScenePlan, region, opts: ScoreOptions) -> 
 
 def _scene_entry(plan: ScenePlan, score: SceneScore, path: str | None, seconds: float) -> dict:
     return {"scene": plan.pair.name, "image": plan.pair.image, "labels": plan.pair.labels,
+            "status": "ok", "error": None, "warnings": list(plan.warnings),
+            "gsd_m": plan.input_facts.gsd_m if plan.input_facts else None,
             "label_kind": plan.label_kind, "label_facts": plan.facts,
             "label_options": plan.options.to_dict() if plan.label_kind == "vector" else None,
             "height": plan.grid["height"], "width": plan.grid["width"], "crs": plan.grid["crs"],
             "radiometry": plan.radiometry.to_dict(), "windows": score.tiles,
             "output": count_metrics(score.counts[-1]), "errors_map": path,
             "infer_s": round(score.infer_s, 3), "seconds": round(seconds, 2)}
+
+
+def _failed_entry(plan: ScenePlan) -> dict:
+    """A scene the model cannot read (its input contract): the reason, nothing scored."""
+    return {"scene": plan.pair.name, "image": plan.pair.image, "labels": plan.pair.labels,
+            "status": "failed", "error": plan.error, "warnings": list(plan.warnings),
+            "gsd_m": plan.input_facts.gsd_m if plan.input_facts else None,
+            "height": plan.grid["height"], "width": plan.grid["width"], "crs": plan.grid["crs"],
+            "output": None, "errors_map": None}
 
 
 def run_scenes(args: argparse.Namespace) -> dict[str, Any]:
@@ -278,7 +310,11 @@ def run_scenes(args: argparse.Namespace) -> dict[str, Any]:
     thresholds = check_args(args)
     check_scene_args(args)
     plans, regions = plan_scenes(args)
-    meta, window, device, iterations = load_window(args, len(plans))
+    failed = [p for p in plans if p.error]
+    if len(failed) == len(plans):  # nothing the model can read: no model to load
+        raise EvalError("no scene can be evaluated: " + "; ".join(
+            f"scene {p.pair.name}: {p.error}" for p in failed))
+    meta, window, device, iterations = load_window(args, len(plans) - len(failed))
     threshold, source, sweep = choose_threshold(args, window, meta, thresholds)
     opts = ScoreOptions(threshold, [meta.threshold] if source != "bundle" and
                         meta.threshold != threshold else [],
@@ -286,6 +322,9 @@ def run_scenes(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     scores, rows, entries = [], [], []
     for plan, region in zip(plans, regions):
+        if plan.error:
+            entries.append(_failed_entry(plan))
+            continue
         ts = time.perf_counter()
         score, path = _evaluate_one(args, window, plan, region, opts)
         scores.append(score)
@@ -301,7 +340,8 @@ def run_scenes(args: argparse.Namespace) -> dict[str, Any]:
         "bundle_threshold": meta.threshold, "threshold_source": source, "threshold": threshold,
         "device": device, "tile": window.tile, "overlap": window.overlap, "stitch": "core",
         "label_threshold": opts.label_threshold, "blocks": bool(args.blocks),
-        "scenes": entries, "passes": passes,
+        **dict(zip(("contract_check", "gsd_tolerance"), contract_options(args))),
+        "failed": len(failed), "scenes": entries, "passes": passes,
         "output": {"pass": n_passes - 1, "threshold": threshold, **passes[str(n_passes - 1)]},
         "output_at": {f"{t:g}": {"threshold": t, **_pooled_of(sum(s.extra[t] for s in scores))}
                       for t in opts.extra_thresholds},
@@ -319,6 +359,9 @@ def format_scene_table(summary: dict) -> str:
     width = max([len("all, pass 00*")] + [len(s["scene"]) for s in summary["scenes"]])
     lines = [f"{'scene':<{width}}  " + " ".join(f"{c:>9}" for c in cols) + "   scored px"]
     for s in summary["scenes"]:
+        if s.get("status") == "failed":
+            lines.append(f"{s['scene']:<{width}}  failed: {s['error']}")
+            continue
         o = s["output"]
         lines.append(f"{s['scene']:<{width}}  " + " ".join(f"{o[c]:>9.4f}" for c in cols)
                      + f"  {o['tp'] + o['fp'] + o['fn'] + o['tn']:>10}")
@@ -326,9 +369,11 @@ def format_scene_table(summary: dict) -> str:
     for k, agg in summary["passes"].items():
         tag = f"all, pass {k}{'*' if int(k) == out_pass else ' '}"
         lines.append(f"{tag:<{width}}  " + " ".join(f"{agg[c + '_pooled']:>9.4f}" for c in cols))
+    failed = sum(s.get("status") == "failed" for s in summary["scenes"])
+    scored = len(summary["scenes"]) - failed
     lines.append(f"(pooled over pixels; * = output; threshold {summary['threshold']:g}, "
-                 f"{len(summary['scenes'])} scenes, tile {summary['tile']}, overlap "
-                 f"{summary['overlap']})")
+                 f"{scored} scenes" + (f", {failed} failed" if failed else "")
+                 + f", tile {summary['tile']}, overlap {summary['overlap']})")
     return "\n".join(lines)
 
 

@@ -8,11 +8,13 @@ The image goes through the segment job's radiometry: the selected bands, uint8 p
 anything else stretched by the scene-wide percentiles of a bounded sample
 (``ingest.Radiometry.fit``), nodata invalid; only the leading bands the model reads are kept.
 Every check that can fail runs when the pair is opened, before any inference, and fails as one
-``EvalError`` line naming the scene and the file.
+``EvalError`` line naming the scene and the file. The bundle's input contract is checked there
+too (``check_contract``: jobs/inference/contract_check.py, as the segment job checks a scene), but
+a scene the model cannot read fails alone: the others are scored.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Sequence
 
@@ -21,6 +23,8 @@ import numpy as np
 import ingest
 from ingest.errors import LabelSourceError, SceneError, one_line
 from ingest.labels import LabelOptions, VectorLabels, is_vector_label
+from jobs.inference.contract_check import (DEFAULT_GSD_TOLERANCE, SceneFacts, check_scene,
+                                           scene_gsd_m, split)
 from jobs.runtime.errors import EvalError
 
 #: pixels sampled to fit the stretch: the segment job's default (radiometry.max_pixels)
@@ -89,6 +93,10 @@ class ScenePlan:
     label_kind: str  # "vector" | "raster"
     facts: dict
     grid: dict  # height, width, crs (WKT or None), transform (6 floats)
+    # what the model is fed (the input contract's side of the check: count, dtype, GSD, ...)
+    input_facts: SceneFacts | None = None
+    error: str | None = None  # the contract's errors: the scene is not scored (check_contract)
+    warnings: list[str] = field(default_factory=list)  # the contract's warnings (summary.json)
 
 
 @dataclass
@@ -178,6 +186,7 @@ def plan_scene(pair: ScenePair, options: LabelOptions, bands: Sequence[int] | No
                 radiometry = ingest.Radiometry.for_scene(
                     scene, percentiles=tuple(percentiles), max_pixels=sample_pixels)
                 grid, count = _grid(scene), scene.count
+                input_facts = _input_facts(scene, radiometry, chosen=bands is not None)
     except EvalError:
         raise
     except (SceneError, LabelSourceError, ValueError, OSError) as err:
@@ -186,7 +195,34 @@ def plan_scene(pair: ScenePair, options: LabelOptions, bands: Sequence[int] | No
     if keep:  # only the bands the model reads are read (the segment job's keep_bands)
         radiometry = ingest.Radiometry.from_dict(
             {**radiometry.to_dict(), "lo": radiometry.lo[:keep], "hi": radiometry.hi[:keep]})
-    return ScenePlan(pair, options, radiometry, bands, keep, kind, facts, grid)
+    return ScenePlan(pair, options, radiometry, bands, keep, kind, facts, grid, input_facts)
+
+
+def _input_facts(scene: ingest.Scene, radiometry: ingest.Radiometry, chosen: bool) -> SceneFacts:
+    """The scene as the contract checks see it (the segment job's facts of a scene)."""
+    pct = radiometry.percentiles
+    return SceneFacts(count=scene.count, dtype=str(scene.dtype),
+                      band_names=tuple(scene.band_names),
+                      gsd_m=scene_gsd_m(scene.crs, scene.transform, scene.is_georeferenced),
+                      radiometry={"mode": radiometry.mode,
+                                  "percentiles": list(pct) if pct else None},
+                      chosen=chosen)
+
+
+#: what the contract's reasons call radiometry.bands, and how to score such a scene anyway
+CONTRACT_HINT = " (evaluate: --bands chooses the bands; --contract-check warn scores it anyway)"
+
+
+def check_contract(plan: ScenePlan, contract: dict | None, band_map=None, mode: str = "error",
+                   gsd_tolerance: float = DEFAULT_GSD_TOLERANCE) -> ScenePlan:
+    """The planned scene against the bundle's input contract (jobs.inference.contract_check, as
+    the segment job checks a scene; ``mode`` its ``input.contract_check``): ``plan.error`` is
+    every error's reason on one line (the scene is not scored), ``plan.warnings`` the rest."""
+    problems = check_scene(contract, plan.input_facts, band_map, gsd_tolerance) \
+        if plan.input_facts is not None else []
+    errors, plan.warnings = split(problems, mode)
+    plan.error = "; ".join(errors) + CONTRACT_HINT if errors else None
+    return plan
 
 
 def open_plan(plan: ScenePlan) -> OpenedScene:
@@ -203,5 +239,5 @@ def open_plan(plan: ScenePlan) -> OpenedScene:
     return OpenedScene(plan, scene, labels)
 
 
-__all__ = ["OpenedScene", "SAMPLE_PIXELS", "ScenePair", "ScenePlan", "keep_bands",
-           "label_options", "open_plan", "plan_scene", "scene_pairs"]
+__all__ = ["OpenedScene", "SAMPLE_PIXELS", "ScenePair", "ScenePlan", "check_contract",
+           "keep_bands", "label_options", "open_plan", "plan_scene", "scene_pairs"]
