@@ -248,3 +248,39 @@ def test_streams_scene_windows_and_geoparquet_labels_from_s3(tmp_path, s3_env):
     assert s["history"][0]["train_samples"] == n + n % 2
     logged = _logged(tmp_path / "samples")
     assert sorted(set(logged[0][0]) | set(logged[1][0])) == list(range(n))
+
+
+@pytest.mark.ray
+@pytest.mark.s3
+@pytest.mark.slow
+def test_a_killed_worker_is_replaced_and_the_run_resumes(tmp_path, s3_env):
+    """Issue 29: scenes + GeoParquet labels on S3, 2 workers streaming; rank 1 is SIGKILLed
+    after the first step of epoch 2. Ray Train (run.max_failures=1) restarts the group from the
+    epoch-1 checkpoint, epoch 2 runs again in full and the bundle is exported."""
+    import fsspec
+
+    image, labels = write_scene(tmp_path)
+    fs = fsspec.filesystem("s3", **s3_env.storage_options())
+    prefix = f"{s3_env.bucket}/kill-scene"
+    for path in (image, labels):
+        fs.put(path, f"{prefix}/{Path(path).name}")
+    source = raster_source(f"s3://{prefix}/scene.tif", f"s3://{prefix}/buildings.parquet")
+    n = len(plan_data(data_cfg(source))["train"])
+    steps_per_epoch = -(-((n + n % 2) // 2) // 4)  # per worker, batch 4
+    marker = tmp_path / "killed"
+    env = dict(_env(tmp_path), SAMSP_TRAIN_KILL=f"1:{steps_per_epoch + 1}:{marker}")
+    args = [f"run.storage_path={tmp_path / 'runs'}", "run.name=killed", "run.max_failures=1",
+            "data.streaming=true", f"data.source={json.dumps(source)}",
+            "data.split.val_fraction=0.25", "train.samples_per_item=1", "train.epochs=2",
+            "train.batch_size=4", "augment.crop=64", "augment.min_positive=0",
+            "--summary", str(tmp_path / "s.json")]
+    _train(args, env, timeout=600)
+    assert marker.read_text().startswith("rank 1 killed after step")
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["complete"] and s["epochs_done"] == 2 and s["bundle"]
+    second = s["history"][1]
+    assert (second["epoch"], second["resumed"], second["resumed_from_epoch"]) == (2, 1, 1)
+    assert second["train_samples"] == n + n % 2
+    # the replacement group streamed epoch 2 whole: its two shards cover every window
+    logged = _logged(tmp_path / "samples")
+    assert sorted(set(logged[0][1]) | set(logged[1][1])) == list(range(n))

@@ -280,6 +280,7 @@ def train_epoch(run: Run, epoch: int) -> tuple[torch.Tensor, int, int]:
         if last:
             apply_gradients(opt)
             progress.global_step += 1
+            _test_hook_kill_worker(run.worker.rank, progress.global_step)
             if cfg.train.log_every and progress.global_step % cfg.train.log_every == 0:
                 rate = (n_samples + len(img)) / (time.perf_counter() - t_step)
                 log0(run.worker.rank, f"epoch {epoch + 1} step {progress.global_step}/"
@@ -289,6 +290,24 @@ def train_epoch(run: Run, epoch: int) -> tuple[torch.Tensor, int, int]:
         n_batches += 1
         n_samples += len(img)
     return parts_sum, n_batches, n_samples
+
+
+def _test_hook_kill_worker(rank: int, step: int) -> None:
+    """Test hook (``SAMSP_TRAIN_KILL=RANK:STEP:MARKER``): the worker of that rank SIGKILLs
+    itself after that optimiser step, once (``MARKER`` is created first; an existing one means
+    it already happened) -- a worker lost mid-epoch, which ``run.max_failures`` must survive.
+    Off unless the variable is set."""
+    spec = os.environ.get("SAMSP_TRAIN_KILL")
+    if not spec:
+        return
+    kill_rank, kill_step, marker = spec.split(":", 2)
+    if rank != int(kill_rank) or step != int(kill_step) or os.path.exists(marker):
+        return
+    with open(marker, "w") as fh:
+        fh.write(f"rank {rank} killed after step {step}\n")
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def run_epoch(run: Run, epoch: int) -> dict:
