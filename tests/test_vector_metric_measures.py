@@ -57,3 +57,40 @@ def test_centerline_length_in_metres(tmp_path):
     assert table.column("length_m").to_pylist()[0] == pytest.approx(deg * 111_319.49, rel=0.01)
     plain = write_centerlines(ArraySource(mask), tmp_path / "p.parquet")
     assert pq.read_table(plain.uri).column("length_m").to_pylist() == [None]
+
+
+def test_row_pixel_areas_and_the_scene_foreground_in_square_metres(tmp_path):
+    """stats.json's foreground_area_m2 (issue 33): a 1-degree pixel at the equator is about
+    12,309 km^2 and half of it at 60 degrees; a scene's foreground weighs each row by its own
+    pixel area; projected CRSs give one area per pixel, feet converted."""
+    from types import SimpleNamespace
+
+    from ingest import MaskWriter
+    from ingest.vectors.measure import row_pixel_areas_m2
+    from jobs.segmentation.finalize import foreground_area_m2
+
+    wgs84 = CRS.from_epsg(4326)
+    areas = row_pixel_areas_m2(wgs84, Affine(1, 0, 0, 0, -1, 61), 61)
+    assert areas[60] == pytest.approx(12_308.8e6, rel=2e-3)  # row 60 spans 0..1 degree N
+    assert areas[0] / areas[60] == pytest.approx(np.cos(np.radians(60.5)), rel=2e-2)
+    assert row_pixel_areas_m2(CRS.from_epsg(2263), Affine(2, 0, 0, 0, -2, 0), 5) == \
+        pytest.approx((2 * 0.3048006) ** 2, rel=1e-5)  # NY state plane, US survey feet
+    assert row_pixel_areas_m2(None, Affine.identity(), 5) is None
+
+    # a 0.01-degree scene, foreground in its first and last rows
+    transform = Affine(0.01, 0, 10.0, 0, -0.01, 60.0)
+    writer = MaskWriter(tmp_path / "mask.zarr", chunk=4, height=8, width=8, crs=wgs84,
+                        transform=transform)
+    from rasterio.windows import Window
+
+    mask = np.zeros((8, 8), np.uint8)
+    mask[0, :3] = 1
+    mask[7, :5] = 1
+    writer.write(Window(0, 0, 8, 8), np.zeros((8, 8), np.float32), mask)
+    plan = SimpleNamespace(georeferenced=True, transform=tuple(transform)[:6], height=8,
+                           zarr_uri=str(tmp_path / "mask.zarr"))
+    rows = row_pixel_areas_m2(wgs84, transform, 8)
+    got = foreground_area_m2(plan, wgs84, 8)
+    assert got == pytest.approx(3 * rows[0] + 5 * rows[7])
+    assert rows[0] < rows[7]  # further north, smaller
+    assert foreground_area_m2(SimpleNamespace(georeferenced=False), None, 8) is None

@@ -51,10 +51,30 @@ def metric_measures(crs) -> Measures:
     return planar
 
 
+def row_pixel_areas_m2(crs, transform, height: int) -> np.ndarray | float | None:
+    """Area in m² of one pixel of each row (``float64[height]``) for a geographic CRS, where it
+    shrinks towards the poles (pixels of a row share it in a north-up grid), a single float for
+    a projected one, None without a CRS. Geodesic/planar as :func:`metric_measures`."""
+    import shapely
+
+    if crs is None:
+        return None
+    measure = metric_measures(crs)
+
+    def cell(row: int):
+        x0, y0 = transform @ (0, row)
+        x1, y1 = transform @ (1, row + 1)
+        return shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+
+    if not getattr(crs, "is_geographic", False):
+        return float(measure(np.array([cell(0)]))[0][0])
+    return measure(np.array([cell(r) for r in range(height)], dtype=object))[0]
+
+
 def unit_metadata(name: str) -> dict[bytes, bytes] | None:
     """Arrow field metadata naming a measure column's unit (None for other columns)."""
     unit = UNITS.get(name)
     return {b"unit": unit.encode()} if unit else None
 
 
-__all__ = ["metric_measures", "unit_metadata", "UNITS"]
+__all__ = ["metric_measures", "row_pixel_areas_m2", "unit_metadata", "UNITS"]

@@ -32,6 +32,7 @@ from ingest.cog import NODATA
 from ingest.crs import crs_label
 from ingest.lowres import read_decimated
 from ingest.trust import redact_uri
+from ingest.vectors.measure import row_pixel_areas_m2
 from jobs.segmentation.config import SegmentConfig
 from jobs.segmentation.vectors import scene_vector_files, write_scene_vectors
 
@@ -179,6 +180,23 @@ def scene_area(plan) -> tuple[CRS | None, float, str]:
     return crs, area_px, units
 
 
+def foreground_area_m2(plan, crs, foreground_px: int) -> float | None:
+    """The foreground's area in m² whatever the CRS (None without one): pixel count times the
+    pixel's metric area in a projected CRS; in a geographic one, where a pixel's area depends
+    on its latitude, the mask is read back chunk by chunk and each row's count is weighted."""
+    if not plan.georeferenced or crs is None:
+        return None
+    transform = Affine(*plan.transform[:6])
+    areas = row_pixel_areas_m2(crs, transform, plan.height)
+    if not isinstance(areas, np.ndarray):
+        return float(foreground_px * areas)
+    total = 0.0
+    for win, mask in MaskWriter.open(plan.zarr_uri, mode="r").iter_chunks("mask"):
+        r0 = int(win.row_off)
+        total += float(np.dot((mask == 1).sum(axis=1), areas[r0:r0 + mask.shape[0]]))
+    return total
+
+
 def scene_stats(st, run: FinalizeContext, vectors: dict, seconds: dict) -> dict:
     """stats.json of a finalized scene (``st``: its jobs.segmentation.scene.SceneState)."""
     plan, totals = st.plan, st.totals
@@ -205,6 +223,8 @@ def scene_stats(st, run: FinalizeContext, vectors: dict, seconds: dict) -> dict:
         "pixel_area": area_px,
         "area_units": f"{units}^2" if units != "px" else "px",
         "foreground_area": fg * area_px,
+        # metric for every CRS (geodesic in a geographic one, where area_units is degree^2)
+        "foreground_area_m2": foreground_area_m2(plan, crs, fg),
         "threshold": run.threshold,
         "model": redact_uri(run.model_uri),
         "radiometry": plan.radiometry,
