@@ -17,7 +17,8 @@ under it), ``s3://`` globs, single keys, Zarr stores, and ``.txt``/``.csv`` list
    ``map_batches(PredictWriter, compute=ActorPoolStrategy(size=N), num_gpus=..)``: each actor runs
    the model batch by batch and writes every finished batch's cores from a writer thread while
    the next batch runs (``write_cores``); one summary row per tile is consumed on the driver
-   with progress bars. The actors never take the CPUs reserved for reads (``pipeline.read_cpus``).
+   block by block, with a progress line every ~10 % of the tiles or 10 s. The actors never take
+   the CPUs reserved for reads (``pipeline.read_cpus``).
    CPU-only actors read their own tiles instead (``pipeline.read_in_actors``, auto): every core
    already runs an actor, and a read stage would only add processes and object-store transfers.
 3. Finalize each scene as soon as its last tile is in (a driver thread pool, overlapping the

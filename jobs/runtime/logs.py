@@ -98,6 +98,17 @@ def quiet_third_party() -> None:
     warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
 
 
+def quiet_ray_data(ctx) -> None:
+    """Ray Data ``DataContext`` settings of a job that logs its own progress line: no progress
+    bars (off a terminal they are a block of INFO lines, "Running Dataset ...", every 10 s),
+    no WARNING that they are off, and the two execution-start lines (plan, log folder) only
+    when this process logs at DEBUG."""
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = logging.getLogger().isEnabledFor(logging.DEBUG)
+    # "Progress bars disabled. To enable, ..." (once per process, at WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+
+
 @contextlib.contextmanager
 def filtered_native_stderr(patterns=HARMLESS_NATIVE_LINES):
     """Route fd 2 through a pipe whose reader drops the known-harmless native lines.

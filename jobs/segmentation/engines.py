@@ -21,7 +21,7 @@ import numpy as np
 from jobs.inference.actors import ACTOR_MAX_RESTARTS, TASK_MAX_RETRIES, ray_resources
 from jobs.inference.lanes import cpu_layout, run_lanes
 from jobs.inference.model_preload import ModelPreload, import_model_code
-from jobs.runtime.logs import filtered_native_stderr
+from jobs.runtime.logs import filtered_native_stderr, quiet_ray_data
 from jobs.runtime.messages import ANSI, model_error_line, one_line
 from jobs.runtime.ray_session import init_ray
 from jobs.segmentation.config import SegmentConfig
@@ -80,8 +80,14 @@ def build_dataset(rows, cfg: SegmentConfig, model_uri: str, threshold: float, re
     read_in_actors = pc.read_in_actors if pc.read_in_actors is not None else res["num_gpus"] == 0
     res["read_in_actors"] = read_in_actors
     block = actor_block(cfg, len(rows), res["actors"], res["tile_bytes"], read_in_actors)
+    n_blocks = max(1, min(math.ceil(len(rows) / block), 500))
+    # ray.data.range cuts len // n_blocks rows per block (then one shorter block). No stage's
+    # batch_size may exceed that: Ray Data bundles *whole blocks* until a bundle holds batch_size
+    # rows, so 49 tiles in blocks of 12 with batch_size 13 ran as 2 actor calls of 24 tiles,
+    # each call's rows coming back only at its end (the progress line went 1/49 -> 49/49).
+    block = min(block, max(1, len(rows) // n_blocks))
     res["block_tiles"] = block
-    ds = ray.data.range(len(rows), override_num_blocks=max(1, min(math.ceil(len(rows) / block), 500)))
+    ds = ray.data.range(len(rows), override_num_blocks=n_blocks)
     ds = ds.map_batches(expand_rows, fn_kwargs={"rows_ref": ray.put(rows)}, batch_size=block,
                         batch_format="numpy", max_retries=TASK_MAX_RETRIES)
     if not read_in_actors:
@@ -116,9 +122,9 @@ def pipeline_error(err: BaseException) -> str:
     return msg
 
 
-def consume_row(row: dict, job: PipelineJob) -> None:
+def consume_row(row: dict, job: PipelineJob, report: bool = True) -> None:
     """One tile's summary row (either engine): record or error; finalize the scene when its
-    last tile is in."""
+    last tile is in. ``report=False``: counted without a progress line (``consume_block``)."""
     job.timings.tile_back()
     sid = row["scene"]
     st = job.states[sid]
@@ -134,7 +140,16 @@ def consume_row(row: dict, job: PipelineJob) -> None:
     if st.remaining == 0:
         job.finish(sid)
     if job.timings.progress is not None:
-        job.timings.progress.tile(st.remaining == 0)
+        job.timings.progress.tile(st.remaining == 0, report)
+
+
+def consume_block(out: dict, job: PipelineJob) -> None:
+    """One block's summary rows (an actor call's or a lane's: they come back together), each to
+    ``consume_row``; the progress line may follow the block's last row only, so it counts the
+    whole block."""
+    n = len(out["tile"])
+    for i in range(n):
+        consume_row({k: out[k][i] for k in out}, job, report=i == n - 1)
 
 
 def local_lanes(cfg: SegmentConfig, device: str, n_tiles: int | None = None) -> tuple[int, int]:
@@ -198,8 +213,7 @@ def run_local(job: PipelineJob) -> str:
     tile_bytes, _ = job.largest_tile()
 
     def consume(out: dict) -> None:
-        for i in range(len(out["tile"])):
-            consume_row({k: out[k][i] for k in out}, job)
+        consume_block(out, job)
 
     try:
         device = local_device(cfg.predict.device)
@@ -250,10 +264,9 @@ def run_pipeline(job: PipelineJob) -> str:
             if "://" not in str(uri):
                 log.warning("%s %s is a local path: on a multi-machine cluster every node must "
                             "see it (shared filesystem); use s3:// otherwise", what, uri)
-    ctx = ray.data.DataContext.get_current()
     # our one progress line (jobs.segmentation.progress) instead of Ray Data's: off a terminal those
     # are blocks of 7 INFO lines every 10 s
-    ctx.enable_progress_bars = False
+    quiet_ray_data(ray.data.DataContext.get_current())
     res = ray_resources(cfg, len(rows), mode)
     res["tile_bytes"], res["tile_px"] = job.largest_tile()
     ds = build_dataset(rows, cfg, job.model_uri, job.threshold, res)
@@ -268,8 +281,9 @@ def run_pipeline(job: PipelineJob) -> str:
 
     try:
         with filtered_native_stderr():  # Ray's error-level notice on restartable actors
-            for row in ds.iter_rows():
-                consume_row(row, job)
+            # block by block (= actor call by actor call, see build_dataset), as iter_rows does
+            for out in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+                consume_block(out, job)
     except Exception as err:  # noqa: BLE001 - e.g. an actor that cannot start
         return pipeline_error(err)
     finally:
