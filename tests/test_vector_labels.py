@@ -197,9 +197,16 @@ def test_reads_use_a_bbox_per_window(tmp_path, monkeypatch):
     assert len(calls) == 25 and all(bbox is not None for bbox, _ in calls)
     assert max(n for _, n in calls) < len(utm) and min(n for _, n in calls) < 5
 
-    import geopandas
+    from ingest.labels import VectorLayer
 
-    seen = _spy_reads(monkeypatch, geopandas, "read_parquet")
+    seen, real = [], VectorLayer._read_covered
+
+    def spy(self, info, bbox, cols):
+        out = real(self, info, bbox, cols)
+        seen.append((bbox, len(out[0])))
+        return out
+
+    monkeypatch.setattr(VectorLayer, "_read_covered", spy)
     for covering in (True, False):  # with a bbox covering column / scanned in batches
         pq = _write_labels(utm.to_crs("EPSG:4326"), tmp_path / f"c{covering}.parquet",
                            write_covering_bbox=covering)
@@ -208,7 +215,184 @@ def test_reads_use_a_bbox_per_window(tmp_path, monkeypatch):
         counts = [len(labels.features(rasterio.windows.bounds(t.read_window, _transform()))[0])
                   for t in ingest.TileGrid(H, W, 64, 0)]
         assert max(counts) < len(utm)
-    assert seen and all(bbox is not None for bbox, _ in seen)  # only the covering file
+    assert len(seen) == 25 and all(bbox is not None for bbox, _ in seen)  # the covering file
+
+
+def _random_layer(n: int, seed: int) -> gpd.GeoDataFrame:
+    """Polygons, lines and points of all sizes (some huge) over the test scene, plus a missing
+    and an empty geometry, in EPSG:4326."""
+    x0, y1 = ORIGIN
+    rng = np.random.default_rng(seed)
+    geoms, unsure = [], []
+    for i in range(n):
+        cx, cy = x0 + rng.uniform(-20, 170), y1 - rng.uniform(-20, 150)
+        s = rng.choice([0.5, 4.0, 30.0, 150.0], p=[0.3, 0.5, 0.17, 0.03])
+        unsure.append(int(s < 10 and rng.random() < 0.15))
+        if i % 3 == 0:
+            geoms.append(shapely.LineString([(cx, cy), (cx + s, cy - s / 2)]))
+        elif i % 7 == 0:
+            geoms.append(shapely.Point(cx, cy))
+        else:
+            geoms.append(shapely.box(cx - s, cy - s, cx + s * rng.uniform(0.2, 1), cy + s))
+    geoms[5], geoms[11] = None, shapely.Polygon()
+    return gpd.GeoDataFrame({"cls": rng.integers(1, 5, n), "unsure": unsure},
+                            geometry=geoms, crs=UTM).to_crs("EPSG:4326")
+
+
+def test_parquet_row_group_pruning_reads_what_geopandas_reads(tmp_path, monkeypatch):
+    """The covering path (row groups chosen by their statistics, rows by their covering,
+    streamed in record batches) returns the rows ``geopandas.read_parquet(bbox=...)`` returns,
+    in the same order, for random bboxes -- many small row groups, a file of one row group,
+    batches smaller than a row group, missing/empty geometries."""
+    import ingest.labels.layer as layer_mod
+    from ingest.labels import VectorLayer
+    from ingest.labels.layer import row_groups_meeting
+
+    layer_gdf = _random_layer(300, 2)
+    rng = np.random.default_rng(3)
+    xmin, ymin, xmax, ymax = layer_gdf.total_bounds
+    for rows, batch in ((16, 65_536), (10_000, 65_536), (10_000, 7), (16, 5)):
+        monkeypatch.setattr(layer_mod, "SCAN_BATCH_ROWS", batch)
+        path = str(tmp_path / f"rg{rows}_{batch}.parquet")
+        layer_gdf.to_parquet(path, write_covering_bbox=True, row_group_size=rows)
+        layer = VectorLayer(path)
+        assert layer.info().covering and layer._covering == ("bbox", ("xmin", "ymin", "xmax",
+                                                                       "ymax"))
+        pruned = []
+        for _ in range(60):
+            w, h = rng.uniform(0, 0.6) * (xmax - xmin), rng.uniform(0, 0.6) * (ymax - ymin)
+            x, y = rng.uniform(xmin - w, xmax), rng.uniform(ymin - h, ymax)
+            bbox = (x, y, x + w, y + h)
+            geoms, attrs = layer.read_arrays(bbox, ["cls"])
+            ref = gpd.read_parquet(path, columns=["geometry", "cls"], bbox=bbox)
+            assert len(geoms) == len(attrs) == len(ref)
+            assert list(attrs.columns) == ["cls"]
+            np.testing.assert_array_equal(attrs["cls"].to_numpy(), ref["cls"].to_numpy())
+            assert (shapely.to_wkb(geoms) == shapely.to_wkb(ref.geometry.values)).all()
+            got = layer.read(bbox, ["cls"])  # the GeoDataFrame, CRS set
+            assert got.crs == ref.crs and len(got) == len(ref)
+            pruned.append(len(layer.row_groups(bbox)))
+        groups = layer._parquet_file().metadata.num_row_groups
+        assert max(pruned) <= groups and (rows > 300 or min(pruned) < groups)
+        assert layer.count((xmin, ymin, xmax, ymax)) == len(gpd.read_parquet(
+            path, bbox=(xmin, ymin, xmax, ymax)))
+        assert len(layer.read_arrays((0.0, 0.0, 1.0, 1.0), [])[0]) == 0  # far away: nothing
+    stats = np.array([[0, 0, 1, 1], [5, 5, 6, 6], [np.nan] * 4])  # no statistics: read
+    assert row_groups_meeting(stats, (0.5, 0.5, 2, 2)).tolist() == [0, 2]
+    assert row_groups_meeting(stats, (1, 1, 5, 5)).tolist() == [0, 1, 2]  # touching counts
+
+
+@pytest.mark.parametrize("ext", [".parquet", ".gpkg"])
+def test_aoi_with_holes_and_windows_inside_one_polygon(tmp_path, ext):
+    """Windows wholly inside one AOI polygon skip its rasterisation (and, while inside the same
+    polygon, its read); the result still equals the whole AOI rasterised -- holes, a second
+    polygon, all_touched, a GeoParquet and a GeoPackage AOI."""
+    x0, y1 = ORIGIN
+    outer = shapely.Polygon([(x0 - 5, y1 + 5), (x0 + 140, y1 + 5), (x0 + 100, y1 - 100),
+                             (x0 - 5, y1 - 100)], holes=[[(x0 + 40, y1 - 40), (x0 + 50, y1 - 40),
+                                                          (x0 + 50, y1 - 50), (x0 + 40, y1 - 50)]])
+    aoi = gpd.GeoDataFrame(geometry=[outer, shapely.box(x0 + 20, y1 - 128, x0 + 60, y1 - 105)],
+                           crs=UTM)
+    aoi_path = _write_labels(aoi.to_crs("EPSG:4326"), tmp_path / f"aoi{ext}",
+                             **({"write_covering_bbox": True} if ext == ".parquet" else {}))
+    aoi_back = (gpd.read_parquet(aoi_path) if ext == ".parquet" else
+                gpd.read_file(aoi_path)).to_crs(UTM)
+    layer = _random_layer(200, 4)
+    path = _write_labels(layer, tmp_path / "labels.parquet", write_covering_bbox=True)
+    back = gpd.read_parquet(path).to_crs(UTM)
+    back = back[~back.geometry.isna() & ~back.geometry.is_empty]
+    for touched in (False, True):
+        labels = VectorLabels(path, LabelOptions(class_field="cls", ignore_field="unsure",
+                                                 line_buffer_m=1.5, aoi=aoi_path,
+                                                 all_touched=touched), UTM, _transform(), H, W)
+        reads, real = [], labels.aoi.read_arrays
+
+        def spy(bbox, columns, real=real, reads=reads):
+            reads.append(bbox)
+            return real(bbox, columns)
+
+        labels.aoi.read_arrays = spy
+        label, valid = _mosaic(labels, tile=32)
+        # the reference, by hand (rasterize on the whole scene)
+        g = back.copy()
+        lines = ~g.geom_type.isin(["Polygon", "MultiPolygon"])
+        g.loc[lines, "geometry"] = g.loc[lines].buffer(1.5)
+        keep = g[g["unsure"] == 0]
+        vals = keep["cls"].to_numpy()
+        order = np.argsort(vals, kind="stable")
+
+        def burn(shapes):
+            return rasterize(shapes, out_shape=(H, W), transform=_transform(), dtype="uint8",
+                             all_touched=touched)
+
+        exp_label = burn(zip(keep.geometry.values[order], vals[order].tolist()))
+        exp_valid = burn((geom, 1) for geom in g[g["unsure"] == 1].geometry) == 0
+        exp_valid &= burn((geom, 1) for geom in aoi_back.geometry) == 1
+        exp_label[~exp_valid] = 0
+        np.testing.assert_array_equal(valid, exp_valid)
+        np.testing.assert_array_equal(label, exp_label)
+        n_windows = len(list(ingest.TileGrid(H, W, 32, 0)))
+        assert 0 < len(reads) < n_windows  # windows inside the outer polygon: no AOI read
+        assert exp_valid.any() and not exp_valid.all()
+
+
+def test_vector_labels_pickle_after_reading(tmp_path):
+    """A reader that has read (an open ParquetFile, transformers, an AOI polygon kept) pickles
+    -- without them -- and reads the same windows after (Ray ships readers to processes)."""
+    import pickle
+
+    utm = _features_utm()
+    path = _write_labels(utm.to_crs("EPSG:4326"), tmp_path / "labels.parquet",
+                         write_covering_bbox=True)
+    x0, y1 = ORIGIN
+    aoi_path = _write_labels(gpd.GeoDataFrame(geometry=[shapely.box(x0, y1 - 100, x0 + 120, y1)],
+                                              crs=UTM), tmp_path / "aoi.parquet",
+                             write_covering_bbox=True)
+    labels = VectorLabels(path, LabelOptions(line_buffer_m=2.0, aoi=aoi_path), UTM,
+                          _transform(), H, W)
+    first = [labels.read(Window(c, r, 64, 64)) for c, r in ((0, 0), (64, 0), (200, 150))]
+    assert labels.layer._pf is not None and labels._aoi_inside is not None
+    again = pickle.loads(pickle.dumps(labels))
+    assert again.layer._pf is None and again._aoi_inside is None
+    for (lab, val), (c, r) in zip(first, ((0, 0), (64, 0), (200, 150))):
+        lab2, val2 = again.read(Window(c, r, 64, 64))
+        np.testing.assert_array_equal(lab, lab2)
+        np.testing.assert_array_equal(val, val2)
+
+
+def test_window_reads_build_no_aws_session_and_burn_like_rasterize(tmp_path, monkeypatch):
+    """With AWS keys in the environment (an S3 worker), reading windows builds no rasterio
+    AWSSession (each is a boto3 session, 10-20 ms: rasterio#3331) and burns, in windows of
+    many shapes (more than the burner keeps), what ``rasterize`` into a new array burns."""
+    from rasterio import session as rio_session
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
+    made, real_init = [], rio_session.AWSSession.__init__
+
+    def counting(self, *a, **kw):
+        made.append(1)
+        real_init(self, *a, **kw)
+
+    monkeypatch.setattr(rio_session.AWSSession, "__init__", counting)
+    utm = _features_utm()
+    path = _write_labels(utm.to_crs("EPSG:4326"), tmp_path / "labels.parquet",
+                         write_covering_bbox=True)
+    back = gpd.read_parquet(path).to_crs(UTM)
+    labels = VectorLabels(path, LabelOptions(class_field="cls", all_touched=True), UTM,
+                          _transform(), H, W)
+    labels.read(Window(0, 0, 8, 8))  # opened: the layer, its CRS, transformers
+    made.clear()
+    order = np.argsort(back["cls"].to_numpy(), kind="stable")
+    windows = [(0, 0, 64, 64), (30, 17, 100, 50), (200, 100, 100, 160), (5, 5, 7, 300),
+               (120, 40, 64, 64), (0, 0, W, H), (250, 200, 50, 60)]
+    got = [labels.read(Window(*win))[0] for win in windows]
+    assert not made  # (the reference below, outside read, makes one per rasterize call)
+    for lab, (c, r, w, h) in zip(got, windows):
+        exp = rasterize(zip(back.geometry.values[order], back["cls"].to_numpy()[order].tolist()),
+                        out_shape=(h, w), dtype="uint8", all_touched=True,
+                        transform=rasterio.windows.transform(Window(c, r, w, h), _transform()))
+        np.testing.assert_array_equal(lab, exp)
 
 
 def _one_line_naming(err, path):

@@ -17,20 +17,32 @@ whole pixels). Result: ``(label uint8[h, w], valid bool[h, w])``:
 Buffering happens in metres: in the image CRS when it is projected (its unit converted, e.g. US
 feet), else in the UTM zone of the scene's centre (one zone per scene, so every window buffers
 alike).
+
+Per window, the work is a bbox read, a reprojection (``pyproj`` transformers made once per pair
+of CRSs) and one or two ``rasterize`` calls; a window lying wholly inside one AOI polygon skips
+the AOI's rasterisation, and the next windows inside that same polygon skip its read too (the
+one polygon is kept, nothing more of the AOI layer).
 """
 from __future__ import annotations
 
+import os
+import threading
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 
-from ..errors import LabelSourceError
+from ..errors import LabelSourceError, NoLabelsInSceneError
 from ..tiling import window_bounds
 from .layer import VectorLayer
 
 #: geometry types that ``line_buffer_m`` widens (polygons keep their outline)
 BUFFERED_TYPES = ("LineString", "MultiLineString", "LinearRing", "Point", "MultiPoint")
+#: shapely type ids of those (shapely.get_type_id)
+_BUFFERED_IDS = np.array([{"Point": 0, "LineString": 1, "LinearRing": 2, "MultiPoint": 4,
+                           "MultiLineString": 5}[t] for t in BUFFERED_TYPES])
+#: quad_segs of the buffer (GeoSeries.buffer's default, which labels were first made with)
+BUFFER_QUAD_SEGS = 16
 
 
 @dataclass(frozen=True)
@@ -101,6 +113,50 @@ class VectorLabels:
         self.aoi = (VectorLayer(options.aoi, options.aoi_layer, options.aoi_where)
                     if options.aoi else None)
         self._buffer = None  # (work CRS, distance in its units), worked out on first use
+        # per process: pyproj CRSs of the image / buffer grids, transformers per (src, dst),
+        # and the last AOI polygon (image CRS) found to hold a whole window
+        self._pyproj: dict = {}
+        self._transformers: dict = {}
+        self._aoi_inside = None
+        self._burner: _Burner | None = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.update(_pyproj={}, _transformers={}, _aoi_inside=None, _burner=None)
+        return state
+
+    def _pyproj_crs(self, crs):
+        """pyproj's CRS of a rasterio CRS (as ``GeoSeries.to_crs`` builds it: ~1 ms), once
+        for each of this reader's CRSs (the image's, the buffer's)."""
+        if id(crs) not in self._pyproj:
+            from pyproj import CRS
+
+            self._pyproj[id(crs)] = (crs, CRS.from_user_input(crs))  # crs kept: id stays its
+        return self._pyproj[id(crs)][1]
+
+    def _reproject(self, geoms: np.ndarray, src, dst) -> np.ndarray:
+        """Shapely array from pyproj CRS ``src`` to ``dst``: ``GeoSeries.to_crs``'s numbers
+        (same transformer, x/y order, Z kept) with the transformer made once per pair."""
+        import shapely
+        from pyproj import Transformer
+
+        key = (id(src), id(dst))
+        if key not in self._transformers:
+            same = src.is_exact_same(dst)
+            self._transformers[key] = (src, dst, None if same else Transformer.from_crs(
+                src, dst, always_xy=True))
+        tr = self._transformers[key][2]
+        if tr is None or not len(geoms):
+            return geoms
+        out = np.empty_like(geoms)
+        has_z = shapely.has_z(geoms)
+        for sel, z in ((~has_z, False), (has_z, True)):
+            if sel.any():
+                part = geoms[sel]
+                xyz = shapely.get_coordinates(part, include_z=z)
+                new = tr.transform(*(xyz[:, k] for k in range(xyz.shape[1])))
+                out[sel] = shapely.set_coordinates(part.copy(), np.array(new).T)
+        return out
 
     # -- geometry helpers
     def _buffer_setup(self):
@@ -173,37 +229,72 @@ class VectorLabels:
             ignore = np.asarray(col == o.ignore_value, dtype=bool)
         return values, ignore
 
-    def _to_image(self, geoms):
-        """A layer-CRS GeoSeries -> shapely array in the image CRS, lines/points buffered."""
-        work, dist = self._buffer_setup()
+    def _to_image(self, geoms: np.ndarray, layer: VectorLayer, grow: bool = True):
+        """Shapely array in ``layer``'s CRS -> in the image CRS, lines/points buffered
+        (``grow``) as ``GeoSeries.to_crs(work).buffer(dist)`` would."""
+        import shapely
+
+        work, dist = self._buffer_setup() if grow else (None, 0.0)
+        src = layer.crs()
         if dist:
-            geoms = geoms.to_crs(work)
-            grow = geoms.geom_type.isin(BUFFERED_TYPES).to_numpy()
-            if grow.any():
+            work = self._pyproj_crs(work)
+            geoms = self._reproject(geoms, src, work)
+            widen = np.isin(shapely.get_type_id(geoms), _BUFFERED_IDS)
+            if widen.any():
                 geoms = geoms.copy()
-                geoms[grow] = geoms[grow].buffer(dist)
-        return np.asarray(geoms.to_crs(self.crs).values, dtype=object)
+                geoms[widen] = shapely.buffer(geoms[widen], dist, quad_segs=BUFFER_QUAD_SEGS)
+            src = work
+        return self._reproject(geoms, src, self._pyproj_crs(self.crs))
+
+    @staticmethod
+    def _present(geoms: np.ndarray) -> np.ndarray:
+        """Mask of the geometries neither missing nor empty."""
+        import shapely
+
+        return ~(shapely.is_missing(geoms) | shapely.is_empty(geoms))
 
     def features(self, bounds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(geometries in the image CRS, values, ignore flags)`` of the features that can
         reach ``bounds`` (image CRS)."""
-        gdf = self.layer.read(self._bbox_in(self.layer, bounds), self._columns())
-        if len(gdf):
-            gdf = gdf[gdf.geometry.notna() & ~gdf.geometry.is_empty]
-        if not len(gdf):
+        geoms, attrs = self.layer.read_arrays(self._bbox_in(self.layer, bounds),
+                                              self._columns())
+        ok = self._present(geoms)
+        if not ok.all():
+            geoms, attrs = geoms[ok], attrs[ok]
+        if not len(geoms):
             return np.zeros(0, object), np.zeros(0, np.uint8), np.zeros(0, bool)
-        values, ignore = self._values(gdf)
-        return self._to_image(gdf.geometry), values, ignore
+        values, ignore = self._values(attrs)
+        return self._to_image(geoms, self.layer), values, ignore
 
     def _aoi_geoms(self, bounds) -> np.ndarray:
-        gdf = self.aoi.read(self._bbox_in(self.aoi, bounds, grow=False), [])
-        gdf = gdf[gdf.geometry.notna() & ~gdf.geometry.is_empty]
-        return np.asarray(gdf.geometry.to_crs(self.crs).values, dtype=object)
+        geoms, _ = self.aoi.read_arrays(self._bbox_in(self.aoi, bounds, grow=False), [])
+        return self._to_image(geoms[self._present(geoms)], self.aoi, grow=False)
+
+    def _aoi_valid(self, bounds, burn) -> np.ndarray | bool:
+        """The AOI's validity of a window: True when the window lies wholly inside one AOI
+        polygon (every pixel centre then lies inside it: ``rasterize`` would burn them all),
+        else the AOI features rasterised on it."""
+        import shapely
+
+        box = shapely.box(*bounds)
+        if self._aoi_inside is not None and shapely.contains(self._aoi_inside, box):
+            return True
+        aoi = self._aoi_geoms(bounds)
+        if not len(aoi):  # the window lies wholly outside the AOI
+            return False
+        holds = np.flatnonzero(shapely.contains(aoi, box))
+        if len(holds):
+            self._aoi_inside = aoi[holds[0]]  # not prepared: readers may share it across threads
+            return True
+        return burn((g, 1) for g in aoi) == 1
 
     # -- rasterising
     def read(self, window) -> tuple[np.ndarray, np.ndarray]:
         """``(label uint8[h, w], valid bool[h, w])`` of an integer ``window`` of the grid."""
-        from rasterio.features import rasterize
+        with _burn_env():
+            return self._read(window)
+
+    def _read(self, window) -> tuple[np.ndarray, np.ndarray]:
         from rasterio.windows import transform as window_transform
 
         r0, c0, r1, c1 = window_bounds(window)
@@ -212,10 +303,11 @@ class VectorLabels:
         bounds = self._window_bounds(window)
         geoms, values, ignore = self.features(bounds)
         touched = self.options.all_touched
+        if self._burner is None:
+            self._burner = _Burner()
 
-        def burn(shapes, dtype="uint8"):
-            return rasterize(shapes, out_shape=shape, transform=wt, fill=0, dtype=dtype,
-                             all_touched=touched)
+        def burn(shapes):
+            return self._burner(shapes, shape, wt, touched)
 
         label = np.zeros(shape, np.uint8)
         keep = ~ignore
@@ -226,11 +318,7 @@ class VectorLabels:
         if ignore.any():
             valid &= burn((g, 1) for g in geoms[ignore]) == 0
         if self.aoi is not None:
-            aoi = self._aoi_geoms(bounds)
-            if len(aoi):
-                valid &= burn((g, 1) for g in aoi) == 1
-            else:  # the window lies wholly outside the AOI
-                valid[:] = False
+            valid &= self._aoi_valid(bounds, burn)
         label[~valid] = 0
         return label, valid
 
@@ -249,11 +337,11 @@ class VectorLabels:
         aoi_n = (self.aoi.count(self._bbox_in(self.aoi, scene, grow=False))
                  if self.aoi is not None else 0)
         if self.aoi is not None and aoi_n == 0:
-            raise LabelSourceError(f"labels aoi {self.aoi.uri}: no feature inside the scene")
+            raise NoLabelsInSceneError(f"labels aoi {self.aoi.uri}: no feature inside the scene")
         # No feature at all is a CRS or file mix-up -- unless an AOI says where labelling was
         # done: then it is an all-background area (a reviewed tile with nothing in it).
         if n == 0 and self.aoi is None:
-            raise LabelSourceError(
+            raise NoLabelsInSceneError(
                 f"labels {self.uri}: no feature inside the scene (scene bounds "
                 f"{_fmt(self._bbox_in(self.layer, scene))} in the layer's CRS; layer bounds "
                 f"{_fmt(info.bounds) if info.bounds else 'unknown'})")
@@ -273,6 +361,68 @@ class VectorLabels:
         inside = shapely.union_all(self._aoi_geoms(self.scene_bounds()))
         boxes = shapely.box(*np.array([self._window_bounds(w) for w in windows]).T)
         return (shapely.area(shapely.intersection(boxes, inside)) / shapely.area(boxes)).tolist()
+
+
+class _Burner:
+    """``rasterize`` into an in-memory GDAL dataset kept per window shape (a few at most) and
+    reused window after window: same GDAL call, same pixels as burning into a new array.
+
+    Why: rasterio >= 1.4.1 wraps every array it burns into in ``Env(GDAL_MEM_ENABLE_OPEN=True)``,
+    and that ``Env`` builds a boto3 session when ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``
+    are set (rasterio#3331): 10-20 ms a call on a worker configured for S3, against ~1 ms here.
+    A forked child makes its own datasets."""
+
+    MAX_SHAPES = 4
+
+    def __init__(self):
+        self._datasets: dict = {}
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def __call__(self, shapes, shape: tuple[int, int], transform, all_touched: bool):
+        """uint8 ``shape`` array: 0, and each shape's value where it burns (``rasterize``)."""
+        from rasterio.features import rasterize
+
+        with self._lock:
+            ds = self._dataset(shape)
+            ds.transform = transform
+            ds.write(np.zeros(shape, np.uint8), 1)
+            rasterize(shapes, dst_path=ds, dtype="uint8", all_touched=all_touched)
+            return ds.read(1)
+
+    def _dataset(self, shape: tuple[int, int]):
+        if self._pid != os.getpid():
+            self._datasets, self._pid = {}, os.getpid()
+        ds = self._datasets.get(shape)
+        if ds is None:
+            import warnings
+
+            import rasterio
+            from rasterio.errors import NotGeoreferencedWarning
+
+            if len(self._datasets) >= self.MAX_SHAPES:
+                for old in self._datasets.values():
+                    old.close()
+                self._datasets.clear()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                ds = rasterio.open("vector-labels", "w+", driver="MEM", height=shape[0],
+                                   width=shape[1], count=1, dtype="uint8")
+            self._datasets[shape] = ds
+        return ds
+
+
+def _burn_env():
+    """The GDAL environment ``read`` rasterises in: the caller's when there is one, else
+    rasterio's defaults without credentials. (Outside any environment each ``rasterize`` call
+    opens rasterio's default one, which builds a boto3 session from ``AWS_*`` variables when
+    they are set -- ~20 ms a call on a worker configured for S3; burning needs no credentials.)"""
+    import contextlib
+
+    from rasterio.env import Env, hasenv
+    from rasterio.session import DummySession
+
+    return contextlib.nullcontext() if hasenv() else Env.from_defaults(session=DummySession())
 
 
 def _corner_bounds(transform, r0: int, c0: int, r1: int, c1: int) -> tuple:
