@@ -114,6 +114,11 @@ class LabelSourceError(Exception):
         super().__init__(one_line(message, 400))
 
 
+class NoLabelsInSceneError(LabelSourceError):
+    """A label layer (or its AOI) with no feature inside the scene: a CRS or file mix-up for a
+    named pair, an unlabelled scene of an archive for a scene listing (left out there)."""
+
+
 class ReviewPackageError(WriterError):
     """A review package (``ingest.review``) cannot be written or read (one line)."""
 
@@ -125,4 +130,5 @@ __all__ = [
     "ReviewPackageError", "SceneError", "MissingSceneError", "CorruptSceneError", "UnsupportedFormatError",
     "S3AccessError", "NoCRSError", "EmptySceneError", "BandError", "WriterError",
     "IncompleteMaskError", "VectorError", "VectorFormatError", "LabelSourceError",
+    "NoLabelsInSceneError",
 ]

@@ -73,7 +73,10 @@ def validation_blocks(provenance: dict | None) -> tuple[dict[str, SceneBlocks], 
     for idx, scene in enumerate(plan["scenes"]):
         blocks = frozenset((i, j) for s, i, j in met if s == idx)
         out[_same_path(scene["image"])] = SceneBlocks(tuple(sides[idx]), blocks)
-    return out, list(data["source"]["pairs"])
+    # the scenes training kept, with their labels and options (a scene listing's included)
+    pairs = [{"image": sc["image"], "label": sc["label"], **(sc.get("labels") or {})}
+             for sc in plan["scenes"]]
+    return out, pairs
 
 
 def blocks_of(blocks: dict[str, SceneBlocks], image: str) -> SceneBlocks:

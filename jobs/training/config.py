@@ -11,6 +11,8 @@ from typing import Annotated, Literal, Optional, Union
 from pydantic import Field, field_validator, model_validator
 
 from jobs.runtime.config import StrictModel, refuse_replaced
+from jobs.segmentation.config import InputAllowConfig
+from jobs.segmentation.stac_config import SINCE_LAST_RUN, StacInputConfig
 
 # Layout presets of image/mask pair folders: (image_dir, mask_dir, mask threshold).
 PAIR_LAYOUTS: dict[str, tuple[str, str, int]] = {
@@ -125,14 +127,10 @@ class PairsData(StrictModel):
         return self
 
 
-class RasterPair(StrictModel):
-    # Image raster (GeoTIFF/COG/Zarr, local or s3://).
-    image: str
-    # Its labels: a label raster on the same grid, or a vector layer decided by the extension
-    # (.geojson/.json, .parquet/.geoparquet, .fgb, .gpkg; ingest/labels) rasterised window by
-    # window onto the image's grid, reprojected from the layer's CRS (the image needs a CRS).
-    label: str
-    # -- vector labels only (refused with a label raster):
+class VectorLabelOptions(StrictModel):
+    """How a vector layer becomes labels (ingest/labels): a raster pair's options and a scene
+    listing's shared labels take the same ones."""
+
     # Value burnt inside every feature (1..255) ...
     burn: int = Field(default=1, ge=1, le=255)
     # ... or each feature's value of this attribute (integers 0..255; where features overlap
@@ -149,6 +147,7 @@ class RasterPair(StrictModel):
     ignore_value: Optional[Union[bool, int, float, str]] = None
     # Area of interest (a vector file, any of the formats above): pixels outside it are
     # invalid (unlabelled land is not background); windows mostly outside it are not used.
+    # With an AOI, a scene the labels have no feature in is all background inside it.
     aoi: Optional[str] = None
     # Burn every pixel a feature touches (thin features), not only those whose centre is inside.
     all_touched: bool = False
@@ -159,6 +158,24 @@ class RasterPair(StrictModel):
     aoi_layer: Optional[str] = None
     aoi_where: Optional[str] = None
 
+    def _check_options(self) -> None:
+        if self.class_field and "burn" in self.model_fields_set:
+            raise ValueError("give burn or class_field, not both")
+        if (self.aoi_layer or self.aoi_where) and not self.aoi:
+            raise ValueError("aoi_layer and aoi_where need an aoi file")
+        if self.ignore_value is not None and not (self.ignore_field or self.class_field):
+            raise ValueError("ignore_value needs ignore_field (or class_field) to compare with")
+
+
+class RasterPair(VectorLabelOptions):
+    # Image raster (GeoTIFF/COG/Zarr, local or s3://).
+    image: str
+    # Its labels: a label raster on the same grid, or a vector layer decided by the extension
+    # (.geojson/.json, .parquet/.geoparquet, .fgb, .gpkg; ingest/labels) rasterised window by
+    # window onto the image's grid, reprojected from the layer's CRS (the image needs a CRS).
+    # The options (VectorLabelOptions) are for vector labels only (refused with a label raster).
+    label: str
+
     @model_validator(mode="after")
     def _vector_options_need_a_vector_label(self):
         from ingest.labels import is_vector_label  # no torch/Ray: cheap
@@ -168,12 +185,61 @@ class RasterPair(StrictModel):
             if used:
                 raise ValueError(f"{', '.join(used)}: only for vector labels (.geojson, "
                                  f".parquet, .fgb, .gpkg); {self.label} is a label raster")
-        if self.class_field and "burn" in self.model_fields_set:
-            raise ValueError("give burn or class_field, not both")
-        if (self.aoi_layer or self.aoi_where) and not self.aoi:
-            raise ValueError("aoi_layer and aoi_where need an aoi file")
-        if self.ignore_value is not None and not (self.ignore_field or self.class_field):
-            raise ValueError("ignore_value needs ignore_field (or class_field) to compare with")
+        self._check_options()
+        return self
+
+
+class SceneLabels(VectorLabelOptions):
+    """The labels of listed scenes: one vector layer over all of them (read by bbox, window by
+    window, so one big file serves many scenes), with a raster pair's vector options."""
+
+    # The vector layer (.geojson/.json, .parquet/.geoparquet, .fgb, .gpkg; local or s3://).
+    uri: str
+
+    @model_validator(mode="after")
+    def _one_vector_layer(self):
+        from ingest.labels import is_vector_label  # no torch/Ray: cheap
+
+        if not is_vector_label(self.uri):
+            raise ValueError(f"{self.uri}: listed scenes take one vector layer as labels "
+                             "(.geojson, .parquet, .fgb, .gpkg)")
+        self._check_options()
+        return self
+
+
+class SceneListing(StrictModel):
+    """Scenes listed instead of written pair by pair (``data.source.scenes``), each paired with
+    one vector label layer (jobs/training/scene_listing.py). Planning leaves out, with a log
+    line, the scenes the labels have no feature in (and no AOI covers): a listing over an
+    archive holds unlabelled scenes. Give ``inputs``, ``stac`` or both."""
+
+    # Local paths, folders, globs, s3:// keys, prefixes and globs, .txt/.csv list files:
+    # expanded as the segment job's --input (jobs/inputs/expand.py; samsp's outputs skipped).
+    inputs: list[str] = Field(default_factory=list)
+    # File extensions picked up from folders, prefixes and globs (georeferenced rasters).
+    extensions: list[str] = Field(default_factory=lambda: [".tif", ".tiff", ".zarr", ".jp2",
+                                                           ".vrt"], min_length=1)
+    # A STAC search with the segment job's input.stac fields (jobs/segmentation/stac_config.py):
+    # API URL or static catalog, collections, bbox or an inline intersects geometry, datetime,
+    # filter, max_items, assets. One asset per item (a multi-band one, e.g. visual).
+    stac: Optional[StacInputConfig] = None
+    # What the catalog's hrefs may reach (the segment job's input.allow).
+    allow: InputAllowConfig = Field(default_factory=InputAllowConfig)
+    labels: SceneLabels
+
+    @model_validator(mode="after")
+    def _something_to_list(self):
+        if not self.inputs and self.stac is None:
+            raise ValueError("give inputs (paths, globs, prefixes, list files) or stac")
+        if self.stac is not None:
+            if self.stac.datetime == SINCE_LAST_RUN:
+                raise ValueError(f"stac.datetime {SINCE_LAST_RUN!r} is for the nightly segment "
+                                 "job; give an RFC 3339 instant or interval")
+            if isinstance(self.stac.intersects, str):
+                raise ValueError("stac.intersects: give the GeoJSON geometry inline (or a bbox)")
+            if len(self.stac.assets) != 1:
+                raise ValueError(f"stac.assets: one asset per item (a multi-band one), got "
+                                 f"{self.stac.assets}")
         return self
 
 
@@ -182,7 +248,10 @@ class RasterData(StrictModel):
     ``ingest`` (jobs/training/raster_source.py)."""
 
     kind: Literal["raster"] = "raster"
-    pairs: list[RasterPair] = Field(min_length=1)
+    # Image/label pairs, each with its own labels ...
+    pairs: Optional[list[RasterPair]] = Field(default=None, min_length=1)
+    # ... or listed scenes sharing one vector label layer (not both).
+    scenes: Optional[SceneListing] = None
     # 1-based bands to read (None = all); then 1 band -> grey x3, 3+ -> the first three.
     bands: Optional[list[int]] = None
     # Sample tiles of this side (px) from the scenes; random crops are taken inside them.
@@ -198,6 +267,15 @@ class RasterData(StrictModel):
     # not. Planning reads each training window's labels once for its flag
     # (jobs/training/window_sampling.py). Training source only; not in a mixture.
     positive_fraction: Optional[float] = Field(default=None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _pairs_or_scenes(self):
+        if self.pairs is not None and self.scenes is not None:
+            raise ValueError("give pairs or scenes, not both")
+        if self.pairs is None and self.scenes is None:
+            raise ValueError("give pairs (image/label pairs) or scenes (a listing with one "
+                             "vector label layer)")
+        return self
 
 
 class SyntheticData(StrictModel):

@@ -21,6 +21,7 @@ import ingest
 from ingest import storage
 from jobs.runtime.errors import DataError
 from jobs.training.config import TrainConfig
+from jobs.training.scene_listing import raster_images
 from samsp.contract import MIXED, combine_contracts
 
 PHOTOS = {"dtype": "uint8", "channels": 3, "radiometry": {"mode": "identity", "percentiles": None},
@@ -43,7 +44,7 @@ def source_contract(src: dict) -> dict:
         return dict(PHOTOS)
     if src["kind"] != "raster":
         raise DataError(f"no input contract for data kind {src['kind']!r}")
-    scenes = [raster_facts(pair["image"], src.get("bands")) for pair in src["pairs"]]
+    scenes = [raster_facts(uri, src.get("bands")) for uri in raster_images(src)]
     out = {key: _agreed([s[key] for s in scenes]) for key in
            ("dtype", "channels", "bands", "band_names")}
     gsds = [s["gsd_m"] for s in scenes]

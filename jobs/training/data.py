@@ -32,6 +32,7 @@ from jobs.training.augment import augment
 from jobs.training.geo_split import block_sides, spatial_split
 from jobs.training.mixture import group_index, merge_members, pick_item, spread_subset
 from jobs.training.raster_source import load_window, open_raster, positive_windows, raster_items
+from jobs.training.scene_listing import listed_pairs, listing_facts
 from jobs.training.synthetic import synth_item
 from jobs.training.window_sampling import epoch_positions, sampling_facts
 
@@ -98,12 +99,29 @@ def pairs_items(src: dict) -> list[dict]:
     return items
 
 
-def _raster_items(src: dict) -> tuple[list[dict], list[dict]]:
+def _raster_items(src: dict, facts: dict | None = None) -> tuple[list[dict], list[dict]]:
     """A ``raster`` source's windows and scenes (``jobs/training/raster_source.py``), its local
-    paths made absolute first (workers run elsewhere)."""
+    paths made absolute first (workers run elsewhere). Listed scenes (``scenes``,
+    jobs/training/scene_listing.py) become pairs first; ``facts`` then gets the listing's
+    account (``listing``) and the scenes kept (``scenes``)."""
+    listing, left_out = src.get("scenes"), None
+    if listing:
+        pairs, left_out = listed_pairs(listing)
+        listed = len(pairs) + len(left_out)  # STAC items without the asset are left out already
+    else:
+        pairs = src["pairs"]
     pairs = [dict(p, image=_abs(p["image"]), label=_abs(p["label"]),
-                  aoi=_abs(p["aoi"]) if p.get("aoi") else None) for p in src["pairs"]]
-    return raster_items(dict(src, pairs=pairs))
+                  aoi=_abs(p["aoi"]) if p.get("aoi") else None) for p in pairs]
+    items, scenes = raster_items(dict(src, pairs=pairs), left_out)
+    if listing:
+        facts = {} if facts is None else facts
+        facts["listing"] = listing_facts(listing, listed, len(scenes), left_out)
+        facts["scenes"] = [sc["image"] for sc in scenes]
+        if left_out:
+            logging.getLogger("samsp.train").warning(
+                "data.source.scenes: %d of %d listed scenes left out (each logged above with "
+                "its reason)", len(left_out), listed)
+    return items, scenes
 
 
 def _synthetic_items(src: dict) -> list[dict]:
@@ -111,12 +129,13 @@ def _synthetic_items(src: dict) -> list[dict]:
              "seed": src["seed"], "width": list(src["width"])} for i in range(src["count"])]
 
 
-def source_items(src: dict) -> tuple[list[dict], list[dict]]:
+def source_items(src: dict, facts: dict | None = None) -> tuple[list[dict], list[dict]]:
+    """``(items, scenes)`` of one source; ``facts`` (a dict) gets a scene listing's account."""
     kind = src["kind"]
     if kind == "pairs":
         return pairs_items(src), []
     if kind == "raster":
-        return _raster_items(src)
+        return _raster_items(src, facts)
     if kind == "synthetic":
         return _synthetic_items(src), []
     raise DataError(f"unknown data kind {kind!r}")
@@ -143,17 +162,27 @@ def split_items(items: list[dict], val_fraction: float, seed: int) -> tuple[list
 def _plan_members(mixture: dict, split: dict) -> tuple[list, list, list, list, dict]:
     """``(train, val, scenes, groups, splits)`` of a mixture: every member split (or validated)
     on its own, then merged (``jobs/training/mixture.py``); ``splits``: each member's split."""
-    parts, splits = [], {}
+    parts, splits, facts = [], {}, []
     for m in mixture["members"]:
+        facts.append({})
         try:
             train, val, scenes, splits[m["name"]] = _train_val(m["source"], m.get("val_source"),
-                                                               split)
+                                                               split, facts[-1])
         except DataError as err:
             raise DataError(f"mixture member {m['name']!r}: {err}") from None
         val = spread_subset(val, m.get("val_limit"), split["seed"])
         parts.append({"name": m["name"], "weight": m["weight"], "train": train, "val": val,
                       "scenes": scenes})
-    return (*merge_members(parts), splits)
+    train, val, scenes, groups = merge_members(parts)
+    for group, member in zip(groups, facts):  # a member's scene listings, as plan_data's
+        group.update(listing_summary(member))
+    return train, val, scenes, groups, splits
+
+
+def listing_summary(facts: dict) -> dict:
+    """The summary keys of a source's (and its validation source's) scene listings."""
+    return {f"{'val_' if role == 'val_source' else ''}listing": f["listing"]
+            for role, f in facts.items() if "listing" in f}
 
 
 def plan_data(data_cfg: dict) -> dict:
@@ -165,11 +194,12 @@ def plan_data(data_cfg: dict) -> dict:
     Raises ``DataError`` (one line) when a source is missing, empty or inconsistent.
     """
     src = data_cfg["source"]
+    facts: dict = {}
     if src["kind"] == "mixture":
         train, val, scenes, groups, split = _plan_members(src, data_cfg["split"])
     else:
         train, val, scenes, split = _train_val(src, data_cfg.get("val_source"),
-                                               data_cfg["split"])
+                                               data_cfg["split"], facts)
         groups = [{"name": "all", "weight": 1.0, "train_items": len(train),
                    "val_items": len(val)}]
     summary = {"source_kind": src["kind"], "train_items": len(train),
@@ -179,10 +209,12 @@ def plan_data(data_cfg: dict) -> dict:
     if src["kind"] == "pairs":
         summary["root"] = src["root"]
     elif src["kind"] == "raster":
-        summary["scenes"] = [p["image"] for p in src["pairs"]]
+        summary["scenes"] = ([p["image"] for p in src["pairs"]] if src.get("pairs")
+                             else facts["source"]["scenes"])
         summary["labels"] = [sc["label_facts"] for sc in scenes if "label_facts" in sc]
     elif src["kind"] == "mixture":
         summary["groups"] = groups
+    summary.update(listing_summary(facts))  # scene listings (source, val_source)
     fraction = src.get("positive_fraction") if src["kind"] == "raster" else None
     if fraction is not None:
         # one bool per training window (jobs/training/window_sampling.py)
@@ -197,13 +229,15 @@ def plan_data(data_cfg: dict) -> dict:
             "summary": summary}
 
 
-def _train_val(source: dict, val_source: dict | None, split: dict
+def _train_val(source: dict, val_source: dict | None, split: dict, facts: dict | None = None
                ) -> tuple[list[dict], list[dict], list[dict], dict]:
     """``(train, val, scenes, split facts)`` of one source: a separate validation source, else
-    the spatial split (raster sources that ask for it), else the random split."""
-    items, scenes = source_items(source)
+    the spatial split (raster sources that ask for it), else the random split. ``facts`` gets
+    the scene listings' accounts (``source``, ``val_source``)."""
+    facts = {} if facts is None else facts
+    items, scenes = source_items(source, facts.setdefault("source", {}))
     if val_source:
-        val_items, val_scenes = source_items(val_source)
+        val_items, val_scenes = source_items(val_source, facts.setdefault("val_source", {}))
         for it in val_items:  # scene indexes of the val source follow the train source's
             if it["kind"] == "raster":
                 it["scene"] += len(scenes)

@@ -13,11 +13,18 @@ outside the AOI).
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 import ingest
+from ingest.errors import NoLabelsInSceneError
 from ingest.labels import LabelOptions, LabelSourceError, VectorLabels, is_vector_label
 from jobs.runtime.errors import DataError
+
+log = logging.getLogger("samsp.train")
+
+#: ingest.labels' words for a scene its label layer (or its AOI) has no feature in
 
 
 def _grid_facts(scene) -> dict:
@@ -40,18 +47,18 @@ def vector_labels(meta: dict, scene) -> VectorLabels:
                         scene.transform, scene.height, scene.width)
 
 
-def _check_labels(idx: int, pair: dict, scene) -> tuple[dict | None, dict, VectorLabels | None]:
+def _check_labels(name: str, pair: dict, scene) -> tuple[dict | None, dict, VectorLabels | None]:
     """``(label options or None, facts for the summary, vector reader or None)``."""
     if not is_vector_label(pair["label"]):
         # A label raster may declare nodata=0 (= background): its validity is not used.
         label = ingest.open_scene(pair["label"], check_empty=False)
         if (scene.height, scene.width) != (label.height, label.width):
-            raise DataError(f"raster pair {idx}: label {pair['label']} is "
+            raise DataError(f"{name}: label {pair['label']} is "
                             f"{label.height}x{label.width} but image {pair['image']} is "
                             f"{scene.height}x{scene.width}")
         return None, {"labels": pair["label"], "format": "raster"}, None
     if not scene.is_georeferenced:
-        raise DataError(f"raster pair {idx}: image {pair['image']} has no CRS, so vector labels "
+        raise DataError(f"{name}: image {pair['image']} has no CRS, so vector labels "
                         f"{pair['label']} cannot be placed on it")
     options = LabelOptions.from_dict(pair)
     reader = VectorLabels(pair["label"], options, scene.crs, scene.transform, scene.height,
@@ -79,30 +86,56 @@ def _windows(scene, src: dict, reader: VectorLabels | None) -> list[tuple[tuple,
     return out
 
 
-def raster_items(src: dict) -> tuple[list[dict], list[dict]]:
-    """``(items, scenes)`` of a ``raster`` source (``RasterData`` as a dict, paths absolute)."""
+def _plan_scene(name: str, pair: dict, src: dict, listed: bool) -> tuple[dict, list]:
+    """``(scene meta, windows)`` of one pair; ``DataError`` (one line) when it cannot be used.
+    A listed scene its labels miss raises ``NoLabelsInSceneError`` (the caller leaves it out)."""
+    try:
+        scene = ingest.open_scene(pair["image"], bands=src.get("bands"))
+        options, facts, reader = _check_labels(name, pair, scene)
+    except DataError:
+        raise
+    except LabelSourceError as err:
+        if listed and isinstance(err, NoLabelsInSceneError):
+            raise
+        raise DataError(f"{name}: {err}") from None
+    except Exception as err:  # SceneError and friends: one line
+        raise DataError(f"{name}: {err}") from None
+    # Same policy as the segment job: uint8 passes through, other dtypes get the
+    # scene-wide percentile stretch.
+    radiometry = ingest.Radiometry.for_scene(scene, percentiles=tuple(src["percentiles"]))
+    meta = {"image": pair["image"], "label": pair["label"], "labels": options,
+            "bands": src.get("bands"), "radiometry": radiometry.to_dict(),
+            "threshold": src["threshold"], "label_facts": facts, **_grid_facts(scene)}
+    try:
+        return meta, _windows(scene, src, reader)
+    except LabelSourceError as err:
+        raise DataError(f"{name}: {err}") from None
+
+
+def raster_items(src: dict, left_out: list | None = None) -> tuple[list[dict], list[dict]]:
+    """``(items, scenes)`` of a ``raster`` source (``RasterData`` as a dict, paths absolute).
+
+    ``left_out`` (a list) says the pairs come from a scene listing
+    (jobs/training/scene_listing.py): a scene the labels have no feature in (and no AOI covers)
+    is then left out -- one log line, appended to ``left_out`` with the reason -- instead of
+    failing the run; ``DataError`` when no scene is left."""
     scenes, items = [], []
     for idx, pair in enumerate(src["pairs"]):
+        name = f"raster pair {idx}" if left_out is None else f"scene {pair['image']}"
         try:
-            scene = ingest.open_scene(pair["image"], bands=src.get("bands"))
-            options, facts, reader = _check_labels(idx, pair, scene)
-        except DataError:
-            raise
-        except Exception as err:  # SceneError / LabelSourceError and friends: one line
-            raise DataError(f"raster pair {idx}: {err}") from None
-        # Same policy as the segment job: uint8 passes through, other dtypes get the
-        # scene-wide percentile stretch.
-        radiometry = ingest.Radiometry.for_scene(scene, percentiles=tuple(src["percentiles"]))
-        scenes.append({"image": pair["image"], "label": pair["label"], "labels": options,
-                       "bands": src.get("bands"), "radiometry": radiometry.to_dict(),
-                       "threshold": src["threshold"], "label_facts": facts,
-                       **_grid_facts(scene)})
-        try:
-            windows = _windows(scene, src, reader)
+            meta, windows = _plan_scene(name, pair, src, left_out is not None)
         except LabelSourceError as err:
-            raise DataError(f"raster pair {idx}: {err}") from None
-        items += [{"kind": "raster", "key": f"{idx}:{ti[0]}:{ti[1]}", "scene": idx,
+            log.info("%s: left out: %s", name, err)
+            left_out.append({"scene": pair["image"], "reason": str(err)})
+            continue
+        at = len(scenes)
+        scenes.append(meta)
+        items += [{"kind": "raster", "key": f"{at}:{ti[0]}:{ti[1]}", "scene": at,
                    "window": win} for ti, win in windows]
+    if left_out is not None and not scenes:
+        first = left_out[0] if left_out else {"scene": "-", "reason": "-"}
+        raise DataError(f"data.source.scenes: no listed scene has labels: all {len(left_out)} "
+                        f"left out (first: {first['scene']}: {first['reason']})")
     if not items:
         raise DataError("raster sources gave no tiles (scenes smaller than min_valid allows, "
                         "or outside their AOI?)")
