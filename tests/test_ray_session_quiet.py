@@ -56,6 +56,31 @@ def test_rays_deprecation_of_our_remote_args_is_not_shown_but_others_are():
         (msg[:20], "x.py"), ("another deprecation", "engines.py")]
 
 
+def test_our_filter_comes_before_the_one_ray_installs_on_import():
+    """Ray puts ("module", RayDeprecationWarning) at the front of the filters when
+    ray.util.annotations is first imported, so a filter set before that import loses to it
+    (the demo printed the warning). A fresh interpreter, as a job starts: quiet_third_party,
+    then Ray, then Ray Data's deprecation of our map_batches(**ray_remote_args) -- not shown."""
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings\n"
+        "from jobs.runtime.logs import quiet_third_party\n"
+        "quiet_third_party()\n"
+        "import ray\n"
+        "from ray.util.annotations import RayDeprecationWarning\n"
+        "warnings.warn_explicit('`ray_remote_args` is deprecated and will be removed', "
+        "RayDeprecationWarning, 'engines.py', 91, module='jobs.segmentation.engines')\n"
+        "warnings.warn_explicit('something else is deprecated', RayDeprecationWarning, "
+        "'engines.py', 92, module='jobs.segmentation.engines')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "ray_remote_args" not in proc.stderr
+    assert "something else is deprecated" in proc.stderr
+
+
 def test_reading_a_photos_orientation_raises_no_georeferencing_warning(tmp_path):
     import warnings
 

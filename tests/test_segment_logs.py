@@ -34,6 +34,7 @@ def test_healthy_ray_run_prints_no_error_and_no_repeated_third_party_line(s3_env
     assert not errors, errors
     assert sum("Found credentials" in ln for ln in lines) <= 1, res.out[-4000:]
     assert "has constructor arguments in the object store" not in res.out
+    assert "RayDeprecationWarning" not in res.out  # our own ray_remote_args use
     # Ray Data's multi-line progress blocks are replaced by the job's own progress line
     assert "logging_progress" not in res.out
     assert re.search(r"progress: 12/12 tiles .*, 2/2 scenes computed", res.out), res.out[-3000:]

@@ -88,7 +88,13 @@ def quiet_third_party() -> None:
     # Ray 2.60 deprecates map_batches(**ray_remote_args) but has no named parameter yet for
     # the two we pass (max_retries: bounded task retries; max_restarts: bounded actor
     # restarts -- the trust boundary's "no input loops forever"); until it has (2.64 removes
-    # them), its warning about our own call is noise on every healthy run.
+    # them), its warning about our own call is noise on every healthy run. Ray installs its
+    # own "module" filter for RayDeprecationWarning when ray.util.annotations is first imported,
+    # in front of any filter set before: import it first, so that ours comes in front of it.
+    try:
+        import ray.util.annotations  # noqa: F401
+    except ImportError:  # a job without Ray
+        pass
     warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated",
                             module=r"jobs\.")
     # Photos (PNG/JPEG) have no geotransform by nature, and georeferencing is checked where it
