@@ -10,7 +10,8 @@ keys are in the environment, boto's normal chain (profiles, instance roles) appl
   explicit keeps older stacks working).
 * GDAL: :func:`gdal_env` translates ``AWS_ENDPOINT_URL=http://host:port`` into
   ``AWS_S3_ENDPOINT=host:port``, ``AWS_HTTPS=NO`` and ``AWS_VIRTUAL_HOSTING=FALSE``; keys stay in
-  the process environment where GDAL reads them (``rasterio.Env(AWS_ACCESS_KEY_ID=...)`` raises).
+  the process environment where GDAL reads them (``rasterio.Env(AWS_ACCESS_KEY_ID=...)`` raises),
+  and no boto3 session is built for them (see :func:`gdal_env`).
 """
 from __future__ import annotations
 
@@ -183,7 +184,7 @@ def _gdal_options(extra: dict[str, Any] | None = None) -> dict[str, Any]:
         opts["AWS_HTTPS"] = "NO" if parsed.scheme == "http" else "YES"
         # Custom endpoints (MinIO, SeaweedFS, Ceph) use path-style addressing.
         opts["AWS_VIRTUAL_HOSTING"] = os.environ.get("AWS_VIRTUAL_HOSTING", "FALSE")
-    region = s3_region()
+    region = s3_region() or _config_file_region()
     if region and "AWS_REGION" not in os.environ:
         opts["AWS_REGION"] = region
     if extra:
@@ -207,15 +208,63 @@ def environ(values: dict[str, str]):
                 os.environ[k] = v
 
 
+_config_region_cache: tuple[tuple, str | None] = ((), None)
+
+
+def _config_file_region() -> str | None:
+    """The region of the AWS profile in the AWS config file, where the keys come from the
+    environment and no ``AWS_REGION``/``AWS_DEFAULT_REGION`` is set: what the boto3 session that
+    rasterio's default Env built used to hand GDAL (GDAL itself only reads that file's region
+    for the profile's own keys). Read again only when the file or the profile changes."""
+    global _config_region_cache
+    if not s3_credentials():
+        return None  # GDAL's own chain (profile, instance role) applies, region included
+    path = os.environ.get("AWS_CONFIG_FILE") or os.path.join(os.path.expanduser("~"), ".aws", "config")
+    profile = os.environ.get("AWS_DEFAULT_PROFILE") or os.environ.get("AWS_PROFILE") or "default"
+    try:
+        mtime = os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+    key = (path, mtime, profile)
+    if _config_region_cache[0] == key:
+        return _config_region_cache[1]
+    import configparser
+
+    region = None
+    parser = configparser.RawConfigParser()
+    try:
+        parser.read(path)
+        for section in (f"profile {profile}", profile):
+            if parser.has_option(section, "region"):
+                region = parser.get(section, "region").strip() or None
+                break
+    except (configparser.Error, OSError, UnicodeDecodeError):
+        region = None
+    _config_region_cache = (key, region)
+    return region
+
+
 def gdal_env(**options: Any):
     """A ``rasterio.Env`` for GDAL /vsis3/ reads and writes from the AWS environment.
 
     Keys/secrets are *not* passed as Env options (rasterio refuses them there); GDAL reads them
-    from ``os.environ``. Extra GDAL config options may be given as keyword arguments.
+    from ``os.environ``. Extra GDAL config options may be given as keyword arguments; ``.options``
+    holds the GDAL options (never a key), e.g. for pyogrio's GDAL.
+
+    Cheap enough to enter around every window read (~0.1 ms): the Env gets a
+    ``DummySession``. rasterio's default session would build a boto3 session on every Env
+    whenever ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` are set (rasterio >= 1.4.1,
+    rasterio#3331: 5-10 ms, most of a 256-px window read from S3) only to copy those same keys
+    from ``os.environ`` into GDAL's config. GDAL reads ``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_NO_SIGN_REQUEST`` and ``AWS_PROFILE``
+    from the process environment itself, when it opens a file (so :func:`environ` blocks still
+    apply), exactly as it already did without keys in the environment; the region comes from
+    :func:`_gdal_options`. GDAL's config is per thread: every thread enters its own Env.
     """
     import rasterio
+    from rasterio.session import DummySession
 
-    return rasterio.Env(**_gdal_options(options))
+    return rasterio.Env(session=DummySession(), **_gdal_options(options))
 
 
 # ---------------------------------------------------------------- small file operations

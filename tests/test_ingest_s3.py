@@ -1,6 +1,7 @@
 """ingest against a real SeaweedFS S3 server: storage helpers, scenes, S3 error types."""
 from __future__ import annotations
 
+import os
 import pickle
 import uuid
 
@@ -31,10 +32,85 @@ def test_gdal_env_translates_aws_endpoint(monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "https://minio.example.org")
     opts = storage._gdal_options()
     assert opts["AWS_S3_ENDPOINT"] == "minio.example.org" and opts["AWS_HTTPS"] == "YES"
-    with storage.gdal_env():  # a real rasterio.Env accepts them
-        pass
+    with storage.gdal_env() as env:  # a real rasterio.Env accepts them
+        assert not any("SECRET" in k or "ACCESS_KEY" in k for k in env.options)
     monkeypatch.delenv("AWS_ENDPOINT_URL")
     assert "AWS_S3_ENDPOINT" not in storage._gdal_options()
+
+
+def test_gdal_env_region_of_the_aws_profile(monkeypatch, tmp_path):
+    """Keys from the environment, no region variable: the profile's region in the AWS config
+    file (what rasterio's boto3 session used to hand GDAL); a region variable wins, as in
+    storage_options; without keys GDAL's own chain reads the file."""
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_DEFAULT_PROFILE", "AWS_S3_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    config = tmp_path / "aws_config"
+    config.write_text("[default]\nregion = eu-west-3\n[profile other]\nregion = ap-south-1\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    assert storage._gdal_options()["AWS_REGION"] == "eu-west-3"
+    monkeypatch.setenv("AWS_PROFILE", "other")
+    assert storage.gdal_env().options["AWS_REGION"] == "ap-south-1"
+    config.write_text("[profile other]\nregion = us-west-2\n")
+    os.utime(config, ns=(0, 10**18))  # a new mtime even on coarse clocks
+    assert storage._gdal_options()["AWS_REGION"] == "us-west-2"
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "sa-east-1")
+    assert storage._gdal_options()["AWS_REGION"] == "sa-east-1"
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    monkeypatch.setenv("AWS_REGION", "ca-central-1")
+    assert "AWS_REGION" not in storage._gdal_options()  # GDAL reads the variable itself
+    monkeypatch.delenv("AWS_REGION")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    assert "AWS_REGION" not in storage._gdal_options()
+
+
+def test_s3_window_reads_build_no_boto3_session(s3_env, local_cog, monkeypatch):
+    """Reading windows of an S3 COG builds no rasterio AWSSession / boto3 session per read
+    (rasterio's default Env builds one per Env when AWS keys are set, rasterio#3331: most of a
+    window read's time), in the calling thread and in a thread pool (GDAL's config is per
+    thread), and the pixels are the file's; the keys still come from the environment."""
+    import boto3
+    from rasterio import session as rio_session
+
+    uri = _prefix(s3_env) + "/scene_cog.tif"
+    storage.put_file(local_cog, uri)
+    remote = ingest.open_scene(uri)
+    local = ingest.open_scene(local_cog)
+    made = []
+
+    def spy(cls, name):
+        real = cls.__init__
+
+        def counting(self, *a, **kw):
+            made.append(name)
+            real(self, *a, **kw)
+
+        monkeypatch.setattr(cls, "__init__", counting)
+
+    spy(rio_session.AWSSession, "AWSSession")
+    spy(boto3.session.Session, "boto3.Session")
+    windows = [Window(c, r, 256, 256) for r in (0, 256, 400, 515) for c in (0, 256, 512, 700, 757)]
+    assert len(windows) == 20
+    got = [remote.read(w) for w in windows]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        got_threads = list(pool.map(remote.read, windows))
+    assert made == [], f"{len(made)} sessions built for {2 * len(windows)} window reads: {made[:4]}"
+    for w, (a, va), (t, vt) in zip(windows, got, got_threads):
+        b, vb = local.read(w)
+        assert np.array_equal(a, b) and np.array_equal(va, vb), w
+        assert np.array_equal(t, b) and np.array_equal(vt, vb), w
+    # the keys are read from os.environ when a file opens (a new object: GDAL caches what it
+    # read of one it already opened)
+    other = _prefix(s3_env) + "/other.tif"
+    storage.put_file(local_cog, other)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    with pytest.raises(ingest.S3AccessError) as info:
+        ingest.open_scene(other)
+    assert "not-the-secret" not in str(info.value)
 
 
 def test_storage_options_from_env(s3_env):

@@ -190,7 +190,7 @@ class VectorLayer:
             import pyogrio
 
             # pyogrio's own GDAL: give it the endpoint settings rasterio's GDAL gets, once per
-            # process (building a rasterio.Env makes a boto3 session: ~15 ms)
+            # process (they come from the environment, which does not change within a run)
             if self._ogr_configured != os.getpid():
                 pyogrio.set_gdal_config_options(storage.gdal_env().options)
                 self._ogr_configured = os.getpid()
