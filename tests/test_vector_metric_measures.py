@@ -76,6 +76,8 @@ def test_row_pixel_areas_and_the_scene_foreground_in_square_metres(tmp_path):
     assert row_pixel_areas_m2(CRS.from_epsg(2263), Affine(2, 0, 0, 0, -2, 0), 5) == \
         pytest.approx((2 * 0.3048006) ** 2, rel=1e-5)  # NY state plane, US survey feet
     assert row_pixel_areas_m2(None, Affine.identity(), 5) is None
+    rotated = Affine.rotation(45) @ Affine.scale(2, -2)  # a rotated 2 m grid: still 4 m^2
+    assert row_pixel_areas_m2(CRS.from_epsg(32633), rotated, 5) == pytest.approx(4.0)
 
     # a 0.01-degree scene, foreground in its first and last rows
     transform = Affine(0.01, 0, 10.0, 0, -0.01, 60.0)

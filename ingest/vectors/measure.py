@@ -53,18 +53,18 @@ def metric_measures(crs) -> Measures:
 
 def row_pixel_areas_m2(crs, transform, height: int) -> np.ndarray | float | None:
     """Area in m² of one pixel of each row (``float64[height]``) for a geographic CRS, where it
-    shrinks towards the poles (pixels of a row share it in a north-up grid), a single float for
-    a projected one, None without a CRS. Geodesic/planar as :func:`metric_measures`."""
+    shrinks towards the poles (pixels of a row share it in a north-up grid; a rotated grid's
+    row is measured at its first pixel), a single float for a projected one, None without a
+    CRS. Geodesic/planar as :func:`metric_measures`."""
     import shapely
 
     if crs is None:
         return None
     measure = metric_measures(crs)
 
-    def cell(row: int):
-        x0, y0 = transform @ (0, row)
-        x1, y1 = transform @ (1, row + 1)
-        return shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+    def cell(row: int):  # the pixel's four corners: right for rotated and sheared grids too
+        return shapely.Polygon([transform @ (0, row), transform @ (1, row),
+                                transform @ (1, row + 1), transform @ (0, row + 1)])
 
     if not getattr(crs, "is_geographic", False):
         return float(measure(np.array([cell(0)]))[0][0])
