@@ -119,6 +119,11 @@ class NoLabelsInSceneError(LabelSourceError):
     named pair, an unlabelled scene of an archive for a scene listing (left out there)."""
 
 
+class NoAoiInSceneError(NoLabelsInSceneError):
+    """The area of interest (as filtered: e.g. a review package's reviewed tiles) has no
+    feature inside the scene: nothing there to learn from."""
+
+
 class ReviewPackageError(WriterError):
     """A review package (``ingest.review``) cannot be written or read (one line)."""
 
@@ -130,5 +135,5 @@ __all__ = [
     "ReviewPackageError", "SceneError", "MissingSceneError", "CorruptSceneError", "UnsupportedFormatError",
     "S3AccessError", "NoCRSError", "EmptySceneError", "BandError", "WriterError",
     "IncompleteMaskError", "VectorError", "VectorFormatError", "LabelSourceError",
-    "NoLabelsInSceneError",
+    "NoLabelsInSceneError", "NoAoiInSceneError",
 ]

@@ -44,14 +44,16 @@ TRAIN_FILE = "train.yaml"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-def train_config(package: str, scene_inputs: list[str], tile: int, model: str | None) -> dict:
+def train_config(package: str, scenes: dict[str, str], tile: int, model: str | None) -> dict:
     """A ``jobs/train.py`` config fine-tuning ``model`` on the package's reviewed tiles: one
-    ``raster`` pair per scene, windows the size of a review tile. Validated here."""
+    ``raster`` pair per scene (``scenes``: id -> input), windows the size of a review tile; a
+    scene with no reviewed tile is left out when training plans. Validated here."""
     cfg = {
         "run": {"name": "review-finetune", "storage_path": "./out/train"},
         "model": {"checkpoint": model, "finetune": "full"},
         "data": {"source": {"kind": "raster", "tile": max(32, tile), "min_valid": 0.5,
-                            "pairs": [label_pair(package, uri) for uri in scene_inputs]},
+                            "pairs": [label_pair(package, uri, sid)
+                                      for sid, uri in sorted(scenes.items())]},
                  "split": {"val_fraction": 0.2, "seed": 0}},
         "train": {"epochs": 4, "batch_size": 2, "lr": 5e-5, "samples_per_item": 4},
         "scaling": {"num_workers": 1, "use_gpu": False},
@@ -72,7 +74,7 @@ def write_train_config(package: str, cfg: dict) -> str:
 def cmd_export(args) -> int:
     model = resolve_bundle(args.model) if args.model else None
     try:
-        result, tiles = export_review(args.output, args.to, args.max_tiles)
+        result, tiles = export_review(args.output, args.to, args.max_tiles, args.force)
     except ReviewPackageError as err:
         log.error("%s", err)
         return EXIT_FAILED
@@ -83,14 +85,16 @@ def cmd_export(args) -> int:
         return EXIT_USAGE
     # scene inputs as recorded, secrets dropped: a package is shared, its config too
     rows = read_manifest(args.output)
-    inputs = [redact_uri(rows[sid]["input"]) for sid in result.scenes]
+    inputs = {sid: redact_uri(rows[sid]["input"]) for sid in result.scenes}
     tile = max(max(t.window[2], t.window[3]) for t in tiles)
     path = write_train_config(result.package, train_config(result.package, inputs, tile, model))
+    if result.kept_old:
+        log.info("the package it replaced (with reviewed tiles) is kept at %s", result.kept_old)
     log.info("review package %s: %d tiles from %d scenes, %d model polygons, %d chips; "
              "fine-tune config %s", result.package, result.tiles, len(result.scenes),
              result.labels, result.chips, path)
-    for sid, reason in sorted(result.skipped.items()):
-        log.info("scene %s not exported: %s", sid, reason)
+    for what, reason in sorted(result.skipped.items()):
+        log.info("%s not exported: %s", what, reason)
     return EXIT_OK
 
 
@@ -118,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--max-tiles", type=int, default=200,
                     help="most uncertain tiles over all scenes (default 200)")
     ex.add_argument("--model", help="bundle train.yaml fine-tunes (folder, URI or name)")
+    ex.add_argument("--force", action="store_true",
+                    help="replace a package that holds reviewed tiles (kept as <to>.<time>.bak)")
     st = sub.add_parser("status", help="reviewed tiles per scene of a package")
     st.add_argument("package")
     return p

@@ -184,25 +184,35 @@ def test_review_round_trip_raises_dice_on_the_edited_tiles(tmp_path, s3_env):
 # ------------------------------------------------------------------ the package on its own
 
 def _tile(scene: str, crs: str, row: int = 0, col: int = 0, fg: bool = True):
+    """``(tile, mask, chip)`` of a 16 x 16 tile at 1 m."""
     from ingest.review import ReviewTile
 
     mask = np.zeros((16, 16), np.uint8)
     if fg:
         mask[4:8, 4:12] = 1
-    return ReviewTile(scene=scene, scene_input=f"s3://b/{scene}.tif", row=row, col=col,
+    tile = ReviewTile(scene=scene, scene_input=f"s3://b/{scene}.tif", row=row, col=col,
                       window=(16 * row, 16 * col, 16, 16), crs_wkt=crs,
-                      transform=(1.0, 0.0, 500000.0, 0.0, -1.0, 4200000.0), mask=mask,
-                      disagreement=0.5, chip=np.full((3, 16, 16), 7, np.uint8))
+                      transform=(1.0, 0.0, 500000.0, 0.0, -1.0, 4200000.0), disagreement=0.5)
+    return tile, mask, np.full((3, 16, 16), 7, np.uint8)
+
+
+def _write(dest, tiles, force=False) -> dict:
+    from ingest.review import PackageWriter
+
+    package = PackageWriter(str(dest), force=force)
+    for tile, mask, chip in tiles:
+        package.add(tile, mask, chip)
+    return package.commit()
 
 
 def test_package_layers_crs_and_reviewed_filter(tmp_path):
     import geopandas as gpd
     from pyproj import CRS
 
-    from ingest.review import reviewed_scenes, write_package
+    from ingest.review import reviewed_scenes
 
     utm = CRS.from_epsg(32633).to_wkt()
-    got = write_package(str(tmp_path / "p"), [_tile("a", utm), _tile("a", utm, 0, 1, fg=False)])
+    got = _write(tmp_path / "p", [_tile("a", utm), _tile("a", utm, 0, 1, fg=False)])
     assert (got["tiles"], got["labels"], got["chips"]) == (2, 1, 2)
     tiles = gpd.read_file(tmp_path / "p" / "review.gpkg", layer="tiles")
     labels = gpd.read_file(tmp_path / "p" / "review.gpkg", layer="labels")
@@ -211,7 +221,7 @@ def test_package_layers_crs_and_reviewed_filter(tmp_path):
     assert reviewed_scenes(str(tmp_path / "p")) == {}
     # scenes in two CRSs: one package in WGS 84
     other = CRS.from_epsg(32634).to_wkt()
-    write_package(str(tmp_path / "q"), [_tile("a", utm), _tile("b", other)])
+    _write(tmp_path / "q", [_tile("a", utm), _tile("b", other)])
     assert gpd.read_file(tmp_path / "q" / "review.gpkg", layer="tiles").crs.to_epsg() == 4326
 
 
@@ -222,19 +232,104 @@ def test_a_failed_export_keeps_the_previous_package(tmp_path, monkeypatch):
     from ingest.errors import ReviewPackageError
 
     utm = CRS.from_epsg(32633).to_wkt()
-    review.write_package(str(tmp_path / "p"), [_tile("a", utm)])
+    _write(tmp_path / "p", [_tile("a", utm)])
     before = (tmp_path / "p" / "review.gpkg").read_bytes()
 
-    def broken(path, tile):
+    def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(review, "write_chip", broken)
+    monkeypatch.setattr(review, "_frames", broken)
     with pytest.raises(ReviewPackageError, match="cannot write: disk full"):
-        review.write_package(str(tmp_path / "p"), [_tile("b", utm)])
+        _write(tmp_path / "p", [_tile("b", utm)])
     assert (tmp_path / "p" / "review.gpkg").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["p"]  # no temporary folder left
     with pytest.raises(ReviewPackageError, match="no uncertain tile"):
-        review.write_package(str(tmp_path / "p"), [])
+        _write(tmp_path / "p", [])
+
+
+def test_reviewed_work_is_never_replaced_silently(tmp_path):
+    """A package with reviewed tiles is refused as an export target; forced, the old one is
+    kept beside the new one."""
+    import geopandas as gpd
+    from pyproj import CRS
+
+    from ingest.errors import ReviewPackageError
+
+    utm = CRS.from_epsg(32633).to_wkt()
+    _write(tmp_path / "p", [_tile("a", utm)])
+    _write(tmp_path / "p", [_tile("a", utm)])  # nothing reviewed yet: replaced freely
+    gpkg = tmp_path / "p" / "review.gpkg"
+    tiles = gpd.read_file(gpkg, layer="tiles")
+    tiles["reviewed"] = 1
+    tiles.to_file(gpkg, layer="tiles", driver="GPKG", engine="pyogrio")
+    with pytest.raises(ReviewPackageError, match="holds 1 reviewed tile"):
+        _write(tmp_path / "p", [_tile("a", utm)])
+    assert gpd.read_file(gpkg, layer="tiles")["reviewed"].tolist() == [1]
+    got = _write(tmp_path / "p", [_tile("a", utm)], force=True)
+    kept = Path(got["kept_old"])
+    assert kept.parent == tmp_path and kept.name.startswith("p.") and kept.suffix == ".bak"
+    assert gpd.read_file(kept / "review.gpkg", layer="tiles")["reviewed"].tolist() == [1]
+    assert gpd.read_file(gpkg, layer="tiles")["reviewed"].tolist() == [0]
+
+
+def test_review_pairs_keep_to_their_scene_and_skip_unreviewed_scenes(tmp_path):
+    """Two overlapping scenes in one package: scene b's unreviewed model polygon over a's
+    reviewed tile is not a's label, a reviewer's new polygon (no scene) is; a scene with no
+    reviewed tile is left out of training, and none reviewed at all is one clear error."""
+    import geopandas as gpd
+    import shapely
+    from pyproj import CRS
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    from ingest.labels import LabelOptions, VectorLabels
+    from ingest.review import label_pair
+    from ingest.synthetic import make_geotiff
+    from jobs.runtime.errors import DataError
+    from jobs.training.raster_source import raster_items
+
+    utm = CRS.from_epsg(32633).to_wkt()
+    a, b = _tile("a", utm), _tile("b", utm)  # the same 16 x 16 m footprint
+    b[1][:] = 0
+    b[1][10:14, 0:4] = 1  # b's model says: a blob at rows 10-13, cols 0-3
+    a[1][:] = 0
+    _write(tmp_path / "p", [a, b])
+    gpkg = tmp_path / "p" / "review.gpkg"
+    tiles = gpd.read_file(gpkg, layer="tiles")
+    tiles.loc[tiles["scene"] == "a", "reviewed"] = 1
+    tiles.to_file(gpkg, layer="tiles", driver="GPKG", engine="pyogrio")
+    labels = gpd.read_file(gpkg, layer="labels")
+    drawn = gpd.GeoDataFrame({"scene": [None], "tile_row": [None], "tile_col": [None],
+                              "source": [None]}, crs=labels.crs,
+                             geometry=[shapely.box(500002, 4199998, 500006, 4199999)])
+    gpd.GeoDataFrame(pd_concat([labels, drawn]), crs=labels.crs).to_file(
+        gpkg, layer="labels", driver="GPKG", engine="pyogrio", geometry_type="MultiPolygon",
+        promote_to_multi=True)
+    pair = label_pair(str(tmp_path / "p"), "unused.tif", "a")
+    opts = LabelOptions.from_dict({k: v for k, v in pair.items() if k not in ("image", "label")})
+    reader = VectorLabels(str(gpkg), opts, "EPSG:32633",
+                          tuple(from_origin(500000, 4200000, 1, 1))[:6], 16, 16)
+    label, valid = reader.read(Window(0, 0, 16, 16))
+    assert valid.all()
+    assert label[1, 2:6].all() and label.sum() == 4  # the drawn polygon only, not b's blob
+
+    scene = make_geotiff(str(tmp_path / "scene.tif"), 16, 16, crs="EPSG:32633",
+                         transform=from_origin(500000, 4200000, 1, 1))
+    src = {"kind": "raster", "tile": 16, "min_valid": 0.5, "threshold": 0.0, "bands": None,
+           "percentiles": (2.0, 98.0),
+           "pairs": [label_pair(str(tmp_path / "p"), scene, sid) for sid in ("a", "b")]}
+    items, scenes = raster_items(src)
+    assert len(scenes) == 1 and len(items) == 1  # b: nothing reviewed, left out
+    tiles["reviewed"] = 0
+    tiles.to_file(gpkg, layer="tiles", driver="GPKG", engine="pyogrio")
+    with pytest.raises(DataError, match="no pair has anything to learn: all 2 left out"):
+        raster_items(src)
+
+
+def pd_concat(frames):
+    import pandas as pd
+
+    return pd.concat(frames, ignore_index=True)
 
 
 def test_aoi_filter_options_are_checked(tmp_path):
@@ -249,4 +344,4 @@ def test_aoi_filter_options_are_checked(tmp_path):
     with pytest.raises(ValidationError, match="aoi_layer and aoi_where need an aoi file"):
         RasterPair(image="a.tif", label="l.gpkg", aoi_where="reviewed = 1")
     RasterPair(image="a.tif", label="l.gpkg", aoi="l.gpkg", aoi_layer="tiles",
-               aoi_where="reviewed = 1")
+               aoi_where="reviewed = 1", where="scene IS NULL")

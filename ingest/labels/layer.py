@@ -13,12 +13,15 @@ Every read names a bounding box in the layer's CRS and returns only the features
   either (what ``to_parquet`` writes by default) is scanned in record batches and filtered here:
   bounded memory, but a full scan per read -- :attr:`LayerInfo.indexed` says so.
 
-What a layer caches per process is its :class:`LayerInfo` (CRS, bounds, field names), its CRS
-as a ``pyproj.CRS``, and for GeoParquet the opened ``ParquetFile`` (footer read once) with each
-row group's covering bbox (4 floats a row group); features are never cached. Pickling, or a
-forked child, drops the opened file (opened again on the next read). pyogrio bundles its own
-GDAL, so S3 settings are handed to it from :func:`ingest.storage.gdal_env` (keys stay in the
-environment, where GDAL reads them).
+What a layer caches per process is its :class:`LayerInfo` (CRS, bounds, field names) and its
+CRS as a ``pyproj.CRS``; features are never cached. GeoParquet files are opened through one
+per-process cache shared by every layer (:class:`_OpenParquetFiles`: at most
+:data:`OPEN_PARQUET_FILES` files, least recently used dropped): the ``ParquetFile`` (footer read
+once) with each row group's covering bbox (4 floats a row group), so the many readers of a
+scene listing -- one layer per scene, all over the same file -- hold one footer, not one each.
+Pickling, or a forked child, drops the opened files (opened again on the next read). pyogrio
+bundles its own GDAL, so S3 settings are handed to it from :func:`ingest.storage.gdal_env` (keys
+stay in the environment, where GDAL reads them).
 """
 from __future__ import annotations
 
@@ -37,6 +40,8 @@ FORMATS = {".geojson": "geojson", ".json": "geojson", ".parquet": "parquet",
            ".geoparquet": "parquet", ".fgb": "flatgeobuf", ".gpkg": "gpkg"}
 #: record batch size of the scan of a GeoParquet file without a bbox covering
 SCAN_BATCH_ROWS = 65_536
+#: GeoParquet files a process keeps open (footer and row-group statistics), shared by its layers
+OPEN_PARQUET_FILES = 8
 
 
 def label_format(uri: str | os.PathLike) -> str | None:
@@ -120,6 +125,73 @@ def _covering_stats(meta, paths: tuple[str, str, str, str]) -> np.ndarray:
     return stats
 
 
+class _ParquetEntry:
+    """One opened GeoParquet file of :class:`_OpenParquetFiles`: the ``ParquetFile``, the lock
+    its users hold while they read through its handle, and its row groups' covering statistics
+    (per covering column paths, computed once)."""
+
+    def __init__(self, pf):
+        self.pf = pf
+        self.lock = threading.Lock()
+        self._stats: dict = {}
+
+    def covering_stats(self, paths: tuple[str, str, str, str]) -> np.ndarray:
+        """``float[row groups, 4]`` (:func:`row_groups_meeting`); the caller holds ``lock``."""
+        found = self._stats.get(paths)
+        if found is None:
+            found = self._stats[paths] = _covering_stats(self.pf.metadata, paths)
+        return found
+
+
+class _OpenParquetFiles:
+    """The GeoParquet files this process keeps open, shared by all its layers: at most
+    ``size`` (least recently used dropped), keyed by URI -- and, for a local file, its
+    (mtime, size, inode), so a file written again is opened again. A dropped entry is not
+    closed: a reader still holding it finishes, and the file closes with its last reference.
+    Thread-safe; a forked child starts empty (an S3 client must not cross a fork)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._reset()
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict = {}  # key -> _ParquetEntry, least recently used first
+
+    def get(self, key, opener) -> _ParquetEntry:
+        """The entry of ``key``, opened with ``opener()`` (-> ParquetFile) when not kept."""
+        with self._lock:
+            entry = self._entries.pop(key, None)
+            if entry is not None:
+                self._entries[key] = entry
+                return entry
+        # opened outside the lock (S3: a footer request); two threads may both open it: one kept
+        fresh = _ParquetEntry(opener())
+        with self._lock:
+            entry = self._entries.pop(key, None) or fresh
+            self._entries[key] = entry
+            while len(self._entries) > self.size:
+                del self._entries[next(iter(self._entries))]
+        return entry
+
+    def peek(self, key) -> _ParquetEntry | None:
+        """The entry of ``key`` when kept (its place in the order unchanged)."""
+        with self._lock:
+            return self._entries.get(key)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+_PARQUET_FILES = _OpenParquetFiles(OPEN_PARQUET_FILES)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_PARQUET_FILES._reset)
+
+
 class VectorLayer:
     """A vector file read by bounding box; see the module docstring."""
 
@@ -137,24 +209,21 @@ class VectorLayer:
         self.where = where or None
         self._info: LayerInfo | None = None
         self._crs = None  # pyproj.CRS of info().crs_wkt, built once
-        # GeoParquet: the ParquetFile kept open (by the process that opened it), the bbox
-        # covering's (struct column, field names) and per row group bbox statistics
-        self._pf = None
+        # GeoParquet: the key of the file in the shared cache (_PARQUET_FILES) this layer last
+        # read through and the process it did so in, and the bbox covering's (struct column,
+        # field names)
+        self._pf_key = None
         self._pf_pid = 0
         self._ogr_configured = 0  # pid of the process whose pyogrio got the S3 settings
         self._covering: tuple[str, tuple[str, str, str, str]] | None = None
-        self._rg_stats: np.ndarray | None = None
-        self._lock = threading.Lock()
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state.update(_pf=None, _pf_pid=0, _rg_stats=None, _crs=None, _ogr_configured=0)
-        state.pop("_lock", None)
+        state.update(_pf_key=None, _pf_pid=0, _crs=None, _ogr_configured=0)
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"VectorLayer({self.uri!r}, format={self.format})"
@@ -221,17 +290,42 @@ class VectorLayer:
             raise FileNotFoundError(path)
         return path, None
 
-    def _parquet_file(self):
-        """The ``ParquetFile``, opened once per process (its footer read then): a forked child
-        opens its own (an S3 client must not cross a fork)."""
-        if self._pf is None or self._pf_pid != os.getpid():
+    def _parquet_entry(self) -> _ParquetEntry:
+        """This file's entry in the process's shared cache of open GeoParquet files (opened,
+        its footer read, when not kept there): a forked child opens its own."""
+        if storage.is_s3(self.uri):
+            key = (self.uri,)
+        else:
+            path = _local(self.uri)
+            try:
+                st = os.stat(path)
+            except OSError:
+                raise FileNotFoundError(path) from None
+            key = (self.uri, st.st_mtime_ns, st.st_size, st.st_ino)
+
+        def opener():
             import pyarrow.parquet as pq
 
             path, fs = self._arrow_source()
             # pre_buffer: a read's column chunks in one coalesced request (S3: ~1 ms, not ~5)
-            self._pf = pq.ParquetFile(path, filesystem=fs, pre_buffer=True)
-            self._pf_pid = os.getpid()
-        return self._pf
+            return pq.ParquetFile(path, filesystem=fs, pre_buffer=True)
+
+        entry = _PARQUET_FILES.get(key, opener)
+        self._pf_key, self._pf_pid = key, os.getpid()
+        return entry
+
+    def _parquet_file(self):
+        """The ``ParquetFile`` (shared by the process's layers of this file; footer read once)."""
+        return self._parquet_entry().pf
+
+    @property
+    def _pf(self):
+        """The ``ParquetFile`` this layer last read through while the process still keeps it
+        open; None before this process's first read (or once the shared cache dropped it)."""
+        if self._pf_key is None or self._pf_pid != os.getpid():
+            return None
+        entry = _PARQUET_FILES.peek(self._pf_key)
+        return entry.pf if entry is not None else None
 
     def _parquet_info(self) -> LayerInfo:
         from pyproj import CRS
@@ -294,13 +388,16 @@ class VectorLayer:
                                                  filesystem=fs), cols[1:])
         return self._scan_parquet(info, bbox, cols)
 
+    def _stat_paths(self) -> tuple[str, str, str, str]:
+        return tuple(f"{self._covering[0]}.{f}" for f in self._covering[1])
+
     def row_groups(self, bbox) -> np.ndarray:
         """Row groups whose bbox covering statistics meet ``bbox`` (all without statistics)."""
-        if self._rg_stats is None:
-            self.info()
-            self._rg_stats = _covering_stats(self._parquet_file().metadata, tuple(
-                f"{self._covering[0]}.{f}" for f in self._covering[1]))
-        return row_groups_meeting(self._rg_stats, bbox)
+        self.info()
+        entry = self._parquet_entry()
+        with entry.lock:
+            stats = entry.covering_stats(self._stat_paths())
+        return row_groups_meeting(stats, bbox)
 
     def _read_covered(self, info: LayerInfo, bbox, cols: list[str]):
         """Bbox covering: the row groups that meet ``bbox``, streamed in record batches (memory:
@@ -312,9 +409,12 @@ class VectorLayer:
         bcol, (fx0, fy0, fx1, fy1) = self._covering
         x0, y0, x1, y1 = (float(v) for v in bbox)
         parts = []
-        with self._lock:  # one process may read from threads; the file handle is shared
-            groups = self.row_groups((x0, y0, x1, y1))
-            batches = self._parquet_file().iter_batches(
+        entry = self._parquet_entry()
+        # one process may read from threads, and its layers of this file share one handle
+        with entry.lock:
+            groups = row_groups_meeting(entry.covering_stats(self._stat_paths()),
+                                        (x0, y0, x1, y1))
+            batches = entry.pf.iter_batches(
                 batch_size=SCAN_BATCH_ROWS, row_groups=groups.tolist(),
                 columns=cols + ([bcol] if bcol not in cols else [])) if len(groups) else ()
             for batch in batches:
@@ -334,16 +434,17 @@ class VectorLayer:
         """No bbox covering: stream the file in record batches, keep what meets ``bbox``."""
         import shapely
 
-        with self._lock:
-            parts = list(self._scan_batches(info, shapely.box(*bbox), cols))
+        entry = self._parquet_entry()
+        with entry.lock:
+            parts = list(self._scan_batches(entry.pf, info, shapely.box(*bbox), cols))
         return _concat(parts, cols)
 
-    def _scan_batches(self, info: LayerInfo, box, cols: list[str]):
+    @staticmethod
+    def _scan_batches(pf, info: LayerInfo, box, cols: list[str]):
         """``(attribute batch, geometries)`` of the rows meeting ``box``, batch by batch."""
         import shapely
 
-        for batch in self._parquet_file().iter_batches(columns=cols,
-                                                      batch_size=SCAN_BATCH_ROWS):
+        for batch in pf.iter_batches(columns=cols, batch_size=SCAN_BATCH_ROWS):
             geoms = shapely.from_wkb(batch.column(info.geometry_column).to_numpy(
                 zero_copy_only=False))
             keep = np.flatnonzero(shapely.intersects(geoms, box))

@@ -19,9 +19,11 @@ feet), else in the UTM zone of the scene's centre (one zone per scene, so every 
 alike).
 
 Per window, the work is a bbox read, a reprojection (``pyproj`` transformers made once per pair
-of CRSs) and one or two ``rasterize`` calls; a window lying wholly inside one AOI polygon skips
-the AOI's rasterisation, and the next windows inside that same polygon skip its read too (the
-one polygon is kept, nothing more of the AOI layer).
+of CRSs) and one or two ``rasterize`` calls; a window lying wholly inside one valid AOI polygon
+skips the AOI's rasterisation, and the next windows inside that same polygon skip its read too
+(the one polygon is kept, nothing more of the AOI layer). Burning goes through in-memory GDAL
+datasets shared by every reader of the process (:class:`_Burner`: one per window shape, a few at
+most), so memory does not grow with the number of scenes read.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import LabelSourceError, NoLabelsInSceneError
+from ..errors import LabelSourceError, NoAoiInSceneError, NoLabelsInSceneError
 from ..tiling import window_bounds
 from .layer import VectorLayer
 
@@ -63,6 +65,8 @@ class LabelOptions:
     # e.g. "reviewed = 1": a review package's corrected tiles only)
     aoi_layer: str | None = None
     aoi_where: str | None = None
+    # an attribute filter on the label features themselves (OGR SQL; None = all)
+    where: str | None = None
 
     def __post_init__(self):
         if not 0 < int(self.burn) <= 255:
@@ -109,7 +113,7 @@ class VectorLabels:
         self.crs = CRS.from_user_input(crs)
         self.transform = Affine(*transform[:6])
         self.height, self.width = int(height), int(width)
-        self.layer = VectorLayer(self.uri, options.layer)
+        self.layer = VectorLayer(self.uri, options.layer, options.where)
         self.aoi = (VectorLayer(options.aoi, options.aoi_layer, options.aoi_where)
                     if options.aoi else None)
         self._buffer = None  # (work CRS, distance in its units), worked out on first use
@@ -118,12 +122,15 @@ class VectorLabels:
         self._pyproj: dict = {}
         self._transformers: dict = {}
         self._aoi_inside = None
-        self._burner: _Burner | None = None
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state.update(_pyproj={}, _transformers={}, _aoi_inside=None, _burner=None)
+        state.update(_pyproj={}, _transformers={}, _aoi_inside=None)
         return state
+
+    def __setstate__(self, state):
+        state.pop("_burner", None)  # pickled before burning was shared per process
+        self.__dict__.update(state)
 
     def _pyproj_crs(self, crs):
         """pyproj's CRS of a rasterio CRS (as ``GeoSeries.to_crs`` builds it: ~1 ms), once
@@ -271,9 +278,11 @@ class VectorLabels:
         return self._to_image(geoms[self._present(geoms)], self.aoi, grow=False)
 
     def _aoi_valid(self, bounds, burn) -> np.ndarray | bool:
-        """The AOI's validity of a window: True when the window lies wholly inside one AOI
+        """The AOI's validity of a window: True when the window lies wholly inside one valid AOI
         polygon (every pixel centre then lies inside it: ``rasterize`` would burn them all),
-        else the AOI features rasterised on it."""
+        else the AOI features rasterised on it. Only a valid polygon: GDAL fills a polygon's
+        rings even-odd, so a self-intersecting or self-overlapping one (a hand-drawn AOI) can
+        leave unburnt holes where shapely finds the window "inside"."""
         import shapely
 
         box = shapely.box(*bounds)
@@ -282,7 +291,8 @@ class VectorLabels:
         aoi = self._aoi_geoms(bounds)
         if not len(aoi):  # the window lies wholly outside the AOI
             return False
-        holds = np.flatnonzero(shapely.contains(aoi, box))
+        valid = np.flatnonzero(shapely.is_valid(aoi))
+        holds = valid[shapely.contains(aoi[valid], box)] if len(valid) else valid
         if len(holds):
             self._aoi_inside = aoi[holds[0]]  # not prepared: readers may share it across threads
             return True
@@ -303,11 +313,9 @@ class VectorLabels:
         bounds = self._window_bounds(window)
         geoms, values, ignore = self.features(bounds)
         touched = self.options.all_touched
-        if self._burner is None:
-            self._burner = _Burner()
 
         def burn(shapes):
-            return self._burner(shapes, shape, wt, touched)
+            return _BURNER(shapes, shape, wt, touched)
 
         label = np.zeros(shape, np.uint8)
         keep = ~ignore
@@ -337,10 +345,12 @@ class VectorLabels:
         aoi_n = (self.aoi.count(self._bbox_in(self.aoi, scene, grow=False))
                  if self.aoi is not None else 0)
         if self.aoi is not None and aoi_n == 0:
-            raise NoLabelsInSceneError(f"labels aoi {self.aoi.uri}: no feature inside the scene")
-        # No feature at all is a CRS or file mix-up -- unless an AOI says where labelling was
-        # done: then it is an all-background area (a reviewed tile with nothing in it).
-        if n == 0 and self.aoi is None:
+            where = f" where {self.aoi.where}" if self.aoi.where else ""
+            raise NoAoiInSceneError(f"labels aoi {self.aoi.uri}{where}: no feature inside the "
+                                    "scene")
+        # No feature at all is a CRS or file mix-up -- unless a filtered AOI says where
+        # labelling was done (a review package's reviewed tiles): then it is all background.
+        if n == 0 and not (self.aoi is not None and self.aoi.where):
             raise NoLabelsInSceneError(
                 f"labels {self.uri}: no feature inside the scene (scene bounds "
                 f"{_fmt(self._bbox_in(self.layer, scene))} in the layer's CRS; layer bounds "
@@ -365,7 +375,8 @@ class VectorLabels:
 
 class _Burner:
     """``rasterize`` into an in-memory GDAL dataset kept per window shape (a few at most) and
-    reused window after window: same GDAL call, same pixels as burning into a new array.
+    reused window after window: same GDAL call, same pixels as burning into a new array. One
+    burner per process (``_BURNER``), shared by all its readers: one lock around each burn.
 
     Why: rasterio >= 1.4.1 wraps every array it burns into in ``Env(GDAL_MEM_ENABLE_OPEN=True)``,
     and that ``Env`` builds a boto3 session when ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``
@@ -375,6 +386,10 @@ class _Burner:
     MAX_SHAPES = 4
 
     def __init__(self):
+        self._reset()
+
+    def _reset(self) -> None:
+        """Empty, with a new lock (a forked child: the parent's lock may have been held)."""
         self._datasets: dict = {}
         self._pid = os.getpid()
         self._lock = threading.Lock()
@@ -410,6 +425,12 @@ class _Burner:
                                    width=shape[1], count=1, dtype="uint8")
             self._datasets[shape] = ds
         return ds
+
+
+#: the process's burner, shared by every VectorLabels (at most MAX_SHAPES datasets alive)
+_BURNER = _Burner()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_BURNER._reset)
 
 
 def _burn_env():

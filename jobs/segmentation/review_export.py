@@ -3,8 +3,8 @@
 Reads each scene's ``status.json`` (``uncertain_tiles``: the top ``output.uncertain_top_n`` of
 the scene), its ``mask.zarr`` window per tile and -- for the chip -- the scene itself, through the
 same reader, bands and radiometry policy as the run. Georeferenced scenes only: a package is
-placed on a map. Memory: one tile at a time plus the queue's small masks (the queue is bounded by
-``uncertain_top_n`` per scene and ``--max-tiles``).
+placed on a map. Memory: one tile's mask and chip at a time (chips go to disk at once, masks
+become polygons); the queue is bounded by ``uncertain_top_n`` per scene and ``--max-tiles``.
 
 ``jobs/review.py`` runs it and adds the package's ``train.yaml``.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ingest import Radiometry, open_scene, storage
 from ingest.redact import redact_uri
-from ingest.review import ReviewTile, write_package
+from ingest.review import PackageWriter, ReviewTile
 from ingest.writer import MaskWriter
 from jobs.runtime.messages import one_line
 from jobs.segmentation.index import read_manifest
@@ -29,7 +29,8 @@ class ExportResult:
     labels: int = 0
     chips: int = 0
     scenes: list[str] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)  # scene id -> one-line reason
+    skipped: dict[str, str] = field(default_factory=dict)  # scene (tile) -> one-line reason
+    kept_old: str | None = None  # where a replaced package with reviewed tiles was kept
 
 
 def queue_rows(rows: dict[str, dict], max_tiles: int) -> list[tuple[dict, dict]]:
@@ -71,8 +72,9 @@ class _SceneReader:
         return self._image
 
 
-def review_tile(reader: _SceneReader, unc: dict) -> ReviewTile:
-    """One queue entry as a ``ReviewTile`` (mask window from the store, chip from the scene)."""
+def add_tile(package: PackageWriter, reader: _SceneReader, unc: dict) -> None:
+    """One queue entry into the package: its mask window from the store (as polygons), its
+    chip from the scene (written at once). A tile without its chip is still reviewable."""
     from rasterio.crs import CRS
 
     w = reader.writer
@@ -82,51 +84,69 @@ def review_tile(reader: _SceneReader, unc: dict) -> ReviewTile:
         scene=reader.row["id"], scene_input=redact_uri(reader.row["input"]), row=r, col=c,
         window=(int(win.row_off), int(win.col_off), int(win.height), int(win.width)),
         crs_wkt=CRS.from_user_input(w.crs).to_wkt(), transform=tuple(w.transform)[:6],
-        mask=w.read(win, "mask"), disagreement=float(unc.get("disagreement", 0.0)),
-        margin=unc.get("margin"))
+        disagreement=float(unc.get("disagreement", 0.0)), margin=unc.get("margin"))
+    chip = None
     try:
         scene, radiometry = reader.image()
-        tile.chip = _chip(scene, radiometry, win)
+        chip = _chip(scene, radiometry, win)
     except Exception as err:  # noqa: BLE001 - a tile without its chip is still reviewable
         tile.notes.append(f"no chip: {one_line(err, 200)}")
         log.warning("review: scene %s tile %s: no chip: %s", tile.scene, (r, c),
                     one_line(err, 200))
-    return tile
+    package.add(tile, w.read(win, "mask"), chip)
 
 
-def collect_tiles(output: str, max_tiles: int, result: ExportResult) -> list[ReviewTile]:
-    """The queue's tiles; a scene that cannot be exported is skipped with its reason."""
+def _reader(output: str, row: dict) -> _SceneReader:
+    reader = _SceneReader(output, row)
+    if reader.writer.crs is None:
+        raise ValueError("not georeferenced (a review package is placed on a map)")
+    return reader
+
+
+def collect_tiles(output: str, max_tiles: int, result: ExportResult,
+                  package: PackageWriter) -> None:
+    """The queue's tiles into ``package``; a scene (or a tile) that cannot be exported is
+    skipped with its reason, the others are."""
     readers: dict[str, _SceneReader | None] = {}
-    tiles = []
     for row, unc in queue_rows(read_manifest(output), max_tiles):
         sid = row["id"]
         if sid not in readers:
             readers[sid] = None
             try:
-                reader = _SceneReader(output, row)
-                if reader.writer.crs is None:
-                    raise ValueError("not georeferenced (a review package is placed on a map)")
-                readers[sid] = reader
+                readers[sid] = _reader(output, row)
             except Exception as err:  # noqa: BLE001 - one scene fails alone
                 result.skipped[sid] = one_line(err, 300)
                 log.warning("review: scene %s skipped: %s", sid, result.skipped[sid])
-        if readers[sid] is not None:
-            tiles.append(review_tile(readers[sid], unc))
-    result.scenes = sorted({t.scene for t in tiles})
-    return tiles
+        if readers[sid] is None:
+            continue
+        try:
+            add_tile(package, readers[sid], unc)
+        except Exception as err:  # noqa: BLE001 - e.g. a tile outside the store's grid
+            key = f"{sid} tile {unc.get('tile')}"
+            result.skipped[key] = one_line(err, 300)
+            log.warning("review: %s skipped: %s", key, result.skipped[key])
+    result.scenes = sorted({t.scene for t in package.tiles})
 
 
-def export_review(output: str, dest: str, max_tiles: int = 200) -> tuple[ExportResult, list]:
+def export_review(output: str, dest: str, max_tiles: int = 200,
+                  force: bool = False) -> tuple[ExportResult, list]:
     """Write the review package of segment output ``output`` to the local folder ``dest``;
-    ``(result, tiles)``."""
+    ``(result, tiles)`` (no tile: nothing written, the caller says why)."""
     result = ExportResult()
-    tiles = collect_tiles(output, max_tiles, result)
-    if not tiles:
-        return result, []  # nothing written: the caller says why
-    written = write_package(dest, tiles)
+    package = PackageWriter(dest, force=force)
+    try:
+        collect_tiles(output, max_tiles, result, package)
+    except BaseException:
+        package.abort()
+        raise
+    if not package.tiles:
+        package.abort()
+        return result, []
+    written = package.commit()
     result.package, result.tiles = written["package"], written["tiles"]
     result.labels, result.chips = written["labels"], written["chips"]
-    return result, tiles
+    result.kept_old = written["kept_old"]
+    return result, package.tiles
 
 
-__all__ = ["ExportResult", "collect_tiles", "export_review", "queue_rows", "review_tile"]
+__all__ = ["ExportResult", "add_tile", "collect_tiles", "export_review", "queue_rows"]

@@ -157,6 +157,8 @@ class VectorLabelOptions(StrictModel):
     # package (jobs/review.py) trains on `aoi_layer: tiles`, `aoi_where: "reviewed = 1"`.
     aoi_layer: Optional[str] = None
     aoi_where: Optional[str] = None
+    # An OGR SQL filter on the label features themselves (GeoPackage/FlatGeobuf/GeoJSON).
+    where: Optional[str] = None
 
     def _check_options(self) -> None:
         if self.class_field and "burn" in self.model_fields_set:

@@ -18,7 +18,7 @@ import logging
 import numpy as np
 
 import ingest
-from ingest.errors import NoLabelsInSceneError
+from ingest.errors import NoAoiInSceneError, NoLabelsInSceneError
 from ingest.labels import LabelOptions, LabelSourceError, VectorLabels, is_vector_label
 from jobs.runtime.errors import DataError
 
@@ -95,7 +95,10 @@ def _plan_scene(name: str, pair: dict, src: dict, listed: bool) -> tuple[dict, l
     except DataError:
         raise
     except LabelSourceError as err:
-        if listed and isinstance(err, NoLabelsInSceneError):
+        # left out, not fatal: a listed scene without labels, and a pair whose filtered AOI
+        # selects nothing in it (a review package's scene nobody reviewed yet)
+        if (listed and isinstance(err, NoLabelsInSceneError)) or (
+                isinstance(err, NoAoiInSceneError) and pair.get("aoi_where")):
             raise
         raise DataError(f"{name}: {err}") from None
     except Exception as err:  # SceneError and friends: one line
@@ -118,24 +121,29 @@ def raster_items(src: dict, left_out: list | None = None) -> tuple[list[dict], l
     ``left_out`` (a list) says the pairs come from a scene listing
     (jobs/training/scene_listing.py): a scene the labels have no feature in (and no AOI covers)
     is then left out -- one log line, appended to ``left_out`` with the reason -- instead of
-    failing the run; ``DataError`` when no scene is left."""
+    failing the run. A pair whose filtered AOI (``aoi_where``) selects nothing in its scene is
+    left out the same way (a review package's scene nobody reviewed); ``DataError`` when no
+    scene is left."""
     scenes, items = [], []
+    skipped = left_out if left_out is not None else []
     for idx, pair in enumerate(src["pairs"]):
         name = f"raster pair {idx}" if left_out is None else f"scene {pair['image']}"
         try:
             meta, windows = _plan_scene(name, pair, src, left_out is not None)
         except LabelSourceError as err:
             log.info("%s: left out: %s", name, err)
-            left_out.append({"scene": pair["image"], "reason": str(err)})
+            skipped.append({"scene": pair["image"], "reason": str(err)})
             continue
         at = len(scenes)
         scenes.append(meta)
         items += [{"kind": "raster", "key": f"{at}:{ti[0]}:{ti[1]}", "scene": at,
                    "window": win} for ti, win in windows]
-    if left_out is not None and not scenes:
-        first = left_out[0] if left_out else {"scene": "-", "reason": "-"}
-        raise DataError(f"data.source.scenes: no listed scene has labels: all {len(left_out)} "
-                        f"left out (first: {first['scene']}: {first['reason']})")
+    if not scenes and skipped:
+        first = skipped[0]
+        what = ("data.source.scenes: no listed scene has labels" if left_out is not None
+                else "raster pairs: no pair has anything to learn")
+        raise DataError(f"{what}: all {len(skipped)} left out (first: {first['scene']}: "
+                        f"{first['reason']})")
     if not items:
         raise DataError("raster sources gave no tiles (scenes smaller than min_valid allows, "
                         "or outside their AOI?)")
@@ -184,33 +192,44 @@ def positive_windows(items: list[dict], scenes: list[dict]) -> list[bool]:
     ``data.source.positive_fraction`` (jobs/training/window_sampling.py): each window's labels
     are read once -- a label raster's window, or the vector features meeting the window
     rasterised on it (one bbox read, as an epoch's first load does) -- and only the bool is
-    kept. The image is not read: a positive pixel on image nodata still counts."""
+    kept. The image is not read: a positive pixel on image nodata still counts.
+
+    Items are read scene by scene (each scene's opened, read, closed and dropped before the
+    next), so memory does not grow with the number of scenes of a listing."""
     from rasterio.windows import Window
 
-    opened: dict[int, tuple] = {}
-    out = []
-    for item in items:
-        idx = item["scene"]
+    from ingest.redact import redact_uri
+
+    by_scene: dict[int, list[int]] = {}
+    for i, item in enumerate(items):
+        by_scene.setdefault(item["scene"], []).append(i)
+    out = [False] * len(items)
+    for idx, positions in by_scene.items():
         meta = scenes[idx]
-        if idx not in opened:
-            opened[idx] = open_raster(meta)
-        scene, label, _ = opened[idx]
-        col, row, w, h = item["window"]
-        window = Window(col, row, w, h)
-        if isinstance(label, VectorLabels):
-            try:
-                lab, valid = label.read(window)
-            except LabelSourceError as err:
-                raise DataError(f"raster pair {idx}: {err}") from None
-        else:
-            lab, valid = label.read(window)[0][0], None  # its nodata is not used (as loading)
-        hit = lab > meta["threshold"]
-        if valid is not None:
-            hit &= valid
-        # only the part inside the scene (loading's image validity drops the padding)
-        r0, c0 = max(0, -row), max(0, -col)
-        r1, c1 = min(h, scene.height - row), min(w, scene.width - col)
-        out.append(bool(r1 > r0 and c1 > c0 and hit[r0:r1, c0:c1].any()))
+        scene, label, _ = open_raster(meta)
+        try:
+            for i in positions:
+                col, row, w, h = items[i]["window"]
+                window = Window(col, row, w, h)
+                if isinstance(label, VectorLabels):
+                    try:
+                        lab, valid = label.read(window)
+                    except LabelSourceError as err:
+                        raise DataError(f"scene {redact_uri(meta['image'])}: {err}") from None
+                else:  # its nodata is not used (as loading)
+                    lab, valid = label.read(window)[0][0], None
+                hit = lab > meta["threshold"]
+                if valid is not None:
+                    hit &= valid
+                # only the part inside the scene (loading's image validity drops the padding)
+                r0, c0 = max(0, -row), max(0, -col)
+                r1, c1 = min(h, scene.height - row), min(w, scene.width - col)
+                out[i] = bool(r1 > r0 and c1 > c0 and hit[r0:r1, c0:c1].any())
+        finally:
+            scene.close()
+            if not isinstance(label, VectorLabels):
+                label.close()
+            del scene, label
     return out
 
 
