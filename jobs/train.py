@@ -42,6 +42,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python jobs/train.py`: make `import jobs` resolve to this repo
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ingest.redact import redact_text  # noqa: E402
 from jobs.runtime.config import ConfigError, add_config_args, job_epilog, load_config  # noqa: E402
 from jobs.runtime.logs import configure_logging  # noqa: E402
 from jobs.training.config import TrainConfig  # noqa: E402
@@ -90,11 +91,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         summary = run(cfg)
     except (ConfigError, DataError, TrainError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {redact_text(str(err))}", file=sys.stderr)  # a scene's signed href
         return 2
     except Exception as err:  # noqa: BLE001 - Ray wraps worker failures; keep the CLI short
         log.exception("training failed")
-        print(f"error: training failed: {failure_line(err)}", file=sys.stderr)
+        print(f"error: training failed: {redact_text(failure_line(err))}", file=sys.stderr)
         return 1
     if args.summary:
         Path(args.summary).write_text(json.dumps(summary, indent=1, default=str))

@@ -621,3 +621,185 @@ def test_ingest_labels_imports_no_torch_or_ray():
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True,
                    cwd=Path(__file__).resolve().parents[1])
+
+
+def test_many_scene_readers_share_open_files_and_burn_datasets(tmp_path):
+    """A scene listing's readers (one VectorLabels per scene, all over one GeoParquet file):
+    50 of them, on distinct grids, reading a window each (of 6 shapes) keep one open
+    ParquetFile and at most 4 burn datasets between them -- memory does not grow with scenes
+    -- and each window equals ``rasterize`` of the whole layer on its transform; more files
+    than the cache keeps: at most OPEN_PARQUET_FILES stay open."""
+    import gc
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from ingest.labels import layer as layer_mod
+    from ingest.labels import rasterize as rasterize_mod
+
+    def open_files() -> int:  # ParquetFile objects alive in the process
+        gc.collect()
+        return sum(type(o) is pq.ParquetFile for o in gc.get_objects())
+
+    layer_mod._PARQUET_FILES.clear()
+    path = _write_labels(_random_layer(300, 7), tmp_path / "shared.parquet",
+                         write_covering_bbox=True, row_group_size=40)
+    back = gpd.read_parquet(path).to_crs(UTM)
+    back = back[~back.geometry.isna() & ~back.geometry.is_empty]
+    order = np.argsort(back["cls"].to_numpy(), kind="stable")
+    shapes = list(zip(back.geometry.values[order], back["cls"].to_numpy()[order].tolist()))
+    sizes = [(64, 64), (32, 48), (80, 40), (16, 16), (100, 30), (48, 32)]
+    readers, got = [], []
+    for k in range(50):
+        x0, y1 = ORIGIN[0] + 1.5 * k - 20, ORIGIN[1] - 1.25 * k + 10
+        transform = from_origin(x0, y1, RES, RES)
+        labels = VectorLabels(path, LabelOptions(class_field="cls", all_touched=k % 2 == 1),
+                              UTM, transform, H, W)
+        w, h = sizes[k % len(sizes)]
+        window = Window((7 * k) % (W - w), (5 * k) % (H - h), w, h)
+        got.append((labels.read(window)[0], window, transform, k % 2 == 1))
+        readers.append(labels)
+        assert len(rasterize_mod._BURNER._datasets) <= rasterize_mod._Burner.MAX_SHAPES
+    assert all(not hasattr(r, "_burner") for r in readers)
+    assert len(layer_mod._PARQUET_FILES) == 1
+    assert len({id(r.layer._pf) for r in readers}) == 1 and readers[0].layer._pf is not None
+    assert open_files() <= layer_mod.OPEN_PARQUET_FILES  # not one per reader
+    for lab, window, transform, touched in got:
+        exp = rasterize(shapes, out_shape=(int(window.height), int(window.width)),
+                        dtype="uint8", all_touched=touched,
+                        transform=rasterio.windows.transform(window, transform))
+        np.testing.assert_array_equal(lab, exp)
+    # more files than the cache keeps: the least recently used dropped, reads still right
+    first = None
+    for k in range(layer_mod.OPEN_PARQUET_FILES + 4):
+        copy = shutil.copy(path, tmp_path / f"copy{k}.parquet")
+        labels = VectorLabels(copy, LabelOptions(class_field="cls"), UTM, _transform(), H, W)
+        lab = labels.read(Window(0, 0, 64, 64))[0]
+        first = lab if first is None else first
+        np.testing.assert_array_equal(lab, first)
+        assert len(layer_mod._PARQUET_FILES) <= layer_mod.OPEN_PARQUET_FILES
+    assert open_files() <= layer_mod.OPEN_PARQUET_FILES
+    assert readers[0].layer._pf is None  # dropped from the cache: opened again on a read
+    np.testing.assert_array_equal(readers[0].read(got[0][1])[0], got[0][0])
+    # a file written again at the same path is opened again (not read with its old footer)
+    again = tmp_path / "rewritten.parquet"
+    _write_labels(_random_layer(300, 7), again, write_covering_bbox=True)
+    before = VectorLabels(str(again), LabelOptions(), UTM, _transform(), H, W)
+    assert before.read(Window(0, 0, W, H))[0].any()
+    _write_labels(_random_layer(300, 7).iloc[:0], again, write_covering_bbox=True)
+    after = VectorLabels(str(again), LabelOptions(), UTM, _transform(), H, W)
+    assert not after.read(Window(0, 0, W, H))[0].any()
+
+
+@pytest.mark.parametrize("touched", [False, True])
+def test_invalid_aoi_polygons_are_rasterised_not_taken_as_inside(tmp_path, touched):
+    """A hand-drawn AOI may be invalid: a bow-tie, a ring that laps a region twice (GDAL's
+    even-odd fill leaves the twice-covered square unburnt). A window "inside" such a polygon
+    does not take the shortcut (it is rasterised), and the windows equal the whole AOI
+    rasterised on the scene."""
+    x0, y1 = ORIGIN
+    lapped = shapely.Polygon([(x0 - 5, y1 - 100), (x0 + 100, y1 - 100), (x0 + 100, y1 + 5),
+                              (x0 - 5, y1 + 5), (x0 - 5, y1 - 100), (x0 + 20, y1 - 80),
+                              (x0 + 80, y1 - 80), (x0 + 80, y1 - 20), (x0 + 20, y1 - 20),
+                              (x0 + 20, y1 - 80), (x0 - 5, y1 - 100)])
+    # (off the pixel corners: all_touched burns a line through a corner by rounding, window
+    # and scene alike only off them)
+    bowtie = shapely.Polygon([(x0 + 100.3, y1 - 135.1), (x0 + 155.2, y1 + 5.3),
+                              (x0 + 155.2, y1 - 135.1), (x0 + 100.3, y1 + 5.3)])
+    assert not shapely.is_valid(lapped) and not shapely.is_valid(bowtie)
+    aoi = gpd.GeoDataFrame(geometry=[lapped, bowtie], crs=UTM)
+    aoi_path = str(tmp_path / "aoi.gpkg")
+    aoi.to_file(aoi_path)
+    aoi_back = gpd.read_file(aoi_path)
+    # polygons (unbuffered lines through pixel corners: all_touched rounds them per window)
+    buildings = _features_utm()
+    buildings = buildings[buildings.geom_type == "Polygon"]
+    labels_path = _write_labels(buildings, tmp_path / "labels.fgb")
+    labels = VectorLabels(labels_path, LabelOptions(aoi=aoi_path, all_touched=touched), UTM,
+                          _transform(), H, W)
+    label, valid = _mosaic(labels, tile=32)
+    assert labels._aoi_inside is None  # no valid polygon held a window
+
+    def burn(geoms):
+        return rasterize(((g, 1) for g in geoms), out_shape=(H, W), transform=_transform(),
+                         dtype="uint8", all_touched=touched)
+
+    exp_valid = burn(aoi_back.geometry) == 1
+    exp_label = burn(buildings.geometry)
+    exp_label[~exp_valid] = 0
+    np.testing.assert_array_equal(valid, exp_valid)
+    np.testing.assert_array_equal(label, exp_label)
+    assert exp_valid.any() and not exp_valid[60:140, 60:140].any()  # the lapped square
+    # the same windows through a valid AOI still take the shortcut
+    valid_aoi = str(tmp_path / "valid.gpkg")
+    gpd.GeoDataFrame(geometry=[shapely.box(x0 - 5, y1 - 100, x0 + 100, y1 + 5)],
+                     crs=UTM).to_file(valid_aoi)
+    plain = VectorLabels(labels_path, LabelOptions(aoi=valid_aoi, all_touched=touched), UTM,
+                         _transform(), H, W)
+    _mosaic(plain, tile=32)
+    assert plain._aoi_inside is not None
+
+
+def test_positive_windows_read_scene_by_scene_and_name_the_image(tmp_path, monkeypatch):
+    """positive_windows opens each scene once, reads its items, closes it before the next
+    (items of scenes interleaved: the flags keep the items' order); a label read error names
+    the scene's image, its secrets redacted."""
+    from jobs.training import raster_source
+
+    image = _write_image(tmp_path / "scene.tif")
+    path = _write_labels(_features_utm(), tmp_path / "labels.geojson")
+    plan = plan_data(_raster_cfg(image, path))
+    scenes = [plan["scenes"][0], dict(plan["scenes"][0], threshold=254)]  # 2nd: no positive
+    windows = [it["window"] for it in plan["train"]]
+    items = [{"scene": k % 2, "window": windows[k // 2]} for k in range(2 * len(windows))]
+    events, real_open = [], raster_source.open_raster
+
+    def opening(meta):
+        scene, label, radiometry = real_open(meta)
+        events.append(("open", meta["threshold"]))
+        real_close = scene.close
+
+        def close():
+            events.append(("close", meta["threshold"]))
+            real_close()
+
+        scene.close = close
+        return scene, label, radiometry
+
+    monkeypatch.setattr(raster_source, "open_raster", opening)
+    flags = raster_source.positive_windows(items, scenes)
+    assert events == [("open", 0), ("close", 0), ("open", 254), ("close", 254)]
+    assert flags[1::2] == [False] * len(windows)
+    assert flags[0::2] == raster_source.positive_windows(
+        [{"scene": 0, "window": w} for w in windows], scenes[:1]) and any(flags)
+
+    def broken(self, window):
+        raise LabelSourceError(f"labels {self.uri}: cannot read features: boom")
+
+    monkeypatch.setattr(VectorLabels, "read", broken)
+    secret = "s3://AKIAKEY:SECRETKEY@bucket/scenes/one.tif"
+    monkeypatch.setattr(raster_source, "open_raster",
+                        lambda meta: real_open(dict(meta, image=image)))
+    with pytest.raises(DataError) as err:
+        raster_source.positive_windows(items[:1], [dict(scenes[0], image=secret)])
+    text = str(err.value)
+    assert text.startswith("scene s3://bucket/scenes/one.tif: labels ") and "boom" in text
+    assert "SECRETKEY" not in text and "raster pair" not in text
+
+
+def test_item_loader_keeps_the_recently_used_scenes(monkeypatch):
+    """The loader's opened scenes are bounded (a scene listing may hold thousands): the 16
+    most recently used kept, an evicted one opened again when used again."""
+    from jobs.training import data as data_mod
+
+    opened = []
+    monkeypatch.setattr(data_mod, "open_raster", lambda meta: opened.append(meta["n"]) or
+                        (meta["n"],))
+    loader = ItemLoader([{"n": n} for n in range(40)], cache=False)
+    for n in range(40):
+        assert loader._scene(n) == (n,)
+        assert loader._scene(0) == (0,)  # used again and again: kept
+    assert len(loader._open) == 16 and 0 in loader._open
+    assert opened == list(range(40))
+    loader._scene(1)  # evicted long ago: opened again
+    assert opened[-1] == 1 and len(loader._open) == 16

@@ -6,25 +6,44 @@ had, and ``jobs.training.geo_split`` the blocks they lie in. Pixels outside thos
 scored (255 in errors.tif): the training windows and the buffer around the blocks would flatter
 the model, which is what the spatial split is there to avoid.
 
+A scene listing (``data.source.scenes``) is not planned again as it is: the blocks' ranks
+depend on each scene's index, so an archive that grew since training would shift them (and score
+training blocks). The split is rebuilt from the scenes training kept, in their order, as its
+summary in the provenance records them (``data.scenes``, redacted): each recorded scene is
+matched by its identity (``ingest.redact.uri_identity``: a re-signed href is the same scene) to
+one the listing finds now, which gives the href to open. A recorded scene the listing no longer
+finds, or a rebuilt split whose validation windows differ from training's (the recorded
+``val_keys_sha1``), is refused with one line.
+
 Scenes are matched to the training pairs by their path (relative paths resolved from the
 current folder, as training resolved them from its own); without ``--image`` the training pairs
 themselves are evaluated, each with its own label options.
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from ingest import storage, window_bounds
+from ingest.redact import redact_uri, uri_identity
 from jobs.runtime.errors import DataError, EvalError
+from jobs.training.data import absolute_uri as training_path
 from jobs.training.data import plan_data
 from jobs.training.geo_split import block_sides, blocks_met
+from jobs.training.scene_listing import listed_pairs
+
+log = logging.getLogger("samsp.evaluate")
 
 
 def _same_path(uri: str) -> str:
-    return uri if storage.is_s3(uri) else os.path.realpath(uri)
+    """What names a scene here: a local path resolved; a URL's identity (redacted, without
+    the parameters a re-signing changes: ``ingest.redact.uri_identity``)."""
+    if storage.is_s3(uri) or "://" in uri:
+        return uri_identity(uri)
+    return os.path.realpath(uri)
 
 
 @dataclass
@@ -56,7 +75,34 @@ def _training_data(provenance: dict | None) -> dict:
             or data.get("val_source"):
         raise EvalError("--blocks needs a bundle trained on a raster source with a spatial split "
                         "(data.split.spatial); this one was not")
+    if data["source"].get("scenes"):
+        recorded = ((provenance or {}).get("data") or {}).get("scenes")
+        if not recorded:
+            raise EvalError("--blocks: the bundle's provenance records no scenes its listing "
+                            "kept (data.scenes); its validation blocks cannot be rebuilt")
+        data = dict(data, source=kept_listing_source(data["source"], recorded))
     return data
+
+
+def kept_listing_source(src: dict, recorded: list[str]) -> dict:
+    """A listing source (``data.source.scenes``) as the pairs training kept: each recorded
+    scene (redacted, in training's order) matched by identity to a scene the listing finds now
+    (its href: what opens); ``EvalError`` when one is no longer listed."""
+    try:
+        pairs, _ = listed_pairs(src["scenes"])
+    except DataError as err:
+        raise EvalError(f"--blocks: the bundle's training data: {err}") from None
+    found: dict[str, dict] = {}
+    for pair in pairs:
+        found.setdefault(uri_identity(training_path(pair["image"])), pair)
+    missing = [uri for uri in recorded if uri_identity(uri) not in found]
+    if missing:
+        raise EvalError(f"--blocks: the listing changed since training: {len(missing)} of the "
+                        f"{len(recorded)} scene(s) training kept no longer listed (first: "
+                        f"{missing[0]}); its validation blocks cannot be rebuilt")
+    log.info("--blocks: the split rebuilt from the %d scene(s) training kept of its listing "
+             "(which finds %d now)", len(recorded), len(pairs))
+    return dict(src, scenes=None, pairs=[found[uri_identity(uri)] for uri in recorded])
 
 
 def validation_blocks(provenance: dict | None) -> tuple[dict[str, SceneBlocks], list[dict]]:
@@ -67,6 +113,11 @@ def validation_blocks(provenance: dict | None) -> tuple[dict[str, SceneBlocks], 
         plan = plan_data(data)
     except DataError as err:
         raise EvalError(f"--blocks: the bundle's training data: {err}") from None
+    want = ((provenance or {}).get("data") or {}).get("val_keys_sha1")
+    if want and plan["summary"]["val_keys_sha1"] != want:
+        raise EvalError(f"--blocks: the training split cannot be rebuilt: its validation windows "
+                        f"differ from training's (val_keys_sha1 {plan['summary']['val_keys_sha1']}"
+                        f", training's {want}: scenes, labels or tiling changed since)")
     sides = block_sides(plan["scenes"], data["split"]["spatial"], data["source"]["tile"])
     met: set = set().union(*(blocks_met(it, sides) for it in plan["val"]))
     out = {}
@@ -82,8 +133,8 @@ def validation_blocks(provenance: dict | None) -> tuple[dict[str, SceneBlocks], 
 def blocks_of(blocks: dict[str, SceneBlocks], image: str) -> SceneBlocks:
     found = blocks.get(_same_path(image))
     if found is None:
-        raise EvalError(f"--blocks: {image} is not a scene of the bundle's training data "
-                        f"({', '.join(sorted(blocks)) or 'none'})")
+        raise EvalError(f"--blocks: {redact_uri(image)} is not a scene of the bundle's training "
+                        f"data ({', '.join(sorted(blocks)) or 'none'})")
     return found
 
 

@@ -85,7 +85,15 @@ def build_dataset(rows, cfg: SegmentConfig, model_uri: str, threshold: float, re
     # batch_size may exceed that: Ray Data bundles *whole blocks* until a bundle holds batch_size
     # rows, so 49 tiles in blocks of 12 with batch_size 13 ran as 2 actor calls of 24 tiles,
     # each call's rows coming back only at its end (the progress line went 1/49 -> 49/49).
-    block = min(block, max(1, len(rows) // n_blocks))
+    capped = min(block, max(1, len(rows) // n_blocks))
+    if pc.block_tiles and capped < pc.block_tiles:
+        bs = cfg.predict.batch_size
+        log.info("pipeline.block_tiles %d lowered to %d: %d tile(s) cut into %d Ray Data "
+                 "block(s), and no stage's batch may exceed the smallest%s", pc.block_tiles,
+                 capped, len(rows), n_blocks,
+                 f" (below predict.batch_size {bs}: model batches of at most {capped})"
+                 if capped < bs else "")
+    block = capped
     res["block_tiles"] = block
     ds = ray.data.range(len(rows), override_num_blocks=n_blocks)
     ds = ds.map_batches(expand_rows, fn_kwargs={"rows_ref": ray.put(rows)}, batch_size=block,

@@ -3,10 +3,12 @@ samsp/contract.py): what the model was trained on, derived on the driver from th
 
 - ``pairs`` folders and the ``synthetic`` set: photos decoded to 8-bit RGB -- uint8, 3 channels,
   radiometry ``identity``, no bands, no GSD.
-- ``raster`` sources: the scenes' headers (opened again here, no pixels read): their dtype, the
-  1-based bands read, the bands' descriptions when every band has one, the GSD (mean pixel width
-  in metres over the scenes whose CRS is projected; None when any scene is not), and the
-  radiometry the data loader applies (identity for uint8, else the percentile stretch).
+- ``raster`` sources: the headers of the scenes training kept (the plan's ``images``: a scene
+  listing's unlabelled scenes, left out of training, are no part of it), opened again here, no
+  pixels read: their dtype, the 1-based bands read, the bands' descriptions when every band has
+  one, the GSD (mean pixel width in metres over the scenes whose CRS is projected; None when any
+  scene is not), and the radiometry the data loader applies (identity for uint8, else the
+  percentile stretch).
   A field the scenes disagree on is ``"mixed"``.
 - ``mixture``: one contract per member (``members``), the agreed fields on top (``"mixed"``
   where the members differ: ``samsp.contract.combine_contracts``).
@@ -19,32 +21,52 @@ from statistics import mean
 
 import ingest
 from ingest import storage
+from ingest.redact import redact_uri
 from jobs.runtime.errors import DataError
 from jobs.training.config import TrainConfig
-from jobs.training.scene_listing import raster_images
+from jobs.training.data import source_items
 from samsp.contract import MIXED, combine_contracts
 
 PHOTOS = {"dtype": "uint8", "channels": 3, "radiometry": {"mode": "identity", "percentiles": None},
           "bands": None, "band_names": None, "gsd_m": None}
 
 
-def input_contract(cfg: TrainConfig) -> dict:
-    """The ``input`` section of the bundle a run of ``cfg`` writes (a plain dict)."""
+def input_contract(cfg: TrainConfig, images: dict | None = None) -> dict:
+    """The ``input`` section of the bundle a run of ``cfg`` writes (a plain dict). ``images``:
+    the data plan's (``plan_data(...)["images"]``: each raster source's kept scenes, keyed
+    ``source`` or by mixture member); without it, the raster sources are planned again."""
     src = cfg.data.source.model_dump(mode="json")
     labels = cfg.model.labels
+    images = images or {}
     if src["kind"] == "mixture":
-        return combine_contracts(labels, {m["name"]: source_contract(m["source"])
+        return combine_contracts(labels, {m["name"]: source_contract(m["source"],
+                                                                     images.get(m["name"]))
                                           for m in src["members"]})
-    return {"labels": labels, **source_contract(src)}
+    return {"labels": labels, **source_contract(src, images.get("source"))}
 
 
-def source_contract(src: dict) -> dict:
-    """The contract fields (all but ``labels``) of one training source (a config dict)."""
+def raster_images(src: dict) -> list[str]:
+    """The images of a ``raster`` source's kept scenes (``RasterData`` as a dict): its pairs',
+    or the scenes planning keeps of its listing (listed and their labels checked again: the
+    unlabelled ones left out, as training leaves them out) -- for the bundle's input contract
+    when no plan is at hand (the driver passes its plan's: ``plan["images"]``)."""
+    if src.get("pairs"):
+        return [p["image"] for p in src["pairs"]]
+    facts: dict = {}
+    source_items(src, facts)
+    return facts["scenes"]
+
+
+def source_contract(src: dict, images: list[str] | None = None) -> dict:
+    """The contract fields (all but ``labels``) of one training source (a config dict);
+    ``images``: a raster source's kept scenes (else its pairs', or its listing planned again)."""
     if src["kind"] in ("pairs", "synthetic"):
         return dict(PHOTOS)
     if src["kind"] != "raster":
         raise DataError(f"no input contract for data kind {src['kind']!r}")
-    scenes = [raster_facts(uri, src.get("bands")) for uri in raster_images(src)]
+    if images is None:
+        images = raster_images(src)
+    scenes = [raster_facts(uri, src.get("bands")) for uri in images]
     out = {key: _agreed([s[key] for s in scenes]) for key in
            ("dtype", "channels", "bands", "band_names")}
     gsds = [s["gsd_m"] for s in scenes]
@@ -61,7 +83,7 @@ def raster_facts(uri: str, bands) -> dict:
     try:
         scene = ingest.open_scene(uri, bands=bands, check_empty=False)
     except Exception as err:  # ingest's SceneErrors carry one-line messages
-        raise DataError(f"raster {uri}: {err}") from None
+        raise DataError(f"raster {redact_uri(uri)}: {err}") from None
     try:
         return {"dtype": str(scene.dtype), "channels": int(scene.count),
                 "bands": [int(b) for b in scene.bands],

@@ -32,7 +32,7 @@ from jobs.training.augment import augment
 from jobs.training.geo_split import block_sides, spatial_split
 from jobs.training.mixture import group_index, merge_members, pick_item, spread_subset
 from jobs.training.raster_source import load_window, open_raster, positive_windows, raster_items
-from jobs.training.scene_listing import listed_pairs, listing_facts
+from jobs.training.scene_listing import listed_pairs, listing_facts, recorded_scenes, recorded_uri
 from jobs.training.synthetic import synth_item
 from jobs.training.window_sampling import epoch_positions, sampling_facts
 
@@ -66,7 +66,7 @@ def _list_files(uri: str) -> list[str]:
 
 # ----------------------------------------------------------------------------- planning (driver)
 
-def _abs(uri: str) -> str:
+def absolute_uri(uri: str) -> str:
     """Local paths made absolute on the driver: Ray Train workers run in another directory."""
     if _is_remote(uri):
         return uri
@@ -77,7 +77,7 @@ def pairs_items(src: dict) -> list[dict]:
     """The items of a ``pairs`` source (``PairsData`` as a dict): every image with the mask of
     the same stem, sorted by image name; ``DataError`` when a folder is missing or empty or an
     image has no mask."""
-    root = _abs(src["root"])
+    root = absolute_uri(src["root"])
     images = _list_files(join(root, src["image_dir"]))
     masks = _list_files(join(root, src["mask_dir"]))
     if not images:
@@ -110,8 +110,8 @@ def _raster_items(src: dict, facts: dict | None = None) -> tuple[list[dict], lis
         listed = len(pairs) + len(left_out)  # STAC items without the asset are left out already
     else:
         pairs = src["pairs"]
-    pairs = [dict(p, image=_abs(p["image"]), label=_abs(p["label"]),
-                  aoi=_abs(p["aoi"]) if p.get("aoi") else None) for p in pairs]
+    pairs = [dict(p, image=absolute_uri(p["image"]), label=absolute_uri(p["label"]),
+                  aoi=absolute_uri(p["aoi"]) if p.get("aoi") else None) for p in pairs]
     items, scenes = raster_items(dict(src, pairs=pairs), left_out)
     if listing:
         facts = {} if facts is None else facts
@@ -159,9 +159,11 @@ def split_items(items: list[dict], val_fraction: float, seed: int) -> tuple[list
     return train, val
 
 
-def _plan_members(mixture: dict, split: dict) -> tuple[list, list, list, list, dict]:
+def _plan_members(mixture: dict, split: dict, images: dict | None = None
+                  ) -> tuple[list, list, list, list, dict]:
     """``(train, val, scenes, groups, splits)`` of a mixture: every member split (or validated)
-    on its own, then merged (``jobs/training/mixture.py``); ``splits``: each member's split."""
+    on its own, then merged (``jobs/training/mixture.py``); ``splits``: each member's split;
+    ``images`` (a dict) gets each raster member's kept images (:func:`kept_images`)."""
     parts, splits, facts = [], {}, []
     for m in mixture["members"]:
         facts.append({})
@@ -176,7 +178,24 @@ def _plan_members(mixture: dict, split: dict) -> tuple[list, list, list, list, d
     train, val, scenes, groups = merge_members(parts)
     for group, member in zip(groups, facts):  # a member's scene listings, as plan_data's
         group.update(listing_summary(member))
+    if images is not None:
+        for m, member in zip(mixture["members"], facts):
+            if m["source"]["kind"] == "raster":
+                images[m["name"]] = kept_images(m["source"], member["source"])
     return train, val, scenes, groups, splits
+
+
+def kept_images(src: dict, facts: dict) -> list[str]:
+    """The images of the scenes a ``raster`` source kept, in plan order, as the workers open
+    them (a listing's hrefs may be signed: outputs record them redacted, ``recorded_scenes``);
+    ``facts``: the source's, as ``source_items`` filled them."""
+    return list(facts["scenes"]) if src.get("scenes") else [p["image"] for p in src["pairs"]]
+
+
+def _recorded_label_facts(facts: dict) -> dict:
+    """A scene's label facts as the summary records them: their layers' URIs redacted."""
+    return {k: recorded_uri(v) if k in ("labels", "aoi") and isinstance(v, str) else v
+            for k, v in facts.items()}
 
 
 def listing_summary(facts: dict) -> dict:
@@ -187,19 +206,25 @@ def listing_summary(facts: dict) -> dict:
 
 def plan_data(data_cfg: dict) -> dict:
     """Resolve the data section into ``{"train": [...], "val": [...], "scenes": [...],
-    "groups": [...], "summary"}``; ``groups`` lists the mixture's members (one ``all`` group
-    for a single source), and items carry their group's index. ``summary`` (the bundle's data
-    provenance) records the split: its kind, block size and counts.
+    "groups": [...], "images", "summary"}``; ``groups`` lists the mixture's members (one ``all``
+    group for a single source), and items carry their group's index. ``images``: the images of
+    the scenes each raster source kept (``source``, or a mixture's member names), for the
+    bundle's input contract. ``summary`` (the bundle's data provenance, summary.json, printed)
+    records the split: its kind, block size and counts, and the kept scenes -- every URI in it
+    redacted (``scene_listing.recorded_uri``: no signature of a presigned href).
 
     Raises ``DataError`` (one line) when a source is missing, empty or inconsistent.
     """
     src = data_cfg["source"]
     facts: dict = {}
+    images: dict = {}
     if src["kind"] == "mixture":
-        train, val, scenes, groups, split = _plan_members(src, data_cfg["split"])
+        train, val, scenes, groups, split = _plan_members(src, data_cfg["split"], images)
     else:
         train, val, scenes, split = _train_val(src, data_cfg.get("val_source"),
                                                data_cfg["split"], facts)
+        if src["kind"] == "raster":
+            images["source"] = kept_images(src, facts["source"])
         groups = [{"name": "all", "weight": 1.0, "train_items": len(train),
                    "val_items": len(val)}]
     summary = {"source_kind": src["kind"], "train_items": len(train),
@@ -207,11 +232,11 @@ def plan_data(data_cfg: dict) -> dict:
                    "\n".join(sorted(it["key"] for it in val)).encode()).hexdigest()[:12],
                "split": split}
     if src["kind"] == "pairs":
-        summary["root"] = src["root"]
+        summary["root"] = recorded_uri(src["root"])
     elif src["kind"] == "raster":
-        summary["scenes"] = ([p["image"] for p in src["pairs"]] if src.get("pairs")
-                             else facts["source"]["scenes"])
-        summary["labels"] = [sc["label_facts"] for sc in scenes if "label_facts" in sc]
+        summary["scenes"] = recorded_scenes(images["source"])  # redacted: hrefs may be signed
+        summary["labels"] = [_recorded_label_facts(sc["label_facts"]) for sc in scenes
+                             if "label_facts" in sc]
     elif src["kind"] == "mixture":
         summary["groups"] = groups
     summary.update(listing_summary(facts))  # scene listings (source, val_source)
@@ -226,7 +251,7 @@ def plan_data(data_cfg: dict) -> dict:
                                                      summary["sampling"]["fallback"])
     return {"train": train, "val": val, "scenes": scenes, "groups": groups,
             "samples_per_epoch": src.get("samples_per_epoch"), "positive_fraction": fraction,
-            "summary": summary}
+            "images": images, "summary": summary}
 
 
 def _train_val(source: dict, val_source: dict | None, split: dict, facts: dict | None = None
@@ -325,10 +350,18 @@ class ItemLoader:
 
     def _scene(self, idx: int):
         # Opened once per process: the image, its label raster or vector label reader (which
-        # keeps the layers' metadata, never their features) and the radiometry.
-        if idx not in self._open:
-            self._open[idx] = open_raster(self.scenes[idx])
-        return self._open[idx]
+        # keeps the layers' metadata, never their features) and the radiometry -- the most
+        # recently used 16 scenes kept (a scene listing may hold thousands). An evicted scene
+        # is dropped, not closed (another thread may still read it: it closes with its last
+        # reference). Each step is one atomic dict operation, so threads may share a loader.
+        keep = 16
+        opened = self._open.pop(idx, None)
+        if opened is None:
+            opened = open_raster(self.scenes[idx])
+        self._open[idx] = opened  # the most recently used last
+        for old in list(self._open)[:-keep]:
+            self._open.pop(old, None)
+        return opened
 
     def _load_raster(self, item):
         return load_window(self._scene(item["scene"]), self.scenes[item["scene"]], item)

@@ -116,7 +116,7 @@ def preflight(cfg: TrainConfig) -> dict:
             _check_bucket(uri, what)
         elif uri and "://" in uri:
             raise TrainError(f"{what} {uri}: only local paths and s3:// are supported")
-    contract = input_contract(cfg)
+    contract = input_contract(cfg, plan["images"])  # the scenes the plan kept, not re-listed
     if base is not None and base["input"]:
         changed = contract_changes(base["input"], contract)
         if changed:
@@ -209,7 +209,7 @@ def export_bundle(cfg: TrainConfig, ckpt_dir: str, uri: str, facts: dict, best: 
         **_git_commit(),
     }
     meta = {"threshold": cfg.model.threshold, "band_map": None, "provenance": provenance,
-            "input": facts.get("input") or input_contract(cfg)}
+            "input": facts.get("input") or input_contract(cfg, facts["plan"].get("images"))}
     base = facts.get("base")
     if base and base.get("threshold") is not None:
         # Fine-tuned from a bundle: its output threshold stays (tuned after its training), the

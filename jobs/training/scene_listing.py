@@ -6,6 +6,9 @@ skipped), and/or from a STAC search with the segment job's ``input.stac`` fields
 item, its hrefs checked against ``allow`` as the segment job checks a catalog's). Each scene is
 paired with the one vector label layer; planning (``raster_source.raster_items``) then leaves out
 the scenes the layer has no feature in, each with a log line, and fails only when none is left.
+What is written down (the plan summary: summary.json, the bundle's provenance, printed lines)
+names scenes redacted (:func:`recorded_uri`: a presigned href's signature never reaches an
+output); the plan the workers read keeps the hrefs as listed.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import logging
 
 from ingest import storage
 from ingest.errors import StacItemError, StacSearchError
+from ingest.redact import redact_text, redact_uri
 from ingest.stac.assets import select_assets
 from ingest.stac.search import StacQuery, find_items
 from ingest.trust import InputPolicy
@@ -82,21 +86,29 @@ def listed_pairs(listing: dict) -> tuple[list[dict], list[dict]]:
     return [dict(options, image=scene, label=label) for scene in scenes], left_out
 
 
-def raster_images(src: dict) -> list[str]:
-    """The images of a ``raster`` source (``RasterData`` as a dict): its pairs', or what its
-    listing finds (listed again; labels not checked) -- for the bundle's input contract."""
-    if src.get("pairs"):
-        return [p["image"] for p in src["pairs"]]
-    return list_scenes(src["scenes"])[0]
+def recorded_uri(uri: str) -> str:
+    """A scene URI as outputs record it (summary.json, the bundle's provenance, printed lines):
+    without userinfo or signature/credential query parameters (``ingest.redact.redact_uri``).
+    The plan's workers keep the raw href; only what is written down is redacted."""
+    return redact_uri(uri)
+
+
+def recorded_scenes(uris: list[str]) -> list[str]:
+    """``uris`` as outputs record them (:func:`recorded_uri`), in order."""
+    return [recorded_uri(u) for u in uris]
 
 
 def listing_facts(listing: dict, listed: int, kept: int, left_out: list[dict]) -> dict:
     """The plan summary's account of a listing: how many scenes it found, kept and left out
-    (the first few with their reason)."""
-    return {"inputs": list(listing["inputs"]),
-            "stac": listing["stac"]["source"] if listing.get("stac") else None,
-            "labels": listing["labels"]["uri"], "listed": listed, "kept": kept,
-            "left_out": len(left_out), "left_out_first": left_out[:20]}
+    (the first few with their reason), every URI and reason redacted (:func:`recorded_uri`)."""
+    return {"inputs": recorded_scenes(listing["inputs"]),
+            "stac": recorded_uri(listing["stac"]["source"]) if listing.get("stac") else None,
+            "labels": recorded_uri(listing["labels"]["uri"]), "listed": listed, "kept": kept,
+            "left_out": len(left_out),
+            "left_out_first": [{"scene": recorded_uri(d["scene"]),
+                                "reason": redact_text(str(d["reason"]))}
+                               for d in left_out[:20]]}
 
 
-__all__ = ["list_scenes", "listed_pairs", "listing_facts", "raster_images", "stac_scenes"]
+__all__ = ["list_scenes", "listed_pairs", "listing_facts", "recorded_scenes",
+           "recorded_uri", "stac_scenes"]
