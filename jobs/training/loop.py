@@ -233,7 +233,9 @@ def train_loop_per_worker(config: dict) -> None:
     """Ray Train worker: see the module docstring."""
     cfg = TrainConfig.model_validate(config["cfg"])
     quiet_report_log(cfg.run.log_level)
+    t_setup = time.perf_counter()
     run = set_up(cfg, config["plan"], config.get("stream"))
+    t_setup = time.perf_counter() - t_setup
     rank, start = run.worker.rank, run.start_epoch
     end_epoch = cfg.train.epochs
     if cfg.train.stop_after_epochs is not None:
@@ -245,7 +247,8 @@ def train_loop_per_worker(config: dict) -> None:
                f"{len(run.data.train_ds)} train samples/epoch"
                f"{' (streamed)' if cfg.data.streaming else ''}, {len(run.data.val_ds)} val "
                f"images, {len(run.data.loader)} batches/worker/epoch, "
-               f"epochs {start + 1}..{end_epoch} of {cfg.train.epochs}")
+               f"epochs {start + 1}..{end_epoch} of {cfg.train.epochs}; set up in "
+               f"{t_setup:.1f}s")
     if run.pretrain_steps > run.progress.global_step:
         log0(rank, f"promptable pre-training: optimizer steps {run.progress.global_step + 1}.."
                    f"{run.pretrain_steps} prompt pass 1 from the ground truth "
