@@ -58,6 +58,10 @@ HEADLINES = [
     ("geo_train_s3_over_local", ">= 0.8 (windows/s, S3 COG + GeoParquet / local PNG)",
      lambda v: v >= 0.8),
     ("geo_train_worker_rss_growth_pct", "<= 10 % (2,000² -> 16,000² scene)", lambda v: v <= 10.0),
+    ("geo_train_plan_s_per_scene_ratio", "<= 1.2 (1,000 vs 100 scenes; training's plan, CPU s)",
+     lambda v: v <= 1.2),
+    ("geo_train_plan_rss_growth_pct", "<= 10 % (training's plan, 100 -> 1,000 scenes)",
+     lambda v: v <= 10.0),
     ("crack_test_dice_mean", ">= 0.62 (4 crack sets, issue 31)", lambda v: v >= 0.62),
     ("crack_test_dice_min", ">= 0.45 (every set)", lambda v: v >= 0.45),
     ("crack_test_dice_deepcrack", ">= 0.78 (DeepCrack whole images kept)", lambda v: v >= 0.78),
@@ -73,6 +77,10 @@ HEADLINES = [
     ("S1_single_tile_efficiency_vit_tiny", ">= 0.8 (vit_tiny, Ray)", lambda v: v >= 0.8),
     ("S1_single_tile_efficiency_vit_tiny_local", ">= 0.8 (vit_tiny, local engine)", lambda v: v >= 0.8),
     ("small_image_gap", "<= 0.02 (DeepCrack Dice, whole - 3x3 crops)", lambda v: v <= 0.02),
+    ("geo_val_dice_spatial", "(SpaceNet tile, spatial split; 40 epochs, 4 val windows)", None),
+    ("geo_val_dice_random", "(the same, random split)", None),
+    ("train_startup_s", "(train_tiny: launch -> first step; issue 33 saw 59 s of 111)", None),
+    ("eval_inference_s_per_image", "(DeepCrack 544x384; issue 33 saw 5.3 s/image)", None),
 ]
 SECTIONS = ["INGEST_RESULTS.md", "MODEL_RESULTS.md", "SEGMENT_RESULTS.md", "TRAIN_RESULTS.md",
             "QUALITY_RESULTS.md", "ABLATION_DEEPCRACK_RESULTS.md", "ABLATION_EPFL_RESULTS.md",
@@ -83,7 +91,10 @@ SECTIONS = ["INGEST_RESULTS.md", "MODEL_RESULTS.md", "SEGMENT_RESULTS.md", "TRAI
             "SINGLE_TILE_RESULTS.md",
             "SMALL_IMAGES_RESULTS.md",
             "CRACK_SETS_RESULTS.md",
-            "GEO_TRAIN_RESULTS.md"]
+            "GEO_TRAIN_RESULTS.md",
+            "GEO_PLAN_RESULTS.md",
+            "STARTUP_RESULTS.md",
+            "GEO_SPLIT_RESULTS.md"]
 
 
 PRECEDENCE = {"results_recipe_budget.json"}
