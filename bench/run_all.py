@@ -23,6 +23,9 @@ COMMANDS = [
     [sys.executable, "-m", "bench.bench_nightly"],
     [sys.executable, "-m", "bench.bench_vectors"],
     [sys.executable, "-m", "bench.small_images"],
+    [sys.executable, "bench/geo_train.py"],
+    [sys.executable, "-m", "bench.geo_plan", "--sizes", "100", "1000"],
+    [sys.executable, "-m", "bench.startup", "--runs", "2"],
 ]
 
 
