@@ -62,12 +62,12 @@ def write_markdown(result: dict) -> None:
         "blocks wide and a model that learns; the SpaceNet tile is 3 x 3 blocks."
         if best < 0.5 else
         "Four validation windows per run: read the difference with the spread between seeds.")
-    seeds = " ".join(map(str, result["seeds"]))
+    seeds = " ".join(map(str, result["geo_split_seeds"]))
     (RESULTS / "GEO_SPLIT_RESULTS.md").write_text(
         "# Spatial vs random validation split on geodata\n\n"
-        f"`python -m bench.geo_split_optimism --seeds {seeds} --epochs {result['epochs']}` "
+        f"`python -m bench.geo_split_optimism --seeds {seeds} --epochs {result['geo_split_epochs']}` "
         f"({result['machine']}): `{CONFIG}` (SpaceNet 4 Atlanta tile, 43 footprints, vit_micro) "
-        f"trained for {result['epochs']} epochs with its spatial split and with a random split "
+        f"trained for {result['geo_split_epochs']} epochs with its spatial split and with a random split "
         "of the same windows; the best validation Dice each run reports (what checkpoint "
         "selection and the threshold believe).\n\n"
         "| split | seed | best val Dice | best epoch | val windows | wall s |\n"
@@ -97,8 +97,8 @@ def main(argv=None) -> int:
                 log(f"{arm} seed {seed}: {rows[-1]}", "geo_split")
     mean = {arm: round(statistics.mean(r["best_val_dice"] for r in rows if r["arm"] == arm), 4)
             for arm in ARMS}
-    result = {"machine": cpu_label(), "config": CONFIG, "seeds": args.seeds,
-              "epochs": args.epochs, "runs": rows,
+    result = {"machine": cpu_label(), "config": CONFIG, "geo_split_seeds": args.seeds,
+              "geo_split_epochs": args.epochs, "runs": rows,
               "geo_val_dice_spatial": mean["spatial"], "geo_val_dice_random": mean["random"],
               "geo_split_optimism": round(mean["random"] - mean["spatial"], 4)}
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -177,7 +177,8 @@ def write_results(result: dict, limit: int) -> None:
         "the model sees less of the pavement around a dark line.\n\n"
         "## Does the self-prompt help more on small crops?\n\n"
         "The same windows, the promptless pass 0 against the final self-prompted pass "
-        f"(K={result.get('iterations', 1)}, {result.get('prompt', 'box')} prompt):\n\n"
+        f"(K={result.get('small_images_iterations', 1)}, "
+        f"{result.get('small_images_prompt', 'box')} prompt):\n\n"
         "| pass | whole images | crops stitched back | each crop |\n|---|---|---|---|\n"
         f"| 0 (no prompt) | {result['small_p0_dice_whole']} | "
         f"{result['small_p0_dice_crops_stitched']} | {result['small_p0_dice_per_crop']} |\n"
@@ -199,8 +200,8 @@ def main(argv=None) -> int:
     names = sorted(p.name for p in (root / "test_img").iterdir())[: args.limit]
     # keys are merged into bench/results.json with every other part's: all prefixed
     result = {"small_images_n": len(names), "model": Path(args.model).name,
-              "machine": cpu_label(), "iterations": bundle.meta.iterations,
-              "prompt": bundle.meta.prompt}
+              "machine": cpu_label(), "small_images_iterations": bundle.meta.iterations,
+              "small_images_prompt": bundle.meta.prompt}
     for prefix, forward in (("small", bundle_forward(bundle, precision="fp32")),
                             ("raw_padding", raw_padding_forward(bundle))):
         got = measure(SlidingWindow(forward, tile=256, overlap=32), root, names,
