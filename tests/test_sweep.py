@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -176,6 +177,11 @@ def test_sweep_end_to_end_and_rerun(tmp_path):
     assert rc == 1, text[-4000:]  # the broken JPEG and the bomb fail (the others finish)
     summary = json.loads(text.strip().splitlines()[-1])
     assert summary["segmented"] == 4 and summary["failed"] == 2 and summary["skipped"] == 0
+    # one line per finished photo, counted; none of Ray Data's progress blocks (issue 33)
+    done = re.findall(r"photo (\w+): done \((\d)/6\)", text)
+    assert sorted(p for p, _ in done) == ["gray", "tall", "tiny", "wide"], text[-3000:]
+    assert sorted(int(n) for _, n in done) == [1, 2, 3, 4]
+    assert "Running Dataset" not in text and "Progress bars disabled" not in text
 
     table = pd.read_csv(out / "report.csv")
     parquet = pd.read_parquet(out / "report.parquet")

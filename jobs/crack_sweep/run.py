@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import itertools
 import json
 import logging
 import time
@@ -44,6 +45,7 @@ from jobs.inference.predictor import Predictor
 from jobs.inputs.expand import expand_inputs
 from jobs.inputs.scene_ids import assign_scene_ids
 from jobs.runtime.config import ConfigError, load_config, new_run_id, output_root
+from jobs.runtime.logs import quiet_ray_data
 from jobs.runtime.messages import one_line
 from jobs.runtime.ray_session import init_ray, stop_ray
 
@@ -244,11 +246,21 @@ def segment_photos(job: SweepRun, photos: dict[str, Photo]) -> tuple[int, int]:
     pool = cf.ThreadPoolExecutor(max_workers=job.cfg.pipeline.finalize_workers,
                                  thread_name_prefix="sweep-finalize")
     futures: dict[cf.Future, str] = {}
+    done = itertools.count(1)  # next() is atomic under the GIL: finalize threads share it
+
+    def said(fut: cf.Future, ph: Photo) -> None:  # the progress line, as each photo finishes
+        if fut.exception() is None:
+            rec = fut.result()
+            log.info("photo %s: done (%d/%d): %d crack px, max width %.1f px, %.1fs", ph.id,
+                     next(done), len(photos), rec["crack_px"], rec["max_width_px"],
+                     rec.get("seconds") or 0.0)
 
     def consume(row) -> None:  # either engine's rows, on this thread
         ph = photos[row["scene"]]
         if ph.add_tile(row) and ph.complete:  # a failed one is written after the run
-            futures[pool.submit(finalize_photo, ph, job)] = ph.id
+            fut = pool.submit(finalize_photo, ph, job)
+            futures[fut] = ph.id
+            fut.add_done_callback(lambda f, ph=ph: said(f, ph))
 
     if job.cfg.pipeline.engine == "local":
         error = run_local(job, photos, consume)
@@ -257,9 +269,7 @@ def segment_photos(job: SweepRun, photos: dict[str, Photo]) -> tuple[int, int]:
     for fut in cf.as_completed(list(futures)):
         ph = photos[futures[fut]]
         try:
-            rec = fut.result()
-            log.debug("photo %s: %d crack px, skeleton %d px, max width %.1f px", ph.id,
-                      rec["crack_px"], rec["skeleton_length_px"], rec["max_width_px"])
+            fut.result()
         except Exception as err:  # noqa: BLE001
             ph.errors.append(f"finalize {type(err).__name__}: {one_line(err, 300)}")
     pool.shutdown(wait=True)
@@ -300,7 +310,8 @@ def run_pipeline(job: SweepRun, photos: dict[str, Photo], consume) -> str:
 
     cfg = job.cfg
     mode = init_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus, include_dashboard=False)
-    ray.data.DataContext.get_current().enable_progress_bars = True
+    # one line per photo instead (segment_photos): Ray Data's progress blocks off
+    quiet_ray_data(ray.data.DataContext.get_current())
     res = ray_resources(cfg, len(photos) * 4, mode)
     log.info("Ray (%s): %d model actor(s) x (%.2f CPU, %.2f GPU, %d torch threads), batch %d",
              mode, res["actors"], res["num_cpus"], res["num_gpus"], res["torch_threads"],
