@@ -268,7 +268,11 @@ def test_a_killed_worker_is_replaced_and_the_run_resumes(tmp_path, s3_env):
     n = len(plan_data(data_cfg(source))["train"])
     steps_per_epoch = -(-((n + n % 2) // 2) // 4)  # per worker, batch 4
     marker = tmp_path / "killed"
-    env = dict(_env(tmp_path), SAMSP_TRAIN_KILL=f"1:{steps_per_epoch + 1}:{marker}")
+    env = dict(_env(tmp_path), SAMSP_TRAIN_KILL=f"1:{steps_per_epoch + 1}:{marker}",
+               # kill once Ray Train has registered epoch 1's checkpoint (it does so
+               # asynchronously: a kill before that restarts from scratch, as it should)
+               SAMSP_TRAIN_KILL_AFTER=f"{tmp_path / 'runs' / 'killed'}/"
+                                      "checkpoint_manager_snapshot.json|checkpoint_epoch_0001")
     args = [f"run.storage_path={tmp_path / 'runs'}", "run.name=killed", "run.max_failures=1",
             "data.streaming=true", f"data.source={json.dumps(source)}",
             "data.split.val_fraction=0.25", "train.samples_per_item=1", "train.epochs=2",

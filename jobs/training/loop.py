@@ -299,13 +299,23 @@ def _test_hook_kill_worker(rank: int, step: int) -> None:
     """Test hook (``SAMSP_TRAIN_KILL=RANK:STEP:MARKER``): the worker of that rank SIGKILLs
     itself after that optimiser step, once (``MARKER`` is created first; an existing one means
     it already happened) -- a worker lost mid-epoch, which ``run.max_failures`` must survive.
-    Off unless the variable is set."""
+    With ``SAMSP_TRAIN_KILL_AFTER=FILE|TEXT`` it first waits (up to 120 s) until FILE holds
+    TEXT: Ray Train registers a reported checkpoint asynchronously, and a kill before that
+    restarts from the one before. Off unless the variable is set."""
     spec = os.environ.get("SAMSP_TRAIN_KILL")
     if not spec:
         return
     kill_rank, kill_step, marker = spec.split(":", 2)
     if rank != int(kill_rank) or step != int(kill_step) or os.path.exists(marker):
         return
+    wait = os.environ.get("SAMSP_TRAIN_KILL_AFTER")
+    if wait:
+        path, text = wait.split("|", 1)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if os.path.exists(path) and text in open(path).read():
+                break
+            time.sleep(0.5)
     with open(marker, "w") as fh:
         fh.write(f"rank {rank} killed after step {step}\n")
     import signal
