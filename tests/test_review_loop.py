@@ -130,7 +130,7 @@ def test_review_round_trip_raises_dice_on_the_edited_tiles(tmp_path, s3_env):
 
     # 2. export: a GeoPackage with both layers, a chip per tile, a fine-tune config
     pkg = tmp_path / "review"
-    _run(["jobs/review.py", "export", "--output", out, "--to", str(pkg), "--model", bundle],
+    _run(["-m", "jobs.training.review", "export", "--output", out, "--to", str(pkg), "--model", bundle],
          env)
     gpkg = pkg / "review.gpkg"
     assert {name for name, _ in pyogrio.list_layers(gpkg)} == {"tiles", "labels"}
@@ -151,7 +151,7 @@ def test_review_round_trip_raises_dice_on_the_edited_tiles(tmp_path, s3_env):
     from rasterio.windows import Window
 
     skip_row, skip_col = _edit(gpkg, transform)
-    status = _run(["jobs/review.py", "status", str(pkg)], env).stdout
+    status = _run(["-m", "jobs.training.review", "status", str(pkg)], env).stdout
     assert status.split()[0] == "8"
 
     labels = VectorLabels(str(gpkg), LabelOptions.from_dict(opts), "EPSG:32633", transform,

@@ -15,7 +15,6 @@ import functools
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -26,7 +25,7 @@ import numpy as np
 import pytest
 
 from jobs.segmentation.plan import read_tile_records
-from tests.processes import kill_session
+from tests.processes import run_in_session
 
 pytestmark = [pytest.mark.s3, pytest.mark.ray, pytest.mark.slow]
 
@@ -114,13 +113,8 @@ def run_job(inputs, output, model, env, extra=(), timeout=400):
     cmd = [sys.executable, str(REPO / "jobs" / "segment.py"), *(["--input", *inputs] if inputs else []),
            "--output", output, "--model", model, "--set", "ray.num_cpus=2",
            "--set", "predict.batch_size=1", "--set", "predict.torch_threads=1", *extra]
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    finally:
-        kill_session(proc.pid)
-    return SimpleNamespace(rc=proc.returncode, out=out)
+    rc, out = run_in_session(cmd, env, REPO, timeout)
+    return SimpleNamespace(rc=rc, out=out)
 
 
 def read_raster(uri: str):

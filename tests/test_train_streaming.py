@@ -224,18 +224,24 @@ def test_two_workers_stream_disjoint_shards_stop_and_resume(tmp_path):
     assert load_bundle(s2["bundle"]).meta.model_type == "vit_micro"
 
 
-@pytest.mark.ray
-@pytest.mark.s3
-def test_streams_scene_windows_and_geoparquet_labels_from_s3(tmp_path, s3_env):
+def _scene_on_s3(tmp_path: Path, s3_env, name: str) -> tuple[dict, int]:
+    """``write_scene``'s scene and GeoParquet labels under ``<bucket>/<name>/`` on SeaweedFS:
+    ``(raster source, training windows)``."""
     import fsspec
 
     image, labels = write_scene(tmp_path)
     fs = fsspec.filesystem("s3", **s3_env.storage_options())
-    prefix = f"{s3_env.bucket}/stream-scene"
+    prefix = f"{s3_env.bucket}/{name}"
     for path in (image, labels):
         fs.put(path, f"{prefix}/{Path(path).name}")
     source = raster_source(f"s3://{prefix}/scene.tif", f"s3://{prefix}/buildings.parquet")
-    n = len(plan_data(data_cfg(source))["train"])
+    return source, len(plan_data(data_cfg(source))["train"])
+
+
+@pytest.mark.ray
+@pytest.mark.s3
+def test_streams_scene_windows_and_geoparquet_labels_from_s3(tmp_path, s3_env):
+    source, n = _scene_on_s3(tmp_path, s3_env, "stream-scene")
     env = _env(tmp_path)
     args = [f"run.storage_path={tmp_path / 'runs'}", "run.name=scene", "data.streaming=true",
             f"data.source={json.dumps(source)}", "data.split.val_fraction=0.25",
@@ -257,15 +263,7 @@ def test_a_killed_worker_is_replaced_and_the_run_resumes(tmp_path, s3_env):
     """Issue 29: scenes + GeoParquet labels on S3, 2 workers streaming; rank 1 is SIGKILLed
     after the first step of epoch 2. Ray Train (run.max_failures=1) restarts the group from the
     epoch-1 checkpoint, epoch 2 runs again in full and the bundle is exported."""
-    import fsspec
-
-    image, labels = write_scene(tmp_path)
-    fs = fsspec.filesystem("s3", **s3_env.storage_options())
-    prefix = f"{s3_env.bucket}/kill-scene"
-    for path in (image, labels):
-        fs.put(path, f"{prefix}/{Path(path).name}")
-    source = raster_source(f"s3://{prefix}/scene.tif", f"s3://{prefix}/buildings.parquet")
-    n = len(plan_data(data_cfg(source))["train"])
+    source, n = _scene_on_s3(tmp_path, s3_env, "kill-scene")
     steps_per_epoch = -(-((n + n % 2) // 2) // 4)  # per worker, batch 4
     marker = tmp_path / "killed"
     env = dict(_env(tmp_path), SAMSP_TRAIN_KILL=f"1:{steps_per_epoch + 1}:{marker}",

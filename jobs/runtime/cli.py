@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("jobs.train", "train or fine-tune a bundle with Ray Train (jobs/train.py)"),
     "sweep": ("jobs.sweep", "crack sweep over a photo archive (jobs/sweep.py)"),
     "evaluate": ("jobs.evaluate", "score a bundle on image/mask pairs (jobs/evaluate.py)"),
-    "review": ("jobs.review", "review queue as a GeoPackage; fine-tune on it (jobs/review.py)"),
+    "review": ("jobs.training.review", "review queue as a GeoPackage; fine-tune on it"),
     "demo": ("jobs.demo", "the local end-to-end demo, what `make demo` runs (jobs/demo.py)"),
     "models": ("jobs.models", "the committed model bundles (python -m jobs.models)"),
 }

@@ -6,7 +6,7 @@ same reader, bands and radiometry policy as the run. Georeferenced scenes only: 
 placed on a map. Memory: one tile's mask and chip at a time (chips go to disk at once, masks
 become polygons); the queue is bounded by ``uncertain_top_n`` per scene and ``--max-tiles``.
 
-``jobs/review.py`` runs it and adds the package's ``train.yaml``.
+``samsp review`` (jobs/training/review.py) runs it and adds the package's ``train.yaml``.
 """
 from __future__ import annotations
 

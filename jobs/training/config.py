@@ -154,7 +154,7 @@ class VectorLabelOptions(StrictModel):
     # Layer of a multi-layer file (GeoPackage); None = the first.
     layer: Optional[str] = None
     # The AOI's layer (None = the first) and an OGR SQL filter on its features: a review
-    # package (jobs/review.py) trains on `aoi_layer: tiles`, `aoi_where: "reviewed = 1"`.
+    # package (samsp review) trains on `aoi_layer: tiles`, `aoi_where: "reviewed = 1"`.
     aoi_layer: Optional[str] = None
     aoi_where: Optional[str] = None
     # An OGR SQL filter on the label features themselves (GeoPackage/FlatGeobuf/GeoJSON).

@@ -1,10 +1,10 @@
 """The review loop: export a segment run's most uncertain tiles as a labelling package, correct
 them in a GIS, fine-tune on the corrections.
 
-    python jobs/review.py export --output OUT --to review/ [--max-tiles 200] [--model BUNDLE]
+    samsp review export --output OUT --to review/ [--max-tiles 200] [--model BUNDLE]
     # QGIS: open review/review.gpkg (layers tiles, labels) and review/chips/; edit the labels
     # polygons of a tile, set its `reviewed` field to 1; save
-    python jobs/review.py status review/          # reviewed tiles per scene
+    samsp review status review/                   # reviewed tiles per scene
     python jobs/train.py --config review/train.yaml
 
 ``OUT`` is a segment job's output (local or s3://); the package is a local folder (see
@@ -12,6 +12,9 @@ them in a GIS, fine-tune on the corrections.
 or name; default: none, set model.checkpoint) on the scenes' reviewed tiles only: labels from
 the ``labels`` layer, the ``tiles`` layer with ``reviewed = 1`` as the area of interest, so
 nothing outside a corrected footprint is ever supervised.
+
+(``samsp review`` is ``python -m jobs.training.review``: the loop ends in training, and this
+module joins the segment output's export, jobs/segmentation/review_export.py, to it.)
 
 Exit codes: 0 done (scenes that could not be exported are listed), 1 the package could not be
 written or read, 2 bad arguments or nothing to export.
@@ -22,21 +25,17 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import yaml
 
-import yaml  # noqa: E402
-
-from ingest.errors import ReviewPackageError  # noqa: E402
-from ingest.redact import redact_uri  # noqa: E402
-from ingest.review import label_pair, reviewed_scenes  # noqa: E402
-from jobs.inference.bundle_meta import resolve_bundle  # noqa: E402
-from jobs.runtime.logs import configure_logging  # noqa: E402
-from jobs.segmentation.index import read_manifest  # noqa: E402
-from jobs.segmentation.review_export import export_review  # noqa: E402
-from jobs.training.config import TrainConfig  # noqa: E402
+from ingest.errors import ReviewPackageError
+from ingest.redact import redact_uri
+from ingest.review import label_pair, reviewed_scenes
+from jobs.inference.bundle_meta import resolve_bundle
+from jobs.runtime.logs import configure_logging
+from jobs.segmentation.index import read_manifest
+from jobs.segmentation.review_export import export_review
+from jobs.training.config import TrainConfig
 
 log = logging.getLogger("samsp.review")
 
