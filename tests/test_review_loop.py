@@ -345,3 +345,36 @@ def test_aoi_filter_options_are_checked(tmp_path):
         RasterPair(image="a.tif", label="l.gpkg", aoi_where="reviewed = 1")
     RasterPair(image="a.tif", label="l.gpkg", aoi="l.gpkg", aoi_layer="tiles",
                aoi_where="reviewed = 1", where="scene IS NULL")
+
+
+def test_the_manifest_scene_uri_is_checked_before_a_chip_is_read(tmp_path):
+    """The manifest is read back from storage like any input: a scene URI pointing at a
+    loopback host (an edited manifest on shared storage) is refused before any request, the
+    tile still exported without its chip; --allow-host lets the operator's own host through."""
+    from affine import Affine
+    from pyproj import CRS
+
+    from ingest.trust import UntrustedInputError
+    from ingest.review import PackageWriter
+    from ingest.trust import InputPolicy
+    from ingest.writer import MaskWriter
+    from jobs.segmentation.review_export import _SceneReader, add_tile
+
+    MaskWriter(str(tmp_path / "out" / "s" / "mask.zarr"), chunk=16, height=32, width=32,
+               crs=CRS.from_epsg(32633), transform=Affine(1, 0, 500000, 0, -1, 4200000),
+               mode="w")
+    row = {"id": "s", "input": "http://user:secret@127.0.0.1:9/scene.tif"}
+    reader = _SceneReader(str(tmp_path / "out"), row)
+    with pytest.raises(UntrustedInputError, match="non-public address") as err:
+        reader.image()
+    assert "secret" not in str(err.value)
+    package = PackageWriter(str(tmp_path / "p"))
+    add_tile(package, reader, {"tile": [0, 1], "disagreement": 0.4})
+    [tile] = package.tiles
+    assert tile.notes[0].startswith("no chip: ") and "non-public address" in tile.notes[0]
+    assert "secret" not in tile.scene_input and "secret" not in tile.notes[0]
+    package.abort()
+    allowed = _SceneReader(str(tmp_path / "out"), row, InputPolicy(hosts=("127.0.0.1:9",)))
+    with pytest.raises(Exception) as err:  # allowed: now the read itself is tried (and fails)
+        allowed.image()
+    assert not isinstance(err.value, UntrustedInputError)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from ingest import Radiometry, open_scene, storage
 from ingest.redact import redact_uri
 from ingest.review import PackageWriter, ReviewTile
+from ingest.trust import InputPolicy, check_uri
 from ingest.writer import MaskWriter
 from jobs.runtime.messages import one_line
 from jobs.segmentation.index import read_manifest
@@ -55,17 +56,20 @@ def _chip(scene, radiometry, window) -> "object":
 class _SceneReader:
     """One scene's mask store and image, opened on first use."""
 
-    def __init__(self, output: str, row: dict):
+    def __init__(self, output: str, row: dict, policy: InputPolicy | None = None):
         self.row = row
         self.writer = MaskWriter.open(storage.join(output, row["id"], "mask.zarr"), mode="r")
+        self.policy = policy or InputPolicy()
         self._image = None
 
     def image(self):
         if self._image is None:
             model_input = self.row.get("model_input") or {}
             rad = (self.row.get("record") or {}).get("radiometry") or {}
-            scene = open_scene(self.row["input"], bands=model_input.get("bands"),
-                               check_empty=False)
+            # the manifest is a file like any other (an output on shared storage may have been
+            # edited): its scene URI is checked as an operator's input before it is read
+            uri = check_uri(self.row["input"], self.policy)
+            scene = open_scene(uri, bands=model_input.get("bands"), check_empty=False)
             pct = tuple(rad.get("percentiles") or (2.0, 98.0))
             stretch = None if rad.get("uint8_passthrough", True) else True
             self._image = (scene, Radiometry.for_scene(scene, stretch=stretch, percentiles=pct))
@@ -96,24 +100,25 @@ def add_tile(package: PackageWriter, reader: _SceneReader, unc: dict) -> None:
     package.add(tile, w.read(win, "mask"), chip)
 
 
-def _reader(output: str, row: dict) -> _SceneReader:
-    reader = _SceneReader(output, row)
+def _reader(output: str, row: dict, policy: InputPolicy | None = None) -> _SceneReader:
+    reader = _SceneReader(output, row, policy)
     if reader.writer.crs is None:
         raise ValueError("not georeferenced (a review package is placed on a map)")
     return reader
 
 
 def collect_tiles(output: str, max_tiles: int, result: ExportResult,
-                  package: PackageWriter) -> None:
+                  package: PackageWriter, policy: InputPolicy | None = None) -> None:
     """The queue's tiles into ``package``; a scene (or a tile) that cannot be exported is
-    skipped with its reason, the others are."""
+    skipped with its reason, the others are. ``policy``: where scene inputs may be read from
+    (default: ``InputPolicy()``, the segment job's default ``input.allow``)."""
     readers: dict[str, _SceneReader | None] = {}
     for row, unc in queue_rows(read_manifest(output), max_tiles):
         sid = row["id"]
         if sid not in readers:
             readers[sid] = None
             try:
-                readers[sid] = _reader(output, row)
+                readers[sid] = _reader(output, row, policy)
             except Exception as err:  # noqa: BLE001 - one scene fails alone
                 result.skipped[sid] = one_line(err, 300)
                 log.warning("review: scene %s skipped: %s", sid, result.skipped[sid])
@@ -128,14 +133,14 @@ def collect_tiles(output: str, max_tiles: int, result: ExportResult,
     result.scenes = sorted({t.scene for t in package.tiles})
 
 
-def export_review(output: str, dest: str, max_tiles: int = 200,
-                  force: bool = False) -> tuple[ExportResult, list]:
+def export_review(output: str, dest: str, max_tiles: int = 200, force: bool = False,
+                  policy: InputPolicy | None = None) -> tuple[ExportResult, list]:
     """Write the review package of segment output ``output`` to the local folder ``dest``;
     ``(result, tiles)`` (no tile: nothing written, the caller says why)."""
     result = ExportResult()
     package = PackageWriter(dest, force=force)
     try:
-        collect_tiles(output, max_tiles, result, package)
+        collect_tiles(output, max_tiles, result, package, policy)
     except BaseException:
         package.abort()
         raise

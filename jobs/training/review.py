@@ -31,6 +31,7 @@ import yaml
 from ingest.errors import ReviewPackageError
 from ingest.redact import redact_uri
 from ingest.review import label_pair, reviewed_scenes
+from ingest.trust import InputPolicy
 from jobs.inference.bundle_meta import resolve_bundle
 from jobs.runtime.logs import configure_logging
 from jobs.segmentation.index import read_manifest
@@ -73,7 +74,8 @@ def write_train_config(package: str, cfg: dict) -> str:
 def cmd_export(args) -> int:
     model = resolve_bundle(args.model) if args.model else None
     try:
-        result, tiles = export_review(args.output, args.to, args.max_tiles, args.force)
+        policy = InputPolicy(s3=tuple(args.allow_s3), hosts=tuple(args.allow_host))
+        result, tiles = export_review(args.output, args.to, args.max_tiles, args.force, policy)
     except ReviewPackageError as err:
         log.error("%s", err)
         return EXIT_FAILED
@@ -121,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--max-tiles", type=int, default=200,
                     help="most uncertain tiles over all scenes (default 200)")
     ex.add_argument("--model", help="bundle train.yaml fine-tunes (folder, URI or name)")
+    ex.add_argument("--allow-host", action="append", default=[], metavar="HOST[:PORT]",
+                    help="http(s) host the manifest's scene URIs may name (repeat); default: "
+                         "public hosts only, as the segment job's input.allow.hosts")
+    ex.add_argument("--allow-s3", action="append", default=[], metavar="BUCKET[/PREFIX]",
+                    help="S3 location the manifest's scene URIs may name (repeat); default any")
     ex.add_argument("--force", action="store_true",
                     help="replace a package that holds reviewed tiles (kept as <to>.<time>.bak)")
     st = sub.add_parser("status", help="reviewed tiles per scene of a package")
