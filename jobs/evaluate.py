@@ -110,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gsd-tolerance", type=float, default=DEFAULT_GSD_TOLERANCE,
                    help="warn when a scene's GSD is more than this many times finer or coarser "
                         "than the training scenes' (default %(default)g, as segment)")
+    p.add_argument("--resample", choices=("off", "auto"), default="off",
+                   help="auto: a scene more than --gsd-tolerance off the model's GSD is read at "
+                        "it -- windows cover the model's frame in metres, scored on the scene's "
+                        "grid (segment's radiometry.resample); off: it is read as it is, with a "
+                        "warning (default)")
     add_scene_args(p)
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")

@@ -260,15 +260,16 @@ def test_spacenet_sample_tile(tmp_path, bundle):
 @pytest.fixture(scope="module")
 def contract_scenes(tmp_path_factory):
     """A bundle whose contract says 3-band uint8 at 0.5 m (tests/test_contract_checks.py) and
-    three scenes with labels: good (RGB at 0.5 m), pan (1-band uint16 at 0.5 m), coarse (RGB
-    at 5 m: 10x the contract's GSD)."""
+    four scenes with labels: good (RGB at 0.5 m), pan (1-band uint16 at 0.5 m), coarse (RGB
+    at 5 m: 10x the contract's GSD), coarse4 (RGB at 2 m)."""
     from ingest.synthetic import default_transform
     from tests.test_contract_checks import _contract_bundle
 
     root = tmp_path_factory.mktemp("contract")
     kinds = {"good": dict(transform=default_transform(0.5), seed=1),
              "pan": dict(count=1, dtype="uint16", transform=default_transform(0.5), seed=3),
-             "coarse": dict(transform=default_transform(5.0), seed=2)}
+             "coarse": dict(transform=default_transform(5.0), seed=2),
+             "coarse4": dict(transform=default_transform(2.0), seed=4)}
     scenes = {}
     for name, kw in kinds.items():
         scene = make_geotiff(root / f"{name}.tif", H, W, **kw)
@@ -325,6 +326,36 @@ def test_a_scene_far_from_the_model_gsd_is_scored_with_a_warning(tmp_path, contr
     assert _evaluate(c["bundle"], tmp_path / "bad", *_scene_args(c, "coarse"),
                      "--gsd-tolerance", "1") == 2
     assert "--gsd-tolerance must be > 1" in _one_line_error(capsys)
+
+
+def test_resample_auto_scores_a_coarse_scene_at_the_model_gsd(tmp_path, contract_scenes):
+    """--resample auto (segment's radiometry.resample): the 2 m scene is cut into 16-px windows
+    (the run's 64-px windows cover 32 m at 0.5 m) and scored on its own grid; the 5 m one would
+    need 6-px windows and fails alone, naming both GSDs."""
+    from ingest import TileGrid
+    from tests.test_segment import read_raster
+
+    c, out = contract_scenes, tmp_path / "eval"
+    assert _evaluate(c["bundle"], out, *_scene_args(c, "coarse4", "coarse"), "--threshold",
+                     "0.5", "--resample", "auto") == 1
+    summary = json.loads((out / "summary.json").read_text())
+    coarse4, coarse = summary["scenes"]
+    assert summary["resample"] == "auto" and summary["failed"] == 1
+    assert coarse4["status"] == "ok" and coarse4["warnings"] == []
+    assert coarse4["resampled"] == {"scene_gsd_m": 2.0, "model_gsd_m": 0.5, "tile": 16,
+                                    "overlap": 4, "model_tiling": {"tile": TILE,
+                                                                   "overlap": OVERLAP}}
+    assert coarse4["windows"] == len(TileGrid(H, W, 16, 4))
+    assert read_raster(str(out / "coarse4" / "errors.tif"))[0].shape == (H, W)
+    assert coarse["status"] == "failed" and coarse["error"].startswith(
+        "--resample auto: scene GSD 5 m is 10x coarser than the model's 0.5 m: reading it at "
+        "the model's GSD would cut tiles of 6 scene px")
+    # read as it is, the same scene is one 128-px window per 112 px, with the GSD warning
+    assert _evaluate(c["bundle"], tmp_path / "off", *_scene_args(c, "coarse4"),
+                     "--threshold", "0.5") == 0
+    [plain] = json.loads((tmp_path / "off" / "summary.json").read_text())["scenes"]
+    assert plain["resampled"] is None and plain["windows"] < coarse4["windows"]
+    assert plain["warnings"][0].startswith("scene GSD 2 m, model trained at 0.5 m (4x coarser")
 
 
 def test_contract_check_off_skips_and_warn_scores_with_the_reason(tmp_path, contract_scenes):

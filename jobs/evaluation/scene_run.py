@@ -26,6 +26,7 @@ once and kept in the scene's ``warnings``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
@@ -242,15 +243,27 @@ def plan_scenes(args: argparse.Namespace) -> tuple[list[ScenePlan], list]:
     for pair, options in pairs:
         plan = plan_scene(pair, options, args.bands, args.percentiles or (2.0, 98.0),
                           args.sample_pixels, info.band_map)
-        plans.append(check_contract(plan, info.input, info.band_map, mode, tolerance))
+        plans.append(check_contract(plan, info.input, info.band_map, mode, tolerance,
+                                    resample_tiling(args, info.image_size)))
         regions.append(blocks_of(blocks, pair.image) if blocks is not None else None)
         log.info("scene %s: %s, %dx%d, labels %s (%s)", pair.name, pair.image,
                  plan.grid["width"], plan.grid["height"], pair.labels, plan.label_kind)
+        if plan.resampling is not None:
+            log.info("scene %s: %s", pair.name, plan.resampling.describe())
         for warning in plan.warnings:  # once per scene
             log.warning("scene %s: %s", pair.name, warning)
         if plan.error:
             log.error("scene %s failed: %s", pair.name, plan.error)
     return plans, regions
+
+
+def resample_tiling(args: argparse.Namespace, image_size: int) -> tuple[int, int] | None:
+    """``--resample auto``: the run's ``(tile, overlap)`` (as load_window makes them), from which
+    each scene's own tiling at the model's GSD is derived; None: scenes are read as they are."""
+    if getattr(args, "resample", "off") != "auto":
+        return None
+    tile = args.tile or image_size
+    return tile, args.overlap if args.overlap is not None else tile // 8
 
 
 def contract_options(args: argparse.Namespace) -> tuple[str, float]:
@@ -265,6 +278,9 @@ def _evaluate_one(args, window, plan: ScenePlan, region, opts: ScoreOptions) -> 
     """``(SceneScore, errors.tif path or None)`` of one planned scene."""
     opened = open_plan(plan)
     errors = None
+    if plan.resampling is not None:  # this scene's windows cover the model's frame in metres
+        window = dataclasses.replace(window, tile=plan.resampling.tile,
+                                     overlap=plan.resampling.overlap)
     if args.out:
         core = window.tile - window.overlap
         errors = ErrorMap(Path(args.out) / plan.pair.name / "errors.tif", plan.grid["height"],
@@ -284,6 +300,7 @@ def _scene_entry(plan: ScenePlan, score: SceneScore, path: str | None, seconds: 
     return {"scene": plan.pair.name, "image": plan.pair.image, "labels": plan.pair.labels,
             "status": "ok", "error": None, "warnings": list(plan.warnings),
             "gsd_m": plan.input_facts.gsd_m if plan.input_facts else None,
+            "resampled": plan.resampling.to_dict() if plan.resampling is not None else None,
             "label_kind": plan.label_kind, "label_facts": plan.facts,
             "label_options": plan.options.to_dict() if plan.label_kind == "vector" else None,
             "height": plan.grid["height"], "width": plan.grid["width"], "crs": plan.grid["crs"],
@@ -341,6 +358,7 @@ def run_scenes(args: argparse.Namespace) -> dict[str, Any]:
         "device": device, "tile": window.tile, "overlap": window.overlap, "stitch": "core",
         "label_threshold": opts.label_threshold, "blocks": bool(args.blocks),
         **dict(zip(("contract_check", "gsd_tolerance"), contract_options(args))),
+        "resample": getattr(args, "resample", "off"),
         "failed": len(failed), "scenes": entries, "passes": passes,
         "output": {"pass": n_passes - 1, "threshold": threshold, **passes[str(n_passes - 1)]},
         "output_at": {f"{t:g}": {"threshold": t, **_pooled_of(sum(s.extra[t] for s in scores))}

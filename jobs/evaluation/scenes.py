@@ -14,6 +14,7 @@ a scene the model cannot read fails alone: the others are scored.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Sequence
@@ -23,8 +24,9 @@ import numpy as np
 import ingest
 from ingest.errors import LabelSourceError, SceneError, one_line
 from ingest.labels import LabelOptions, VectorLabels, is_vector_label
-from jobs.inference.contract_check import (DEFAULT_GSD_TOLERANCE, SceneFacts, check_scene,
-                                           scene_gsd_m, split)
+from jobs.inference.contract_check import (DEFAULT_GSD_TOLERANCE, ERROR, Problem, SceneFacts,
+                                           check_scene, scene_gsd_m, split)
+from jobs.inference.resampling import Resampling, ResamplingError, plan_resampling
 from jobs.runtime.errors import EvalError
 
 #: pixels sampled to fit the stretch: the segment job's default (radiometry.max_pixels)
@@ -97,6 +99,8 @@ class ScenePlan:
     input_facts: SceneFacts | None = None
     error: str | None = None  # the contract's errors: the scene is not scored (check_contract)
     warnings: list[str] = field(default_factory=list)  # the contract's warnings (summary.json)
+    # --resample auto: how the scene is tiled to reach the model's GSD (None: read as it is)
+    resampling: Resampling | None = None
 
 
 @dataclass
@@ -214,12 +218,25 @@ CONTRACT_HINT = " (evaluate: --bands chooses the bands; --contract-check warn sc
 
 
 def check_contract(plan: ScenePlan, contract: dict | None, band_map=None, mode: str = "error",
-                   gsd_tolerance: float = DEFAULT_GSD_TOLERANCE) -> ScenePlan:
+                   gsd_tolerance: float = DEFAULT_GSD_TOLERANCE,
+                   resample_tiling: tuple[int, int] | None = None) -> ScenePlan:
     """The planned scene against the bundle's input contract (jobs.inference.contract_check, as
     the segment job checks a scene; ``mode`` its ``input.contract_check``): ``plan.error`` is
-    every error's reason on one line (the scene is not scored), ``plan.warnings`` the rest."""
-    problems = check_scene(contract, plan.input_facts, band_map, gsd_tolerance) \
-        if plan.input_facts is not None else []
+    every error's reason on one line (the scene is not scored), ``plan.warnings`` the rest.
+    ``resample_tiling`` (``--resample auto``: the run's tile and overlap): a scene off the
+    model's GSD is tiled to reach it (``plan.resampling``, as segment's radiometry.resample)
+    and checked at that GSD."""
+    facts, problems = plan.input_facts, []
+    if facts is not None and resample_tiling is not None and contract:
+        try:
+            plan.resampling = plan_resampling(facts.gsd_m, contract.get("gsd_m"),
+                                              *resample_tiling, gsd_tolerance)
+        except ResamplingError as exc:
+            problems.append(Problem(ERROR, f"--resample auto: {exc}"))
+        if plan.resampling is not None:
+            facts = dataclasses.replace(facts, gsd_m=plan.resampling.model_gsd_m)
+    problems = (check_scene(contract, facts, band_map, gsd_tolerance) + problems) \
+        if facts is not None else []
     errors, plan.warnings = split(problems, mode)
     plan.error = "; ".join(errors) + CONTRACT_HINT if errors else None
     return plan

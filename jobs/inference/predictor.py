@@ -44,6 +44,23 @@ def tile_statistics(prob: np.ndarray, prob_first: np.ndarray, valid: np.ndarray,
     }
 
 
+def tile_column(arrays: list) -> np.ndarray:
+    """Per-tile arrays as one batch column: stacked when they share a shape, else a ragged
+    object column (tiles of scenes read at the model's GSD differ in size)."""
+    if len({a.shape for a in arrays}) <= 1 and arrays:
+        return np.stack(arrays)
+    column = np.empty(len(arrays), dtype=object)
+    for i, a in enumerate(arrays):  # one by one: numpy would try to broadcast a list
+        column[i] = a
+    return column
+
+
+def _tile_column(outputs: list, valids) -> np.ndarray:
+    """An output column; tiles without output (their row failed) are all nodata."""
+    return tile_column([o if o is not None else np.full(np.shape(valids[i]), NODATA, np.uint8)
+                        for i, o in enumerate(outputs)])
+
+
 class Predictor:
     """Actor: loads the bundle once; ``__call__`` runs the model on a batch of tiles (the crack
     sweep's model stage; the segment job uses :class:`PredictWriter`)."""
@@ -98,9 +115,8 @@ class Predictor:
         cores = [Tile.from_dict(json.loads(tiles[i])).core_slices for i in idx]
         pu8, mu8, st = encode_tiles(result["prob"], result["prob_first"], ok, cores,
                                     self.threshold)
-        prob_out[idx], mask_out[idx] = pu8, mu8
-        for i, s in zip(idx, st):
-            stats[i] = s
+        for k, i in enumerate(idx):
+            prob_out[i], mask_out[i], stats[i] = pu8[k], mu8[k], st[k]
 
     def predict(self, batch: dict) -> dict:
         """One model call over ``batch`` (tiles of other band counts are run in their own group);
@@ -111,9 +127,9 @@ class Predictor:
         tiles, errors = column(batch, "tile"), [str(e) for e in column(batch, "error")]
         images, valids = batch["image"], batch["valid"]
         n = len(tiles)
-        size = valids.shape[-2:]
-        prob_out = np.full((n, *size), NODATA, np.uint8)
-        mask_out = np.full((n, *size), NODATA, np.uint8)
+        # per tile: scenes read at the model's GSD have tiles of their own size in one batch
+        prob_out: list = [None] * n
+        mask_out: list = [None] * n
         stats: list[dict] = [{} for _ in range(n)]
         seconds = np.zeros(n, np.float64)
         groups: dict[tuple, list[int]] = {}
@@ -159,7 +175,8 @@ class Predictor:
                 for i in idx:
                     errors[i] = f"predict {error_line(exc)}"
         out = {k: batch[k] for k in ("scene", "spec", "tile")}
-        out.update(prob=prob_out, mask=mask_out, error=np.array(errors, dtype=object),
+        out.update(prob=_tile_column(prob_out, valids), mask=_tile_column(mask_out, valids),
+                   error=np.array(errors, dtype=object),
                    stats=np.array([json.dumps(s) for s in stats], dtype=object),
                    predict_s=seconds)
         return out

@@ -28,6 +28,11 @@ class RadiometryConfig(StrictModel):
     max_pixels: int = Field(default=1_000_000, ge=1024)
     # uint8 scenes pass through unchanged (no stretch) when True.
     uint8_passthrough: bool = True
+    # A scene whose GSD is more than input.gsd_tolerance times off the model's (both known):
+    # "off" reads it as it is and warns; "auto" reads it at the model's GSD -- its tiles cover
+    # as many metres as the model's frame did in training, each resampled into the frame and
+    # its prediction back; outputs stay on the scene's grid (jobs/inference/resampling.py).
+    resample: Literal["off", "auto"] = "off"
 
     @field_validator("percentiles")
     @classmethod
@@ -191,7 +196,8 @@ class InputConfig(StrictModel):
     # the rest; "warn" only warns (the scene runs); "off" checks nothing.
     contract_check: Literal["error", "warn", "off"] = "error"
     # A scene whose GSD is more than this many times finer or coarser than the model's (both
-    # known, metres) gets a warning (status.json "warnings", report.html). No resampling.
+    # known, metres) gets a warning (status.json "warnings", report.html), or is read at the
+    # model's GSD with radiometry.resample: auto.
     gsd_tolerance: float = Field(default=2.0, gt=1)
 
 

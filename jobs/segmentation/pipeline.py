@@ -31,7 +31,7 @@ import numpy as np
 from ingest import MaskWriter, Radiometry, open_scene, storage
 from ingest.storage import gdal_env
 from ingest.tiling import Tile
-from jobs.inference.predictor import Predictor, column
+from jobs.inference.predictor import Predictor, column, tile_column
 from jobs.runtime.messages import error_line
 from jobs.segmentation.plan import tile_key
 
@@ -89,7 +89,6 @@ def read_tiles(batch: dict) -> dict:
     images: list = [None] * n
     valids: list = [None] * n
     errors = [""] * n
-    size = None
     with gdal_env():
         for i in range(n):
             try:
@@ -105,22 +104,19 @@ def read_tiles(batch: dict) -> dict:
                 if img.ndim == 2:
                     img = img[None]
                 images[i], valids[i] = img, np.asarray(valid, dtype=bool)
-                size = img.shape[-2:]
             except Exception as exc:  # noqa: BLE001 - becomes the row's error
                 errors[i] = f"read {error_line(exc)}"
-    size = size or (int(json.loads(tiles[0])["read"][3]), int(json.loads(tiles[0])["read"][2]))
     bands = next((im.shape[0] for im in images if im is not None), 1)
     for i in range(n):
-        if images[i] is None:  # placeholder shaped like its neighbours (keeps the column dense)
-            images[i] = np.zeros((bands, *size), np.uint8)
-            valids[i] = np.zeros(size, bool)
-    if len({im.shape for im in images}) == 1:
-        image_col = np.stack(images)
-    else:  # scenes with different band counts in one batch: a ragged column
-        image_col = np.empty(n, dtype=object)
-        image_col[:] = images
+        if images[i] is None:  # a placeholder of the tile's own size (keeps the column whole)
+            read = json.loads(tiles[i])["read"]
+            images[i] = np.zeros((bands, int(read[3]), int(read[2])), np.uint8)
+            valids[i] = np.zeros((int(read[3]), int(read[2])), bool)
+    # scenes with other band counts or (read at the model's GSD) other tile sizes in one batch
+    # make ragged columns
+    image_col, valid_col = tile_column(images), tile_column(valids)
     out = {k: batch[k] for k in ("scene", "spec", "tile")}
-    out.update(image=image_col, valid=np.stack(valids), error=np.array(errors, dtype=object))
+    out.update(image=image_col, valid=valid_col, error=np.array(errors, dtype=object))
     return out
 
 

@@ -42,6 +42,7 @@ class ScenePlan:
     # red/green/blue a band-name pick chose (None: all bands, as open_scene gives them)
     bands: list | None = None
     band_choice: str = ""  # how the pick chose them ("" = no pick), logged once per scene
+    resampling: str = ""   # how the scene is read at the model's GSD ("" = as it is), logged once
     # what the model is fed from this scene (status.json "model_input"): source bands read, how
     # they were chosen, dtype, radiometry, GSD; and the input contract's warnings
     model_input: dict = field(default_factory=dict)

@@ -70,9 +70,12 @@ BUNDLE_FILES = ("bundle.json", "model.safetensors")
 FIELD_NAMES = {"bundle_sha256": "model bundle (sha256)", "threshold": "predict.threshold",
                "radiometry": "radiometry", "bands": "radiometry.bands", "tiling": "tiling",
                "precision": "predict.precision", "input": "input (fingerprint)",
-               "band_pick": "band pick (band names)"}
+               "band_pick": "band pick (band names)", "resampled": "resampling (GSD)"}
 #: the record key of a band-name pick (how ``bands`` were chosen): informational, never compared
 PICK_KEY = "band_pick"
+#: the record key of a scene read at the model's GSD (jobs/inference/resampling.py): its
+#: ``tiling`` is then the scene's, this key holds the GSDs and the job's own tiling
+RESAMPLED_KEY = "resampled"
 HTTP_TIMEOUT_S = 10.0  # the fingerprint request of an http(s) input
 #: local fingerprint keys added after records were first kept (see records_match)
 ADDED_INPUT_KEYS = frozenset({"ctime_ns", "inode"})
@@ -215,7 +218,10 @@ def run_record(cfg, bundle_sha: str, threshold: float, tile: int, overlap: int,
         "bundle_sha256": bundle_sha,
         "threshold": float(threshold),
         "radiometry": {"percentiles": list(rad.percentiles), "max_pixels": rad.max_pixels,
-                       "uint8_passthrough": rad.uint8_passthrough},
+                       "uint8_passthrough": rad.uint8_passthrough,
+                       # only when on: records made before the option existed keep matching
+                       **({"resample": rad.resample, "gsd_tolerance": cfg.input.gsd_tolerance}
+                          if rad.resample != "off" else {})},
         "bands": list(rad.bands) if rad.bands else None,
         "tiling": {"tile": int(tile), "overlap": int(overlap)},
         "precision": getattr(cfg.predict, "precision", None),
@@ -249,6 +255,28 @@ def with_band_pick(record: dict | None, bands, choice: str) -> dict | None:
                                  sort_keys=True))
 
 
+def with_resampling(record: dict | None, resampling) -> dict | None:
+    """The record of a scene read at the model's GSD: its own tile geometry (the store's chunks
+    follow it) and how it was derived. Unchanged without resampling."""
+    if record is None or resampling is None:
+        return record
+    return json.loads(json.dumps({**record, "tiling": {"tile": resampling.tile,
+                                                       "overlap": resampling.overlap},
+                                  RESAMPLED_KEY: resampling.to_dict()}, sort_keys=True))
+
+
+def _as_planned(stored: dict) -> dict:
+    """A stored resampled record as the run's record is before its scene is opened: the job's
+    own tiling. Resampling is a function of the input (fingerprinted), the bundle (sha256) and
+    the config (radiometry.resample, tiling, recorded), so this is safe to compare."""
+    resampled = stored.get(RESAMPLED_KEY)
+    if not isinstance(resampled, dict):
+        return stored
+    out = {k: v for k, v in stored.items() if k != RESAMPLED_KEY}
+    out["tiling"] = resampled.get("model_tiling")
+    return out
+
+
 def _without_pick(record):
     return {k: v for k, v in record.items() if k != PICK_KEY} if isinstance(record, dict) \
         else record
@@ -262,7 +290,12 @@ def done_record_matches(stored: dict | None, record: dict) -> bool:
     sha256 is in the record)."""
     if records_match(stored, record):
         return True
-    if not isinstance(stored, dict) or not stored.get(PICK_KEY) or record.get("bands") is not None:
+    if not isinstance(stored, dict):
+        return False
+    stored = _as_planned(stored)
+    if records_match(stored, record):
+        return True
+    if not stored.get(PICK_KEY) or record.get("bands") is not None:
         return False
     return records_match({**stored, "bands": None}, record)
 

@@ -109,10 +109,15 @@ def _reason(row: dict) -> str:
 
 
 def _notes(row: dict) -> str:
-    """What the model was fed where it is worth a look: a band-name pick and the input
-    contract's warnings (GSD, bands, radiometry), one per line."""
-    chosen = (row.get("model_input") or {}).get("band_choice")
-    lines = ([str(chosen)] if chosen else []) + [str(w) for w in row.get("warnings") or []]
+    """What the model was fed where it is worth a look: a band-name pick, a read at the model's
+    GSD and the input contract's warnings (GSD, bands, radiometry), one per line."""
+    model_input = row.get("model_input") or {}
+    chosen, resampled = model_input.get("band_choice"), model_input.get("resampled")
+    lines = [str(chosen)] if chosen else []
+    if isinstance(resampled, dict):  # jobs/inference/resampling.py
+        lines.append(f"read at the model's GSD: {resampled.get('scene_gsd_m')} m -> "
+                     f"{resampled.get('model_gsd_m')} m, tiles of {resampled.get('tile')} scene px")
+    lines += [str(w) for w in row.get("warnings") or []]
     return "<br>".join(_esc(line) for line in lines)
 
 

@@ -257,6 +257,8 @@ class SegmentRun:
                      len(plan.todo), len(plan.tiles) - len(plan.todo))
             if plan.band_choice:  # e.g. "bands [4, 3, 2] as red, green, blue (Sentinel-2 ...)"
                 log.info("scene %s: %s", sid, plan.band_choice)
+            if plan.resampling:
+                log.info("scene %s: %s", sid, plan.resampling)
             for warning in plan.warnings:  # the input contract's (also status.json, report)
                 log.warning("scene %s: %s", sid, warning)
 

@@ -10,10 +10,13 @@ import time
 from ingest import MaskWriter, Radiometry, TileGrid, open_scene, storage
 from jobs.segmentation.config import SegmentConfig
 from jobs.segmentation.plan import ScenePlan, is_geospatial_uri, read_tile_records
-from jobs.inference.contract_check import SceneFacts, check_scene, scene_gsd_m, split
+from jobs.inference.contract_check import (ERROR, Problem, SceneFacts, check_scene,
+                                           scene_gsd_m, split)
 from jobs.runtime.errors import ContractError
 from jobs.segmentation.record import (RECORD_KEY, bundle_sha256, choose_store,
-                                      input_fingerprint, run_record, with_band_pick)
+                                      input_fingerprint, run_record, with_band_pick,
+                                      with_resampling)
+from jobs.inference.resampling import Resampling, ResamplingError, plan_resampling
 from jobs.segmentation.rows import TileRows
 from jobs.segmentation.stats import TileTotals
 
@@ -33,8 +36,14 @@ def plan_scene(sid: str, uri: str, output: str, cfg: SegmentConfig, tile: int, o
     with storage.gdal_env():
         scene, radiometry = open_planned(uri, cfg, band_map)
     describe_plan(plan, scene, radiometry, cfg)
-    plan.warnings = contract_warnings(plan, scene, cfg, bundle)
+    resampling, problems = scene_resampling(plan, cfg, bundle, tile, overlap)
+    plan.warnings = contract_warnings(plan, scene, cfg, bundle, resampling, problems)
     record = with_band_pick(record, scene.bands, plan.band_choice)
+    if resampling is not None:
+        tile, overlap = resampling.tile, resampling.overlap
+        plan.model_input["resampled"] = resampling.to_dict()
+        plan.resampling = resampling.describe()
+        record = with_resampling(record, resampling)
     plan.record = record or {}
     grid = TileGrid(scene.height, scene.width, tile, overlap)
     plan.tile, plan.overlap = tile, overlap
@@ -103,17 +112,35 @@ def describe_plan(plan: ScenePlan, scene, radiometry, cfg: SegmentConfig) -> Non
         "gsd_m": scene_gsd_m(scene.crs, scene.transform, plan.georeferenced)}
 
 
-def contract_warnings(plan: ScenePlan, scene, cfg: SegmentConfig, bundle) -> list[str]:
+def scene_resampling(plan: ScenePlan, cfg: SegmentConfig, bundle, tile: int, overlap: int
+                     ) -> tuple[Resampling | None, list[Problem]]:
+    """``(resampling, problems)``: with ``radiometry.resample: auto``, how the scene is tiled to
+    reach the model's GSD (None: no need, or unknown), or the error saying why it cannot be."""
+    if bundle is None or cfg.radiometry.resample != "auto" or not bundle.input:
+        return None, []
+    try:
+        return plan_resampling(plan.model_input.get("gsd_m"), bundle.input.get("gsd_m"), tile,
+                               overlap, cfg.input.gsd_tolerance), []
+    except ResamplingError as exc:
+        return None, [Problem(ERROR, f"radiometry.resample: auto: {exc}")]
+
+
+def contract_warnings(plan: ScenePlan, scene, cfg: SegmentConfig, bundle,
+                      resampling: Resampling | None = None, extra: list | None = None
+                      ) -> list[str]:
     """The scene against the model's input contract (jobs.inference.contract_check): raises
-    ContractError with every error's reason, returns the warnings (status.json, report)."""
+    ContractError with every error's reason, returns the warnings (status.json, report). A
+    scene read at the model's GSD (``resampling``) is checked at that GSD."""
     if bundle is None:
         return []
     rad = plan.radiometry
+    gsd = resampling.model_gsd_m if resampling is not None else plan.model_input.get("gsd_m")
     facts = SceneFacts(count=scene.count, dtype=plan.dtype, band_names=scene.band_names,
-                       gsd_m=plan.model_input.get("gsd_m"),
+                       gsd_m=gsd,
                        radiometry={"mode": rad["mode"], "percentiles": rad.get("percentiles")},
                        chosen=bool(cfg.radiometry.bands))
     problems = check_scene(bundle.input, facts, bundle.band_map, cfg.input.gsd_tolerance)
+    problems += list(extra or ())
     errors, warnings = split(problems, cfg.input.contract_check)
     if errors:
         raise ContractError("; ".join(errors))
