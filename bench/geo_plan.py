@@ -124,6 +124,8 @@ def listing_folder(work: Path, scenes: list[str], name: str) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     for fname, src in want.items():
         dst = folder / fname
+        if dst.exists() and not os.path.samefile(dst, src):
+            dst.unlink()  # a link to a scene of earlier data (rewritten since: other inode)
         if not dst.exists():
             try:
                 os.link(src, dst)

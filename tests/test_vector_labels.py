@@ -803,3 +803,18 @@ def test_item_loader_keeps_the_recently_used_scenes(monkeypatch):
     assert opened == list(range(40))
     loader._scene(1)  # evicted long ago: opened again
     assert opened[-1] == 1 and len(loader._open) == 16
+
+
+def test_readers_of_one_labels_file_parse_its_crs_once(tmp_path):
+    """A scene listing plans one reader per scene over ONE labels file: its CRS is parsed once
+    per process thread, not once per scene (that was two thirds of planning a scene)."""
+    from ingest.labels.layer import VectorLayer, _parsed_crs
+
+    uri = str(tmp_path / "l.parquet")
+    gpd.GeoDataFrame({"v": [1]}, geometry=[shapely.box(0, 0, 1, 1)],
+                     crs="EPSG:32633").to_parquet(uri, write_covering_bbox=True)
+    _parsed_crs.cache_clear()
+    crss = [VectorLayer(uri).crs() for _ in range(5)]
+    assert all(c == crss[0] for c in crss) and crss[0].to_epsg() == 32633
+    info = _parsed_crs.cache_info()
+    assert info.misses == 2 and info.hits == 8  # the file's PROJJSON, then its WKT
