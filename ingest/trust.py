@@ -56,11 +56,16 @@ class InputPolicy:
 
 def split_scheme(uri: str) -> tuple[str, str]:
     """``("s3", "bucket/key")``, ``("https", "host/path")``, ``("file", "/abs/path")``; GDAL's
-    ``/vsis3/`` and ``/vsicurl/`` prefixes are read as the schemes they stand for."""
+    ``/vsis3/`` and ``/vsicurl/`` prefixes are read as the schemes they stand for, every other
+    ``/vsi...`` prefix as the scheme ``vsi`` (no policy allows it)."""
     if uri.startswith("/vsis3/"):
         return "s3", uri[len("/vsis3/"):]
     if uri.startswith("/vsicurl/"):
         return split_scheme(uri[len("/vsicurl/"):])
+    if uri.startswith("/vsi"):
+        # any other GDAL virtual file system (/vsicurl_streaming/, /vsicurl?url=, /vsizip/
+        # around a URL, /vsigs/, ...) reads what a plain path would not: never a "file"
+        return "vsi", uri
     parts = urlsplit(uri)
     if parts.scheme and len(parts.scheme) > 1:  # "C:" is a drive, not a scheme
         return parts.scheme.lower(), uri.split("://", 1)[-1]

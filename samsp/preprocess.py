@@ -140,7 +140,10 @@ def postprocess_logits(
     new_h, new_w = resized_shape(height, width, image_size)
     logits = logits[..., :new_h, :new_w]
     if (new_h, new_w) != (height, width):
-        logits = F.interpolate(logits, (height, width), mode="bilinear", align_corners=False)
+        # shrinking (a tile smaller than the frame, e.g. a coarse scene read at the model's
+        # GSD): antialiased, so every frame pixel counts, not a 2x2 sample of each block
+        logits = F.interpolate(logits, (height, width), mode="bilinear", align_corners=False,
+                               antialias=height < new_h or width < new_w)
     return logits
 
 

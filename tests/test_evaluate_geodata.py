@@ -329,9 +329,9 @@ def test_a_scene_far_from_the_model_gsd_is_scored_with_a_warning(tmp_path, contr
 
 
 def test_resample_auto_scores_a_coarse_scene_at_the_model_gsd(tmp_path, contract_scenes):
-    """--resample auto (segment's radiometry.resample): the 2 m scene is cut into 16-px windows
-    (the run's 64-px windows cover 32 m at 0.5 m) and scored on its own grid; the 5 m one would
-    need 6-px windows and fails alone, naming both GSDs."""
+    """--resample auto (segment's radiometry.resample): the 2 m scene is cut into 32-px windows
+    (the model's 128-px frame covers 64 m at 0.5 m; the run's 1/4 overlap kept) and scored on
+    its own grid; the 5 m one would need 13-px windows and fails alone, naming both GSDs."""
     from ingest import TileGrid
     from tests.test_segment import read_raster
 
@@ -342,14 +342,14 @@ def test_resample_auto_scores_a_coarse_scene_at_the_model_gsd(tmp_path, contract
     coarse4, coarse = summary["scenes"]
     assert summary["resample"] == "auto" and summary["failed"] == 1
     assert coarse4["status"] == "ok" and coarse4["warnings"] == []
-    assert coarse4["resampled"] == {"scene_gsd_m": 2.0, "model_gsd_m": 0.5, "tile": 16,
-                                    "overlap": 4, "model_tiling": {"tile": TILE,
-                                                                   "overlap": OVERLAP}}
-    assert coarse4["windows"] == len(TileGrid(H, W, 16, 4))
+    assert coarse4["resampled"] == {"scene_gsd_m": 2.0, "model_gsd_m": 0.5, "tile": 32,
+                                    "overlap": 8, "frame": 128,
+                                    "job_tiling": {"tile": TILE, "overlap": OVERLAP}}
+    assert coarse4["windows"] == len(TileGrid(H, W, 32, 8))
     assert read_raster(str(out / "coarse4" / "errors.tif"))[0].shape == (H, W)
     assert coarse["status"] == "failed" and coarse["error"].startswith(
         "--resample auto: scene GSD 5 m is 10x coarser than the model's 0.5 m: reading it at "
-        "the model's GSD would cut tiles of 6 scene px")
+        "the model's GSD would cut tiles of 13 scene px")
     # read as it is, the same scene is one 128-px window per 112 px, with the GSD warning
     assert _evaluate(c["bundle"], tmp_path / "off", *_scene_args(c, "coarse4"),
                      "--threshold", "0.5") == 0

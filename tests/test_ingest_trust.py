@@ -56,6 +56,11 @@ def test_schemes_buckets_and_hosts_are_checked():
             check_uri(bad, only)
     with pytest.raises(UntrustedInputError, match="not in input.allow.hosts"):
         check_uri("https://evil.example/x.tif", InputPolicy(hosts=("data.example",)))
+    # GDAL's other virtual file systems would reach hosts the checks never saw
+    for vsi in ("/vsicurl_streaming/http://127.0.0.1:9/x.tif", "/vsicurl?url=http://10.0.0.5/x",
+                "/vsizip//vsicurl/http://127.0.0.1/a.zip/x.tif", "/vsigs/bucket/x.tif"):
+        with pytest.raises(UntrustedInputError, match="scheme 'vsi' is not allowed"):
+            check_uri(vsi, InputPolicy())
     # an unresolvable public-looking host is not refused here: its read fails on its own
     assert check_uri("https://nonexistent.invalid/x.tif", InputPolicy())
 

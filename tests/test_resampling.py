@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from jobs.segmentation.record import done_record_matches, records_match, with_resampling
-from jobs.inference.resampling import (MAX_UPSCALE, MIN_TILE_PX, ResamplingError,
-                                          plan_resampling)
+from jobs.inference.resampling import (MAX_TILE_PX, MAX_UPSCALE, MIN_TILE_PX,
+                                      ResamplingError, contract_gsd, plan_resampling)
 
 # ------------------------------------------------------------------ geometry
 
@@ -20,43 +20,64 @@ from jobs.inference.resampling import (MAX_UPSCALE, MIN_TILE_PX, ResamplingError
 @pytest.mark.parametrize("scene, model", [(None, 0.5), (0.5, None), (0.5, "mixed"), (0.5, True),
                                           (0.0, 0.5), (0.5, -1.0)])
 def test_no_resampling_when_a_gsd_is_unknown(scene, model):
-    assert plan_resampling(scene, model, 256, 32, tolerance=2.0) is None
+    assert plan_resampling(scene, model, 256, 256, 32, tolerance=2.0) is None
 
 
 @pytest.mark.parametrize("scene_gsd", [0.25, 0.5, 1.0])
 def test_no_resampling_within_the_tolerance_either_way(scene_gsd):
-    assert plan_resampling(scene_gsd, 0.5, 256, 32, tolerance=2.0) is None
+    assert plan_resampling(scene_gsd, 0.5, 256, 256, 32, tolerance=2.0) is None
 
 
 def test_a_coarser_scene_gets_smaller_tiles_a_finer_one_larger():
-    coarse = plan_resampling(2.0, 0.5, 256, 32, tolerance=2.0)
+    coarse = plan_resampling(2.0, 0.5, 256, 256, 32, tolerance=2.0)
     assert (coarse.tile, coarse.overlap, coarse.scale) == (64, 8, 4.0)
-    fine = plan_resampling(0.1, 0.5, 256, 32, tolerance=2.0)
-    assert (fine.tile, fine.overlap, fine.scale) == (1280, 160, 0.2)
-    assert fine.to_dict() == {"scene_gsd_m": 0.1, "model_gsd_m": 0.5, "tile": 1280,
-                              "overlap": 160, "model_tiling": {"tile": 256, "overlap": 32}}
-    assert "tiles of 1280 scene px (overlap 160) downsampled 5x into the model's 256-px" \
-        in fine.describe()
+    fine = plan_resampling(0.2, 0.5, 256, 256, 32, tolerance=2.0)
+    assert (fine.tile, fine.overlap, fine.scale) == (640, 80, 0.4)
+    assert fine.to_dict() == {"scene_gsd_m": 0.2, "model_gsd_m": 0.5, "tile": 640,
+                              "overlap": 80, "frame": 256,
+                              "job_tiling": {"tile": 256, "overlap": 32}}
+    assert "tiles of 640 scene px (overlap 80) downsampled 2.5x into the model's 256-px " \
+        "frame" in fine.describe()
     # just past the tolerance
-    assert plan_resampling(1.01, 0.5, 256, 32, tolerance=2.0).tile == round(256 * 0.5 / 1.01)
+    assert plan_resampling(1.01, 0.5, 256, 256, 32, tolerance=2.0).tile == round(256 * 0.5 / 1.01)
+
+
+def test_tiles_cover_the_model_frame_whatever_the_job_tile():
+    """A job cutting 512-px tiles for a 256-px model (shrunk 2x, as the operator asked) still
+    gives a resampled scene tiles that put it at the model's GSD: the frame decides the tile,
+    the job's tiling only the overlap's share."""
+    r = plan_resampling(2.0, 0.5, 256, 512, 128, tolerance=2.0)
+    assert (r.tile, r.overlap, r.job_tile, r.job_overlap) == (64, 16, 512, 128)
 
 
 def test_the_overlap_stays_below_the_tile():
-    r = plan_resampling(8.0, 0.5, 256, 255, tolerance=2.0)
+    r = plan_resampling(8.0, 0.5, 256, 256, 255, tolerance=2.0)
     assert (r.tile, r.overlap) == (16, 15)
 
 
 def test_ratios_no_tile_can_bridge_are_refused_with_both_gsds():
-    tile = 256
-    smallest = tile * 0.5 / MIN_TILE_PX  # the coarsest scene GSD that still gives 16-px tiles
-    assert plan_resampling(smallest, 0.5, tile, 32, 2.0).tile == MIN_TILE_PX
+    frame = 256
+    smallest = frame * 0.5 / MIN_TILE_PX  # the coarsest scene GSD that still gives 16-px tiles
+    assert plan_resampling(smallest, 0.5, frame, frame, 32, 2.0).tile == MIN_TILE_PX
     with pytest.raises(ResamplingError, match=r"scene GSD 300 m is 600x coarser than the "
                                               r"model's 0.5 m: .* tiles of 0 scene px"):
-        plan_resampling(300.0, 0.5, tile, 32, 2.0)
+        plan_resampling(300.0, 0.5, frame, frame, 32, 2.0)
     finest = 0.5 / MAX_UPSCALE
-    assert plan_resampling(finest, 0.5, tile, 32, 2.0).tile == tile * MAX_UPSCALE
-    with pytest.raises(ResamplingError, match=r"10x finer .* resample the scene first"):
-        plan_resampling(0.05, 0.5, tile, 32, 2.0)
+    assert plan_resampling(finest, 0.5, frame, frame, 32, 2.0).tile == frame * MAX_UPSCALE
+    with pytest.raises(ResamplingError, match=r"5x finer .* resample the scene first"):
+        plan_resampling(0.1, 0.5, frame, frame, 32, 2.0)
+    # a big frame reaches the absolute cap first (memory grows with the tile's square)
+    with pytest.raises(ResamplingError, match=f"over 4x the model's 1024-px frame or "
+                                              f"{MAX_TILE_PX} px"):
+        plan_resampling(0.12, 0.5, 1024, 1024, 128, 2.0)
+
+
+def test_a_mixture_is_read_at_its_nearest_members_gsd():
+    mixed = {"gsd_m": "mixed", "members": {"a": {"gsd_m": 0.3}, "b": {"gsd_m": 10.0},
+                                           "c": {"gsd_m": None}}}
+    assert contract_gsd(mixed, 1.0) == 0.3 and contract_gsd(mixed, 5.0) == 10.0
+    assert contract_gsd(mixed, None) is None and contract_gsd({"gsd_m": 0.5}, None) == 0.5
+    assert contract_gsd({"gsd_m": "mixed"}, 1.0) is None and contract_gsd(None, 1.0) is None
 
 
 # ------------------------------------------------------------------ the record
@@ -66,7 +87,7 @@ def test_a_resampled_scene_still_skips_before_it_is_opened():
     not known yet): the stored record's own tiling is that of the job plus the resampling."""
     base = {"bundle_sha256": "ab", "threshold": 0.5, "bands": None, "input": {"size": 1},
             "radiometry": {"resample": "auto"}, "tiling": {"tile": 256, "overlap": 32}}
-    stored = with_resampling(base, plan_resampling(2.0, 0.5, 256, 32, 2.0))
+    stored = with_resampling(base, plan_resampling(2.0, 0.5, 256, 256, 32, 2.0))
     assert stored["tiling"] == {"tile": 64, "overlap": 8}
     assert records_match(stored, stored) and not records_match(stored, base)
     assert done_record_matches(stored, base)
@@ -158,8 +179,8 @@ def test_a_coarse_scene_is_tiled_to_the_model_gsd_and_written_on_its_own_grid(re
     coarse = env.rows["coarse"]
     assert coarse["status"] == "ok" and coarse["warnings"] == []
     assert coarse["model_input"]["resampled"] == {
-        "scene_gsd_m": 2.0, "model_gsd_m": 0.5, "tile": 32, "overlap": 4,
-        "model_tiling": {"tile": 128, "overlap": 16}}
+        "scene_gsd_m": 2.0, "model_gsd_m": 0.5, "tile": 32, "overlap": 4, "frame": 128,
+        "job_tiling": {"tile": 128, "overlap": 16}}
     assert coarse["record"]["tiling"] == {"tile": 32, "overlap": 4}
     assert coarse["tiles"] == 16  # 112 px in 28-px cores
     assert "scene coarse: read at the model's GSD: scene 2 m, model 0.5 m; tiles of 32 scene px" \
@@ -202,3 +223,26 @@ def test_a_rerun_skips_every_resampled_scene(resampled):
     summary = json.loads(env.again.out.strip().splitlines()[-1])
     assert (summary["skipped"], summary["failed"], summary["tiles_computed"]) == (2, 1, 0), summary
     assert _status(env.tmp / "auto", "coarse")["status"] == "skipped"
+
+
+def test_tiles_larger_than_the_frame_run_in_fewer_per_model_call():
+    from jobs.inference.predictor import frame_sized_calls
+
+    idx = list(range(8))
+    assert frame_sized_calls(idx, (128, 128), 128) == [idx]  # the frame: one call
+    assert frame_sized_calls(idx, (32, 32), 128) == [idx]  # smaller: as many as asked
+    assert frame_sized_calls(idx, (256, 256), 128) == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert frame_sized_calls(idx, (1000, 1000), 128) == [[i] for i in idx]
+
+
+def test_the_report_crops_a_resampled_scenes_tile_on_its_own_grid(tmp_path):
+    from ingest import TileGrid
+    from jobs.segmentation.report import review_queue
+
+    row = {"id": "coarse", "status": "ok", "height": 112, "width": 112, "outputs": [],
+           "uncertain_tiles": [{"tile": [2, 3], "disagreement": 0.5}],
+           "record": {"tiling": {"tile": 32, "overlap": 4}}}
+    [item] = review_queue([row], str(tmp_path), tile=128, overlap=16)
+    grid = TileGrid(112, 112, 32, 4)
+    win = grid[2 * grid.shape[1] + 3].read_window
+    assert item["window"] == (int(win.row_off), int(win.col_off), 32, 32)

@@ -257,13 +257,14 @@ def plan_scenes(args: argparse.Namespace) -> tuple[list[ScenePlan], list]:
     return plans, regions
 
 
-def resample_tiling(args: argparse.Namespace, image_size: int) -> tuple[int, int] | None:
-    """``--resample auto``: the run's ``(tile, overlap)`` (as load_window makes them), from which
-    each scene's own tiling at the model's GSD is derived; None: scenes are read as they are."""
+def resample_tiling(args: argparse.Namespace, image_size: int) -> tuple[int, int, int] | None:
+    """``--resample auto``: ``(model frame, the run's tile, overlap)`` (as load_window makes
+    them), from which each scene's own tiling at the model's GSD is derived; None: scenes are
+    read as they are."""
     if getattr(args, "resample", "off") != "auto":
         return None
     tile = args.tile or image_size
-    return tile, args.overlap if args.overlap is not None else tile // 8
+    return image_size, tile, args.overlap if args.overlap is not None else tile // 8
 
 
 def contract_options(args: argparse.Namespace) -> tuple[str, float]:

@@ -26,7 +26,8 @@ from ingest.errors import LabelSourceError, SceneError, one_line
 from ingest.labels import LabelOptions, VectorLabels, is_vector_label
 from jobs.inference.contract_check import (DEFAULT_GSD_TOLERANCE, ERROR, Problem, SceneFacts,
                                            check_scene, scene_gsd_m, split)
-from jobs.inference.resampling import Resampling, ResamplingError, plan_resampling
+from jobs.inference.resampling import (Resampling, ResamplingError, contract_gsd,
+                                      plan_resampling)
 from jobs.runtime.errors import EvalError
 
 #: pixels sampled to fit the stretch: the segment job's default (radiometry.max_pixels)
@@ -219,17 +220,17 @@ CONTRACT_HINT = " (evaluate: --bands chooses the bands; --contract-check warn sc
 
 def check_contract(plan: ScenePlan, contract: dict | None, band_map=None, mode: str = "error",
                    gsd_tolerance: float = DEFAULT_GSD_TOLERANCE,
-                   resample_tiling: tuple[int, int] | None = None) -> ScenePlan:
+                   resample_tiling: tuple[int, int, int] | None = None) -> ScenePlan:
     """The planned scene against the bundle's input contract (jobs.inference.contract_check, as
     the segment job checks a scene; ``mode`` its ``input.contract_check``): ``plan.error`` is
     every error's reason on one line (the scene is not scored), ``plan.warnings`` the rest.
-    ``resample_tiling`` (``--resample auto``: the run's tile and overlap): a scene off the
+    ``resample_tiling`` (``--resample auto``: the model's frame, the run's tile and overlap): a scene off the
     model's GSD is tiled to reach it (``plan.resampling``, as segment's radiometry.resample)
     and checked at that GSD."""
     facts, problems = plan.input_facts, []
     if facts is not None and resample_tiling is not None and contract:
         try:
-            plan.resampling = plan_resampling(facts.gsd_m, contract.get("gsd_m"),
+            plan.resampling = plan_resampling(facts.gsd_m, contract_gsd(contract, facts.gsd_m),
                                               *resample_tiling, gsd_tolerance)
         except ResamplingError as exc:
             problems.append(Problem(ERROR, f"--resample auto: {exc}"))

@@ -44,6 +44,16 @@ def tile_statistics(prob: np.ndarray, prob_first: np.ndarray, valid: np.ndarray,
     }
 
 
+def frame_sized_calls(idx: list[int], size: tuple[int, int], frame: int) -> list[list[int]]:
+    """``idx`` (tiles of one ``size``) in model calls of at most as many pixels as the same
+    count of ``frame``-sized tiles: tiles larger than the model's frame (a fine scene read at
+    the model's GSD, tiling.tile above the frame) run fewer per call, so a call's memory stays
+    what predict.batch_size was sized for."""
+    h, w = size
+    per_call = max(1, (len(idx) * frame * frame) // max(1, h * w))
+    return [idx[i:i + per_call] for i in range(0, len(idx), per_call)]
+
+
 def tile_column(arrays: list) -> np.ndarray:
     """Per-tile arrays as one batch column: stacked when they share a shape, else a ragged
     object column (tiles of scenes read at the model's GSD differ in size)."""
@@ -96,6 +106,7 @@ class Predictor:
                                        threshold=threshold, own_bundle=own_bundle,
                                        downscale=True)
         self.threshold = self.predictor.threshold
+        self.frame = int(self.predictor.meta.image_size)
         self.calls = 0
         # Model calls split in halves on CUDA out-of-memory; the smaller size then sticks.
         self.model_batches = HalvingBatches(name=f"predict on {device}")
@@ -136,7 +147,8 @@ class Predictor:
         for i in range(n):
             if not errors[i]:
                 groups.setdefault(tuple(np.asarray(images[i]).shape), []).append(i)
-        for idx in groups.values():
+        for idx in (part for shape, idx in groups.items()
+                    for part in frame_sized_calls(idx, shape[-2:], self.frame)):
             try:
                 t0 = time.perf_counter()
                 group = (np.stack([np.asarray(images[i]) for i in idx]),

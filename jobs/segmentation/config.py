@@ -34,6 +34,11 @@ class RadiometryConfig(StrictModel):
     # its prediction back; outputs stay on the scene's grid (jobs/inference/resampling.py).
     resample: Literal["off", "auto"] = "off"
 
+    @field_validator("resample", mode="before")
+    @classmethod
+    def _yaml_off(cls, v):
+        return yaml_off(v)
+
     @field_validator("percentiles")
     @classmethod
     def _ordered(cls, v):
@@ -176,6 +181,11 @@ class InputAllowConfig(StrictModel):
                            hosts=tuple(self.hosts), local_roots=tuple(self.local_roots))
 
 
+def yaml_off(value):
+    """YAML 1.1 reads an unquoted ``off`` as false: the option's "off" is what was meant."""
+    return "off" if value is False else value
+
+
 class InputConfig(StrictModel):
     # Georeferenced inputs (GeoTIFF/COG/Zarr) must carry a CRS; PNG/JPEG never need one.
     require_crs: bool = True
@@ -195,6 +205,12 @@ class InputConfig(StrictModel):
     # (fewer bands than it was trained on, a band_map past the scene's bands) and warns about
     # the rest; "warn" only warns (the scene runs); "off" checks nothing.
     contract_check: Literal["error", "warn", "off"] = "error"
+
+    @field_validator("contract_check", mode="before")
+    @classmethod
+    def _yaml_off(cls, v):
+        return yaml_off(v)
+
     # A scene whose GSD is more than this many times finer or coarser than the model's (both
     # known, metres) gets a warning (status.json "warnings", report.html), or is read at the
     # model's GSD with radiometry.resample: auto.

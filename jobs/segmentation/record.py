@@ -273,7 +273,7 @@ def _as_planned(stored: dict) -> dict:
     if not isinstance(resampled, dict):
         return stored
     out = {k: v for k, v in stored.items() if k != RESAMPLED_KEY}
-    out["tiling"] = resampled.get("model_tiling")
+    out["tiling"] = resampled.get("job_tiling")
     return out
 
 

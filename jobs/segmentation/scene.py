@@ -16,7 +16,8 @@ from jobs.runtime.errors import ContractError
 from jobs.segmentation.record import (RECORD_KEY, bundle_sha256, choose_store,
                                       input_fingerprint, run_record, with_band_pick,
                                       with_resampling)
-from jobs.inference.resampling import Resampling, ResamplingError, plan_resampling
+from jobs.inference.resampling import (Resampling, ResamplingError, contract_gsd,
+                                      plan_resampling)
 from jobs.segmentation.rows import TileRows
 from jobs.segmentation.stats import TileTotals
 
@@ -118,8 +119,9 @@ def scene_resampling(plan: ScenePlan, cfg: SegmentConfig, bundle, tile: int, ove
     reach the model's GSD (None: no need, or unknown), or the error saying why it cannot be."""
     if bundle is None or cfg.radiometry.resample != "auto" or not bundle.input:
         return None, []
+    gsd = plan.model_input.get("gsd_m")
     try:
-        return plan_resampling(plan.model_input.get("gsd_m"), bundle.input.get("gsd_m"), tile,
+        return plan_resampling(gsd, contract_gsd(bundle.input, gsd), bundle.image_size, tile,
                                overlap, cfg.input.gsd_tolerance), []
     except ResamplingError as exc:
         return None, [Problem(ERROR, f"radiometry.resample: auto: {exc}")]
