@@ -464,6 +464,11 @@ class OptimisationConfig(StrictModel):
     # Choose the bundle's output threshold on validation (the best epoch's best of 0.2..0.8 by
     # mean Dice of the final pass); self-prompts keep model.threshold, as trained.
     tune_threshold: bool = False
+    # How validation scores a group of images: per_image = the mean of each image's Dice (photo
+    # data sets report it so); pooled = the Dice of the summed pixel counts; auto = pooled for
+    # windows cut from scenes (kind raster: most windows of sparse geodata are empty, and their
+    # mean rewards a model that predicts nothing), per_image otherwise.
+    val_metric: Literal["auto", "per_image", "pooled"] = "auto"
     # Promptable pre-training: this fraction of all optimizer steps first trains with pass 1
     # prompted from the ground truth (jittered boxes / points / coarse masks of model.prompt,
     # samsp.prompts.prompt_from_target) beside the promptless pass 0; then SAM-SP as usual.

@@ -32,7 +32,7 @@ from jobs.training.step import (Optimisation, accumulation_group_size,
                                 apply_gradients, forward_backward, make_optimisation,
                                 pretraining_prompt_seed)
 from jobs.training.streaming import StreamingLoader
-from jobs.training.validation import (THRESHOLD_SWEEP, all_reduce_sum,
+from jobs.training.validation import (THRESHOLD_SWEEP, all_reduce_sum, pooled_validation,
                                       train_loss_means, val_scores, validate,
                                       validation_window)
 from samsp.precision import resolve_precision
@@ -342,7 +342,8 @@ def run_epoch(run: Run, epoch: int) -> dict:
         **train_loss_means(reduced), "lr": float(run.opt.scheduler.get_last_lr()[0]),
         "train_samples": int(reduced[5]), "train_s": train_s,
         "samples_per_s_per_worker": n_samples / max(train_s, 1e-9),
-        **val_scores(reduced[6:], run.data.val_ds.group_names, net.iterations + 1, sweep),
+        **val_scores(reduced[6:], run.data.val_ds.group_names, net.iterations + 1, sweep,
+                     pooled_validation(cfg.train.val_metric, cfg.data.source.kind)),
     }
     metrics["epoch_s"] = time.perf_counter() - t0
     if epoch == run.start_epoch:
