@@ -169,14 +169,19 @@ FINE_TUNE = ["train.prompt_pretraining=0", "train.lr=0.0002"]
 
 
 def planned_runs(kinds: list[str], sets: list[str], init: str | None = None,
-                 loo_sets: list[str] | None = None) -> list[tuple[str, str | None, list[str]]]:
+                 loo_sets: list[str] | None = None, seeds: tuple[int, ...] = (0,)
+                 ) -> list[tuple[str, str | None, list[str]]]:
     """``(name, held-out set, overrides)`` of every run the study asks for; with ``init`` (a
-    bundle) every run fine-tunes it, named ``ft-...``."""
+    bundle) every run fine-tunes it, named ``ft-...``. Arms run once per seed (``train.seed``:
+    initialisation, sampling and augmentation; the validation split stays), seed by seed so
+    an interrupted study has every arm of the first seeds; seed 0 keeps the plain name."""
     runs = []
     if "loo" in kinds:
         runs += [(f"loo-{s}", s, []) for s in (loo_sets or sets)]
     if "arms" in kinds:
-        runs += [(f"arm-{a}", None, o) for a, o in ARMS.items()]
+        runs += [(f"arm-{a}" + (f"-s{seed}" if seed else ""), None,
+                  [*o, f"train.seed={seed}"] if seed else list(o))
+                 for seed in seeds for a, o in ARMS.items()]
     if init:
         runs = [(f"ft-{n}", held, [f"model.checkpoint={init}", *FINE_TUNE, *o])
                 for n, held, o in runs]
@@ -257,6 +262,7 @@ def main(argv=None) -> int:
     p.add_argument("--runs", default="loo,arms", help="loo, arms (runs mode)")
     p.add_argument("--steps", type=int, default=1500, help="optimiser steps per run")
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--seeds", default="0", help="arms: comma list of train.seed values")
     p.add_argument("--sets", default=",".join(TEST_SETS))
     p.add_argument("--init", help="fine-tune this bundle (path or name) in every run")
     p.add_argument("--loo-sets", help="sets to leave out one at a time (default: --sets)")
@@ -279,7 +285,9 @@ def main(argv=None) -> int:
         return 0
     out = Path(args.out).resolve()
     loo_sets = args.loo_sets.split(",") if args.loo_sets else None
-    for name, held, overrides in planned_runs(args.runs.split(","), sets, args.init, loo_sets):
+    seeds = tuple(int(v) for v in args.seeds.split(","))
+    for name, held, overrides in planned_runs(args.runs.split(","), sets, args.init, loo_sets,
+                                              seeds):
         config = run_config(name, args.steps, args.epochs, held, sets, out)
         bundle = train(name, config, overrides, out)
         entry = score_model(str(bundle), [held] if held else sets, args.limit, args.threads)
