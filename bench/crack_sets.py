@@ -164,28 +164,38 @@ def train(name: str, config: Path, overrides: list[str], out: Path) -> Path:
     return bundle
 
 
+#: the marker of the U-Net arm among a run's overrides (trained in-process, not by train.py)
+UNET = "unet"
 #: --set overrides of a run that fine-tunes a bundle instead of training from scratch
 FINE_TUNE = ["train.prompt_pretraining=0", "train.lr=0.0002"]
 
 
 def planned_runs(kinds: list[str], sets: list[str], init: str | None = None,
-                 loo_sets: list[str] | None = None, seeds: tuple[int, ...] = (0,)
-                 ) -> list[tuple[str, str | None, list[str]]]:
+                 loo_sets: list[str] | None = None, seeds: tuple[int, ...] = (0,),
+                 unet: bool = False) -> list[tuple[str, str | None, list[str]]]:
     """``(name, held-out set, overrides)`` of every run the study asks for; with ``init`` (a
     bundle) every run fine-tunes it, named ``ft-...``. Arms run once per seed (``train.seed``:
     initialisation, sampling and augmentation; the validation split stays), seed by seed so
-    an interrupted study has every arm of the first seeds; seed 0 keeps the plain name."""
+    an interrupted study has every arm of the first seeds; seed 0 keeps the plain name. With
+    ``unet`` each seed also gets the U-Net arm (bench/crack_unet.py; marked by ``UNET``)."""
     runs = []
     if "loo" in kinds:
         runs += [(f"loo-{s}", s, []) for s in (loo_sets or sets)]
     if "arms" in kinds:
+        arms = {**ARMS, **({"unet": [UNET]} if unet else {})}
         runs += [(f"arm-{a}" + (f"-s{seed}" if seed else ""), None,
                   [*o, f"train.seed={seed}"] if seed else list(o))
-                 for seed in seeds for a, o in ARMS.items()]
+                 for seed in seeds for a, o in arms.items()]
     if init:
         runs = [(f"ft-{n}", held, [f"model.checkpoint={init}", *FINE_TUNE, *o])
                 for n, held, o in runs]
     return runs
+
+
+def done_runs() -> set[str]:
+    """Names already in results_crack_sets.json."""
+    path = RESULTS / "results_crack_sets.json"
+    return set(json.loads(path.read_text())["models"]) if path.exists() else set()
 
 
 def merge(entries: dict) -> dict:
@@ -263,6 +273,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=1500, help="optimiser steps per run")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--seeds", default="0", help="arms: comma list of train.seed values")
+    p.add_argument("--unet", action="store_true",
+                   help="arms: add the U-Net arm (segmentation-models-pytorch, benchmark-only)")
     p.add_argument("--sets", default=",".join(TEST_SETS))
     p.add_argument("--init", help="fine-tune this bundle (path or name) in every run")
     p.add_argument("--loo-sets", help="sets to leave out one at a time (default: --sets)")
@@ -287,8 +299,20 @@ def main(argv=None) -> int:
     loo_sets = args.loo_sets.split(",") if args.loo_sets else None
     seeds = tuple(int(v) for v in args.seeds.split(","))
     for name, held, overrides in planned_runs(args.runs.split(","), sets, args.init, loo_sets,
-                                              seeds):
+                                              seeds, args.unet):
         config = run_config(name, args.steps, args.epochs, held, sets, out)
+        if UNET in overrides:
+            from bench.crack_unet import run_unet
+
+            if name in done_runs():
+                log(f"{name}: scored before, not retrained")
+                continue
+            seed = next((int(o.split("=")[1]) for o in overrides if o.startswith("train.seed=")), 0)
+            entry = run_unet(config, args.steps, seed, out / "runs" / name, sets, args.limit,
+                             args.threads)
+            entry.update(held_out=None, steps=args.steps, overrides=overrides, init=None)
+            merge({name: entry})
+            continue
         bundle = train(name, config, overrides, out)
         entry = score_model(str(bundle), [held] if held else sets, args.limit, args.threads)
         entry.update(held_out=held, steps=args.steps, overrides=overrides, init=args.init)

@@ -41,3 +41,16 @@ def test_fine_tune_runs_start_from_the_bundle_and_leave_out_only_unseen_sets():
     assert [(n, held) for n, held, _ in runs] == [("ft-loo-crack500", "crack500"),
                                                  ("ft-loo-gaps384", "gaps384")]
     assert "model.checkpoint=samsp-crack-tiny" in runs[0][2]
+
+
+def test_arms_run_seed_by_seed_with_the_unet_arm_among_them():
+    from bench.crack_sets import UNET
+
+    runs = planned_runs(["arms"], ["deepcrack"], seeds=(0, 1), unet=True)
+    names = [n for n, _, _ in runs]
+    assert names == ["arm-single", "arm-sp_box", "arm-sp_boxmask", "arm-unet",
+                     "arm-single-s1", "arm-sp_box-s1", "arm-sp_boxmask-s1", "arm-unet-s1"]
+    by_name = {n: o for n, _, o in runs}
+    assert "train.seed=1" in by_name["arm-sp_box-s1"] and UNET in by_name["arm-unet-s1"]
+    assert not any(o.startswith("train.seed") for o in by_name["arm-sp_box"])
+    assert UNET not in by_name["arm-single"]

@@ -1,0 +1,105 @@
+"""The U-Net arm of the crack study (issue 31, ``python -m bench.crack_sets runs --runs arms
+--unet``): a segmentation_models_pytorch U-Net (resnet18 encoder, random init; a benchmark-only
+dependency, bench/ablation/steps.py) trained in-process on the same mixture run config as the
+SAM arms -- the same plan (members, weights, splits), augmentation, loss (Dice + BCE), AdamW,
+schedule, batch size and number of optimiser steps -- its output threshold chosen on the same
+validation sets the SAM arms' ``train.tune_threshold`` uses (best mean of member Dice over
+0.2..0.8), then scored by ``bench.crack_sets.score_set`` like every bundle.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from bench.common import log
+
+
+class _Validated:
+    """What ``jobs.training.validation.validate`` asks of a model: one pass, ``train()``."""
+
+    iterations = 0
+
+    def __init__(self, model):
+        self.model = model
+
+    def train(self, mode: bool = True):
+        self.model.train(mode)
+        return self
+
+
+def train_unet(config: Path, steps: int, seed: int, threads: int = 0):
+    """``(model, forward_fn, plan, cfg, train_s)``: ``steps`` optimiser steps of the U-Net on
+    the run config's training samples."""
+    import torch
+
+    from bench.ablation.steps import augmented_batches, unet_parts
+    from jobs.runtime.config import load_config
+    from jobs.training.config import TrainConfig
+    from jobs.training.data import TrainDataset, plan_data
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = load_config(TrainConfig, config)
+    plan = plan_data(cfg.data.model_dump(mode="json"))
+    ds = TrainDataset(plan, cfg.augment.crop, cfg.augment.model_dump(), seed, 1,
+                      cache=cfg.data.cache)
+    torch.manual_seed(seed)
+    make, forward_fn = unet_parts(SimpleNamespace(unet_encoder="resnet18",
+                                                  unet_precision="fp32"), cfg)
+    model, step = make(steps)
+    batches = augmented_batches(ds, cfg.train.batch_size, np.random.default_rng(seed))
+    t0 = time.perf_counter()
+    for i in range(steps):
+        loss = step(*next(batches))
+        if (i + 1) % 100 == 0:
+            log(f"unet seed {seed}: step {i + 1}/{steps} loss {loss:.4f}")
+    model.eval()
+    return model, forward_fn, plan, cfg, time.perf_counter() - t0
+
+
+def tuned_threshold(model, forward_fn, plan: dict, crop: int, batch: int) -> dict:
+    """The output threshold the SAM arms' ``train.tune_threshold`` would pick: the best mean of
+    member validation Dice over ``THRESHOLD_SWEEP`` (per-image Dice, as they score)."""
+    from jobs.inference.sliding_window import SlidingWindow
+    from jobs.training.data import ValDataset
+    from jobs.training.validation import THRESHOLD_SWEEP, val_scores, validate
+
+    val_ds = ValDataset(plan)
+    window = SlidingWindow(forward_fn(model), crop, overlap=0, stitch="core", batch_size=batch,
+                           edge="pad")
+    rows = validate(_Validated(model), val_ds, range(len(val_ds)), window, 0.5, THRESHOLD_SWEEP)
+    scores = val_scores(rows, val_ds.group_names, 1, THRESHOLD_SWEEP)
+    model.eval()
+    return scores
+
+
+def run_unet(config: Path, steps: int, seed: int, out_dir: Path, sets: list[str], limit: int,
+             threads: int) -> dict:
+    """Train, tune the threshold, score every test set; the entry ``bench.crack_sets`` merges."""
+    import torch
+
+    from bench.crack_sets import DATA, TEST_SETS, score_set
+    from jobs.evaluation.data import list_pairs
+    from jobs.inference.sliding_window import SlidingWindow
+
+    model, forward_fn, plan, cfg, train_s = train_unet(config, steps, seed, threads)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out_dir / "unet.pt")
+    val = tuned_threshold(model, forward_fn, plan, cfg.augment.crop, cfg.train.batch_size)
+    threshold = float(val["val_best_threshold"])
+    crop = cfg.augment.crop
+    window = SlidingWindow(forward_fn(model), crop, crop // 8, "core", 4)
+    out = {"model": str(out_dir / "unet.pt"), "kind": "unet", "threshold": threshold,
+           "val_dice": val["val_dice_best_threshold"], "train_s": round(train_s, 1),
+           "seed": seed, "sets": {}}
+    for name in sets:
+        root, layout, image_dir, mask_dir, thr = TEST_SETS[name]
+        items = list_pairs(str(DATA / root), layout, image_dir, mask_dir, thr, limit or None)
+        out["sets"][name] = score_set(window, items, threshold)
+        log(f"unet seed {seed}: {name} Dice {out['sets'][name]['dice']:.4f}")
+    scores = [out["sets"][s]["dice"] for s in sets]
+    out["mean_dice"], out["min_dice"] = float(np.mean(scores)), float(np.min(scores))
+    return out
