@@ -192,6 +192,37 @@ def planned_runs(kinds: list[str], sets: list[str], init: str | None = None,
     return runs
 
 
+def train_seconds(out: Path, name: str) -> float | None:
+    """A train.py run's fit seconds, from its summary."""
+    path = out / "runs" / f"{name}.summary.json"
+    return json.loads(path.read_text()).get("fit_s") if path.exists() else None
+
+
+def arm_rows(data: dict) -> dict[str, dict]:
+    """Per arm (``arm-<arm>[-s<seed>]`` entries): every seed's per-set Dice, the mean over
+    seeds of each set and of the per-seed means, their spread, and pass-0 Dice of the
+    self-prompted arms (what the same model gives without its self-prompt)."""
+    arms: dict[str, list] = {}
+    for name, m in data["models"].items():
+        if name.startswith("arm-") and not m.get("held_out"):
+            arm = name[4:].rsplit("-s", 1)[0] if name[4:].rsplit("-s", 1)[-1].isdigit() \
+                else name[4:]
+            arms.setdefault(arm, []).append(m)
+    out = {}
+    for arm, runs in arms.items():
+        sets = [s for s in TEST_SETS if all(s in r["sets"] for r in runs)]
+        means = [float(np.mean([r["sets"][s]["dice"] for s in sets])) for r in runs]
+        row = {"seeds": len(runs), "mean": float(np.mean(means)),
+               "spread": float(np.std(means, ddof=1)) if len(means) > 1 else None,
+               "sets": {s: float(np.mean([r["sets"][s]["dice"] for r in runs])) for s in sets},
+               "train_s": [r.get("train_s") for r in runs]}
+        first = [[r["sets"][s].get("dice_per_pass", [None])[0] for s in sets] for r in runs]
+        if all(len(r["sets"][s].get("dice_per_pass", [])) > 1 for r in runs for s in sets):
+            row["pass0"] = {s: float(np.mean([f[i] for f in first])) for i, s in enumerate(sets)}
+        out[arm] = row
+    return out
+
+
 def done_runs() -> set[str]:
     """Names already in results_crack_sets.json."""
     path = RESULTS / "results_crack_sets.json"
@@ -229,6 +260,10 @@ def headlines(data: dict, committed: str, before: str | None) -> dict:
         out[f"crack_loo_dice_{s}"] = round(v, 4)
     if loo:
         out["crack_loo_dice_mean"] = round(float(np.mean(list(loo.values()))), 4)
+    for arm, row in arm_rows(data).items():
+        out[f"crack_arm_dice_mean_{arm}"] = round(row["mean"], 4)
+        for s, v in row["sets"].items():
+            out[f"crack_arm_dice_{s}_{arm}"] = round(v, 4)
     return out
 
 
@@ -258,6 +293,27 @@ def markdown(data: dict, keys: dict) -> str:
         lines += ["", f"Leave-one-set-out: {len(held)} held-out set(s) measured ({', '.join(held)});"
                   " `crack_loo_dice_mean` is their mean. Rows fine-tuned from a bundle cannot leave"
                   " out a set the bundle was trained on."]
+    arms = arm_rows(data)
+    if arms:
+        lines += ["", "### Same-budget arms (SAM-SP on crops)", "",
+                  "Every arm trained from scratch on the mixture with the same optimiser steps "
+                  "(`python -m bench.crack_sets runs --runs arms --steps S --epochs E --seeds 0,1"
+                  " --unet`), mean over seeds of the per-set test Dice; `mean` is the mean over "
+                  "seeds of each seed's mean over the sets (± their standard deviation); pass 0 = "
+                  "the same SAM-SP model without its self-prompt.", "",
+                  "| arm | seeds | " + " | ".join(sets) + " | mean | train s |",
+                  "|---|---|" + "---|" * (len(sets) + 2)]
+        for arm, row in sorted(arms.items(), key=lambda kv: -kv[1]["mean"]):
+            cells = []
+            for s in sets:
+                cell = f"{row['sets'][s]:.3f}" if s in row["sets"] else ""
+                if row.get("pass0") and s in row["pass0"]:
+                    cell += f" (pass 0 {row['pass0'][s]:.3f})"
+                cells.append(cell)
+            spread = f" ± {row['spread']:.3f}" if row["spread"] is not None else ""
+            secs = " / ".join(f"{t:.0f}" for t in row["train_s"] if t) or "?"
+            lines.append(f"| {arm} | {row['seeds']} | " + " | ".join(cells)
+                         + f" | {row['mean']:.3f}{spread} | {secs} |")
     lines += ["", "Headline keys: " + ", ".join(f"`{k}` = {v}" for k, v in sorted(keys.items()))]
     return "\n".join(lines) + "\n"
 
@@ -315,7 +371,8 @@ def main(argv=None) -> int:
             continue
         bundle = train(name, config, overrides, out)
         entry = score_model(str(bundle), [held] if held else sets, args.limit, args.threads)
-        entry.update(held_out=held, steps=args.steps, overrides=overrides, init=args.init)
+        entry.update(held_out=held, steps=args.steps, overrides=overrides, init=args.init,
+                     train_s=train_seconds(out, name))
         merge({name: entry})
     return 0
 

@@ -3,6 +3,7 @@ and the study's run list and configs are what its docstring says."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import yaml
 
 from bench.crack_sets import BLOCK, crack_free_fp, planned_runs, run_config
@@ -54,3 +55,25 @@ def test_arms_run_seed_by_seed_with_the_unet_arm_among_them():
     assert "train.seed=1" in by_name["arm-sp_box-s1"] and UNET in by_name["arm-unet-s1"]
     assert not any(o.startswith("train.seed") for o in by_name["arm-sp_box"])
     assert UNET not in by_name["arm-single"]
+
+
+def test_arm_rows_average_seeds_and_keep_pass_zero():
+    from bench.crack_sets import arm_rows, headlines
+
+    def entry(d, d0=None):
+        per = {"dice": d, "crack_free_fp_rate": 0.0,
+               "dice_per_pass": [d0, d] if d0 is not None else [d]}
+        return {"sets": {"deepcrack": dict(per), "crack500": dict(per)}, "mean_dice": d,
+                "min_dice": d, "train_s": 100.0}
+
+    data = {"models": {"arm-sp_box": entry(0.6, 0.5), "arm-sp_box-s1": entry(0.4, 0.3),
+                       "arm-unet": entry(0.5), "loo-gaps384": dict(entry(0.1), held_out="gaps384"),
+                       "committed": entry(0.9)}}
+    rows = arm_rows(data)
+    assert set(rows) == {"sp_box", "unet"}
+    assert rows["sp_box"]["seeds"] == 2 and rows["sp_box"]["mean"] == pytest.approx(0.5)
+    assert rows["sp_box"]["spread"] == pytest.approx(0.1414, abs=1e-3)
+    assert rows["sp_box"]["pass0"]["crack500"] == pytest.approx(0.4)
+    assert "pass0" not in rows["unet"] and rows["unet"]["spread"] is None
+    keys = headlines(data, "committed", None)
+    assert keys["crack_arm_dice_mean_sp_box"] == 0.5 and keys["crack_arm_dice_crack500_unet"] == 0.5
