@@ -91,7 +91,8 @@ def write_markdown(result: dict) -> None:
         "|---|---|---|---|---|---|\n" + table + "\n"
         f"Mean: spatial **{result['geo_val_dice_spatial']}** (`geo_val_dice_spatial`), random "
         f"**{result['geo_val_dice_random']}** (`geo_val_dice_random`); random - spatial = "
-        f"{result['geo_split_optimism']:+.4f}. {verdict}\n")
+        f"{result['geo_split_optimism']:+.4f}. {verdict}\n"
+        + (f"\nNote: {result['note']}.\n" if result.get("note") else ""))
 
 
 def main(argv=None) -> int:
