@@ -6,6 +6,10 @@ self-prompting arms.
     python -m bench.crack_sets score --model models/samsp-crack-tiny --name committed
     # train + score: leave-one-set-out and same-budget arms on the mixture (hours on 2 cores):
     python -m bench.crack_sets runs --runs loo,arms --steps 1500 --out out/crack_sets
+    # the arms (single pass, SAM-SP box, box+mask; --unet adds the U-Net) for two seeds,
+    # --only some of the runs (e.g. the U-Net ones, in a second process):
+    python -m bench.crack_sets runs --runs arms --unet --seeds 0,1 --steps 800 --epochs 2 \
+        --out out/crack_arms [--only arm-unet,arm-unet-s1]
     # the same as fine-tunes of a bundle (leave out only sets the bundle never saw):
     python -m bench.crack_sets runs --runs loo --init samsp-crack-tiny \
         --loo-sets crack500,gaps384,shadowcrack --steps 800
@@ -329,6 +333,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=1500, help="optimiser steps per run")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--seeds", default="0", help="arms: comma list of train.seed values")
+    p.add_argument("--only", help="runs mode: only these run names (comma list)")
     p.add_argument("--unet", action="store_true",
                    help="arms: add the U-Net arm (segmentation-models-pytorch, benchmark-only)")
     p.add_argument("--sets", default=",".join(TEST_SETS))
@@ -356,6 +361,8 @@ def main(argv=None) -> int:
     seeds = tuple(int(v) for v in args.seeds.split(","))
     for name, held, overrides in planned_runs(args.runs.split(","), sets, args.init, loo_sets,
                                               seeds, args.unet):
+        if args.only and name not in args.only.split(","):
+            continue
         config = run_config(name, args.steps, args.epochs, held, sets, out)
         if UNET in overrides:
             from bench.crack_unet import run_unet
