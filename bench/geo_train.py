@@ -156,8 +156,28 @@ class PeakRss(threading.Thread):
         return {k: round(v / 2**20, 1) for k, v in self.peak.items()}
 
 
-def run_arm(name: str, source: dict, args, storage: str) -> dict:
-    """One streaming training run in a fresh embedded Ray; its windows/s and peak RSS."""
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` and its children, so far."""
+    import psutil
+
+    total = 0.0
+    try:
+        procs = [psutil.Process(pid)]
+        procs += procs[0].children(recursive=True)
+    except psutil.Error:
+        return 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            continue
+    return total
+
+
+def run_arm(name: str, source: dict, args, storage: str, server_pid: int | None = None) -> dict:
+    """One streaming training run in a fresh embedded Ray; its windows/s, peak RSS and the CPU
+    seconds the S3 server spent meanwhile (it shares the cores with the run)."""
     import ray
 
     from jobs.runtime.config import load_config
@@ -169,11 +189,12 @@ def run_arm(name: str, source: dict, args, storage: str) -> dict:
         "model.type=vit_micro", "data.streaming=true", f"data.source={json.dumps(source)}",
         "data.split.val_fraction=0.1", f"train.epochs={args.epochs}", "train.batch_size=4",
         f"train.samples_per_item={args.samples_per_item}", "train.log_every=0",
-        "augment.crop=128", "augment.min_positive=0", "scaling.num_workers=2",
+        "augment.crop=128", "augment.min_positive=0", f"scaling.num_workers={args.workers}",
         "scaling.cpus_per_worker=1", "scaling.torch_threads=1", "export.uri=",
     ])
     sampler = PeakRss()
     sampler.start()
+    server_cpu0 = cpu_seconds(server_pid) if server_pid else 0.0
     t0 = time.perf_counter()
     try:
         summary = run(cfg)
@@ -184,6 +205,8 @@ def run_arm(name: str, source: dict, args, storage: str) -> dict:
     out = {"arm": name, "windows_per_s": last["train_samples"] / last["train_s"],
            "train_samples": last["train_samples"], "epoch_train_s": last["train_s"],
            "wall_s": time.perf_counter() - t0, "peak_rss_mib": rss,
+           "s3_server_cpu_s": round(cpu_seconds(server_pid) - server_cpu0, 2)
+           if server_pid else None,
            "train_items": summary["data"]["train_items"]}
     log(f"{name}: {out['windows_per_s']:.1f} windows/s, peak RSS {rss}")
     return out
@@ -229,23 +252,26 @@ def write_md(path: Path, args, arms: dict, head: dict, mach: dict, load_end) -> 
     lines = [
         "## Streaming training from georeferenced scenes (data.streaming)", "",
         f"Command: `python bench/geo_train.py --small {args.small} --big {args.big} "
-        f"--tile {args.tile} --epochs {args.epochs} --samples-per-item {args.samples_per_item}`  ",
+        f"--tile {args.tile} --epochs {args.epochs} --samples-per-item {args.samples_per_item} "
+        f"--workers {args.workers}`  ",
         f"Date: {dt.datetime.now().isoformat(timespec='seconds')}  ",
         f"Machine: {mach['cpu']}, {mach['cores']} cores, {mach['memory_gib']} GiB RAM, torch "
         f"{mach['torch']}; load average at start {mach['load_avg']}, at end {load_end} (the "
         "machine is shared; treat ratios, not absolutes).", "",
-        "vit_micro, 2 CPU Ray Train workers (gloo), batch 4, crop 128, data.streaming: true; one "
-        "CPU for Ray Data's loading tasks; last epoch measured; a fresh Ray per arm. Windows/s = "
-        "the epoch's train_samples / train_s (data wait included).", "",
+        f"vit_micro, {args.workers} CPU Ray Train worker(s) (gloo), batch 4, crop 128, "
+        "data.streaming: true; one CPU for Ray Data's loading tasks; last epoch measured; a "
+        "fresh Ray per arm. Windows/s = the epoch's train_samples / train_s (data wait "
+        "included). The S3 server (SeaweedFS) runs on the same cores: its CPU seconds over "
+        "each arm are listed.", "",
         "| arm | data | train windows | windows/s | epoch train s | peak RSS train worker MiB "
-        "| peak RSS data task MiB |", "|---|---|---|---|---|---|---|"]
+        "| peak RSS data task MiB | S3 server CPU s |", "|---|---|---|---|---|---|---|---|"]
     what = {"s3-cog": f"{args.small}² COG + GeoParquet on local S3",
             "local-png": "the same windows as PNG pairs, local disk",
             "s3-cog-big": f"{args.big}² COG + GeoParquet + AOI on local S3 (same windows)"}
     for name, a in arms.items():
         lines.append(f"| {name} | {what[name]} | {a['train_items']} | {a['windows_per_s']:.2f} | "
                      f"{a['epoch_train_s']:.1f} | {a['peak_rss_mib']['train_worker']} | "
-                     f"{a['peak_rss_mib']['data_task']} |")
+                     f"{a['peak_rss_mib']['data_task']} | {a.get('s3_server_cpu_s')} |")
     lines += ["", f"S3 COG + GeoParquet over local PNG pairs: **"
               f"{head['geo_train_s3_over_local']:.2f}x** the windows/s "
               "(`geo_train_s3_over_local`).",
@@ -263,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tile", type=int, default=256)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--samples-per-item", type=int, default=2)
+    # 2 workers + Ray Data's loading CPU + the S3 server on a 2-core machine: every CPU second
+    # spent reading is taken from training; 1 worker leaves the reads a core of their own
+    p.add_argument("--workers", type=int, default=2, help="Ray Train workers (CPU)")
     p.add_argument("--md", default=str(REPO / "bench/results/GEO_TRAIN_RESULTS.md"))
     p.add_argument("--json", default=str(REPO / "bench/results/results_geo_train.json"))
     args = p.parse_args(argv)
@@ -275,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="samsp-geo-train-") as tmp:
             sources = prepare(args, Path(tmp), server)
-            arms = {name: run_arm(name, src, args, str(Path(tmp) / "runs"))
+            arms = {name: run_arm(name, src, args, str(Path(tmp) / "runs"), server.pid)
                     for name, src in sources.items()}
     finally:
         server.stop()
