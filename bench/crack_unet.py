@@ -30,9 +30,9 @@ class _Validated:
         return self
 
 
-def train_unet(config: Path, steps: int, seed: int, threads: int = 0):
+def train_unet(config: Path, steps: int, seed: int, threads: int = 0, train: bool = True):
     """``(model, forward_fn, plan, cfg, train_s)``: ``steps`` optimiser steps of the U-Net on
-    the run config's training samples."""
+    the run config's training samples (``train=False``: the untrained model and the plan)."""
     import torch
 
     from bench.ablation.steps import augmented_batches, unet_parts
@@ -52,7 +52,7 @@ def train_unet(config: Path, steps: int, seed: int, threads: int = 0):
     model, step = make(steps)
     batches = augmented_batches(ds, cfg.train.batch_size, np.random.default_rng(seed))
     t0 = time.perf_counter()
-    for i in range(steps):
+    for i in range(steps if train else 0):
         loss = step(*next(batches))
         if (i + 1) % 100 == 0:
             log(f"unet seed {seed}: step {i + 1}/{steps} loss {loss:.4f}")
@@ -85,9 +85,19 @@ def run_unet(config: Path, steps: int, seed: int, out_dir: Path, sets: list[str]
     from jobs.evaluation.data import list_pairs
     from jobs.inference.sliding_window import SlidingWindow
 
-    model, forward_fn, plan, cfg, train_s = train_unet(config, steps, seed, threads)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), out_dir / "unet.pt")
+    weights = out_dir / "unet.pt"
+    if weights.exists():  # trained before (an interrupted study): tune and score only
+        model, forward_fn, plan, cfg, train_s = train_unet(config, steps, seed, threads,
+                                                           train=False)
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        model.eval()
+        train_s = state["train_s"]
+        log(f"unet seed {seed}: trained before ({train_s:.0f} s), weights from {weights}")
+    else:
+        model, forward_fn, plan, cfg, train_s = train_unet(config, steps, seed, threads)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        torch.save({"model": model.state_dict(), "train_s": train_s, "steps": steps}, weights)
     val = tuned_threshold(model, forward_fn, plan, cfg.augment.crop, cfg.train.batch_size)
     threshold = float(val["val_best_threshold"])
     crop = cfg.augment.crop
