@@ -104,7 +104,6 @@ def score_model(model: str, sets: list[str], limit: int, threads: int) -> dict:
     """Every set in ``sets`` scored with the bundle at ``model`` (see ``score_set``)."""
     import torch
 
-    from jobs.evaluation.data import list_pairs
     from jobs.inference.sliding_window import SlidingWindow, bundle_forward
     from samsp import load_bundle
 
@@ -113,13 +112,21 @@ def score_model(model: str, sets: list[str], limit: int, threads: int) -> dict:
     bundle = load_bundle(model)
     tile = bundle.meta.image_size
     window = SlidingWindow(bundle_forward(bundle), tile, tile // 8, "core", 4)
-    out = {"model": model, "threshold": bundle.meta.threshold, "sets": {}}
-    for name in sets:
-        root, layout, image_dir, mask_dir, thr = TEST_SETS[name]
+    out = {"model": model, "threshold": bundle.meta.threshold}
+    return {**out, **score_window(window, bundle.meta.threshold, sets, limit, model)}
+
+
+def score_window(window, threshold: float, sets: list[str], limit: int, name: str) -> dict:
+    """``{"sets", "mean_dice", "min_dice"}`` of a ``SlidingWindow`` (any model) on ``sets``."""
+    from jobs.evaluation.data import list_pairs
+
+    out: dict = {"sets": {}}
+    for s in sets:
+        root, layout, image_dir, mask_dir, thr = TEST_SETS[s]
         items = list_pairs(str(DATA / root), layout, image_dir, mask_dir, thr, limit or None)
         t0 = time.perf_counter()
-        out["sets"][name] = score_set(window, items, bundle.meta.threshold)
-        log(f"{model}: {name} Dice {out['sets'][name]['dice']:.4f} "
+        out["sets"][s] = score_set(window, items, threshold)
+        log(f"{name}: {s} Dice {out['sets'][s]['dice']:.4f} "
             f"({len(items)} images, {time.perf_counter() - t0:.0f} s)")
     scores = [out["sets"][s]["dice"] for s in sets]
     out["mean_dice"] = float(np.mean(scores))
@@ -371,8 +378,8 @@ def main(argv=None) -> int:
                 log(f"{name}: scored before, not retrained")
                 continue
             seed = next((int(o.split("=")[1]) for o in overrides if o.startswith("train.seed=")), 0)
-            entry = run_unet(config, args.steps, seed, out / "runs" / name, sets, args.limit,
-                             args.threads)
+            entry = run_unet(config, args.steps, seed, out / "runs" / name, args.threads,
+                             lambda w, t: score_window(w, t, sets, args.limit, name))
             entry.update(held_out=None, steps=args.steps, overrides=overrides, init=None)
             merge({name: entry})
             continue

@@ -4,13 +4,15 @@ dependency, bench/ablation/steps.py) trained in-process on the same mixture run 
 SAM arms -- the same plan (members, weights, splits), augmentation, loss (Dice + BCE), AdamW,
 schedule, batch size and number of optimiser steps -- its output threshold chosen on the same
 validation sets the SAM arms' ``train.tune_threshold`` uses (best mean of member Dice over
-0.2..0.8), then scored by ``bench.crack_sets.score_set`` like every bundle.
+0.2..0.8), then scored by the scoring function ``bench.crack_sets`` hands it (the one every
+bundle is scored with).
 """
 from __future__ import annotations
 
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable
 
 import numpy as np
 
@@ -76,13 +78,12 @@ def tuned_threshold(model, forward_fn, plan: dict, crop: int, batch: int) -> dic
     return scores
 
 
-def run_unet(config: Path, steps: int, seed: int, out_dir: Path, sets: list[str], limit: int,
-             threads: int) -> dict:
-    """Train, tune the threshold, score every test set; the entry ``bench.crack_sets`` merges."""
+def run_unet(config: Path, steps: int, seed: int, out_dir: Path, threads: int,
+             score: Callable[[object, float], dict]) -> dict:
+    """Train, tune the threshold, and ``score(window, threshold)`` (``bench.crack_sets``: every
+    test set, as every bundle is scored); the entry it merges."""
     import torch
 
-    from bench.crack_sets import DATA, TEST_SETS, score_set
-    from jobs.evaluation.data import list_pairs
     from jobs.inference.sliding_window import SlidingWindow
 
     weights = out_dir / "unet.pt"
@@ -102,14 +103,8 @@ def run_unet(config: Path, steps: int, seed: int, out_dir: Path, sets: list[str]
     threshold = float(val["val_best_threshold"])
     crop = cfg.augment.crop
     window = SlidingWindow(forward_fn(model), crop, crop // 8, "core", 4)
-    out = {"model": str(out_dir / "unet.pt"), "kind": "unet", "threshold": threshold,
-           "val_dice": val["val_dice_best_threshold"], "train_s": round(train_s, 1),
-           "seed": seed, "sets": {}}
-    for name in sets:
-        root, layout, image_dir, mask_dir, thr = TEST_SETS[name]
-        items = list_pairs(str(DATA / root), layout, image_dir, mask_dir, thr, limit or None)
-        out["sets"][name] = score_set(window, items, threshold)
-        log(f"unet seed {seed}: {name} Dice {out['sets'][name]['dice']:.4f}")
-    scores = [out["sets"][s]["dice"] for s in sets]
-    out["mean_dice"], out["min_dice"] = float(np.mean(scores)), float(np.min(scores))
-    return out
+    log(f"unet seed {seed}: threshold {threshold} (validation Dice "
+        f"{val['val_dice_best_threshold']:.4f})")
+    return {"model": str(weights), "kind": "unet", "threshold": threshold,
+            "val_dice": val["val_dice_best_threshold"], "train_s": round(train_s, 1),
+            "seed": seed, **score(window, threshold)}
