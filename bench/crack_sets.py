@@ -311,7 +311,8 @@ def markdown(data: dict, keys: dict) -> str:
                   "(`python -m bench.crack_sets runs --runs arms --steps S --epochs E --seeds 0,1"
                   " --unet`), mean over seeds of the per-set test Dice; `mean` is the mean over "
                   "seeds of each seed's mean over the sets (± their standard deviation); pass 0 = "
-                  "the same SAM-SP model without its self-prompt.", "",
+                  "the same SAM-SP model without its self-prompt."
+                  + (f" {data['arms_note']}" if data.get("arms_note") else ""), "",
                   "| arm | seeds | " + " | ".join(sets) + " | mean | train s |",
                   "|---|---|" + "---|" * (len(sets) + 2)]
         for arm, row in sorted(arms.items(), key=lambda kv: -kv[1]["mean"]):
