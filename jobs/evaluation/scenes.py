@@ -24,10 +24,9 @@ import numpy as np
 import ingest
 from ingest.errors import LabelSourceError, SceneError, one_line
 from ingest.labels import LabelOptions, VectorLabels, is_vector_label
-from jobs.inference.contract_check import (DEFAULT_GSD_TOLERANCE, ERROR, Problem, SceneFacts,
+from jobs.inference.contract_check import (DEFAULT_GSD_TOLERANCE, SceneFacts,
                                            check_scene, scene_gsd_m, split)
-from jobs.inference.resampling import (Resampling, ResamplingError, contract_gsd,
-                                      plan_resampling)
+from jobs.inference.resampling import Resampling, resampling_for
 from jobs.runtime.errors import EvalError
 
 #: pixels sampled to fit the stretch: the segment job's default (radiometry.max_pixels)
@@ -229,11 +228,8 @@ def check_contract(plan: ScenePlan, contract: dict | None, band_map=None, mode: 
     and checked at that GSD."""
     facts, problems = plan.input_facts, []
     if facts is not None and resample_tiling is not None and contract:
-        try:
-            plan.resampling = plan_resampling(facts.gsd_m, contract_gsd(contract, facts.gsd_m),
-                                              *resample_tiling, gsd_tolerance)
-        except ResamplingError as exc:
-            problems.append(Problem(ERROR, f"--resample auto: {exc}"))
+        plan.resampling, problems = resampling_for(contract, facts.gsd_m, *resample_tiling,
+                                                   gsd_tolerance, "--resample auto")
         if plan.resampling is not None:
             facts = dataclasses.replace(facts, gsd_m=plan.resampling.model_gsd_m)
     problems = (check_scene(contract, facts, band_map, gsd_tolerance) + problems) \

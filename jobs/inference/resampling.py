@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from jobs.inference.contract_check import ERROR, Problem
+
 # A coarser scene's tiles shrink: below this many scene pixels a tile holds too little to
 # segment (and the model would see a few pixels blown up to its whole frame).
 MIN_TILE_PX = 16
@@ -104,6 +106,19 @@ def plan_resampling(scene_gsd_m: float | None, model_gsd_m, frame: int, tile: in
     return Resampling(scene_gsd_m=float(scene_gsd_m), model_gsd_m=float(model_gsd_m),
                       tile=scene_tile, overlap=max(0, scene_overlap), frame=int(frame),
                       job_tile=int(tile), job_overlap=int(overlap))
+
+
+def resampling_for(contract: dict | None, scene_gsd_m, frame: int, tile: int, overlap: int,
+                   tolerance: float, option: str) -> tuple[Resampling | None, list]:
+    """``(resampling, problems)`` of a scene against a model's input contract, for every job
+    that resamples (segment, evaluate): the tiling to reach the model's GSD (None: no need or
+    unknown), or the contract error saying why it cannot be, prefixed with the ``option`` that
+    asked for it."""
+    try:
+        return plan_resampling(scene_gsd_m, contract_gsd(contract, scene_gsd_m), frame, tile,
+                               overlap, tolerance), []
+    except ResamplingError as exc:
+        return None, [Problem(ERROR, f"{option}: {exc}")]
 
 
 def _known(gsd) -> bool:

@@ -10,14 +10,13 @@ import time
 from ingest import MaskWriter, Radiometry, TileGrid, open_scene, storage
 from jobs.segmentation.config import SegmentConfig
 from jobs.segmentation.plan import ScenePlan, is_geospatial_uri, read_tile_records
-from jobs.inference.contract_check import (ERROR, Problem, SceneFacts, check_scene,
+from jobs.inference.contract_check import (Problem, SceneFacts, check_scene,
                                            scene_gsd_m, split)
 from jobs.runtime.errors import ContractError
 from jobs.segmentation.record import (RECORD_KEY, bundle_sha256, choose_store,
                                       input_fingerprint, run_record, with_band_pick,
                                       with_resampling)
-from jobs.inference.resampling import (Resampling, ResamplingError, contract_gsd,
-                                      plan_resampling)
+from jobs.inference.resampling import Resampling, resampling_for
 from jobs.segmentation.rows import TileRows
 from jobs.segmentation.stats import TileTotals
 
@@ -119,12 +118,8 @@ def scene_resampling(plan: ScenePlan, cfg: SegmentConfig, bundle, tile: int, ove
     reach the model's GSD (None: no need, or unknown), or the error saying why it cannot be."""
     if bundle is None or cfg.radiometry.resample != "auto" or not bundle.input:
         return None, []
-    gsd = plan.model_input.get("gsd_m")
-    try:
-        return plan_resampling(gsd, contract_gsd(bundle.input, gsd), bundle.image_size, tile,
-                               overlap, cfg.input.gsd_tolerance), []
-    except ResamplingError as exc:
-        return None, [Problem(ERROR, f"radiometry.resample: auto: {exc}")]
+    return resampling_for(bundle.input, plan.model_input.get("gsd_m"), bundle.image_size, tile,
+                          overlap, cfg.input.gsd_tolerance, "radiometry.resample: auto")
 
 
 def contract_warnings(plan: ScenePlan, scene, cfg: SegmentConfig, bundle,
