@@ -45,6 +45,7 @@ if __package__ in (None, ""):  # `python jobs/train.py`: make `import jobs` reso
 from ingest.redact import redact_text  # noqa: E402
 from jobs.runtime.config import ConfigError, add_config_args, job_epilog, load_config  # noqa: E402
 from jobs.runtime.logs import configure_logging  # noqa: E402
+from jobs.runtime.ray_session import stop_ray  # noqa: E402
 from jobs.training.config import TrainConfig  # noqa: E402
 from jobs.training.data import DataError  # noqa: E402
 from jobs.training.driver import preflight, run  # noqa: E402
@@ -95,8 +96,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as err:  # noqa: BLE001 - Ray wraps worker failures; keep the CLI short
         log.exception("training failed")
+        # Ray forwards worker log lines on a thread of its own: stop it first, so the one-line
+        # reason stays the last line on stderr.
+        stop_ray()
         print(f"error: training failed: {redact_text(failure_line(err))}", file=sys.stderr)
         return 1
+    stop_ray()
     if args.summary:
         Path(args.summary).write_text(json.dumps(summary, indent=1, default=str))
     short = {k: v for k, v in summary.items() if k != "history"}
