@@ -96,6 +96,26 @@ def test_split_is_stable_and_hash_ranked():
         split_items(items[:1], 0.2, 0)
 
 
+def test_empty_crops_draw_clean_background_and_min_positive_draws_cracks():
+    """A crack across one side of a big image: ``min_positive`` crops hold it, ``empty_crops``
+    crops (the share asked) hold none -- the crack-free windows a sweep mostly sees."""
+    img = np.full((3, 400, 400), 120, np.uint8)
+    mask = np.zeros((400, 400), bool)
+    mask[:, 100:103] = True  # a thin vertical crack, left of centre
+    base = dict(scale=(1.0, 1.0), hflip=False, vflip=False, rot90=False, brightness=0,
+                contrast=0, saturation=0, gamma=0, min_positive=0.001)
+    full = np.ones_like(mask)
+    cracked = [augment(img, mask, full, 128, base, np.random.default_rng(i))[1].any()
+               for i in range(40)]
+    mixed = [augment(img, mask, full, 128, dict(base, empty_crops=0.5),
+                     np.random.default_rng(i))[1].any() for i in range(200)]
+    everything = [augment(img, mask, full, 128, dict(base, empty_crops=1.0),
+                          np.random.default_rng(i))[1].any() for i in range(40)]
+    assert sum(cracked) >= 30        # redrawn towards the crack (1 draw: ~40 %)
+    assert not any(everything)       # always a clean window where one exists
+    assert 0.35 < 1 - np.mean(mixed) < 0.65
+
+
 def test_joint_augmentation_keeps_image_and_mask_aligned():
     # the mask is exactly "channel 0 is bright": any misaligned geometric op breaks that
     rng = np.random.default_rng(1)

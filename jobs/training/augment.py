@@ -158,20 +158,31 @@ def small_image(img, mask, valid, aug: dict, rng: np.random.Generator):
 
 
 def augment(img, mask, valid, crop: int, aug: dict, rng: np.random.Generator):
-    """Random rescale + crop (redrawn while too few positives), flips/rot90, colour jitter,
-    then (sometimes) a small image's padding."""
-    lo, hi = aug["scale"]
-    best = None
-    for _ in range(5 if aug.get("min_positive", 0) > 0 else 1):
-        scale = math.exp(rng.uniform(math.log(lo), math.log(hi)))
-        cand = random_crop(img, mask, valid, crop, scale, rng)
-        frac = cand[1].mean()
-        if best is None or frac > best[0]:
-            best = (frac, cand)
-        if frac >= aug.get("min_positive", 0):
-            break
-    ci, cm, cv = best[1]
+    """Random rescale + crop (redrawn while too few positives, or -- ``empty_crops`` of the
+    time -- while any), flips/rot90, colour jitter, then (sometimes) a small image's padding."""
+    ci, cm, cv = drawn_crop(img, mask, valid, crop, aug, rng)
     ci, cm, cv = geometric(ci, cm, cv, aug, rng)
     ci = color_jitter(ci, cv, aug, rng)
     ci = grey_and_shadow(ci, cv, aug, rng)
     return small_image(ci, cm, cv, aug, rng)
+
+
+def drawn_crop(img, mask, valid, crop: int, aug: dict, rng: np.random.Generator):
+    """A rescaled crop with at least ``min_positive`` positives (the most of up to 5 draws), or
+    with ``empty_crops`` probability one with none (the fewest of up to 8 draws)."""
+    lo, hi = aug["scale"]
+    # rng drawn only when the option is on: earlier configs keep their exact crops
+    empty = aug.get("empty_crops", 0) > 0 and rng.random() < aug["empty_crops"]
+    min_positive = aug.get("min_positive", 0)
+    tries = 8 if empty else 5 if min_positive > 0 else 1
+    best = None
+    for _ in range(tries):
+        scale = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+        cand = random_crop(img, mask, valid, crop, scale, rng)
+        frac = cand[1].mean()
+        score = -frac if empty else frac
+        if best is None or score > best[0]:
+            best = (score, cand)
+        if (frac == 0) if empty else (frac >= min_positive):
+            break
+    return best[1]
