@@ -74,3 +74,22 @@ def test_deepcrack_whole_and_cut_into_crops_agree():
         w, c, _ = whole_and_cut(window, img, gt, model.meta.threshold)
         whole.append(w), cut.append(c)
     assert np.mean(cut) > np.mean(whole) - 0.06, (np.mean(whole), np.mean(cut))
+
+
+@pytest.mark.parametrize("level, alarms", [(0.9, 1.0), (0.1, 0.0)])
+def test_crack_free_crops_are_counted_as_false_alarms(level, alarms):
+    """``bench.small_images`` scores the crops holding no crack pixel on their own: a model that
+    marks everything raises an alarm on each of them, one that marks nothing on none."""
+    from bench.small_images import QUIET_THRESHOLDS, pooled_scores, whole_and_cut_passes
+
+    truth = np.zeros((96, 120), bool)
+    truth[5:25, 10:12] = True  # a crack in the top-left crop only
+    window = SlidingWindow(lambda tiles, valid: np.full((1, len(tiles), *tiles.shape[-2:]),
+                                                        level, np.float32), tile=64, overlap=8)
+    pooled: dict = {}
+    whole_and_cut_passes(window, np.zeros((3, 96, 120), np.uint8), truth, 0.5, pooled)
+    got = pooled_scores(pooled)
+    assert got["clean_crops_n"] == 8
+    assert got["clean_crops_alarm_share"] == alarms
+    assert got["clean_crops_fp_rate"] == pytest.approx(alarms)
+    assert got[f"clean_crops_alarm_share_at_{QUIET_THRESHOLDS[-1]}"] == alarms
