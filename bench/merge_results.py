@@ -77,6 +77,8 @@ HEADLINES = [
     ("S1_single_tile_efficiency_vit_tiny", ">= 0.8 (vit_tiny, Ray)", lambda v: v >= 0.8),
     ("S1_single_tile_efficiency_vit_tiny_local", ">= 0.8 (vit_tiny, local engine)", lambda v: v >= 0.8),
     ("small_image_gap", "<= 0.02 (DeepCrack Dice, whole - 3x3 crops)", lambda v: v <= 0.02),
+    ("clean_crops_alarm_share", "(crack-free DeepCrack 3x3 crops with >= 1 % marked; issue 31)",
+     None),
     ("geo_val_dice_spatial", "(SpaceNet tile, spatial split; road model fine-tuned 24 epochs, 16 val windows, pooled Dice)", None),
     ("geo_val_dice_random", "(the same, random split)", None),
     ("train_startup_s", "(train_tiny: launch -> first step; issue 33 saw 59 s of 111)", None),
