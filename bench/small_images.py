@@ -3,6 +3,8 @@ evaluated whole and cut into 3x3 crops (about 181x128, smaller than the 256 wind
 resolution -- the same pixels, so any difference is what the padding does.
 
     python -m bench.small_images [--model models/samsp-crack-tiny] [--limit 237]
+    # another model's row only (the headline stays the committed model's):
+    python -m bench.small_images --model out/m --name m --entry-only
 
 Writes bench/results/results_small_images.json and SMALL_IMAGES_RESULTS.md: mean per-image Dice
 of the whole images, of the crops stitched back into whole images, and of the crops one by one --
@@ -25,6 +27,9 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from bench.common import cpu_label, log  # noqa: E402
+from bench.crack_free import (clean_markdown, clean_scores, count_whole_windows,  # noqa: E402
+                              fmt, quiet_thresholds, record_clean_crop)
+from ingest.tiling import window_bounds  # noqa: E402
 from jobs.inference.sliding_window import SlidingWindow, bundle_forward  # noqa: E402
 from samsp import load_bundle, metrics  # noqa: E402
 from samsp.preprocess import pass_probabilities, prepare_batch, prepare_valid  # noqa: E402
@@ -59,12 +64,6 @@ def whole_and_cut(window: SlidingWindow, image: np.ndarray, truth: np.ndarray,
     return whole_and_cut_passes(window, image, truth, threshold)[which]
 
 
-#: a crack-free crop with at least this share of its pixels marked is a false alarm: a photo an
-#: inspector would open for nothing (a real crack covers ~1-10 % of a DeepCrack crop)
-CLEAN_ALARM = 0.01
-#: output thresholds at which the crack-free alarms and whole-image Dice are also reported: what
-#: raising ``predict.threshold`` for a quiet sweep costs
-QUIET_THRESHOLDS = (0.5, 0.6, 0.7, 0.8)
 BORDER_PX = 4  # the band each side of an inner cut line where crop-edge artefacts would show
 
 
@@ -98,21 +97,11 @@ def pooled_scores(pooled: dict) -> dict:
                     f"small_fp_px_{key}": int(fp),
                     f"small_fp_border_share_{key}": round(fp_band / max(1.0, fp), 4)})
     out["small_border_band_share"] = round(pooled["band"] / pooled["px"], 4)
-    # crack-free crops: the model's false alarms where there is nothing to find
-    clean = np.asarray(pooled.get("clean", []), float).reshape(-1, 2)
-    marked, px = clean.sum(0) if len(clean) else (0.0, 0.0)
-    out.update({
-        "clean_crops_n": len(clean),
-        "clean_crops_fp_rate": round(marked / px, 5) if px else None,
-        "clean_crops_alarm_share": (round(float((clean[:, 0] / clean[:, 1] >= CLEAN_ALARM)
-                                                .mean()), 4) if len(clean) else None),
-        "clean_crops_share_of_crop_fp": round(marked / max(1.0, out["small_fp_px_crops"]), 4)})
-    if pooled.get("clean_at"):
-        alarms = np.mean(pooled["clean_at"], axis=0)
-        whole_dice = np.mean(pooled["whole_at"], axis=0)
-        for t, a, d in zip(QUIET_THRESHOLDS, alarms, whole_dice):
-            out[f"clean_crops_alarm_share_at_{t}"] = round(float(a), 4)
-            out[f"small_dice_whole_at_{t}"] = round(float(d), 4)
+    thresholds = pooled.get("thresholds", ())
+    out.update(clean_scores(pooled, thresholds, out["small_fp_px_crops"],
+                            out["small_fp_px_whole"]))
+    for t, d in zip(thresholds, np.mean(pooled.get("whole_at", [[]]), axis=0)):
+        out[f"small_dice_whole_at_{t}"] = round(float(d), 4)
     return out
 
 
@@ -120,7 +109,11 @@ def whole_and_cut_passes(window: SlidingWindow, image: np.ndarray, truth: np.nda
                          threshold: float, pooled: dict | None = None
                          ) -> list[tuple[float, float, list[float]]]:
     """``whole_and_cut`` for every pass of the model: index 0 is the promptless pass.
-    ``pooled`` (a dict) gets the last pass's pixel counts (``pool_counts``)."""
+    ``pooled`` (a dict) gets the last pass's pixel counts (``pool_counts``) and the crack-free
+    crops' (``bench.crack_free``), at ``pooled["thresholds"]`` (default: the bundle's and the
+    raised ones)."""
+    if pooled is not None:
+        pooled.setdefault("thresholds", quiet_thresholds(threshold))
     height, width = truth.shape
     rows, cols = np.linspace(0, height, 4).astype(int), np.linspace(0, width, 4).astype(int)
     whole = window(image)
@@ -133,14 +126,14 @@ def whole_and_cut_passes(window: SlidingWindow, image: np.ndarray, truth: np.nda
             for p, crop in enumerate(probs):
                 per_crop[p].append(dice(crop, truth[r0:r1, c0:c1], threshold))
             if pooled is not None and not truth[r0:r1, c0:c1].any():
-                marked = probs[-1] > threshold
-                pooled.setdefault("clean", []).append((int(marked.sum()), marked.size))
-                pooled.setdefault("clean_at", []).append(
-                    [(probs[-1] > t).mean() >= CLEAN_ALARM for t in QUIET_THRESHOLDS])
+                record_clean_crop(pooled, probs[-1], whole[-1, r0:r1, c0:c1], threshold,
+                                  pooled["thresholds"])
     if pooled is not None:
         pool_counts(pooled, whole[-1], stitched[-1], truth, threshold, rows, cols)
         pooled.setdefault("whole_at", []).append([dice(whole[-1], truth, t)
-                                                  for t in QUIET_THRESHOLDS])
+                                                  for t in pooled["thresholds"]])
+        count_whole_windows(pooled, [window_bounds(w.read_window)
+                                     for w in window.windows(height, width)], truth)
     return [(dice(whole[p], truth, threshold), dice(stitched[p], truth, threshold), per_crop[p])
             for p in range(len(whole))]
 
@@ -169,8 +162,25 @@ def measure(window: SlidingWindow, root: Path, names: list[str], threshold: floa
     return out
 
 
-def write_results(result: dict, limit: int) -> None:
-    (RESULTS / "results_small_images.json").write_text(json.dumps(result, indent=1) + "\n")
+#: what each model measured keeps in the results file's ``by_model`` table
+ENTRY_KEYS = ("small_dice_whole", "small_dice_crops_stitched", "small_image_gap",
+              "clean_crops_alarm_share", "clean_crops_fp_rate", "small_images_n",
+              "small_images_threshold")
+
+
+def write_results(result: dict, limit: int, name: str, entry_only: bool = False) -> None:
+    """Write the results file and its markdown. ``result`` becomes the headline (merged into
+    bench/results.json) unless ``entry_only``; either way it is kept under ``by_model[name]``,
+    beside the entries of the models measured before."""
+    path = RESULTS / "results_small_images.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    by_model = {**old.get("by_model", {}), name: {k: result.get(k) for k in ENTRY_KEYS}}
+    if entry_only:
+        if "small_dice_whole" not in old:
+            raise SystemExit("--entry-only: no headline result to keep; run without it first")
+        result, limit = old, old.get("small_images_limit", limit)
+    result = {**result, "by_model": by_model, "small_images_limit": limit}
+    path.write_text(json.dumps(result, indent=1) + "\n")
     rows = [("SAM's padding, invalid (now)", "small_dice_whole", "small_dice_crops_stitched",
              "small_dice_per_crop", "small_image_gap"),
             ("uint8 zeros before normalising, as image (before)", "raw_padding_dice_whole",
@@ -202,19 +212,16 @@ def write_results(result: dict, limit: int) -> None:
         f"lie within {BORDER_PX} px of a cut line, a band of "
         f"{result['small_border_band_share']:.1%} of the pixels: not artefacts of the crop "
         "edge (the padding).\n\n"
-        "## Crack-free crops\n\n"
-        f"{result['clean_crops_n']} of the crops hold no crack pixel -- a window a sweep sees "
-        "most of the time, and one the whole images seldom show the model (125 of their 1,422 "
-        "windows of 256 px hold no crack pixel). The model marks "
-        f"{result['clean_crops_fp_rate']:.2%} of their pixels; "
-        f"{result['clean_crops_alarm_share']:.1%} of them have at least {CLEAN_ALARM:.0%} "
-        f"marked (a false alarm). They hold {result['clean_crops_share_of_crop_fp']:.1%} of the "
-        "crops' false-positive pixels.\n\n"
-        "Raising the output threshold (`predict.threshold`) quietens a sweep at some cost in "
-        "cracks found:\n\n| threshold | crack-free crops with a false alarm | whole-image Dice "
-        "|\n|---|---|---|\n"
-        + "".join(f"| {t} | {result.get(f'clean_crops_alarm_share_at_{t}', float('nan')):.1%} "
-                  f"| {result.get(f'small_dice_whole_at_{t}')} |\n" for t in QUIET_THRESHOLDS)
+        + clean_markdown(result, quiet_thresholds(result["small_images_threshold"])) +
+        "## Every model measured\n\n"
+        "`python -m bench.small_images --model M --name N [--entry-only]` (the same images):\n\n"
+        "| model | threshold | whole | crops stitched back | gap | crack-free crops with a "
+        "false alarm | crack-free pixels marked |\n|---|---|---|---|---|---|---|\n"
+        + "".join(f"| {n} | {e.get('small_images_threshold')} | {e['small_dice_whole']} | "
+                  f"{e['small_dice_crops_stitched']} | {e['small_image_gap']} | "
+                  f"{fmt(e.get('clean_crops_alarm_share'), '.1%')} | "
+                  f"{fmt(e.get('clean_crops_fp_rate'), '.2%')} |\n"
+                  for n, e in sorted(result["by_model"].items()))
         + "\n"
         "## Does the self-prompt help more on small crops?\n\n"
         "The same windows, the promptless pass 0 against the final self-prompted pass "
@@ -235,6 +242,11 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default=str(REPO / "models" / "samsp-crack-tiny"))
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "deepcrack"))
     parser.add_argument("--limit", type=int, default=237)
+    parser.add_argument("--name", help="the model's row in the by-model table (default: "
+                        "the bundle folder's name)")
+    parser.add_argument("--entry-only", action="store_true",
+                        help="only add this model's row; keep the headline model's results "
+                             "(and skip the old-padding comparison)")
     args = parser.parse_args(argv)
     bundle = load_bundle(args.model)
     root = Path(args.data)
@@ -242,9 +254,12 @@ def main(argv=None) -> int:
     # keys are merged into bench/results.json with every other part's: all prefixed
     result = {"small_images_n": len(names), "model": Path(args.model).name,
               "machine": cpu_label(), "small_images_iterations": bundle.meta.iterations,
-              "small_images_prompt": bundle.meta.prompt}
-    for prefix, forward in (("small", bundle_forward(bundle, precision="fp32")),
-                            ("raw_padding", raw_padding_forward(bundle))):
+              "small_images_prompt": bundle.meta.prompt,
+              "small_images_threshold": bundle.meta.threshold}
+    forwards = [("small", bundle_forward(bundle, precision="fp32"))]
+    if not args.entry_only:
+        forwards.append(("raw_padding", raw_padding_forward(bundle)))
+    for prefix, forward in forwards:
         got = measure(SlidingWindow(forward, tile=256, overlap=32), root, names,
                       bundle.meta.threshold)
         result.update({f"{prefix}_dice_whole": got["whole"],
@@ -258,7 +273,7 @@ def main(argv=None) -> int:
                            "small_p0_dice_per_crop": got["p0_per_crop"]})
         gap_key = "small_image_gap" if prefix == "small" else "raw_padding_gap"
         result[gap_key] = round(got["whole"] - got["crops"], 4)
-    write_results(result, args.limit)
+    write_results(result, args.limit, args.name or Path(args.model).name, args.entry_only)
     print(json.dumps(result))
     return 0
 

@@ -76,20 +76,57 @@ def test_deepcrack_whole_and_cut_into_crops_agree():
     assert np.mean(cut) > np.mean(whole) - 0.06, (np.mean(whole), np.mean(cut))
 
 
-@pytest.mark.parametrize("level, alarms", [(0.9, 1.0), (0.1, 0.0)])
-def test_crack_free_crops_are_counted_as_false_alarms(level, alarms):
-    """``bench.small_images`` scores the crops holding no crack pixel on their own: a model that
-    marks everything raises an alarm on each of them, one that marks nothing on none."""
-    from bench.small_images import QUIET_THRESHOLDS, pooled_scores, whole_and_cut_passes
+def _fake_run(level: float, truth: np.ndarray) -> dict:
+    """``bench.small_images``'s pooled scores of a model marking every pixel at ``level``."""
+    from bench.small_images import pooled_scores, whole_and_cut_passes
 
-    truth = np.zeros((96, 120), bool)
-    truth[5:25, 10:12] = True  # a crack in the top-left crop only
     window = SlidingWindow(lambda tiles, valid: np.full((1, len(tiles), *tiles.shape[-2:]),
                                                         level, np.float32), tile=64, overlap=8)
     pooled: dict = {}
-    whole_and_cut_passes(window, np.zeros((3, 96, 120), np.uint8), truth, 0.5, pooled)
-    got = pooled_scores(pooled)
+    whole_and_cut_passes(window, np.zeros((3, *truth.shape), np.uint8), truth, 0.5, pooled)
+    return pooled_scores(pooled)
+
+
+@pytest.mark.parametrize("level, alarms", [(0.9, 1.0), (0.1, 0.0)])
+def test_crack_free_crops_are_counted_as_false_alarms(level, alarms):
+    """``bench.small_images`` scores the crops holding no crack pixel on their own: a model that
+    marks everything raises an alarm on each of them, one that marks nothing on none; the
+    whole image's windows without a crack are counted too."""
+    truth = np.zeros((96, 120), bool)
+    truth[5:25, 10:12] = True  # a crack in the top-left crop only
+    got = _fake_run(level, truth)
     assert got["clean_crops_n"] == 8
     assert got["clean_crops_alarm_share"] == alarms
     assert got["clean_crops_fp_rate"] == pytest.approx(alarms)
-    assert got[f"clean_crops_alarm_share_at_{QUIET_THRESHOLDS[-1]}"] == alarms
+    assert got["clean_crops_alarm_share_at_0.8"] == alarms      # raised thresholds
+    assert got["clean_crops_alarm_share_at_0.5"] == alarms      # the bundle's, listed once
+    # the whole image marks the same crack-free regions: the crops add nothing there
+    assert got["clean_regions_fp_px_whole"] == (96 * 120 - 32 * 40 if alarms else 0)
+    assert got["whole_windows"] == 6 and got["whole_windows_crack_free"] == 5  # 3 cols x 2 rows
+    assert got["small_dice_whole_at_0.8"] == (pytest.approx(2 * 40 / (96 * 120 + 40), abs=1e-4)
+                                              if alarms else 0.0)
+
+
+def test_results_without_crack_free_crops_still_write(tmp_path, monkeypatch):
+    """Every crop holds a crack: the crack-free keys are None and the report says n/a; a second
+    model's row is added beside the first (``--entry-only``) without replacing the headline."""
+    import json
+
+    import bench.small_images as small
+
+    truth = np.zeros((96, 120), bool)
+    truth[:, ::7] = True
+    got = _fake_run(0.9, truth)
+    assert got["clean_crops_n"] == 0 and got["clean_crops_alarm_share"] is None
+    result = {"small_images_n": 1, "model": "m", "machine": "cpu", "small_images_threshold": 0.5,
+              "small_image_gap": 0.0, "raw_padding_gap": 0.1, **got,
+              **{f"{p}_dice_{k}": 0.5 for p in ("small", "raw_padding", "small_p0")
+                 for k in ("whole", "crops_stitched", "per_crop")}}
+    monkeypatch.setattr(small, "RESULTS", tmp_path)
+    small.write_results(result, 1, "first")
+    small.write_results(dict(result, small_dice_whole=0.25), 1, "second", entry_only=True)
+    saved = json.loads((tmp_path / "results_small_images.json").read_text())
+    assert saved["small_dice_whole"] == 0.5  # the headline stays the first model's
+    assert saved["by_model"]["second"]["small_dice_whole"] == 0.25
+    report = (tmp_path / "SMALL_IMAGES_RESULTS.md").read_text()
+    assert "n/a" in report and "| second | 0.5 | 0.25 |" in report

@@ -116,6 +116,41 @@ def test_empty_crops_draw_clean_background_and_min_positive_draws_cracks():
     assert 0.35 < 1 - np.mean(mixed) < 0.65
 
 
+def test_crops_of_earlier_configs_are_unchanged_by_empty_crops():
+    """Off (0 or absent), ``empty_crops`` draws nothing from the generator: a recipe's crops, and
+    the draws after them, are those of the code before it (digest recorded from that code)."""
+    import hashlib
+
+    img = (np.arange(3 * 300 * 260) % 251).astype(np.uint8).reshape(3, 300, 260)
+    mask = np.zeros((300, 260), bool)
+    mask[:, 40:43] = True
+    aug = dict(scale=(1.0, 1.0), hflip=True, vflip=True, rot90=True, brightness=0, contrast=0,
+               saturation=0, gamma=0, min_positive=0.01, small_image=0.3)
+    for variant in (aug, dict(aug, empty_crops=0.0)):
+        digest = hashlib.sha256()
+        for i in range(12):
+            rng = np.random.default_rng(i)
+            for part in augment(img, mask, np.ones_like(mask), 96, variant, rng):
+                digest.update(part.tobytes())
+            digest.update(rng.integers(0, 2**31, 1).tobytes())
+        assert digest.hexdigest() == ("7466dfb4298a36ff56ff149d1955f6ad"
+                                      "1c0c261cd496d40ce930e5e6b454e83c")
+
+
+def test_empty_crops_on_an_image_smaller_than_the_crop_keeps_its_crack():
+    """No crack-free window exists in a small cracked photo: the crop keeps the crack (and its
+    label) rather than inventing a clean one -- why the share of crack-free crops reached on
+    small-crop data sets stays well under ``empty_crops`` (``python -m bench.crack_free``)."""
+    img = np.full((3, 90, 90), 100, np.uint8)
+    mask = np.zeros((90, 90), bool)
+    mask[:, 40:44] = True
+    aug = dict(scale=(1.0, 1.0), hflip=False, vflip=False, rot90=False, brightness=0,
+               contrast=0, saturation=0, gamma=0, empty_crops=1.0)
+    for i in range(10):
+        ci, cm, cv = augment(img, mask, np.ones_like(mask), 128, aug, np.random.default_rng(i))
+        assert ci.shape == (3, 128, 128) and cm.sum() == mask.sum() and not (cm & ~cv).any()
+
+
 def test_joint_augmentation_keeps_image_and_mask_aligned():
     # the mask is exactly "channel 0 is bright": any misaligned geometric op breaks that
     rng = np.random.default_rng(1)

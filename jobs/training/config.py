@@ -423,9 +423,11 @@ class AugmentConfig(StrictModel):
     shadow: float = Field(default=0.0, ge=0, le=1)
     # Crops are redrawn (up to 5 times) until at least this fraction is positive, when possible.
     min_positive: float = Field(default=0.0, ge=0, le=1)
-    # Probability that a crop is instead drawn with no positive pixel (the fewest of up to 8
-    # draws): clean background, what a sweep sees in most windows. Without any, a model whose
-    # every training crop held a crack learns that every window does, and paints blobs on a
+    # Probability that a crop is instead drawn to hold no positive pixel (the fewest of up to 8
+    # random draws): clean background, what a sweep sees in most windows. Where no crack-free
+    # window exists (a cracked photo smaller than the crop) the crop keeps its crack, so the
+    # share reached is lower: `python -m bench.crack_free --set augment.empty_crops=P` counts it.
+    # With almost none, a model learns that every window holds a crack and paints blobs on a
     # crack-free photo (bench/small_images.py, crack-free crops).
     empty_crops: float = Field(default=0.0, ge=0, le=1)
     # Probability that a crop keeps only a random top-left part (each side small_image_min..1 of
