@@ -24,6 +24,8 @@ import numpy as np  # noqa: E402
 #: a crack-free crop with at least this share of its pixels marked is a false alarm: a photo an
 #: inspector would open for nothing (a real crack covers ~1-10 % of a DeepCrack crop)
 CLEAN_ALARM = 0.01
+#: the mixture recipe whose training crops are counted (``bench.crack_sets`` trains with it)
+MIXTURE_CONFIG = REPO / "configs" / "train_cracks_mixture_cpu.yaml"
 #: output thresholds reported besides the bundle's
 QUIET_THRESHOLDS = (0.5, 0.6, 0.7, 0.8)
 
@@ -111,21 +113,21 @@ def clean_markdown(result: dict, thresholds: tuple[float, ...]) -> str:
 # ------------------------------------------------------------------ training crops (the CLI)
 
 def training_crack_free_share(overrides: list[str], images: int, draws: int,
-                              seed: int = 0) -> dict:
+                              seed: int = 0, config: Path = MIXTURE_CONFIG) -> dict:
     """Per mixture member, the share of training crops (the recipe's augmentation with
     ``overrides``) that hold no positive pixel, over the first ``images`` train pairs."""
     from jobs.runtime.config import load_config
     from jobs.training.augment import augment
     from jobs.training.config import TrainConfig
     from jobs.training.data import ItemLoader, plan_data
+    from samsp.config import get_config
 
-    cfg = load_config(TrainConfig, str(REPO / "configs" / "train_cracks_mixture_cpu.yaml"),
-                      overrides)
+    cfg = load_config(TrainConfig, str(config), overrides)
     plan = plan_data(cfg.data.model_dump(mode="json"))  # the recipe's paths are relative to the repo
     names = [g["name"] for g in plan["groups"]]
     loader = ItemLoader(plan["scenes"], cache=False)
     aug = cfg.augment.model_dump()
-    crop = cfg.augment.crop or 256
+    crop = cfg.augment.crop or get_config(cfg.model.type, cfg.model.image_size).image_size
     rng = np.random.default_rng(seed)
     by_group: dict[str, list[int]] = {}
     for item in plan["train"]:

@@ -38,10 +38,11 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 from bench.common import cpu_label, log  # noqa: E402
+from bench.crack_free import MIXTURE_CONFIG  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 DATA = REPO.parent / "shared" / "data"
-CONFIG = REPO / "configs" / "train_cracks_mixture_cpu.yaml"
+CONFIG = MIXTURE_CONFIG
 # name -> (root under DATA, layout, image_dir, mask_dir, threshold): the test split of each set.
 TEST_SETS = {
     "deepcrack": ("deepcrack", "deepcrack_test", None, None, None),

@@ -130,3 +130,42 @@ def test_results_without_crack_free_crops_still_write(tmp_path, monkeypatch):
     assert saved["by_model"]["second"]["small_dice_whole"] == 0.25
     report = (tmp_path / "SMALL_IMAGES_RESULTS.md").read_text()
     assert "n/a" in report and "| second | 0.5 | 0.25 |" in report
+
+
+def _pairs(root, name, mask):
+    from PIL import Image
+
+    (root / name / "img").mkdir(parents=True)
+    (root / name / "lab").mkdir()
+    for i in range(6):
+        Image.fromarray(np.full(mask.shape + (3,), 90 + i, np.uint8)).save(
+            root / name / "img" / f"p{i}.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(root / name / "lab" / f"p{i}.png")
+    return {"name": name, "weight": 1.0,
+            "source": {"kind": "pairs", "root": str(root / name), "image_dir": "img",
+                       "mask_dir": "lab", "threshold": 127}}
+
+
+def test_crack_free_share_of_training_crops_per_set(tmp_path):
+    """``python -m bench.crack_free`` counts, per mixture member, the training crops that hold
+    no crack: every crop asked where the photos have clean pavement, none where a crack grid
+    leaves no patch of a third of the window (and few with ``empty_crops`` off)."""
+    import yaml
+
+    from bench.crack_free import training_crack_free_share
+
+    edge = np.zeros((300, 300), bool)
+    edge[:, 150:153] = True                   # a crack down the middle: clean windows exist
+    grid = np.zeros((100, 100), bool)
+    grid[::25] = grid[:, ::25] = True         # no clean patch of 43 px
+    config = {"model": {"type": "vit_micro"},
+              "data": {"source": {"kind": "mixture", "members": [
+                  _pairs(tmp_path, "edge", edge), _pairs(tmp_path, "grid", grid)]},
+                       "split": {"val_fraction": 0.34, "seed": 0}},
+              "augment": {"crop": 128, "scale": [1.0, 1.0], "min_positive": 0.01}}
+    path = tmp_path / "mixture.yaml"
+    path.write_text(yaml.safe_dump(config))
+    asked = training_crack_free_share(["augment.empty_crops=1.0"], 4, 3, config=path)
+    assert asked == {"edge": 1.0, "grid": 0.0}
+    off = training_crack_free_share([], 4, 3, config=path)
+    assert off["grid"] == 0.0 and off["edge"] < 0.2   # min_positive draws towards the crack

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from jobs.runtime.config import ConfigError, load_config
-from jobs.training.augment import augment, crop_window
+from jobs.training.augment import augment, clean_window_start, crop_window
 from jobs.training.config import TrainConfig
 from jobs.inference.sliding_window import SlidingWindow
 from jobs.training.data import (DataError, ItemLoader, TrainDataset, plan_data, split_items,
@@ -137,10 +137,12 @@ def test_crops_of_earlier_configs_are_unchanged_by_empty_crops():
                                       "1c0c261cd496d40ce930e5e6b454e83c")
 
 
-def test_empty_crops_on_an_image_smaller_than_the_crop_keeps_its_crack():
-    """No crack-free window exists in a small cracked photo: the crop keeps the crack (and its
-    label) rather than inventing a clean one -- why the share of crack-free crops reached on
-    small-crop data sets stays well under ``empty_crops`` (``python -m bench.crack_free``)."""
+def test_empty_crops_of_a_small_cracked_photo_are_padded_clean_patches_or_keep_the_crack():
+    """A photo smaller than the crop, crossed by its crack, has no clean window: a clean patch
+    of it becomes a small photo (valid top-left, the rest padding, as inference pads one). Where
+    no patch of a third of the window is clean either, the crop keeps its crack and label --
+    why the share of crack-free crops reached stays under ``empty_crops``
+    (``python -m bench.crack_free``)."""
     img = np.full((3, 90, 90), 100, np.uint8)
     mask = np.zeros((90, 90), bool)
     mask[:, 40:44] = True
@@ -148,7 +150,66 @@ def test_empty_crops_on_an_image_smaller_than_the_crop_keeps_its_crack():
                contrast=0, saturation=0, gamma=0, empty_crops=1.0)
     for i in range(10):
         ci, cm, cv = augment(img, mask, np.ones_like(mask), 128, aug, np.random.default_rng(i))
-        assert ci.shape == (3, 128, 128) and cm.sum() == mask.sum() and not (cm & ~cv).any()
+        assert ci.shape == (3, 128, 128) and not cm.any()
+        rows, cols = np.flatnonzero(cv.any(1)), np.flatnonzero(cv.any(0))
+        assert rows[0] == cols[0] == 0 and cols[-1] < 46 and cv[:rows[-1] + 1, :cols[-1] + 1].all()
+        assert (ci[:, ~cv] == 0).all() and (ci[:, cv] == 100).all()
+    grid = np.zeros((90, 90), bool)
+    grid[::30] = grid[:, ::30] = True        # no clean patch of 43 px (a third of 128)
+    for i in range(10):
+        ci, cm, cv = augment(img, grid, np.ones_like(grid), 128, aug, np.random.default_rng(i))
+        assert cm.sum() == grid.sum() and not (cm & ~cv).any()
+
+
+def _cracked_grid(size=400, step=100, clean=(250, 400)):
+    """Cracks every ``step`` px both ways, except over one clean square ``clean`` (rows and
+    columns from..to): a photo whose only crack-free 128-px windows sit in one corner."""
+    mask = np.zeros((size, size), bool)
+    for k in range(step // 2, size, step):
+        mask[k:k + 2, :] = mask[:, k:k + 2] = True
+    a, b = clean
+    mask[a:b, a:b] = False
+    return mask
+
+
+def test_empty_crops_find_the_one_clean_corner_random_draws_miss():
+    """``positions`` picks among every clean window, so a crack-free crop exists whenever a
+    clean window does; the fewest of 8 random draws (``draws``) mostly keeps a crack."""
+    mask = _cracked_grid()
+    img = np.full((3, 400, 400), 120, np.uint8)
+    full = np.ones_like(mask)
+    aug = dict(scale=(1.0, 1.0), hflip=False, vflip=False, rot90=False, brightness=0,
+               contrast=0, saturation=0, gamma=0, empty_crops=1.0)
+    by_positions = [augment(img, mask, full, 128, aug, np.random.default_rng(i))[1].any()
+                    for i in range(30)]
+    by_draws = [augment(img, mask, full, 128, dict(aug, empty_crops_search="draws"),
+                        np.random.default_rng(i))[1].any() for i in range(30)]
+    assert not any(by_positions)
+    assert sum(by_draws) >= 20
+    # uniform among the clean windows: both ends of the clean corner are reached
+    starts = {clean_window_start(mask, full, 128, np.random.default_rng(i)) for i in range(200)}
+    assert all(250 <= y <= 272 and 250 <= x <= 272 for y, x in starts)
+    assert {y for y, _ in starts} >= {250, 272} and {x for _, x in starts} >= {250, 272}
+
+
+def test_clean_window_search_at_the_edges():
+    """Windows wider than the image cover the whole axis at a random offset (as
+    ``random_crop``); a window at least half padding-invalid is not a clean crop; no clean
+    window gives None."""
+    mask = np.zeros((60, 300), bool)
+    mask[:, 10:12] = True                    # a crack near the left
+    full = np.ones_like(mask)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        y0, x0 = clean_window_start(mask, full, 100, rng)
+        assert -40 <= y0 <= 0 and 12 <= x0 <= 200
+    half_nodata = full.copy()
+    half_nodata[:, 150:] = False             # the clean right part is nodata
+    for _ in range(20):
+        y0, x0 = clean_window_start(mask, half_nodata, 100, rng)
+        assert 12 <= x0 <= 100               # at least 50 of its 100 columns valid
+    assert clean_window_start(np.ones((50, 50), bool), np.ones((50, 50), bool), 20, rng) is None
+    assert clean_window_start(mask, full, 400, rng) is None   # every window spans the crack
 
 
 def test_joint_augmentation_keeps_image_and_mask_aligned():

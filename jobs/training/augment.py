@@ -169,10 +169,12 @@ def augment(img, mask, valid, crop: int, aug: dict, rng: np.random.Generator):
 
 def drawn_crop(img, mask, valid, crop: int, aug: dict, rng: np.random.Generator):
     """A rescaled crop with at least ``min_positive`` positives (the most of up to 5 draws), or
-    with ``empty_crops`` probability one with none (the fewest of up to 8 draws)."""
+    with ``empty_crops`` probability one with none (see ``empty_crop``)."""
     lo, hi = aug["scale"]
     # rng drawn only when the option is on: earlier configs keep their exact crops
     empty = aug.get("empty_crops", 0) > 0 and rng.random() < aug["empty_crops"]
+    if empty and aug.get("empty_crops_search", "positions") == "positions":
+        return empty_crop(img, mask, valid, crop, (lo, hi), rng)
     min_positive = aug.get("min_positive", 0)
     tries = 8 if empty else 5 if min_positive > 0 else 1
     best = None
@@ -186,3 +188,68 @@ def drawn_crop(img, mask, valid, crop: int, aug: dict, rng: np.random.Generator)
         if (frac == 0) if empty else (frac >= min_positive):
             break
     return best[1]
+
+
+def empty_crop(img, mask, valid, crop: int, scale_range, rng: np.random.Generator, tries=4):
+    """A crop drawn uniformly among the windows that hold no positive pixel (and are at least
+    half valid), at a random scale (up to ``tries`` scales). Random draws
+    (``empty_crops_search: draws``) miss the clean windows of a cracked photo: on four crack
+    sets they reached 16 % crack-free crops for 50 % asked.
+
+    Where no whole window is clean (a small photo crossed by its crack), a clean patch of it
+    (3/4, 1/2 or 1/3 of the window a side) becomes a photo smaller than the window, padded as
+    inference pads one: clean pavement as the 3x3 crops of a DeepCrack image show it. Where
+    none is clean either, the last draw keeps its crack."""
+    lo, hi = scale_range
+    for _ in range(tries):
+        scale = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+        src = max(1, int(round(crop / scale)))
+        start = clean_window_start(mask, valid, src, rng)
+        if start is not None:
+            return crop_window(img, mask, valid, start[0], start[1], src, crop)
+    for frac in (0.75, 0.5, 0.35):
+        side = (max(1, int(src * frac)), max(1, int(src * frac * rng.uniform(0.7, 1.0))))
+        side = side[::-1] if rng.random() < 0.5 else side
+        start = clean_window_start(mask, valid, side, rng)
+        if start is not None:
+            ci, _, cv = crop_window(img, mask, valid, start[0], start[1], src, crop)
+            keep = np.zeros_like(cv)
+            keep[:max(1, side[0] * crop // src), :max(1, side[1] * crop // src)] = True
+            cv &= keep
+            return np.where(cv, ci, 0).astype(ci.dtype), np.zeros_like(cv), cv
+    return random_crop(img, mask, valid, crop, scale, rng)
+
+
+def _window_sums(table: np.ndarray, n_h: int, n_w: int, size: tuple[int, int]):
+    """Sums of every ``size`` (h, w) window (clipped to the image) from a summed-area
+    ``table``; each axis has its in-image starts, or one start when the image is narrower."""
+    def axis(n, k):
+        starts = np.arange(n - k + 1) if n > k else np.zeros(1, np.int64)
+        return starts, np.minimum(starts + k, n)
+    (y0, y1), (x0, x1) = axis(n_h, size[0]), axis(n_w, size[1])
+    sums = table[y1][:, x1] - table[y0][:, x1] - table[y1][:, x0] + table[y0][:, x0]
+    return sums, y1 - y0, x1 - x0
+
+
+def _summed_area(arr: np.ndarray) -> np.ndarray:
+    table = np.zeros((arr.shape[0] + 1, arr.shape[1] + 1), np.int64)
+    np.cumsum(np.cumsum(arr, axis=0, dtype=np.int64), axis=1, out=table[1:, 1:])
+    return table
+
+
+def clean_window_start(mask, valid, size, rng: np.random.Generator):
+    """(y0, x0) of a random window of ``size`` (an int, or (h, w)) with no positive pixel and at
+    least half of its in-image pixels valid, or None. Along an axis shorter than the window it
+    covers the whole axis at a random (negative) offset, as ``random_crop`` places it."""
+    sh, sw = (size, size) if isinstance(size, int) else size
+    h, w = mask.shape
+    positives, rows, cols = _window_sums(_summed_area(mask), h, w, (sh, sw))
+    valids, _, _ = _window_sums(_summed_area(valid), h, w, (sh, sw))
+    ok = (positives == 0) & (2 * valids >= rows[:, None] * cols[None, :])
+    free = np.flatnonzero(ok)
+    if free.size == 0:
+        return None
+    r, c = divmod(int(free[rng.integers(free.size)]), ok.shape[1])
+    y0 = r if h > sh else -int(rng.integers(0, sh - h + 1))
+    x0 = c if w > sw else -int(rng.integers(0, sw - w + 1))
+    return y0, x0

@@ -307,6 +307,12 @@ class MixtureMember(StrictModel):
     weight: float = Field(default=1.0, gt=0)
     # Use at most this many of its validation images (a seeded spread over the set; None = all).
     val_limit: Optional[int] = Field(default=None, ge=1)
+    # Also score its validation images cut into val_cut x val_cut crops, each run on its own
+    # and stitched back (group `<name>_cut<n>`, one more score in the mean): photos smaller
+    # than the window, and crack-free ones, as a sweep over small photos sees them -- so
+    # selection and the output threshold see the false alarms whole images seldom show.
+    # 0 = off.
+    val_cut: int = Field(default=0, ge=0, le=8)
 
 
 class MixtureData(StrictModel):
@@ -423,13 +429,18 @@ class AugmentConfig(StrictModel):
     shadow: float = Field(default=0.0, ge=0, le=1)
     # Crops are redrawn (up to 5 times) until at least this fraction is positive, when possible.
     min_positive: float = Field(default=0.0, ge=0, le=1)
-    # Probability that a crop is instead drawn to hold no positive pixel (the fewest of up to 8
-    # random draws): clean background, what a sweep sees in most windows. Where no crack-free
-    # window exists (a cracked photo smaller than the crop) the crop keeps its crack, so the
-    # share reached is lower: `python -m bench.crack_free --set augment.empty_crops=P` counts it.
-    # With almost none, a model learns that every window holds a crack and paints blobs on a
-    # crack-free photo (bench/small_images.py, crack-free crops).
+    # Probability that a crop is instead drawn to hold no positive pixel: clean background,
+    # what a sweep sees in most windows. With almost none, a model learns that every window
+    # holds a crack and paints blobs on a crack-free photo (bench/small_images.py).
+    # Where no crack-free window exists (a cracked photo smaller than the crop) the crop keeps
+    # its crack, so the share reached is lower: `python -m bench.crack_free --set
+    # augment.empty_crops=P` counts it.
     empty_crops: float = Field(default=0.0, ge=0, le=1)
+    # How a crack-free crop is found: `positions` picks uniformly among every clean, at least
+    # half-valid window (summed-area table, up to 4 scales); `draws` keeps the fewest-positive
+    # of 8 random crops (how samsp-crack-tiny of 2026-12-06 was trained; it misses most clean
+    # windows of a cracked photo).
+    empty_crops_search: Literal["positions", "draws"] = "positions"
     # Probability that a crop keeps only a random top-left part (each side small_image_min..1 of
     # the crop), the rest padding: images smaller than the model window, as inference pads them.
     small_image: float = Field(default=0.0, ge=0, le=1)
