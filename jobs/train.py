@@ -83,7 +83,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="validate config, model, data and storage, then exit (no Ray)")
     args = parser.parse_args(argv)
     configure_logging(logging.INFO, "%(asctime)s %(levelname)s %(message)s")
-    ray_up_before = _ray_is_up()  # a caller's Ray (a notebook, a test session) is left running
     try:
         cfg = load_config(TrainConfig, args.config, args.overrides)
         if args.check:
@@ -94,38 +93,21 @@ def main(argv: list[str] | None = None) -> int:
         summary = run(cfg)
     except (ConfigError, DataError, TrainError) as err:
         line = f"error: {redact_text(str(err))}"  # a scene's signed href
-        _quiet_ray(ray_up_before)
+        stop_ray()
         print(line, file=sys.stderr)
         return 2
     except Exception as err:  # noqa: BLE001 - Ray wraps worker failures; keep the CLI short
         log.exception("training failed")
         line = f"error: training failed: {redact_text(failure_line(err))}"
-        _quiet_ray(ray_up_before)
+        stop_ray()
         print(line, file=sys.stderr)
         return 1
-    _quiet_ray(ray_up_before)
+    stop_ray()
     if args.summary:
         Path(args.summary).write_text(json.dumps(summary, indent=1, default=str))
     short = {k: v for k, v in summary.items() if k != "history"}
     print("SUMMARY " + json.dumps(short, default=str), flush=True)
     return 0
-
-
-def _ray_is_up() -> bool:
-    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
-
-
-def _quiet_ray(ray_up_before: bool) -> None:
-    """Stop the Ray this run started before the last line: Ray forwards worker log lines on a
-    thread of its own, and one printed after the one-line reason (or SUMMARY) would become the
-    last line. A failing shutdown is logged, never allowed to hide that line or fail a finished
-    run."""
-    if ray_up_before:
-        return
-    try:
-        stop_ray()
-    except Exception:  # noqa: BLE001
-        log.warning("stopping Ray failed", exc_info=True)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = ("import logging, ray; logging.basicConfig(level=logging.INFO);"
-          "from jobs.runtime.ray_session import init_ray;"
+          "from jobs.runtime.ray_session import init_ray, stop_ray;"
           "print(init_ray(num_cpus=1, include_dashboard=False));"
           "print('mode', ray.get(ray.remote(lambda: __import__('os').environ.get('RAY_AUTH_MODE'))"
-          ".remote())); ray.shutdown()")
+          ".remote())); stop_ray(); print('up after stop', ray.is_initialized())")
 
 
 @pytest.mark.slow
@@ -25,6 +25,7 @@ def test_embedded_ray_is_token_protected_without_noise_or_files(tmp_path):
                          text=True, timeout=300, cwd=REPO)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "embedded" in run.stdout and "mode token" in run.stdout  # workers run in token mode
+    assert "up after stop False" in run.stdout  # the Ray a job started is stopped by it
     assert "Token authentication" not in run.stderr + run.stdout
     assert not (tmp_path / ".ray" / "auth_token").exists()
 
@@ -109,3 +110,14 @@ def test_a_users_token_file_is_used_in_token_mode(monkeypatch, tmp_path):
     monkeypatch.setattr(ray_session, "refresh_ray_config", lambda: None)
     ephemeral_token()
     assert os.environ["RAY_AUTH_MODE"] == "token" and "RAY_AUTH_TOKEN" not in os.environ
+
+
+def test_stop_ray_leaves_a_callers_ray_running(ray_local):
+    """A job run inside a notebook or a test session (Ray already up) stops nothing of theirs."""
+    import ray
+
+    from jobs.runtime.ray_session import init_ray, stop_ray
+
+    assert init_ray(num_cpus=1, include_dashboard=False) == "existing"
+    stop_ray()
+    assert ray.is_initialized()

@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 
 RayMode = Literal["embedded", "cluster", "existing"]
 
+#: whether ``init_ray`` started (embedded) or joined (cluster) Ray in this process, so that
+#: ``stop_ray`` stops it; a Ray the caller started is theirs to stop
+_started_here = False
+
 #: Variables forwarded to workers of an embedded/existing local cluster (values never logged).
 FORWARD_PREFIXES = ("AWS_", "SAMSP_S3_")  # credentials chain; the S3 retry policy (s3_retry)
 FORWARD_NAMES = ("GDAL_DISABLE_READDIR_ON_OPEN", "CPL_VSIL_USE_TEMP_FILE_FOR_RANDOM_WRITE")
@@ -101,6 +105,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None,
     it that actor logs "Failed to query Ray Train Controller actor state" every second.
     ``extra_env`` is added to the embedded workers' environment.
     """
+    global _started_here
     import ray
 
     if ray.is_initialized():
@@ -109,6 +114,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None,
     if target is not None:
         log.info("joining Ray cluster at %s", target)
         ray.init(address=target, log_to_driver=log_to_driver)
+        _started_here = True
         return "cluster"
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -138,6 +144,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None,
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
                  include_dashboard=include_dashboard, **dashboard,
                  _node_ip_address="127.0.0.1", log_to_driver=log_to_driver)
+    _started_here = True
     return "embedded"
 
 
@@ -156,16 +163,19 @@ def is_local_ray(mode: RayMode) -> bool:
 
 
 def stop_ray() -> None:
-    """Disconnect (embedded Ray: shut it down) before a job prints its summary, so that no late
-    Ray log line follows what callers parse as the last stdout line."""
-    if "ray" not in sys.modules:
+    """Stop the Ray that ``init_ray`` started (or disconnect from the cluster it joined) before
+    a job prints its last line: Ray forwards worker log lines on a thread of its own, and one
+    printed after the one-line reason or the summary would become the last line. A Ray the
+    caller started (a notebook, a test session) is left running. A failing shutdown is
+    logged, never allowed to hide that line or fail a finished run."""
+    global _started_here
+    if not _started_here or "ray" not in sys.modules:
         return
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-
-
+    _started_here = False
+    try:
+        sys.modules["ray"].shutdown()
+    except Exception:  # noqa: BLE001
+        log.warning("stopping Ray failed", exc_info=True)
 
 
 def worker_env_vars(mode: RayMode) -> dict[str, str]:
