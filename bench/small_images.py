@@ -30,7 +30,8 @@ from bench.common import cpu_label, log  # noqa: E402
 from bench.crack_free import (clean_markdown, clean_scores, count_whole_windows,  # noqa: E402
                               fmt, quiet_thresholds, record_clean_crop)
 from ingest.tiling import window_bounds  # noqa: E402
-from jobs.inference.sliding_window import SlidingWindow, bundle_forward  # noqa: E402
+from jobs.inference.sliding_window import (SlidingWindow, bundle_forward, crops_stitched,  # noqa: E402
+                                          grid_cuts)
 from samsp import load_bundle, metrics  # noqa: E402
 from samsp.preprocess import pass_probabilities, prepare_batch, prepare_valid  # noqa: E402
 
@@ -115,14 +116,13 @@ def whole_and_cut_passes(window: SlidingWindow, image: np.ndarray, truth: np.nda
     if pooled is not None:
         pooled.setdefault("thresholds", quiet_thresholds(threshold))
     height, width = truth.shape
-    rows, cols = np.linspace(0, height, 4).astype(int), np.linspace(0, width, 4).astype(int)
+    rows, cols = grid_cuts(height, width, 3)
     whole = window(image)
-    stitched = np.zeros((len(whole), *truth.shape), np.float32)
+    stitched = crops_stitched(window, image, 3)
     per_crop: list[list[float]] = [[] for _ in whole]
     for r0, r1 in zip(rows[:-1], rows[1:]):
         for c0, c1 in zip(cols[:-1], cols[1:]):
-            probs = window(np.ascontiguousarray(image[:, r0:r1, c0:c1]))
-            stitched[:, r0:r1, c0:c1] = probs
+            probs = stitched[:, r0:r1, c0:c1]
             for p, crop in enumerate(probs):
                 per_crop[p].append(dice(crop, truth[r0:r1, c0:c1], threshold))
             if pooled is not None and not truth[r0:r1, c0:c1].any():

@@ -151,3 +151,26 @@ class SlidingWindow:
             else:
                 out[:, rs:re, cs:ce] += probs[:, j, rs - r0:re - r0, cs - c0:ce - c0]
                 count[rs:re, cs:ce] += 1
+
+
+def grid_cuts(height: int, width: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column cut lines (``n + 1`` each) of an ``n`` x ``n`` grid of crops."""
+    return (np.linspace(0, height, n + 1).astype(int), np.linspace(0, width, n + 1).astype(int))
+
+
+def crops_stitched(window: SlidingWindow, image: np.ndarray, n: int,
+                   valid: np.ndarray | None = None) -> np.ndarray:
+    """``image`` cut into ``n`` x ``n`` crops, each run on its own (a photo smaller than the
+    window, padded as one), their probabilities ``[P,H,W]`` stitched back: the same pixels as
+    the whole image, seen as a sweep over small photos sees them."""
+    height, width = image.shape[1:]
+    rows, cols = grid_cuts(height, width, n)
+    out = None
+    for r0, r1 in zip(rows[:-1], rows[1:]):
+        for c0, c1 in zip(cols[:-1], cols[1:]):
+            part = None if valid is None else np.ascontiguousarray(valid[r0:r1, c0:c1])
+            probs = window(np.ascontiguousarray(image[:, r0:r1, c0:c1]), valid=part)
+            if out is None:
+                out = np.zeros((len(probs), height, width), np.float32)
+            out[:, r0:r1, c0:c1] = probs
+    return out

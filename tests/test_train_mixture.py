@@ -202,3 +202,37 @@ def test_set_reaches_into_a_members_list(tmp_path):
                     ["data.source.members.9.weight=1"])
     with pytest.raises(ConfigError, match="inside 'epochs', which is not a section"):
         load_config(TrainConfig, "configs/train_cracks_mixture_cpu.yaml", ["train.epochs.x=1"])
+
+
+def test_val_cut_scores_a_members_images_again_as_small_photos(tmp_path):
+    """``val_cut: 3``: the member's validation images are scored a second time, cut into 3x3
+    crops that each run alone and are stitched back (group ``a_cut3``, one more score in the
+    mean): a model that paints blobs on small photos loses there, and only there."""
+    _pairs(tmp_path / "a", 30)
+    _pairs(tmp_path / "b", 12)
+    plan = _plan([dict(_member(tmp_path / "a", "a"), val_cut=3), _member(tmp_path / "b", "b")])
+    assert [g["name"] for g in plan["groups"]] == ["a", "a_cut3", "b"]
+    assert plan["groups"][1]["weight"] == 0 and plan["groups"][1]["train_items"] == 0
+    cut = [it for it in plan["val"] if it["group"] == 1]
+    whole = [it for it in plan["val"] if it["group"] == 0]
+    assert len(cut) == len(whole) > 0 and all(it["cut"] == 3 for it in cut)
+    assert len({it["key"] for it in plan["val"]}) == len(plan["val"])
+    assert all(it["group"] != 1 for it in plan["train"])
+    val_ds = ValDataset(plan)
+    sizes = []
+
+    def window(img, valid=None):  # right on whole images; a blob on anything smaller
+        sizes.append(img.shape[1:])
+        probs = np.zeros((1, *img.shape[1:]), np.float32)
+        if img.shape[1:] == (24, 32):
+            probs[0, 4:8, :] = 1
+        else:
+            probs[0] = 1
+        return probs
+
+    rows = validate(_Constant(), val_ds, range(len(val_ds)), window, 0.5)
+    scores = val_scores(rows, val_ds.group_names, 1, ())
+    assert scores["val_dice_a"] == pytest.approx(1.0) == scores["val_dice_b"]
+    assert scores["val_dice_a_cut3"] == pytest.approx(2 * 4 * 32 / (4 * 32 + 24 * 32))
+    assert scores["val_dice"] == pytest.approx((2 + scores["val_dice_a_cut3"]) / 3)
+    assert sorted(set(sizes)) == [(8, 10), (8, 11), (24, 32)]  # 3x3 crops of 24 x 32

@@ -174,7 +174,7 @@ def _plan_members(mixture: dict, split: dict, images: dict | None = None
             raise DataError(f"mixture member {m['name']!r}: {err}") from None
         val = spread_subset(val, m.get("val_limit"), split["seed"])
         parts.append({"name": m["name"], "weight": m["weight"], "train": train, "val": val,
-                      "scenes": scenes})
+                      "scenes": scenes, "val_cut": m.get("val_cut", 0)})
     train, val, scenes, groups = merge_members(parts)
     for group, member in zip(groups, facts):  # a member's scene listings, as plan_data's
         group.update(listing_summary(member))
@@ -446,6 +446,10 @@ class ValDataset:
 
     def group(self, i: int) -> int:
         return self.items[i].get("group", 0)
+
+    def cut(self, i: int) -> int:
+        """``n`` when item ``i`` is scored as ``n`` x ``n`` crops stitched back (``val_cut``)."""
+        return self.items[i].get("cut", 0)
 
     def __len__(self) -> int:
         return len(self.items)

@@ -41,16 +41,22 @@ def merge_members(members: list[dict]) -> tuple[list[dict], list[dict], list[dic
 
     ``members``: dicts with ``name``, ``weight``, ``train``, ``val`` (item lists) and ``scenes``
     (the raster scenes those items index, train's and val's together). Raster items' scene
-    indexes are shifted into the merged scene list.
+    indexes are shifted into the merged scene list. A member with ``val_cut`` n gets a second,
+    validation-only group ``<name>_cut<n>``: its validation items again, marked ``cut``.
     """
     train, val, scenes, groups = [], [], [], []
-    for g, m in enumerate(members):
-        offset = len(scenes)
+    for m in members:
+        offset, g = len(scenes), len(groups)
         train += _tag(m["train"], g, m["name"], offset)
         val += _tag(m["val"], g, m["name"], offset)
         scenes += m["scenes"]
         groups.append({"name": m["name"], "weight": float(m["weight"]),
                        "train_items": len(m["train"]), "val_items": len(m["val"])})
+        if m.get("val_cut"):
+            name = f"{m['name']}_cut{m['val_cut']}"
+            val += _tag([dict(it, cut=m["val_cut"]) for it in m["val"]], g + 1, name, offset)
+            groups.append({"name": name, "weight": 0.0, "train_items": 0,
+                           "val_items": len(m["val"])})
     return train, val, scenes, groups
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from jobs.inference.sliding_window import SlidingWindow, samsp_forward
+from jobs.inference.sliding_window import SlidingWindow, crops_stitched, samsp_forward
 from samsp import metrics
 
 # Output thresholds tried on validation each epoch with train.tune_threshold.
@@ -39,7 +39,9 @@ def validate(model, val_ds, indices, window: SlidingWindow, threshold: float,
     for i in indices:
         img, mask, valid = val_ds[i]
         row = rows[val_ds.group(i)]
-        probs = torch.from_numpy(window(img.numpy(), valid=valid.numpy()))
+        cut = val_ds.cut(i) if hasattr(val_ds, "cut") else 0
+        probs = torch.from_numpy(crops_stitched(window, img.numpy(), cut, valid.numpy()) if cut
+                                 else window(img.numpy(), valid=valid.numpy()))
         target = (mask & valid)[None]
         preds = [(probs[k] > threshold) & valid for k in range(passes)]
         preds += [(probs[-1] > t) & valid for t in sweep]
