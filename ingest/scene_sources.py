@@ -199,7 +199,7 @@ class ZarrSource:
         except PermissionError:
             raise S3AccessError(f"{uri}: S3 refused access (check AWS_ACCESS_KEY_ID/"
                                 f"AWS_SECRET_ACCESS_KEY and bucket permissions)") from None
-        except (FileNotFoundError, KeyError) as exc:
+        except (FileNotFoundError, KeyError):
             raise MissingSceneError(f"{uri}: no such Zarr store/array") from None
         except Exception as exc:  # noqa: BLE001
             if type(exc).__name__ in ("NodeNotFoundError", "GroupNotFoundError", "ArrayNotFoundError"):

@@ -44,7 +44,7 @@ def _identity_round_trip(scene, out_store: str, out_cog: str) -> None:
 
 
 def _assert_cog_equals_band1(cog_uri: str, reference: str) -> None:
-    got, crs, transform, ds = _read_band(cog_uri)
+    got, crs, transform, _ = _read_band(cog_uri)
     want, ref_crs, ref_transform, _ = _read_band(reference)
     assert np.array_equal(got, want), "COG must equal band 1 pixel for pixel"
     assert crs == ref_crs and crs.to_wkt() == ref_crs.to_wkt()

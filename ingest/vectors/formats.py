@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from .. import storage
 from ..errors import VectorFormatError
 from .tables import BBOX_FIELDS, crs_projjson, crs_wkt2
+
+if TYPE_CHECKING:  # the annotation only: numpy is imported where the column is read
+    import numpy as np
 
 #: file extension -> format name
 EXTENSIONS = {".parquet": "parquet", ".geoparquet": "parquet", ".geojson": "geojson",
@@ -64,7 +67,7 @@ WKB_TYPES = {1: "Point", 2: "LineString", 3: "Polygon", 4: "MultiPoint", 5: "Mul
              6: "MultiPolygon", 7: "GeometryCollection"}
 
 
-def wkb_type_ids(column) -> "np.ndarray":
+def wkb_type_ids(column) -> np.ndarray:
     """WKB type code of each value of a binary Arrow column, read from its header bytes (byte
     order, uint32 type) -- no parsing back into geometries, no ``to_numpy`` (which imports
     pandas)."""
