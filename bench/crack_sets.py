@@ -4,6 +4,8 @@ self-prompting arms.
 
     # score bundles on the four test sets (DeepCrack whole images, the cracks/ crops):
     python -m bench.crack_sets score --model models/samsp-crack-tiny --name committed
+    # the same with photos smaller than the window upscaled to fill it (an experiment):
+    python -m bench.crack_sets score --model models/samsp-crack-tiny --name fill --fill-small
     # train + score: leave-one-set-out and same-budget arms on the mixture (hours on 2 cores):
     python -m bench.crack_sets runs --runs loo,arms --steps 1500 --out out/crack_sets
     # the arms (single pass, SAM-SP box, box+mask; --unet adds the U-Net) for two seeds,
@@ -101,8 +103,10 @@ def score_set(window, items, threshold: float) -> dict:
             "crack_free_fp_rate": fp / max(px, 1), "crack_free_px": px}
 
 
-def score_model(model: str, sets: list[str], limit: int, threads: int) -> dict:
-    """Every set in ``sets`` scored with the bundle at ``model`` (see ``score_set``)."""
+def score_model(model: str, sets: list[str], limit: int, threads: int,
+                fill_small: bool = False) -> dict:
+    """Every set in ``sets`` scored with the bundle at ``model`` (see ``score_set``);
+    ``fill_small``: photos smaller than the window upscaled to fill it (``filled``)."""
     import torch
 
     from jobs.inference.sliding_window import SlidingWindow, bundle_forward
@@ -113,8 +117,34 @@ def score_model(model: str, sets: list[str], limit: int, threads: int) -> dict:
     bundle = load_bundle(model)
     tile = bundle.meta.image_size
     window = SlidingWindow(bundle_forward(bundle), tile, tile // 8, "core", 4)
-    out = {"model": model, "threshold": bundle.meta.threshold}
+    out = {"model": model, "threshold": bundle.meta.threshold, "fill_small": fill_small}
+    if fill_small:
+        window = filled(window, tile)
     return {**out, **score_window(window, bundle.meta.threshold, sets, limit, model)}
+
+
+def filled(window, tile: int):
+    """An experiment, not an inference option: a photo whose longer side is under ``tile`` is
+    upscaled (bilinear) until it fills the window -- as SAM's resize-longest-side would -- and
+    the probabilities are resized back. The crop sets' photos are 133-224 px, so at native
+    size the model sees them inside a mostly padded window."""
+    import torch
+    import torch.nn.functional as F
+
+    def resize(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None]
+        return F.interpolate(t, size=size, mode="bilinear", align_corners=False,
+                             antialias=size[0] < arr.shape[1])[0].numpy()
+
+    def forward(image: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        h, w = image.shape[1:]
+        if max(h, w) >= tile or valid is not None and not valid.all():
+            return window(image, valid)
+        size = (round(h * tile / max(h, w)), round(w * tile / max(h, w)))
+        big = np.clip(np.rint(resize(image, size)), 0, 255).astype(np.uint8)
+        return resize(window(big), (h, w))
+
+    return forward
 
 
 def score_window(window, threshold: float, sets: list[str], limit: int, name: str) -> dict:
@@ -299,6 +329,7 @@ def markdown(data: dict, keys: dict) -> str:
         how = f" (held out: {m['held_out']}, {m.get('steps')} steps" + (
             f", fine-tuned from {m['init']}" if m.get("init") else "") + ")" if m.get(
             "held_out") else ""
+        how += " (--fill-small: small photos upscaled to the window)" if m.get("fill_small") else ""
         lines.append(f"| {name}{how} | " + " | ".join(cells) + f" | {mean} | {fp} |")
     held = sorted(m["held_out"] for m in data["models"].values() if m.get("held_out"))
     if held:
@@ -351,6 +382,9 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=300, help="test images per set (0 = all)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", default="out/crack_sets")
+    p.add_argument("--fill-small", action="store_true",
+                   help="score mode: upscale photos smaller than the window to fill it "
+                        "(an experiment; no job does this)")
     args = p.parse_args(argv)
     sets = args.sets.split(",")
     if args.mode == "report":
@@ -362,7 +396,7 @@ def main(argv=None) -> int:
         (RESULTS / "CRACK_SETS_RESULTS.md").write_text(markdown(data, keys))
         return 0
     if args.mode == "score":
-        entry = score_model(args.model, sets, args.limit, args.threads)
+        entry = score_model(args.model, sets, args.limit, args.threads, args.fill_small)
         merge({args.name or Path(args.model).name: entry})
         return 0
     out = Path(args.out).resolve()

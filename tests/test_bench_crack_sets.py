@@ -77,3 +77,21 @@ def test_arm_rows_average_seeds_and_keep_pass_zero():
     assert "pass0" not in rows["unet"] and rows["unet"]["spread"] is None
     keys = headlines(data, "committed", None)
     assert keys["crack_arm_dice_mean_sp_box"] == 0.5 and keys["crack_arm_dice_crack500_unet"] == 0.5
+
+
+def test_fill_small_upscales_only_photos_smaller_than_the_window():
+    """``--fill-small`` (an experiment): a 100 x 50 photo reaches the model as 256 x 128 and its
+    probabilities come back at 100 x 50; a photo as big as the window is passed as it is."""
+    from bench.crack_sets import filled
+
+    seen = []
+
+    def window(image, valid=None):
+        seen.append(image.shape[1:])
+        return np.full((1, *image.shape[1:]), 0.7, np.float32)
+
+    forward = filled(window, 256)
+    out = forward(np.zeros((3, 100, 50), np.uint8))
+    assert seen == [(256, 128)] and out.shape == (1, 100, 50) and np.allclose(out, 0.7)
+    forward(np.zeros((3, 300, 80), np.uint8))
+    assert seen[-1] == (300, 80)

@@ -154,6 +154,11 @@ def test_empty_crops_of_a_small_cracked_photo_are_padded_clean_patches_or_keep_t
         rows, cols = np.flatnonzero(cv.any(1)), np.flatnonzero(cv.any(0))
         assert rows[0] == cols[0] == 0 and cols[-1] < 46 and cv[:rows[-1] + 1, :cols[-1] + 1].all()
         assert (ci[:, ~cv] == 0).all() and (ci[:, cv] == 100).all()
+    windows_only = dict(aug, empty_crops_search="windows")  # no padded patches: keeps it
+    for i in range(5):
+        _, cm, _ = augment(img, mask, np.ones_like(mask), 128, windows_only,
+                           np.random.default_rng(i))
+        assert cm.sum() == mask.sum()
     grid = np.zeros((90, 90), bool)
     grid[::30] = grid[:, ::30] = True        # no clean patch of 43 px (a third of 128)
     for i in range(10):

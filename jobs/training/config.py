@@ -436,11 +436,12 @@ class AugmentConfig(StrictModel):
     # its crack, so the share reached is lower: `python -m bench.crack_free --set
     # augment.empty_crops=P` counts it.
     empty_crops: float = Field(default=0.0, ge=0, le=1)
-    # How a crack-free crop is found: `positions` picks uniformly among every clean, at least
-    # half-valid window (summed-area table, up to 4 scales); `draws` keeps the fewest-positive
-    # of 8 random crops (how samsp-crack-tiny of 2026-12-06 was trained; it misses most clean
+    # How a crack-free crop is found: `windows` picks uniformly among every clean, at least
+    # half-valid window (summed-area table, up to 4 scales); `positions` also, where no whole
+    # window is clean, takes a clean patch (3/4, 1/2 or 1/3 of the window a side) padded as a
+    # small photo; `draws` keeps the fewest-positive of 8 random crops (it misses most clean
     # windows of a cracked photo).
-    empty_crops_search: Literal["positions", "draws"] = "positions"
+    empty_crops_search: Literal["positions", "windows", "draws"] = "positions"
     # Probability that a crop keeps only a random top-left part (each side small_image_min..1 of
     # the crop), the rest padding: images smaller than the model window, as inference pads them.
     small_image: float = Field(default=0.0, ge=0, le=1)
