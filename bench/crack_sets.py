@@ -325,7 +325,8 @@ def markdown(data: dict, keys: dict) -> str:
         cells = [f"{m['sets'][s]['dice']:.3f}" if s in m["sets"] else "" for s in sets]
         fp = " / ".join(f"{m['sets'][s]['crack_free_fp_rate']:.4f}" for s in sets
                         if s in m["sets"])
-        mean = f"{m['mean_dice']:.3f}" if len(m["sets"]) == len(sets) else "(held-out set only)"
+        mean = (f"{m['mean_dice']:.3f}" if len(m["sets"]) == len(sets) else
+                "(held-out set only)" if m.get("held_out") else "(not every set scored)")
         how = f" (held out: {m['held_out']}, {m.get('steps')} steps" + (
             f", fine-tuned from {m['init']}" if m.get("init") else "") + ")" if m.get(
             "held_out") else ""

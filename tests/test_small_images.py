@@ -165,7 +165,8 @@ def test_crack_free_share_of_training_crops_per_set(tmp_path):
               "augment": {"crop": 128, "scale": [1.0, 1.0], "min_positive": 0.01}}
     path = tmp_path / "mixture.yaml"
     path.write_text(yaml.safe_dump(config))
-    asked = training_crack_free_share(["augment.empty_crops=1.0"], 4, 3, config=path)
+    asked = training_crack_free_share(["augment.empty_crops=1.0",
+                                       "augment.empty_crops_search=positions"], 4, 3, config=path)
     assert asked == {"edge": 1.0, "grid": 0.0}
     off = training_crack_free_share([], 4, 3, config=path)
     assert off["grid"] == 0.0 and off["edge"] < 0.2   # min_positive draws towards the crack

@@ -147,7 +147,7 @@ def test_empty_crops_of_a_small_cracked_photo_are_padded_clean_patches_or_keep_t
     mask = np.zeros((90, 90), bool)
     mask[:, 40:44] = True
     aug = dict(scale=(1.0, 1.0), hflip=False, vflip=False, rot90=False, brightness=0,
-               contrast=0, saturation=0, gamma=0, empty_crops=1.0)
+               contrast=0, saturation=0, gamma=0, empty_crops=1.0, empty_crops_search="positions")
     for i in range(10):
         ci, cm, cv = augment(img, mask, np.ones_like(mask), 128, aug, np.random.default_rng(i))
         assert ci.shape == (3, 128, 128) and not cm.any()
@@ -178,13 +178,14 @@ def _cracked_grid(size=400, step=100, clean=(250, 400)):
 
 
 def test_empty_crops_find_the_one_clean_corner_random_draws_miss():
-    """``positions`` picks among every clean window, so a crack-free crop exists whenever a
-    clean window does; the fewest of 8 random draws (``draws``) mostly keeps a crack."""
+    """``windows`` (and ``positions``) pick among every clean window, so a crack-free crop
+    exists whenever a clean window does; the fewest of 8 random draws (``draws``, the default)
+    mostly keeps a crack."""
     mask = _cracked_grid()
     img = np.full((3, 400, 400), 120, np.uint8)
     full = np.ones_like(mask)
     aug = dict(scale=(1.0, 1.0), hflip=False, vflip=False, rot90=False, brightness=0,
-               contrast=0, saturation=0, gamma=0, empty_crops=1.0)
+               contrast=0, saturation=0, gamma=0, empty_crops=1.0, empty_crops_search="windows")
     by_positions = [augment(img, mask, full, 128, aug, np.random.default_rng(i))[1].any()
                     for i in range(30)]
     by_draws = [augment(img, mask, full, 128, dict(aug, empty_crops_search="draws"),

@@ -173,7 +173,7 @@ def drawn_crop(img, mask, valid, crop: int, aug: dict, rng: np.random.Generator)
     lo, hi = aug["scale"]
     # rng drawn only when the option is on: earlier configs keep their exact crops
     empty = aug.get("empty_crops", 0) > 0 and rng.random() < aug["empty_crops"]
-    search = aug.get("empty_crops_search", "positions")
+    search = aug.get("empty_crops_search", "draws")
     if empty and search != "draws":
         return empty_crop(img, mask, valid, crop, (lo, hi), rng, patches=search == "positions")
     min_positive = aug.get("min_positive", 0)

@@ -436,12 +436,13 @@ class AugmentConfig(StrictModel):
     # its crack, so the share reached is lower: `python -m bench.crack_free --set
     # augment.empty_crops=P` counts it.
     empty_crops: float = Field(default=0.0, ge=0, le=1)
-    # How a crack-free crop is found: `windows` picks uniformly among every clean, at least
-    # half-valid window (summed-area table, up to 4 scales); `positions` also, where no whole
-    # window is clean, takes a clean patch (3/4, 1/2 or 1/3 of the window a side) padded as a
-    # small photo; `draws` keeps the fewest-positive of 8 random crops (it misses most clean
-    # windows of a cracked photo).
-    empty_crops_search: Literal["positions", "windows", "draws"] = "positions"
+    # How a crack-free crop is found: `draws` keeps the fewest-positive of 8 random crops (it
+    # misses most clean windows of a cracked photo); `windows` picks uniformly among every
+    # clean, at least half-valid window (summed-area table, up to 4 scales); `positions` also,
+    # where no whole window is clean, takes a clean patch (3/4, 1/2 or 1/3 of the window a
+    # side) padded as a small photo. More crack-free crops make a quieter model that finds
+    # fewer faint cracks (models/samsp-crack-tiny/MODEL_CARD.md, "Tried and not committed").
+    empty_crops_search: Literal["draws", "windows", "positions"] = "draws"
     # Probability that a crop keeps only a random top-left part (each side small_image_min..1 of
     # the crop), the rest padding: images smaller than the model window, as inference pads them.
     small_image: float = Field(default=0.0, ge=0, le=1)
