@@ -112,12 +112,18 @@ def test_a_users_token_file_is_used_in_token_mode(monkeypatch, tmp_path):
     assert os.environ["RAY_AUTH_MODE"] == "token" and "RAY_AUTH_TOKEN" not in os.environ
 
 
-def test_stop_ray_leaves_a_callers_ray_running(ray_local):
-    """A job run inside a notebook or a test session (Ray already up) stops nothing of theirs."""
+@pytest.mark.ray
+def test_stop_ray_leaves_a_callers_ray_running(ray_local, monkeypatch):
+    """A job run inside a notebook or a test session (Ray already up) stops nothing of theirs,
+    nor does a job whose own Ray was shut down by other means before the caller started one."""
     import ray
 
-    from jobs.runtime.ray_session import init_ray, stop_ray
+    from jobs.runtime import ray_session
 
-    assert init_ray(num_cpus=1, include_dashboard=False) == "existing"
-    stop_ray()
+    monkeypatch.setattr(ray_session, "_started_job", None)
+    assert ray_session.init_ray(num_cpus=1, include_dashboard=False) == "existing"
+    ray_session.stop_ray()
+    assert ray.is_initialized()
+    monkeypatch.setattr(ray_session, "_started_job", "an-earlier-session-of-ours")
+    ray_session.stop_ray()
     assert ray.is_initialized()

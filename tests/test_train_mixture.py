@@ -236,3 +236,43 @@ def test_val_cut_scores_a_members_images_again_as_small_photos(tmp_path):
     assert scores["val_dice_a_cut3"] == pytest.approx(2 * 4 * 32 / (4 * 32 + 24 * 32))
     assert scores["val_dice"] == pytest.approx((2 + scores["val_dice_a_cut3"]) / 3)
     assert sorted(set(sizes)) == [(8, 10), (8, 11), (24, 32)]  # 3x3 crops of 24 x 32
+
+
+def test_val_cut_copies_count_once_and_leave_training_alone(tmp_path):
+    """The cut group's copies are not more images: the summary counts each validation image
+    once, the evaluator's ``--sweep-on val`` scores each once, a copy shares its image's cache
+    entry, and a one-member mixture keeps cycling its items as it did without ``val_cut``."""
+    from jobs.evaluation.data import validation_items
+
+    _pairs(tmp_path / "a", 30)
+    plain = _plan([_member(tmp_path / "a", "a")])
+    cut = _plan([dict(_member(tmp_path / "a", "a"), val_cut=3)])
+    assert cut["summary"]["val_items"] == plain["summary"]["val_items"] == len(plain["val"])
+    assert cut["summary"]["val_keys_sha1"] == plain["summary"]["val_keys_sha1"]
+    aug = TrainConfig().augment.model_dump() | {"scale": (1.0, 1.0)}
+    drawn = [TrainDataset(p, 16, aug, seed=3).draw(0, i)[0] for p in (plain, cut)
+             for i in range(8)]
+    assert drawn[:8] == drawn[8:]
+    val_ds = ValDataset(cut)
+    copies = [i for i in range(len(val_ds)) if val_ds.cut(i)]
+    val_ds[copies[0]]
+    val_ds[copies[0] - len(copies)]      # its whole image: the same cache entry
+    assert len(val_ds.loader._cache) == 1
+
+    class Meta:
+        provenance = {"config": TrainConfig.model_validate({"data": {"source": {
+            "kind": "mixture", "members": [dict(_member(tmp_path / "a", "a"), val_cut=3)]}}}
+        ).model_dump(mode="json")}
+
+    items, _ = validation_items(Meta)
+    assert len(items) == len(plain["val"]) and not any(it.get("cut") for it in items)
+
+
+def test_val_cut_settings_that_would_mislead_are_refused():
+    member = {"name": "a", "source": {"kind": "synthetic"}}
+    with pytest.raises(ValidationError, match="val_cut is 0"):
+        TrainConfig.model_validate({"data": {"source": {"kind": "mixture", "members": [
+            dict(member, val_cut=1)]}}})
+    with pytest.raises(ValidationError, match="unique"):
+        TrainConfig.model_validate({"data": {"source": {"kind": "mixture", "members": [
+            dict(member, val_cut=3), dict(member, name="a_cut3")]}}})

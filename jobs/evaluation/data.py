@@ -82,4 +82,4 @@ def validation_items(bundle_meta) -> tuple[list[dict], list[dict]]:
         plan = plan_data(config["data"])
     except DataError as err:
         raise EvalError(f"bundle's validation data: {err}") from None
-    return plan["val"], plan["scenes"]
+    return [it for it in plan["val"] if not it.get("cut")], plan["scenes"]  # once each

@@ -43,9 +43,10 @@ log = logging.getLogger(__name__)
 
 RayMode = Literal["embedded", "cluster", "existing"]
 
-#: whether ``init_ray`` started (embedded) or joined (cluster) Ray in this process, so that
-#: ``stop_ray`` stops it; a Ray the caller started is theirs to stop
-_started_here = False
+#: the driver job id of the Ray that ``init_ray`` started (embedded) or joined (cluster) in this
+#: process, so that ``stop_ray`` stops that one only: a Ray the caller started -- also after
+#: ours was shut down by other means -- is theirs to stop
+_started_job: str | None = None
 
 #: Variables forwarded to workers of an embedded/existing local cluster (values never logged).
 FORWARD_PREFIXES = ("AWS_", "SAMSP_S3_")  # credentials chain; the S3 retry policy (s3_retry)
@@ -105,7 +106,6 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None,
     it that actor logs "Failed to query Ray Train Controller actor state" every second.
     ``extra_env`` is added to the embedded workers' environment.
     """
-    global _started_here
     import ray
 
     if ray.is_initialized():
@@ -114,7 +114,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None,
     if target is not None:
         log.info("joining Ray cluster at %s", target)
         ray.init(address=target, log_to_driver=log_to_driver)
-        _started_here = True
+        _remember_session()
         return "cluster"
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -144,8 +144,22 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None,
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
                  include_dashboard=include_dashboard, **dashboard,
                  _node_ip_address="127.0.0.1", log_to_driver=log_to_driver)
-    _started_here = True
+    _remember_session()
     return "embedded"
+
+
+def _current_job() -> str | None:
+    import ray
+
+    try:
+        return str(ray.get_runtime_context().get_job_id())
+    except Exception:  # noqa: BLE001 - no context: nothing of ours to stop
+        return None
+
+
+def _remember_session() -> None:
+    global _started_job
+    _started_job = _current_job()
 
 
 def is_local_ray(mode: RayMode) -> bool:
@@ -168,10 +182,12 @@ def stop_ray() -> None:
     printed after the one-line reason or the summary would become the last line. A Ray the
     caller started (a notebook, a test session) is left running. A failing shutdown is
     logged, never allowed to hide that line or fail a finished run."""
-    global _started_here
-    if not _started_here or "ray" not in sys.modules:
+    global _started_job
+    ours, _started_job = _started_job, None
+    if ours is None or "ray" not in sys.modules or not sys.modules["ray"].is_initialized():
         return
-    _started_here = False
+    if _current_job() != ours:  # ours was shut down and the caller started another
+        return
     try:
         sys.modules["ray"].shutdown()
     except Exception:  # noqa: BLE001

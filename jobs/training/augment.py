@@ -199,20 +199,21 @@ def empty_crop(img, mask, valid, crop: int, scale_range, rng: np.random.Generato
     sets they reached 16 % crack-free crops for 50 % asked.
 
     Where no whole window is clean (a small photo crossed by its crack), with ``patches`` a
-    clean patch of it (3/4, 1/2 or 1/3 of the window a side) becomes a photo smaller than the
-    window, padded as inference pads one: clean pavement as the 3x3 crops of a DeepCrack image
+    clean patch of it (0.75, 0.5 or 0.35 of the window on one side, 70-100 % of that on the
+    other) becomes a photo smaller than the window, padded as inference pads one: clean pavement as the 3x3 crops of a DeepCrack image
     show it. Where none is clean either, the last draw keeps its crack."""
     lo, hi = scale_range
+    tables = summed_areas(mask, valid)  # once for every size tried
     for _ in range(tries):
         scale = math.exp(rng.uniform(math.log(lo), math.log(hi)))
         src = max(1, int(round(crop / scale)))
-        start = clean_window_start(mask, valid, src, rng)
+        start = clean_window_start(mask, valid, src, rng, tables)
         if start is not None:
             return crop_window(img, mask, valid, start[0], start[1], src, crop)
     for frac in (0.75, 0.5, 0.35) if patches else ():
         side = (max(1, int(src * frac)), max(1, int(src * frac * rng.uniform(0.7, 1.0))))
         side = side[::-1] if rng.random() < 0.5 else side
-        start = clean_window_start(mask, valid, side, rng)
+        start = clean_window_start(mask, valid, side, rng, tables)
         if start is not None:
             ci, _, cv = crop_window(img, mask, valid, start[0], start[1], src, crop)
             keep = np.zeros_like(cv)
@@ -239,14 +240,21 @@ def _summed_area(arr: np.ndarray) -> np.ndarray:
     return table
 
 
-def clean_window_start(mask, valid, size, rng: np.random.Generator):
+def summed_areas(mask, valid) -> tuple[np.ndarray, np.ndarray]:
+    """The summed-area tables of ``mask`` and ``valid`` that ``clean_window_start`` reads."""
+    return _summed_area(mask), _summed_area(valid)
+
+
+def clean_window_start(mask, valid, size, rng: np.random.Generator, tables=None):
     """(y0, x0) of a random window of ``size`` (an int, or (h, w)) with no positive pixel and at
     least half of its in-image pixels valid, or None. Along an axis shorter than the window it
-    covers the whole axis at a random (negative) offset, as ``random_crop`` places it."""
+    covers the whole axis at a random (negative) offset, as ``random_crop`` places it.
+    ``tables``: ``summed_areas(mask, valid)``, when several sizes are tried on one image."""
     sh, sw = (size, size) if isinstance(size, int) else size
     h, w = mask.shape
-    positives, rows, cols = _window_sums(_summed_area(mask), h, w, (sh, sw))
-    valids, _, _ = _window_sums(_summed_area(valid), h, w, (sh, sw))
+    mask_table, valid_table = tables if tables is not None else summed_areas(mask, valid)
+    positives, rows, cols = _window_sums(mask_table, h, w, (sh, sw))
+    valids, _, _ = _window_sums(valid_table, h, w, (sh, sw))
     ok = (positives == 0) & (2 * valids >= rows[:, None] * cols[None, :])
     free = np.flatnonzero(ok)
     if free.size == 0:

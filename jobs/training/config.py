@@ -314,6 +314,14 @@ class MixtureMember(StrictModel):
     # 0 = off.
     val_cut: int = Field(default=0, ge=0, le=8)
 
+    @field_validator("val_cut")
+    @classmethod
+    def _cut_into_crops(cls, v):
+        if v == 1:
+            raise ValueError("val_cut is 0 (off) or the crops per side, 2 to 8: 1 would score "
+                             "each image whole a second time")
+        return v
+
 
 class MixtureData(StrictModel):
     """Several data sets trained together with per-set sampling weights. Validation scores each
@@ -329,9 +337,12 @@ class MixtureData(StrictModel):
     @field_validator("members")
     @classmethod
     def _unique_names(cls, members):
-        names = [m.name for m in members]
+        # val_cut groups are named <name>_cut<n>: metric keys must not collide with them
+        names = [m.name for m in members] + [f"{m.name}_cut{m.val_cut}" for m in members
+                                             if m.val_cut]
         if len(set(names)) != len(names):
-            raise ValueError(f"mixture member names must be unique, got {names}")
+            raise ValueError(f"mixture member (and val_cut group) names must be unique, got "
+                             f"{names}")
         return members
 
 
@@ -439,8 +450,8 @@ class AugmentConfig(StrictModel):
     # How a crack-free crop is found: `draws` keeps the fewest-positive of 8 random crops (it
     # misses most clean windows of a cracked photo); `windows` picks uniformly among every
     # clean, at least half-valid window (summed-area table, up to 4 scales); `positions` also,
-    # where no whole window is clean, takes a clean patch (3/4, 1/2 or 1/3 of the window a
-    # side) padded as a small photo. More crack-free crops make a quieter model that finds
+    # where no whole window is clean, takes a clean patch (0.75, 0.5 or 0.35 of the window
+    # on one side, 70-100 % of that on the other) padded as a small photo. More crack-free crops make a quieter model that finds
     # fewer faint cracks (models/samsp-crack-tiny/MODEL_CARD.md, "Tried and not committed").
     empty_crops_search: Literal["draws", "windows", "positions"] = "draws"
     # Probability that a crop keeps only a random top-left part (each side small_image_min..1 of

@@ -30,7 +30,8 @@ from ingest.storage import fs_for, join
 from jobs.runtime.errors import DataError
 from jobs.training.augment import augment
 from jobs.training.geo_split import block_sides, spatial_split
-from jobs.training.mixture import group_index, merge_members, pick_item, spread_subset
+from jobs.training.mixture import (group_index, member_groups, merge_members, pick_item,
+                                   spread_subset)
 from jobs.training.raster_source import load_window, open_raster, positive_windows, raster_items
 from jobs.training.scene_listing import listed_pairs, listing_facts, recorded_scenes, recorded_uri
 from jobs.training.synthetic import synth_item
@@ -176,7 +177,7 @@ def _plan_members(mixture: dict, split: dict, images: dict | None = None
         parts.append({"name": m["name"], "weight": m["weight"], "train": train, "val": val,
                       "scenes": scenes, "val_cut": m.get("val_cut", 0)})
     train, val, scenes, groups = merge_members(parts)
-    for group, member in zip(groups, facts):  # a member's scene listings, as plan_data's
+    for group, member in zip(member_groups(groups), facts):  # its listings, as plan_data's
         group.update(listing_summary(member))
     if images is not None:
         for m, member in zip(mixture["members"], facts):
@@ -227,9 +228,10 @@ def plan_data(data_cfg: dict) -> dict:
             images["source"] = kept_images(src, facts["source"])
         groups = [{"name": "all", "weight": 1.0, "train_items": len(train),
                    "val_items": len(val)}]
+    whole_val = [it for it in val if not it.get("cut")]  # val_cut copies are not more images
     summary = {"source_kind": src["kind"], "train_items": len(train),
-               "val_items": len(val), "val_keys_sha1": hashlib.sha1(
-                   "\n".join(sorted(it["key"] for it in val)).encode()).hexdigest()[:12],
+               "val_items": len(whole_val), "val_keys_sha1": hashlib.sha1(
+                   "\n".join(sorted(it["key"] for it in whole_val)).encode()).hexdigest()[:12],
                "split": split}
     if src["kind"] == "pairs":
         summary["root"] = recorded_uri(src["root"])
@@ -324,7 +326,7 @@ class ItemLoader:
         self._open: dict[int, tuple] = {}
 
     def load(self, item: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        key = item["key"]
+        key = item.get("image_key", item["key"])  # a val_cut copy shares its image's entry
         if self.cache and key in self._cache:
             return self._cache[key]
         out = self._load(item)
@@ -386,7 +388,8 @@ class TrainDataset:
         # A mixture draws each sample's item by the members' weights; one source cycles its
         # items, as it always has.
         groups = plan.get("groups") or []
-        self.weights = [g["weight"] for g in groups] if len(groups) > 1 else None
+        self.weights = ([g["weight"] for g in groups] if len(member_groups(groups)) > 1
+                        else None)
         self.by_group = group_index(self.items, len(groups)) if self.weights else None
         self.per_epoch = plan.get("samples_per_epoch") or len(self.items)
         # data.source.positive_fraction: each epoch's windows drawn by their positive flags

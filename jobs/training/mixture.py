@@ -1,9 +1,10 @@
 """Mixtures of training sets: merging the members' items into one plan, and drawing each training
 sample's item by the members' weights.
 
-A mixture plan is an ordinary plan (``jobs/training/data.py``) whose items carry ``group`` (the
-member's index) and keys prefixed ``<member>/``, plus ``groups``: the members' names, weights and
-item counts. Sampling is a pure function of a generator, so a sample stays reproducible in
+A mixture plan is an ordinary plan (``jobs/training/data.py``) whose items carry ``group`` (an
+index into ``groups``) and keys prefixed ``<member>/``, plus ``groups``: the members' names,
+weights and item counts -- and, after a member with ``val_cut``, its validation-only group (marked
+``cut``, weight 0, no training items; ``member_groups`` leaves these out). Sampling is a pure function of a generator, so a sample stays reproducible in
 ``(seed, epoch, i)`` as every other training crop is.
 """
 from __future__ import annotations
@@ -54,10 +55,16 @@ def merge_members(members: list[dict]) -> tuple[list[dict], list[dict], list[dic
                        "train_items": len(m["train"]), "val_items": len(m["val"])})
         if m.get("val_cut"):
             name = f"{m['name']}_cut{m['val_cut']}"
-            val += _tag([dict(it, cut=m["val_cut"]) for it in m["val"]], g + 1, name, offset)
+            val += _tag([dict(it, cut=m["val_cut"], image_key=f"{m['name']}/{it['key']}")
+                         for it in m["val"]], g + 1, name, offset)
             groups.append({"name": name, "weight": 0.0, "train_items": 0,
-                           "val_items": len(m["val"])})
+                           "val_items": len(m["val"]), "cut": m["val_cut"]})
     return train, val, scenes, groups
+
+
+def member_groups(groups: list[dict]) -> list[dict]:
+    """The groups that are mixture members (one per member, in order): not ``val_cut`` ones."""
+    return [g for g in groups if not g.get("cut")]
 
 
 def group_index(items: list[dict], n_groups: int) -> list[list[int]]:
