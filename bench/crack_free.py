@@ -120,6 +120,7 @@ def training_crack_free_share(overrides: list[str], images: int, draws: int,
     from jobs.training.augment import augment
     from jobs.training.config import TrainConfig
     from jobs.training.data import ItemLoader, plan_data
+    from jobs.training.mixture import member_augment
     from samsp.config import get_config
 
     cfg = load_config(TrainConfig, str(config), overrides)
@@ -136,7 +137,8 @@ def training_crack_free_share(overrides: list[str], images: int, draws: int,
             continue
         img, mask, valid = loader.load(item)
         for _ in range(draws):
-            seen[0] += not augment(img, mask, valid, crop, aug, rng)[1].any()
+            own = member_augment(aug, plan["groups"][item.get("group", 0)])
+            seen[0] += not augment(img, mask, valid, crop, own, rng)[1].any()
             seen[1] += 1
     return {g: round(free / max(1, n), 3) for g, (free, n) in by_group.items()}
 

@@ -168,5 +168,9 @@ def test_crack_free_share_of_training_crops_per_set(tmp_path):
     asked = training_crack_free_share(["augment.empty_crops=1.0",
                                        "augment.empty_crops_search=positions"], 4, 3, config=path)
     assert asked == {"edge": 1.0, "grid": 0.0}
+    only_edge = training_crack_free_share(["data.source.members.0.empty_crops=1.0",
+                                           "augment.empty_crops_search=positions"], 4, 3,
+                                          config=path)
+    assert only_edge == {"edge": 1.0, "grid": 0.0}   # a member's own empty_crops
     off = training_crack_free_share([], 4, 3, config=path)
     assert off["grid"] == 0.0 and off["edge"] < 0.2   # min_positive draws towards the crack

@@ -276,3 +276,22 @@ def test_val_cut_settings_that_would_mislead_are_refused():
     with pytest.raises(ValidationError, match="unique"):
         TrainConfig.model_validate({"data": {"source": {"kind": "mixture", "members": [
             dict(member, val_cut=3), dict(member, name="a_cut3")]}}})
+
+
+def test_a_members_own_empty_crops_applies_to_its_samples_only(tmp_path):
+    """``empty_crops`` on one member: its crops are crack-free, the other member's keep their
+    object (the augment section's 0), and its group records the setting."""
+    _pairs(tmp_path / "clean", 6, size=(96, 96), value=50)
+    _pairs(tmp_path / "plain", 6, size=(32, 32), value=200)  # every crop holds its object
+    plan = _plan([dict(_member(tmp_path / "clean", "clean"), empty_crops=1.0),
+                  _member(tmp_path / "plain", "plain")], samples_per_epoch=60)
+    assert plan["groups"][0]["empty_crops"] == 1.0 and "empty_crops" not in plan["groups"][1]
+    aug = TrainConfig().augment.model_dump() | {"scale": (1.0, 1.0), "min_positive": 0.01,
+                                                "empty_crops_search": "windows"}
+    ds = TrainDataset(plan, 32, aug, seed=1)
+    by_member = {True: [], False: []}
+    for i in range(len(ds)):
+        img, mask, _ = ds[i]
+        by_member[float(img.float().mean()) < 125].append(bool(mask.any()))
+    assert by_member[True] and not any(by_member[True])      # crack-free where asked
+    assert by_member[False] and all(by_member[False])         # the row of positives kept

@@ -313,6 +313,10 @@ class MixtureMember(StrictModel):
     # selection and the output threshold see the false alarms whole images seldom show.
     # 0 = off.
     val_cut: int = Field(default=0, ge=0, le=8)
+    # This member's augment.empty_crops (None: the augment section's). Crack-free crops quiet a
+    # model on clean windows but cost faint cracks (GAPs384, models/samsp-crack-tiny's card):
+    # a mixture can ask them of the sets with clean pavement around their cracks only.
+    empty_crops: Optional[float] = Field(default=None, ge=0, le=1)
 
     @field_validator("val_cut")
     @classmethod

@@ -30,8 +30,8 @@ from ingest.storage import fs_for, join
 from jobs.runtime.errors import DataError
 from jobs.training.augment import augment
 from jobs.training.geo_split import block_sides, spatial_split
-from jobs.training.mixture import (group_index, member_groups, merge_members, pick_item,
-                                   spread_subset)
+from jobs.training.mixture import (group_index, member_augment, member_groups, merge_members,
+                                   pick_item, spread_subset)
 from jobs.training.raster_source import load_window, open_raster, positive_windows, raster_items
 from jobs.training.scene_listing import listed_pairs, listing_facts, recorded_scenes, recorded_uri
 from jobs.training.synthetic import synth_item
@@ -175,7 +175,8 @@ def _plan_members(mixture: dict, split: dict, images: dict | None = None
             raise DataError(f"mixture member {m['name']!r}: {err}") from None
         val = spread_subset(val, m.get("val_limit"), split["seed"])
         parts.append({"name": m["name"], "weight": m["weight"], "train": train, "val": val,
-                      "scenes": scenes, "val_cut": m.get("val_cut", 0)})
+                      "scenes": scenes, "val_cut": m.get("val_cut", 0),
+                      "empty_crops": m.get("empty_crops")})
     train, val, scenes, groups = merge_members(parts)
     for group, member in zip(member_groups(groups), facts):  # its listings, as plan_data's
         group.update(listing_summary(member))
@@ -387,7 +388,7 @@ class TrainDataset:
         self.epoch = 0
         # A mixture draws each sample's item by the members' weights; one source cycles its
         # items, as it always has.
-        groups = plan.get("groups") or []
+        groups = self.groups = plan.get("groups") or []
         self.weights = ([g["weight"] for g in groups] if len(member_groups(groups)) > 1
                         else None)
         self.by_group = group_index(self.items, len(groups)) if self.weights else None
@@ -425,9 +426,13 @@ class TrainDataset:
 
     def augmented(self, item: dict, rng: np.random.Generator):
         """``(image uint8[3,c,c], mask bool[c,c], valid bool[c,c])``: ``item`` loaded and
-        augmented with ``rng``."""
+        augmented with ``rng`` (its mixture member's ``empty_crops``, where it has one)."""
         img, mask, valid = self.loader.load(item)
-        return augment(img, mask, valid, self.crop, self.aug, rng)
+        return augment(img, mask, valid, self.crop, self.member_aug(item), rng)
+
+    def member_aug(self, item: dict) -> dict:
+        return member_augment(self.aug, self.groups[item.get("group", 0)] if self.groups
+                              else None)
 
     def __getitem__(self, i: int):
         import torch

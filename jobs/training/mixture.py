@@ -53,6 +53,8 @@ def merge_members(members: list[dict]) -> tuple[list[dict], list[dict], list[dic
         scenes += m["scenes"]
         groups.append({"name": m["name"], "weight": float(m["weight"]),
                        "train_items": len(m["train"]), "val_items": len(m["val"])})
+        if m.get("empty_crops") is not None:
+            groups[-1]["empty_crops"] = float(m["empty_crops"])
         if m.get("val_cut"):
             name = f"{m['name']}_cut{m['val_cut']}"
             val += _tag([dict(it, cut=m["val_cut"], image_key=f"{m['name']}/{it['key']}")
@@ -60,6 +62,13 @@ def merge_members(members: list[dict]) -> tuple[list[dict], list[dict], list[dic
             groups.append({"name": name, "weight": 0.0, "train_items": 0,
                            "val_items": len(m["val"]), "cut": m["val_cut"]})
     return train, val, scenes, groups
+
+
+def member_augment(aug: dict, group: dict | None) -> dict:
+    """The augmentation of a sample of ``group``: ``aug`` with the member's own
+    ``empty_crops``, where it has one."""
+    own = (group or {}).get("empty_crops")
+    return aug if own is None else {**aug, "empty_crops": own}
 
 
 def member_groups(groups: list[dict]) -> list[dict]:
