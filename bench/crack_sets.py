@@ -128,21 +128,15 @@ def filled(window, tile: int):
     upscaled (bilinear) until it fills the window -- as SAM's resize-longest-side would -- and
     the probabilities are resized back. The crop sets' photos are 133-224 px, so at native
     size the model sees them inside a mostly padded window."""
-    import torch
-    import torch.nn.functional as F
-
-    def resize(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None]
-        return F.interpolate(t, size=size, mode="bilinear", align_corners=False,
-                             antialias=size[0] < arr.shape[1])[0].numpy()
+    from jobs.training.augment import resize_chw
+    from samsp.preprocess import resized_shape
 
     def forward(image: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         h, w = image.shape[1:]
         if max(h, w) >= tile or valid is not None and not valid.all():
             return window(image, valid)
-        size = (round(h * tile / max(h, w)), round(w * tile / max(h, w)))
-        big = np.clip(np.rint(resize(image, size)), 0, 255).astype(np.uint8)
-        return resize(window(big), (h, w))
+        big = resize_chw(image, resized_shape(h, w, tile), "bilinear")  # uint8 stays uint8
+        return resize_chw(window(big), (h, w), "bilinear")
 
     return forward
 

@@ -3,7 +3,7 @@ flips and 90-degree rotations, colour jitter, grey crops, cast shadows and small
 Image, mask and valid move together, and labels survive downscaling wherever the structure
 stays visible (``label_keep_threshold``).
 
-Arrays are ``image uint8[C,h,w]``, ``mask bool[h,w]``, ``valid bool[h,w]`` (``_resize`` works on
+Arrays are ``image uint8[C,h,w]``, ``mask bool[h,w]``, ``valid bool[h,w]`` (``resize_chw`` works on
 any ``[C,h,w]``); randomness comes from the caller's generator, so a crop is reproducible.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ def label_keep_threshold(ratio: float) -> float:
     return min(0.5, 1.0 / (math.ceil(ratio) + 1)) - 1e-6
 
 
-def _resize(arr: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
+def resize_chw(arr: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
     """Resize ``[C,h,w]`` (any dtype) to ``size`` (h, w).
 
     Bool arrays (labels) upscale by bilinear > 0.5 and downscale by area coverage above
@@ -78,9 +78,9 @@ def crop_window(img, mask, valid, y0: int, x0: int, src: int, out: int):
         cm[0, ys - y0:ye - y0, xs - x0:xe - x0] = mask[ys:ye, xs:xe]
         cv[0, ys - y0:ye - y0, xs - x0:xe - x0] = valid[ys:ye, xs:xe]
     if src != out:
-        ci = _resize(ci, (out, out), "bilinear")
-        cv = _resize(cv, (out, out), "nearest")
-        cm = _resize(cm, (out, out), "bilinear") & cv  # no label where there is no image
+        ci = resize_chw(ci, (out, out), "bilinear")
+        cv = resize_chw(cv, (out, out), "nearest")
+        cm = resize_chw(cm, (out, out), "bilinear") & cv  # no label where there is no image
     return ci, cm[0], cv[0]
 
 

@@ -3,9 +3,10 @@ sample's item by the members' weights.
 
 A mixture plan is an ordinary plan (``jobs/training/data.py``) whose items carry ``group`` (an
 index into ``groups``) and keys prefixed ``<member>/``, plus ``groups``: the members' names,
-weights and item counts -- and, after a member with ``val_cut``, its validation-only group (marked
-``cut``, weight 0, no training items; ``member_groups`` leaves these out). Sampling is a pure function of a generator, so a sample stays reproducible in
-``(seed, epoch, i)`` as every other training crop is.
+weights and item counts -- and, after a member with ``val_cut``, its validation-only group
+(marked ``cut``, weight 0, no training items; ``member_groups`` leaves these out). Sampling is a
+pure function of a generator, so a sample stays reproducible in ``(seed, epoch, i)`` as every
+other training crop is.
 """
 from __future__ import annotations
 

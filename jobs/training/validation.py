@@ -39,7 +39,7 @@ def validate(model, val_ds, indices, window: SlidingWindow, threshold: float,
     for i in indices:
         img, mask, valid = val_ds[i]
         row = rows[val_ds.group(i)]
-        cut = val_ds.cut(i) if hasattr(val_ds, "cut") else 0
+        cut = val_ds.cut(i)
         probs = torch.from_numpy(crops_stitched(window, img.numpy(), cut, valid.numpy()) if cut
                                  else window(img.numpy(), valid=valid.numpy()))
         target = (mask & valid)[None]
