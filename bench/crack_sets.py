@@ -4,8 +4,9 @@ self-prompting arms.
 
     # score bundles on the four test sets (DeepCrack whole images, the cracks/ crops):
     python -m bench.crack_sets score --model models/samsp-crack-tiny --name committed
-    # the same with photos smaller than the window upscaled to fill it (an experiment):
-    python -m bench.crack_sets score --model models/samsp-crack-tiny --name fill --fill-small
+    # the small-photo rule (pad | fill) and threshold the bundle's own validation data choose
+    # (--write: into its bundle.json); score --small-images overrides the bundle's rule:
+    python -m bench.crack_sets select --model models/samsp-crack-tiny --val-cut deepcrack=3 [--write]
     # train + score: leave-one-set-out and same-budget arms on the mixture (hours on 2 cores):
     python -m bench.crack_sets runs --runs loo,arms --steps 1500 --out out/crack_sets
     # the arms (single pass, SAM-SP box, box+mask; --unet adds the U-Net) for two seeds,
@@ -104,41 +105,101 @@ def score_set(window, items, threshold: float) -> dict:
 
 
 def score_model(model: str, sets: list[str], limit: int, threads: int,
-                fill_small: bool = False) -> dict:
+                small_images: str | None = None) -> dict:
     """Every set in ``sets`` scored with the bundle at ``model`` (see ``score_set``);
-    ``fill_small``: photos smaller than the window upscaled to fill it (``filled``)."""
+    ``small_images``: how photos smaller than the window are run (default: the bundle's)."""
     import torch
 
-    from jobs.inference.sliding_window import SlidingWindow, bundle_forward
     from samsp import load_bundle
 
     if threads:
         torch.set_num_threads(threads)
     bundle = load_bundle(model)
-    tile = bundle.meta.image_size
-    window = SlidingWindow(bundle_forward(bundle), tile, tile // 8, "core", 4)
-    out = {"model": model, "threshold": bundle.meta.threshold, "fill_small": fill_small}
-    if fill_small:
-        window = filled(window, tile)
+    window = bundle_window(bundle, small_images)
+    out = {"model": model, "threshold": bundle.meta.threshold,
+           "small_images": window.small_images}
     return {**out, **score_window(window, bundle.meta.threshold, sets, limit, model)}
 
 
-def filled(window, tile: int):
-    """An experiment, not an inference option: a photo whose longer side is under ``tile`` is
-    upscaled (bilinear) until it fills the window -- as SAM's resize-longest-side would -- and
-    the probabilities are resized back. The crop sets' photos are 133-224 px, so at native
-    size the model sees them inside a mostly padded window."""
-    from jobs.training.augment import resize_chw
-    from samsp.preprocess import resized_shape
+def bundle_window(bundle, small_images: str | None = None):
+    """The scoring window of every model here: tile = the model input, overlap 1/8, cores;
+    small photos as ``small_images`` says (default: the bundle's rule)."""
+    from jobs.inference.sliding_window import SlidingWindow, bundle_forward
 
-    def forward(image: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-        h, w = image.shape[1:]
-        if max(h, w) >= tile or valid is not None and not valid.all():
-            return window(image, valid)
-        big = resize_chw(image, resized_shape(h, w, tile), "bilinear")  # uint8 stays uint8
-        return resize_chw(window(big), (h, w), "bilinear")
+    tile = bundle.meta.image_size
+    return SlidingWindow(bundle_forward(bundle), tile, tile // 8, "core", 4,
+                         small_images=small_images or bundle.meta.small_images)
 
-    return forward
+
+def select_rule(model: str, threads: int = 0, cuts: dict[str, int] | None = None) -> dict:
+    """The small-photo rule and output threshold a bundle's own validation data choose, as
+    training chooses (``val_dice``: the mean over the groups of each one's mean per-image
+    Dice): for each rule (``pad``, ``fill``), every group's Dice at each threshold of
+    training's sweep; the best mean wins. ``cuts`` (member name -> n): that member's
+    validation images also scored cut into n x n crops (training's ``val_cut``, a group of its
+    own), so the choice sees small photos cut from big ones too. Test data is never read."""
+    import copy
+
+    import torch
+
+    from jobs.evaluation.data import load_item
+    from jobs.evaluation.scoring import score_image
+    from jobs.inference.sliding_window import crops_stitched
+    from jobs.training.data import plan_data
+    from jobs.training.validation import THRESHOLD_SWEEP
+    from samsp import load_bundle
+
+    if threads:
+        torch.set_num_threads(threads)
+    bundle = load_bundle(model)
+    data = copy.deepcopy(((bundle.meta.provenance or {}).get("config") or {}).get("data"))
+    if not data:
+        raise SystemExit(f"{model}: no training config in its provenance (not from jobs/train.py)")
+    for m in data["source"].get("members") or []:
+        m["val_cut"] = (cuts or {}).get(m["name"], m.get("val_cut", 0))
+    plan = plan_data(data)
+    names = [g["name"] for g in plan.get("groups") or [{"name": "all"}]]
+    out: dict = {"model": model, "thresholds": list(THRESHOLD_SWEEP), "cuts": cuts or {},
+                 "rules": {}}
+    for rule in ("pad", "fill"):
+        window = bundle_window(bundle, rule)
+        dice: dict[str, list] = {}
+        for item in plan["val"]:
+            image, mask, valid = load_item(item, plan["scenes"])
+            prob = (crops_stitched(window, image, item["cut"], valid) if item.get("cut")
+                    else window(image, valid))[-1:]
+            dice.setdefault(names[item.get("group", 0)], []).append(
+                [score_image(prob, mask, t, valid=valid)[0]["dice"] for t in THRESHOLD_SWEEP])
+        per_set = {g: np.mean(v, axis=0) for g, v in dice.items()}
+        mean = np.mean(list(per_set.values()), axis=0)
+        best = int(np.argmax(mean))
+        out["rules"][rule] = {"threshold": THRESHOLD_SWEEP[best], "mean_dice": float(mean[best]),
+                              "sets": {g: float(v[best]) for g, v in per_set.items()},
+                              "mean_by_threshold": [round(float(v), 4) for v in mean]}
+        log(f"{model}: {rule}: best threshold {THRESHOLD_SWEEP[best]} mean validation Dice "
+            f"{mean[best]:.4f} ({', '.join(f'{g} {v[best]:.3f}' for g, v in per_set.items())})")
+    out["chosen"] = max(out["rules"], key=lambda r: out["rules"][r]["mean_dice"])
+    return out
+
+
+def write_choice(model: str, choice: dict) -> None:
+    """The chosen rule and threshold into the bundle's ``bundle.json`` (weights untouched; the
+    choice and the command behind it go into its provenance)."""
+    from samsp.bundle import META_FILE, BundleMeta
+
+    path = Path(model) / META_FILE
+    meta = BundleMeta.model_validate_json(path.read_text())
+    rule = choice["chosen"]
+    picked = choice["rules"][rule]
+    prov = dict(meta.provenance, small_images_selection={
+        "command": f"python -m bench.crack_sets select --model {model} --write"
+                   + "".join(f" --val-cut {k}={v}" for k, v in choice.get("cuts", {}).items()),
+        "before": {"small_images": meta.small_images, "threshold": meta.threshold},
+        **{r: {k: v for k, v in c.items() if k != "mean_by_threshold"}
+           for r, c in choice["rules"].items()}})
+    meta = meta.model_copy(update={"small_images": rule, "threshold": picked["threshold"],
+                                   "provenance": prov})
+    path.write_text(meta.model_dump_json(indent=2))  # as save_bundle writes it
 
 
 def score_window(window, threshold: float, sets: list[str], limit: int, name: str) -> dict:
@@ -276,6 +337,34 @@ def merge(entries: dict) -> dict:
     return data
 
 
+def merge_selection(model: str, choice: dict) -> None:
+    """A ``select`` result into results_crack_sets.json (``selections``, by model path)."""
+    path = RESULTS / "results_crack_sets.json"
+    data = json.loads(path.read_text()) if path.exists() else {"models": {}}
+    data.setdefault("selections", {})[model] = choice
+    path.write_text(json.dumps(data, indent=1, sort_keys=True))
+
+
+def selection_lines(data: dict) -> list[str]:
+    """CRACK_SETS_RESULTS.md rows of the ``select`` results: each rule's best threshold and
+    mean validation Dice (per member)."""
+    rows = []
+    for model, c in sorted(data.get("selections", {}).items()):
+        for rule, r in c["rules"].items():
+            sets = ", ".join(f"{g} {v:.3f}" for g, v in r["sets"].items())
+            mark = " (chosen)" if rule == c["chosen"] else ""
+            rows.append(f"| {model} | {rule}{mark} | {r['threshold']:g} | {r['mean_dice']:.4f}"
+                        f" | {sets} |")
+    if not rows:
+        return []
+    return ["", "### Small photos: pad or fill, chosen on validation", "",
+            "`python -m bench.crack_sets select --model M`: each member's validation split "
+            "(the bundle's own), mean per-image Dice at the best output threshold of training's "
+            "sweep, photos smaller than the window padded or filled.", "",
+            "| model | rule | threshold | mean validation Dice | per set |", "|---|---|---|---|---|",
+            *rows]
+
+
 def headlines(data: dict, committed: str, before: str | None) -> dict:
     """Flat keys for bench/results.json: the committed model's per-set test Dice, mean, min and
     crack-free false-positive rates, the leave-one-set-out Dice of each held-out set (and their
@@ -324,7 +413,8 @@ def markdown(data: dict, keys: dict) -> str:
         how = f" (held out: {m['held_out']}, {m.get('steps')} steps" + (
             f", fine-tuned from {m['init']}" if m.get("init") else "") + ")" if m.get(
             "held_out") else ""
-        how += " (--fill-small: small photos upscaled to the window)" if m.get("fill_small") else ""
+        filled = m.get("small_images") == "fill" or m.get("fill_small")  # older rows: the flag
+        how += " (small photos filled: upscaled to the window)" if filled else ""
         lines.append(f"| {name}{how} | " + " | ".join(cells) + f" | {mean} | {fp} |")
     held = sorted(m["held_out"] for m in data["models"].values() if m.get("held_out"))
     if held:
@@ -353,13 +443,19 @@ def markdown(data: dict, keys: dict) -> str:
             secs = " / ".join(f"{t:.0f}" for t in row["train_s"] if t) or "?"
             lines.append(f"| {arm} | {row['seeds']} | " + " | ".join(cells)
                          + f" | {row['mean']:.3f}{spread} | {secs} |")
+    lines += selection_lines(data)
     lines += ["", "Headline keys: " + ", ".join(f"`{k}` = {v}" for k, v in sorted(keys.items()))]
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("mode", choices=["score", "runs", "report"])
+    p.add_argument("mode", choices=["score", "select", "runs", "report"])
+    p.add_argument("--write", action="store_true",
+                   help="select: write the chosen rule and threshold into the bundle")
+    p.add_argument("--val-cut", action="append", default=[], metavar="MEMBER=N",
+                   help="select: also score that member's validation images cut into N x N "
+                        "crops (training's val_cut), a group of its own")
     p.add_argument("--committed", help="report: the model name whose numbers are the headlines")
     p.add_argument("--before", help="report: the model it replaced")
     p.add_argument("--model", help="bundle to score (score mode)")
@@ -377,9 +473,9 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=300, help="test images per set (0 = all)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", default="out/crack_sets")
-    p.add_argument("--fill-small", action="store_true",
-                   help="score mode: upscale photos smaller than the window to fill it "
-                        "(an experiment; no job does this)")
+    p.add_argument("--small-images", choices=("pad", "fill"),
+                   help="score/select: photos smaller than the window padded or filled "
+                        "(default: the bundle's small_images)")
     args = p.parse_args(argv)
     sets = args.sets.split(",")
     if args.mode == "report":
@@ -390,8 +486,15 @@ def main(argv=None) -> int:
         path.write_text(json.dumps(data, indent=1, sort_keys=True))
         (RESULTS / "CRACK_SETS_RESULTS.md").write_text(markdown(data, keys))
         return 0
+    if args.mode == "select":
+        cuts = {k: int(v) for k, v in (c.split("=") for c in args.val_cut)}
+        choice = select_rule(args.model, args.threads, cuts)
+        merge_selection(args.model, choice)
+        if args.write:
+            write_choice(args.model, choice)
+        return 0
     if args.mode == "score":
-        entry = score_model(args.model, sets, args.limit, args.threads, args.fill_small)
+        entry = score_model(args.model, sets, args.limit, args.threads, args.small_images)
         merge({args.name or Path(args.model).name: entry})
         return 0
     out = Path(args.out).resolve()

@@ -165,7 +165,7 @@ def measure(window: SlidingWindow, root: Path, names: list[str], threshold: floa
 #: what each model measured keeps in the results file's ``by_model`` table
 ENTRY_KEYS = ("small_dice_whole", "small_dice_crops_stitched", "small_image_gap",
               "clean_crops_alarm_share", "clean_crops_fp_rate", "small_images_n",
-              "small_images_threshold")
+              "small_images_threshold", "small_images_rule")
 
 
 def write_results(result: dict, limit: int, name: str, entry_only: bool = False) -> None:
@@ -181,8 +181,13 @@ def write_results(result: dict, limit: int, name: str, entry_only: bool = False)
         result, limit = old, old.get("small_images_limit", limit)
     result = {**result, "by_model": by_model, "small_images_limit": limit}
     path.write_text(json.dumps(result, indent=1) + "\n")
-    rows = [("SAM's padding, invalid (now)", "small_dice_whole", "small_dice_crops_stitched",
-             "small_dice_per_crop", "small_image_gap"),
+    filled = result.get("small_images_rule") == "fill"
+    rows = [("none: each crop alone, upscaled to fill the window (the bundle's small_images: "
+             "fill)" if filled else "SAM's padding, invalid (now)", "small_dice_whole",
+             "small_dice_crops_stitched", "small_dice_per_crop", "small_image_gap"),
+            *([("SAM's padding, invalid (small_images: pad)", "padded_dice_whole",
+                "padded_dice_crops_stitched", "padded_dice_per_crop", "padded_gap")]
+              if filled and "padded_gap" in result else []),
             ("uint8 zeros before normalising, as image (before)", "raw_padding_dice_whole",
              "raw_padding_dice_crops_stitched", "raw_padding_dice_per_crop",
              "raw_padding_gap")]
@@ -215,9 +220,10 @@ def write_results(result: dict, limit: int, name: str, entry_only: bool = False)
         + clean_markdown(result, quiet_thresholds(result["small_images_threshold"])) +
         "## Every model measured\n\n"
         "`python -m bench.small_images --model M --name N [--entry-only]` (the same images):\n\n"
-        "| model | threshold | whole | crops stitched back | gap | crack-free crops with a "
-        "false alarm | crack-free pixels marked |\n|---|---|---|---|---|---|---|\n"
-        + "".join(f"| {n} | {e.get('small_images_threshold')} | {e['small_dice_whole']} | "
+        "| model | threshold | small crops | whole | crops stitched back | gap | crack-free crops "
+        "with a false alarm | crack-free pixels marked |\n|---|---|---|---|---|---|---|---|\n"
+        + "".join(f"| {n} | {e.get('small_images_threshold')} | "
+                  f"{e.get('small_images_rule') or 'pad'} | {e['small_dice_whole']} | "
                   f"{e['small_dice_crops_stitched']} | {e['small_image_gap']} | "
                   f"{fmt(e.get('clean_crops_alarm_share'), '.1%')} | "
                   f"{fmt(e.get('clean_crops_fp_rate'), '.2%')} |\n"
@@ -255,13 +261,19 @@ def main(argv=None) -> int:
     result = {"small_images_n": len(names), "model": Path(args.model).name,
               "machine": cpu_label(), "small_images_iterations": bundle.meta.iterations,
               "small_images_prompt": bundle.meta.prompt,
-              "small_images_threshold": bundle.meta.threshold}
-    forwards = [("small", bundle_forward(bundle, precision="fp32"))]
+              "small_images_threshold": bundle.meta.threshold,
+              "small_images_rule": bundle.meta.small_images}
+    rule = bundle.meta.small_images
+    # (prefix, forward, how crops smaller than the window run): the bundle's own rule first;
+    # the padding rows pad (a filled crop has no padding to compare)
+    forwards = [("small", bundle_forward(bundle, precision="fp32"), rule)]
     if not args.entry_only:
-        forwards.append(("raw_padding", raw_padding_forward(bundle)))
-    for prefix, forward in forwards:
-        got = measure(SlidingWindow(forward, tile=256, overlap=32), root, names,
-                      bundle.meta.threshold)
+        if rule != "pad":
+            forwards.append(("padded", bundle_forward(bundle, precision="fp32"), "pad"))
+        forwards.append(("raw_padding", raw_padding_forward(bundle), "pad"))
+    for prefix, forward, small in forwards:
+        got = measure(SlidingWindow(forward, tile=256, overlap=32, small_images=small), root,
+                      names, bundle.meta.threshold)
         result.update({f"{prefix}_dice_whole": got["whole"],
                        f"{prefix}_dice_crops_stitched": got["crops"],
                        f"{prefix}_dice_per_crop": got["per_crop"]})
@@ -271,7 +283,7 @@ def main(argv=None) -> int:
             result.update({"small_p0_dice_whole": got["p0_whole"],
                            "small_p0_dice_crops_stitched": got["p0_crops"],
                            "small_p0_dice_per_crop": got["p0_per_crop"]})
-        gap_key = "small_image_gap" if prefix == "small" else "raw_padding_gap"
+        gap_key = "small_image_gap" if prefix == "small" else f"{prefix}_gap"
         result[gap_key] = round(got["whole"] - got["crops"], 4)
     write_results(result, args.limit, args.name or Path(args.model).name, args.entry_only)
     print(json.dumps(result))

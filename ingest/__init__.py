@@ -11,11 +11,12 @@ from .errors import (BandError, CorruptSceneError, EmptySceneError, IncompleteMa
                      SceneTooLargeError, SceneTimeoutError, UnsupportedFormatError, WriterError)
 from .radiometry import Radiometry
 from .scene import DEFAULT_SAMPLE_PIXELS, Scene, open_scene
-from .tiling import Tile, TileGrid, window_bounds
+from .tiling import SMALL_IMAGES, Tile, TileGrid, window_bounds
 from .writer import NODATA, MaskWriter, prob_to_u8, u8_to_prob
 
 __all__ = [
-    "open_scene", "Scene", "Radiometry", "TileGrid", "Tile", "window_bounds", "MaskWriter",
+    "open_scene", "Scene", "Radiometry", "TileGrid", "Tile", "window_bounds",
+    "SMALL_IMAGES", "MaskWriter",
     "prob_to_u8", "u8_to_prob", "NODATA", "DEFAULT_SAMPLE_PIXELS", "storage",
     "SceneError", "MissingSceneError", "CorruptSceneError", "UnsupportedFormatError",
     "S3AccessError", "NoCRSError", "EmptySceneError", "BandError", "WriterError",

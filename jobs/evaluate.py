@@ -9,7 +9,8 @@ A single-process tool (plain torch, no Ray); its parts: jobs/evaluation/run.py (
 threshold sweep), jobs/evaluation/data.py (pairs, splits), jobs/inference/sliding_window.py
 (whole-image inference), jobs/evaluation/scoring.py (metrics), jobs/evaluation/outputs.py (CSV,
 overlays, the table). For each image it runs the model over ``tile`` x ``tile`` sliding windows
-(``ingest.TileGrid``: overlapping read windows, cores that partition the image exactly) and
+(``ingest.TileGrid``: overlapping read windows, cores that partition the image exactly; an image
+smaller than the tile padded or upscaled as the bundle's ``small_images`` says) and
 stitches every pass's probability map, either by copying each window's core (``--stitch core``,
 what ``jobs/segment.py`` writes) or by averaging the probabilities of all windows covering a
 pixel (``--stitch mean``). Then per image and per pass (0 = promptless ... K = final): Dice, IoU,
@@ -86,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (per_image.csv, summary.json, overlays/)")
     p.add_argument("--tile", type=int, help="window side in px (default: the model's input size)")
     p.add_argument("--overlap", type=int, help="window overlap in px (default: tile // 8)")
+    p.add_argument("--small-images", choices=("pad", "fill"),
+                   help="an image smaller than the tile: pad it (native size) or fill the "
+                        "model frame with it (upscaled); default: the bundle's small_images")
     p.add_argument("--stitch", default="core", choices=("core", "mean"),
                    help="core: copy each window's core (as segment does); mean: average windows")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward")

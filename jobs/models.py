@@ -3,7 +3,8 @@
     python -m jobs.models             # one line per bundle in models/ and $SAMSP_MODELS
     python -m jobs.models NAME        # that bundle's bundle.json (NAME: a name, folder or URI)
 
-Each line: name, model type, input size, passes K and self-prompt, output threshold, the input
+Each line: name, model type, input size, passes K and self-prompt, output threshold (and
+"small photos filled" for a bundle whose ``small_images`` is ``fill``), the input
 contract in short ("contract unknown" for bundles written before it existed), the first line of
 its MODEL_CARD.md, and where it is. Names resolve as ``--model NAME`` does for segment, sweep and
 evaluate (``jobs.inference.bundle_meta.resolve_bundle``): ``<repo>/models`` first, then the
@@ -60,6 +61,8 @@ def bundle_line(entry: dict) -> str:
         threshold = f"threshold {meta.get('threshold', 0.5):g}"
         if meta.get("prompt_threshold") is not None:
             threshold += f" (self-prompts {meta['prompt_threshold']:g})"
+        if meta.get("small_images") == "fill":  # pad, the rule of older bundles, goes unsaid
+            threshold += ", small photos filled"
         fields = [name, f"{meta.get('model_type')} {meta.get('image_size')}px",
                   f"K={meta.get('iterations')} {meta.get('prompt')}", threshold,
                   describe_input(meta.get("input"))]

@@ -66,6 +66,11 @@ class BundleMeta(BaseModel):
     # What the model was trained on (samsp.contract): bands, dtype, radiometry, GSD, what 1
     # means. None: unknown -- bundles written before the contract existed load unchanged.
     input: Optional[InputContract] = None
+    # How an image smaller than the model window reaches the model (ingest.TileGrid small_images):
+    # "pad" (native size in a padded window) or "fill" (upscaled until its longer side fills
+    # the frame, SAM's resize-longest-side). The rule the threshold and checkpoint were chosen
+    # under; photo inference (sweep, evaluate, segment_file) follows it. Older bundles: pad.
+    small_images: Literal["pad", "fill"] = "pad"
 
 
 @dataclass

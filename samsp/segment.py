@@ -87,7 +87,8 @@ def segment_file(source, model, *, bands: Sequence[int] | int | None = None,
                  percentiles: tuple[float, float] = (2, 98), tile: int | None = None,
                  overlap: int | None = None, threshold: float | None = None,
                  iterations: int | None = None, device: str = "auto", precision: str = "auto",
-                 check: str = "error", max_pixels: int = DEFAULT_MAX_PIXELS) -> SegmentResult:
+                 check: str = "error", max_pixels: int = DEFAULT_MAX_PIXELS,
+                 small_images: str | None = None) -> SegmentResult:
     """Segment one image or scene (module docstring) with a bundle.
 
     ``model``: a loaded ``samsp.Bundle``, a bundle folder/URI or a bundle name (``<repo>/models``,
@@ -97,7 +98,10 @@ def segment_file(source, model, *, bands: Sequence[int] | int | None = None,
     default to the bundle's; ``device`` ``auto | cpu | cuda``; ``precision`` as the job's
     ``predict.precision``. ``check``: the input contract (``error`` raises ``ContractError`` for
     an image the model would read wrongly, ``warn`` only warns, ``off`` skips it); warnings are
-    in ``result.warnings`` and issued once with ``warnings.warn``."""
+    in ``result.warnings`` and issued once with ``warnings.warn``. ``small_images``: an image
+    smaller than the tile padded or upscaled to fill the frame (``SlidingWindow``'s; default the
+    bundle's); a georeferenced scene always pads -- its pixels keep their ground size, as in the
+    segment job."""
     if check not in CHECKS:
         raise SegmentError(f"check must be one of {', '.join(CHECKS)}, got {check!r}")
     bundle = model if isinstance(model, Bundle) else load_bundle(resolve_bundle(os.fspath(model)))
@@ -123,7 +127,9 @@ def segment_file(source, model, *, bands: Sequence[int] | int | None = None,
     forward = bundle_forward(bundle, iterations, _device(device), precision)
     # the final pass only: SlidingWindow holds every pass it is given, [P,H,W] float32
     window = SlidingWindow(lambda t, v: forward(t, v)[-1:], tile,
-                           tile // 8 if overlap is None else overlap)
+                           tile // 8 if overlap is None else overlap,
+                           small_images="pad" if image.georeferenced
+                           else small_images or meta.small_images)
     probability = window(pixels, valid)[0]
     mask = (probability > threshold).astype(np.uint8)
     mask[~valid] = NODATA

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ingest.tiling import TileGrid, window_bounds
+from ingest.tiling import SMALL_IMAGES, TileGrid, window_bounds
 
 from .errors import SegmentError
 
@@ -72,8 +72,11 @@ class SlidingWindow:
     job's rule). ``stitch="mean"``: the average over every window that covers it.
     ``edge`` is ``ingest.TileGrid``'s: ``"shift"`` moves border windows inside the image,
     ``"pad"`` keeps the grid regular and lets windows reach past the bottom/right border.
-    Window pixels outside the image are zero (images smaller than a tile always pad, like
-    training crops); see the module docstring for what the forward is told about them.
+    Window pixels outside the image are zero; see the module docstring for what the forward
+    is told about them. ``small_images`` (``ingest.TileGrid``'s): an image smaller than a tile
+    either pads (``pad``, like training crops) or is run as one window of exactly its own size
+    that the model frame upscales (``fill``, SAM's resize-longest-side) -- the bundle's
+    ``small_images`` says which its model was chosen with.
     """
 
     forward: TileForward
@@ -82,6 +85,7 @@ class SlidingWindow:
     stitch: str = "core"
     batch_size: int = 8
     edge: str = "shift"
+    small_images: str = "pad"
 
     def __post_init__(self) -> None:
         if self.stitch not in ("core", "mean"):
@@ -93,9 +97,13 @@ class SlidingWindow:
             raise SegmentError("batch_size must be >= 1")
         if self.edge not in ("shift", "pad"):
             raise SegmentError(f"edge must be 'shift' or 'pad', got {self.edge!r}")
+        if self.small_images not in SMALL_IMAGES:
+            raise SegmentError(f"small_images must be one of {SMALL_IMAGES}, "
+                               f"got {self.small_images!r}")
 
     def windows(self, height: int, width: int):
-        return list(TileGrid(height, width, self.tile, self.overlap, edge=self.edge))
+        return list(TileGrid(height, width, self.tile, self.overlap, edge=self.edge,
+                             small_images=self.small_images))
 
     def __call__(self, image: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """``image`` ``[C,H,W]`` (uint8) -> probabilities float32 ``[P,H,W]`` (P passes).
@@ -110,10 +118,10 @@ class SlidingWindow:
         for start in range(0, len(tiles), self.batch_size):
             chunk = tiles[start:start + self.batch_size]
             batch, batch_valid, spans = self._cut(image, valid, chunk)
-            probs = np.asarray(self.forward(batch, batch_valid), dtype=np.float32)  # [P,b,t,t]
-            if probs.ndim != 4 or probs.shape[1:] != (len(chunk), self.tile, self.tile):
-                raise SegmentError(f"forward returned {probs.shape}, "
-                                   f"expected [P,{len(chunk)},{self.tile},{self.tile}]")
+            probs = np.asarray(self.forward(batch, batch_valid), dtype=np.float32)  # [P,b,h,w]
+            if probs.ndim != 4 or probs.shape[1:] != batch.shape[:1] + batch.shape[2:]:
+                raise SegmentError(f"forward returned {probs.shape}, expected "
+                                   f"[P,{len(chunk)},{batch.shape[2]},{batch.shape[3]}]")
             if out is None:
                 out = np.zeros((probs.shape[0], height, width), np.float32)
                 if self.stitch == "mean":
@@ -124,12 +132,13 @@ class SlidingWindow:
         return out
 
     def _cut(self, image: np.ndarray, valid: np.ndarray | None, chunk) -> tuple:
-        """The windows of ``chunk`` (zero outside the image), their validity (None without
-        ``valid``; False outside the image) and each one's ``(r0, c0, rs, cs, re, ce)``."""
+        """The read windows of ``chunk`` (one size; zero outside the image), their validity
+        (None without ``valid``; False outside the image) and each one's
+        ``(r0, c0, rs, cs, re, ce)``."""
         channels, height, width = image.shape
-        t = self.tile
-        batch = np.zeros((len(chunk), channels, t, t), dtype=image.dtype)
-        batch_valid = None if valid is None else np.zeros((len(chunk), t, t), dtype=bool)
+        th, tw = int(chunk[0].read_window.height), int(chunk[0].read_window.width)
+        batch = np.zeros((len(chunk), channels, th, tw), dtype=image.dtype)
+        batch_valid = None if valid is None else np.zeros((len(chunk), th, tw), dtype=bool)
         spans = []
         for j, tl in enumerate(chunk):
             r0, c0, r1, c1 = window_bounds(tl.read_window)

@@ -79,19 +79,43 @@ def test_arm_rows_average_seeds_and_keep_pass_zero():
     assert keys["crack_arm_dice_mean_sp_box"] == 0.5 and keys["crack_arm_dice_crack500_unet"] == 0.5
 
 
-def test_fill_small_upscales_only_photos_smaller_than_the_window():
-    """``--fill-small`` (an experiment): a 100 x 50 photo reaches the model as 256 x 128 and its
-    probabilities come back at 100 x 50; a photo as big as the window is passed as it is."""
-    from bench.crack_sets import filled
+def test_select_chooses_rule_and_threshold_on_the_bundles_validation_data(tmp_path):
+    """``select``: each rule scored on the bundle's own validation split (members by name, at
+    every threshold of training's sweep), the best mean chosen; ``--write`` puts that rule and
+    threshold into bundle.json -- weights untouched, the choice and its command in its
+    provenance."""
+    import json
 
-    seen = []
+    from bench.crack_sets import selection_lines, select_rule, write_choice
+    from jobs.training.config import TrainConfig
+    from jobs.training.validation import THRESHOLD_SWEEP
+    from samsp import load_bundle
+    from tests.conftest import save_random_bundle
+    from tests.test_train_mixture import _member, _pairs
 
-    def window(image, valid=None):
-        seen.append(image.shape[1:])
-        return np.full((1, *image.shape[1:]), 0.7, np.float32)
-
-    forward = filled(window, 256)
-    out = forward(np.zeros((3, 100, 50), np.uint8))
-    assert seen == [(256, 128)] and out.shape == (1, 100, 50) and np.allclose(out, 0.7)
-    forward(np.zeros((3, 300, 80), np.uint8))
-    assert seen[-1] == (300, 80)
+    _pairs(tmp_path / "a", 7, size=(40, 60), value=90)
+    _pairs(tmp_path / "b", 7, size=(60, 30), value=160)
+    data = TrainConfig.model_validate({"data": {"source": {"kind": "mixture", "members": [
+        _member(tmp_path / "a", "a"), _member(tmp_path / "b", "b")]}}}).data
+    uri = save_random_bundle(tmp_path / "m", "vit_micro")
+    path = tmp_path / "m" / "bundle.json"
+    meta = json.loads(path.read_text())
+    meta["provenance"] = {"config": {"data": data.model_dump(mode="json")}}
+    path.write_text(json.dumps(meta))
+    choice = select_rule(uri, cuts={"a": 2})  # a's images also cut in 2 x 2 crops: a group
+    assert set(choice["rules"]) == {"pad", "fill"}
+    for rule in choice["rules"].values():
+        assert set(rule["sets"]) == {"a", "b", "a_cut2"} and rule["threshold"] in THRESHOLD_SWEEP
+        assert rule["mean_dice"] == pytest.approx(np.mean(list(rule["sets"].values())))
+        assert rule["mean_dice"] == pytest.approx(max(rule["mean_by_threshold"]), abs=1e-4)
+    best = choice["rules"][choice["chosen"]]
+    assert best["mean_dice"] == max(r["mean_dice"] for r in choice["rules"].values())
+    write_choice(uri, choice)
+    after = load_bundle(uri).meta
+    assert (after.small_images, after.threshold) == (choice["chosen"], best["threshold"])
+    assert after.weights_sha256 == meta["weights_sha256"]
+    assert after.provenance["small_images_selection"]["before"] == {"small_images": "pad",
+                                                                    "threshold": 0.5}
+    assert after.provenance["small_images_selection"]["command"].endswith("--val-cut a=2")
+    lines = selection_lines({"selections": {uri: choice}})
+    assert sum("(chosen)" in line for line in lines) == 1

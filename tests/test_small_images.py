@@ -124,12 +124,15 @@ def test_results_without_crack_free_crops_still_write(tmp_path, monkeypatch):
                  for k in ("whole", "crops_stitched", "per_crop")}}
     monkeypatch.setattr(small, "RESULTS", tmp_path)
     small.write_results(result, 1, "first")
-    small.write_results(dict(result, small_dice_whole=0.25), 1, "second", entry_only=True)
+    small.write_results(dict(result, small_dice_whole=0.25, small_images_rule="fill"), 1,
+                        "second", entry_only=True)
     saved = json.loads((tmp_path / "results_small_images.json").read_text())
     assert saved["small_dice_whole"] == 0.5  # the headline stays the first model's
     assert saved["by_model"]["second"]["small_dice_whole"] == 0.25
     report = (tmp_path / "SMALL_IMAGES_RESULTS.md").read_text()
-    assert "n/a" in report and "| second | 0.5 | 0.25 |" in report
+    # rows say how small crops were run (pad for rows written before the rule existed)
+    assert "n/a" in report and "| second | 0.5 | fill | 0.25 |" in report
+    assert "| first | 0.5 | pad | 0.5 |" in report
 
 
 def _pairs(root, name, mask):

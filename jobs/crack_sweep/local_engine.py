@@ -128,7 +128,7 @@ def run_local(job, photos: dict, consume: Callable[[dict], None]) -> str:
     load: every photo then fails with it)."""
     cfg = job.cfg
     preload = ModelPreload(job.model_uri)  # loads while the first photos are read
-    kwargs = {"tile": job.tile, "overlap": job.overlap,
+    kwargs = {"tile": job.tile, "overlap": job.overlap, "small_images": job.small_images,
               "percentiles": list(cfg.input.percentiles), "bands": cfg.input.bands,
               "max_pixels": cfg.input.max_photo_pixels}
     reader = PhotoReader([(ph.id, ph.input) for ph in photos.values()], kwargs,

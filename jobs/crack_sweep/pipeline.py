@@ -82,9 +82,11 @@ def read_tile(scene, rad: Radiometry, orientation: int, window) -> tuple[np.ndar
 
 
 def photo_tile_rows(sid: str, uri: str, tile: int, overlap: int, percentiles, bands,
-                    max_pixels: int | None) -> Iterator[dict]:
+                    max_pixels: int | None, small_images: str = "pad") -> Iterator[dict]:
     """One row per tile of one photo, read window by window (memory ~ one tile, whatever the
-    photo's size); raises on a bad photo, possibly after some rows were yielded."""
+    photo's size); raises on a bad photo, possibly after some rows were yielded. A photo
+    smaller than the tile is one tile: padded, or (``small_images: fill``) the photo itself,
+    which the model upscales into its frame (``ingest.TileGrid``)."""
     t0 = time.perf_counter()
     with storage.gdal_env():  # no yield inside: the Env must not outlive a suspended generator
         scene = open_scene(uri, bands=bands, check_empty=False, max_pixels=max_pixels)
@@ -94,7 +96,7 @@ def photo_tile_rows(sid: str, uri: str, tile: int, overlap: int, percentiles, ba
             # Masks are made in the frame the inspector sees (EXIF orientation applied).
             orientation = read_orientation(uri)
         height, width = oriented_shape(scene.height, scene.width, orientation)
-        grid = TileGrid(height, width, tile, overlap)
+        grid = TileGrid(height, width, tile, overlap, small_images=small_images)
         spec = {"input": uri, "height": height, "width": width, "orientation": orientation,
                 "tiles": len(grid), "radiometry": rad.to_dict()}
         for t, window in tiles_in_read_order(grid, orientation, scene.height, scene.width):
@@ -121,14 +123,15 @@ def error_row(sid: str, uri: str, tile: int, error: str, read_s: float = 0.0) ->
 
 
 def photo_rows(batch: dict, tile: int, overlap: int, percentiles=(2.0, 98.0), bands=None,
-               max_pixels: int | None = None) -> Iterator[dict]:
+               max_pixels: int | None = None, small_images: str = "pad") -> Iterator[dict]:
     """Every photo of an input batch as tile rows; a bad photo ends with one error row -- also
     after some of its tiles went out (the driver then fails the whole photo: jobs/crack_sweep/run.py
     ``Photo.add_tile``)."""
     for sid, uri in zip(list(batch["scene"]), list(batch["input"])):
         sent, t0 = 0, time.perf_counter()
         try:
-            for row in photo_tile_rows(sid, uri, tile, overlap, percentiles, bands, max_pixels):
+            for row in photo_tile_rows(sid, uri, tile, overlap, percentiles, bands, max_pixels,
+                                       small_images):
                 sent += 1
                 yield row
                 t0 = time.perf_counter()
@@ -152,13 +155,13 @@ def tile_batch(rows: list[dict]) -> dict:
 
 
 def read_photo_batches(batch: dict, tile: int, overlap: int, percentiles=(2.0, 98.0), bands=None,
-                       max_pixels: int | None = None,
-                       batch_tiles: int = READ_BATCH_TILES) -> Iterator[dict]:
+                       max_pixels: int | None = None, batch_tiles: int = READ_BATCH_TILES,
+                       small_images: str = "pad") -> Iterator[dict]:
     """The read stage (a generator ``map_batches`` UDF): one input row per photo -> output batches
     of at most ``batch_tiles`` tile rows, so a 100 MP photo streams downstream in small batches
     instead of being one batch of all its tiles. A photo's tiles may span several batches."""
-    yield from grouped_batches(photo_rows(batch, tile, overlap, percentiles, bands, max_pixels),
-                               batch_tiles)
+    yield from grouped_batches(photo_rows(batch, tile, overlap, percentiles, bands, max_pixels,
+                                          small_images), batch_tiles)
 
 
 def grouped_batches(rows: Iterator[dict], size: int) -> Iterator[dict]:
@@ -175,10 +178,11 @@ def grouped_batches(rows: Iterator[dict], size: int) -> Iterator[dict]:
 
 
 def read_photos(batch: dict, tile: int, overlap: int, percentiles=(2.0, 98.0), bands=None,
-                max_pixels: int | None = None) -> dict:
+                max_pixels: int | None = None, small_images: str = "pad") -> dict:
     """Every tile of the batch's photos in one batch: for tests and small scripts (memory grows
     with the photos); the sweep's pipeline streams ``read_photo_batches``."""
-    return tile_batch(list(photo_rows(batch, tile, overlap, percentiles, bands, max_pixels)))
+    return tile_batch(list(photo_rows(batch, tile, overlap, percentiles, bands, max_pixels,
+                                      small_images)))
 
 
 def keep_mask_cores(batch: dict) -> dict:

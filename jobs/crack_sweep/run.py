@@ -68,6 +68,7 @@ class SweepRun:
     meta: object = None  # the bundle's BundleInfo: band map and input contract
     tile: int = 0
     overlap: int = 0
+    small_images: str = "pad"  # a photo smaller than the tile: padded or filled (ingest.tiling)
     t0: float = field(default_factory=time.perf_counter)
 
 
@@ -202,6 +203,7 @@ def prepare(args: argparse.Namespace) -> SweepRun | None:
     try:
         meta = job.meta = read_bundle_meta(args.model)
         job.tile, job.overlap = tile_geometry(cfg.tiling, meta.image_size)
+        job.small_images = cfg.tiling.small_images or meta.small_images
         # never the sweep's own masks/thumbs/contact sheet (output inside the inputs)
         job.inputs = expand_inputs(args.input, cfg.input.extensions, exclude=[job.output])
     except Exception as err:  # noqa: BLE001
@@ -338,6 +340,7 @@ def photo_dataset(job: SweepRun, photos: dict[str, Photo], res: dict):
     ds = ds.map_batches(read_photo_batches, batch_size=pc.read_batch_size,
                         num_cpus=pc.read_task_cpus, batch_format="numpy",
                         fn_kwargs={"tile": job.tile, "overlap": job.overlap,
+                                   "small_images": job.small_images,
                                    "percentiles": list(cfg.input.percentiles),
                                    "bands": cfg.input.bands,
                                    "max_pixels": cfg.input.max_photo_pixels,

@@ -85,7 +85,7 @@ def evaluate_items(window: SlidingWindow, items: Sequence[dict], threshold: floa
     summary = {
         "images": len(items), "passes_evaluated": n_passes, "threshold": threshold,
         "tolerance_px": tolerance, "tile": window.tile, "overlap": window.overlap,
-        "stitch": window.stitch, "passes": passes,
+        "stitch": window.stitch, "small_images": window.small_images, "passes": passes,
         "output": {"pass": n_passes - 1, "threshold": threshold, **passes[str(n_passes - 1)]},
         "output_at": {f"{t:g}": {"threshold": t, **aggregate(r)} for t, r in extra.items()},
         "seconds": round(time.perf_counter() - t0, 2),
@@ -182,7 +182,9 @@ def load_window(args: argparse.Namespace, n_items: int) -> tuple[Any, SlidingWin
     overlap = args.overlap if args.overlap is not None else tile // 8
     try:
         window = SlidingWindow(bundle_forward(bundle, args.iterations, device, args.precision),
-                               tile, overlap, args.stitch, args.batch_size)
+                               tile, overlap, args.stitch, args.batch_size,
+                               small_images=getattr(args, "small_images", None)
+                               or meta.small_images)
     except SegmentError as err:  # --tile/--overlap/--batch-size it cannot run: a usage error
         raise EvalError(str(err)) from None
     iterations = meta.iterations if args.iterations is None else args.iterations

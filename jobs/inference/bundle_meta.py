@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from ingest import storage
+from ingest import SMALL_IMAGES, storage
 from samsp.bundle_names import (META_FILE, MODELS_ENV, REPO_MODELS, BundleNotFoundError,
                                 is_bare_name, is_bundle, model_roots, resolve_bundle)
 
@@ -28,6 +28,8 @@ class BundleInfo:
     # the input contract (``bundle.json`` ``input``, samsp/contract.py) as a plain dict; None for
     # bundles written before it (unknown, never guessed): jobs/inference/contract_check.py
     input: dict | None = None
+    # how an image smaller than the tile reaches the model (ingest.TileGrid small_images)
+    small_images: str = "pad"
 
 
 def read_bundle_meta(uri: str) -> BundleInfo:
@@ -46,12 +48,15 @@ def read_bundle_meta(uri: str) -> BundleInfo:
         info = BundleInfo(model_type=str(meta["model_type"]), image_size=int(meta["image_size"]),
                           threshold=float(meta.get("threshold", 0.5)),
                           band_map=tuple(int(b) for b in meta["band_map"]) if meta.get("band_map") else None,
-                          input=meta["input"] if isinstance(meta.get("input"), dict) else None)
+                          input=meta["input"] if isinstance(meta.get("input"), dict) else None,
+                          small_images=str(meta.get("small_images", "pad")))
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"invalid bundle.json in {uri}: {type(err).__name__}: {err}") from None
     if info.image_size <= 0 or not 0 < info.threshold < 1:
         raise ValueError(f"invalid bundle.json in {uri}: image_size {info.image_size}, "
                          f"threshold {info.threshold}")
+    if info.small_images not in SMALL_IMAGES:
+        raise ValueError(f"invalid bundle.json in {uri}: small_images {info.small_images!r}")
     return info
 
 

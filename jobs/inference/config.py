@@ -19,6 +19,11 @@ class TilingConfig(StrictModel):
     tile: Optional[int] = Field(default=None, ge=16)
     # Overlap between neighbouring read windows (px); None = tile // 8. Must be even and < tile.
     overlap: Optional[int] = Field(default=None, ge=0)
+    # An image smaller than the tile: "pad" (native size in a padded tile) or "fill" (one tile
+    # of its own longer side, upscaled by the model to fill its frame: ingest.TileGrid).
+    # None = the bundle's small_images. Georeferenced scenes always pad (their pixels keep their
+    # ground size).
+    small_images: Optional[Literal["pad", "fill"]] = None
 
 
 class PredictConfig(StrictModel):

@@ -223,7 +223,10 @@ def run_record(cfg, bundle_sha: str, threshold: float, tile: int, overlap: int,
                        **({"resample": rad.resample, "gsd_tolerance": cfg.input.gsd_tolerance}
                           if rad.resample != "off" else {})},
         "bands": list(rad.bands) if rad.bands else None,
-        "tiling": {"tile": int(tile), "overlap": int(overlap)},
+        "tiling": {"tile": int(tile), "overlap": int(overlap),
+                   # only when set: records made before the option existed keep matching
+                   **({"small_images": cfg.tiling.small_images}
+                      if getattr(cfg.tiling, "small_images", None) else {})},
         "precision": getattr(cfg.predict, "precision", None),
         "input": fingerprint,
     }
@@ -260,7 +263,8 @@ def with_resampling(record: dict | None, resampling) -> dict | None:
     follow it) and how it was derived. Unchanged without resampling."""
     if record is None or resampling is None:
         return record
-    return json.loads(json.dumps({**record, "tiling": {"tile": resampling.tile,
+    return json.loads(json.dumps({**record, "tiling": {**record["tiling"],
+                                                       "tile": resampling.tile,
                                                        "overlap": resampling.overlap},
                                   RESAMPLED_KEY: resampling.to_dict()}, sort_keys=True))
 
@@ -273,7 +277,9 @@ def _as_planned(stored: dict) -> dict:
     if not isinstance(resampled, dict):
         return stored
     out = {k: v for k, v in stored.items() if k != RESAMPLED_KEY}
-    out["tiling"] = resampled.get("job_tiling")
+    job = resampled.get("job_tiling")
+    rule = {k: v for k, v in (stored.get("tiling") or {}).items() if k not in ("tile", "overlap")}
+    out["tiling"] = {**job, **rule} if isinstance(job, dict) else job
     return out
 
 

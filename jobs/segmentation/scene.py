@@ -44,9 +44,11 @@ def plan_scene(sid: str, uri: str, output: str, cfg: SegmentConfig, tile: int, o
         plan.model_input["resampled"] = resampling.to_dict()
         plan.resampling = resampling.describe()
         record = with_resampling(record, resampling)
+    # a photo (no georeferencing) smaller than the tile: padded or filled as the model was chosen
+    rule = "pad" if scene.is_georeferenced else small_images_rule(cfg, bundle)
     plan.record = record or {}
-    grid = TileGrid(scene.height, scene.width, tile, overlap)
-    plan.tile, plan.overlap = tile, overlap
+    grid = TileGrid(scene.height, scene.width, tile, overlap, small_images=rule)
+    plan.tile, plan.overlap = grid.tile, grid.overlap
     plan.tiles = grid  # a sequence computed on access: no per-tile objects kept
     mode, attrs = "a", None
     if record is not None:
@@ -67,6 +69,14 @@ def plan_scene(sid: str, uri: str, output: str, cfg: SegmentConfig, tile: int, o
                  [i for i in range(len(grid)) if divmod(i, n_cols) not in plan.done_stats])
     plan.seconds_plan = time.perf_counter() - t0
     return plan
+
+
+def small_images_rule(cfg: SegmentConfig, bundle=None) -> str:
+    """How a photo smaller than the tile is run: ``tiling.small_images``, else the bundle's
+    (``pad`` without one). The tile then follows from the photo's size (fingerprinted) and the
+    rule (in the bundle's sha256, or the record's tiling when configured), so a store made with
+    it is reopened by the same run only."""
+    return cfg.tiling.small_images or getattr(bundle, "small_images", None) or "pad"
 
 
 def open_planned(uri: str, cfg: SegmentConfig, band_map=None):

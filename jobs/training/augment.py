@@ -171,7 +171,10 @@ def drawn_crop(img, mask, valid, crop: int, aug: dict, rng: np.random.Generator)
     """A rescaled crop with at least ``min_positive`` positives (the most of up to 5 draws), or
     with ``empty_crops`` probability one with none (see ``empty_crop``)."""
     lo, hi = aug["scale"]
-    # rng drawn only when the option is on: earlier configs keep their exact crops
+    # rng drawn only when an option is on: earlier configs keep their exact crops
+    if (aug.get("fill_small", 0) > 0 and max(img.shape[1:]) < crop
+            and rng.random() < aug["fill_small"]):
+        return filled_crop(img, mask, valid, crop)
     empty = aug.get("empty_crops", 0) > 0 and rng.random() < aug["empty_crops"]
     search = aug.get("empty_crops_search", "draws")
     if empty and search != "draws":
@@ -189,6 +192,22 @@ def drawn_crop(img, mask, valid, crop: int, aug: dict, rng: np.random.Generator)
         if (frac == 0) if empty else (frac >= min_positive):
             break
     return best[1]
+
+
+def filled_crop(img, mask, valid, crop: int):
+    """The whole photo (smaller than ``crop``) upscaled until its longer side is ``crop``,
+    top-left in the crop, the rest padding (invalid): the photo as inference runs it with
+    ``small_images: fill`` (the model frame's resize-longest-side)."""
+    from samsp.preprocess import resized_shape
+
+    size = resized_shape(*img.shape[1:], crop)
+    ci = np.zeros((img.shape[0], crop, crop), np.uint8)
+    cm = np.zeros((crop, crop), bool)
+    cv = np.zeros((crop, crop), bool)
+    ci[:, :size[0], :size[1]] = resize_chw(img, size, "bilinear")
+    cv[:size[0], :size[1]] = resize_chw(valid[None], size, "nearest")[0]
+    cm[:size[0], :size[1]] = resize_chw(mask[None], size, "bilinear")[0]
+    return np.where(cv, ci, 0).astype(np.uint8), cm & cv, cv
 
 
 def empty_crop(img, mask, valid, crop: int, scale_range, rng: np.random.Generator, tries=4,

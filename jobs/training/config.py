@@ -66,6 +66,11 @@ class ModelConfig(StrictModel):
     threshold: float = Field(default=0.5, gt=0, lt=1)
     # What a foreground (1) pixel means ("crack", "road"): the bundle's input contract states it.
     labels: str = Field(default="foreground", min_length=1)
+    # An image smaller than the model window (ingest.TileGrid small_images): "pad" keeps it at native
+    # size in a padded window, "fill" upscales it until its longer side fills the frame (SAM's
+    # resize-longest-side). Validation (checkpoint and threshold choice) runs this way and the
+    # bundle records it, so photo inference does the same. A base bundle's unless set.
+    small_images: Literal["pad", "fill"] = "pad"
     # Detail branch (samsp.detail): a small conv stem on the full-resolution input whose
     # features join the mask decoder's before the hypernetwork product; trains in every
     # fine-tune mode, saved in the bundle. Off: SAM's decoder as is (official checkpoints).
@@ -462,6 +467,11 @@ class AugmentConfig(StrictModel):
     # the crop), the rest padding: images smaller than the model window, as inference pads them.
     small_image: float = Field(default=0.0, ge=0, le=1)
     small_image_min: float = Field(default=0.35, gt=0, le=1)
+    # Probability that a photo smaller than the crop becomes the whole photo upscaled until its
+    # longer side fills the crop (the rest padding): such a photo as inference runs it with
+    # model.small_images: fill. Random rescales (augment.scale) rarely show it that way -- a
+    # 133-px GAPs384 photo fills a 256 crop only at scale >= 1.92.
+    fill_small: float = Field(default=0.0, ge=0, le=1)
 
     @field_validator("scale")
     @classmethod

@@ -140,6 +140,8 @@ def kept_line(base: dict) -> str:
         parts.append(f"self-prompt threshold {kept.pop('threshold'):g}")
     if "labels" in kept:
         parts.append(f"labels {kept.pop('labels')!r}")
+    if "small_images" in kept:
+        parts.append(f"small images {kept.pop('small_images')}")
     return (f"model.checkpoint: fine-tuning the bundle {base['uri']}: kept its weights, "
             + ", ".join(parts) + ("" if base["input"] else "; it has no input contract"))
 
@@ -209,6 +211,7 @@ def export_bundle(cfg: TrainConfig, ckpt_dir: str, uri: str, facts: dict, best: 
         **_git_commit(),
     }
     meta = {"threshold": cfg.model.threshold, "band_map": None, "provenance": provenance,
+            "small_images": cfg.model.small_images,
             "input": facts.get("input") or input_contract(cfg, facts["plan"].get("images"))}
     base = facts.get("base")
     if base and base.get("threshold") is not None:

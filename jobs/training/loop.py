@@ -332,7 +332,7 @@ def run_epoch(run: Run, epoch: int) -> dict:
     train_s = time.perf_counter() - t0
     sweep = THRESHOLD_SWEEP if cfg.train.tune_threshold else ()
     window = validation_window(net, run.crop, max(1, cfg.train.batch_size), worker.device,
-                               worker.precision)
+                               worker.precision, cfg.model.small_images)
     val_rows = validate(net, run.data.val_ds, run.data.val_indices, window, cfg.model.threshold,
                         sweep)
     reduced = all_reduce_sum(parts_sum.tolist() + [n_batches, n_samples] + val_rows,

@@ -81,7 +81,7 @@ def settle_model(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
     from it: ``{"uri", "kept", "threshold", "prompt_threshold", "input"}``; ``(cfg, None)``
     without one. The bundle fixes the model type, image size and detail branch (set to
     something else: ``TrainError``); iterations, prompt, the self-prompt threshold and labels
-    come from it unless the config sets them. ``threshold`` is the bundle's output threshold to
+    and small-photo rule come from it unless the config sets them. ``threshold`` is the bundle's output threshold to
     carry into the new bundle (None when ``model.threshold`` overrides it). Idempotent."""
     from jobs.inference.bundle_meta import read_bundle_json
 
@@ -116,7 +116,7 @@ def settle_model(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
 def bundle_model_fields(meta: dict) -> tuple[dict, dict]:
     """``(fixed, carried)`` model.* values of a ``bundle.json``: those its weights need (type,
     image size, detail branch) and those it carries over unless the config sets them (passes,
-    prompt, the self-prompt threshold, labels)."""
+    prompt, the self-prompt threshold, labels, the small-photo rule)."""
     detail = meta.get("detail")
     fixed = {"type": meta["model_type"], "image_size": int(meta["image_size"]),
              "detail_branch": detail is not None}
@@ -126,7 +126,8 @@ def bundle_model_fields(meta: dict) -> tuple[dict, dict]:
     carried = {"iterations": meta["iterations"], "prompt": meta["prompt"],
                "threshold": float(prompt_threshold if prompt_threshold is not None
                                   else meta["threshold"]),
-               "labels": (meta.get("input") or {}).get("labels")}
+               "labels": (meta.get("input") or {}).get("labels"),
+               "small_images": meta.get("small_images", "pad")}
     return fixed, carried
 
 

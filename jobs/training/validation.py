@@ -13,14 +13,16 @@ from samsp import metrics
 THRESHOLD_SWEEP = tuple(round(0.2 + 0.05 * i, 2) for i in range(13))  # 0.2 .. 0.8
 
 
-def validation_window(model, crop: int, batch_size: int, device, precision: str) -> SlidingWindow:
+def validation_window(model, crop: int, batch_size: int, device, precision: str,
+                      small_images: str = "pad") -> SlidingWindow:
     """``crop`` windows without overlap, zero-padded past the bottom/right border (the crops the
-    model trained on); the padding and the images' invalid pixels are passed as invalid."""
+    model trained on); the padding and the images' invalid pixels are passed as invalid.
+    ``small_images``: how an image smaller than a window is run (``SlidingWindow``'s)."""
     forward = samsp_forward(model, model.image_size, model.sam.pixel_mean.flatten().tolist(),
                             model.sam.pixel_std.flatten().tolist(), device=device,
                             precision=precision)
     return SlidingWindow(forward, crop, overlap=0, stitch="core", batch_size=batch_size,
-                         edge="pad")
+                         edge="pad", small_images=small_images)
 
 
 def validate(model, val_ds, indices, window: SlidingWindow, threshold: float,
