@@ -132,10 +132,11 @@ def bundle_window(bundle, small_images: str | None = None):
 
 
 def select_rule(model: str, threads: int = 0, cuts: dict[str, int] | None = None) -> dict:
-    """The small-photo rule and output threshold a bundle's own validation data choose, as
-    training chooses (``val_dice``: the mean over the groups of each one's mean per-image
-    Dice): for each rule (``pad``, ``fill``), every group's Dice at each threshold of
-    training's sweep; the best mean wins. ``cuts`` (member name -> n): that member's
+    """The small-photo rule and output threshold a bundle's own validation data choose, by
+    training's criterion (``val_dice``: the mean over the groups of each one's mean per-image
+    Dice) but with the inference window (``bundle_window``: overlap 1/8, as the jobs and the
+    test scores run; training validates without overlap): for each rule (``pad``, ``fill``),
+    every group's Dice at each threshold of training's sweep; the best mean wins. ``cuts`` (member name -> n): that member's
     validation images also scored cut into n x n crops (training's ``val_cut``, a group of its
     own), so the choice sees small photos cut from big ones too. Test data is never read."""
     import copy
@@ -155,7 +156,13 @@ def select_rule(model: str, threads: int = 0, cuts: dict[str, int] | None = None
     data = copy.deepcopy(((bundle.meta.provenance or {}).get("config") or {}).get("data"))
     if not data:
         raise SystemExit(f"{model}: no training config in its provenance (not from jobs/train.py)")
-    for m in data["source"].get("members") or []:
+    members = data["source"].get("members") or []
+    unknown = set(cuts or {}) - {m["name"] for m in members}
+    if unknown:
+        raise SystemExit(f"--val-cut: no mixture member named {', '.join(sorted(unknown))}")
+    if any(not 2 <= n <= 8 for n in (cuts or {}).values()):
+        raise SystemExit("--val-cut: N must be 2..8 (training's val_cut)")
+    for m in members:
         m["val_cut"] = (cuts or {}).get(m["name"], m.get("val_cut", 0))
     plan = plan_data(data)
     names = [g["name"] for g in plan.get("groups") or [{"name": "all"}]]
@@ -183,8 +190,9 @@ def select_rule(model: str, threads: int = 0, cuts: dict[str, int] | None = None
 
 
 def write_choice(model: str, choice: dict) -> None:
-    """The chosen rule and threshold into the bundle's ``bundle.json`` (weights untouched; the
-    choice and the command behind it go into its provenance)."""
+    """The chosen rule and output threshold into the local bundle's ``bundle.json`` (weights
+    and the self-prompt threshold untouched; the choice and the command behind it go into its
+    provenance)."""
     from samsp.bundle import META_FILE, BundleMeta
 
     path = Path(model) / META_FILE
@@ -197,8 +205,10 @@ def write_choice(model: str, choice: dict) -> None:
         "before": {"small_images": meta.small_images, "threshold": meta.threshold},
         **{r: {k: v for k, v in c.items() if k != "mean_by_threshold"}
            for r, c in choice["rules"].items()}})
+    # the self-prompts keep the threshold they ran with (None would follow the new output one)
+    prompt = meta.prompt_threshold if meta.prompt_threshold is not None else meta.threshold
     meta = meta.model_copy(update={"small_images": rule, "threshold": picked["threshold"],
-                                   "provenance": prov})
+                                   "prompt_threshold": prompt, "provenance": prov})
     path.write_text(meta.model_dump_json(indent=2))  # as save_bundle writes it
 
 
@@ -487,6 +497,8 @@ def main(argv=None) -> int:
         (RESULTS / "CRACK_SETS_RESULTS.md").write_text(markdown(data, keys))
         return 0
     if args.mode == "select":
+        if not args.model:
+            p.error("select needs --model (a local bundle folder)")
         cuts = {k: int(v) for k, v in (c.split("=") for c in args.val_cut)}
         choice = select_rule(args.model, args.threads, cuts)
         merge_selection(args.model, choice)

@@ -11,7 +11,9 @@ blank_invalid``), and the self-prompts never come from them -- so an image small
 window is seen as the same pixels inside a bigger one are. (Until this rule, evaluation padded
 small images with uint8 zeros, near-black after normalising, and counted them as image: 3x3
 crops of DeepCrack test images scored 0.48 Dice against 0.79 whole; ``python -m
-bench.small_images`` measures both ways.)"""
+bench.small_images`` measures both ways.) That is ``small_images="pad"``; with ``"fill"`` an
+image smaller than the window on both axes is not padded at all: it is the one window, and the
+model frame upscales it (``ingest.TileGrid``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -170,8 +172,9 @@ def grid_cuts(height: int, width: int, n: int) -> tuple[np.ndarray, np.ndarray]:
 def crops_stitched(window: SlidingWindow, image: np.ndarray, n: int,
                    valid: np.ndarray | None = None) -> np.ndarray:
     """``image`` cut into ``n`` x ``n`` crops, each run on its own (a photo smaller than the
-    window, padded as one), their probabilities ``[P,H,W]`` stitched back: the same pixels as
-    the whole image, seen as a sweep over small photos sees them."""
+    window, padded or filled as ``window.small_images`` says), their probabilities ``[P,H,W]``
+    stitched back: the same pixels as the whole image, seen as a sweep over small photos sees
+    them."""
     height, width = image.shape[1:]
     rows, cols = grid_cuts(height, width, n)
     out = None

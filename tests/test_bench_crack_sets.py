@@ -113,6 +113,7 @@ def test_select_chooses_rule_and_threshold_on_the_bundles_validation_data(tmp_pa
     write_choice(uri, choice)
     after = load_bundle(uri).meta
     assert (after.small_images, after.threshold) == (choice["chosen"], best["threshold"])
+    assert after.prompt_threshold == 0.5  # the self-prompts keep the threshold they ran with
     assert after.weights_sha256 == meta["weights_sha256"]
     assert after.provenance["small_images_selection"]["before"] == {"small_images": "pad",
                                                                     "threshold": 0.5}

@@ -161,6 +161,33 @@ def test_the_sweep_reads_a_small_photo_as_one_tile_of_itself(tmp_path, micro, or
     assert padded["image"].shape == (1, 3, 128, 128)
 
 
+def test_a_sweep_fills_small_photos_of_every_size_beside_big_ones(tmp_path, micro):
+    """The local-engine sweep with ``tiling.small_images=fill`` over two small photos of other
+    sizes, a photo bigger than the tile and a broken file: every good photo gets its mask at its
+    own size (the small ones batched beside the others' tiles), the broken one fails alone."""
+    from PIL import Image
+
+    from jobs import sweep
+
+    photos = tmp_path / "in"
+    photos.mkdir()
+    sizes = {"a": (60, 90), "b": (70, 50), "big": (150, 200)}
+    for name, (h, w) in sizes.items():
+        _png(photos / f"{name}.png", h, w, seed=len(name))
+    (photos / "broken.png").write_bytes(b"not a png")
+    rc = sweep.main(["--input", str(photos), "--output", str(tmp_path / "out"), "--model",
+                     micro.uri, "--set", "pipeline.engine=local", "--set",
+                     "predict.device=cpu", "--set", "tiling.small_images=fill",
+                     "--set", "predict.batch_size=4"])
+    assert rc == sweep.EXIT_FAILED  # one photo failed, the others finished
+    for name, size in sizes.items():
+        assert np.asarray(Image.open(tmp_path / "out" / "masks" / f"{name}.png")).shape == size
+    records = {json.loads(p.read_text())["id"]: json.loads(p.read_text())
+               for p in (tmp_path / "out" / "records").glob("*.json")}
+    assert {k: r["status"] for k, r in records.items()} == {"a": "ok", "b": "ok", "big": "ok",
+                                                             "broken": "failed"}
+
+
 @pytest.mark.slow
 def test_the_segment_job_fills_a_small_photo_as_segment_file_does(tmp_path):
     """``tiling.small_images=fill``: the segment job's mask of a 60 x 90 PNG (no georeferencing)
@@ -182,7 +209,11 @@ def test_the_segment_job_fills_a_small_photo_as_segment_file_does(tmp_path):
     np.testing.assert_array_equal(filled.mask, mask)
     assert (padded.mask != filled.mask).any()
     status = json.loads((tmp_path / "out" / "small" / "status.json").read_text())
-    assert status["tile"] == 90 and status["tiles"] == 1
+    assert status["tiles"] == 1 and status["model_input"]["small_images"] == "fill"
+    import zarr
+
+    store = zarr.open_group(str(tmp_path / "out" / "small" / "mask.zarr"), mode="r")
+    assert store["mask"].chunks == (90, 90) and store["mask"].shape == (60, 90)
 
 
 # --------------------------------------------------------------------------- training crops

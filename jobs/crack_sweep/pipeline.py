@@ -33,6 +33,7 @@ from ingest.orientation import orient, oriented_shape, read_orientation, stored_
 from ingest.tiling import Tile
 from ingest.vectors.skeleton import skeletonize, width_px, zhang_suen_thinning  # noqa: F401
 from jobs.crack_sweep.cracks import crack_lines, crack_measurements, crack_metrics  # noqa: F401
+from jobs.inference.columns import tile_column
 from jobs.runtime.messages import error_line
 
 # --------------------------------------------------------------------------- read stage
@@ -143,15 +144,10 @@ def photo_rows(batch: dict, tile: int, overlap: int, percentiles=(2.0, 98.0), ba
 
 def tile_batch(rows: list[dict]) -> dict:
     """Rows -> one numpy batch (the columns ``Predictor`` takes)."""
-    images = [r["image"] for r in rows]
-    if len({im.shape for im in images}) == 1:
-        image_col = np.stack(images)
-    else:  # grayscale and RGB photos (or an error row) in one batch: a ragged column
-        image_col = np.empty(len(images), dtype=object)
-        image_col[:] = images
     return {**{k: np.array([r[k] for r in rows], dtype=object)
                for k in ("scene", "spec", "tile", "error")},
-            "image": image_col, "valid": np.stack([r["valid"] for r in rows])}
+            "image": tile_column([r["image"] for r in rows]),
+            "valid": tile_column([r["valid"] for r in rows])}
 
 
 def read_photo_batches(batch: dict, tile: int, overlap: int, percentiles=(2.0, 98.0), bands=None,

@@ -12,14 +12,10 @@ import numpy as np
 
 from ingest.tiling import Tile
 from ingest.writer import NODATA, prob_to_u8
+from jobs.inference.columns import column, tile_column
 from jobs.inference.tile_encoding import encode_tiles
 from jobs.runtime.devices import crash_for_restart, worker_device
 from jobs.runtime.messages import error_line
-
-
-def column(batch: dict, name: str) -> list:
-    """One column of a Ray Data batch as a list."""
-    return list(batch[name])
 
 
 def tile_statistics(prob: np.ndarray, prob_first: np.ndarray, valid: np.ndarray,
@@ -52,17 +48,6 @@ def frame_sized_calls(idx: list[int], size: tuple[int, int], frame: int) -> list
     h, w = size
     per_call = max(1, (len(idx) * frame * frame) // max(1, h * w))
     return [idx[i:i + per_call] for i in range(0, len(idx), per_call)]
-
-
-def tile_column(arrays: list) -> np.ndarray:
-    """Per-tile arrays as one batch column: stacked when they share a shape, else a ragged
-    object column (tiles of scenes read at the model's GSD differ in size)."""
-    if len({a.shape for a in arrays}) <= 1 and arrays:
-        return np.stack(arrays)
-    column = np.empty(len(arrays), dtype=object)
-    for i, a in enumerate(arrays):  # one by one: numpy would try to broadcast a list
-        column[i] = a
-    return column
 
 
 def _tile_column(outputs: list, valids) -> np.ndarray:

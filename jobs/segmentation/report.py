@@ -83,10 +83,13 @@ def review_queue(rows: list[dict], output: str, tile: int, overlap: int) -> list
         item = {"scene": sid, "tile": [tr, tc], "disagreement": unc.get("disagreement", 0.0),
                 "margin": unc.get("margin"), "crop": None}
         try:
-            # the scene's own tiling (a scene read at the model's GSD has its own)
+            # the scene's own tiling (a scene read at the model's GSD has its own; a filled
+            # small photo is one tile of itself)
             own = (row.get("record") or {}).get("tiling") or {}
+            filled = (row.get("model_input") or {}).get("small_images") == "fill"
             grid = TileGrid(int(row["height"]), int(row["width"]), int(own.get("tile", tile)),
-                            int(own.get("overlap", overlap)))
+                            int(own.get("overlap", overlap)),
+                            small_images="fill" if filled else "pad")
             win = grid[tr * grid.shape[1] + tc].read_window  # what the model saw
             item["window"] = (int(win.row_off), int(win.col_off), int(win.height), int(win.width))
             if "quicklook.png" in (row.get("outputs") or []):

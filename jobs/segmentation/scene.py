@@ -49,6 +49,8 @@ def plan_scene(sid: str, uri: str, output: str, cfg: SegmentConfig, tile: int, o
     plan.record = record or {}
     grid = TileGrid(scene.height, scene.width, tile, overlap, small_images=rule)
     plan.tile, plan.overlap = grid.tile, grid.overlap
+    if grid.filled:  # what the model saw: the photo alone, upscaled (the report's crops)
+        plan.model_input["small_images"] = "fill"
     plan.tiles = grid  # a sequence computed on access: no per-tile objects kept
     mode, attrs = "a", None
     if record is not None:

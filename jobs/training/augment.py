@@ -196,8 +196,11 @@ def drawn_crop(img, mask, valid, crop: int, aug: dict, rng: np.random.Generator)
 
 def filled_crop(img, mask, valid, crop: int):
     """The whole photo (smaller than ``crop``) upscaled until its longer side is ``crop``,
-    top-left in the crop, the rest padding (invalid): the photo as inference runs it with
-    ``small_images: fill`` (the model frame's resize-longest-side)."""
+    top-left in the crop, the rest padding (invalid): the scale and layout at which inference
+    runs it with ``small_images: fill`` (the model frame's resize-longest-side). The crop then
+    goes through the other steps as any crop does (flips and rot90 may move the padding to
+    another side; ``small_image`` may cut it), and it is drawn before ``empty_crops`` and
+    ``min_positive``, which do not apply to it."""
     from samsp.preprocess import resized_shape
 
     size = resized_shape(*img.shape[1:], crop)

@@ -468,9 +468,10 @@ class AugmentConfig(StrictModel):
     small_image: float = Field(default=0.0, ge=0, le=1)
     small_image_min: float = Field(default=0.35, gt=0, le=1)
     # Probability that a photo smaller than the crop becomes the whole photo upscaled until its
-    # longer side fills the crop (the rest padding): such a photo as inference runs it with
-    # model.small_images: fill. Random rescales (augment.scale) rarely show it that way -- a
-    # 133-px GAPs384 photo fills a 256 crop only at scale >= 1.92.
+    # longer side fills the crop (the rest padding): the scale model.small_images: fill runs it
+    # at. Random rescales (augment.scale) rarely show it that way -- a 133-px GAPs384 photo
+    # fills a 256 crop only at scale >= 1.92. Flips/rot90 and small_image still apply to it;
+    # empty_crops and min_positive do not.
     fill_small: float = Field(default=0.0, ge=0, le=1)
 
     @field_validator("scale")
