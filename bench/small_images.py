@@ -216,7 +216,7 @@ def write_results(result: dict, limit: int, name: str, entry_only: bool = False)
         f"{result['small_recall_whole']}); {result['small_fp_border_share_crops']:.1%} of them "
         f"lie within {BORDER_PX} px of a cut line, a band of "
         f"{result['small_border_band_share']:.1%} of the pixels: not artefacts of the crop "
-        "edge (the padding).\n\n"
+        "edge (the padding, or the border of a filled crop).\n\n"
         + clean_markdown(result, quiet_thresholds(result["small_images_threshold"])) +
         "## Every model measured\n\n"
         "`python -m bench.small_images --model M --name N [--entry-only]` (the same images):\n\n"

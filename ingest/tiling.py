@@ -16,8 +16,8 @@ Geometry (per axis, scene length ``n``, core ``c = tile - overlap``):
 keeps it at native size in one padded tile; ``fill`` gives it one tile whose read window is the
 scene itself (``h x w``, no padding; tile and chunk = its longer side), which the model's frame
 then upscales until its longer side fills it -- SAM's resize-longest-side. On the crack sets'
-small test photos (133-224 px in a 256-px window) the committed crack model scored GAPs384
-0.432 filled vs 0.391 padded (``python -m bench.crack_sets score --small-images fill``).
+small test photos (133-224 px in a 256-px window) the stage-4 crack model scored GAPs384 0.437
+filled vs 0.391 padded (``python -m bench.crack_sets score --small-images fill``).
 
 Everything here is pure integer arithmetic; windows are ``rasterio.windows.Window`` in scene
 pixels with integer offsets and sizes.
