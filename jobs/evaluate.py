@@ -88,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, help="window side in px (default: the model's input size)")
     p.add_argument("--overlap", type=int, help="window overlap in px (default: tile // 8)")
     p.add_argument("--small-images", choices=("pad", "fill"),
-                   help="an image smaller than the tile: pad it (native size) or fill the "
-                        "model frame with it (upscaled); default: the bundle's small_images")
+                   help="a photo smaller than the tile: pad it (native size) or fill the "
+                        "model frame with it (upscaled); default: the bundle's small_images "
+                        "(pair folders only: scenes always pad)")
     p.add_argument("--stitch", default="core", choices=("core", "mean"),
                    help="core: copy each window's core (as segment does); mean: average windows")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward")

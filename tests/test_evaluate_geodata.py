@@ -200,6 +200,9 @@ def test_bad_label_sources_fail_with_one_line(tmp_path, bundle, geodata, capsys)
     assert _evaluate(bundle, tmp_path / "out", "--data", str(tmp_path), "--image", g["scene"],
                      "--labels", g["labels"]) == 2
     assert "exclude each other" in _one_line_error(capsys)
+    assert _evaluate(bundle, tmp_path / "out", "--image", g["scene"], "--labels", g["labels"],
+                     "--small-images", "fill") == 2
+    assert "--small-images fill is for photos" in _one_line_error(capsys)
     assert not (tmp_path / "out").exists()  # nothing ran, nothing written
 
 

@@ -203,6 +203,9 @@ def check_scene_args(args: argparse.Namespace) -> None:
                         "by window with core stitching (what the segment job writes)")
     if args.labels and not args.image:
         raise EvalError("--labels needs --image (one --labels per --image, paired in order)")
+    if getattr(args, "small_images", None) == "fill":
+        raise EvalError("--small-images fill is for photos (--data): a scene is scored window "
+                        "by window at its own pixel size, as the segment job writes it")
     for name in ("image_dir", "mask_dir", "limit"):
         if getattr(args, name) is not None:
             raise EvalError(f"--{name.replace('_', '-')} is a pair-folder option (--data)")
