@@ -1,10 +1,11 @@
 """Images smaller than the model window (issue 31): a crack model's Dice on DeepCrack test images
 evaluated whole and cut into 3x3 crops (about 181x128, smaller than the 256 window) at native
-resolution -- the same pixels, so any difference is what the padding does.
+resolution -- the same pixels, so any difference is what running them small does (padded,
+or upscaled to fill the window: the bundle's ``small_images``, or ``--small-images``).
 
     python -m bench.small_images [--model models/samsp-crack-tiny] [--limit 237]
     # another model's row only (the headline stays the committed model's):
-    python -m bench.small_images --model out/m --name m --entry-only
+    python -m bench.small_images --model out/m --name m --entry-only [--small-images pad|fill]
 
 Writes bench/results/results_small_images.json and SMALL_IMAGES_RESULTS.md: mean per-image Dice
 of the whole images, of the crops stitched back into whole images, and of the crops one by one --
@@ -253,6 +254,8 @@ def main(argv=None) -> int:
     parser.add_argument("--entry-only", action="store_true",
                         help="only add this model's row; keep the headline model's results "
                              "(and skip the old-padding comparison)")
+    parser.add_argument("--small-images", choices=("pad", "fill"),
+                        help="run the crops padded or filled (default: the bundle's rule)")
     args = parser.parse_args(argv)
     bundle = load_bundle(args.model)
     root = Path(args.data)
@@ -262,8 +265,8 @@ def main(argv=None) -> int:
               "machine": cpu_label(), "small_images_iterations": bundle.meta.iterations,
               "small_images_prompt": bundle.meta.prompt,
               "small_images_threshold": bundle.meta.threshold,
-              "small_images_rule": bundle.meta.small_images}
-    rule = bundle.meta.small_images
+              "small_images_rule": args.small_images or bundle.meta.small_images}
+    rule = result["small_images_rule"]
     # (prefix, forward, how crops smaller than the window run): the bundle's own rule first;
     # the padding rows pad (a filled crop has no padding to compare)
     forwards = [("small", bundle_forward(bundle, precision="fp32"), rule)]
