@@ -144,11 +144,10 @@ def select_rule(model: str, threads: int = 0, cuts: dict[str, int] | None = None
     import torch
 
     from jobs.evaluation.data import load_item
-    from jobs.evaluation.scoring import score_image
     from jobs.inference.sliding_window import crops_stitched
     from jobs.training.data import plan_data
     from jobs.training.validation import THRESHOLD_SWEEP
-    from samsp import load_bundle
+    from samsp import load_bundle, metrics
 
     if threads:
         torch.set_num_threads(threads)
@@ -168,16 +167,20 @@ def select_rule(model: str, threads: int = 0, cuts: dict[str, int] | None = None
     names = [g["name"] for g in plan.get("groups") or [{"name": "all"}]]
     out: dict = {"model": model, "thresholds": list(THRESHOLD_SWEEP), "cuts": cuts or {},
                  "rules": {}}
-    for rule in ("pad", "fill"):
-        window = bundle_window(bundle, rule)
-        dice: dict[str, list] = {}
-        for item in plan["val"]:
-            image, mask, valid = load_item(item, plan["scenes"])
+    windows = {rule: bundle_window(bundle, rule) for rule in ("pad", "fill")}
+    levels = np.asarray(THRESHOLD_SWEEP)[:, None, None]
+    dice: dict[str, dict[str, list]] = {rule: {} for rule in windows}
+    for item in plan["val"]:  # each image read once, run both ways
+        image, mask, valid = load_item(item, plan["scenes"])
+        target = np.broadcast_to(mask & valid, (len(THRESHOLD_SWEEP), *mask.shape))
+        for rule, window in windows.items():
             prob = (crops_stitched(window, image, item["cut"], valid) if item.get("cut")
-                    else window(image, valid))[-1:]
-            dice.setdefault(names[item.get("group", 0)], []).append(
-                [score_image(prob, mask, t, valid=valid)[0]["dice"] for t in THRESHOLD_SWEEP])
-        per_set = {g: np.mean(v, axis=0) for g, v in dice.items()}
+                    else window(image, valid))[-1]
+            pred = (prob[None] > levels) & valid  # [T,H,W]: every threshold at once
+            dice[rule].setdefault(names[item.get("group", 0)], []).append(
+                metrics.dice(pred, target))
+    for rule in windows:
+        per_set = {g: np.mean(v, axis=0) for g, v in dice[rule].items()}
         mean = np.mean(list(per_set.values()), axis=0)
         best = int(np.argmax(mean))
         out["rules"][rule] = {"threshold": THRESHOLD_SWEEP[best], "mean_dice": float(mean[best]),
