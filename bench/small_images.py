@@ -183,8 +183,7 @@ def write_results(result: dict, limit: int, name: str, entry_only: bool = False)
     result = {**result, "by_model": by_model, "small_images_limit": limit}
     path.write_text(json.dumps(result, indent=1) + "\n")
     filled = result.get("small_images_rule") == "fill"
-    rows = [("none: each crop alone, upscaled to fill the window (the bundle's small_images: "
-             "fill)" if filled else "SAM's padding, invalid (now)", "small_dice_whole",
+    rows = [("none: each crop alone, upscaled to fill the window (small_images: fill)" if filled else "SAM's padding, invalid (now)", "small_dice_whole",
              "small_dice_crops_stitched", "small_dice_per_crop", "small_image_gap"),
             *([("SAM's padding, invalid (small_images: pad)", "padded_dice_whole",
                 "padded_dice_crops_stitched", "padded_dice_per_crop", "padded_gap")]
@@ -269,10 +268,11 @@ def main(argv=None) -> int:
     rule = result["small_images_rule"]
     # (prefix, forward, how crops smaller than the window run): the bundle's own rule first;
     # the padding rows pad (a filled crop has no padding to compare)
-    forwards = [("small", bundle_forward(bundle, precision="fp32"), rule)]
+    forward = bundle_forward(bundle, precision="fp32")
+    forwards = [("small", forward, rule)]
     if not args.entry_only:
         if rule != "pad":
-            forwards.append(("padded", bundle_forward(bundle, precision="fp32"), "pad"))
+            forwards.append(("padded", forward, "pad"))
         forwards.append(("raw_padding", raw_padding_forward(bundle), "pad"))
     for prefix, forward, small in forwards:
         got = measure(SlidingWindow(forward, tile=256, overlap=32, small_images=small), root,
