@@ -13,9 +13,12 @@ self-prompting arms.
     # --only some of the runs (e.g. the U-Net ones, in a second process):
     python -m bench.crack_sets runs --runs arms --unet --seeds 0,1 --steps 800 --epochs 2 \
         --out out/crack_arms [--only arm-unet,arm-unet-s1]
-    # the same as fine-tunes of a bundle (leave out only sets the bundle never saw):
+    # the same as fine-tunes of a bundle (leave out only sets the bundle never saw); --name makes
+    # a study of its own (run names ft-loo-<set>-<name>), --set adds train.py overrides:
     python -m bench.crack_sets runs --runs loo --init samsp-crack-tiny \
-        --loo-sets crack500,gaps384,shadowcrack --steps 800
+        --loo-sets crack500,gaps384,shadowcrack --steps 800 [--name S --set augment.fill_small=0.5]
+    # the headline keys (crack_loo_dice_* from study S; default: the runs made without --name):
+    python -m bench.crack_sets report --committed NAME --before NAME [--loo-study S]
 
 Training goes through ``jobs/train.py`` with ``configs/train_cracks_mixture_cpu.yaml`` and
 ``--set`` overrides, each run under ``<out>/runs/<name>`` (a finished run is not retrained: an
@@ -378,10 +381,12 @@ def selection_lines(data: dict) -> list[str]:
             *rows]
 
 
-def headlines(data: dict, committed: str, before: str | None) -> dict:
+def headlines(data: dict, committed: str, before: str | None,
+              loo_study: str | None = None) -> dict:
     """Flat keys for bench/results.json: the committed model's per-set test Dice, mean, min and
     crack-free false-positive rates, the leave-one-set-out Dice of each held-out set (and their
-    mean), and the model it replaced (``crack_before_*``)."""
+    mean) of one study (``runs --name``; None: the runs made without a name), and the model it
+    replaced (``crack_before_*``)."""
     models, out = data["models"], {}
     for prefix, name in (("crack", committed), ("crack_before", before)):
         m = models.get(name) if name else None
@@ -393,11 +398,13 @@ def headlines(data: dict, committed: str, before: str | None) -> dict:
         out[f"{prefix}_test_dice_mean"] = round(m["mean_dice"], 4)
         out[f"{prefix}_test_dice_min"] = round(m["min_dice"], 4)
     loo = {m["held_out"]: m["sets"][m["held_out"]]["dice"] for m in models.values()
-           if m.get("held_out") and m["held_out"] in m["sets"]}
+           if m.get("held_out") and m["held_out"] in m["sets"] and m.get("study") == loo_study}
     for s, v in loo.items():
         out[f"crack_loo_dice_{s}"] = round(v, 4)
     if loo:
         out["crack_loo_dice_mean"] = round(float(np.mean(list(loo.values()))), 4)
+        if loo_study:
+            out["crack_loo_study"] = loo_study
     for arm, row in arm_rows(data).items():
         out[f"crack_arm_dice_mean_{arm}"] = round(row["mean"], 4)
         for s, v in row["sets"].items():
@@ -424,16 +431,24 @@ def markdown(data: dict, keys: dict) -> str:
         mean = (f"{m['mean_dice']:.3f}" if len(m["sets"]) == len(sets) else
                 "(held-out set only)" if m.get("held_out") else "(not every set scored)")
         how = f" (held out: {m['held_out']}, {m.get('steps')} steps" + (
-            f", fine-tuned from {m['init']}" if m.get("init") else "") + ")" if m.get(
-            "held_out") else ""
+            f", fine-tuned from {m['init']}" if m.get("init") else "") + (
+            f", study {m['study']}: " + " ".join(m.get("overrides", [])) if m.get("study")
+            else "") + ")" if m.get("held_out") else ""
         filled = m.get("small_images") == "fill" or m.get("fill_small")  # older rows: the flag
         how += " (small photos filled: upscaled to the window)" if filled else ""
         lines.append(f"| {name}{how} | " + " | ".join(cells) + f" | {mean} | {fp} |")
-    held = sorted(m["held_out"] for m in data["models"].values() if m.get("held_out"))
-    if held:
-        lines += ["", f"Leave-one-set-out: {len(held)} held-out set(s) measured ({', '.join(held)});"
-                  " `crack_loo_dice_mean` is their mean. Rows fine-tuned from a bundle cannot leave"
-                  " out a set the bundle was trained on."]
+    studies: dict = {}
+    for m in data["models"].values():
+        if m.get("held_out") and m["held_out"] in m["sets"]:
+            studies.setdefault(m.get("study"), {})[m["held_out"]] = m["sets"][m["held_out"]]["dice"]
+    for study, held in sorted(studies.items(), key=lambda kv: kv[0] or ""):
+        lines += ["", f"Leave-one-set-out{f' (study {study})' if study else ''}: {len(held)} "
+                  f"held-out set(s) ({', '.join(f'{s} {v:.3f}' for s, v in sorted(held.items()))}),"
+                  f" mean {np.mean(list(held.values())):.3f}. Rows fine-tuned from a bundle cannot"
+                  " leave out a set the bundle was trained on."]
+    if studies:
+        lines += ["`crack_loo_dice_*` are the study `report --loo-study` names "
+                  f"({keys.get('crack_loo_study') or 'the runs made without a name'})."]
     arms = arm_rows(data)
     if arms:
         lines += ["", "### Same-budget arms (SAM-SP on crops)", "",
@@ -471,8 +486,13 @@ def main(argv=None) -> int:
                         "crops (training's val_cut), a group of its own")
     p.add_argument("--committed", help="report: the model name whose numbers are the headlines")
     p.add_argument("--before", help="report: the model it replaced")
+    p.add_argument("--loo-study", help="report: the runs --name whose leave-one-set-out runs "
+                                        "are the headline (default: the runs made without one)")
     p.add_argument("--model", help="bundle to score (score mode)")
-    p.add_argument("--name", help="its name in the results (score mode)")
+    p.add_argument("--name", help="score: the model's name in the results; runs: a study name, "
+                                   "appended to every run's name and recorded as its study")
+    p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                   help="runs: a jobs/train.py --set for every run (repeatable)")
     p.add_argument("--runs", default="loo,arms", help="loo, arms (runs mode)")
     p.add_argument("--steps", type=int, default=1500, help="optimiser steps per run")
     p.add_argument("--epochs", type=int, default=3)
@@ -494,7 +514,7 @@ def main(argv=None) -> int:
     if args.mode == "report":
         path = RESULTS / "results_crack_sets.json"
         data = json.loads(path.read_text())
-        keys = headlines(data, args.committed, args.before)
+        keys = headlines(data, args.committed, args.before, args.loo_study)
         data = {k: v for k, v in data.items() if not k.startswith("crack_")} | keys
         path.write_text(json.dumps(data, indent=1, sort_keys=True))
         (RESULTS / "CRACK_SETS_RESULTS.md").write_text(markdown(data, keys))
@@ -519,6 +539,8 @@ def main(argv=None) -> int:
                                               seeds, args.unet):
         if args.only and name not in args.only.split(","):
             continue
+        name = f"{name}-{args.name}" if args.name else name
+        overrides = [*overrides, *args.overrides]
         config = run_config(name, args.steps, args.epochs, held, sets, out)
         if UNET in overrides:
             from bench.crack_unet import run_unet
@@ -535,7 +557,7 @@ def main(argv=None) -> int:
         bundle = train(name, config, overrides, out)
         entry = score_model(str(bundle), [held] if held else sets, args.limit, args.threads)
         entry.update(held_out=held, steps=args.steps, overrides=overrides, init=args.init,
-                     train_s=train_seconds(out, name))
+                     train_s=train_seconds(out, name), study=args.name)
         merge({name: entry})
     return 0
 

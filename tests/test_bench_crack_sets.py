@@ -79,6 +79,28 @@ def test_arm_rows_average_seeds_and_keep_pass_zero():
     assert keys["crack_arm_dice_mean_sp_box"] == 0.5 and keys["crack_arm_dice_crack500_unet"] == 0.5
 
 
+def test_leave_one_out_headlines_come_from_one_study():
+    """Two leave-one-set-out studies (an old recipe, and one run with ``--name``) hold the
+    same held-out sets: the headline keys are the named study's, never a mix of both."""
+    from bench.crack_sets import headlines, markdown
+
+    def held(set_name, d, study=None):
+        return {"sets": {set_name: {"dice": d, "crack_free_fp_rate": 0.0}}, "held_out": set_name,
+                "steps": 800, **({"study": study, "overrides": ["augment.fill_small=0.5"]}
+                                 if study else {})}
+
+    data = {"models": {"ft-loo-gaps384": held("gaps384", 0.3),
+                       "ft-loo-crack500": held("crack500", 0.5),
+                       "ft-loo-gaps384-new": held("gaps384", 0.4, "new"),
+                       "ft-loo-crack500-new": held("crack500", 0.6, "new")}}
+    old, new = headlines(data, "none", None), headlines(data, "none", None, "new")
+    assert old["crack_loo_dice_mean"] == pytest.approx(0.4)
+    assert new["crack_loo_dice_mean"] == pytest.approx(0.5) and new["crack_loo_dice_gaps384"] == 0.4
+    text = markdown(data, new)
+    assert "(study new): 2 held-out set(s) (crack500 0.600, gaps384 0.400), mean 0.500" in text
+    assert "study new: augment.fill_small=0.5" in text
+
+
 def test_select_chooses_rule_and_threshold_on_the_bundles_validation_data(tmp_path):
     """``select``: each rule scored on the bundle's own validation split (members by name, at
     every threshold of training's sweep), the best mean chosen; ``--write`` puts that rule and
