@@ -444,10 +444,12 @@ def markdown(data: dict, keys: dict) -> str:
     for study, held in sorted(studies.items(), key=lambda kv: kv[0] or ""):
         lines += ["", f"Leave-one-set-out{f' (study {study})' if study else ''}: {len(held)} "
                   f"held-out set(s) ({', '.join(f'{s} {v:.3f}' for s, v in sorted(held.items()))}),"
-                  f" mean {np.mean(list(held.values())):.3f}. Rows fine-tuned from a bundle cannot"
-                  " leave out a set the bundle was trained on."]
+                  f" mean {np.mean(list(held.values())):.3f}."
+                  + (f" {data['loo_notes'][study or '']}"
+                     if (study or "") in data.get("loo_notes", {}) else "")]
     if studies:
-        lines += ["`crack_loo_dice_*` are the study `report --loo-study` names "
+        lines += ["Rows fine-tuned from a bundle cannot leave out a set the bundle was trained on;"
+                  " `crack_loo_dice_*` are the study `report --loo-study` names "
                   f"({keys.get('crack_loo_study') or 'the runs made without a name'})."]
     arms = arm_rows(data)
     if arms:
