@@ -448,7 +448,7 @@ def markdown(data: dict, keys: dict) -> str:
                   + (f" {data['loo_notes'][study or '']}"
                      if (study or "") in data.get("loo_notes", {}) else "")]
     if studies:
-        lines += ["Rows fine-tuned from a bundle cannot leave out a set the bundle was trained on;"
+        lines += ["", "Rows fine-tuned from a bundle cannot leave out a set the bundle was trained on;"
                   " `crack_loo_dice_*` are the study `report --loo-study` names "
                   f"({keys.get('crack_loo_study') or 'the runs made without a name'})."]
     arms = arm_rows(data)
@@ -491,10 +491,10 @@ def main(argv=None) -> int:
     p.add_argument("--loo-study", help="report: the runs --name whose leave-one-set-out runs "
                                         "are the headline (default: the runs made without one)")
     p.add_argument("--model", help="bundle to score (score mode)")
-    p.add_argument("--name", help="score: the model's name in the results; runs: a study name, "
-                                   "appended to every run's name and recorded as its study")
+    p.add_argument("--name", help="score: the model's name in the results; runs --runs loo: a "
+                                   "study name, appended to every run's name and recorded")
     p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
-                   help="runs: a jobs/train.py --set for every run (repeatable)")
+                   help="runs --runs loo: a jobs/train.py --set for every run (repeatable)")
     p.add_argument("--runs", default="loo,arms", help="loo, arms (runs mode)")
     p.add_argument("--steps", type=int, default=1500, help="optimiser steps per run")
     p.add_argument("--epochs", type=int, default=3)
@@ -516,6 +516,9 @@ def main(argv=None) -> int:
     if args.mode == "report":
         path = RESULTS / "results_crack_sets.json"
         data = json.loads(path.read_text())
+        if args.loo_study and not any(m.get("held_out") and m.get("study") == args.loo_study
+                                      for m in data["models"].values()):
+            p.error(f"--loo-study {args.loo_study}: no leave-one-set-out run of that study")
         keys = headlines(data, args.committed, args.before, args.loo_study)
         data = {k: v for k, v in data.items() if not k.startswith("crack_")} | keys
         path.write_text(json.dumps(data, indent=1, sort_keys=True))
@@ -534,14 +537,19 @@ def main(argv=None) -> int:
         entry = score_model(args.model, sets, args.limit, args.threads, args.small_images)
         merge({args.name or Path(args.model).name: entry})
         return 0
+    if (args.name or args.overrides) and args.runs != "loo":
+        # arm rows group seeds by name and the U-Net arm trains outside train.py: a study
+        # name or extra overrides would split or misrecord them
+        p.error("--name and --set are for --runs loo only")
     out = Path(args.out).resolve()
     loo_sets = args.loo_sets.split(",") if args.loo_sets else None
     seeds = tuple(int(v) for v in args.seeds.split(","))
     for name, held, overrides in planned_runs(args.runs.split(","), sets, args.init, loo_sets,
                                               seeds, args.unet):
-        if args.only and name not in args.only.split(","):
+        named = f"{name}-{args.name}" if args.name else name
+        if args.only and not {name, named} & set(args.only.split(",")):
             continue
-        name = f"{name}-{args.name}" if args.name else name
+        name = named
         overrides = [*overrides, *args.overrides]
         config = run_config(name, args.steps, args.epochs, held, sets, out)
         if UNET in overrides:

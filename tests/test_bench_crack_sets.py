@@ -97,6 +97,12 @@ def test_leave_one_out_headlines_come_from_one_study():
     assert old["crack_loo_dice_mean"] == pytest.approx(0.4)
     assert new["crack_loo_dice_mean"] == pytest.approx(0.5) and new["crack_loo_dice_gaps384"] == 0.4
     text = markdown(data, new)
+    from bench.crack_sets import main
+
+    with pytest.raises(SystemExit):  # a study without a run: refused, not a silent headline
+        main(["report", "--committed", "none", "--loo-study", "no-such-study"])
+    with pytest.raises(SystemExit):  # arms group seeds by name: no study names there
+        main(["runs", "--runs", "arms", "--name", "x"])
     assert "(study new): 2 held-out set(s) (crack500 0.600, gaps384 0.400), mean 0.500" in text
     assert "study new: augment.fill_small=0.5" in text
 
