@@ -27,6 +27,7 @@ import pytest
 import torch
 
 from samsp.errors import CudaUnavailableError
+from tests.rounding import assert_masks_close, assert_tile_stats_close, assert_u8_close
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -294,9 +295,10 @@ def test_predictor_out_of_memory_retries_in_halves(predictor_bundle, caplog):
     with caplog.at_level(logging.WARNING, logger="samsp.gpu"):
         out = actor.predict(batch)
     assert not any(out["error"]), out["error"]
-    for key in ("prob", "mask", "stats", "predict_s"):
-        if key != "predict_s":
-            assert np.array_equal(out[key], plain[key]), key
+    # smaller batches: the same tiles but for float rounding (tests/rounding.py)
+    assert_u8_close(out["prob"], plain["prob"])
+    differ = assert_masks_close(out["mask"], plain["mask"])
+    assert_tile_stats_close(out["stats"], plain["stats"], differ)
     assert fake.sizes[:3] == [5, 3, 2] and max(fake.sizes[3:]) <= 2
     assert any("batch lowered to 2" in r.getMessage() for r in caplog.records)
     fake.sizes.clear()

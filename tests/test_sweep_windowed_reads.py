@@ -24,6 +24,7 @@ from ingest.orientation import ORIENTATIONS, orient, oriented_shape, stored_wind
 from ingest.tiling import Tile
 from jobs.crack_sweep import pipeline
 from jobs.crack_sweep.pipeline import boundless_crop, read_photo_batches, read_photos
+from tests.rounding import assert_masks_close
 
 REPO = Path(__file__).resolve().parents[1]
 ALL_ORIENTATIONS = sorted(ORIENTATIONS)
@@ -462,7 +463,9 @@ def test_sweep_streams_a_many_tile_photo_and_a_rotated_one(tmp_path):
                 core = ((p > tp.threshold) & ok)[t.core_slices]
                 r0, c0 = int(t.core_window.row_off), int(t.core_window.col_off)
                 expected[r0:r0 + core.shape[0], c0:c0 + core.shape[1]] = np.where(core, 255, 0)
-            np.testing.assert_array_equal(np.asarray(Image.open(out / rec["mask"])), expected)
+            # the sweep batched the tiles, the reference runs one at a time: equal but for
+            # pixels whose probability rounds across the threshold
+            assert_masks_close(np.asarray(Image.open(out / rec["mask"])), expected)
     finally:
         torch.set_num_threads(threads)
     bad = json.loads((out / "records" / "broken.json").read_text())
