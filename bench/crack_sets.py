@@ -139,9 +139,10 @@ def select_rule(model: str, threads: int = 0, cuts: dict[str, int] | None = None
     training's criterion (``val_dice``: the mean over the groups of each one's mean per-image
     Dice) but with the inference window (``bundle_window``: overlap 1/8, as the jobs and the
     test scores run; training validates without overlap): for each rule (``pad``, ``fill``),
-    every group's Dice at each threshold of training's sweep; the best mean wins. ``cuts`` (member name -> n): that member's
-    validation images also scored cut into n x n crops (training's ``val_cut``, a group of its
-    own), so the choice sees small photos cut from big ones too. Test data is never read."""
+    every group's Dice at each threshold of training's sweep; the best mean wins. ``cuts``
+    (member name -> n): that member's validation images also scored cut into n x n crops
+    (training's ``val_cut``, a group of its own), so the choice sees small photos cut from big
+    ones too. Test data is never read."""
     import copy
 
     import torch
@@ -381,6 +382,16 @@ def selection_lines(data: dict) -> list[str]:
             *rows]
 
 
+def loo_studies(data: dict) -> dict[str | None, dict[str, float]]:
+    """Leave-one-set-out results by study (``runs --name``; None: runs made without one):
+    study -> held-out set -> that set's test Dice."""
+    studies: dict = {}
+    for m in data["models"].values():
+        if m.get("held_out") and m["held_out"] in m["sets"]:
+            studies.setdefault(m.get("study"), {})[m["held_out"]] = m["sets"][m["held_out"]]["dice"]
+    return studies
+
+
 def headlines(data: dict, committed: str, before: str | None,
               loo_study: str | None = None) -> dict:
     """Flat keys for bench/results.json: the committed model's per-set test Dice, mean, min and
@@ -397,8 +408,7 @@ def headlines(data: dict, committed: str, before: str | None,
             out[f"{prefix}_fp_rate_crack_free_{s}"] = round(v["crack_free_fp_rate"], 6)
         out[f"{prefix}_test_dice_mean"] = round(m["mean_dice"], 4)
         out[f"{prefix}_test_dice_min"] = round(m["min_dice"], 4)
-    loo = {m["held_out"]: m["sets"][m["held_out"]]["dice"] for m in models.values()
-           if m.get("held_out") and m["held_out"] in m["sets"] and m.get("study") == loo_study}
+    loo = loo_studies(data).get(loo_study, {})
     for s, v in loo.items():
         out[f"crack_loo_dice_{s}"] = round(v, 4)
     if loo:
@@ -437,10 +447,7 @@ def markdown(data: dict, keys: dict) -> str:
         filled = m.get("small_images") == "fill" or m.get("fill_small")  # older rows: the flag
         how += " (small photos filled: upscaled to the window)" if filled else ""
         lines.append(f"| {name}{how} | " + " | ".join(cells) + f" | {mean} | {fp} |")
-    studies: dict = {}
-    for m in data["models"].values():
-        if m.get("held_out") and m["held_out"] in m["sets"]:
-            studies.setdefault(m.get("study"), {})[m["held_out"]] = m["sets"][m["held_out"]]["dice"]
+    studies = loo_studies(data)
     for study, held in sorted(studies.items(), key=lambda kv: kv[0] or ""):
         lines += ["", f"Leave-one-set-out{f' (study {study})' if study else ''}: {len(held)} "
                   f"held-out set(s) ({', '.join(f'{s} {v:.3f}' for s, v in sorted(held.items()))}),"
@@ -448,8 +455,8 @@ def markdown(data: dict, keys: dict) -> str:
                   + (f" {data['loo_notes'][study or '']}"
                      if (study or "") in data.get("loo_notes", {}) else "")]
     if studies:
-        lines += ["", "Rows fine-tuned from a bundle cannot leave out a set the bundle was trained on;"
-                  " `crack_loo_dice_*` are the study `report --loo-study` names "
+        lines += ["", "Rows fine-tuned from a bundle cannot leave out a set the bundle was "
+                  "trained on; `crack_loo_dice_*` are the study `report --loo-study` names "
                   f"({keys.get('crack_loo_study') or 'the runs made without a name'})."]
     arms = arm_rows(data)
     if arms:
@@ -516,8 +523,7 @@ def main(argv=None) -> int:
     if args.mode == "report":
         path = RESULTS / "results_crack_sets.json"
         data = json.loads(path.read_text())
-        if args.loo_study and not any(m.get("held_out") and m.get("study") == args.loo_study
-                                      for m in data["models"].values()):
+        if args.loo_study and args.loo_study not in loo_studies(data):
             p.error(f"--loo-study {args.loo_study}: no leave-one-set-out run of that study")
         keys = headlines(data, args.committed, args.before, args.loo_study)
         data = {k: v for k, v in data.items() if not k.startswith("crack_")} | keys

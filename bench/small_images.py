@@ -183,7 +183,8 @@ def write_results(result: dict, limit: int, name: str, entry_only: bool = False)
     result = {**result, "by_model": by_model, "small_images_limit": limit}
     path.write_text(json.dumps(result, indent=1) + "\n")
     filled = result.get("small_images_rule") == "fill"
-    rows = [("none: each crop alone, upscaled to fill the window (small_images: fill)" if filled else "SAM's padding, invalid (now)", "small_dice_whole",
+    rows = [("none: each crop alone, upscaled to fill the window (small_images: fill)"
+             if filled else "SAM's padding, invalid (now)", "small_dice_whole",
              "small_dice_crops_stitched", "small_dice_per_crop", "small_image_gap"),
             *([("SAM's padding, invalid (small_images: pad)", "padded_dice_whole",
                 "padded_dice_crops_stitched", "padded_dice_per_crop", "padded_gap")]
