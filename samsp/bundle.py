@@ -71,6 +71,9 @@ class BundleMeta(BaseModel):
     # the frame, SAM's resize-longest-side). The rule the threshold and checkpoint were chosen
     # under; photo inference (sweep, evaluate, segment_file) follows it. Older bundles: pad.
     small_images: Literal["pad", "fill"] = "pad"
+    # Window presence gate (samsp.presence): a window whose presence probability (the IoU head,
+    # trained by model.finetune: presence) is below it comes out empty. None: no gate.
+    presence_threshold: Optional[float] = Field(default=None, gt=0.0, lt=1.0)
 
 
 @dataclass

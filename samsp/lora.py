@@ -1,4 +1,5 @@
-"""Fine-tuning set-ups: LoRA on the image encoder, full training, or decoder-only.
+"""Fine-tuning set-ups: LoRA on the image encoder, full training, decoder-only, or the window
+presence head alone (``samsp.presence``).
 
 peft is imported lazily (it imports transformers, seconds of start-up) and only where adapters
 are created; merged models are plain ``segment_anything`` modules that load without peft.
@@ -13,7 +14,7 @@ from torch import nn
 
 from .model import SamSP
 
-FinetuneMode = Literal["lora", "full", "decoder"]
+FinetuneMode = Literal["lora", "full", "decoder", "presence"]
 FINETUNE_MODES: tuple[str, ...] = get_args(FinetuneMode)
 
 
@@ -84,6 +85,8 @@ def configure_finetune(
     - ``lora``: pretrained SAM; LoRA adapters (added if absent) + prompt encoder + mask decoder.
     - ``full``: everything (small configs trained from scratch).
     - ``decoder``: image encoder frozen, no adapters; prompt encoder + mask decoder.
+    - ``presence``: a trained model; only the mask decoder's IoU head trains, as the window
+      presence score (``samsp.presence``): every mask the model makes stays exactly as it was.
 
     Given a ``SamSP``, parameters its configuration never uses are frozen too (see
     ``SamSP.unused_modules``), so DDP needs no ``find_unused_parameters``.
@@ -91,6 +94,10 @@ def configure_finetune(
     if mode not in FINETUNE_MODES:
         raise ValueError(f"unknown fine-tune mode {mode!r}; choose one of {FINETUNE_MODES}")
     sam = _sam_of(model)
+    if mode == "presence":
+        model.requires_grad_(False)
+        sam.mask_decoder.iou_prediction_head.requires_grad_(True)
+        return trainable_parameters(model.parameters())
     if mode == "lora":
         if not has_lora(sam.image_encoder):
             apply_lora(sam, rank=rank, alpha=alpha, targets=targets)

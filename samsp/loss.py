@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .model import SamSPOutput
+from .presence import presence_loss
 
 
 @dataclass
@@ -24,6 +25,7 @@ class LossParts:
     bce: torch.Tensor
     distill: torch.Tensor
     skeleton: torch.Tensor | None = None  # skeleton-recall term, when weighted in
+    presence: torch.Tensor | None = None  # window-presence term (samsp.presence), when weighted in
 
     def as_dict(self) -> dict[str, float]:
         return {k: float(v.detach()) for k, v in vars(self).items() if v is not None}
@@ -131,6 +133,7 @@ def samsp_loss(
     dice_weight: float = 1.0,
     bce_weight: float = 1.0,
     skeleton_weight: float = 0.0,
+    presence_weight: float = 0.0,
 ) -> LossParts:
     """Dice + BCE on every pass plus self-distillation of the final pass into earlier ones.
 
@@ -142,6 +145,8 @@ def samsp_loss(
       pass_weights: per-pass weights for Dice+BCE, normalised to sum 1 (default: equal)
       dice_weight, bce_weight: weights of the two supervised terms
       skeleton_weight: weight of ``skeleton_recall_loss`` on every pass (0: not computed)
+      presence_weight: weight of ``samsp.presence.presence_loss`` (0: not computed); it trains
+        the IoU head only, which ``model.finetune: presence`` leaves trainable
 
     With a single pass (K = 0) the distillation term is zero.
     """
@@ -173,4 +178,9 @@ def samsp_loss(
         skeleton = sum(w * skeleton_recall_loss(lg, target, valid, skel)
                        for w, lg in zip(weights, passes))
         total = total + skeleton_weight * skeleton
-    return LossParts(total=total, dice=dice, bce=bce, distill=distill, skeleton=skeleton)
+    presence = None
+    if presence_weight > 0:
+        presence = presence_loss(output, target, valid)
+        total = total + presence_weight * presence
+    return LossParts(total=total, dice=dice, bce=bce, distill=distill, skeleton=skeleton,
+                     presence=presence)

@@ -10,6 +10,7 @@ import torch
 from .bundle import Bundle, load_bundle
 from .precision import autocast, cast_autocast_weights, resolve_precision
 from .preprocess import model_inputs, pass_probabilities
+from .presence import gate_logits
 
 
 class TilePredictor:
@@ -30,6 +31,8 @@ class TilePredictor:
         model takes: anything with ``apply(data, valid) -> uint8`` (``ingest.Radiometry``, e.g.
         ``Radiometry.fit(scene)``). Without it such tiles are refused: scaling them silently
         (raw uint16 counts read as 0..255 values) would give a wrong mask, not an error.
+      presence_threshold: the window presence gate (``samsp.presence``; default: the bundle's,
+        None: no gate): a tile whose presence probability is below it comes out empty
       downscale: tiles larger than the model's frame (``image_size``) are shrunk into it when
         True (the segment job and the sweep, whose ``tiling.tile`` says so). Default False: they
         are refused -- a model sees objects at the scale it was trained on only in tiles of
@@ -39,7 +42,8 @@ class TilePredictor:
     def __init__(self, bundle: Bundle | str, device: str | torch.device = "cpu",
                  iterations: int | None = None, precision: str = "auto",
                  threshold: float | None = None, own_bundle: bool | None = None,
-                 radiometry=None, downscale: bool = False) -> None:
+                 radiometry=None, downscale: bool = False,
+                 presence_threshold: float | str | None = "bundle") -> None:
         if own_bundle is None:
             own_bundle = isinstance(bundle, str)
         self.bundle = load_bundle(bundle) if isinstance(bundle, str) else bundle
@@ -53,6 +57,8 @@ class TilePredictor:
         self._threshold = self.meta.threshold if threshold is None else float(threshold)
         self.radiometry = radiometry
         self.downscale = bool(downscale)
+        self.presence_threshold = (self.meta.presence_threshold if presence_threshold == "bundle"
+                                   else presence_threshold)
 
     @property
     def threshold(self) -> float:
@@ -84,8 +90,9 @@ class TilePredictor:
         with torch.inference_mode(), autocast(self.precision, self.device):
             output = self.model(batch, iterations=self.iterations, valid=frame)
         with torch.inference_mode():
-            last, first = pass_probabilities((output.logits[-1], output.logits[0]), size,
-                                             self.meta.image_size)
+            last, first = pass_probabilities(
+                gate_logits(output, self.presence_threshold, (output.logits[-1], output.logits[0])),
+                size, self.meta.image_size)
         return {"prob": last, "prob_first": first}
 
     def _checked(self, images: np.ndarray, valid: np.ndarray | None) -> np.ndarray:

@@ -33,14 +33,17 @@ TileForward = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
 def samsp_forward(model, image_size: int, pixel_mean: Sequence[float],
                   pixel_std: Sequence[float], iterations: int | None = None,
                   band_map: Sequence[int] | None = None, device: str = "cpu",
-                  precision: str = "auto") -> TileForward:
-    """A ``TileForward`` running a ``SamSP`` (eval mode) and returning every pass."""
+                  precision: str = "auto", presence_threshold: float | None = None
+                  ) -> TileForward:
+    """A ``TileForward`` running a ``SamSP`` (eval mode) and returning every pass; windows
+    below ``presence_threshold`` (``samsp.presence``; None = no gate) come out empty."""
     # torch on first use: the evaluation CLI imports this module and answers --help and bad
     # arguments without it
     import torch
 
     from .precision import autocast, resolve_precision
     from .preprocess import model_inputs, pass_probabilities
+    from .presence import gate_logits
 
     model = model.to(device).eval()
     precision = resolve_precision(precision, device)
@@ -51,19 +54,23 @@ def samsp_forward(model, image_size: int, pixel_mean: Sequence[float],
         with torch.inference_mode():
             with autocast(precision, device):
                 out = model(x, iterations=iterations, valid=ok)
-            probs = pass_probabilities(out.logits, size, image_size)
+            probs = pass_probabilities(gate_logits(out, presence_threshold), size, image_size)
         return torch.stack(probs).cpu().numpy().astype(np.float32)
 
     return forward
 
 
 def bundle_forward(bundle, iterations: int | None = None, device: str = "cpu",
-                   precision: str = "auto") -> TileForward:
-    """A ``TileForward`` for a loaded ``samsp.Bundle``; ``iterations`` overrides its K."""
+                   precision: str = "auto", presence_threshold: float | str | None = "bundle"
+                  ) -> TileForward:
+    """A ``TileForward`` for a loaded ``samsp.Bundle``; ``iterations`` overrides its K,
+    ``presence_threshold`` its presence gate (default: the bundle's; None: no gate)."""
     meta = bundle.meta
+    if presence_threshold == "bundle":
+        presence_threshold = meta.presence_threshold
     return samsp_forward(bundle.model, meta.image_size, meta.pixel_mean, meta.pixel_std,
                          iterations=iterations, band_map=meta.band_map, device=device,
-                         precision=precision)
+                         precision=precision, presence_threshold=presence_threshold)
 
 
 @dataclass

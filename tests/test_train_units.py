@@ -160,3 +160,38 @@ def test_the_short_last_accumulation_group_is_averaged_over_its_own_size():
         weights = [1 / train_step.accumulation_group_size(b, batches, accum) for b in range(batches)]
         groups = [weights[i:i + accum] for i in range(0, batches, accum)]
         assert all(sum(g) == pytest.approx(1.0) for g in groups)
+
+
+def test_presence_mode_checkpoints_the_head_alone_and_exports_the_gate(tmp_path):
+    # finetune: presence trains the IoU head as the window presence score (samsp.presence): the
+    # checkpoint holds it (and buffers) only, the bundle carries the gate, the masks are the base's
+    from samsp import load_bundle
+    from tests.conftest import save_random_bundle
+
+    base = save_random_bundle(tmp_path / "base", "vit_micro", iterations=1)
+    cfg = _cfg(tmp_path, f"model.checkpoint={base}", "model.finetune=presence",
+               "loss.presence_weight=1.0", "model.presence_threshold=0.3")
+    model = train_model.build_model(cfg)
+    head = "sam.mask_decoder.iou_prediction_head."
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        n for n, _ in model.named_parameters() if n.startswith(head)}
+    with torch.no_grad():  # pretend training moved the head
+        for p in model.sam.mask_decoder.iou_prediction_head.parameters():
+            p.add_(0.1)
+    state = train_model.checkpoint_state(model, full=train_model.saves_full_state(cfg))
+    weights = {n for n in state if n not in dict(model.named_buffers())}
+    assert weights and all(n.startswith(head) for n in weights)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    save_file(state, ckpt / train_model.MODEL_FILE)
+    torch.save({"history": json.dumps([{"epoch": 1, "val_dice": 0.5}])}, ckpt / train_model.STATE_FILE)
+    facts = {"plan": {"summary": {"source_kind": "synthetic"}}, "trainable_params": 1}
+    out = tmp_path / "bundle"
+    train_driver.export_bundle(cfg, str(ckpt), str(out), facts, {"epoch": 1, "val_dice": 0.5})
+    bundle, before = load_bundle(str(out)), load_bundle(base)
+    assert bundle.meta.presence_threshold == 0.3 and bundle.meta.provenance["finetune"] == "presence"
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        new, old = bundle.model(x), before.model(x)
+    torch.testing.assert_close(new.logits[-1], old.logits[-1])
+    assert not torch.allclose(new.iou[-1], old.iou[-1])

@@ -142,7 +142,8 @@ def run_local(job, photos: dict, consume: Callable[[dict], None]) -> str:
                  "thread(s) on %s, model batch %d", len(photos), len(reader.threads), lanes,
                  threads, device, cfg.predict.batch_size)
         predictor = Predictor(preload.bundle() or job.model_uri, job.threshold, device, threads,
-                              cfg.predict.precision, own_bundle=True)
+                              cfg.predict.precision, own_bundle=True,
+                              presence_gate=cfg.predict.presence_gate)
         run_lanes(lambda batch: keep_mask_cores(predictor(batch)),
                   grouped_batches(reader.rows(), cfg.predict.batch_size), lanes, each_row(consume),
                   name="sweep-lane")

@@ -349,7 +349,8 @@ def photo_dataset(job: SweepRun, photos: dict[str, Photo], res: dict):
     kwargs = dict(fn_constructor_kwargs={"model_uri": job.model_uri, "threshold": job.threshold,
                                          "device": cfg.predict.device,
                                          "torch_threads": res["torch_threads"],
-                                         "precision": cfg.predict.precision},
+                                         "precision": cfg.predict.precision,
+                                         "presence_gate": cfg.predict.presence_gate},
                   compute=ray.data.ActorPoolStrategy(size=res["actors"]),
                   max_restarts=ACTOR_MAX_RESTARTS,
                   batch_size=cfg.predict.batch_size, num_cpus=res["num_cpus"], batch_format="numpy")

@@ -31,6 +31,9 @@ class PredictConfig(StrictModel):
     batch_size: int = Field(default=8, ge=1)
     # Probability threshold for the binary mask; None = the bundle's threshold.
     threshold: Optional[float] = Field(default=None, gt=0, lt=1)
+    # The bundle's window presence gate (samsp.presence: tiles its presence head calls empty
+    # come out empty), where it has one; false = every tile's mask as the model makes it.
+    presence_gate: bool = True
     # Model actors; 0 = auto (one per GPU; CPU-only: one per CPU, or as many as num_cpus allows).
     num_actors: int = Field(default=0, ge=0)
     # GPUs per actor; None = 1 when the cluster has GPUs, else 0.

@@ -61,10 +61,12 @@ class Predictor:
     sweep's model stage; the segment job uses :class:`PredictWriter`)."""
 
     def __init__(self, model_uri, threshold: float | None = None, device: str = "auto",
-                 torch_threads: int = 0, precision: str = "auto", own_bundle: bool | None = None):
+                 torch_threads: int = 0, precision: str = "auto", own_bundle: bool | None = None,
+                 presence_gate: bool = True):
         """``model_uri``: the bundle's URI, or a loaded ``samsp.Bundle`` (the local engine's,
         read while the scenes were planned: jobs/inference/model_preload.py). ``own_bundle``: as
-        ``TilePredictor``'s (None: cast the weights only when loaded here from a URI)."""
+        ``TilePredictor``'s (None: cast the weights only when loaded here from a URI).
+        ``presence_gate``: apply the bundle's presence gate (``predict.presence_gate``)."""
         import sys
 
         if torch_threads > 1 and "torch" not in sys.modules:
@@ -89,7 +91,8 @@ class Predictor:
         # (jobs.inference.config.tile_geometry warns once when they do)
         self.predictor = TilePredictor(model_uri, device=device, precision=precision,
                                        threshold=threshold, own_bundle=own_bundle,
-                                       downscale=True)
+                                       downscale=True,
+                                       presence_threshold="bundle" if presence_gate else None)
         self.threshold = self.predictor.threshold
         self.frame = int(self.predictor.meta.image_size)
         self.calls = 0

@@ -108,7 +108,8 @@ def build_dataset(rows, cfg: SegmentConfig, model_uri: str, threshold: float, re
                                          "torch_threads": res["torch_threads"],
                                          "batch_size": cfg.predict.batch_size,
                                          "read": read_in_actors,
-                                         "precision": cfg.predict.precision},
+                                         "precision": cfg.predict.precision,
+                                         "presence_gate": cfg.predict.presence_gate},
                   compute=ray.data.ActorPoolStrategy(size=res["actors"]),
                   max_restarts=ACTOR_MAX_RESTARTS,
                   batch_size=block, num_cpus=res["num_cpus"], batch_format="numpy")
@@ -241,7 +242,7 @@ def run_local(job: PipelineJob) -> str:
         predictor = PredictWriter(preloaded or job.model_uri, job.threshold, device, threads,
                                   cfg.predict.batch_size, write_thread=lanes == 1,
                                   read=lanes > 1, precision=cfg.predict.precision,
-                                  own_bundle=True)
+                                  own_bundle=True, presence_gate=cfg.predict.presence_gate)
         if lanes == 1:
             run_one_lane(predictor, blocks, consume)
         else:

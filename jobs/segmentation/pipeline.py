@@ -135,8 +135,10 @@ class PredictWriter(Predictor):
 
     def __init__(self, model_uri, threshold: float | None = None, device: str = "auto",
                  torch_threads: int = 0, batch_size: int = 8, write_thread: bool = True,
-                 read: bool = False, precision: str = "auto", own_bundle: bool | None = None):
-        super().__init__(model_uri, threshold, device, torch_threads, precision, own_bundle)
+                 read: bool = False, precision: str = "auto", own_bundle: bool | None = None,
+                 presence_gate: bool = True):
+        super().__init__(model_uri, threshold, device, torch_threads, precision, own_bundle,
+                         presence_gate)
         self.batch_size = max(1, int(batch_size))
         self.read = read  # rows come without pixels: read them here (``read_tiles``)
         # One writer thread: storage I/O overlaps the next model batch; a single thread keeps

@@ -70,7 +70,8 @@ BUNDLE_FILES = ("bundle.json", "model.safetensors")
 FIELD_NAMES = {"bundle_sha256": "model bundle (sha256)", "threshold": "predict.threshold",
                "radiometry": "radiometry", "bands": "radiometry.bands", "tiling": "tiling",
                "precision": "predict.precision", "input": "input (fingerprint)",
-               "band_pick": "band pick (band names)", "resampled": "resampling (GSD)"}
+               "band_pick": "band pick (band names)", "resampled": "resampling (GSD)",
+               "presence_gate": "predict.presence_gate"}
 #: the record key of a band-name pick (how ``bands`` were chosen): informational, never compared
 PICK_KEY = "band_pick"
 #: the record key of a scene read at the model's GSD (jobs/inference/resampling.py): its
@@ -229,6 +230,8 @@ def run_record(cfg, bundle_sha: str, threshold: float, tile: int, overlap: int,
                       if getattr(cfg.tiling, "small_images", None) else {})},
         "precision": getattr(cfg.predict, "precision", None),
         "input": fingerprint,
+        # only when off: records made before the option existed keep matching
+        **({"presence_gate": False} if not getattr(cfg.predict, "presence_gate", True) else {}),
     }
     return json.loads(json.dumps(record, sort_keys=True))
 

@@ -54,8 +54,10 @@ class ModelConfig(StrictModel):
     # Model input side (px); None = the model type's default (1024 official, 256 tiny, 128 micro).
     image_size: Optional[int] = Field(default=None, ge=32)
     # lora (pretrained SAM + LoRA on the encoder's qkv), full (everything trains), decoder
-    # (encoder frozen, prompt encoder + mask decoder train).
-    finetune: Literal["lora", "full", "decoder"] = "full"
+    # (encoder frozen, prompt encoder + mask decoder train), presence (a trained bundle's masks
+    # stay exactly as they are; only the window-presence head trains: samsp.presence, needs
+    # loss.presence_weight > 0).
+    finetune: Literal["lora", "full", "decoder", "presence"] = "full"
     lora_rank: int = Field(default=4, ge=1)
     lora_alpha: float = Field(default=8.0, gt=0)
     # Self-prompting passes K after the first (the model returns K + 1 masks).
@@ -78,12 +80,18 @@ class ModelConfig(StrictModel):
     detail_width: int = Field(default=32, ge=8)
     # 4: the decoder's own resolution (input / 4); 2: logits at input / 2 (thin structures).
     detail_stride: Literal[2, 4] = 4
+    # Window presence gate written into the bundle (samsp.presence): windows whose presence
+    # probability is below it come out empty. None = no gate; only a model whose presence head
+    # was trained (finetune: presence) should have one -- choose it on validation
+    # (python -m bench.presence_gate --write). Never carried over from a base bundle: any other
+    # fine-tune changes what the head reads.
+    presence_threshold: Optional[float] = Field(default=None, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _lora_needs_weights(self):
-        if self.finetune == "lora" and self.checkpoint is None:
-            raise ValueError("finetune 'lora' needs model.checkpoint (pretrained weights); "
-                             "use finetune: full to train from scratch")
+        if self.finetune in ("lora", "presence") and self.checkpoint is None:
+            raise ValueError(f"finetune '{self.finetune}' needs model.checkpoint (trained "
+                             "weights); use finetune: full to train from scratch")
         return self
 
 
@@ -98,6 +106,9 @@ class LossConfig(StrictModel):
     # Skeleton recall (samsp.loss.skeleton_recall_loss): probability mass on the ground
     # truth's skeleton, for thin structures (cracks, roads); 0 = off.
     skeleton_weight: float = Field(default=0.0, ge=0)
+    # Window presence (samsp.presence.presence_loss): BCE of the IoU head's logit against "the
+    # window holds a target pixel", every pass. Only model.finetune: presence trains that head.
+    presence_weight: float = Field(default=0.0, ge=0)
 
 
 class PairsData(StrictModel):
@@ -562,4 +573,13 @@ class TrainConfig(StrictModel):
         if self.train.prompt_pretraining > 0 and self.model.iterations < 1:
             raise ValueError("train.prompt_pretraining needs model.iterations >= 1 (a single-pass "
                              "model never takes a prompt)")
+        return self
+
+    @model_validator(mode="after")
+    def _presence_head_and_its_loss_together(self):
+        # Either alone trains nothing: other modes freeze the head, other losses never reach it.
+        training_head = self.model.finetune == "presence"
+        if training_head != (self.loss.presence_weight > 0):
+            raise ValueError("model.finetune: presence and loss.presence_weight > 0 go together "
+                             "(the presence head trains in that mode only, from that loss only)")
         return self

@@ -212,6 +212,7 @@ def export_bundle(cfg: TrainConfig, ckpt_dir: str, uri: str, facts: dict, best: 
     }
     meta = {"threshold": cfg.model.threshold, "band_map": None, "provenance": provenance,
             "small_images": cfg.model.small_images,
+            "presence_threshold": cfg.model.presence_threshold,
             "input": facts.get("input") or input_contract(cfg, facts["plan"].get("images"))}
     base = facts.get("base")
     if base and base.get("threshold") is not None:

@@ -218,6 +218,11 @@ def training_loss(cfg: TrainConfig, out, target, valid):
     from samsp import samsp_loss  # samsp imports torch: the driver reads this module's names only
 
     c = cfg.loss
-    return samsp_loss(out, target, distill_weight=c.distill_weight, temperature=c.temperature,
-                      valid=valid, dice_weight=c.dice_weight, bce_weight=c.bce_weight,
-                      skeleton_weight=c.skeleton_weight)
+    weights = {"distill_weight": c.distill_weight, "dice_weight": c.dice_weight,
+               "bce_weight": c.bce_weight, "skeleton_weight": c.skeleton_weight}
+    if cfg.model.finetune == "presence":
+        # Only the presence head trains: the mask terms reach no trainable weight, and leaving
+        # them out makes the logged loss the presence loss (the mask parts are still reported).
+        weights = {k: 0.0 for k in weights}
+    return samsp_loss(out, target, temperature=c.temperature, valid=valid,
+                      presence_weight=c.presence_weight, **weights)

@@ -1,0 +1,165 @@
+"""The window presence gate (``samsp.presence``) a crack bundle's own validation data choose.
+
+    python -m bench.presence_gate --model out/presence31/bundle --val-cut deepcrack=3 [--write]
+
+Each mixture member's validation split (the bundle's own, from its training config; with
+``--val-cut M=N`` that member's images also cut into N x N crops and stitched back, a group of
+its own: photos smaller than the window, many of them crack-free), run in the scoring window of
+``bench.crack_sets`` (tile = model input, overlap 1/8, the bundle's small-photo rule) at the
+bundle's output threshold. The final pass is scored with every window gated at each presence
+threshold of ``PRESENCE_SWEEP`` (0 = no gate): mean per-image Dice per group, their mean
+(training's ``val_dice``), and on the cut crops that hold no crack pixel the share that raise a
+false alarm (``bench.crack_free.CLEAN_ALARM``). The gate with the best mean wins (no gate on a
+tie). ``--write`` puts it into the bundle's ``bundle.json`` (weights untouched; the sweep goes
+into ``provenance.presence_selection``). Results: bench/results/results_presence_gate.json.
+Test data is never read.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+from bench.common import log  # noqa: E402
+from bench.crack_free import CLEAN_ALARM  # noqa: E402
+
+RESULTS = REPO / "bench" / "results" / "results_presence_gate.json"
+#: presence thresholds tried; 0 = no gate
+PRESENCE_SWEEP = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+
+
+def gate_sweep_forward(bundle, gates=PRESENCE_SWEEP):
+    """A ``TileForward`` whose planes are the final pass with the windows gated at each of
+    ``gates`` (``[G,B,h,w]``), so one run over an image scores every gate."""
+    import torch
+
+    from samsp.preprocess import model_inputs, pass_probabilities
+    from samsp.presence import presence_probability
+
+    meta, model = bundle.meta, bundle.model.eval()
+
+    def forward(tiles: np.ndarray, valid) -> np.ndarray:
+        x, ok, size = model_inputs(tiles, meta.image_size, meta.pixel_mean, meta.pixel_std,
+                                   valid, band_map=meta.band_map)
+        with torch.inference_mode():
+            out = model(x, valid=ok)
+            present = presence_probability(out)[:, None, None]  # [B,1,1]
+            prob = pass_probabilities([out.logits[-1]], size, meta.image_size)[0]  # [B,h,w]
+            return torch.stack([prob * (present >= g) for g in gates]).numpy()
+
+    return forward
+
+
+def clean_alarms(prob: np.ndarray, mask: np.ndarray, cut: int, threshold: float
+                 ) -> tuple[int, np.ndarray]:
+    """Crack-free crops of an image cut ``cut`` x ``cut`` and, per gate plane of ``prob``
+    ``[G,H,W]``, how many of them raise a false alarm."""
+    from samsp.sliding_window import grid_cuts
+
+    rows, cols = grid_cuts(*mask.shape, cut)
+    clean, alarms = 0, np.zeros(len(prob), np.int64)
+    for r0, r1 in zip(rows[:-1], rows[1:]):
+        for c0, c1 in zip(cols[:-1], cols[1:]):
+            if mask[r0:r1, c0:c1].any():
+                continue
+            clean += 1
+            marked = (prob[:, r0:r1, c0:c1] > threshold).mean(axis=(1, 2))
+            alarms += marked >= CLEAN_ALARM
+    return clean, alarms
+
+
+def sweep(model: str, cuts: dict[str, int]) -> dict:
+    """Every gate's validation Dice per group, their mean and the crack-free crops' alarms."""
+    from bench.crack_sets import bundle_window
+    from jobs.evaluation.data import load_item
+    from jobs.inference.sliding_window import crops_stitched
+    from jobs.training.data import plan_data
+    from samsp import load_bundle, metrics
+
+    bundle = load_bundle(model)
+    data = copy.deepcopy(((bundle.meta.provenance or {}).get("config") or {}).get("data"))
+    if not data:
+        raise SystemExit(f"{model}: no training config in its provenance (not from jobs/train.py)")
+    for m in data["source"].get("members") or []:
+        m["val_cut"] = cuts.get(m["name"], m.get("val_cut", 0))
+    plan = plan_data(data)
+    names = [g["name"] for g in plan.get("groups") or [{"name": "all"}]]
+    window = bundle_window(bundle)
+    window.forward = gate_sweep_forward(bundle)
+    threshold = bundle.meta.threshold
+    dice: dict[str, list] = {}
+    clean, alarms = 0, np.zeros(len(PRESENCE_SWEEP), np.int64)
+    for item in plan["val"]:
+        image, mask, valid = load_item(item, plan["scenes"])
+        cut = item.get("cut")
+        prob = crops_stitched(window, image, cut, valid) if cut else window(image, valid)
+        target = np.broadcast_to(mask & valid, prob.shape)
+        dice.setdefault(names[item.get("group", 0)], []).append(metrics.dice((prob > threshold) & valid, target))
+        if cut:
+            n, a = clean_alarms(prob, mask & valid, cut, threshold)
+            clean, alarms = clean + n, alarms + a
+    per_group = {g: np.mean(v, axis=0) for g, v in dice.items()}
+    mean = np.mean(list(per_group.values()), axis=0)
+    best = int(np.argmax(mean))  # the first of equals: no gate on a tie
+    rows = [{"presence_threshold": g, "mean_dice": round(float(mean[i]), 4),
+             "groups": {k: round(float(v[i]), 4) for k, v in per_group.items()},
+             "clean_crops_alarm_share": round(float(alarms[i]) / clean, 4) if clean else None}
+            for i, g in enumerate(PRESENCE_SWEEP)]
+    for r in rows:
+        log(f"{model}: gate {r['presence_threshold']:g}: mean validation Dice "
+            f"{r['mean_dice']:.4f}, crack-free cut crops with an alarm "
+            f"{r['clean_crops_alarm_share']}", "presence_gate")
+    return {"model": model, "threshold": threshold, "cuts": cuts, "clean_crops": clean,
+            "rows": rows, "chosen": PRESENCE_SWEEP[best] or None}
+
+
+def write_choice(model: str, result: dict) -> None:
+    """The chosen gate into the local bundle's ``bundle.json``; the sweep into its provenance."""
+    from samsp.bundle import META_FILE, BundleMeta
+
+    path = Path(model) / META_FILE
+    meta = BundleMeta.model_validate_json(path.read_text())
+    prov = dict(meta.provenance, presence_selection={
+        "command": f"python -m bench.presence_gate --model {model} --write"
+                   + "".join(f" --val-cut {k}={v}" for k, v in result["cuts"].items()),
+        "before": meta.presence_threshold, "rows": result["rows"]})
+    meta = meta.model_copy(update={"presence_threshold": result["chosen"], "provenance": prov})
+    path.write_text(meta.model_dump_json(indent=2))  # as save_bundle writes it
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="a local bundle folder")
+    p.add_argument("--val-cut", action="append", default=[], metavar="MEMBER=N",
+                   help="also score that member's validation images cut into N x N crops")
+    p.add_argument("--write", action="store_true", help="write the chosen gate into the bundle")
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args(argv)
+    try:
+        cuts = {k: int(v) for k, v in (c.split("=") for c in args.val_cut)}
+    except ValueError:
+        p.error("--val-cut takes MEMBER=N")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    result = sweep(args.model, cuts)
+    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    data[args.model] = result
+    RESULTS.write_text(json.dumps(data, indent=1, sort_keys=True))
+    if args.write:
+        write_choice(args.model, result)
+    log(f"chosen presence threshold: {result['chosen']}", "presence_gate")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,38 @@
+"""bench.presence_gate: one run scores every gate, and crack-free crops are counted as the
+gate leaves them."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from bench.presence_gate import PRESENCE_SWEEP, clean_alarms, gate_sweep_forward
+from jobs.inference.sliding_window import bundle_forward
+from samsp import load_bundle
+from tests.conftest import save_random_bundle
+
+
+def test_each_plane_is_the_final_pass_gated_at_one_threshold(tmp_path):
+    bundle = load_bundle(save_random_bundle(tmp_path / "micro", "vit_micro", iterations=1))
+    last = bundle.model.sam.mask_decoder.iou_prediction_head.layers[-1]
+    with torch.no_grad():  # presence sigmoid(-1.5) = 0.18 on every window
+        last.weight.zero_()
+        last.bias.fill_(-1.5)
+    tiles = np.random.default_rng(0).integers(0, 255, (2, 3, 128, 128), dtype=np.uint8)
+    planes = gate_sweep_forward(bundle)(tiles, None)
+    plain = bundle_forward(bundle, presence_threshold=None, precision="fp32")(tiles, None)[-1]
+    assert planes.shape == (len(PRESENCE_SWEEP), 2, 128, 128)
+    for gate, plane in zip(PRESENCE_SWEEP, planes):
+        if gate <= 0.18:
+            np.testing.assert_allclose(plane, plain, atol=1e-6)
+        else:
+            assert not plane.any()
+
+
+def test_clean_alarms_count_only_crack_free_crops_per_gate():
+    mask = np.zeros((6, 6), bool)
+    mask[0, 0] = True  # the top-left crop of a 3x3 cut holds a crack
+    prob = np.zeros((2, 6, 6), np.float32)
+    prob[0, 0:2, 2:4] = 0.9  # plane 0: an alarm on a crack-free crop
+    prob[:, 0:2, 0:2] = 0.9  # both planes mark the cracked crop: not a false alarm
+    clean, alarms = clean_alarms(prob, mask, 3, 0.5)
+    assert clean == 8 and alarms.tolist() == [1, 0]
