@@ -134,28 +134,14 @@ def bundle_window(bundle, small_images: str | None = None):
                          small_images=small_images or bundle.meta.small_images)
 
 
-def select_rule(model: str, threads: int = 0, cuts: dict[str, int] | None = None) -> dict:
-    """The small-photo rule and output threshold a bundle's own validation data choose, by
-    training's criterion (``val_dice``: the mean over the groups of each one's mean per-image
-    Dice) but with the inference window (``bundle_window``: overlap 1/8, as the jobs and the
-    test scores run; training validates without overlap): for each rule (``pad``, ``fill``),
-    every group's Dice at each threshold of training's sweep; the best mean wins. ``cuts``
-    (member name -> n): that member's validation images also scored cut into n x n crops
-    (training's ``val_cut``, a group of its own), so the choice sees small photos cut from big
-    ones too. Test data is never read."""
+def validation_plan(bundle, model: str, cuts: dict[str, int] | None) -> tuple[dict, list[str]]:
+    """The bundle's own validation data (its training config's, from its provenance; test data
+    never) and its group names; ``cuts`` (member name -> n) adds that member's images cut into
+    n x n crops as a group of its own (training's ``val_cut``)."""
     import copy
 
-    import torch
-
-    from jobs.evaluation.data import load_item
-    from jobs.inference.sliding_window import crops_stitched
     from jobs.training.data import plan_data
-    from jobs.training.validation import THRESHOLD_SWEEP
-    from samsp import load_bundle, metrics
 
-    if threads:
-        torch.set_num_threads(threads)
-    bundle = load_bundle(model)
     data = copy.deepcopy(((bundle.meta.provenance or {}).get("config") or {}).get("data"))
     if not data:
         raise SystemExit(f"{model}: no training config in its provenance (not from jobs/train.py)")
@@ -168,7 +154,29 @@ def select_rule(model: str, threads: int = 0, cuts: dict[str, int] | None = None
     for m in members:
         m["val_cut"] = (cuts or {}).get(m["name"], m.get("val_cut", 0))
     plan = plan_data(data)
-    names = [g["name"] for g in plan.get("groups") or [{"name": "all"}]]
+    return plan, [g["name"] for g in plan.get("groups") or [{"name": "all"}]]
+
+
+def select_rule(model: str, threads: int = 0, cuts: dict[str, int] | None = None) -> dict:
+    """The small-photo rule and output threshold a bundle's own validation data choose, by
+    training's criterion (``val_dice``: the mean over the groups of each one's mean per-image
+    Dice) but with the inference window (``bundle_window``: overlap 1/8, as the jobs and the
+    test scores run; training validates without overlap): for each rule (``pad``, ``fill``),
+    every group's Dice at each threshold of training's sweep; the best mean wins. ``cuts``
+    (member name -> n): that member's validation images also scored cut into n x n crops
+    (training's ``val_cut``, a group of its own), so the choice sees small photos cut from big
+    ones too. Test data is never read."""
+    import torch
+
+    from jobs.evaluation.data import load_item
+    from jobs.inference.sliding_window import crops_stitched
+    from jobs.training.validation import THRESHOLD_SWEEP
+    from samsp import load_bundle, metrics
+
+    if threads:
+        torch.set_num_threads(threads)
+    bundle = load_bundle(model)
+    plan, names = validation_plan(bundle, model, cuts)
     out: dict = {"model": model, "thresholds": list(THRESHOLD_SWEEP), "cuts": cuts or {},
                  "rules": {}}
     windows = {rule: bundle_window(bundle, rule) for rule in ("pad", "fill")}

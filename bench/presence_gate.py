@@ -9,15 +9,16 @@ its own: photos smaller than the window, many of them crack-free), run in the sc
 bundle's output threshold. The final pass is scored with every window gated at each presence
 threshold of ``PRESENCE_SWEEP`` (0 = no gate): mean per-image Dice per group, their mean
 (training's ``val_dice``), and on the cut crops that hold no crack pixel the share that raise a
-false alarm (``bench.crack_free.CLEAN_ALARM``). The gate with the best mean wins (no gate on a
-tie). ``--write`` puts it into the bundle's ``bundle.json`` (weights untouched; the sweep goes
+false alarm (``bench.crack_free.CLEAN_ALARM``). The gate with the best mean wins if it adds at
+least ``MIN_GAIN`` to the ungated mean, else none. The sweep runs in float32 (the jobs run bf16
+where the device has it natively: a window whose presence lies right at the gate may go the
+other way there). ``--write`` puts it into the bundle's ``bundle.json`` (weights untouched; the sweep goes
 into ``provenance.presence_selection``). Results: bench/results/results_presence_gate.json.
 Test data is never read.
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 from pathlib import Path
@@ -33,7 +34,9 @@ from bench.crack_free import CLEAN_ALARM  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "results_presence_gate.json"
 #: presence thresholds tried; 0 = no gate
-PRESENCE_SWEEP = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+PRESENCE_SWEEP = (0.0, 0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
+#: the mean validation Dice a gate must add to be chosen
+MIN_GAIN = 0.001
 
 
 def gate_sweep_forward(bundle, gates=PRESENCE_SWEEP):
@@ -78,20 +81,13 @@ def clean_alarms(prob: np.ndarray, mask: np.ndarray, cut: int, threshold: float
 
 def sweep(model: str, cuts: dict[str, int]) -> dict:
     """Every gate's validation Dice per group, their mean and the crack-free crops' alarms."""
-    from bench.crack_sets import bundle_window
+    from bench.crack_sets import bundle_window, validation_plan
     from jobs.evaluation.data import load_item
     from jobs.inference.sliding_window import crops_stitched
-    from jobs.training.data import plan_data
     from samsp import load_bundle, metrics
 
     bundle = load_bundle(model)
-    data = copy.deepcopy(((bundle.meta.provenance or {}).get("config") or {}).get("data"))
-    if not data:
-        raise SystemExit(f"{model}: no training config in its provenance (not from jobs/train.py)")
-    for m in data["source"].get("members") or []:
-        m["val_cut"] = cuts.get(m["name"], m.get("val_cut", 0))
-    plan = plan_data(data)
-    names = [g["name"] for g in plan.get("groups") or [{"name": "all"}]]
+    plan, names = validation_plan(bundle, model, cuts)
     window = bundle_window(bundle)
     window.forward = gate_sweep_forward(bundle)
     threshold = bundle.meta.threshold
@@ -104,11 +100,13 @@ def sweep(model: str, cuts: dict[str, int]) -> dict:
         target = np.broadcast_to(mask & valid, prob.shape)
         dice.setdefault(names[item.get("group", 0)], []).append(metrics.dice((prob > threshold) & valid, target))
         if cut:
-            n, a = clean_alarms(prob, mask & valid, cut, threshold)
+            n, a = clean_alarms(prob * valid, mask & valid, cut, threshold)
             clean, alarms = clean + n, alarms + a
     per_group = {g: np.mean(v, axis=0) for g, v in dice.items()}
     mean = np.mean(list(per_group.values()), axis=0)
-    best = int(np.argmax(mean))  # the first of equals: no gate on a tie
+    best = int(np.argmax(mean))
+    if mean[best] < mean[0] + MIN_GAIN:  # a gate that does not clearly help is none
+        best = 0
     rows = [{"presence_threshold": g, "mean_dice": round(float(mean[i]), 4),
              "groups": {k: round(float(v[i]), 4) for k, v in per_group.items()},
              "clean_crops_alarm_share": round(float(alarms[i]) / clean, 4) if clean else None}

@@ -12,7 +12,7 @@ from samsp import SamSP, SamSPOutput, build_sam, configure_finetune, load_bundle
 from samsp.predict import TilePredictor
 from samsp.presence import (GATED_LOGIT, gate_logits, presence_loss, presence_probability,
                             window_has_target)
-from tests.conftest import save_random_bundle
+from tests.conftest import REPO, save_random_bundle
 
 
 def _model() -> SamSP:
@@ -127,9 +127,17 @@ def test_the_presence_head_and_its_loss_are_configured_together(tmp_path):
                                     "loss": {"presence_weight": 1.0}})
     cfg = TrainConfig.model_validate({**base, "loss": {"presence_weight": 1.0}})
     assert cfg.model.finetune == "presence" and cfg.model.presence_threshold is None
+    presence = {**base, "loss": {"presence_weight": 1.0}}
+    with pytest.raises(ValueError, match="tune_threshold=false"):  # the masks' threshold stays
+        TrainConfig.model_validate({**presence, "train": {"tune_threshold": True}})
+    with pytest.raises(ValueError, match="prompt_pretraining=0"):  # a GT prompt gives it away
+        TrainConfig.model_validate({**presence, "train": {"prompt_pretraining": 0.3}})
+    with pytest.raises(ValueError, match="presence_threshold is for finetune: presence"):
+        TrainConfig.model_validate({"model": {"presence_threshold": 0.5}})
 
 
 def test_predict_presence_gate_false_reaches_the_jobs_predictor_and_the_run_record(gated_bundles):
+    from jobs.inference.bundle_meta import read_bundle_meta
     from jobs.inference.predictor import Predictor
     from jobs.runtime.config import load_config
     from jobs.segmentation.config import SegmentConfig
@@ -138,9 +146,17 @@ def test_predict_presence_gate_false_reaches_the_jobs_predictor_and_the_run_reco
     assert Predictor(gated_bundles["gated"], device="cpu").predictor.presence_threshold == 0.5
     off = Predictor(gated_bundles["gated"], device="cpu", presence_gate=False)
     assert off.predictor.presence_threshold is None
+    tiles = np.random.default_rng(0).integers(0, 255, (2, 3, 128, 128), dtype=np.uint8)
+    assert Predictor(gated_bundles["gated"], device="cpu").predictor(tiles)["prob"].max() < 1e-6
+    assert off.predictor(tiles)["prob"].max() > 0.01
     # a scene done with the gate is redone without it, and the reason names the setting
-    on_cfg = load_config(SegmentConfig, "configs/segment.yaml", [])
-    off_cfg = load_config(SegmentConfig, "configs/segment.yaml", ["predict.presence_gate=false"])
-    on, off = (run_record(c, "sha", 0.5, 256, 32, None) for c in (on_cfg, off_cfg))
+    config = str(REPO / "configs" / "segment.yaml")
+    on_cfg = load_config(SegmentConfig, config, [])
+    off_cfg = load_config(SegmentConfig, config, ["predict.presence_gate=false"])
+    on, off = (run_record(c, "sha", 0.5, 256, 32, None, gated=True) for c in (on_cfg, off_cfg))
     assert "presence_gate" not in on  # records made before the option keep matching
     assert "predict.presence_gate" in record_difference(on, off)
+    # a bundle without a gate gives the same outputs either way: nothing to redo
+    assert run_record(off_cfg, "sha", 0.5, 256, 32, None) == on
+    assert read_bundle_meta(gated_bundles["gated"]).presence_threshold == 0.5
+    assert read_bundle_meta(gated_bundles["plain"]).presence_threshold is None

@@ -195,3 +195,13 @@ def test_presence_mode_checkpoints_the_head_alone_and_exports_the_gate(tmp_path)
         new, old = bundle.model(x), before.model(x)
     torch.testing.assert_close(new.logits[-1], old.logits[-1])
     assert not torch.allclose(new.iou[-1], old.iou[-1])
+
+
+def test_epoch_loss_means_report_the_presence_loss_only_where_it_was_trained():
+    from jobs.training.validation import LOSS_PARTS, train_loss_means
+
+    without = train_loss_means([4.0, 2.0, 1.0, 0.5, 0.0, 2.0])
+    assert without == {"train_loss": 2.0, "train_dice_loss": 1.0, "train_bce": 0.5,
+                       "train_distill": 0.25}
+    assert LOSS_PARTS == 5
+    assert train_loss_means([0.6, 1.0, 1.0, 0.0, 0.6, 2.0])["train_presence"] == pytest.approx(0.3)

@@ -30,6 +30,8 @@ class BundleInfo:
     input: dict | None = None
     # how an image smaller than the tile reaches the model (ingest.TileGrid small_images)
     small_images: str = "pad"
+    # the window presence gate (samsp.presence); None: the bundle has none
+    presence_threshold: float | None = None
 
 
 def read_bundle_meta(uri: str) -> BundleInfo:
@@ -49,7 +51,10 @@ def read_bundle_meta(uri: str) -> BundleInfo:
                           threshold=float(meta.get("threshold", 0.5)),
                           band_map=tuple(int(b) for b in meta["band_map"]) if meta.get("band_map") else None,
                           input=meta["input"] if isinstance(meta.get("input"), dict) else None,
-                          small_images=str(meta.get("small_images", "pad")))
+                          small_images=str(meta.get("small_images", "pad")),
+                          presence_threshold=(float(meta["presence_threshold"])
+                                              if meta.get("presence_threshold") is not None
+                                              else None))
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"invalid bundle.json in {uri}: {type(err).__name__}: {err}") from None
     if info.image_size <= 0 or not 0 < info.threshold < 1:

@@ -212,8 +212,9 @@ def stacked_fingerprint(hrefs, resampling: str, fingerprint=input_fingerprint) -
 
 
 def run_record(cfg, bundle_sha: str, threshold: float, tile: int, overlap: int,
-               fingerprint: dict | None) -> dict:
-    """This run's record for one scene (JSON-normalised: compares equal to a stored one)."""
+               fingerprint: dict | None, gated: bool = False) -> dict:
+    """This run's record for one scene (JSON-normalised: compares equal to a stored one).
+    ``gated``: the bundle has a presence gate, so turning it off changes the outputs."""
     rad = cfg.radiometry
     record = {
         "bundle_sha256": bundle_sha,
@@ -230,8 +231,10 @@ def run_record(cfg, bundle_sha: str, threshold: float, tile: int, overlap: int,
                       if getattr(cfg.tiling, "small_images", None) else {})},
         "precision": getattr(cfg.predict, "precision", None),
         "input": fingerprint,
-        # only when off: records made before the option existed keep matching
-        **({"presence_gate": False} if not getattr(cfg.predict, "presence_gate", True) else {}),
+        # only when it turns a bundle's gate off: records made before the option existed, and
+        # those of bundles without a gate, keep matching
+        **({"presence_gate": False}
+           if gated and not getattr(cfg.predict, "presence_gate", True) else {}),
     }
     return json.loads(json.dumps(record, sort_keys=True))
 

@@ -169,7 +169,8 @@ class SegmentRun:
                                                             cfg.pipeline.plan_workers)
         self.records = scene_records(self.inputs, cfg, model, self.threshold, self.tile,
                                      self.overlap,
-                                     getattr(self.stac_in, "fingerprint", None))  # --stac items
+                                     getattr(self.stac_in, "fingerprint", None),  # --stac items
+                                     gated=self.meta.presence_threshold is not None)
         self.board = StatusBoard(self.output, self.run_id, cfg.pipeline.lease_timeout_s,
                                  cfg.pipeline.lease_heartbeat_s,
                                  output_settings=cfg.output.model_dump(mode="json"))

@@ -212,10 +212,12 @@ def scene_row(st: SceneState, status: str, error: str, uncertain: list, outputs:
 
 
 def scene_records(inputs: list[str], cfg: SegmentConfig, model_uri: str, threshold: float,
-                  tile: int, overlap: int, fingerprint=None) -> dict[str, dict]:
+                  tile: int, overlap: int, fingerprint=None, gated: bool = False
+                  ) -> dict[str, dict]:
     """Each input's run record (jobs.segmentation.record); fingerprints are I/O: a few threads.
     ``fingerprint``: one input's fingerprint (default ``input_fingerprint``; with --stac,
-    StacInput.fingerprint: stacked items, and no request for an item that is no scene)."""
+    StacInput.fingerprint: stacked items, and no request for an item that is no scene).
+    ``gated``: the bundle has a presence gate (``predict.presence_gate`` then matters)."""
 
     sha = bundle_sha256(model_uri)
     of_input = fingerprint or input_fingerprint
@@ -228,4 +230,5 @@ def scene_records(inputs: list[str], cfg: SegmentConfig, model_uri: str, thresho
 
     with cf.ThreadPoolExecutor(max_workers=cfg.pipeline.plan_workers) as pool:
         prints = list(pool.map(safe_fingerprint, inputs))
-    return {uri: run_record(cfg, sha, threshold, tile, overlap, fp) for uri, fp in zip(inputs, prints)}
+    return {uri: run_record(cfg, sha, threshold, tile, overlap, fp, gated)
+            for uri, fp in zip(inputs, prints)}

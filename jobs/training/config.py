@@ -89,9 +89,15 @@ class ModelConfig(StrictModel):
 
     @model_validator(mode="after")
     def _lora_needs_weights(self):
-        if self.finetune in ("lora", "presence") and self.checkpoint is None:
-            raise ValueError(f"finetune '{self.finetune}' needs model.checkpoint (trained "
-                             "weights); use finetune: full to train from scratch")
+        if self.finetune == "lora" and self.checkpoint is None:
+            raise ValueError("finetune 'lora' needs model.checkpoint (pretrained weights); "
+                             "use finetune: full to train from scratch")
+        if self.finetune == "presence" and self.checkpoint is None:
+            raise ValueError("finetune 'presence' needs model.checkpoint: the trained bundle "
+                             "whose presence head it trains")
+        if self.presence_threshold is not None and self.finetune != "presence":
+            raise ValueError("model.presence_threshold is for finetune: presence (only that mode "
+                             "trains the presence head the gate reads)")
         return self
 
 
@@ -582,4 +588,11 @@ class TrainConfig(StrictModel):
         if training_head != (self.loss.presence_weight > 0):
             raise ValueError("model.finetune: presence and loss.presence_weight > 0 go together "
                              "(the presence head trains in that mode only, from that loss only)")
+        if training_head and self.train.tune_threshold:
+            raise ValueError("model.finetune: presence keeps the bundle's masks and threshold: "
+                             "set train.tune_threshold=false")
+        if training_head and self.train.prompt_pretraining > 0:
+            # a pass prompted from the ground truth has a box exactly where there is a target:
+            # the head would learn the label from its prompt
+            raise ValueError("model.finetune: presence needs train.prompt_pretraining=0")
         return self

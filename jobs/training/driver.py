@@ -277,7 +277,7 @@ def make_trainer(cfg: TrainConfig, plan: dict, mode: str, crop: int | None = Non
     run_config = ray.train.RunConfig(
         name=cfg.run.name, storage_path=storage_path, storage_filesystem=storage_fs,
         checkpoint_config=ray.train.CheckpointConfig(
-            num_to_keep=cfg.run.num_to_keep, checkpoint_score_attribute="val_dice",
+            num_to_keep=cfg.run.num_to_keep, checkpoint_score_attribute=checkpoint_score(cfg),
             checkpoint_score_order="max"),
         failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
         worker_runtime_env={"env_vars": env} if env else None,
@@ -295,12 +295,19 @@ def make_trainer(cfg: TrainConfig, plan: dict, mode: str, crop: int | None = Non
     )
 
 
-def best_checkpoint(result) -> tuple[Any, dict]:
-    """The kept checkpoint with the best val Dice (the later epoch on a tie) and its metrics."""
-    ranked = [(c, m) for c, m in (result.best_checkpoints or []) if "val_dice" in m]
+def checkpoint_score(cfg: TrainConfig) -> str:
+    """The metric that ranks checkpoints: val Dice; the epoch in presence mode, whose masks --
+    so its val Dice -- never change (the presence head it trains is not what validation scores),
+    so the latest checkpoint is the one to keep."""
+    return "epoch" if cfg.model.finetune == "presence" else "val_dice"
+
+
+def best_checkpoint(result, score: str = "val_dice") -> tuple[Any, dict]:
+    """The kept checkpoint with the best ``score`` (the later epoch on a tie) and its metrics."""
+    ranked = [(c, m) for c, m in (result.best_checkpoints or []) if score in m and "epoch" in m]
     if not ranked:
         return None, {}
-    return max(ranked, key=lambda cm: (cm[1]["val_dice"], cm[1]["epoch"]))
+    return max(ranked, key=lambda cm: (cm[1][score], cm[1]["epoch"]))
 
 
 def latest_progress(latest) -> tuple[int, list]:
@@ -317,7 +324,7 @@ def latest_progress(latest) -> tuple[int, list]:
 
 def run_summary(cfg: TrainConfig, facts: dict, result, fit_s: float) -> tuple[dict, Any, dict]:
     """The run's summary (bundle not written yet), its best checkpoint and that one's metrics."""
-    best_ckpt, best_metrics = best_checkpoint(result)
+    best_ckpt, best_metrics = best_checkpoint(result, checkpoint_score(cfg))
     done_epochs, history = latest_progress(result.checkpoint)
     summary: dict[str, Any] = {
         "run": cfg.run.name, "run_dir": _run_dir_uri(cfg), "epochs_done": done_epochs,

@@ -32,8 +32,8 @@ from jobs.training.step import (Optimisation, accumulation_group_size,
                                 apply_gradients, forward_backward, make_optimisation,
                                 pretraining_prompt_seed)
 from jobs.training.streaming import StreamingLoader
-from jobs.training.validation import (THRESHOLD_SWEEP, all_reduce_sum, pooled_validation,
-                                      train_loss_means, val_scores, validate,
+from jobs.training.validation import (LOSS_PARTS, THRESHOLD_SWEEP, all_reduce_sum,
+                                      pooled_validation, train_loss_means, val_scores, validate,
                                       validation_window)
 from samsp.precision import resolve_precision
 
@@ -267,7 +267,7 @@ def train_epoch(run: Run, epoch: int) -> tuple[torch.Tensor, int, int]:
     accum = cfg.train.grad_accum
     opt.model.train()
     # Loss parts summed on the device: reading them every micro-batch is a host sync.
-    parts_sum = torch.zeros(4, dtype=torch.float64, device=run.worker.device)
+    parts_sum = torch.zeros(LOSS_PARTS, dtype=torch.float64, device=run.worker.device)
     n_batches, n_samples = 0, 0
     opt.optimizer.zero_grad(set_to_none=True)
     t_step = time.perf_counter()
@@ -289,7 +289,9 @@ def train_epoch(run: Run, epoch: int) -> tuple[torch.Tensor, int, int]:
                 log0(run.worker.rank, f"epoch {epoch + 1} step {progress.global_step}/"
                      f"{run.total_steps} loss {float(parts.total.detach()):.4f} "
                      f"lr {opt.scheduler.get_last_lr()[0]:.2e} {rate:.1f} samples/s/worker")
-        parts_sum += torch.stack([parts.total, parts.dice, parts.bce, parts.distill]).detach()
+        presence = parts.presence if parts.presence is not None else torch.zeros_like(parts.total)
+        parts_sum += torch.stack([parts.total, parts.dice, parts.bce, parts.distill,
+                                  presence]).detach()
         n_batches += 1
         n_samples += len(img)
     return parts_sum, n_batches, n_samples
@@ -340,9 +342,9 @@ def run_epoch(run: Run, epoch: int) -> dict:
     metrics = {
         "epoch": epoch + 1, "epochs": cfg.train.epochs, "global_step": run.progress.global_step,
         **train_loss_means(reduced), "lr": float(run.opt.scheduler.get_last_lr()[0]),
-        "train_samples": int(reduced[5]), "train_s": train_s,
+        "train_samples": int(reduced[LOSS_PARTS + 1]), "train_s": train_s,
         "samples_per_s_per_worker": n_samples / max(train_s, 1e-9),
-        **val_scores(reduced[6:], run.data.val_ds.group_names, net.iterations + 1, sweep,
+        **val_scores(reduced[LOSS_PARTS + 2:], run.data.val_ds.group_names, net.iterations + 1, sweep,
                      pooled_validation(cfg.train.val_metric, cfg.data.source.kind)),
     }
     metrics["epoch_s"] = time.perf_counter() - t0
@@ -356,7 +358,9 @@ def log_epoch(run: Run, metrics: dict) -> None:
     log0(run.worker.rank,
          f"epoch {metrics['epoch']}/{run.cfg.train.epochs} loss {metrics['train_loss']:.4f} "
          f"(dice {metrics['train_dice_loss']:.4f} bce {metrics['train_bce']:.4f} "
-         f"distill {metrics['train_distill']:.4f}) val dice "
+         f"distill {metrics['train_distill']:.4f}"
+         + (f" presence {metrics['train_presence']:.4f}" if "train_presence" in metrics else "")
+         + ") val dice "
          + " ".join(f"p{k}={metrics[f'val_dice_p{k}']:.3f}" for k in range(passes))
          + f" iou {metrics['val_iou']:.3f}"
          + "".join(f" {g}={metrics[f'val_dice_{g}']:.3f}" for g in run.data.val_ds.group_names

@@ -222,7 +222,8 @@ def training_loss(cfg: TrainConfig, out, target, valid):
                "bce_weight": c.bce_weight, "skeleton_weight": c.skeleton_weight}
     if cfg.model.finetune == "presence":
         # Only the presence head trains: the mask terms reach no trainable weight, and leaving
-        # them out makes the logged loss the presence loss (the mask parts are still reported).
+        # them out makes the logged loss presence_weight x the presence loss (the mask parts
+        # are still reported; the presence loss itself as train_presence).
         weights = {k: 0.0 for k in weights}
     return samsp_loss(out, target, temperature=c.temperature, valid=valid,
                       presence_weight=c.presence_weight, **weights)

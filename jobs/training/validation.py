@@ -83,12 +83,19 @@ def all_reduce_sum(values: list[float], device) -> list[float]:
     return [float(v) for v in t.cpu()]
 
 
+#: loss parts a training epoch sums: total, dice, bce, distill, presence (0 unless weighted in)
+LOSS_PARTS = 5
+
+
 def train_loss_means(reduced: list[float]) -> dict:
     """Mean loss parts over every worker's micro-batches, from the reduced sums ``[loss, dice,
-    bce, distill, batches, ...]``."""
-    nb = max(1.0, reduced[4])
-    return {"train_loss": reduced[0] / nb, "train_dice_loss": reduced[1] / nb,
-            "train_bce": reduced[2] / nb, "train_distill": reduced[3] / nb}
+    bce, distill, presence, batches, ...]``; ``train_presence`` only where it was trained."""
+    nb = max(1.0, reduced[LOSS_PARTS])
+    means = {"train_loss": reduced[0] / nb, "train_dice_loss": reduced[1] / nb,
+             "train_bce": reduced[2] / nb, "train_distill": reduced[3] / nb}
+    if reduced[4]:
+        means["train_presence"] = reduced[4] / nb
+    return means
 
 
 def _pooled(tp: float, fp: float, fn: float) -> tuple[float, float]:
