@@ -96,7 +96,8 @@ SECTIONS = ["INGEST_RESULTS.md", "MODEL_RESULTS.md", "SEGMENT_RESULTS.md", "TRAI
             "GEO_TRAIN_RESULTS.md",
             "GEO_PLAN_RESULTS.md",
             "STARTUP_RESULTS.md",
-            "GEO_SPLIT_RESULTS.md"]
+            "GEO_SPLIT_RESULTS.md",
+            "PRESENCE_GATE_RESULTS.md"]
 
 
 PRECEDENCE = {"results_recipe_budget.json"}

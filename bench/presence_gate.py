@@ -13,8 +13,9 @@ false alarm (``bench.crack_free.CLEAN_ALARM``). The gate with the best mean wins
 least ``MIN_GAIN`` to the ungated mean, else none. The sweep runs in float32 (the jobs run bf16
 where the device has it natively: a window whose presence lies right at the gate may go the
 other way there). ``--write`` puts it into the bundle's ``bundle.json`` (weights untouched; the sweep goes
-into ``provenance.presence_selection``). Results: bench/results/results_presence_gate.json.
-Test data is never read.
+into ``provenance.presence_selection``). Results: bench/results/results_presence_gate.json and
+PRESENCE_GATE_RESULTS.md (``--note`` adds a line under a model's table). Test data is never
+read.
 """
 from __future__ import annotations
 
@@ -29,10 +30,11 @@ if __package__ in (None, ""):
 
 import numpy as np  # noqa: E402
 
-from bench.common import log  # noqa: E402
+from bench.common import cpu_label, log  # noqa: E402
 from bench.crack_free import CLEAN_ALARM  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "results_presence_gate.json"
+MARKDOWN = RESULTS.with_name("PRESENCE_GATE_RESULTS.md")
 #: presence thresholds tried; 0 = no gate
 PRESENCE_SWEEP = (0.0, 0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 #: the mean validation Dice a gate must add to be chosen
@@ -133,6 +135,30 @@ def write_choice(model: str, result: dict) -> None:
     path.write_text(meta.model_dump_json(indent=2))  # as save_bundle writes it
 
 
+def markdown(data: dict) -> str:
+    """PRESENCE_GATE_RESULTS.md: one table per model, gate by gate."""
+    lines = ["## Window presence gate, chosen on validation (`bench/presence_gate.py`)", "",
+             "`python -m bench.presence_gate --model M --val-cut deepcrack=3`: the bundle's own "
+             "validation splits at its output threshold, the final pass with every window "
+             "whose presence probability (`samsp.presence`) is below the gate emptied; mean "
+             "per-image Dice per group and their mean; and the share of the crack-free cut "
+             "crops that raise a false alarm (>= 1 % of their pixels marked). A gate is chosen "
+             f"only if it adds >= {MIN_GAIN} to the ungated mean."]
+    for model, r in sorted(data.items()):
+        groups = list(r["rows"][0]["groups"])
+        lines += ["", f"### {model}", "", f"{r.get('machine', '')}; output threshold "
+                  f"{r['threshold']}, {r['clean_crops']} crack-free cut crops; chosen: "
+                  f"{r['chosen']}. {r.get('note', '')}".rstrip(), "",
+                  "| gate | mean | " + " | ".join(groups) + " | crack-free crops with an alarm |",
+                  "|---" * (len(groups) + 3) + "|"]
+        for row in r["rows"]:
+            share = row["clean_crops_alarm_share"]
+            lines.append(f"| {row['presence_threshold'] or 'none'} | {row['mean_dice']:.4f} | "
+                         + " | ".join(f"{row['groups'][g]:.4f}" for g in groups)
+                         + f" | {'-' if share is None else f'{100 * share:.1f} %'} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="a local bundle folder")
@@ -140,6 +166,7 @@ def main(argv=None) -> int:
                    help="also score that member's validation images cut into N x N crops")
     p.add_argument("--write", action="store_true", help="write the chosen gate into the bundle")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--note", default="", help="a line kept under this model's table")
     args = p.parse_args(argv)
     try:
         cuts = {k: int(v) for k, v in (c.split("=") for c in args.val_cut)}
@@ -150,9 +177,11 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(args.threads)
     result = sweep(args.model, cuts)
+    result.update(machine=cpu_label(), note=args.note)
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     data[args.model] = result
     RESULTS.write_text(json.dumps(data, indent=1, sort_keys=True))
+    MARKDOWN.write_text(markdown(data))
     if args.write:
         write_choice(args.model, result)
     log(f"chosen presence threshold: {result['chosen']}", "presence_gate")

@@ -36,3 +36,15 @@ def test_clean_alarms_count_only_crack_free_crops_per_gate():
     prob[:, 0:2, 0:2] = 0.9  # both planes mark the cracked crop: not a false alarm
     clean, alarms = clean_alarms(prob, mask, 3, 0.5)
     assert clean == 8 and alarms.tolist() == [1, 0]
+
+
+def test_the_results_page_gives_every_gate_a_row():
+    from bench.presence_gate import markdown
+
+    rows = [{"presence_threshold": g, "mean_dice": 0.6 - g / 10, "groups": {"a": 0.7, "a_cut3": 0.5},
+             "clean_crops_alarm_share": None if g == 0.5 else 0.3 - g / 10} for g in (0.0, 0.9, 0.5)]
+    page = markdown({"out/m": {"threshold": 0.55, "clean_crops": 10, "chosen": None, "rows": rows,
+                               "note": "head trained on augmented crops"}})
+    assert "### out/m" in page and "head trained on augmented crops" in page
+    assert "| none | 0.6000 | 0.7000 | 0.5000 | 30.0 % |" in page
+    assert "| 0.9 | 0.5100 | 0.7000 | 0.5000 | 21.0 % |" in page and "| 0.5 |" in page

@@ -168,9 +168,11 @@ def test_presence_mode_checkpoints_the_head_alone_and_exports_the_gate(tmp_path)
     from samsp import load_bundle
     from tests.conftest import save_random_bundle
 
-    base = save_random_bundle(tmp_path / "base", "vit_micro", iterations=1)
-    cfg = _cfg(tmp_path, f"model.checkpoint={base}", "model.finetune=presence",
-               "loss.presence_weight=1.0", "model.presence_threshold=0.3")
+    base = save_random_bundle(tmp_path / "base", "vit_micro", iterations=1, threshold=0.7)
+    presence = (f"model.checkpoint={base}", "model.finetune=presence", "loss.presence_weight=1.0")
+    with pytest.raises(train_model.TrainError, match="iterations=2 does not fit"):
+        train_model.build_model(_cfg(tmp_path, *presence, "model.iterations=2"))
+    cfg = _cfg(tmp_path, *presence, "model.presence_threshold=0.3")
     model = train_model.build_model(cfg)
     head = "sam.mask_decoder.iou_prediction_head."
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {
@@ -185,11 +187,13 @@ def test_presence_mode_checkpoints_the_head_alone_and_exports_the_gate(tmp_path)
     ckpt.mkdir()
     save_file(state, ckpt / train_model.MODEL_FILE)
     torch.save({"history": json.dumps([{"epoch": 1, "val_dice": 0.5}])}, ckpt / train_model.STATE_FILE)
-    facts = {"plan": {"summary": {"source_kind": "synthetic"}}, "trainable_params": 1}
+    facts = {"plan": {"summary": {"source_kind": "synthetic"}}, "trainable_params": 1,
+             "base": train_model.settle_model(cfg)[1]}  # as the driver's preflight gives it
     out = tmp_path / "bundle"
     train_driver.export_bundle(cfg, str(ckpt), str(out), facts, {"epoch": 1, "val_dice": 0.5})
     bundle, before = load_bundle(str(out)), load_bundle(base)
     assert bundle.meta.presence_threshold == 0.3 and bundle.meta.provenance["finetune"] == "presence"
+    assert bundle.meta.threshold == 0.7  # the base's output threshold, as its masks
     x = torch.randn(2, 3, 128, 128)
     with torch.no_grad():
         new, old = bundle.model(x), before.model(x)

@@ -81,8 +81,10 @@ def settle_model(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
     from it: ``{"uri", "kept", "threshold", "prompt_threshold", "input"}``; ``(cfg, None)``
     without one. The bundle fixes the model type, image size and detail branch (set to
     something else: ``TrainError``); iterations, prompt, the self-prompt threshold and labels
-    and small-photo rule come from it unless the config sets them. ``threshold`` is the bundle's output threshold to
-    carry into the new bundle (None when ``model.threshold`` overrides it). Idempotent."""
+    and small-photo rule come from it unless the config sets them -- in ``finetune: presence``
+    all but labels are fixed too, so the masks stay the bundle's. ``threshold`` is the bundle's
+    output threshold to carry into the new bundle (None when ``model.threshold`` overrides it;
+    always carried in presence mode). Idempotent."""
     from jobs.inference.bundle_meta import read_bundle_json
 
     uri = base_bundle(cfg.model.checkpoint)
@@ -94,6 +96,10 @@ def settle_model(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
     except (ValueError, KeyError, TypeError) as err:
         raise TrainError(f"model.checkpoint {uri}: {err}") from None
     m, given = cfg.model, cfg.model.model_fields_set
+    presence = m.finetune == "presence"
+    if presence:
+        # every mask must stay the bundle's: what shapes them is fixed, not merely carried
+        fixed.update({k: v for k, v in carried.items() if k != "labels" and v is not None})
     for field, value in fixed.items():
         mine = getattr(m, field)
         if field in given and mine is not None and mine != value:
@@ -107,7 +113,7 @@ def settle_model(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
         settled = TrainConfig.model_validate(tree)
     except ValueError as err:
         raise TrainError(f"model.checkpoint {uri}: {err}") from None
-    carry_threshold = "threshold" not in given
+    carry_threshold = "threshold" not in given or presence
     return settled, {"uri": uri, "kept": kept, "input": meta.get("input"),
                      "threshold": float(meta["threshold"]) if carry_threshold else None,
                      "prompt_threshold": settled.model.threshold}
