@@ -10,7 +10,7 @@ import torch
 from .bundle import Bundle, load_bundle
 from .precision import autocast, cast_autocast_weights, resolve_precision
 from .preprocess import model_inputs, pass_probabilities
-from .presence import gate_logits
+from .presence import checked_threshold, gate_logits
 
 
 class TilePredictor:
@@ -57,8 +57,8 @@ class TilePredictor:
         self._threshold = self.meta.threshold if threshold is None else float(threshold)
         self.radiometry = radiometry
         self.downscale = bool(downscale)
-        self.presence_threshold = (self.meta.presence_threshold if presence_threshold == "bundle"
-                                   else presence_threshold)
+        self.presence_threshold = checked_threshold(
+            self.meta.presence_threshold if presence_threshold == "bundle" else presence_threshold)
 
     @property
     def threshold(self) -> float:

@@ -15,6 +15,7 @@ layout (``mask_decoder.iou_prediction_head``; output 0, the single-mask token's)
 """
 from __future__ import annotations
 
+import numbers
 from typing import Sequence
 
 import torch
@@ -50,15 +51,22 @@ def presence_probability(output: SamSPOutput) -> torch.Tensor:
     return torch.sigmoid(output.iou[-1].float()[:, 0])
 
 
+def checked_threshold(threshold: float | None) -> float | None:
+    """``threshold`` if it is a presence threshold (in (0, 1)) or None (no gate), else an error
+    -- when a predictor is built, not at its first batch."""
+    if threshold is not None and not (isinstance(threshold, numbers.Real)
+                                      and 0.0 < threshold < 1.0):
+        raise ValueError(f"a presence threshold must lie in (0, 1), got {threshold!r}")
+    return threshold
+
+
 def gate_logits(output: SamSPOutput, threshold: float | None,
                 logits: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
     """``logits`` (default: every pass of ``output``; each [B,1,S,S]) with every window whose
     presence probability is below ``threshold`` set to ``GATED_LOGIT`` -- all passes of a window
     alike, so ``prob_first`` and ``prob`` agree about it. None (no gate): returned as they are."""
     logits = list(output.logits if logits is None else logits)
-    if threshold is None:
+    if checked_threshold(threshold) is None:
         return logits
-    if not 0.0 < threshold < 1.0:
-        raise ValueError(f"a presence threshold must lie in (0, 1), got {threshold}")
     absent = (presence_probability(output) < threshold).view(-1, 1, 1, 1)
     return [lg.masked_fill(absent.to(lg.device), GATED_LOGIT) for lg in logits]

@@ -43,8 +43,9 @@ def samsp_forward(model, image_size: int, pixel_mean: Sequence[float],
 
     from .precision import autocast, resolve_precision
     from .preprocess import model_inputs, pass_probabilities
-    from .presence import gate_logits
+    from .presence import checked_threshold, gate_logits
 
+    checked_threshold(presence_threshold)
     model = model.to(device).eval()
     precision = resolve_precision(precision, device)
 

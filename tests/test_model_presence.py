@@ -111,6 +111,11 @@ def test_a_bundles_gate_empties_its_windows_in_the_predictor_and_the_sliding_win
 
     image = tiles[0]
     assert SlidingWindow(bundle_forward(gated), tile=128)(image).max() < 1e-6
+    for bad in (0.0, 1.5, "bundles"):  # refused when built, not at the first batch
+        with pytest.raises(ValueError, match="presence threshold"):
+            TilePredictor(gated, presence_threshold=bad)
+        with pytest.raises(ValueError, match="presence threshold"):
+            bundle_forward(gated, presence_threshold=bad)
     np.testing.assert_array_equal(
         SlidingWindow(bundle_forward(gated, presence_threshold=None), tile=128)(image),
         SlidingWindow(bundle_forward(plain), tile=128)(image))
