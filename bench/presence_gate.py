@@ -145,10 +145,10 @@ def markdown(data: dict) -> str:
              "crops that raise a false alarm (>= 1 % of their pixels marked). A gate is chosen "
              f"only if it adds >= {MIN_GAIN} to the ungated mean."]
     for model, r in sorted(data.items()):
-        groups = list(r["rows"][0]["groups"])
+        groups = sorted(r["rows"][0]["groups"])
         lines += ["", f"### {model}", "", f"{r.get('machine', '')}; output threshold "
                   f"{r['threshold']}, {r['clean_crops']} crack-free cut crops; chosen: "
-                  f"{r['chosen']}. {r.get('note', '')}".rstrip(), "",
+                  f"{r['chosen'] or 'no gate'}. {r.get('note', '')}".rstrip(), "",
                   "| gate | mean | " + " | ".join(groups) + " | crack-free crops with an alarm |",
                   "|---" * (len(groups) + 3) + "|"]
         for row in r["rows"]:

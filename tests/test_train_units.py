@@ -172,7 +172,11 @@ def test_presence_mode_checkpoints_the_head_alone_and_exports_the_gate(tmp_path)
     presence = (f"model.checkpoint={base}", "model.finetune=presence", "loss.presence_weight=1.0")
     with pytest.raises(train_model.TrainError, match="iterations=2 does not fit"):
         train_model.build_model(_cfg(tmp_path, *presence, "model.iterations=2"))
-    cfg = _cfg(tmp_path, *presence, "model.presence_threshold=0.3")
+    with pytest.raises(train_model.TrainError, match="needs a samsp bundle"):
+        train_model.build_model(_cfg(tmp_path, "model.checkpoint=" + str(tmp_path / "sam.pt"),
+                                     *presence[1:]))
+    cfg = train_model.settle_model(  # as the driver's preflight passes it on
+        _cfg(tmp_path, *presence, "model.presence_threshold=0.3"))[0]
     model = train_model.build_model(cfg)
     head = "sam.mask_decoder.iou_prediction_head."
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {
@@ -194,6 +198,13 @@ def test_presence_mode_checkpoints_the_head_alone_and_exports_the_gate(tmp_path)
     bundle, before = load_bundle(str(out)), load_bundle(base)
     assert bundle.meta.presence_threshold == 0.3 and bundle.meta.provenance["finetune"] == "presence"
     assert bundle.meta.threshold == 0.7  # the base's output threshold, as its masks
+    assert bundle.meta.prompt_threshold == 0.7  # and the self-prompts' threshold
+    assert train_driver.checkpoint_score(cfg) == "epoch"  # its val Dice never changes
+
+    class Result:  # Ray's result: (checkpoint, metrics) pairs
+        best_checkpoints = [("e1", {"epoch": 1, "val_dice": 0.6}), ("e2", {"epoch": 2, "val_dice": 0.5})]
+    assert train_driver.best_checkpoint(Result(), "epoch")[0] == "e2"
+    assert train_driver.best_checkpoint(Result())[0] == "e1"
     x = torch.randn(2, 3, 128, 128)
     with torch.no_grad():
         new, old = bundle.model(x), before.model(x)

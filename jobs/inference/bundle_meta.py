@@ -62,6 +62,9 @@ def read_bundle_meta(uri: str) -> BundleInfo:
                          f"threshold {info.threshold}")
     if info.small_images not in SMALL_IMAGES:
         raise ValueError(f"invalid bundle.json in {uri}: small_images {info.small_images!r}")
+    if info.presence_threshold is not None and not 0 < info.presence_threshold < 1:
+        raise ValueError(f"invalid bundle.json in {uri}: presence_threshold "
+                         f"{info.presence_threshold}")
     return info
 
 

@@ -89,6 +89,10 @@ def settle_model(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
 
     uri = base_bundle(cfg.model.checkpoint)
     if uri is None:
+        if cfg.model.finetune == "presence":
+            raise TrainError(f"model.finetune: presence needs a samsp bundle as model.checkpoint "
+                             f"(its masks, threshold and passes are kept); "
+                             f"{cfg.model.checkpoint} is not one")
         return cfg, None
     try:
         meta = read_bundle_json(uri)
