@@ -322,8 +322,9 @@ class StandInPredictor:
     """The model stage without a model: mask = band 0 > 100 (what Predictor returns)."""
 
     def __init__(self, model_uri, threshold=None, device="cpu", torch_threads=0,
-                 precision="auto", own_bundle=None):
+                 precision="auto", own_bundle=None, presence_gate=True):
         self.threshold = threshold
+        self.presence_gate = presence_gate
 
     def __call__(self, batch: dict) -> dict:
         n = len(batch["tile"])
