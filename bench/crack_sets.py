@@ -204,27 +204,34 @@ def select_rule(model: str, threads: int = 0, cuts: dict[str, int] | None = None
     return out
 
 
-def write_choice(model: str, choice: dict) -> None:
-    """The chosen rule and output threshold into the local bundle's ``bundle.json`` (weights
-    and the self-prompt threshold untouched; the choice and the command behind it go into its
-    provenance)."""
+def rewrite_bundle_meta(model: str, fields, record_key: str, record) -> None:
+    """A local bundle's ``bundle.json`` with ``fields(meta)`` (a dict) applied and
+    ``record(meta)`` kept in its provenance under ``record_key`` (weights untouched)."""
     from samsp.bundle import META_FILE, BundleMeta
 
     path = Path(model) / META_FILE
     meta = BundleMeta.model_validate_json(path.read_text())
+    prov = dict(meta.provenance, **{record_key: record(meta)})
+    meta = meta.model_copy(update={**fields(meta), "provenance": prov})
+    path.write_text(meta.model_dump_json(indent=2))  # as save_bundle writes it
+
+
+def write_choice(model: str, choice: dict) -> None:
+    """The chosen rule and output threshold into the local bundle's ``bundle.json`` (weights
+    and the self-prompt threshold untouched; the choice and the command behind it go into its
+    provenance)."""
     rule = choice["chosen"]
     picked = choice["rules"][rule]
-    prov = dict(meta.provenance, small_images_selection={
+    rewrite_bundle_meta(model, lambda meta: {
+        "small_images": rule, "threshold": picked["threshold"],
+        # the self-prompts keep the threshold they ran with (None would follow the new output one)
+        "prompt_threshold": (meta.prompt_threshold if meta.prompt_threshold is not None
+                             else meta.threshold)}, "small_images_selection", lambda meta: {
         "command": f"python -m bench.crack_sets select --model {model} --write"
                    + "".join(f" --val-cut {k}={v}" for k, v in choice.get("cuts", {}).items()),
         "before": {"small_images": meta.small_images, "threshold": meta.threshold},
         **{r: {k: v for k, v in c.items() if k != "mean_by_threshold"}
            for r, c in choice["rules"].items()}})
-    # the self-prompts keep the threshold they ran with (None would follow the new output one)
-    prompt = meta.prompt_threshold if meta.prompt_threshold is not None else meta.threshold
-    meta = meta.model_copy(update={"small_images": rule, "threshold": picked["threshold"],
-                                   "prompt_threshold": prompt, "provenance": prov})
-    path.write_text(meta.model_dump_json(indent=2))  # as save_bundle writes it
 
 
 def score_window(window, threshold: float, sets: list[str], limit: int, name: str) -> dict:

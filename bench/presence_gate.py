@@ -123,16 +123,14 @@ def sweep(model: str, cuts: dict[str, int]) -> dict:
 
 def write_choice(model: str, result: dict) -> None:
     """The chosen gate into the local bundle's ``bundle.json``; the sweep into its provenance."""
-    from samsp.bundle import META_FILE, BundleMeta
+    from bench.crack_sets import rewrite_bundle_meta
 
-    path = Path(model) / META_FILE
-    meta = BundleMeta.model_validate_json(path.read_text())
-    prov = dict(meta.provenance, presence_selection={
-        "command": f"python -m bench.presence_gate --model {model} --write"
-                   + "".join(f" --val-cut {k}={v}" for k, v in result["cuts"].items()),
-        "before": meta.presence_threshold, "rows": result["rows"]})
-    meta = meta.model_copy(update={"presence_threshold": result["chosen"], "provenance": prov})
-    path.write_text(meta.model_dump_json(indent=2))  # as save_bundle writes it
+    rewrite_bundle_meta(model, lambda meta: {"presence_threshold": result["chosen"]},
+                        "presence_selection", lambda meta: {
+                            "command": f"python -m bench.presence_gate --model {model} --write"
+                                       + "".join(f" --val-cut {k}={v}"
+                                                 for k, v in result["cuts"].items()),
+                            "before": meta.presence_threshold, "rows": result["rows"]})
 
 
 def markdown(data: dict) -> str:

@@ -48,3 +48,16 @@ def test_the_results_page_gives_every_gate_a_row():
     assert "### out/m" in page and "head trained on augmented crops" in page
     assert "| none | 0.6000 | 0.7000 | 0.5000 | 30.0 % |" in page
     assert "| 0.9 | 0.5100 | 0.7000 | 0.5000 | 21.0 % |" in page and "| 0.5 |" in page
+
+
+def test_write_puts_the_chosen_gate_into_the_bundle_and_the_sweep_into_its_provenance(tmp_path):
+    from bench.presence_gate import write_choice
+
+    model = save_random_bundle(tmp_path / "micro", "vit_micro", iterations=1)
+    rows = [{"presence_threshold": 0.0, "mean_dice": 0.5}]
+    write_choice(model, {"chosen": 0.9, "cuts": {"deepcrack": 3}, "rows": rows})
+    meta = load_bundle(model).meta  # still loads: the weights' checksum is untouched
+    assert meta.presence_threshold == 0.9 and meta.threshold == 0.5
+    record = meta.provenance["presence_selection"]
+    assert record["before"] is None and record["rows"] == rows
+    assert record["command"].endswith("--write --val-cut deepcrack=3")
