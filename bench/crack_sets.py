@@ -407,12 +407,30 @@ def loo_studies(data: dict) -> dict[str | None, dict[str, float]]:
     return studies
 
 
+def loo_over_seeds(data: dict, studies: list[str | None]) -> dict:
+    """Several leave-one-set-out studies of one recipe (its seeds, ``runs --name`` each) as
+    one: each held-out set's mean Dice over the studies, the mean over the sets, and the
+    spread (standard deviation) of the studies' own means. Every study must hold the same
+    held-out sets -- a mean over seeds that differ in what they left out would mislead."""
+    found = loo_studies(data)
+    per = [found.get(s, {}) for s in studies]
+    sets = sorted(per[0]) if per else []
+    if not sets or any(sorted(p) != sets for p in per):
+        raise ValueError(f"studies {studies}: not the same held-out sets "
+                         f"({[sorted(p) for p in per]})")
+    means = [float(np.mean([p[s] for s in sets])) for p in per]
+    return {"sets": {s: float(np.mean([p[s] for p in per])) for s in sets},
+            "mean": float(np.mean(means)), "seed_means": means,
+            "spread": float(np.std(means, ddof=1)) if len(means) > 1 else None}
+
+
 def headlines(data: dict, committed: str, before: str | None,
-              loo_study: str | None = None) -> dict:
+              loo_study: str | list[str] | None = None) -> dict:
     """Flat keys for bench/results.json: the committed model's per-set test Dice, mean, min and
     crack-free false-positive rates, the leave-one-set-out Dice of each held-out set (and their
-    mean) of one study (``runs --name``; None: the runs made without a name), and the model it
-    replaced (``crack_before_*``)."""
+    mean) of one study (``runs --name``; None: the runs made without a name) or the mean over
+    several (a recipe's seeds: ``loo_over_seeds``), and the model it replaced
+    (``crack_before_*``)."""
     models, out = data["models"], {}
     for prefix, name in (("crack", committed), ("crack_before", before)):
         m = models.get(name) if name else None
@@ -423,13 +441,21 @@ def headlines(data: dict, committed: str, before: str | None,
             out[f"{prefix}_fp_rate_crack_free_{s}"] = round(v["crack_free_fp_rate"], 6)
         out[f"{prefix}_test_dice_mean"] = round(m["mean_dice"], 4)
         out[f"{prefix}_test_dice_min"] = round(m["min_dice"], 4)
-    loo = loo_studies(data).get(loo_study, {})
+    studies = loo_study if isinstance(loo_study, list) else [loo_study]
+    if len(studies) > 1:
+        seeds = loo_over_seeds(data, studies)
+        loo, loo_mean = seeds["sets"], seeds["mean"]
+        out["crack_loo_seeds"] = len(studies)
+        out["crack_loo_dice_mean_spread"] = round(seeds["spread"], 4)
+    else:
+        loo = loo_studies(data).get(studies[0], {})
+        loo_mean = float(np.mean(list(loo.values()))) if loo else None
     for s, v in loo.items():
         out[f"crack_loo_dice_{s}"] = round(v, 4)
     if loo:
-        out["crack_loo_dice_mean"] = round(float(np.mean(list(loo.values()))), 4)
-        if loo_study:
-            out["crack_loo_study"] = loo_study
+        out["crack_loo_dice_mean"] = round(loo_mean, 4)
+        if studies[0]:
+            out["crack_loo_study"] = ",".join(studies)
     for arm, row in arm_rows(data).items():
         out[f"crack_arm_dice_mean_{arm}"] = round(row["mean"], 4)
         for s, v in row["sets"].items():
@@ -469,6 +495,14 @@ def markdown(data: dict, keys: dict) -> str:
                   f" mean {np.mean(list(held.values())):.3f}."
                   + (f" {data['loo_notes'][study or '']}"
                      if (study or "") in data.get("loo_notes", {}) else "")]
+    headline = (keys.get("crack_loo_study") or "").split(",")
+    if len(headline) > 1:
+        seeds = loo_over_seeds(data, headline)
+        lines += ["", f"Leave-one-set-out over {len(headline)} seeds (studies "
+                  f"{', '.join(headline)}): per held-out set the mean over seeds ("
+                  + ", ".join(f"{s} {v:.3f}" for s, v in seeds["sets"].items())
+                  + f"), mean {seeds['mean']:.3f} ± {seeds['spread']:.3f} (the seeds' means: "
+                  + ", ".join(f"{v:.3f}" for v in seeds["seed_means"]) + ")."]
     if studies:
         lines += ["", "Rows fine-tuned from a bundle cannot leave out a set the bundle was "
                   "trained on; `crack_loo_dice_*` are the study `report --loo-study` names "
@@ -511,7 +545,8 @@ def main(argv=None) -> int:
     p.add_argument("--committed", help="report: the model name whose numbers are the headlines")
     p.add_argument("--before", help="report: the model it replaced")
     p.add_argument("--loo-study", help="report: the runs --name whose leave-one-set-out runs "
-                                        "are the headline (default: the runs made without one)")
+                                        "are the headline (default: the runs made without one); "
+                                        "a comma list: one recipe's seeds, averaged")
     p.add_argument("--model", help="bundle to score (score mode)")
     p.add_argument("--name", help="score: the model's name in the results; runs --runs loo: a "
                                    "study name, appended to every run's name and recorded")
@@ -538,9 +573,14 @@ def main(argv=None) -> int:
     if args.mode == "report":
         path = RESULTS / "results_crack_sets.json"
         data = json.loads(path.read_text())
-        if args.loo_study and args.loo_study not in loo_studies(data):
-            p.error(f"--loo-study {args.loo_study}: no leave-one-set-out run of that study")
-        keys = headlines(data, args.committed, args.before, args.loo_study)
+        studies = args.loo_study.split(",") if args.loo_study else None
+        missing = [s for s in studies or [] if s not in loo_studies(data)]
+        if missing:
+            p.error(f"--loo-study {','.join(missing)}: no leave-one-set-out run of that study")
+        try:
+            keys = headlines(data, args.committed, args.before, studies)
+        except ValueError as err:
+            p.error(f"--loo-study: {err}")
         data = {k: v for k, v in data.items() if not k.startswith("crack_")} | keys
         path.write_text(json.dumps(data, indent=1, sort_keys=True))
         (RESULTS / "CRACK_SETS_RESULTS.md").write_text(markdown(data, keys))

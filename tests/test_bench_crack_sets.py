@@ -101,6 +101,29 @@ def test_leave_one_out_headlines_come_from_one_study():
     assert "study new: augment.fill_small=0.5" in text
 
 
+def test_leave_one_out_headlines_average_a_recipes_seeds():
+    """A recipe run with two seeds (two studies): each held-out set's headline is the mean
+    over the seeds, the mean carries the seeds' spread, and seeds that left out different
+    sets are refused rather than averaged."""
+    from bench.crack_sets import headlines, markdown
+
+    def held(set_name, d, study):
+        return {"sets": {set_name: {"dice": d, "crack_free_fp_rate": 0.0}}, "held_out": set_name,
+                "steps": 800, "study": study, "overrides": []}
+
+    data = {"models": {"a-g": held("gaps384", 0.4, "r"), "a-c": held("crack500", 0.6, "r"),
+                       "b-g": held("gaps384", 0.3, "r-s1"), "b-c": held("crack500", 0.5, "r-s1"),
+                       "c-g": held("gaps384", 0.9, "other")}}
+    keys = headlines(data, "none", None, ["r", "r-s1"])
+    assert keys["crack_loo_dice_gaps384"] == pytest.approx(0.35)
+    assert keys["crack_loo_dice_mean"] == pytest.approx(0.45)
+    assert keys["crack_loo_seeds"] == 2 and keys["crack_loo_study"] == "r,r-s1"
+    assert keys["crack_loo_dice_mean_spread"] == pytest.approx(0.0707, abs=1e-3)
+    assert "over 2 seeds (studies r, r-s1)" in markdown(data, keys)
+    with pytest.raises(ValueError, match="not the same held-out sets"):
+        headlines(data, "none", None, ["r", "other"])
+
+
 def test_study_options_refused_where_they_would_mislead(capsys):
     """A headline study with no run, and study names on the arms (whose rows group seeds by
     name), fail with one line before anything is read or trained."""
