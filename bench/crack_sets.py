@@ -442,20 +442,16 @@ def headlines(data: dict, committed: str, before: str | None,
         out[f"{prefix}_test_dice_mean"] = round(m["mean_dice"], 4)
         out[f"{prefix}_test_dice_min"] = round(m["min_dice"], 4)
     studies = loo_study if isinstance(loo_study, list) else [loo_study]
-    if len(studies) > 1:
+    if all(s in loo_studies(data) for s in studies):  # none run yet: no leave-one-out keys
         seeds = loo_over_seeds(data, studies)
-        loo, loo_mean = seeds["sets"], seeds["mean"]
-        out["crack_loo_seeds"] = len(studies)
-        out["crack_loo_dice_mean_spread"] = round(seeds["spread"], 4)
-    else:
-        loo = loo_studies(data).get(studies[0], {})
-        loo_mean = float(np.mean(list(loo.values()))) if loo else None
-    for s, v in loo.items():
-        out[f"crack_loo_dice_{s}"] = round(v, 4)
-    if loo:
-        out["crack_loo_dice_mean"] = round(loo_mean, 4)
+        for s, v in seeds["sets"].items():
+            out[f"crack_loo_dice_{s}"] = round(v, 4)
+        out["crack_loo_dice_mean"] = round(seeds["mean"], 4)
         if studies[0]:
             out["crack_loo_study"] = ",".join(studies)
+        if len(studies) > 1:
+            out["crack_loo_seeds"] = len(studies)
+            out["crack_loo_dice_mean_spread"] = round(seeds["spread"], 4)
     for arm, row in arm_rows(data).items():
         out[f"crack_arm_dice_mean_{arm}"] = round(row["mean"], 4)
         for s, v in row["sets"].items():
